@@ -1,0 +1,81 @@
+// The boundary between the scheduling core and whatever moves bytes and runs kernels: the
+// discrete-event simulator (sim/) or real GPUs (runtime/). The core issues commands; the backend
+// reports completions by calling the Engine's on*Done methods (from the core's own thread: a
+// threaded backend queues completions and delivers them there).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/model_spec.h"
+#include "common/types.h"
+#include "common/workload.h"
+
+namespace computron {
+
+using OpId = std::uint64_t;
+
+// How a shard's bytes reach its GPU. Each part moves `bytes` over the host link of `via` GPU; a
+// part whose `via` differs from the target is forwarded over NVLink (multi-path load). A part with
+// `from_device` set copies from `via`'s resident copy of the same shard over NVLink alone.
+struct RoutePart {
+  GpuId via = 0;
+  std::int64_t bytes = 0;
+  bool from_device = false;
+};
+
+struct LoadCommand {
+  OpId op = 0;
+  ModelId model = 0;
+  int shard = 0;  // index = pp_rank * tp + tp_rank
+  GpuId gpu = 0;
+  std::int64_t bytes = 0;
+  ShardLayout layout;
+  std::vector<RoutePart> route;  // parts sum to bytes; one part via == gpu is a direct load
+};
+
+struct EvictCommand {
+  OpId op = 0;
+  ModelId model = 0;
+  int shard = 0;
+  GpuId gpu = 0;
+  std::int64_t bytes = 0;
+};
+
+struct ExecuteCommand {
+  BatchId batch = 0;
+  ModelId model = 0;
+  int tp = 1;
+  int pp = 1;
+  std::vector<GpuId> gpus;  // shard i runs on gpus[i]
+  std::vector<Request> requests;
+};
+
+// Completion of a batch. Times are the backend's clock. Request i of the command produced its
+// first token at first_token and its last at finish[i].
+struct BatchResult {
+  BatchId batch = 0;
+  Nanos start = 0;
+  Nanos first_token = 0;
+  std::vector<Nanos> finish;
+  bool ok = true;
+  std::string error;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual void load(const LoadCommand& cmd) = 0;
+  virtual void evict(const EvictCommand& cmd) = 0;
+  virtual void execute(const ExecuteCommand& cmd) = 0;
+};
+
+// Time enters the core only through this interface.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual Nanos now() const = 0;
+};
+
+}  // namespace computron

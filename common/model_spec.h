@@ -1,0 +1,80 @@
+// Model architecture and exact parameter bytes, per layer and per shard for any TP x PP.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+
+namespace computron {
+
+enum class Arch { kOpt, kLlama };
+enum class DType { kF16, kBF16, kF32 };
+
+int dtypeBytes(DType d);
+std::string dtypeName(DType d);
+std::string archName(Arch a);
+
+// Where a shard sits: tensor rank and pipeline stage, plus the decoder layers it holds.
+struct ShardLayout {
+  int tp_rank = 0;
+  int pp_rank = 0;
+  int first_layer = 0;        // inclusive
+  int num_layers = 0;         // decoder layers on this stage
+  bool has_embeddings = false;  // first stage
+  bool has_lm_head = false;     // last stage (final norm + LM head)
+  std::int64_t params = 0;      // parameters held by this shard
+  std::int64_t bytes = 0;       // params * dtype bytes
+  // Bytes of each decoder layer of this shard in order (embeddings counted into the first
+  // entry's prefix below, LM head into the suffix) so loads can report per-layer readiness.
+  std::int64_t prefix_bytes = 0;  // embeddings before the first layer
+  std::int64_t layer_bytes = 0;   // one decoder layer's share on this shard
+  std::int64_t suffix_bytes = 0;  // final norm + LM head after the last layer
+};
+
+struct ModelSpec {
+  std::string name;
+  Arch arch = Arch::kOpt;
+  int num_layers = 0;
+  int hidden = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;  // == num_heads without grouped-query attention
+  int ffn_hidden = 0;    // OPT: fc1 width; Llama: intermediate_size
+  int vocab = 0;
+  int max_positions = 0;  // OPT learned positions (table has max_positions + 2 rows)
+  DType dtype = DType::kF16;
+  bool tie_embeddings = true;  // OPT: LM head shares the token embedding; Llama: separate
+  int word_embed_proj_dim = 0; // OPT-350m projects embeddings (0 = same as hidden)
+
+  int headDim() const { return hidden / num_heads; }
+
+  // Exact parameter counts of the unsharded model.
+  std::int64_t embeddingParams() const;  // token (+ position, + projections) embeddings
+  std::int64_t layerParams() const;      // one decoder layer
+  std::int64_t headParams() const;       // final norm + LM head (0 for a tied head's weight)
+  std::int64_t totalParams() const;
+  std::int64_t totalBytes() const { return totalParams() * dtypeBytes(dtype); }
+
+  // Checks that a TP x PP split is possible; throws ConfigError naming `where` when not.
+  void validateParallel(int tp, int pp, const std::string& where) const;
+  // The shard at (tp_rank, pp_rank). Layers are split over stages as evenly as possible, the
+  // earlier stages taking the remainder. See model_spec.cpp for where embeddings and head go.
+  ShardLayout shard(int tp, int pp, int tp_rank, int pp_rank) const;
+  // Largest shard in bytes over all ranks of a split.
+  std::int64_t maxShardBytes(int tp, int pp) const;
+
+  // KV-cache bytes per token for the whole model (all layers, K and V).
+  std::int64_t kvBytesPerToken() const;
+  // Dense FLOPs per token of a forward pass (2 * matmul params), excluding attention scores.
+  double flopsPerToken() const;
+};
+
+// Presets: opt-125m ... opt-66b, llama-2-7b/13b/70b, llama-3-8b/70b.
+ModelSpec modelPreset(const std::string& name);
+std::vector<std::string> modelPresetNames();
+bool isModelPreset(const std::string& name);
+// From a Hugging Face config.json (OPTForCausalLM / LlamaForCausalLM); errors name the file and key.
+ModelSpec modelFromHfConfig(const std::string& path);
+
+}  // namespace computron
