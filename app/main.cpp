@@ -1,0 +1,5 @@
+#include <iostream>
+int main() {
+  std::cout << "computron " << COMPUTRON_VERSION << "\n";
+  return 0;
+}

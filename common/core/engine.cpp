@@ -1,0 +1,1 @@
+// Engine implementation lands here.

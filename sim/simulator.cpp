@@ -1,0 +1,4 @@
+// Placeholder until the simulator lands.
+namespace computron::sim {
+int simulatorPlaceholder() { return 0; }
+}  // namespace computron::sim
