@@ -1,0 +1,63 @@
+// Turns what the engine reports into results: a short table on stdout, summary.json,
+// requests.csv (one row a request, streamed) and timeline.json (Chrome trace, streamed), the same
+// format from the simulator and from a real run so the two compare directly. Memory stays flat in
+// the number of requests: latencies go into fixed-size log-bucket histograms, rows go to disk.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/core/engine.h"
+#include "common/scenario.h"
+
+namespace computron {
+
+// Log-bucketed latency histogram: relative error under 0.5%, constant memory.
+class LatencyHistogram {
+ public:
+  LatencyHistogram();
+  void add(Nanos value);
+  std::int64_t count() const { return count_; }
+  double mean() const;
+  Nanos max() const { return max_; }
+  Nanos quantile(double q) const;  // q in [0,1]
+
+ private:
+  static int bucketOf(Nanos v);
+  static Nanos bucketValue(int b);
+  std::vector<std::int64_t> buckets_;
+  std::int64_t count_ = 0;
+  long double sum_ = 0;
+  Nanos max_ = 0;
+};
+
+class RunRecorder : public EngineObserver {
+ public:
+  // `backend_name` ("sim" or "cuda"/"host") is written into summary.json.
+  RunRecorder(const Scenario& scenario, std::string backend_name);
+  ~RunRecorder() override;
+
+  void onRequestDone(const RequestRecord& record) override;
+  void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
+  void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
+  void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  // Extra timeline rows a backend wants drawn (e.g. per-part transfers); `track` names the row.
+  void addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
+                       const nlohmann::json& args = nlohmann::json::object());
+
+  // Closes the files and writes summary.json; `end` is the time the run ended.
+  nlohmann::json finish(Nanos end);
+  void printTable(const nlohmann::json& summary, std::ostream& out) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace computron
