@@ -1,5 +1,151 @@
+// computron: one executable, subcommands for the simulator and the GPU runtime.
+#include <boost/program_options.hpp>
+
+#include <cstring>
+#include <fstream>
 #include <iostream>
-int main() {
-  std::cout << "computron " << COMPUTRON_VERSION << "\n";
+#include <string>
+#include <vector>
+
+#include "common/core/policy.h"
+#include "common/scenario.h"
+#include "sim/simulator.h"
+
+
+namespace po = boost::program_options;
+using namespace computron;
+
+namespace {
+
+constexpr int kExitUsage = 2;
+
+void printUsage(std::ostream& out) {
+  out << "computron " << COMPUTRON_VERSION << ": serve many large models from one GPU cluster by swapping them\n"
+      << "\n"
+      << "usage: computron <command> [options]\n"
+      << "\n"
+      << "commands:\n"
+      << "  sim [SCENARIO.json]    simulate a scenario (no file: the embedded default scenario)\n"
+      << "  replay SCENARIO.json   run a scenario on real GPUs (or the host-memory device)\n"
+      << "  bench swap             measure model-parallel swapping on this machine's GPUs\n"
+      << "  presets                list model and cluster presets\n"
+      << "\n"
+      << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
+}
+
+int simMain(int argc, char** argv) {
+  po::options_description opts("computron sim [SCENARIO.json] [options]");
+  std::vector<std::string> overrides;
+  std::string out_dir, write_workload;
+  opts.add_options()("help,h", "show this help")(
+      "set", po::value<std::vector<std::string>>(&overrides)->composing(),
+      "override a scenario field: --set workload.cv=4 --set models[0].tp=2 (value parsed as JSON, else string)")(
+      "out,o", po::value<std::string>(&out_dir), "output folder (default: the scenario's outputs.dir, else out/<name>)")(
+      "no-files", "write no output files, only the table")(
+      "write-workload", po::value<std::string>(&write_workload),
+      "also save the generated request stream as CSV, replayable with {\"type\":\"trace\",\"format\":\"computron\"}")(
+      "json", "print summary.json to stdout instead of the table");
+  po::options_description hidden;
+  std::string scenario_path;
+  hidden.add_options()("scenario", po::value<std::string>(&scenario_path));
+  po::options_description all;
+  all.add(opts).add(hidden);
+  po::positional_options_description pos;
+  pos.add("scenario", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "computron sim: " << e.what() << "\n\n" << opts;
+    return kExitUsage;
+  }
+  if (vm.count("help")) {
+    std::cout << opts
+              << "\nWrites summary.json, requests.csv and timeline.json (Chrome trace; open in ui.perfetto.dev).\n"
+                 "The same scenario and seed give byte-identical files.\n";
+    return 0;
+  }
+  Scenario scenario;
+  if (scenario_path.empty()) {
+    nlohmann::json doc = defaultScenarioJson();
+    for (const auto& o : overrides) applyOverride(doc, o);
+    scenario = parseScenario(doc, ".");
+  } else {
+    scenario = loadScenario(scenario_path, overrides);
+  }
+  if (vm.count("out")) scenario.outputs.dir = out_dir;
+  if (vm.count("no-files")) scenario.outputs.dir.clear();
+  if (!write_workload.empty()) {
+    std::ofstream out(write_workload);
+    if (!out) throw ConfigError(write_workload + ": cannot write");
+    auto source = scenario.makeWorkload();
+    std::int64_t rows = writeWorkloadCsv(*source, scenario.modelNames(), out);
+    std::cerr << "wrote " << rows << " requests to " << write_workload << "\n";
+  }
+  nlohmann::json summary = sim::runScenario(scenario, vm.count("json") ? nullptr : &std::cout);
+  if (vm.count("json")) std::cout << summary.dump(2) << "\n";
   return 0;
+}
+
+int presetsMain() {
+  std::cout << "model presets:\n";
+  for (const auto& name : modelPresetNames()) {
+    ModelSpec m = modelPreset(name);
+    std::cout << "  " << name << ": " << m.num_layers << " layers, hidden " << m.hidden << ", " << m.totalParams()
+              << " parameters, " << m.totalBytes() << " bytes (" << dtypeName(m.dtype) << ")\n";
+  }
+  std::cout << "cluster presets:\n";
+  for (const auto& name : clusterPresetNames()) {
+    ClusterSpec c = clusterPreset(name);
+    std::cout << "  " << name << ": " << c.numGpus() << " x " << c.gpus.front().name << "\n";
+  }
+  std::cout << "policy sets:";
+  for (const auto& name : policySetNames()) std::cout << " " << name;
+  std::cout << "\n";
+  return 0;
+}
+
+int dispatch(int argc, char** argv) {
+  if (argc < 2) {
+    printUsage(std::cerr);
+    return kExitUsage;
+  }
+  std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    printUsage(std::cout);
+    return 0;
+  }
+  if (command == "--version" || command == "version") {
+    std::cout << "computron " << COMPUTRON_VERSION << "\n";
+    return 0;
+  }
+  if (command == "sim") return simMain(argc - 1, argv + 1);
+  if (command == "presets") return presetsMain();
+#ifdef COMPUTRON_HAVE_RUNTIME_CLI
+  if (command == "replay") return runtime::replayMain(argc - 1, argv + 1);
+  if (command == "bench") return runtime::benchMain(argc - 1, argv + 1);
+#else
+  if (command == "replay" || command == "bench") {
+    std::cerr << "computron " << command << ": the runtime is not built into this binary\n";
+    return 1;
+  }
+#endif
+  std::cerr << "computron: unknown command '" << command << "'\n\n";
+  printUsage(std::cerr);
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return dispatch(argc, argv);
+  } catch (const ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    std::cerr << "computron: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -51,8 +51,9 @@ class RunRecorder : public EngineObserver {
   void addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
                        const nlohmann::json& args = nlohmann::json::object());
 
-  // Closes the files and writes summary.json; `end` is the time the run ended.
-  nlohmann::json finish(Nanos end);
+  // Closes the files and writes summary.json; `end` is the time the run ended; `extra` members
+  // are merged into the summary.
+  nlohmann::json finish(Nanos end, const nlohmann::json& extra = nlohmann::json::object());
   void printTable(const nlohmann::json& summary, std::ostream& out) const;
 
  private:

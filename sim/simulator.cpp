@@ -1,4 +1,145 @@
-// Placeholder until the simulator lands.
+#include "sim/simulator.h"
+
+#include <algorithm>
+#include <ostream>
+
+#include "common/run_recorder.h"
+
 namespace computron::sim {
-int simulatorPlaceholder() { return 0; }
+
+Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, std::unique_ptr<RequestSource> source,
+                       EngineObserver* observer, SimOptions options)
+    : cluster_(cluster),
+      options_(options),
+      links_(cluster),
+      cost_(cluster),
+      source_(std::move(source)),
+      observer_(observer),
+      engine_(std::move(engine_config), *this, *this, this) {}
+
+Simulation::~Simulation() = default;
+
+void Simulation::pullNextArrival() {
+  if (next_arrival_) return;
+  next_arrival_ = source_->next();
+  if (!next_arrival_) return;
+  // A closed-loop source may date a request at its predecessor's finish, which can be a moment
+  // before the batch that finished it was reported.
+  next_arrival_->arrival = std::max(next_arrival_->arrival, now_);
+  events_.push(next_arrival_->arrival, EventKind::kArrival);
+}
+
+SimStats Simulation::run() {
+  pullNextArrival();
+  while (!events_.empty()) {
+    Event e = events_.pop();
+    now_ = e.time;
+    ++stats_.events;
+    switch (e.kind) {
+      case EventKind::kArrival: {
+        Request r = *next_arrival_;
+        next_arrival_.reset();
+        ++stats_.arrivals;
+        engine_.onArrival(r);
+        pullNextArrival();
+        break;
+      }
+      case EventKind::kLinkCheck: handleLinkCheck(e.a); break;
+      case EventKind::kLoadDone: engine_.onLoadDone(e.a); break;
+      case EventKind::kEvictDone: engine_.onEvictDone(e.a); break;
+      case EventKind::kBatchDone: {
+        auto it = batches_.find(static_cast<BatchId>(e.a));
+        BatchResult result = std::move(it->second);
+        batches_.erase(it);
+        engine_.onBatchDone(result);
+        break;
+      }
+    }
+    if (options_.check_invariants) engine_.checkInvariants();
+  }
+  if (engine_.requestsInFlight() != 0)
+    throw std::logic_error("simulation ended with " + std::to_string(engine_.requestsInFlight()) +
+                           " requests unserved");
+  stats_.end_time = now_;
+  return stats_;
+}
+
+void Simulation::load(const LoadCommand& cmd) {
+  int parts = 0;
+  for (const auto& part : cmd.route) {
+    std::vector<int> path = part.via == cmd.gpu && !part.from_device ? links_.hostPath(cmd.gpu)
+                                                                     : links_.peerPath(part.via, cmd.gpu, part.from_device);
+    Nanos latency = part.from_device ? cluster_.nvlink_latency
+                                     : cluster_.gpus[static_cast<std::size_t>(part.via)].host_link_latency;
+    FlowId flow = links_.start(now_, static_cast<double>(part.bytes), std::move(path), latency);
+    flow_load_.emplace(flow, cmd.op);
+    ++parts;
+  }
+  if (parts == 0) {
+    events_.push(now_, EventKind::kLoadDone, cmd.op);
+    return;
+  }
+  load_parts_left_[cmd.op] = parts;
+  scheduleLinkCheck();
+}
+
+void Simulation::scheduleLinkCheck() {
+  ++link_generation_;
+  if (auto t = links_.nextCompletion()) events_.push(*t, EventKind::kLinkCheck, link_generation_);
+}
+
+void Simulation::handleLinkCheck(std::uint64_t generation) {
+  if (generation != link_generation_) return;  // superseded by a later change of rates
+  for (FlowId flow : links_.takeCompleted(now_)) {
+    auto it = flow_load_.find(flow);
+    OpId op = it->second;
+    flow_load_.erase(it);
+    if (--load_parts_left_[op] == 0) {
+      load_parts_left_.erase(op);
+      // Delivered through the queue so completions at one instant keep their order.
+      events_.push(now_, EventKind::kLoadDone, op);
+    }
+  }
+  scheduleLinkCheck();
+}
+
+void Simulation::evict(const EvictCommand& cmd) { events_.push(now_ + cluster_.evict_latency, EventKind::kEvictDone, cmd.op); }
+
+void Simulation::execute(const ExecuteCommand& cmd) {
+  const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
+  BatchTimes times = cost_.batchTimes(model, cmd.requests);
+  BatchResult result;
+  result.batch = cmd.batch;
+  result.start = now_;
+  result.first_token = now_ + times.first_token;
+  result.finish.reserve(times.finish.size());
+  for (Nanos f : times.finish) result.finish.push_back(now_ + f);
+  batches_.emplace(cmd.batch, std::move(result));
+  events_.push(now_ + times.total, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
+}
+
+void Simulation::onRequestDone(const RequestRecord& record) {
+  if (observer_) observer_->onRequestDone(record);
+  source_->onRequestDone(record.request, record.finish);
+  pullNextArrival();
+}
+void Simulation::onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) {
+  if (observer_) observer_->onLoad(cmd, start, end, ok);
+}
+void Simulation::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
+  if (observer_) observer_->onEvict(cmd, start, end);
+}
+void Simulation::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
+  if (observer_) observer_->onBatch(cmd, result);
+}
+
+nlohmann::json runScenario(const Scenario& scenario, std::ostream* table_out, SimOptions options) {
+  RunRecorder recorder(scenario, "sim");
+  Simulation simulation(scenario.cluster, scenario.engine, scenario.makeWorkload(), &recorder, options);
+  SimStats stats = simulation.run();
+  nlohmann::json summary = recorder.finish(stats.end_time, {{"simulator", {{"events", stats.events}}}});
+  if (table_out) recorder.printTable(summary, *table_out);
+  return summary;
+}
+
 }  // namespace computron::sim

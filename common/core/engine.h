@@ -31,6 +31,8 @@ struct ModelDeployment {
   std::vector<GpuId> gpus;  // shard i (= pp_rank * tp + tp_rank) on gpus[i]; size tp * pp
   int max_batch = 8;
   Nanos slo = 0;  // latency objective; 0 = none
+  // Simulator only: a fixed time per batch instead of the cost model (queueing experiments).
+  Nanos fixed_batch_time = 0;
   int numShards() const { return tp * pp; }
 };
 
@@ -72,18 +74,23 @@ class EngineObserver {
 class EvictionPolicy;
 class QueuePolicy;
 
+struct QueuedRequest {
+  Request request;
+  bool waited_for_load = false;
+};
+
 // Scheduler-visible state of one model, shared with policies.
 struct ModelRuntimeState {
   Residency residency = Residency::kOffloaded;
-  std::deque<Request> queue;
+  std::deque<QueuedRequest> queue;
   std::vector<Residency> shard_state;
   int pending_ops = 0;      // loads or evictions in flight
+  bool load_failed = false; // a shard load of the current attempt failed
+  std::string load_error;
   bool running = false;     // a batch is executing
   Nanos last_used = -1;     // last batch start or load finish (LRU key)
-  std::int64_t accesses = 0;
-  std::int64_t swaps_in = 0;
-  std::vector<Request> waiting_load;  // requests that arrived while the model was not resident
-  std::unordered_map<RequestId, bool> waited;  // request id -> waited for a load
+  std::int64_t accesses = 0;  // requests that arrived for it
+  std::int64_t loads = 0;     // times it was loaded (swaps in)
 };
 
 class Engine {
@@ -120,19 +127,19 @@ class Engine {
   };
   struct RunningBatch {
     ExecuteCommand cmd;
+    std::vector<bool> waited;  // per request: its model was not resident when it arrived
   };
 
   void schedule();
   bool tryRunBatch(ModelId m);
+  // Makes room for and starts loading `m`. Returns false while it must wait; then the GPUs it
+  // needs are claimed for the rest of the pass and the models it plans to evict are doomed.
   bool tryLoad(ModelId m);
-  bool canRunOn(ModelId m) const;
-  bool fitsWithoutEviction(ModelId m) const;
-  std::vector<ModelId> evictionCandidates(ModelId needing) const;
-  bool evictable(ModelId m) const;
+  std::vector<std::int64_t> bytesNeeded(ModelId m) const;
   void startEvict(ModelId m);
   void startLoad(ModelId m);
   void failQueued(ModelId m, const std::string& error);
-  void finishRequest(RequestRecord record);
+  void finishRequest(const RequestRecord& record);
 
   EngineConfig config_;
   Backend& backend_;
@@ -143,6 +150,11 @@ class Engine {
   std::vector<ModelRuntimeState> models_;
   std::vector<std::int64_t> gpu_used_;
   std::vector<bool> gpu_busy_;
+  // Per scheduling pass: GPUs an earlier (higher-priority) blocked load waits for, and models
+  // planned for eviction, which start no new batch.
+  std::vector<bool> gpu_claimed_;
+  std::vector<bool> doomed_;
+  bool count_cap_claimed_ = false;
   std::unordered_map<OpId, PendingOp> ops_;
   std::unordered_map<BatchId, RunningBatch> batches_;
   OpId next_op_ = 1;

@@ -1,0 +1,337 @@
+#include "common/run_recorder.h"
+
+#include <algorithm>
+#include <bit>
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <sstream>
+
+namespace computron {
+namespace {
+
+constexpr int kExactBuckets = 256;
+constexpr int kSubBuckets = 128;
+
+// Integer nanoseconds as seconds with all nine decimals: exact and byte-stable.
+std::string secondsText(Nanos t) {
+  char buf[40];
+  const char* sign = t < 0 ? "-" : "";
+  Nanos a = t < 0 ? -t : t;
+  std::snprintf(buf, sizeof buf, "%s%" PRId64 ".%09" PRId64, sign, a / kNanosPerSecond, a % kNanosPerSecond);
+  return buf;
+}
+
+// Chrome trace timestamps are microseconds; keep three decimals (nanosecond precision).
+std::string microsText(Nanos t) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%" PRId64 ".%03" PRId64, t / 1000, t % 1000);
+  return buf;
+}
+
+std::string csvField(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+double round6(double v) { return std::round(v * 1e6) / 1e6; }
+
+}  // namespace
+
+LatencyHistogram::LatencyHistogram() : buckets_(kExactBuckets + 64 * kSubBuckets, 0) {}
+
+int LatencyHistogram::bucketOf(Nanos v) {
+  if (v < kExactBuckets) return static_cast<int>(std::max<Nanos>(v, 0));
+  auto u = static_cast<std::uint64_t>(v);
+  int e = 63 - std::countl_zero(u);  // >= 8
+  int mantissa = static_cast<int>((u >> (e - 7)) & (kSubBuckets - 1));
+  return kExactBuckets + (e - 8) * kSubBuckets + mantissa;
+}
+
+Nanos LatencyHistogram::bucketValue(int b) {
+  if (b < kExactBuckets) return b;
+  int e = (b - kExactBuckets) / kSubBuckets + 8;
+  int mantissa = (b - kExactBuckets) % kSubBuckets;
+  std::uint64_t lo = (static_cast<std::uint64_t>(kSubBuckets + mantissa)) << (e - 7);
+  std::uint64_t width = 1ULL << (e - 7);
+  return static_cast<Nanos>(lo + width / 2);
+}
+
+void LatencyHistogram::add(Nanos value) {
+  ++buckets_[static_cast<std::size_t>(bucketOf(value))];
+  ++count_;
+  sum_ += value;
+  max_ = std::max(max_, value);
+}
+
+double LatencyHistogram::mean() const { return count_ == 0 ? 0.0 : static_cast<double>(sum_ / count_); }
+
+Nanos LatencyHistogram::quantile(double q) const {
+  if (count_ == 0) return 0;
+  auto rank = static_cast<std::int64_t>(std::ceil(q * static_cast<double>(count_)));
+  rank = std::clamp<std::int64_t>(rank, 1, count_);
+  std::int64_t seen = 0;
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    seen += buckets_[b];
+    if (seen >= rank) return std::min(bucketValue(static_cast<int>(b)), max_);
+  }
+  return max_;
+}
+
+struct RunRecorder::Impl {
+  struct ModelStats {
+    LatencyHistogram latency, ttft;
+    std::int64_t served = 0, failed = 0, met_slo = 0, waited = 0;
+    std::int64_t prompt_tokens = 0, output_tokens = 0;
+    std::int64_t loads = 0, evictions = 0, bytes_loaded = 0;
+    Nanos load_time = 0;
+    Nanos episode_start = -1, episode_end = -1;  // the load in progress (all shards start together)
+    Nanos slo = 0;
+  };
+  const Scenario& scenario;
+  std::string backend;
+  std::vector<ModelStats> models;
+  ModelStats all;
+  std::vector<Nanos> gpu_busy;
+  std::vector<std::int64_t> link_bytes;  // bytes over each GPU's host link
+  std::int64_t nvlink_bytes = 0;
+  std::ofstream requests_csv, timeline;
+  bool first_trace_event = true;
+  std::filesystem::path dir;
+
+  Impl(const Scenario& s, std::string b) : scenario(s), backend(std::move(b)) {}
+
+  void traceEvent(const std::string& json) {
+    if (!timeline.is_open()) return;
+    timeline << (first_trace_event ? "\n" : ",\n") << json;
+    first_trace_event = false;
+  }
+  void span(int pid, int tid, const std::string& name, const std::string& cat, Nanos start, Nanos end,
+            const nlohmann::json& args) {
+    if (!timeline.is_open()) return;
+    std::string e = "{\"ph\":\"X\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
+                    ",\"name\":" + nlohmann::json(name).dump() + ",\"cat\":\"" + cat + "\",\"ts\":" + microsText(start) +
+                    ",\"dur\":" + microsText(end - start) + ",\"args\":" + args.dump() + "}";
+    traceEvent(e);
+  }
+  void flushEpisode(ModelStats& m) {
+    if (m.episode_start >= 0) m.load_time += m.episode_end - m.episode_start;
+    m.episode_start = m.episode_end = -1;
+  }
+};
+
+RunRecorder::RunRecorder(const Scenario& scenario, std::string backend_name)
+    : impl_(std::make_unique<Impl>(scenario, std::move(backend_name))) {
+  auto& im = *impl_;
+  im.models.resize(scenario.engine.models.size());
+  for (std::size_t m = 0; m < im.models.size(); ++m) im.models[m].slo = scenario.engine.models[m].slo;
+  im.gpu_busy.assign(static_cast<std::size_t>(scenario.cluster.numGpus()), 0);
+  im.link_bytes.assign(static_cast<std::size_t>(scenario.cluster.numGpus()), 0);
+  if (scenario.outputs.dir.empty()) return;
+  im.dir = scenario.outputs.dir;
+  std::filesystem::create_directories(im.dir);
+  if (scenario.outputs.requests_csv) {
+    im.requests_csv.open(im.dir / "requests.csv");
+    if (!im.requests_csv) throw ConfigError((im.dir / "requests.csv").string() + ": cannot write");
+    im.requests_csv << "id,model,arrival_s,start_s,first_token_s,finish_s,latency_s,prompt_tokens,output_tokens,"
+                       "waited_for_load,ok,error\n";
+  }
+  if (scenario.outputs.timeline) {
+    im.timeline.open(im.dir / "timeline.json");
+    if (!im.timeline) throw ConfigError((im.dir / "timeline.json").string() + ": cannot write");
+    im.timeline << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
+    for (int g = 0; g < scenario.cluster.numGpus(); ++g) {
+      im.traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(g) +
+                    ",\"name\":\"process_name\",\"args\":{\"name\":\"GPU " + std::to_string(g) + "\"}}");
+      const char* threads[] = {"compute", "host link (loads)", "evictions"};
+      for (int t = 0; t < 3; ++t)
+        im.traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(g) + ",\"tid\":" + std::to_string(t) +
+                      ",\"name\":\"thread_name\",\"args\":{\"name\":\"" + threads[t] + "\"}}");
+    }
+  }
+}
+
+RunRecorder::~RunRecorder() = default;
+
+void RunRecorder::onRequestDone(const RequestRecord& r) {
+  auto& im = *impl_;
+  auto& m = im.models[static_cast<std::size_t>(r.request.model)];
+  for (Impl::ModelStats* s : {&m, &im.all}) {
+    if (!r.ok) {
+      ++s->failed;
+      continue;
+    }
+    Nanos latency = r.finish - r.request.arrival;
+    s->latency.add(latency);
+    s->ttft.add(r.first_token - r.request.arrival);
+    ++s->served;
+    if (r.waited_for_load) ++s->waited;
+    if (m.slo == 0 || latency <= m.slo) ++s->met_slo;
+    s->prompt_tokens += r.request.prompt_tokens;
+    s->output_tokens += r.request.output_tokens;
+  }
+  if (im.requests_csv.is_open()) {
+    im.requests_csv << r.request.id << ',' << csvField(im.scenario.engine.models[static_cast<std::size_t>(r.request.model)].name)
+                    << ',' << secondsText(r.request.arrival) << ',' << secondsText(r.start) << ','
+                    << secondsText(r.first_token) << ',' << secondsText(r.finish) << ','
+                    << secondsText(r.finish - r.request.arrival) << ',' << r.request.prompt_tokens << ','
+                    << r.request.output_tokens << ',' << (r.waited_for_load ? 1 : 0) << ',' << (r.ok ? 1 : 0) << ','
+                    << csvField(r.error) << '\n';
+  }
+}
+
+void RunRecorder::onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) {
+  auto& im = *impl_;
+  auto& m = im.models[static_cast<std::size_t>(cmd.model)];
+  if (m.episode_start != start) {
+    im.flushEpisode(m);
+    m.episode_start = start;
+    ++m.loads;
+    ++im.all.loads;
+  }
+  m.episode_end = std::max(m.episode_end, end);
+  if (ok) {
+    m.bytes_loaded += cmd.bytes;
+    im.all.bytes_loaded += cmd.bytes;
+  }
+  for (const auto& part : cmd.route) {
+    if (!part.from_device) im.link_bytes[static_cast<std::size_t>(part.via)] += part.bytes;
+    if (part.via != cmd.gpu) im.nvlink_bytes += part.bytes;
+  }
+  const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
+  im.span(cmd.gpu, 1, "load " + name, "load", start, end,
+          {{"shard", cmd.shard}, {"bytes", cmd.bytes}, {"ok", ok},
+           {"GB_per_s", end > start ? round6(static_cast<double>(cmd.bytes) / static_cast<double>(end - start)) : 0.0}});
+}
+
+void RunRecorder::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
+  auto& im = *impl_;
+  auto& m = im.models[static_cast<std::size_t>(cmd.model)];
+  if (cmd.shard == 0) {
+    ++m.evictions;
+    ++im.all.evictions;
+  }
+  const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
+  im.span(cmd.gpu, 2, "evict " + name, "evict", start, end, {{"shard", cmd.shard}, {"bytes", cmd.bytes}});
+}
+
+void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
+  auto& im = *impl_;
+  Nanos end = result.start;
+  for (Nanos f : result.finish) end = std::max(end, f);
+  const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
+  for (GpuId g : cmd.gpus) {
+    im.gpu_busy[static_cast<std::size_t>(g)] += end - result.start;
+    im.span(g, 0, name, "batch", result.start, end,
+            {{"batch", cmd.batch}, {"size", cmd.requests.size()}, {"ok", result.ok}});
+  }
+}
+
+void RunRecorder::addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
+                                  const nlohmann::json& args) {
+  impl_->span(1000, 0, name, track, start, end, args);
+}
+
+nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
+  auto& im = *impl_;
+  const double seconds = std::max(toSeconds(end), 1e-9);
+  auto stats = [&](Impl::ModelStats& s, Nanos slo) {
+    im.flushEpisode(s);
+    auto ms = [](double ns) { return round6(ns / 1e6); };
+    nlohmann::json j;
+    j["requests"] = s.served + s.failed;
+    j["served"] = s.served;
+    j["failed"] = s.failed;
+    j["waited_for_load"] = s.waited;
+    j["latency_ms"] = {{"mean", ms(s.latency.mean())},
+                       {"p50", ms(static_cast<double>(s.latency.quantile(0.5)))},
+                       {"p90", ms(static_cast<double>(s.latency.quantile(0.9)))},
+                       {"p99", ms(static_cast<double>(s.latency.quantile(0.99)))},
+                       {"max", ms(static_cast<double>(s.latency.max()))}};
+    j["ttft_ms"] = {{"mean", ms(s.ttft.mean())},
+                    {"p50", ms(static_cast<double>(s.ttft.quantile(0.5)))},
+                    {"p99", ms(static_cast<double>(s.ttft.quantile(0.99)))}};
+    const std::int64_t total = s.served + s.failed;
+    j["slo_ms"] = slo > 0 ? nlohmann::json(toMillis(slo)) : nlohmann::json(nullptr);
+    j["slo_attainment"] = total > 0 ? round6(static_cast<double>(s.met_slo) / static_cast<double>(total)) : 0.0;
+    j["goodput_rps"] = round6(static_cast<double>(s.met_slo) / seconds);
+    j["throughput_rps"] = round6(static_cast<double>(s.served) / seconds);
+    j["output_tokens_per_s"] = round6(static_cast<double>(s.output_tokens) / seconds);
+    j["swaps"] = s.loads;
+    j["evictions"] = s.evictions;
+    j["bytes_loaded"] = s.bytes_loaded;
+    j["load_time_s"] = round6(toSeconds(s.load_time));
+    return j;
+  };
+  nlohmann::json summary;
+  summary["scenario"] = im.scenario.name;
+  summary["backend"] = im.backend;
+  summary["duration_s"] = round6(toSeconds(end));
+  nlohmann::json per_model = nlohmann::json::array();
+  // Overall SLO attainment counts each request against its own model's objective.
+  for (std::size_t m = 0; m < im.models.size(); ++m) {
+    nlohmann::json j = stats(im.models[m], im.models[m].slo);
+    j["name"] = im.scenario.engine.models[m].name;
+    per_model.push_back(j);
+  }
+  for (auto& m : im.models) im.all.load_time += m.load_time;
+  nlohmann::json overall = stats(im.all, 0);
+  overall.erase("slo_ms");
+  summary["overall"] = overall;
+  summary["models"] = per_model;
+  nlohmann::json gpus = nlohmann::json::array();
+  for (std::size_t g = 0; g < im.gpu_busy.size(); ++g) {
+    double link_bw = im.scenario.cluster.gpus[g].host_link_bandwidth;
+    gpus.push_back({{"gpu", g},
+                    {"busy_fraction", round6(toSeconds(im.gpu_busy[g]) / seconds)},
+                    {"host_link_bytes", im.link_bytes[g]},
+                    {"host_link_utilisation", round6(static_cast<double>(im.link_bytes[g]) / (link_bw * seconds))}});
+  }
+  summary["gpus"] = gpus;
+  summary["nvlink_bytes"] = im.nvlink_bytes;
+  for (auto it = extra.begin(); it != extra.end(); ++it) summary[it.key()] = it.value();
+  summary["config"] = im.scenario.effective;
+
+  if (im.requests_csv.is_open()) im.requests_csv.close();
+  if (im.timeline.is_open()) {
+    im.timeline << "\n]}\n";
+    im.timeline.close();
+  }
+  if (!im.dir.empty() && im.scenario.outputs.summary) {
+    std::ofstream out(im.dir / "summary.json");
+    out << summary.dump(2) << "\n";
+  }
+  return summary;
+}
+
+void RunRecorder::printTable(const nlohmann::json& summary, std::ostream& out) const {
+  auto row = [&](const std::string& name, const nlohmann::json& j) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%-22s %9lld %10.1f %10.1f %10.1f %10.1f %8.1f%% %7lld %9.1f\n", name.c_str(),
+                  static_cast<long long>(j["requests"].get<std::int64_t>()), j["latency_ms"]["mean"].get<double>(),
+                  j["latency_ms"]["p50"].get<double>(), j["latency_ms"]["p99"].get<double>(),
+                  j["ttft_ms"]["mean"].get<double>(), 100.0 * j["slo_attainment"].get<double>(),
+                  static_cast<long long>(j["swaps"].get<std::int64_t>()),
+                  static_cast<double>(j["bytes_loaded"].get<std::int64_t>()) / 1e9);
+    out << buf;
+  };
+  out << "scenario " << summary["scenario"].get<std::string>() << " (" << summary["backend"].get<std::string>()
+      << "), ran " << summary["duration_s"].get<double>() << " s\n";
+  char head[256];
+  std::snprintf(head, sizeof head, "%-22s %9s %10s %10s %10s %10s %9s %7s %9s\n", "model", "requests", "mean ms",
+                "p50 ms", "p99 ms", "ttft ms", "SLO met", "swaps", "GB moved");
+  out << head;
+  for (const auto& m : summary["models"]) row(m["name"].get<std::string>(), m);
+  row("all", summary["overall"]);
+  for (const auto& g : summary["gpus"])
+    out << "GPU " << g["gpu"].get<int>() << ": busy " << std::fixed << std::setprecision(1)
+        << 100.0 * g["busy_fraction"].get<double>() << "%, host link "
+        << 100.0 * g["host_link_utilisation"].get<double>() << "%\n";
+  out.unsetf(std::ios::fixed);
+  if (!impl_->dir.empty()) out << "outputs in " << impl_->dir.string() << "/\n";
+}
+
+}  // namespace computron

@@ -1,0 +1,200 @@
+#include "common/scenario.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "common/core/policy.h"
+
+namespace computron {
+namespace {
+
+ModelSpec parseModelSpec(const JsonReader& node, const std::string& base_dir) {
+  if (node.isString()) {
+    std::string name = node.asString();
+    if (!isModelPreset(name)) {
+      std::string list;
+      for (const auto& n : modelPresetNames()) list += (list.empty() ? "" : ", ") + n;
+      node.fail("unknown model preset '" + name + "' (presets: " + list + "; or {\"hf_config\": \"path/config.json\"})");
+    }
+    return modelPreset(name);
+  }
+  node.expectObject({"hf_config"});
+  std::string path = node.requireString("hf_config");
+  std::filesystem::path p(path);
+  if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
+  try {
+    return modelFromHfConfig(p.string());
+  } catch (const ConfigError& e) {
+    throw ConfigError(node.path() + ".hf_config: " + e.what());
+  }
+}
+
+std::vector<GpuId> parsePlacement(const JsonReader& model, int shards, int num_gpus) {
+  std::vector<GpuId> gpus;
+  auto node = model.find("gpus");
+  if (!node) {
+    if (shards > num_gpus)
+      model.fail("needs " + std::to_string(shards) + " GPUs (tp x pp), the cluster has " + std::to_string(num_gpus));
+    for (int g = 0; g < shards; ++g) gpus.push_back(g);
+    return gpus;
+  }
+  if (node->isString()) {
+    if (node->asString() != "all") node->fail("expected \"all\" or a list of GPU indices");
+    if (shards != num_gpus)
+      node->fail("\"all\" places one shard on every GPU, so tp x pp must be " + std::to_string(num_gpus) +
+                 " (it is " + std::to_string(shards) + ")");
+    for (int g = 0; g < num_gpus; ++g) gpus.push_back(g);
+    return gpus;
+  }
+  if (node->size() != static_cast<std::size_t>(shards))
+    node->fail("lists " + std::to_string(node->size()) + " GPUs, tp x pp is " + std::to_string(shards));
+  std::set<GpuId> seen;
+  for (std::size_t i = 0; i < node->size(); ++i) {
+    auto item = node->at(i);
+    std::int64_t g = item.asInt();
+    if (g < 0 || g >= num_gpus)
+      item.fail("GPU " + std::to_string(g) + " does not exist (the cluster has " + std::to_string(num_gpus) + ")");
+    if (!seen.insert(static_cast<GpuId>(g)).second) item.fail("GPU " + std::to_string(g) + " is listed twice");
+    gpus.push_back(static_cast<GpuId>(g));
+  }
+  return gpus;
+}
+
+}  // namespace
+
+std::vector<std::string> Scenario::modelNames() const {
+  std::vector<std::string> names;
+  for (const auto& m : engine.models) names.push_back(m.name);
+  return names;
+}
+
+std::unique_ptr<RequestSource> Scenario::makeWorkload() const {
+  return computron::makeWorkload(JsonReader(workload, "$.workload"), modelNames(), seed, duration, base_dir);
+}
+
+Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
+  JsonReader root(doc, "$");
+  root.expectObject({"name", "description", "seed", "duration_s", "cluster", "models", "workload", "policy", "slo_ms",
+                     "outputs"});
+  Scenario s;
+  s.base_dir = base_dir;
+  s.name = root.getString("name", "scenario");
+  std::int64_t seed = root.getInt("seed", 1);
+  if (seed < 0) root.at("seed").fail("must be 0 or greater");
+  s.seed = static_cast<std::uint64_t>(seed);
+  double duration_s = root.getDouble("duration_s", 0);
+  if (duration_s < 0) root.at("duration_s").fail("must be 0 or greater");
+  s.duration = secondsToNanos(duration_s);
+  s.cluster = clusterFromJson(root.at("cluster"));
+  const int num_gpus = s.cluster.numGpus();
+  double default_slo_ms = root.getDouble("slo_ms", 0);
+  if (default_slo_ms < 0) root.at("slo_ms").fail("must be 0 or greater");
+
+  auto models = root.at("models");
+  if (models.size() == 0) models.fail("at least one model is needed");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    auto m = models.at(i);
+    m.expectObject({"name", "spec", "tp", "pp", "gpus", "max_batch", "slo_ms", "count", "fixed_batch_ms"});
+    ModelDeployment d;
+    d.spec = parseModelSpec(m.at("spec"), base_dir);
+    d.tp = static_cast<int>(m.positiveInt(m.getInt("tp", 1), "tp"));
+    d.pp = static_cast<int>(m.positiveInt(m.getInt("pp", 1), "pp"));
+    d.spec.validateParallel(d.tp, d.pp, m.path());
+    d.gpus = parsePlacement(m, d.tp * d.pp, num_gpus);
+    d.max_batch = static_cast<int>(m.positiveInt(m.getInt("max_batch", 8), "max_batch"));
+    double slo_ms = m.getDouble("slo_ms", default_slo_ms);
+    if (slo_ms < 0) m.at("slo_ms").fail("must be 0 or greater");
+    d.slo = secondsToNanos(slo_ms / 1e3);
+    double fixed_ms = m.getDouble("fixed_batch_ms", 0);
+    if (fixed_ms < 0) m.at("fixed_batch_ms").fail("must be 0 or greater");
+    d.fixed_batch_time = secondsToNanos(fixed_ms / 1e3);
+    // Every shard must fit its GPU's weight budget, else the model could never be served.
+    for (int pp = 0; pp < d.pp; ++pp) {
+      for (int tp = 0; tp < d.tp; ++tp) {
+        GpuId g = d.gpus[static_cast<std::size_t>(pp * d.tp + tp)];
+        std::int64_t bytes = d.spec.shard(d.tp, d.pp, tp, pp).bytes;
+        std::int64_t budget = s.cluster.gpus[static_cast<std::size_t>(g)].weight_budget_bytes;
+        if (bytes > budget)
+          m.fail("shard (tp " + std::to_string(tp) + ", pp " + std::to_string(pp) + ") holds " + std::to_string(bytes) +
+                 " bytes, more than GPU " + std::to_string(g) + "'s weight budget of " + std::to_string(budget) +
+                 " bytes; use more tensor or pipeline parallelism");
+      }
+    }
+    std::int64_t count = m.positiveInt(m.getInt("count", 1), "count");
+    std::string base_name = m.getString("name", d.spec.name);
+    for (std::int64_t c = 0; c < count; ++c) {
+      ModelDeployment copy = d;
+      copy.name = count == 1 ? base_name : base_name + "-" + std::to_string(c);
+      if (!names.insert(copy.name).second) m.fail("model name '" + copy.name + "' is used twice");
+      s.engine.models.push_back(std::move(copy));
+    }
+  }
+  for (const auto& g : s.cluster.gpus) s.engine.gpu_weight_budget.push_back(g.weight_budget_bytes);
+
+  PolicyConfig& policy = s.engine.policy;
+  if (auto p = root.find("policy")) {
+    if (p->isString()) {
+      policy.name = p->asString();
+      applyPolicySet(policy, p->path());
+    } else {
+      p->expectObject({"name", "max_loaded_models"});
+      policy.name = p->getString("name", "computron");
+      std::int64_t cap = p->getInt("max_loaded_models", 0);
+      if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
+      policy.max_loaded_models = static_cast<int>(cap);
+      applyPolicySet(policy, p->path() + ".name");
+    }
+  } else {
+    applyPolicySet(policy, "$.policy");
+  }
+
+  s.workload = root.at("workload").json();
+  // Build the stream once now so a bad workload or trace fails before any output is written.
+  s.makeWorkload();
+
+  s.outputs.dir = "out/" + s.name;
+  if (auto o = root.find("outputs")) {
+    o->expectObject({"dir", "summary", "requests_csv", "timeline"});
+    s.outputs.dir = o->getString("dir", s.outputs.dir);
+    s.outputs.summary = o->getBool("summary", true);
+    s.outputs.requests_csv = o->getBool("requests_csv", true);
+    s.outputs.timeline = o->getBool("timeline", true);
+  }
+
+  s.effective = doc;
+  s.effective["cluster"] = clusterToJson(s.cluster);
+  s.effective["policy"] = {{"name", policy.name},
+                           {"max_loaded_models", policy.max_loaded_models},
+                           {"eviction", policy.eviction},
+                           {"queue", policy.queue}};
+  s.effective["seed"] = s.seed;
+  return s;
+}
+
+Scenario loadScenario(const std::string& path, const std::vector<std::string>& overrides) {
+  nlohmann::json doc = readJsonFile(path);
+  for (const auto& o : overrides) applyOverride(doc, o);
+  std::string base = std::filesystem::path(path).parent_path().string();
+  if (base.empty()) base = ".";
+  return parseScenario(doc, base);
+}
+
+nlohmann::json defaultScenarioJson() {
+  // The seed paper's three-model random workload on its node: OPT-13B x 3 with TP 2 x PP 2,
+  // two resident at a time, batch 8, Gamma arrivals with CV 4 and rates (10, 1, 1) req/s.
+  return nlohmann::json::parse(R"({
+    "name": "default-opt13b-3models-cv4",
+    "description": "Three OPT-13B models (TP 2, PP 2) on the seed paper's 4 x A100-40GB node, two resident at a time",
+    "seed": 1,
+    "duration_s": 30,
+    "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "opt-13b", "spec": "opt-13b", "count": 3, "tp": 2, "pp": 2, "gpus": "all", "max_batch": 8}],
+    "workload": {"type": "gamma", "rates": [10, 1, 1], "cv": 4, "prompt_tokens": 512, "output_tokens": 1},
+    "policy": {"name": "computron", "max_loaded_models": 2},
+    "slo_ms": 1000
+  })");
+}
+
+}  // namespace computron

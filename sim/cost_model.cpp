@@ -1,0 +1,82 @@
+#include "sim/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace computron::sim {
+
+Nanos CostModel::allReduceTime(double bytes, int tp) const {
+  if (tp <= 1) return 0;
+  double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth / 2;
+  double seconds = 2.0 * (tp - 1) / tp * bytes / bw;
+  return static_cast<Nanos>(std::ceil(seconds * 1e9)) + cluster_.nvlink_latency;
+}
+
+Nanos CostModel::stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
+                           double kv_read_tokens) const {
+  const ModelSpec& spec = model.spec;
+  ShardLayout layout = spec.shard(model.tp, model.pp, 0, stage);
+  const GpuSpec& gpu = cluster_.gpus[static_cast<std::size_t>(model.gpus[static_cast<std::size_t>(stage * model.tp)])];
+  const double dtype = dtypeBytes(spec.dtype);
+  // Embedding lookups are gathers, not matrix products.
+  double matmul_params = static_cast<double>(layout.bytes - layout.prefix_bytes) / dtype;
+  double hidden_share = static_cast<double>(spec.hidden) / model.tp;
+  double flops = 2.0 * matmul_params * tokens + 4.0 * layout.num_layers * hidden_share * attended;
+  double kv_per_token = static_cast<double>(spec.kvBytesPerToken()) * layout.num_layers / spec.num_layers / model.tp;
+  double bytes = static_cast<double>(layout.bytes) + kv_per_token * (kv_read_tokens + tokens);
+  double compute_s = flops / (gpu.peak_flops * cluster_.compute_efficiency);
+  double memory_s = bytes / (gpu.hbm_bandwidth * cluster_.memory_efficiency);
+  Nanos t = static_cast<Nanos>(std::ceil(std::max(compute_s, memory_s) * 1e9));
+  t += cluster_.kernel_overhead * layout.num_layers;
+  // Two all-reduces per layer (after attention and after the MLP) of the tokens' activations.
+  t += 2 * layout.num_layers * allReduceTime(tokens * spec.hidden * dtype, model.tp);
+  return t;
+}
+
+BatchTimes CostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests) const {
+  BatchTimes times;
+  if (model.fixed_batch_time > 0) {
+    times.first_token = model.fixed_batch_time;
+    times.finish.assign(requests.size(), model.fixed_batch_time);
+    times.total = model.fixed_batch_time;
+    return times;
+  }
+  const double dtype = dtypeBytes(model.spec.dtype);
+  double prompt_tokens = 0, causal_pairs = 0;
+  std::int32_t longest_output = 1;
+  for (const auto& r : requests) {
+    prompt_tokens += r.prompt_tokens;
+    causal_pairs += 0.5 * static_cast<double>(r.prompt_tokens) * (r.prompt_tokens + 1);
+    longest_output = std::max(longest_output, r.output_tokens);
+  }
+  auto stageSend = [&](double tokens) {
+    double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth;
+    return static_cast<Nanos>(std::ceil(tokens * model.spec.hidden * dtype / bw * 1e9)) + cluster_.nvlink_latency;
+  };
+  auto pass = [&](double tokens, double attended, double kv_read) {
+    Nanos t = 0;
+    for (int s = 0; s < model.pp; ++s) {
+      t += stageTime(model, s, tokens, attended, kv_read);
+      if (s + 1 < model.pp) t += stageSend(tokens);
+    }
+    return t;
+  };
+  // Prefill: every prompt token once, each attending causally over its own prompt.
+  Nanos t = pass(prompt_tokens, causal_pairs, 0);
+  times.first_token = t;
+  // Decode: one token per sequence per step; request-level batching keeps every slot stepping.
+  double batch = static_cast<double>(requests.size());
+  double attended = prompt_tokens;
+  std::vector<Nanos> step_end(static_cast<std::size_t>(longest_output), t);
+  for (std::int32_t step = 1; step < longest_output; ++step) {
+    attended += batch;
+    t += pass(batch, attended, attended);
+    step_end[static_cast<std::size_t>(step)] = t;
+  }
+  times.finish.reserve(requests.size());
+  for (const auto& r : requests) times.finish.push_back(step_end[static_cast<std::size_t>(std::max(1, r.output_tokens) - 1)]);
+  times.total = t;
+  return times;
+}
+
+}  // namespace computron::sim

@@ -1,0 +1,77 @@
+// The discrete-event simulator: implements the core's Backend and Clock over a model of the
+// cluster (links shared fairly, NVLink, a compute cost model), feeds the engine arrivals from a
+// request stream, and runs until every request is served. No global state: a test can build many.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+
+#include "common/core/engine.h"
+#include "common/scenario.h"
+#include "sim/cost_model.h"
+#include "sim/event_queue.h"
+#include "sim/link_model.h"
+
+namespace computron::sim {
+
+struct SimOptions {
+  bool check_invariants = false;  // run Engine::checkInvariants after every event (tests)
+};
+
+struct SimStats {
+  std::uint64_t events = 0;
+  std::int64_t arrivals = 0;
+  Nanos end_time = 0;
+};
+
+class Simulation final : public Backend, public Clock, public EngineObserver {
+ public:
+  // `observer` receives every engine report (may be null). The source is consumed.
+  Simulation(const ClusterSpec& cluster, EngineConfig engine_config, std::unique_ptr<RequestSource> source,
+             EngineObserver* observer, SimOptions options = {});
+  ~Simulation() override;
+
+  SimStats run();
+  const Engine& engine() const { return engine_; }
+
+  // Clock
+  Nanos now() const override { return now_; }
+  // Backend
+  void load(const LoadCommand& cmd) override;
+  void evict(const EvictCommand& cmd) override;
+  void execute(const ExecuteCommand& cmd) override;
+  // EngineObserver: forwards to the user's observer; completions also feed closed-loop sources.
+  void onRequestDone(const RequestRecord& record) override;
+  void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
+  void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
+  void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+
+ private:
+  void pullNextArrival();
+  void scheduleLinkCheck();
+  void handleLinkCheck(std::uint64_t generation);
+
+  const ClusterSpec& cluster_;
+  SimOptions options_;
+  Nanos now_ = 0;
+  EventQueue events_;
+  LinkModel links_;
+  CostModel cost_;
+  std::unique_ptr<RequestSource> source_;
+  EngineObserver* observer_;
+  Engine engine_;
+  std::optional<Request> next_arrival_;
+  std::unordered_map<FlowId, OpId> flow_load_;
+  std::unordered_map<OpId, int> load_parts_left_;
+  std::unordered_map<BatchId, BatchResult> batches_;
+  std::uint64_t link_generation_ = 0;
+  SimStats stats_;
+};
+
+// Runs a scenario: builds the workload, runs the simulation with a RunRecorder, writes the
+// outputs and returns summary.json's content.
+nlohmann::json runScenario(const Scenario& scenario, std::ostream* table_out, SimOptions options = {});
+
+}  // namespace computron::sim
