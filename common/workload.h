@@ -23,6 +23,8 @@ struct Request {
   Nanos arrival = 0;
   std::int32_t prompt_tokens = 1;
   std::int32_t output_tokens = 1;
+
+  friend bool operator==(const Request&, const Request&) = default;
 };
 
 // A time-ordered stream of requests.
@@ -64,6 +66,10 @@ struct TokenDist {
   nlohmann::json toJson() const;
 };
 
+// Shares of models 0..count-1 under Zipf popularity: share[i] proportional to 1/(i+1)^alpha,
+// summing to 1. alpha 0 is an equal split.
+std::vector<double> zipfShares(std::size_t count, double alpha);
+
 // Builds the request stream described by a scenario's "workload" object.
 //   models:    model names in scenario order (ModelId = index)
 //   duration:  generated streams stop at this time (traces: rows past it are dropped; 0 = no cap)
@@ -71,8 +77,10 @@ struct TokenDist {
 std::unique_ptr<RequestSource> makeWorkload(const JsonReader& workload, const std::vector<std::string>& models,
                                             std::uint64_t seed, Nanos duration, const std::string& base_dir);
 
-// Writes a stream as our replayable CSV: `id,model,arrival_ns,prompt_tokens,output_tokens`.
-// Returns the number of rows written. makeWorkload reads it back with {"type":"trace","format":"computron"}.
+// Writes a stream as our replayable CSV: `id,model,arrival_ns,prompt_tokens,output_tokens`, the
+// model as its name. Returns the number of rows written. makeWorkload reads it back with
+// {"type":"trace","format":"computron"}. Pulls until the source is exhausted (so the stream needs a
+// duration); a closed-loop source, or a model name unfit for CSV, throws ConfigError.
 std::int64_t writeWorkloadCsv(RequestSource& source, const std::vector<std::string>& models, std::ostream& out);
 
 }  // namespace computron
