@@ -1,0 +1,581 @@
+#include "runtime/model/cuda/kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+#include "runtime/model/cuda/cuda_check.h"
+
+namespace computron::model::kernels {
+namespace {
+
+__device__ __forceinline__ float toFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float toFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T fromFloat(float x);
+template <> __device__ __forceinline__ __half fromFloat<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Calls fn.template operator()<T>() with T the CUDA type of `dtype`.
+template <typename Fn>
+void dispatch(DType dtype, Fn&& fn) {
+  if (dtype == DType::kF16) fn.template operator()<__half>();
+  else if (dtype == DType::kBF16) fn.template operator()<__nv_bfloat16>();
+  else throw DeviceError("model kernels: F32 weights are not supported on the GPU path");
+}
+
+__device__ __forceinline__ float warpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds 32 floats.
+__device__ float blockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.f;
+  return warpSum(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+template <typename T>
+__global__ void embedTokensKernel(const T* table, const int* tokens, int hidden, int vocab_begin, int local_vocab,
+                                  float* residual) {
+  const int n = blockIdx.x;
+  const int row = tokens[n] - vocab_begin;
+  const bool mine = row >= 0 && row < local_vocab;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    residual[static_cast<std::int64_t>(n) * hidden + i] = mine ? toFloat(table[static_cast<std::int64_t>(row) * hidden + i]) : 0.f;
+}
+
+template <typename T>
+__global__ void addPositionsKernel(const T* table, const int* positions, int hidden, float* residual) {
+  const int n = blockIdx.x;
+  const std::int64_t row = positions[n] + 2;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    residual[static_cast<std::int64_t>(n) * hidden + i] += toFloat(table[row * hidden + i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms: one block per row; statistics in fp32 like the reference.
+
+template <typename T>
+__global__ void layerNormKernel(const float* residual, const int* rows, int hidden, const T* weight, const T* bias,
+                                float eps, T* out) {
+  __shared__ float scratch[32];
+  const int row = rows ? rows[blockIdx.x] : blockIdx.x;
+  const float* x = residual + static_cast<std::int64_t>(row) * hidden;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) sum += x[i];
+  const float mean = blockSum(sum, scratch) / hidden;
+  float sq = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float d = x[i] - mean;
+    sq += d * d;
+  }
+  const float inv = rsqrtf(blockSum(sq, scratch) / hidden + eps);
+  T* y = out + static_cast<std::int64_t>(blockIdx.x) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    y[i] = fromFloat<T>((x[i] - mean) * inv * toFloat(weight[i]) + toFloat(bias[i]));
+}
+
+template <typename T>
+__global__ void rmsNormKernel(const float* residual, const int* rows, int hidden, const T* weight, float eps, T* out) {
+  __shared__ float scratch[32];
+  const int row = rows ? rows[blockIdx.x] : blockIdx.x;
+  const float* x = residual + static_cast<std::int64_t>(row) * hidden;
+  float sq = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) sq += x[i] * x[i];
+  const float inv = rsqrtf(blockSum(sq, scratch) / hidden + eps);
+  T* y = out + static_cast<std::int64_t>(blockIdx.x) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) y[i] = fromFloat<T>(x[i] * inv * toFloat(weight[i]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+
+template <typename T>
+__global__ void addResidualKernel(float* residual, const float* projection, const T* bias, std::int64_t total, int hidden) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    residual[i] += projection[i] + (bias ? toFloat(bias[i % hidden]) : 0.f);
+}
+
+template <typename T>
+__global__ void biasReluKernel(T* x, const T* bias, std::int64_t total, int width) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    // The reference adds the bias in the model dtype before the ReLU; round the same way.
+    const float biased = toFloat(fromFloat<T>(toFloat(x[i]) + (bias ? toFloat(bias[i % width]) : 0.f)));
+    x[i] = fromFloat<T>(fmaxf(biased, 0.f));
+  }
+}
+
+template <typename T>
+__global__ void swiGluKernel(const T* gate_up, T* out, std::int64_t total, int width) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t n = i / width, j = i % width;
+    const float g = toFloat(gate_up[n * 2 * width + j]);
+    const float u = toFloat(gate_up[n * 2 * width + width + j]);
+    out[i] = fromFloat<T>(g / (1.f + expf(-g)) * u);
+  }
+}
+
+int gridFor(std::int64_t total, int threads) {
+  const std::int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<int>(blocks < 132 * 32 ? (blocks < 1 ? 1 : blocks) : 132 * 32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// q/k/v split, bias and rotary
+
+template <typename T>
+__global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, const int* positions, QkvLayout layout,
+                               T* q, T* k_cache, T* v_cache) {
+  const int n = blockIdx.x;
+  const int hd = layout.head_dim, half = hd / 2;
+  const int total_heads = layout.heads + 2 * layout.kv_heads;
+  const std::int64_t width = static_cast<std::int64_t>(total_heads) * hd;
+  const T* row = qkv + n * width;
+  const int pos = positions[n];
+  const std::int64_t cache_row =
+      (static_cast<std::int64_t>(slots[n]) * layout.max_seq + pos) * layout.kv_heads * hd;
+  for (int idx = threadIdx.x; idx < total_heads * half; idx += blockDim.x) {
+    const int head = idx / half, i = idx % half;
+    const int c1 = head * hd + i, c2 = c1 + half;
+    float x1 = toFloat(row[c1]), x2 = toFloat(row[c2]);
+    if (bias) {
+      // Reference: the projection's output (bias included) is rounded to the model dtype.
+      x1 = toFloat(fromFloat<T>(x1 + toFloat(bias[c1])));
+      x2 = toFloat(fromFloat<T>(x2 + toFloat(bias[c2])));
+    }
+    const bool is_q = head < layout.heads;
+    const bool is_k = !is_q && head < layout.heads + layout.kv_heads;
+    if (layout.rotary && (is_q || is_k)) {
+      // HF: inv_freq = 1 / theta^(2i/d) in fp32; angle = pos * inv_freq; rotate-half pairs (i, i + d/2).
+      const float inv_freq = 1.0f / powf(layout.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+      const float angle = static_cast<float>(pos) * inv_freq;
+      const float c = cosf(angle), s = sinf(angle);
+      const float r1 = x1 * c - x2 * s, r2 = x2 * c + x1 * s;
+      x1 = r1;
+      x2 = r2;
+    }
+    if (is_q) {
+      T* dst = q + (static_cast<std::int64_t>(n) * layout.heads + head) * hd;
+      dst[i] = fromFloat<T>(x1);
+      dst[i + half] = fromFloat<T>(x2);
+    } else {
+      const int kv_head = is_k ? head - layout.heads : head - layout.heads - layout.kv_heads;
+      T* dst = (is_k ? k_cache : v_cache) + cache_row + static_cast<std::int64_t>(kv_head) * hd;
+      dst[i] = fromFloat<T>(x1);
+      dst[i + half] = fromFloat<T>(x2);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: causal softmax over cuBLAS-computed scores, one warp per row.
+
+template <typename T>
+__global__ void causalSoftmaxKernel(const float* scores, T* probs, std::int64_t rows, int len) {
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int query = static_cast<int>(row % len);
+  const float* s = scores + row * len;
+  T* p = probs + row * len;
+  float m = -FLT_MAX;
+  for (int j = lane; j <= query; j += 32) m = fmaxf(m, s[j]);
+  m = warpMax(m);
+  float sum = 0.f;
+  for (int j = lane; j <= query; j += 32) sum += expf(s[j] - m);
+  const float inv = 1.f / warpSum(sum);
+  for (int j = lane; j < len; j += 32) p[j] = fromFloat<T>(j <= query ? expf(s[j] - m) * inv : 0.f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention. Block = (kv head, sequence); its G = heads / kv_heads query heads share
+// every K and V row it reads, so the cache is read once per step. Warps split the positions;
+// each lane holds HD/32 dimensions.
+
+constexpr int kDecodeWarps = 8;
+constexpr int kMaxGroup = 8;
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const T* q, const T* k_cache, const T* v_cache,
+                                                                           const int* slots, const int* context,
+                                                                           QkvLayout layout, float scale, T* out) {
+  constexpr int kPer = HD / 32;
+  extern __shared__ float shared[];
+  const int kv_head = blockIdx.x, n = blockIdx.y;
+  const int group = layout.heads / layout.kv_heads;
+  const int ctx = context[n];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* scores = shared;                              // [group][ctx]
+  float* partial = shared + group * ctx;               // [warps][group][HD]
+  __shared__ float stats[kMaxGroup][2];
+
+  float qr[kMaxGroup][kPer];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+#pragma unroll
+    for (int e = 0; e < kPer; ++e)
+      qr[g][e] = g < group ? toFloat(q[(static_cast<std::int64_t>(n) * layout.heads + kv_head * group + g) * HD + lane * kPer + e]) : 0.f;
+  }
+  const std::int64_t row_stride = static_cast<std::int64_t>(layout.kv_heads) * HD;
+  const std::int64_t base = static_cast<std::int64_t>(slots[n]) * layout.max_seq * row_stride + kv_head * HD + lane * kPer;
+
+  for (int t = warp; t < ctx; t += kDecodeWarps) {
+    float kv[kPer];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) kv[e] = toFloat(k_cache[base + t * row_stride + e]);
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < group) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) dot += qr[g][e] * kv[e];
+        dot = warpSum(dot);
+        if (lane == 0) scores[g * ctx + t] = dot * scale;
+      }
+    }
+  }
+  __syncthreads();
+  for (int g = warp; g < group; g += kDecodeWarps) {
+    float m = -FLT_MAX;
+    for (int t = lane; t < ctx; t += 32) m = fmaxf(m, scores[g * ctx + t]);
+    m = warpMax(m);
+    float sum = 0.f;
+    for (int t = lane; t < ctx; t += 32) {
+      const float e = expf(scores[g * ctx + t] - m);
+      scores[g * ctx + t] = e;
+      sum += e;
+    }
+    sum = warpSum(sum);
+    if (lane == 0) stats[g][0] = 1.f / sum;
+  }
+  __syncthreads();
+
+  float acc[kMaxGroup][kPer] = {};
+  for (int t = warp; t < ctx; t += kDecodeWarps) {
+    float vv[kPer];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) vv[e] = toFloat(v_cache[base + t * row_stride + e]);
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < group) {
+        const float p = scores[g * ctx + t];
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) acc[g][e] += p * vv[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    if (g < group) {
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) partial[(warp * group + g) * HD + lane * kPer + e] = acc[g][e];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < group * HD; idx += blockDim.x) {
+    const int g = idx / HD, d = idx % HD;
+    float sum = 0.f;
+    for (int w = 0; w < kDecodeWarps; ++w) sum += partial[(w * group + g) * HD + d];
+    out[(static_cast<std::int64_t>(n) * layout.heads + kv_head * group + g) * HD + d] = fromFloat<T>(sum * stats[g][0]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logits and sampling
+
+__global__ void interleaveVocabKernel(const float* gathered, float* logits, int tp, int batch, int local_vocab) {
+  const std::int64_t total = static_cast<std::int64_t>(tp) * batch * local_vocab;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / (static_cast<std::int64_t>(batch) * local_vocab);
+    const std::int64_t rest = i % (static_cast<std::int64_t>(batch) * local_vocab);
+    const std::int64_t b = rest / local_vocab, j = rest % local_vocab;
+    logits[b * tp * local_vocab + r * local_vocab + j] = gathered[i];
+  }
+}
+
+__device__ __forceinline__ std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+constexpr int kSampleThreads = 1024;
+
+// Block-wide reduce of (value, index) keeping the larger value, then the lower index.
+__device__ void argmaxReduce(float& value, int& index, float* vals, int* idxs) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, value, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, index, o);
+    if (ov > value || (ov == value && oi < index)) { value = ov; index = oi; }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) { vals[warp] = value; idxs[warp] = index; }
+  __syncthreads();
+  if (warp == 0) {
+    value = vals[lane];
+    index = idxs[lane];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, value, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, index, o);
+      if (ov > value || (ov == value && oi < index)) { value = ov; index = oi; }
+    }
+    if (lane == 0) { vals[0] = value; idxs[0] = index; }
+  }
+  __syncthreads();
+  value = vals[0];
+  index = idxs[0];
+}
+
+__global__ void __launch_bounds__(kSampleThreads) sampleKernel(const float* logits, int vocab, float temperature, int top_k,
+                                                               float top_p, std::uint64_t seed, int step, int* tokens) {
+  __shared__ float vals[32];
+  __shared__ int idxs[32];
+  __shared__ float scratch[32];
+  __shared__ float chunk_mass[kSampleThreads];
+  __shared__ int chosen;
+  const int b = blockIdx.x;
+  const float* row = logits + static_cast<std::int64_t>(b) * vocab;
+  float best = -FLT_MAX, lowest = FLT_MAX;
+  int best_index = vocab;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float v = row[j];
+    if (v > best || (v == best && j < best_index)) { best = v; best_index = j; }
+    lowest = fminf(lowest, v);
+  }
+  float low_value = -lowest;
+  int unused = 0;
+  argmaxReduce(best, best_index, vals, idxs);
+  if (temperature <= 0.f || top_k == 1) {
+    if (threadIdx.x == 0) tokens[b] = best_index;
+    return;
+  }
+  argmaxReduce(low_value, unused, vals, idxs);
+  lowest = -low_value;
+
+  // Threshold on logits: every token with logit >= threshold is kept.
+  float threshold = lowest;
+  if (top_k > 0 && top_k < vocab) {
+    float lo = lowest, hi = best;  // invariant: count(>= lo) >= top_k
+    for (int it = 0; it < 40; ++it) {
+      const float mid = 0.5f * (lo + hi);
+      float count = 0.f;
+      for (int j = threadIdx.x; j < vocab; j += blockDim.x) count += row[j] >= mid ? 1.f : 0.f;
+      if (blockSum(count, scratch) >= static_cast<float>(top_k)) lo = mid; else hi = mid;
+    }
+    threshold = lo;
+  }
+  const float inv_t = 1.f / temperature;
+  auto weight = [&](float v) { return v >= threshold ? expf((v - best) * inv_t) : 0.f; };
+  if (top_p < 1.f) {
+    float total = 0.f;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) total += weight(row[j]);
+    total = blockSum(total, scratch);
+    float lo = threshold, hi = best;  // invariant: mass(>= lo) >= top_p * total
+    for (int it = 0; it < 40; ++it) {
+      const float mid = 0.5f * (lo + hi);
+      float mass = 0.f;
+      for (int j = threadIdx.x; j < vocab; j += blockDim.x) mass += row[j] >= mid ? weight(row[j]) : 0.f;
+      if (blockSum(mass, scratch) >= top_p * total) lo = mid; else hi = mid;
+    }
+    threshold = lo;
+  }
+  // Inverse-CDF sampling in index order: each thread owns a contiguous chunk.
+  const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
+  const int begin = threadIdx.x * chunk, end = min(vocab, begin + chunk);
+  float mine = 0.f;
+  for (int j = begin; j < end; ++j) mine += weight(row[j]);
+  chunk_mass[threadIdx.x] = mine;
+  if (threadIdx.x == 0) chosen = best_index;  // fallback for rounding at the very end
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float run = 0.f;
+    for (int t = 0; t < static_cast<int>(blockDim.x); ++t) {
+      const float m = chunk_mass[t];
+      chunk_mass[t] = run;
+      run += m;
+    }
+    const std::uint64_t bits = mix64(mix64(seed ^ (0x5851f42d4c957f2dull * (static_cast<std::uint64_t>(b) + 1))) + static_cast<std::uint64_t>(step));
+    const float u = static_cast<float>(static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0)) * run;
+    vals[0] = u;
+  }
+  __syncthreads();
+  const float u = vals[0];
+  const float start = chunk_mass[threadIdx.x];
+  if (mine > 0.f && u >= start && u < start + mine) {
+    float run = start;
+    for (int j = begin; j < end; ++j) {
+      run += weight(row[j]);
+      if (u < run) { chosen = j; break; }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) tokens[b] = chosen;
+}
+
+template <typename T>
+__global__ void fillUniformKernel(T* data, std::int64_t elements, std::uint64_t seed, float amplitude, float constant) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < elements;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float v = constant;
+    if (amplitude != 0.f) {
+      const std::uint64_t bits = mix64(seed + static_cast<std::uint64_t>(i));
+      v = (static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.f - 1.f) * amplitude;
+    }
+    data[i] = fromFloat<T>(v);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Launchers
+
+void embedTokens(DType dtype, const void* table, const int* tokens, int num_tokens, int hidden, int vocab_begin,
+                 int local_vocab, float* residual, cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    embedTokensKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(table), tokens, hidden, vocab_begin, local_vocab, residual);
+  });
+  CUDA_CHECK_LAUNCH("embedTokens");
+}
+
+void addPositions(DType dtype, const void* table, const int* positions, int num_tokens, int hidden, float* residual,
+                  cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    addPositionsKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(table), positions, hidden, residual);
+  });
+  CUDA_CHECK_LAUNCH("addPositions");
+}
+
+void layerNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
+               const void* bias, float eps, void* out, cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    layerNormKernel<T><<<num_rows, 256, 0, stream>>>(residual, rows, hidden, static_cast<const T*>(weight),
+                                                     static_cast<const T*>(bias), eps, static_cast<T*>(out));
+  });
+  CUDA_CHECK_LAUNCH("layerNorm");
+}
+
+void rmsNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
+             float eps, void* out, cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    rmsNormKernel<T><<<num_rows, 256, 0, stream>>>(residual, rows, hidden, static_cast<const T*>(weight), eps, static_cast<T*>(out));
+  });
+  CUDA_CHECK_LAUNCH("rmsNorm");
+}
+
+void addResidual(DType dtype, float* residual, const float* projection, const void* bias, int num_tokens, int hidden,
+                 cudaStream_t stream) {
+  const std::int64_t total = static_cast<std::int64_t>(num_tokens) * hidden;
+  dispatch(dtype, [&]<typename T>() {
+    addResidualKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(residual, projection, static_cast<const T*>(bias), total, hidden);
+  });
+  CUDA_CHECK_LAUNCH("addResidual");
+}
+
+void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width, cudaStream_t stream) {
+  const std::int64_t total = static_cast<std::int64_t>(num_tokens) * width;
+  dispatch(dtype, [&]<typename T>() {
+    biasReluKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(bias), total, width);
+  });
+  CUDA_CHECK_LAUNCH("biasRelu");
+}
+
+void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int width, cudaStream_t stream) {
+  const std::int64_t total = static_cast<std::int64_t>(num_tokens) * width;
+  dispatch(dtype, [&]<typename T>() {
+    swiGluKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), total, width);
+  });
+  CUDA_CHECK_LAUNCH("swiGlu");
+}
+
+void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, const int* positions, int num_tokens,
+              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    splitQkvKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
+                                                      layout, static_cast<T*>(q), static_cast<T*>(k_cache), static_cast<T*>(v_cache));
+  });
+  CUDA_CHECK_LAUNCH("splitQkv");
+}
+
+void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, int len, cudaStream_t stream) {
+  const std::int64_t rows = static_cast<std::int64_t>(matrices) * len;
+  const int rows_per_block = 8;
+  dispatch(dtype, [&]<typename T>() {
+    causalSoftmaxKernel<T><<<static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block), rows_per_block * 32, 0, stream>>>(
+        scores, static_cast<T*>(probs), rows, len);
+  });
+  CUDA_CHECK_LAUNCH("causalSoftmax");
+}
+
+static std::size_t decodeSharedBytes(int group, int context, int head_dim) {
+  return sizeof(float) * (static_cast<std::size_t>(group) * context + static_cast<std::size_t>(kDecodeWarps) * group * head_dim);
+}
+
+int decodeAttentionMaxContext(int heads, int kv_heads) {
+  const int group = heads / kv_heads;
+  const std::size_t limit = 200 * 1024;  // under the 227 KB a Hopper block may opt into
+  const std::size_t fixed = sizeof(float) * static_cast<std::size_t>(kDecodeWarps) * group * 128;
+  return static_cast<int>((limit - fixed) / (sizeof(float) * group));
+}
+
+void decodeAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* slots,
+                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out,
+                     cudaStream_t stream) {
+  const int group = layout.heads / layout.kv_heads;
+  if (group > kMaxGroup) throw DeviceError("decodeAttention: more than 8 query heads per kv head");
+  const std::size_t shared = decodeSharedBytes(group, layout.max_seq, layout.head_dim);
+  const dim3 grid(layout.kv_heads, num_tokens);
+  dispatch(dtype, [&]<typename T>() {
+    auto launch = [&](auto kernel) {
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+      kernel<<<grid, kDecodeWarps * 32, shared, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k_cache),
+                                                          static_cast<const T*>(v_cache), slots, context, layout, scale,
+                                                          static_cast<T*>(out));
+    };
+    if (layout.head_dim == 64) launch(decodeAttentionKernel<T, 64>);
+    else if (layout.head_dim == 128) launch(decodeAttentionKernel<T, 128>);
+    else throw DeviceError("decodeAttention: head_dim must be 64 or 128, got " + std::to_string(layout.head_dim));
+  });
+  CUDA_CHECK_LAUNCH("decodeAttention");
+}
+
+void interleaveVocab(const float* gathered, float* logits, int tp, int batch, int local_vocab, cudaStream_t stream) {
+  const std::int64_t total = static_cast<std::int64_t>(tp) * batch * local_vocab;
+  interleaveVocabKernel<<<gridFor(total, 256), 256, 0, stream>>>(gathered, logits, tp, batch, local_vocab);
+  CUDA_CHECK_LAUNCH("interleaveVocab");
+}
+
+void sampleTokens(const float* logits, int batch, int vocab, float temperature, int top_k, float top_p,
+                  std::uint64_t seed, int step, int* tokens, cudaStream_t stream) {
+  sampleKernel<<<batch, kSampleThreads, 0, stream>>>(logits, vocab, temperature, top_k, top_p, seed, step, tokens);
+  CUDA_CHECK_LAUNCH("sampleTokens");
+}
+
+void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t seed, float amplitude, float constant,
+                 cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    fillUniformKernel<T><<<gridFor(elements, 256), 256, 0, stream>>>(static_cast<T*>(data), elements, seed, amplitude, constant);
+  });
+  CUDA_CHECK_LAUNCH("fillUniform");
+}
+
+}  // namespace computron::model::kernels

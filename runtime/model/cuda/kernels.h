@@ -1,0 +1,64 @@
+// Decoder kernels. Activations of the residual stream are fp32 (accuracy against an fp32
+// reference, and exact TP all-reduces); inputs to matrix products are the model dtype (F16 or
+// BF16). Each launcher takes the model dtype and dispatches to the typed kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/model_spec.h"
+
+namespace computron::model::kernels {
+
+// residual[n] = embedding rows of tokens[n] held by this rank (vocab rows [vocab_begin,
+// vocab_begin + local_vocab)), zeros for tokens of other ranks.
+void embedTokens(DType dtype, const void* table, const int* tokens, int num_tokens, int hidden, int vocab_begin,
+                 int local_vocab, float* residual, cudaStream_t stream);
+// residual[n] += positions[pos[n] + 2] (OPT's learned positions are offset by 2).
+void addPositions(DType dtype, const void* table, const int* positions, int num_tokens, int hidden, float* residual,
+                  cudaStream_t stream);
+// out = norm(residual) in the model dtype, over the rows named by `rows` (or all when null).
+void layerNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
+               const void* bias, float eps, void* out, cudaStream_t stream);
+void rmsNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
+             float eps, void* out, cudaStream_t stream);
+// residual += projection (+ bias), the projection being a row-parallel product in fp32.
+void addResidual(DType dtype, float* residual, const float* projection, const void* bias, int num_tokens, int hidden,
+                 cudaStream_t stream);
+// In place: x = relu(x + bias).
+void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width, cudaStream_t stream);
+// out[n, j] = silu(gate_up[n, j]) * gate_up[n, width + j].
+void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int width, cudaStream_t stream);
+// Splits the fused q|k|v product per token: adds biases (when given), rotates q and k (Llama,
+// HF's rotate-half convention) and writes q to `q` [n, heads, hd] and k, v into the caches
+// [slot, max_seq, kv_heads, hd] at (slot[n], pos[n]).
+struct QkvLayout {
+  int heads = 0, kv_heads = 0, head_dim = 0, max_seq = 0;
+  bool rotary = false;
+  float rope_theta = 10000.f;
+};
+void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, const int* positions, int num_tokens,
+              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream);
+// Causal softmax of scores [rows, len, len] (fp32) into probs (model dtype), zeros above the diagonal.
+void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, int len, cudaStream_t stream);
+// Decode attention: one query token per sequence over its cached keys [0, context[n]).
+void decodeAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* slots,
+                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out,
+                     cudaStream_t stream);
+// Largest context decodeAttention accepts for this layout (shared memory bound).
+int decodeAttentionMaxContext(int heads, int kv_heads);
+// logits[b, r * local_vocab + j] = gathered[r, b, j].
+void interleaveVocab(const float* gathered, float* logits, int tp, int batch, int local_vocab, cudaStream_t stream);
+// Picks one token per row. temperature <= 0: greedy (first index of the maximum). Otherwise
+// softmax(logits / temperature) restricted to the top_k (0: all) tokens and then to the
+// smallest set whose probability reaches top_p, sampled with a counter-based generator
+// seeded by (seed, row, step), so runs repeat exactly.
+void sampleTokens(const float* logits, int batch, int vocab, float temperature, int top_k, float top_p,
+                  std::uint64_t seed, int step, int* tokens, cudaStream_t stream);
+// Deterministic uniform fill for benchmark weights: values in [-amplitude, amplitude), or all
+// `constant` when amplitude is 0.
+void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t seed, float amplitude, float constant,
+                 cudaStream_t stream);
+
+}  // namespace computron::model::kernels

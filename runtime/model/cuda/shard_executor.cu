@@ -1,0 +1,418 @@
+#include "runtime/model/cuda/shard_executor.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "runtime/model/cuda/kernels.h"
+
+namespace computron::model {
+namespace {
+
+cudaDataType cudaType(DType d) { return d == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF; }
+
+std::int64_t alignUp(std::int64_t v) { return (v + 255) / 256 * 256; }
+
+std::string gib(std::int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / static_cast<double>(1LL << 30));
+  return buf;
+}
+
+// Sizes of every workspace buffer, in allocation order; shared by workspaceBytes and the carving.
+struct WorkspaceLayout {
+  std::int64_t cache_layer_elems = 0, max_tokens = 0, max_prompt = 0;
+  std::vector<std::int64_t> sizes;
+  std::int64_t total = 0;
+};
+
+WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
+  WorkspaceLayout l;
+  const std::int64_t elem = elementBytes(plan.spec.dtype);
+  const std::int64_t hd = plan.spec.headDim(), h = plan.spec.hidden;
+  const std::int64_t batch = limits.max_batch, ctx = limits.max_context;
+  l.max_tokens = limits.max_prefill_tokens > 0 ? limits.max_prefill_tokens : batch * ctx;
+  l.max_prompt = std::min<std::int64_t>(ctx, l.max_tokens);
+  l.cache_layer_elems = batch * ctx * plan.local_kv_heads * hd;
+  const std::int64_t tokens = l.max_tokens;
+  const std::int64_t qkv = (plan.local_heads + 2 * plan.local_kv_heads) * hd, q = plan.local_heads * hd;
+  const std::int64_t up = plan.spec.arch == Arch::kLlama ? 2 * plan.local_ffn : plan.local_ffn;
+  const std::int64_t heads = plan.local_heads;
+  const int max_tp = plan.tp;
+  l.sizes = {
+      plan.num_layers * l.cache_layer_elems * elem,             // k cache
+      plan.num_layers * l.cache_layer_elems * elem,             // v cache
+      tokens * h * 4,                                           // residual
+      tokens * h * 4,                                           // projection
+      tokens * h * elem,                                        // normed
+      tokens * qkv * elem,                                      // qkv
+      tokens * q * elem,                                        // q
+      tokens * q * elem,                                        // attention
+      tokens * up * elem,                                       // mlp
+      plan.spec.arch == Arch::kLlama ? tokens * plan.local_ffn * elem : 0,  // activated
+      heads * l.max_prompt * l.max_prompt * 4,                  // scores
+      heads * l.max_prompt * l.max_prompt * elem,               // probs
+      batch * h * elem,                                         // last normed
+      batch * plan.local_vocab * 4,                             // local logits
+      static_cast<std::int64_t>(max_tp) * batch * plan.local_vocab * 4,  // gathered logits
+      batch * plan.spec.vocab * 4,                              // logits
+      (4 * tokens + batch) * 4,                                 // meta
+      batch * 4,                                                // sampled
+      std::max(1, plan.num_layers) * batch * 6 * heads * static_cast<std::int64_t>(sizeof(void*)),  // pointers
+  };
+  for (auto s : l.sizes) l.total += alignUp(s);
+  return l;
+}
+
+}  // namespace
+
+std::int64_t ShardExecutor::workspaceBytes(const ShardPlan& plan, const ExecutorLimits& limits) {
+  return layoutFor(plan, limits).total;
+}
+
+ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, const ExecutorLimits& limits, int device,
+                             ParallelComms comms)
+    : plan_(plan), extras_(extras), limits_(limits), device_(device), comms_(comms) {
+  if (plan_.spec.dtype == DType::kF32) throw CapacityError("the GPU path runs F16 or BF16 models, not F32");
+  if ((plan_.tp > 1 || plan_.pp > 1) && !COMPUTRON_HAVE_NCCL)
+    throw CapacityError("this build has no NCCL: only TP = PP = 1 can run");
+  hd_ = plan_.spec.headDim();
+  q_width_ = plan_.local_heads * hd_;
+  qkv_width_ = (plan_.local_heads + 2 * plan_.local_kv_heads) * hd_;
+  up_width_ = plan_.spec.arch == Arch::kLlama ? 2 * plan_.local_ffn : plan_.local_ffn;
+  if (hd_ != 64 && hd_ != 128) throw CapacityError("head dimension " + std::to_string(hd_) + " is not supported (64 or 128)");
+  const int max_decode_context = kernels::decodeAttentionMaxContext(static_cast<int>(plan_.local_heads), static_cast<int>(plan_.local_kv_heads));
+  if (limits_.max_context > max_decode_context)
+    throw CapacityError("max_context " + std::to_string(limits_.max_context) + " exceeds the decode kernel's " +
+                        std::to_string(max_decode_context) + " positions");
+
+  const WorkspaceLayout layout = layoutFor(plan_, limits_);
+  max_tokens_ = layout.max_tokens;
+  max_prompt_ = layout.max_prompt;
+  cache_layer_elems_ = layout.cache_layer_elems;
+
+  CUDA_CHECK(cudaSetDevice(device_));
+  // The KV cache and activations are budgeted apart from the weights: refuse before allocating.
+  if (limits_.kv_and_activation_budget > 0 && layout.total > limits_.kv_and_activation_budget)
+    throw CapacityError("model '" + plan_.spec.name + "' shard (tp rank " + std::to_string(plan_.tp_rank) + ", stage " +
+                        std::to_string(plan_.pp_rank) + "): a batch of " + std::to_string(limits_.max_batch) + " x " +
+                        std::to_string(limits_.max_context) + " tokens needs " + gib(layout.total) +
+                        " of KV cache and activations; the budget is " + gib(limits_.kv_and_activation_budget));
+  std::size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (layout.total > static_cast<std::int64_t>(free_bytes))
+    throw CapacityError("model '" + plan_.spec.name + "': KV cache and activations need " + gib(layout.total) + " but GPU " +
+                        std::to_string(device_) + " has " + gib(static_cast<std::int64_t>(free_bytes)) + " free");
+
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas_));
+  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  CUDA_CHECK(cudaMalloc(&workspace_, static_cast<std::size_t>(layout.total)));
+  std::byte* cursor = workspace_;
+  std::vector<void*> parts;
+  for (auto s : layout.sizes) {
+    parts.push_back(cursor);
+    cursor += alignUp(s);
+  }
+  k_cache_ = parts[0];
+  v_cache_ = parts[1];
+  residual_ = static_cast<float*>(parts[2]);
+  projection_ = static_cast<float*>(parts[3]);
+  normed_ = parts[4];
+  qkv_ = parts[5];
+  q_ = parts[6];
+  attention_ = parts[7];
+  mlp_ = parts[8];
+  activated_ = parts[9];
+  scores_ = static_cast<float*>(parts[10]);
+  probs_ = parts[11];
+  last_normed_ = parts[12];
+  local_logits_ = static_cast<float*>(parts[13]);
+  gathered_logits_ = static_cast<float*>(parts[14]);
+  logits_ = static_cast<float*>(parts[15]);
+  meta_ = static_cast<int*>(parts[16]);
+  sampled_ = static_cast<int*>(parts[17]);
+  attention_pointers_ = static_cast<void**>(parts[18]);
+  CUDA_CHECK(cudaMallocHost(&host_meta_, static_cast<std::size_t>(layout.sizes[16])));
+  CUDA_CHECK(cudaEventCreateWithFlags(&meta_uploaded_, cudaEventDisableTiming));
+}
+
+ShardExecutor::~ShardExecutor() {
+  // Destructors must not throw: release what exists and ignore errors.
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (meta_uploaded_) cudaEventDestroy(meta_uploaded_);
+  if (host_meta_) cudaFreeHost(host_meta_);
+  if (workspace_) cudaFree(workspace_);
+  if (owned_weights_) cudaFree(owned_weights_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void ShardExecutor::useDeviceWeights(const void* weights) { weights_ = static_cast<const std::byte*>(weights); }
+
+void ShardExecutor::uploadWeights(const void* host_weights) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (!owned_weights_) CUDA_CHECK(cudaMalloc(&owned_weights_, static_cast<std::size_t>(plan_.total_bytes)));
+  CUDA_CHECK(cudaMemcpyAsync(owned_weights_, host_weights, static_cast<std::size_t>(plan_.total_bytes), cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  weights_ = owned_weights_;
+}
+
+void ShardExecutor::randomWeights(std::uint64_t seed) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (!owned_weights_) CUDA_CHECK(cudaMalloc(&owned_weights_, static_cast<std::size_t>(plan_.total_bytes)));
+  const std::int64_t elem = elementBytes(plan_.spec.dtype);
+  std::uint64_t tensor_seed = seed * 0x9e3779b97f4a7c15ull;
+  for (const auto& t : plan_.tensors) {
+    tensor_seed = tensor_seed * 6364136223846793005ull + 1442695040888963407ull;
+    const float amplitude = t.init == InitKind::kMatrix ? 0.0346410161513775f : 0.f;
+    const float constant = t.init == InitKind::kNormWeight ? 1.f : 0.f;
+    kernels::fillUniform(plan_.spec.dtype, owned_weights_ + t.offset, t.bytes / elem, tensor_seed, amplitude, constant, stream_);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  weights_ = owned_weights_;
+}
+
+void ShardExecutor::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void ShardExecutor::gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32) {
+  // Row-major y[rows, out] = x[rows, in] * w[out, in]^T, written column-major as y^T = w x^T.
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = cudaType(plan_.spec.dtype);
+  CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in_features, &alpha, w, t, in_features, x, t,
+                            in_features, &beta, y, y_f32 ? CUDA_R_32F : t, out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void ShardExecutor::allReduce(float* data, std::int64_t count) {
+  if (plan_.tp == 1) return;
+#if COMPUTRON_HAVE_NCCL
+  NCCL_CHECK(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum,
+                           static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+#else
+  (void)data;
+  (void)count;
+#endif
+}
+
+void ShardExecutor::forward(const StepBatch& batch) {
+  if (!weights_) throw CapacityError("forward before weights were set");
+  const int tokens = static_cast<int>(batch.positions.size());
+  const int sequences = static_cast<int>(batch.last_token.size());
+  if (tokens == 0 || sequences == 0) throw CapacityError("empty batch");
+  if (tokens > max_tokens_)
+    throw CapacityError("a pass of " + std::to_string(tokens) + " tokens exceeds this executor's " + std::to_string(max_tokens_));
+  if (sequences > limits_.max_batch)
+    throw CapacityError("a batch of " + std::to_string(sequences) + " sequences exceeds max_batch " + std::to_string(limits_.max_batch));
+  for (int n = 0; n < tokens; ++n) {
+    if (batch.positions[static_cast<std::size_t>(n)] >= limits_.max_context)
+      throw CapacityError("position " + std::to_string(batch.positions[static_cast<std::size_t>(n)]) + " exceeds max_context " +
+                          std::to_string(limits_.max_context));
+    if (batch.slots[static_cast<std::size_t>(n)] >= limits_.max_batch) throw CapacityError("slot out of range");
+  }
+  if (plan_.spec.arch == Arch::kOpt)
+    for (int p : batch.positions)
+      if (p + 2 >= plan_.spec.max_positions + 2) throw CapacityError("position beyond OPT's learned position table");
+  if (batch.prefill)
+    for (int len : batch.seq_len)
+      if (len > max_prompt_) throw CapacityError("a prompt of " + std::to_string(len) + " tokens exceeds " + std::to_string(max_prompt_));
+
+  CUDA_CHECK(cudaSetDevice(device_));
+  // Meta: tokens | slots | positions | context | last_token, in one upload.
+  CUDA_CHECK(cudaEventSynchronize(meta_uploaded_));  // the previous upload has left the staging buffer
+  int* host_tokens = host_meta_;
+  int* host_slots = host_meta_ + max_tokens_;
+  int* host_positions = host_meta_ + 2 * max_tokens_;
+  int* host_context = host_meta_ + 3 * max_tokens_;
+  int* host_last = host_meta_ + 4 * max_tokens_;
+  for (int n = 0; n < tokens; ++n) {
+    host_tokens[n] = plan_.has_embeddings ? batch.tokens[static_cast<std::size_t>(n)] : 0;
+    host_slots[n] = batch.slots[static_cast<std::size_t>(n)];
+    host_positions[n] = batch.positions[static_cast<std::size_t>(n)];
+    host_context[n] = host_positions[n] + 1;
+  }
+  for (int s = 0; s < sequences; ++s) host_last[s] = batch.last_token[static_cast<std::size_t>(s)];
+  CUDA_CHECK(cudaMemcpyAsync(meta_, host_meta_, static_cast<std::size_t>(4 * max_tokens_ + sequences) * sizeof(int),
+                             cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
+  const int* d_tokens = meta_;
+  const int* d_positions = meta_ + 2 * max_tokens_;
+  const int* d_last = meta_ + 4 * max_tokens_;
+  const int h = plan_.spec.hidden;
+  const DType dt = plan_.spec.dtype;
+
+  if (batch.prefill) {
+    // Pointer arrays for the batched attention products of every layer and sequence.
+    const int heads = static_cast<int>(plan_.local_heads), group = static_cast<int>(plan_.local_heads / plan_.local_kv_heads);
+    const std::int64_t elem = elementBytes(dt);
+    const std::int64_t kv_row = plan_.local_kv_heads * hd_;
+    host_pointers_.assign(static_cast<std::size_t>(plan_.num_layers) * sequences * 6 * heads, nullptr);
+    for (int li = 0; li < plan_.num_layers; ++li) {
+      const std::byte* kc = static_cast<const std::byte*>(k_cache_) + li * cache_layer_elems_ * elem;
+      const std::byte* vc = static_cast<const std::byte*>(v_cache_) + li * cache_layer_elems_ * elem;
+      for (int s = 0; s < sequences; ++s) {
+        const std::int64_t len = batch.seq_len[static_cast<std::size_t>(s)], begin = batch.seq_begin[static_cast<std::size_t>(s)];
+        const std::int64_t slot = batch.seq_slot[static_cast<std::size_t>(s)];
+        const void** p = host_pointers_.data() + (static_cast<std::size_t>(li) * sequences + s) * 6 * heads;
+        for (int hh = 0; hh < heads; ++hh) {
+          const std::int64_t cache_off = (slot * limits_.max_context * kv_row + (hh / group) * hd_) * elem;
+          p[0 * heads + hh] = kc + cache_off;
+          p[1 * heads + hh] = static_cast<const std::byte*>(q_) + ((begin * heads + hh) * hd_) * elem;
+          p[2 * heads + hh] = reinterpret_cast<const std::byte*>(scores_) + hh * len * len * 4;
+          p[3 * heads + hh] = vc + cache_off;
+          p[4 * heads + hh] = static_cast<const std::byte*>(probs_) + hh * len * len * elem;
+          p[5 * heads + hh] = static_cast<const std::byte*>(attention_) + ((begin * heads + hh) * hd_) * elem;
+        }
+      }
+    }
+    CUDA_CHECK(cudaMemcpyAsync(attention_pointers_, host_pointers_.data(), host_pointers_.size() * sizeof(void*),
+                               cudaMemcpyHostToDevice, stream_));
+  }
+
+  if (plan_.has_embeddings) {
+    kernels::embedTokens(dt, weight(plan_.token_embedding), d_tokens, tokens, h, static_cast<int>(plan_.vocab_begin),
+                         static_cast<int>(plan_.local_vocab), residual_, stream_);
+    allReduce(residual_, static_cast<std::int64_t>(tokens) * h);
+    if (plan_.position_embedding >= 0)
+      kernels::addPositions(dt, weight(plan_.position_embedding), d_positions, tokens, h, residual_, stream_);
+  } else {
+#if COMPUTRON_HAVE_NCCL
+    NCCL_CHECK(ncclRecv(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank - 1,
+                        static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+#endif
+  }
+
+  for (int li = 0; li < plan_.num_layers; ++li) layer(li, batch, tokens);
+
+  if (!plan_.has_lm_head) {
+#if COMPUTRON_HAVE_NCCL
+    NCCL_CHECK(ncclSend(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank + 1,
+                        static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+#endif
+    return;
+  }
+  if (plan_.spec.arch == Arch::kOpt)
+    kernels::layerNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), weight(plan_.final_norm_bias),
+                       extras_.norm_eps, last_normed_, stream_);
+  else
+    kernels::rmsNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), extras_.norm_eps, last_normed_, stream_);
+  const int local_vocab = static_cast<int>(plan_.local_vocab);
+  if (plan_.tp == 1) {
+    gemm(last_normed_, weight(plan_.lm_head), logits_, sequences, local_vocab, h, true);
+  } else {
+    gemm(last_normed_, weight(plan_.lm_head), local_logits_, sequences, local_vocab, h, true);
+#if COMPUTRON_HAVE_NCCL
+    NCCL_CHECK(ncclAllGather(local_logits_, gathered_logits_, static_cast<std::size_t>(sequences) * local_vocab, ncclFloat,
+                             static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+#endif
+    kernels::interleaveVocab(gathered_logits_, logits_, plan_.tp, sequences, local_vocab, stream_);
+  }
+}
+
+void ShardExecutor::layer(int li, const StepBatch& batch, int tokens) {
+  const LayerWeights& w = plan_.layers[static_cast<std::size_t>(li)];
+  const DType dt = plan_.spec.dtype;
+  const int h = plan_.spec.hidden;
+  const bool opt = plan_.spec.arch == Arch::kOpt;
+  const std::int64_t elem = elementBytes(dt);
+  const int* d_slots = meta_ + max_tokens_;
+  const int* d_positions = meta_ + 2 * max_tokens_;
+  const int* d_context = meta_ + 3 * max_tokens_;
+  auto optional = [&](std::int64_t offset) -> const void* { return offset >= 0 ? weight(offset) : nullptr; };
+
+  if (opt)
+    kernels::layerNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), weight(w.attn_norm_bias), extras_.norm_eps, normed_, stream_);
+  else
+    kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), extras_.norm_eps, normed_, stream_);
+  gemm(normed_, weight(w.qkv_weight), qkv_, tokens, static_cast<int>(qkv_width_), h, false);
+
+  kernels::QkvLayout layout;
+  layout.heads = static_cast<int>(plan_.local_heads);
+  layout.kv_heads = static_cast<int>(plan_.local_kv_heads);
+  layout.head_dim = static_cast<int>(hd_);
+  layout.max_seq = limits_.max_context;
+  layout.rotary = !opt;
+  layout.rope_theta = extras_.rope_theta;
+  void* kc = static_cast<std::byte*>(k_cache_) + li * cache_layer_elems_ * elem;
+  void* vc = static_cast<std::byte*>(v_cache_) + li * cache_layer_elems_ * elem;
+  kernels::splitQkv(dt, qkv_, optional(w.qkv_bias), d_slots, d_positions, tokens, layout, q_, kc, vc, stream_);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd_));
+  if (batch.prefill) {
+    attentionPrefill(li, batch);
+  } else {
+    kernels::decodeAttention(dt, q_, kc, vc, d_slots, d_context, tokens, layout, scale, attention_, stream_);
+  }
+  gemm(attention_, weight(w.out_weight), projection_, tokens, h, static_cast<int>(q_width_), true);
+  allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
+  kernels::addResidual(dt, residual_, projection_, optional(w.out_bias), tokens, h, stream_);
+
+  if (opt)
+    kernels::layerNorm(dt, residual_, nullptr, tokens, h, weight(w.mlp_norm_weight), weight(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
+  else
+    kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.mlp_norm_weight), extras_.norm_eps, normed_, stream_);
+  gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
+  const void* down_input = mlp_;
+  if (opt) {
+    kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
+  } else {
+    kernels::swiGlu(dt, mlp_, activated_, tokens, static_cast<int>(plan_.local_ffn), stream_);
+    down_input = activated_;
+  }
+  gemm(down_input, weight(w.down_weight), projection_, tokens, h, static_cast<int>(plan_.local_ffn), true);
+  allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
+  kernels::addResidual(dt, residual_, projection_, optional(w.down_bias), tokens, h, stream_);
+}
+
+void ShardExecutor::attentionPrefill(int li, const StepBatch& batch) {
+  // Per sequence: scores = q k^T (fp32) for all local heads in one batched product, causal
+  // softmax into probs (model dtype), attention = probs v. Heads share a kv head under GQA,
+  // which pointer arrays express where strides cannot.
+  const int heads = static_cast<int>(plan_.local_heads);
+  const int sequences = static_cast<int>(batch.seq_len.size());
+  const cudaDataType t = cudaType(plan_.spec.dtype);
+  const int kv_row = static_cast<int>(plan_.local_kv_heads * hd_);
+  const int q_row = static_cast<int>(q_width_);
+  const int hd = static_cast<int>(hd_);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd_)), one = 1.f, zero = 0.f;
+  for (int s = 0; s < sequences; ++s) {
+    const int len = batch.seq_len[static_cast<std::size_t>(s)];
+    void** p = attention_pointers_ + (static_cast<std::size_t>(li) * sequences + s) * 6 * heads;
+    // scores^T (col-major [len_k, len_q]) = K (row-major [len_k, hd]) * Q^T.
+    CUBLAS_CHECK(cublasGemmBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, len, len, hd, &scale, p + 0 * heads, t, kv_row,
+                                     p + 1 * heads, t, q_row, &zero, p + 2 * heads, CUDA_R_32F, len, heads,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    kernels::causalSoftmax(plan_.spec.dtype, scores_, probs_, heads, len, stream_);
+    // out^T (col-major [hd, len_q]) = V^T (col-major view of row-major [len_k, hd]) * P^T.
+    CUBLAS_CHECK(cublasGemmBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, hd, len, len, &one, p + 3 * heads, t, kv_row,
+                                     p + 4 * heads, t, len, &zero, p + 5 * heads, t, q_row, heads, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+std::vector<int> ShardExecutor::sampleAndShare(int sequences, float temperature, int top_k, float top_p, std::uint64_t seed,
+                                               int step) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (plan_.has_lm_head)
+    kernels::sampleTokens(logits_, sequences, plan_.spec.vocab, temperature, top_k, top_p, seed, step, sampled_, stream_);
+#if COMPUTRON_HAVE_NCCL
+  if (plan_.pp > 1)
+    NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
+                             static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+#endif
+  std::vector<int> out(static_cast<std::size_t>(sequences));
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return out;
+}
+
+std::vector<float> ShardExecutor::logitsToHost(int sequences) const {
+  std::vector<float> out(static_cast<std::size_t>(sequences) * plan_.spec.vocab);
+  if (!plan_.has_lm_head) return out;
+  CUDA_CHECK(cudaSetDevice(device_));
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return out;
+}
+
+}  // namespace computron::model

@@ -1,0 +1,136 @@
+// Runs one shard (tp_rank, pp_rank) of a decoder on one GPU: its layers' weights, its slice of
+// the KV cache, and the activations of one batch. Several executors (one per GPU, one thread
+// each) cooperate through NCCL: an all-reduce inside the TP group after each row-parallel
+// product and after the vocab-parallel embedding, an all-gather of vocab-parallel logits, and
+// send/recv of the fp32 residual stream between pipeline stages.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/model/cuda/cuda_check.h"
+#include "runtime/model/shard_plan.h"
+
+namespace computron::model {
+
+// A batch that cannot fit the KV-cache and activation budget, or exceeds the sizes the executor
+// was built for. The message says what was asked and what is available.
+class CapacityError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Numbers of the architecture that ModelSpec does not carry (read from config.json).
+struct ArchExtras {
+  float rope_theta = 10000.f;  // Llama
+  float norm_eps = 1e-5f;      // OPT LayerNorm 1e-5; Llama RMSNorm from config
+};
+
+struct ExecutorLimits {
+  int max_batch = 8;          // sequences decoded together
+  int max_context = 1024;     // prompt + generated tokens per sequence
+  int max_prefill_tokens = 0;  // tokens in one prefill pass (0: max_batch * max_context)
+  // Device bytes allowed for KV cache + activations, apart from the weights. 0: no limit.
+  std::int64_t kv_and_activation_budget = 0;
+};
+
+struct ParallelComms {
+  void* tp_comm = nullptr;  // ncclComm_t of this stage's TP group (tp > 1)
+  void* pp_comm = nullptr;  // ncclComm_t of this TP rank's pipeline (pp > 1); rank = stage
+};
+
+// What one forward pass processes. Host-side; identical on every rank of a model.
+struct StepBatch {
+  bool prefill = false;
+  std::vector<int> tokens;     // one per token (read by the first stage only)
+  std::vector<int> slots;      // KV-cache slot (sequence) of each token
+  std::vector<int> positions;  // position of each token in its sequence
+  // Per sequence: index of its last token in this pass (whose logits are produced), and for
+  // prefill its first token index and length (tokens of a sequence are consecutive).
+  std::vector<int> last_token;
+  std::vector<int> seq_begin;
+  std::vector<int> seq_len;
+  std::vector<int> seq_slot;
+};
+
+class ShardExecutor {
+ public:
+  ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, const ExecutorLimits& limits, int device,
+                ParallelComms comms);
+  ~ShardExecutor();
+  ShardExecutor(const ShardExecutor&) = delete;
+  ShardExecutor& operator=(const ShardExecutor&) = delete;
+
+  // Bytes of KV cache and activations this executor allocates for its limits.
+  static std::int64_t workspaceBytes(const ShardPlan& plan, const ExecutorLimits& limits);
+
+  // Weights: either the caller's device buffer (the runtime's pool; plan.total_bytes) or a copy
+  // made here from host memory, or deterministic random values made on the device.
+  void useDeviceWeights(const void* weights);
+  void uploadWeights(const void* host_weights);
+  void randomWeights(std::uint64_t seed);
+
+  // One forward pass. On the last stage, logits() then holds [sequences, vocab] fp32.
+  void forward(const StepBatch& batch);
+  // Last stage: picks the next token of each sequence into device memory; then shares them with
+  // every stage (pp > 1) and returns them on the host.
+  std::vector<int> sampleAndShare(int sequences, float temperature, int top_k, float top_p, std::uint64_t seed, int step);
+  // Copies logits of the last forward to the host (last stage only).
+  std::vector<float> logitsToHost(int sequences) const;
+
+  const ShardPlan& plan() const { return plan_; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
+  void synchronize() const;
+
+ private:
+  void layer(int index, const StepBatch& batch, int tokens);
+  void attentionPrefill(int index, const StepBatch& batch);
+  void gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32);
+  void allReduce(float* data, std::int64_t count);
+  const std::byte* weight(std::int64_t offset) const { return weights_ + offset; }
+
+  ShardPlan plan_;
+  ArchExtras extras_;
+  ExecutorLimits limits_;
+  int device_ = 0;
+  ParallelComms comms_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::byte* owned_weights_ = nullptr;
+  const std::byte* weights_ = nullptr;
+  std::int64_t hd_ = 0, qkv_width_ = 0, q_width_ = 0, up_width_ = 0;
+
+  // Device workspace (one allocation, carved up).
+  std::byte* workspace_ = nullptr;
+  void* k_cache_ = nullptr;  // [layers][max_batch][max_context][kv_heads][hd]
+  void* v_cache_ = nullptr;
+  float* residual_ = nullptr;      // [tokens, hidden]
+  float* projection_ = nullptr;    // [tokens, hidden], row-parallel outputs
+  void* normed_ = nullptr;         // [tokens, hidden]
+  void* qkv_ = nullptr;            // [tokens, qkv_width]
+  void* q_ = nullptr;              // [tokens, q_width]
+  void* attention_ = nullptr;      // [tokens, q_width]
+  void* mlp_ = nullptr;            // [tokens, up_width]
+  void* activated_ = nullptr;      // [tokens, local_ffn] (Llama)
+  float* scores_ = nullptr;        // [heads, max_prompt, max_prompt]
+  void* probs_ = nullptr;
+  void* last_normed_ = nullptr;    // [max_batch, hidden]
+  float* local_logits_ = nullptr;  // [max_batch, local_vocab]
+  float* gathered_logits_ = nullptr;
+  float* logits_ = nullptr;        // [max_batch, vocab]
+  int* meta_ = nullptr;            // tokens, slots, positions, context, last_token
+  int* sampled_ = nullptr;         // [max_batch]
+  int* host_meta_ = nullptr;       // pinned staging for meta_
+  cudaEvent_t meta_uploaded_ = nullptr;
+  void** attention_pointers_ = nullptr;  // device pointer arrays for batched prefill products
+  std::vector<const void*> host_pointers_;
+  std::int64_t max_tokens_ = 0, max_prompt_ = 0, cache_layer_elems_ = 0;
+};
+
+}  // namespace computron::model

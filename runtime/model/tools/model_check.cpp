@@ -1,0 +1,262 @@
+// computron_model_check: runs the CUDA decoders outside the serving runtime, for the device
+// check script (scripts/model-check.sh).
+//
+//   generate --model DIR --requests FILE --out FILE [--logits FILE] [--tp N --pp N]
+//            [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G]
+//       Loads a Hugging Face safetensors folder split for tp x pp, generates for the requests
+//       ({"prompts": [[ids...], ...], "max_new_tokens": N}) and writes the tokens as JSON; with
+//       --logits, the fp32 logits of every pass ([rows, vocab] per pass, back to back).
+//   bench --preset NAME --batch B [--prompt 512 --new 128]
+//       Random weights of a preset's shapes on GPU 0: prefill and decode speed against the
+//       bandwidth bound (weights + KV cache bytes over the measured device-to-device copy rate).
+//   d2d
+//       Device-to-device copy bandwidth (bytes read + bytes written per second).
+// Exit codes: 0 ok, 2 bad input, 3 capacity refused, 4 device error.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/json_reader.h"
+#include "common/model_spec.h"
+#include "runtime/model/cuda/cuda_check.h"
+#include "runtime/model/cuda/generation.h"
+
+using namespace computron;
+using namespace computron::model;
+
+namespace {
+
+std::map<std::string, std::string> parseFlags(int argc, char** argv, int first) {
+  std::map<std::string, std::string> flags;
+  for (int i = first; i < argc; ++i) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw ConfigError("expected --flag value, got '" + key + "'");
+    flags[key.substr(2)] = argv[++i];
+  }
+  return flags;
+}
+
+std::string flag(const std::map<std::string, std::string>& f, const std::string& k, const std::string& fallback) {
+  auto it = f.find(k);
+  return it == f.end() ? fallback : it->second;
+}
+
+// Numbers ModelSpec does not carry. transformers 5 keeps rope_theta under rope_parameters.
+ArchExtras extrasFromConfig(const std::string& folder, const ModelSpec& spec) {
+  ArchExtras extras;
+  const nlohmann::json config = readJsonFile(folder + "/config.json");
+  if (spec.arch == Arch::kLlama) {
+    extras.norm_eps = config.value("rms_norm_eps", 1e-6f);
+    const nlohmann::json* rope = nullptr;
+    if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) rope = &config["rope_parameters"];
+    if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) rope = &config["rope_scaling"];
+    if (config.contains("rope_theta")) extras.rope_theta = config["rope_theta"].get<float>();
+    if (rope) {
+      if (rope->contains("rope_theta")) extras.rope_theta = (*rope)["rope_theta"].get<float>();
+      const std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
+      if (type != "default") throw ConfigError(folder + "/config.json: rope type '" + type + "' is not supported (default only)");
+    }
+  }
+  return extras;
+}
+
+ArchExtras presetExtras(const std::string& preset) {
+  ArchExtras extras;
+  if (preset.rfind("llama-3", 0) == 0) { extras.rope_theta = 500000.f; extras.norm_eps = 1e-5f; }
+  else if (preset.rfind("llama", 0) == 0) { extras.norm_eps = 1e-5f; }
+  return extras;
+}
+
+std::vector<int> devicesFor(int n) {
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (count < n) throw CapacityError("needs " + std::to_string(n) + " GPUs, this machine has " + std::to_string(count));
+  std::vector<int> d(static_cast<std::size_t>(n));
+  std::iota(d.begin(), d.end(), 0);
+  return d;
+}
+
+int runGenerate(const std::map<std::string, std::string>& f) {
+  const std::string model = flag(f, "model", "");
+  const int tp = std::stoi(flag(f, "tp", "1")), pp = std::stoi(flag(f, "pp", "1"));
+  ModelSpec spec = modelFromHfConfig(model + "/config.json");
+  const ArchExtras extras = extrasFromConfig(model, spec);
+
+  const nlohmann::json requests_json = readJsonFile(flag(f, "requests", ""));
+  std::vector<GenerationRequest> requests;
+  int longest = 0, total_prompt = 0;
+  const int max_new = requests_json.at("max_new_tokens").get<int>();
+  for (const auto& p : requests_json.at("prompts")) {
+    GenerationRequest r;
+    r.prompt = p.get<std::vector<int>>();
+    r.max_new_tokens = max_new;
+    longest = std::max<int>(longest, static_cast<int>(r.prompt.size()));
+    total_prompt += static_cast<int>(r.prompt.size());
+    requests.push_back(std::move(r));
+  }
+  ExecutorLimits limits;
+  limits.max_batch = static_cast<int>(requests.size());
+  limits.max_context = std::stoi(flag(f, "max-context", std::to_string(longest + max_new)));
+  limits.max_prefill_tokens = std::max(total_prompt, limits.max_batch);
+  limits.kv_and_activation_budget = static_cast<std::int64_t>(std::stod(flag(f, "budget-gib", "0")) * (1LL << 30));
+  SamplingOptions sampling;
+  sampling.temperature = std::stof(flag(f, "temperature", "0"));
+  sampling.top_k = std::stoi(flag(f, "top-k", "0"));
+  sampling.top_p = std::stof(flag(f, "top-p", "1"));
+  sampling.seed = std::stoull(flag(f, "seed", "0"));
+  sampling.eos_token = std::stoi(flag(f, "eos", "-1"));
+
+  ModelGroup group(spec, extras, tp, pp, devicesFor(tp * pp), limits, WeightSource{model, 0});
+  std::ofstream logits_out;
+  const std::string logits_path = flag(f, "logits", "");
+  if (!logits_path.empty()) logits_out.open(logits_path, std::ios::binary);
+  LogitsObserver observer = nullptr;
+  if (logits_out) {
+    observer = [&](int, const std::vector<int>&, const std::vector<float>& logits) {
+      logits_out.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
+    };
+  }
+  const GenerationResult result = group.generate(requests, sampling, observer);
+  nlohmann::json out;
+  out["tokens"] = result.tokens;
+  out["prefill_seconds"] = result.prefill_seconds;
+  out["tp"] = tp;
+  out["pp"] = pp;
+  std::ofstream(flag(f, "out", "tokens.json")) << out.dump() << "\n";
+  std::cout << "generated " << requests.size() << " sequences with tp " << tp << " pp " << pp << "\n";
+  return 0;
+}
+
+double measureD2dBandwidth() {
+  const std::size_t bytes = 4ull << 30;
+  void *a = nullptr, *b = nullptr;
+  CUDA_CHECK(cudaSetDevice(0));
+  CUDA_CHECK(cudaMalloc(&a, bytes));
+  CUDA_CHECK(cudaMalloc(&b, bytes));
+  CUDA_CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));  // warm-up
+  std::vector<float> ms;
+  for (int i = 0; i < 10; ++i) {
+    CUDA_CHECK(cudaEventRecord(start));
+    CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  CUDA_CHECK(cudaFree(a));
+  CUDA_CHECK(cudaFree(b));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);  // read + write
+}
+
+int runBench(const std::map<std::string, std::string>& f) {
+  const std::string preset = flag(f, "preset", "opt-6.7b");
+  ModelSpec spec = modelPreset(preset);
+  spec.dtype = flag(f, "dtype", "f16") == "bf16" ? DType::kBF16 : DType::kF16;
+  const ArchExtras extras = presetExtras(preset);
+  const int prompt = std::stoi(flag(f, "prompt", "512")), new_tokens = std::stoi(flag(f, "new", "128"));
+  std::vector<int> batches;
+  for (const std::string& b : {flag(f, "batch", "1,8,32")}) {
+    std::size_t start = 0;
+    while (start < b.size()) {
+      std::size_t comma = b.find(',', start);
+      if (comma == std::string::npos) comma = b.size();
+      batches.push_back(std::stoi(b.substr(start, comma - start)));
+      start = comma + 1;
+    }
+  }
+  const double bandwidth = measureD2dBandwidth();
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  ExecutorLimits limits;
+  limits.max_batch = max_batch;
+  limits.max_context = prompt + new_tokens;
+  limits.max_prefill_tokens = max_batch * prompt;
+  ModelGroup group(spec, extras, 1, 1, {0}, limits, WeightSource{"", 1234});
+  const std::int64_t weight_bytes = group.weightBytesPerGpu(0);
+  std::mt19937 rng(5);
+  auto makeRequests = [&](int batch, int new_count) {
+    std::vector<GenerationRequest> requests(static_cast<std::size_t>(batch));
+    for (auto& r : requests) {
+      r.max_new_tokens = new_count;
+      for (int i = 0; i < prompt; ++i) r.prompt.push_back(static_cast<int>(rng() % static_cast<unsigned>(spec.vocab)));
+    }
+    return requests;
+  };
+  group.generate(makeRequests(max_batch, 4), SamplingOptions{});  // warm-up: cuBLAS heuristics, module load
+  for (int batch : batches) {
+    const GenerationResult r = group.generate(makeRequests(batch, new_tokens), SamplingOptions{});
+    std::vector<double> steps = r.decode_step_seconds;
+    std::sort(steps.begin(), steps.end());
+    const double median = steps[steps.size() / 2];
+    const int mid_context = prompt + new_tokens / 2;
+    const double kv_bytes = static_cast<double>(spec.num_layers) * batch * mid_context * spec.num_kv_heads * spec.headDim() * 2 *
+                            elementBytes(spec.dtype);
+    const double bound = (static_cast<double>(weight_bytes) + kv_bytes) / bandwidth;
+    nlohmann::json out;
+    out["preset"] = preset;
+    out["batch"] = batch;
+    out["prompt"] = prompt;
+    out["new_tokens"] = new_tokens;
+    out["prefill_seconds"] = r.prefill_seconds;
+    out["prefill_tokens_per_s"] = batch * prompt / r.prefill_seconds;
+    out["decode_step_ms_median"] = median * 1e3;
+    out["decode_tokens_per_s"] = batch / median;
+    out["decode_bound_ms"] = bound * 1e3;
+    out["decode_vs_bound"] = median / bound;
+    out["weight_bytes"] = weight_bytes;
+    out["kv_bytes_mid"] = kv_bytes;
+    out["d2d_bytes_per_s"] = bandwidth;
+    std::cout << "BENCH " << out.dump() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: computron_model_check generate|bench|d2d [--flag value ...]\n";
+    return 2;
+  }
+  const std::string command = argv[1];
+  try {
+    const auto flags = parseFlags(argc, argv, 2);
+    if (command == "generate") return runGenerate(flags);
+    if (command == "bench") return runBench(flags);
+    if (command == "d2d") {
+      std::printf("d2d %.1f GB/s (read + write)\n", measureD2dBandwidth() / 1e9);
+      return 0;
+    }
+    std::cerr << "unknown command " << command << "\n";
+    return 2;
+  } catch (const CapacityError& e) {
+    std::cerr << "refused: " << e.what() << "\n";
+    return 3;
+  } catch (const ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const DeviceError& e) {
+    std::cerr << "device error: " << e.what() << "\n";
+    return 4;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+}

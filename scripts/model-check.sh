@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Device check for issue 6, one call on a 2-GPU machine: build the model library and driver,
+# compare OPT and Llama against transformers (fp32 reference), TP=2 and PP=2 against TP=1,
+# seeded sampling, the KV budget refusal, and speed against transformers eager and against the
+# bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
+set -u
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+OUT=${OUT:-$PWD/model-check-out}
+mkdir -p "$OUT"
+LOG=$OUT/model-check.log
+WORK=/tmp/model-check
+mkdir -p $WORK
+exec > >(tee -a "$LOG") 2>&1
+step() { echo "=== $(date +%T) $*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "gpus", torch.cuda.device_count())'
+
+step "build"
+NCCL_ROOT=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+cmake -S . -B /tmp/build-model -DCMAKE_BUILD_TYPE=Release -DCOMPUTRON_BUILD_TESTS=OFF -DCOMPUTRON_BUILD_BENCH=OFF \
+  -DNCCL_ROOT="$NCCL_ROOT" > $OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
+grep -E "NCCL|CUDA parts" $OUT/cmake.log
+cmake --build /tmp/build-model --target computron_model_check -j 32 > $OUT/build.log 2>&1 || { grep -E "error" -A3 $OUT/build.log | head -40; exit 1; }
+BIN=/tmp/build-model/runtime/model/computron_model_check
+export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}${LD_LIBRARY_PATH:-}
+
+step "make models"
+REF=scripts/hf_reference.py
+python3 $REF make --arch opt --layers 2 --out $WORK/opt2 --seed 1 || true
+python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
+python3 $REF make --arch llama --layers 2 --ffn 2816 --out $WORK/llama2 --seed 3 || true
+python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
+python3 $REF make --arch llama --layers 2 --ffn 2816 --dtype bfloat16 --out $WORK/llama2bf --seed 5 || true
+
+step "correctness vs transformers fp32"
+for m in opt2 opt8 llama2 llama8 llama2bf; do
+  timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --out $WORK/$m.tp1.json --logits $WORK/$m.tp1.bin \
+    && timeout 180 python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.tp1.json \
+         --logits $WORK/$m.tp1.bin --label "$m tp1" || echo "FAILED $m tp1"
+done
+
+step "TP=2 and PP=2 against TP=1"
+for m in opt8 llama8; do
+  for cfg in "2 1" "1 2"; do
+    set -- $cfg
+    timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --tp $1 --pp $2 --out $WORK/$m.tp$1pp$2.json \
+      --logits $WORK/$m.tp$1pp$2.bin \
+      && python3 $REF same --a $WORK/$m.tp1.json --b $WORK/$m.tp$1pp$2.json --label "$m tp$1 pp$2 vs tp1" \
+      && python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.tp$1pp$2.json \
+           --logits $WORK/$m.tp$1pp$2.bin --label "$m tp$1 pp$2" || echo "FAILED $m tp$1 pp$2"
+  done
+done
+
+step "seeded sampling and the KV budget refusal"
+S="--model $WORK/llama2 --requests $WORK/llama2/requests.json --temperature 0.8 --top-k 50 --top-p 0.9"
+timeout 60 $BIN generate $S --seed 7 --out $WORK/s7a.json && timeout 60 $BIN generate $S --seed 7 --out $WORK/s7b.json \
+  && timeout 60 $BIN generate $S --seed 8 --out $WORK/s8.json \
+  && python3 $REF same --a $WORK/s7a.json --b $WORK/s7b.json --label "sampling seed 7 twice" \
+  && python3 $REF same --a $WORK/s7a.json --b $WORK/s8.json --label "sampling seed 7 vs 8"
+timeout 60 $BIN generate --model $WORK/llama2 --requests $WORK/llama2/requests.json --max-context 4000 --budget-gib 0.01 --out $WORK/x.json
+echo "REFUSAL exit code $? (3 = refused with a message)"
+
+step "speed: ours"
+for p in opt-6.7b llama-3-8b; do
+  timeout 240 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 || echo "FAILED bench $p"
+done
+step "speed: transformers eager"
+timeout 150 python3 $REF bench --arch opt --batch 1,8,32 || echo "FAILED hf bench opt"
+timeout 150 python3 $REF bench --arch llama --batch 1,8,32 || echo "FAILED hf bench llama"
+
+step "summary"
+grep -hE "^(COMPARE|SAME|REFUSAL|BENCH|HFBENCH|FAILED)" $LOG | sed 's/^/  /'
