@@ -35,8 +35,18 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
       if (g < 0 || static_cast<std::size_t>(g) >= num_gpus)
         throw std::invalid_argument("model " + d.name + ": GPU " + std::to_string(g) + " does not exist");
     models_[m].shard_state.assign(static_cast<std::size_t>(d.numShards()), Residency::kOffloaded);
+    std::vector<ShardLayout> layouts;
+    std::vector<std::int64_t> shard_bytes;
+    std::vector<std::int64_t> need(num_gpus, 0);
+    for (int shard = 0; shard < d.numShards(); ++shard) {
+      layouts.push_back(d.spec.shard(d.tp, d.pp, shard % d.tp, shard / d.tp));
+      shard_bytes.push_back(layouts.back().bytes);
+      need[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(shard)])] += layouts.back().bytes;
+    }
+    layouts_.push_back(std::move(layouts));
+    shard_bytes_.push_back(std::move(shard_bytes));
+    gpu_bytes_.push_back(need);
     // A model that can never fit would wait forever: refuse it up front.
-    auto need = bytesNeeded(static_cast<ModelId>(m));
     for (std::size_t g = 0; g < num_gpus; ++g)
       if (need[g] > config_.gpu_weight_budget[g])
         throw std::invalid_argument("model " + d.name + ": needs " + std::to_string(need[g]) + " bytes on GPU " +
@@ -52,16 +62,6 @@ int Engine::loadedModels() const {
   for (const auto& m : models_)
     if (m.residency == Residency::kLoading || m.residency == Residency::kResident) ++n;
   return n;
-}
-
-std::vector<std::int64_t> Engine::bytesNeeded(ModelId m) const {
-  const auto& d = config_.models[static_cast<std::size_t>(m)];
-  std::vector<std::int64_t> need(gpu_used_.size(), 0);
-  for (int pp = 0; pp < d.pp; ++pp)
-    for (int tp = 0; tp < d.tp; ++tp)
-      need[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(pp * d.tp + tp)])] +=
-          d.spec.shard(d.tp, d.pp, tp, pp).bytes;
-  return need;
 }
 
 void Engine::onArrival(const Request& request) {
@@ -109,6 +109,7 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
       failQueued(m, message);
     } else {
       state.residency = Residency::kResident;
+      state.served_since_load = false;
       state.last_used = clock_.now();
     }
   }
@@ -212,6 +213,7 @@ bool Engine::tryRunBatch(ModelId m) {
     state.queue.pop_front();
   }
   state.running = true;
+  state.served_since_load = true;
   state.last_used = clock_.now();
   for (GpuId g : d.gpus) gpu_busy_[static_cast<std::size_t>(g)] = true;
   BatchId id = batch.cmd.batch;
@@ -229,7 +231,7 @@ bool Engine::tryLoad(ModelId m) {
   if (cap > 0 && count_cap_claimed_) return false;
 
   // Room still missing per GPU, counting bytes of models already being evicted as freed soon.
-  std::vector<std::int64_t> need = bytesNeeded(m);
+  const std::vector<std::int64_t>& need = bytesNeeded(m);
   std::vector<std::int64_t> short_by(need.size(), 0);
   bool short_of_bytes = false;
   for (std::size_t g = 0; g < need.size(); ++g) {
@@ -245,18 +247,22 @@ bool Engine::tryLoad(ModelId m) {
 
   // Plan victims in the eviction policy's order among resident models (not loading). Running
   // ones may be planned but are only evicted once their batch ends.
+  // A model loaded for queued requests serves them once before it can be evicted, so two
+  // models can never evict each other forever without serving anything.
   std::vector<ModelId> candidates;
-  for (std::size_t v = 0; v < models_.size(); ++v)
-    if (static_cast<ModelId>(v) != m && models_[v].residency == Residency::kResident &&
-        !doomed_[v])
-      candidates.push_back(static_cast<ModelId>(v));
+  for (std::size_t v = 0; v < models_.size(); ++v) {
+    const auto& sv = models_[v];
+    if (static_cast<ModelId>(v) == m || sv.residency != Residency::kResident || doomed_[v]) continue;
+    if (!sv.served_since_load && !sv.queue.empty()) continue;
+    candidates.push_back(static_cast<ModelId>(v));
+  }
   eviction_->rank(candidates, *this, m);
 
   // Bytes being freed by evictions in flight already count towards the room.
   std::vector<std::int64_t> still_short = short_by;
   for (std::size_t v = 0; v < models_.size(); ++v) {
     if (models_[v].residency != Residency::kEvicting) continue;
-    auto freed = bytesNeeded(static_cast<ModelId>(v));
+    const auto& freed = bytesNeeded(static_cast<ModelId>(v));
     for (std::size_t g = 0; g < freed.size(); ++g) still_short[g] -= freed[g];
   }
   auto satisfied = [&]() {
@@ -267,7 +273,7 @@ bool Engine::tryLoad(ModelId m) {
   std::vector<ModelId> plan;
   for (ModelId v : candidates) {
     if (satisfied()) break;
-    auto frees = bytesNeeded(v);
+    const auto& frees = bytesNeeded(v);
     bool helps = over_cap > 0;
     for (std::size_t g = 0; g < need.size(); ++g)
       if (need[g] > 0 && still_short[g] > 0 && frees[g] > 0) helps = true;
@@ -311,7 +317,7 @@ void Engine::startLoad(ModelId m) {
       cmd.model = m;
       cmd.shard = shard;
       cmd.gpu = d.gpus[static_cast<std::size_t>(shard)];
-      cmd.layout = d.spec.shard(d.tp, d.pp, tp, pp);
+      cmd.layout = layouts_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
       cmd.bytes = cmd.layout.bytes;
       cmd.route = {RoutePart{cmd.gpu, cmd.bytes, false}};
       state.shard_state[static_cast<std::size_t>(shard)] = Residency::kLoading;
@@ -330,6 +336,9 @@ void Engine::startLoad(ModelId m) {
 void Engine::startEvict(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];
+  if (state.running) throw std::logic_error("evicting model " + d.name + " while it runs a batch");
+  if (state.residency == Residency::kLoading && state.pending_ops > 0)
+    throw std::logic_error("evicting model " + d.name + " while it loads");
   state.residency = Residency::kEvicting;
   Nanos now = clock_.now();
   std::vector<EvictCommand> cmds;
@@ -340,7 +349,7 @@ void Engine::startEvict(ModelId m) {
     cmd.model = m;
     cmd.shard = shard;
     cmd.gpu = d.gpus[static_cast<std::size_t>(shard)];
-    cmd.bytes = d.spec.shard(d.tp, d.pp, shard % d.tp, shard / d.tp).bytes;
+    cmd.bytes = shardBytes(m, shard);
     state.shard_state[static_cast<std::size_t>(shard)] = Residency::kEvicting;
     PendingOp op;
     op.is_load = false;
@@ -364,7 +373,7 @@ void Engine::checkInvariants() const {
     for (int shard = 0; shard < d.numShards(); ++shard) {
       if (s.shard_state[static_cast<std::size_t>(shard)] != Residency::kOffloaded)
         used[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(shard)])] +=
-            d.spec.shard(d.tp, d.pp, shard % d.tp, shard / d.tp).bytes;
+            shardBytes(static_cast<ModelId>(m), shard);
     }
     if (s.running) {
       if (s.residency != Residency::kResident)

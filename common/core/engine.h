@@ -88,6 +88,7 @@ struct ModelRuntimeState {
   bool load_failed = false; // a shard load of the current attempt failed
   std::string load_error;
   bool running = false;     // a batch is executing
+  bool served_since_load = false;  // ran a batch since its last load (until then it is not evicted)
   Nanos last_used = -1;     // last batch start or load finish (LRU key)
   std::int64_t accesses = 0;  // requests that arrived for it
   std::int64_t loads = 0;     // times it was loaded (swaps in)
@@ -135,7 +136,10 @@ class Engine {
   // Makes room for and starts loading `m`. Returns false while it must wait; then the GPUs it
   // needs are claimed for the rest of the pass and the models it plans to evict are doomed.
   bool tryLoad(ModelId m);
-  std::vector<std::int64_t> bytesNeeded(ModelId m) const;
+  const std::vector<std::int64_t>& bytesNeeded(ModelId m) const { return gpu_bytes_[static_cast<std::size_t>(m)]; }
+  std::int64_t shardBytes(ModelId m, int shard) const {
+    return shard_bytes_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
+  }
   void startEvict(ModelId m);
   void startLoad(ModelId m);
   void failQueued(ModelId m, const std::string& error);
@@ -148,6 +152,9 @@ class Engine {
   std::unique_ptr<EvictionPolicy> eviction_;
   std::unique_ptr<QueuePolicy> queue_policy_;
   std::vector<ModelRuntimeState> models_;
+  std::vector<std::vector<std::int64_t>> shard_bytes_;  // per model, per shard
+  std::vector<std::vector<std::int64_t>> gpu_bytes_;    // per model, per GPU: bytes it needs there
+  std::vector<std::vector<ShardLayout>> layouts_;      // per model, per shard
   std::vector<std::int64_t> gpu_used_;
   std::vector<bool> gpu_busy_;
   // Per scheduling pass: GPUs an earlier (higher-priority) blocked load waits for, and models

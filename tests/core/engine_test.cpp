@@ -1,0 +1,295 @@
+#include "common/core/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "common/core/policy.h"
+#include "sim/simulator.h"
+
+namespace computron {
+namespace {
+
+// Records commands; the test delivers completions by hand.
+class RecordingBackend : public Backend {
+ public:
+  void load(const LoadCommand& cmd) override { log.push_back("load " + std::to_string(cmd.model) + "/" + std::to_string(cmd.shard)), loads.push_back(cmd); }
+  void evict(const EvictCommand& cmd) override { log.push_back("evict " + std::to_string(cmd.model) + "/" + std::to_string(cmd.shard)), evicts.push_back(cmd); }
+  void execute(const ExecuteCommand& cmd) override { log.push_back("run " + std::to_string(cmd.model) + " x" + std::to_string(cmd.requests.size())), runs.push_back(cmd); }
+  std::vector<std::string> log;
+  std::vector<LoadCommand> loads;
+  std::vector<EvictCommand> evicts;
+  std::vector<ExecuteCommand> runs;
+};
+
+class ManualClock : public Clock {
+ public:
+  Nanos now() const override { return t; }
+  Nanos t = 0;
+};
+
+class Collector : public EngineObserver {
+ public:
+  void onRequestDone(const RequestRecord& r) override { records.push_back(r); }
+  std::vector<RequestRecord> records;
+};
+
+ModelDeployment deployment(const std::string& name, const std::string& preset, int tp, int pp, std::vector<GpuId> gpus,
+                           int max_batch = 4) {
+  ModelDeployment d;
+  d.name = name;
+  d.spec = modelPreset(preset);
+  d.tp = tp;
+  d.pp = pp;
+  d.gpus = std::move(gpus);
+  d.max_batch = max_batch;
+  return d;
+}
+
+Request request(RequestId id, ModelId model, Nanos arrival) {
+  Request r;
+  r.id = id;
+  r.model = model;
+  r.arrival = arrival;
+  return r;
+}
+
+BatchResult done(const ExecuteCommand& cmd, Nanos start, Nanos end) {
+  BatchResult r;
+  r.batch = cmd.batch;
+  r.start = start;
+  r.first_token = end;
+  r.finish.assign(cmd.requests.size(), end);
+  return r;
+}
+
+TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 2, {0, 1}), deployment("b", "opt-125m", 1, 2, {0, 1})};
+  config.gpu_weight_budget = {kGiB, kGiB};
+  config.policy.max_loaded_models = 1;
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+
+  engine.onArrival(request(0, 0, 0));
+  EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1"}));  // both shards at once
+  EXPECT_EQ(engine.model(0).residency, Residency::kLoading);
+  engine.onArrival(request(1, 1, 1));  // b must wait: the cap allows one loaded model
+  EXPECT_EQ(backend.log.size(), 2u);
+  clock.t = 10;
+  engine.onLoadDone(backend.loads[0].op);
+  EXPECT_EQ(engine.model(0).residency, Residency::kLoading);  // one shard is not enough
+  engine.onLoadDone(backend.loads[1].op);
+  EXPECT_EQ(engine.model(0).residency, Residency::kResident);
+  ASSERT_EQ(backend.runs.size(), 1u);
+  EXPECT_EQ(backend.log.back(), "run 0 x1");
+  // a is running: b's load must not evict it yet.
+  EXPECT_TRUE(backend.evicts.empty());
+  clock.t = 20;
+  engine.onBatchDone(done(backend.runs[0], 10, 20));
+  EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1", "run 0 x1", "evict 0/0", "evict 0/1"}));
+  engine.onEvictDone(backend.evicts[0].op);
+  engine.onEvictDone(backend.evicts[1].op);
+  EXPECT_EQ(backend.log.back(), "load 1/1");
+  engine.onLoadDone(backend.loads[2].op);
+  engine.onLoadDone(backend.loads[3].op);
+  EXPECT_EQ(backend.log.back(), "run 1 x1");
+  clock.t = 40;
+  engine.onBatchDone(done(backend.runs[1], 30, 40));
+  ASSERT_EQ(collector.records.size(), 2u);
+  EXPECT_FALSE(collector.records[0].waited_for_load && collector.records[0].request.id != 0);
+  EXPECT_TRUE(collector.records[1].waited_for_load);
+  EXPECT_EQ(engine.requestsInFlight(), 0);
+  engine.checkInvariants();
+}
+
+TEST(Engine, BatchesUpToMaxBatchInArrivalOrder) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 1, {0}, 3)};
+  config.gpu_weight_budget = {kGiB};
+  RecordingBackend backend;
+  ManualClock clock;
+  Engine engine(config, backend, clock);
+  for (RequestId i = 0; i < 5; ++i) engine.onArrival(request(i, 0, i));
+  engine.onLoadDone(backend.loads[0].op);
+  ASSERT_EQ(backend.runs.size(), 1u);
+  ASSERT_EQ(backend.runs[0].requests.size(), 3u);
+  EXPECT_EQ(backend.runs[0].requests[0].id, 0);
+  EXPECT_EQ(backend.runs[0].requests[2].id, 2);
+  engine.onBatchDone(done(backend.runs[0], 0, 5));
+  ASSERT_EQ(backend.runs.size(), 2u);
+  EXPECT_EQ(backend.runs[1].requests.size(), 2u);
+  EXPECT_EQ(backend.runs[1].requests[0].id, 3);
+}
+
+TEST(Engine, ByteBudgetEvictsLeastRecentlyUsedFirst) {
+  // Each GPU holds two opt-125m shards; a third model evicts the least recently used.
+  ModelSpec spec = modelPreset("opt-125m");
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 1, {0}), deployment("b", "opt-125m", 1, 1, {0}),
+                   deployment("c", "opt-125m", 1, 1, {0})};
+  config.gpu_weight_budget = {2 * spec.totalBytes() + 1};
+  config.policy.name = "lru-bytes";
+  applyPolicySet(config.policy, "policy");
+  RecordingBackend backend;
+  ManualClock clock;
+  Engine engine(config, backend, clock);
+  auto serve = [&](RequestId id, ModelId m) {
+    engine.onArrival(request(id, m, clock.t));
+    if (!backend.evicts.empty() && engine.model(backend.evicts.back().model).residency == Residency::kEvicting)
+      engine.onEvictDone(backend.evicts.back().op);
+    if (engine.model(m).residency == Residency::kLoading) engine.onLoadDone(backend.loads.back().op);
+    ++clock.t;
+    engine.onBatchDone(done(backend.runs.back(), clock.t - 1, clock.t));
+    ++clock.t;
+  };
+  serve(0, 0);  // a
+  serve(1, 1);  // b
+  serve(2, 0);  // a again: b is now least recently used
+  serve(3, 2);  // c evicts b
+  ASSERT_EQ(backend.evicts.size(), 1u);
+  EXPECT_EQ(backend.evicts[0].model, 1);
+  EXPECT_EQ(engine.model(0).residency, Residency::kResident);
+  EXPECT_EQ(engine.model(2).residency, Residency::kResident);
+  engine.checkInvariants();
+}
+
+TEST(Engine, FailedLoadFailsWaitingRequestsFreesMemoryAndKeepsServing) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 2, 1, {0, 1}), deployment("b", "opt-125m", 1, 1, {1})};
+  config.gpu_weight_budget = {kGiB, kGiB};
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(request(1, 0, 0));
+  ASSERT_EQ(backend.loads.size(), 2u);
+  engine.onLoadDone(backend.loads[0].op, true);
+  engine.onLoadDone(backend.loads[1].op, false, "injected failure");
+  // The shard that arrived is released; both waiting requests fail with the error.
+  ASSERT_EQ(collector.records.size(), 2u);
+  for (const auto& r : collector.records) {
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error, "loading model a failed: injected failure");
+  }
+  ASSERT_EQ(backend.evicts.size(), 1u);
+  engine.onEvictDone(backend.evicts[0].op);
+  EXPECT_EQ(engine.gpuBytesUsed(0), 0);
+  EXPECT_EQ(engine.gpuBytesUsed(1), 0);
+  EXPECT_EQ(engine.model(0).residency, Residency::kOffloaded);
+  // Another model is still served.
+  engine.onArrival(request(2, 1, 5));
+  engine.onLoadDone(backend.loads.back().op);
+  engine.onBatchDone(done(backend.runs.back(), 5, 6));
+  EXPECT_TRUE(collector.records.back().ok);
+  EXPECT_EQ(engine.requestsInFlight(), 0);
+  engine.checkInvariants();
+}
+
+TEST(Engine, RefusesAModelLargerThanItsGpuBudget) {
+  EngineConfig config;
+  config.models = {deployment("big", "opt-13b", 1, 1, {0})};
+  config.gpu_weight_budget = {kGiB};
+  RecordingBackend backend;
+  ManualClock clock;
+  EXPECT_THROW(Engine(config, backend, clock), std::invalid_argument);
+}
+
+// A request stream fixed in advance.
+class VectorSource : public RequestSource {
+ public:
+  explicit VectorSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
+  std::optional<Request> next() override {
+    if (next_ >= requests_.size()) return std::nullopt;
+    return requests_[next_++];
+  }
+  bool exhausted() const override { return next_ >= requests_.size(); }
+
+ private:
+  std::vector<Request> requests_;
+  std::size_t next_ = 0;
+};
+
+class ExactlyOnce : public EngineObserver {
+ public:
+  void onRequestDone(const RequestRecord& r) override {
+    EXPECT_TRUE(seen.insert(r.request.id).second) << "request " << r.request.id << " served twice";
+    EXPECT_GE(r.start, r.request.arrival);
+    EXPECT_GE(r.finish, r.first_token);
+    EXPECT_GE(r.first_token, r.start);
+  }
+  void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override {
+    EXPECT_TRUE(ok);
+    EXPECT_GE(end, start);
+    EXPECT_GT(cmd.bytes, 0);
+  }
+  std::set<RequestId> seen;
+};
+
+// Random clusters, placements, caps and bursty arrivals over many seeds: every request is served
+// exactly once, and after every event memory is within budget, nothing runs unless resident and
+// no GPU runs two batches (Engine::checkInvariants); evicting a loading or running model throws.
+TEST(EngineProperty, RandomWorkloadsKeepEveryInvariant) {
+  const char* presets[] = {"opt-125m", "opt-350m", "opt-1.3b"};
+  for (std::uint64_t seed = 1; seed <= 150; ++seed) {
+    Rng rng(seed);
+    ClusterSpec cluster;
+    cluster.name = "random";
+    const int num_gpus = static_cast<int>(rng.uniformInt(1, 4));
+    for (int g = 0; g < num_gpus; ++g) {
+      GpuSpec gpu;
+      gpu.name = "gpu";
+      gpu.memory_bytes = 80 * kGiB;
+      gpu.weight_budget_bytes = static_cast<std::int64_t>(rng.uniformInt(3, 8)) * kGiB;
+      gpu.peak_flops = 300e12;
+      gpu.hbm_bandwidth = 2e12;
+      gpu.host_link_bandwidth = 25e9;
+      gpu.host_link_latency = 10 * kNanosPerMicro;
+      cluster.gpus.push_back(gpu);
+    }
+    if (rng.uniformInt(0, 1) == 1) cluster.nvlink_bandwidth = 300e9;
+    EngineConfig config;
+    const int num_models = static_cast<int>(rng.uniformInt(1, 6));
+    for (int m = 0; m < num_models; ++m) {
+      std::string preset = presets[rng.uniformInt(0, 2)];
+      int shards = static_cast<int>(rng.uniformInt(1, num_gpus));
+      int tp = (shards % 2 == 0 && rng.uniformInt(0, 1) == 1) ? 2 : 1;
+      int pp = shards / tp;
+      std::vector<GpuId> all;
+      for (int g = 0; g < num_gpus; ++g) all.push_back(g);
+      for (int i = num_gpus - 1; i > 0; --i) std::swap(all[static_cast<std::size_t>(i)], all[static_cast<std::size_t>(rng.uniformInt(0, i))]);
+      std::vector<GpuId> gpus(all.begin(), all.begin() + tp * pp);
+      config.models.push_back(deployment("m" + std::to_string(m), preset, tp, pp, gpus, static_cast<int>(rng.uniformInt(1, 8))));
+    }
+    for (const auto& g : cluster.gpus) config.gpu_weight_budget.push_back(g.weight_budget_bytes);
+    config.policy.name = rng.uniformInt(0, 1) == 0 ? "computron" : "lru-bytes";
+    applyPolicySet(config.policy, "policy");
+    if (config.policy.name == "computron") config.policy.max_loaded_models = static_cast<int>(rng.uniformInt(1, 3));
+    std::vector<Request> requests;
+    Nanos t = 0;
+    const int count = static_cast<int>(rng.uniformInt(50, 400));
+    for (int i = 0; i < count; ++i) {
+      // Bursts: many requests at one instant, then gaps.
+      if (rng.uniformInt(0, 3) == 0) t += static_cast<Nanos>(rng.exponential(5.0) * 1e9);
+      Request r = request(i, static_cast<ModelId>(rng.uniformInt(0, num_models - 1)), t);
+      r.prompt_tokens = static_cast<std::int32_t>(rng.uniformInt(1, 256));
+      r.output_tokens = static_cast<std::int32_t>(rng.uniformInt(1, 8));
+      requests.push_back(r);
+    }
+    ExactlyOnce observer;
+    sim::SimOptions options;
+    options.check_invariants = true;
+    sim::Simulation simulation(cluster, config, std::make_unique<VectorSource>(requests), &observer, options);
+    simulation.run();
+    EXPECT_EQ(observer.seen.size(), requests.size()) << "seed " << seed;
+    EXPECT_EQ(simulation.engine().requestsInFlight(), 0) << "seed " << seed;
+    if (HasFailure()) break;
+  }
+}
+
+}  // namespace
+}  // namespace computron
