@@ -1,0 +1,185 @@
+// The `computron sim` command end to end: broken scenarios give exit code 2, a message naming the
+// JSON path and no output files; the same scenario and seed give byte-identical outputs.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "sim_test_util.h"
+
+namespace computron {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+CommandResult runCommand(const std::string& args) {
+  std::string command = std::string(COMPUTRON_BINARY) + " " + args + " 2>&1";
+  CommandResult result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return result;
+  std::array<char, 4096> buf{};
+  while (std::fgets(buf.data(), buf.size(), pipe)) result.output += buf.data();
+  int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string readFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() / ("computron-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path path_;
+};
+
+fs::path writeScenario(const TempDir& dir, const nlohmann::json& doc, const std::string& name = "s.json") {
+  fs::path p = dir.path() / name;
+  std::ofstream(p) << doc.dump(2);
+  return p;
+}
+
+struct BrokenCase {
+  const char* label;
+  const char* set;       // --set applied to the small scenario
+  const char* message;   // expected in the output
+};
+
+class BrokenScenario : public ::testing::TestWithParam<BrokenCase> {};
+
+TEST_P(BrokenScenario, FailsWithItsJsonPathExitCode2AndNoFiles) {
+  TempDir dir;
+  nlohmann::json doc = testing::smallScenario();
+  fs::path out = dir.path() / "out";
+  doc["outputs"]["dir"] = out.string();
+  fs::path scenario = writeScenario(dir, doc);
+  const BrokenCase& c = GetParam();
+  CommandResult r = runCommand("sim " + scenario.string() + " --set '" + c.set + "'");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(c.message), std::string::npos) << "output: " << r.output;
+  EXPECT_FALSE(fs::exists(out)) << "no output files may be written";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BrokenScenario,
+    ::testing::Values(
+        BrokenCase{"unknown_top_key", "modles=[]", "error: $.modles: unknown key"},
+        BrokenCase{"unknown_model_key", "models[0].tpp=2", "error: $.models[0].tpp: unknown key"},
+        BrokenCase{"wrong_type", "models[0].tp=\"two\"", "error: $.models[0].tp: expected an integer, got string"},
+        BrokenCase{"tp_not_dividing_heads", "models[0].tp=3", "error: $.models[0]"},
+        BrokenCase{"missing_gpu", "models[0].gpus=[0,1,2,9]", "error: $.models[0].gpus[3]: GPU 9 does not exist"},
+        BrokenCase{"gpu_twice", "models[0].gpus=[0,1,1,2]", "error: $.models[0].gpus[2]: GPU 1 is listed twice"},
+        BrokenCase{"all_wrong_size", "models[0].tp=1", "error: $.models[0].gpus: \"all\" places one shard on every GPU"},
+        BrokenCase{"shard_too_big", "models[0]={\"spec\":\"opt-66b\",\"gpus\":[0]}",
+                   "error: $.models[0]: shard (tp 0, pp 0) holds"},
+        BrokenCase{"unknown_preset", "models[0].spec=\"opt-7b\"", "error: $.models[0].spec: unknown model preset 'opt-7b'"},
+        BrokenCase{"unknown_policy", "policy.name=\"fifo\"", "error: $.policy.name: unknown policy set 'fifo'"},
+        BrokenCase{"negative_duration", "duration_s=-1", "error: $.duration_s: must be 0 or greater"},
+        BrokenCase{"bad_max_batch", "models[0].max_batch=0", "error: $.models[0].max_batch: must be greater than 0"},
+        BrokenCase{"missing_workload", "workload=null", "error: $.workload"},
+        BrokenCase{"missing_trace", "workload={\"type\":\"trace\",\"format\":\"azure\",\"path\":\"nope.csv\"}", "nope.csv"},
+        BrokenCase{"bad_override_index", "models[5].tp=2", "error: --set models[5].tp: $.models[5] does not exist"}),
+    [](const ::testing::TestParamInfo<BrokenCase>& info) { return std::string(info.param.label); });
+
+TEST(ScenarioCli, InvalidJsonNamesLineAndColumn) {
+  TempDir dir;
+  fs::path p = dir.path() / "bad.json";
+  std::ofstream(p) << "{\n  \"name\": \"x\",\n  \"seed\": ,\n}\n";
+  CommandResult r = runCommand("sim " + p.string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find(p.string() + ":3:11: invalid JSON"), std::string::npos) << r.output;
+}
+
+TEST(ScenarioCli, MissingFileAndUnknownOption) {
+  CommandResult r = runCommand("sim /nonexistent/scenario.json");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("/nonexistent/scenario.json: cannot open file"), std::string::npos) << r.output;
+  r = runCommand("sim --frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  r = runCommand("frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos);
+}
+
+TEST(ScenarioCli, HelpAndVersion) {
+  CommandResult r = runCommand("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("sim [SCENARIO.json]"), std::string::npos);
+  r = runCommand("sim --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--set"), std::string::npos);
+  r = runCommand("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("computron "), std::string::npos);
+}
+
+TEST(ScenarioCli, SameScenarioAndSeedGiveByteIdenticalOutputs) {
+  TempDir dir;
+  nlohmann::json doc = testing::smallScenario();
+  fs::path scenario = writeScenario(dir, doc);
+  fs::path a = dir.path() / "a", b = dir.path() / "b", c = dir.path() / "c";
+  ASSERT_EQ(runCommand("sim " + scenario.string() + " --out " + a.string()).exit_code, 0);
+  ASSERT_EQ(runCommand("sim " + scenario.string() + " --out " + b.string()).exit_code, 0);
+  ASSERT_EQ(runCommand("sim " + scenario.string() + " --out " + c.string() + " --set seed=8").exit_code, 0);
+  for (const char* file : {"summary.json", "requests.csv", "timeline.json"}) {
+    std::string first = readFile(a / file);
+    ASSERT_FALSE(first.empty()) << file;
+    // The output folder is not part of the configuration written into summary.json, so the files
+    // of two runs compare byte for byte.
+    EXPECT_EQ(first, readFile(b / file)) << file;
+    EXPECT_NE(first, readFile(c / file)) << file << " should change with the seed";
+  }
+  nlohmann::json summary = nlohmann::json::parse(readFile(a / "summary.json"));
+  nlohmann::json timeline = nlohmann::json::parse(readFile(a / "timeline.json"));  // valid Chrome trace JSON
+  EXPECT_TRUE(timeline.contains("traceEvents"));
+  EXPECT_EQ(summary["config"]["seed"], 7);
+  const std::string rows = readFile(a / "requests.csv");
+  EXPECT_EQ(summary["overall"]["requests"].get<std::int64_t>() + 1,
+            static_cast<std::int64_t>(std::count(rows.begin(), rows.end(), '\n')));
+}
+
+TEST(ScenarioCli, SetOverridesAField) {
+  TempDir dir;
+  fs::path scenario = writeScenario(dir, testing::smallScenario());
+  CommandResult r = runCommand("sim " + scenario.string() + " --no-files --json --set policy.max_loaded_models=3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json summary = nlohmann::json::parse(r.output);
+  EXPECT_EQ(summary["config"]["policy"]["max_loaded_models"], 3);
+  // Three models fit with a cap of three: each loads once.
+  EXPECT_EQ(summary["overall"]["swaps"], 3);
+}
+
+TEST(ScenarioCli, EveryShippedScenarioValidatesAndRuns) {
+  for (const auto& entry : fs::directory_iterator(fs::path(COMPUTRON_SOURCE_DIR) / "scenarios")) {
+    if (entry.path().extension() != ".json") continue;
+    if (entry.path().filename().string().rfind("swap-", 0) != 0 && entry.path().filename().string() != "random-3models-rates10-1-1-cv4.json")
+      continue;  // the long ones are exercised by the benchmarks
+    CommandResult r = runCommand("sim " + entry.path().string() + " --no-files");
+    EXPECT_EQ(r.exit_code, 0) << entry.path() << ": " << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace computron
