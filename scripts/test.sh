@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite: the normal build (with CUDA parts when nvcc is found), then
+# the runtime's tests under ThreadSanitizer and everything under AddressSanitizer + UBSan (both
+# without CUDA, on the host-memory device). Build folders: build/, build-tsan/, build-asan/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== build and test (RelWithDebInfo) =="
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPUTRON_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== runtime tests under ThreadSanitizer =="
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPUTRON_TSAN=ON -DCOMPUTRON_CUDA=OFF \
+  -DCOMPUTRON_BUILD_BENCH=OFF >/dev/null
+if cmake --build build-tsan -j"$jobs" --target help | grep -q runtime_tests; then
+  cmake --build build-tsan -j"$jobs" --target runtime_tests
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./build-tsan/tests/runtime_tests
+fi
+
+echo "== all tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMPUTRON_ASAN=ON -DCOMPUTRON_CUDA=OFF \
+  -DCOMPUTRON_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+echo "all tests passed"
