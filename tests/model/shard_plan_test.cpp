@@ -207,3 +207,37 @@ TEST(ShardPlan, BadCheckpointFailsBeforeWriting) {
 
 }  // namespace
 }  // namespace computron::model
+
+namespace computron::model {
+namespace {
+
+// The planner's bytes must equal the spec's accounting (which the scheduler budgets with) for
+// every shard of every split, prefix, layer and suffix separately.
+TEST(ShardPlan, BytesMatchModelSpecShardExactly) {
+  std::vector<ModelSpec> specs = {tinyOpt(), tinyLlama()};
+  for (const char* preset : {"opt-6.7b", "opt-13b", "llama-3-8b"}) specs.push_back(modelPreset(preset));
+  for (const ModelSpec& spec : specs) {
+    for (int tp : {1, 2, 4}) {
+      for (int pp : {1, 2, 3}) {
+        if (spec.vocab % tp != 0) continue;  // the spec pads the vocabulary; the planner refuses
+        for (int stage = 0; stage < pp; ++stage) {
+          for (int rank = 0; rank < tp; ++rank) {
+            SCOPED_TRACE(spec.name + " tp " + std::to_string(tp) + " pp " + std::to_string(pp) + " rank " +
+                         std::to_string(rank) + " stage " + std::to_string(stage));
+            const ShardPlan plan = planShard(spec, tp, pp, rank, stage);
+            const ShardLayout layout = spec.shard(tp, pp, rank, stage);
+            EXPECT_EQ(plan.total_bytes, layout.bytes);
+            EXPECT_EQ(plan.prefix_bytes, layout.prefix_bytes);
+            EXPECT_EQ(plan.layer_bytes, layout.layer_bytes);
+            EXPECT_EQ(plan.suffix_bytes, layout.suffix_bytes);
+            EXPECT_EQ(plan.first_layer, layout.first_layer);
+            EXPECT_EQ(plan.num_layers, layout.num_layers);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace computron::model
