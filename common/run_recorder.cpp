@@ -109,12 +109,27 @@ struct RunRecorder::Impl {
     timeline << (first_trace_event ? "\n" : ",\n") << json;
     first_trace_event = false;
   }
-  void span(int pid, int tid, const std::string& name, const std::string& cat, Nanos start, Nanos end,
-            const nlohmann::json& args) {
+  // `args` is a JSON object's text; written by hand because this runs once per batch and load.
+  void span(int pid, int tid, const std::string& name, const char* cat, Nanos start, Nanos end,
+            const std::string& args) {
     if (!timeline.is_open()) return;
-    std::string e = "{\"ph\":\"X\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
-                    ",\"name\":" + nlohmann::json(name).dump() + ",\"cat\":\"" + cat + "\",\"ts\":" + microsText(start) +
-                    ",\"dur\":" + microsText(end - start) + ",\"args\":" + args.dump() + "}";
+    std::string e;
+    e.reserve(160 + name.size() + args.size());
+    e += "{\"ph\":\"X\",\"pid\":";
+    e += std::to_string(pid);
+    e += ",\"tid\":";
+    e += std::to_string(tid);
+    e += ",\"name\":";
+    e += nlohmann::json(name).dump();
+    e += ",\"cat\":\"";
+    e += cat;
+    e += "\",\"ts\":";
+    e += microsText(start);
+    e += ",\"dur\":";
+    e += microsText(end - start);
+    e += ",\"args\":";
+    e += args;
+    e += "}";
     traceEvent(e);
   }
   void flushEpisode(ModelStats& m) {
@@ -202,9 +217,13 @@ void RunRecorder::onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok
     if (part.via != cmd.gpu) im.nvlink_bytes += part.bytes;
   }
   const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
-  im.span(cmd.gpu, 1, "load " + name, "load", start, end,
-          {{"shard", cmd.shard}, {"bytes", cmd.bytes}, {"ok", ok},
-           {"GB_per_s", end > start ? round6(static_cast<double>(cmd.bytes) / static_cast<double>(end - start)) : 0.0}});
+  if (im.timeline.is_open()) {
+    char args[160];
+    std::snprintf(args, sizeof args, "{\"shard\":%d,\"bytes\":%" PRId64 ",\"ok\":%s,\"GB_per_s\":%.3f}", cmd.shard,
+                  cmd.bytes, ok ? "true" : "false",
+                  end > start ? static_cast<double>(cmd.bytes) / static_cast<double>(end - start) : 0.0);
+    im.span(cmd.gpu, 1, "load " + name, "load", start, end, args);
+  }
 }
 
 void RunRecorder::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
@@ -215,7 +234,9 @@ void RunRecorder::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
     ++im.all.evictions;
   }
   const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
-  im.span(cmd.gpu, 2, "evict " + name, "evict", start, end, {{"shard", cmd.shard}, {"bytes", cmd.bytes}});
+  if (im.timeline.is_open())
+    im.span(cmd.gpu, 2, "evict " + name, "evict", start, end,
+            "{\"shard\":" + std::to_string(cmd.shard) + ",\"bytes\":" + std::to_string(cmd.bytes) + "}");
 }
 
 void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
@@ -223,16 +244,19 @@ void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) 
   Nanos end = result.start;
   for (Nanos f : result.finish) end = std::max(end, f);
   const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
+  std::string args;
+  if (im.timeline.is_open())
+    args = "{\"batch\":" + std::to_string(cmd.batch) + ",\"size\":" + std::to_string(cmd.requests.size()) +
+           ",\"ok\":" + (result.ok ? "true" : "false") + "}";
   for (GpuId g : cmd.gpus) {
     im.gpu_busy[static_cast<std::size_t>(g)] += end - result.start;
-    im.span(g, 0, name, "batch", result.start, end,
-            {{"batch", cmd.batch}, {"size", cmd.requests.size()}, {"ok", result.ok}});
+    im.span(g, 0, name, "batch", result.start, end, args);
   }
 }
 
 void RunRecorder::addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
                                   const nlohmann::json& args) {
-  impl_->span(1000, 0, name, track, start, end, args);
+  impl_->span(1000, 0, name, track.c_str(), start, end, args.dump());
 }
 
 nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
