@@ -1,0 +1,89 @@
+// What devices report back, and the thread-safe queue that carries it to the engine's thread.
+// Device threads (and CUDA's host-function thread) push; the driver loop blocks on a condition
+// variable until something arrives or its next deadline (the next request's arrival) passes.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/core/backend.h"
+#include "common/types.h"
+
+namespace computron::runtime {
+
+struct DeviceEvent {
+  enum class Kind {
+    kPathProgress,  // a load path covered segments up to `segment` (final: the path is finished)
+    kVerifyDone,    // device checksum of a loaded shard (`checksum`)
+    kExecDone,      // a batch part finished on one GPU (`start`, `step_end`)
+    kRelocateDone,  // a compaction finished on `gpu`
+    kEvictDone,     // backend-internal: an eviction completed at once
+    kLoadRefused,   // backend-internal: a load failed before any copy was issued
+  };
+  Kind kind = Kind::kPathProgress;
+  OpId op = 0;          // load / evict op, relocate token
+  BatchId batch = 0;
+  int path = 0;         // path index (progress), part index (exec)
+  GpuId gpu = 0;
+  int segment = -1;
+  bool final = false;
+  bool ok = true;
+  std::string error;
+  Nanos time = 0;       // backend clock when it happened
+  std::uint64_t checksum = 0;
+  Nanos start = 0;
+  std::vector<Nanos> step_end;
+  bool internal = false;  // pushed by the backend itself, not a device
+};
+
+class CompletionQueue {
+ public:
+  void push(DeviceEvent event) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      events_.push_back(std::move(event));
+    }
+    cv_.notify_one();
+  }
+
+  // Waits until at least one event is queued or `deadline` passes; returns everything queued.
+  std::deque<DeviceEvent> waitUntil(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, deadline, [&] { return !events_.empty(); });
+    std::deque<DeviceEvent> out;
+    out.swap(events_);
+    return out;
+  }
+
+  std::deque<DeviceEvent> takeAll() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::deque<DeviceEvent> out;
+    out.swap(events_);
+    return out;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<DeviceEvent> events_;
+};
+
+// The runtime's clock: steady time in nanoseconds since the backend started.
+class SteadyClock : public Clock {
+ public:
+  SteadyClock() : epoch_(std::chrono::steady_clock::now()) {}
+  Nanos now() const override {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - epoch_).count();
+  }
+  std::chrono::steady_clock::time_point at(Nanos t) const { return epoch_ + std::chrono::nanoseconds(t); }
+
+ private:
+  std::chrono::steady_clock::time_point epoch_;
+};
+
+}  // namespace computron::runtime

@@ -1,0 +1,567 @@
+#include "runtime/real_backend.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+namespace computron::runtime {
+namespace {
+
+std::string gibText(std::int64_t bytes) {
+  std::ostringstream s;
+  s.precision(3);
+  s << static_cast<double>(bytes) / static_cast<double>(kGiB) << " GiB";
+  return s.str();
+}
+
+}  // namespace
+
+ShardLayout RealBackend::shardLayout(const ModelDeployment& model, int shard) {
+  return model.spec.shard(model.tp, model.pp, shard % model.tp, shard / model.tp);
+}
+
+void RealBackend::validate(const EngineConfig& config, int device_count) {
+  for (std::size_t m = 0; m < config.models.size(); ++m) {
+    const ModelDeployment& d = config.models[m];
+    const std::string where = "models[" + std::to_string(m) + "] '" + d.name + "'";
+    if (d.tp < 1 || d.pp < 1) throw ConfigError(where + ": tp and pp must be at least 1");
+    d.spec.validateParallel(d.tp, d.pp, where);
+    if (static_cast<int>(d.gpus.size()) != d.numShards()) {
+      throw ConfigError(where + ": " + std::to_string(d.numShards()) + " shards but " +
+                        std::to_string(d.gpus.size()) + " GPUs in its placement");
+    }
+    for (int s = 0; s < d.numShards(); ++s) {
+      const GpuId g = d.gpus[static_cast<std::size_t>(s)];
+      if (g < 0 || g >= device_count || static_cast<std::size_t>(g) >= config.gpu_weight_budget.size()) {
+        throw ConfigError(where + ": shard " + std::to_string(s) + " is placed on GPU " + std::to_string(g) +
+                          " but the runtime has " + std::to_string(device_count) + " device(s)");
+      }
+      const ShardLayout layout = shardLayout(d, s);
+      const std::int64_t budget = config.gpu_weight_budget[static_cast<std::size_t>(g)];
+      if (layout.bytes > budget) {
+        throw ConfigError(where + ": shard " + std::to_string(s) + " needs " + gibText(layout.bytes) +
+                          " but GPU " + std::to_string(g) + "'s weight budget is " + gibText(budget) +
+                          "; split the model over more GPUs (tp/pp) or raise the budget");
+      }
+    }
+  }
+}
+
+RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, RuntimeOptions options)
+    : options_(std::move(options)), config_(config), device_kind_(factory.name()) {
+  const int gpus = factory.deviceCount();
+  validate(config_, gpus);
+  if (options_.chunk_bytes <= 0) throw ConfigError("runtime: chunk size must be positive");
+
+  std::vector<ShardRequest> requests;
+  std::vector<int> shards_on(static_cast<std::size_t>(gpus), 0);
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const ModelDeployment& d = config_.models[m];
+    for (int s = 0; s < d.numShards(); ++s) {
+      ShardRequest r;
+      r.model = static_cast<ModelId>(m);
+      r.shard = s;
+      r.layout = shardLayout(d, s);
+      r.dtype = d.spec.dtype;
+      r.model_seed = m + 1;
+      requests.push_back(r);
+      ++shards_on[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)])];
+    }
+  }
+  HostStoreOptions host = options_.host;
+  host.pinner = factory.pinner();
+  store_ = std::make_unique<HostWeightStore>(requests, host);
+
+  // Each GPU's region: its weight budget plus one granule per shard it may hold, so rounding
+  // extents up to the granule never makes a load the engine accepted fail for lack of bytes.
+  const std::size_t n_gpus = static_cast<std::size_t>(gpus);
+  const std::size_t used_gpus = std::min(n_gpus, config_.gpu_weight_budget.size());
+  for (std::size_t g = 0; g < used_gpus; ++g) {
+    const std::int64_t budget = config_.gpu_weight_budget[g];
+    const std::int64_t region = (budget + options_.granule - 1) / options_.granule * options_.granule +
+                                static_cast<std::int64_t>(shards_on[g]) * options_.granule;
+    pools_.emplace_back(region, options_.granule);
+  }
+  compacting_.assign(pools_.size(), false);
+  for (std::size_t g = 0; g < pools_.size(); ++g) {
+    devices_.push_back(factory.create(static_cast<GpuId>(g), pools_[g].capacity(), options_.chunk_bytes, queue_, clock_));
+  }
+  std::vector<Device*> all;
+  for (auto& d : devices_) all.push_back(d.get());
+  for (auto& d : devices_) d->connect(all);
+}
+
+RealBackend::~RealBackend() {
+  for (auto& d : devices_) d->stop();
+  devices_.clear();
+}
+
+std::optional<Extent> RealBackend::residentExtent(ModelId model, int shard, GpuId gpu) const {
+  auto it = placements_.find({model, shard, gpu});
+  if (it == placements_.end() || it->second.loading || it->second.evicted) return std::nullopt;
+  return it->second.extent;
+}
+
+std::vector<LoadRecord> RealBackend::takeLoadRecords() {
+  std::vector<LoadRecord> out;
+  out.swap(records_);
+  return out;
+}
+
+bool RealBackend::idle() const {
+  return loads_.empty() && batches_.empty() && deferred_loads_.empty() && deferred_execs_.empty() &&
+         relocations_.empty() && undelivered_internal_ == 0;
+}
+
+void RealBackend::pushInternal(DeviceEvent ev) {
+  ++undelivered_internal_;
+  ev.internal = true;
+  queue_.push(std::move(ev));
+}
+
+void RealBackend::refuseLoad(const LoadCommand& cmd, const std::string& error) {
+  DeviceEvent ev;
+  ev.kind = DeviceEvent::Kind::kLoadRefused;
+  ev.op = cmd.op;
+  ev.gpu = cmd.gpu;
+  ev.ok = false;
+  ev.error = error;
+  ev.time = clock_.now();
+  LoadRecord rec;
+  rec.cmd = cmd;
+  rec.issued = rec.done = ev.time;
+  rec.ok = false;
+  rec.error = error;
+  records_.push_back(rec);
+  pushInternal(std::move(ev));
+}
+
+void RealBackend::load(const LoadCommand& cmd) {
+  const Nanos now = clock_.now();
+  const std::string what = "load of model " + std::to_string(cmd.model) + " shard " + std::to_string(cmd.shard) +
+                           " on GPU " + std::to_string(cmd.gpu);
+  if (cmd.gpu < 0 || static_cast<std::size_t>(cmd.gpu) >= devices_.size()) {
+    refuseLoad(cmd, what + ": no such GPU");
+    return;
+  }
+  const HostShard* host = store_->find(cmd.model, cmd.shard);
+  if (host == nullptr) {
+    refuseLoad(cmd, what + ": the shard is not registered");
+    return;
+  }
+  if (host->bytes != cmd.bytes) {
+    refuseLoad(cmd, what + ": command says " + std::to_string(cmd.bytes) + " bytes, registered shard has " +
+                        std::to_string(host->bytes));
+    return;
+  }
+  if (placements_.count({cmd.model, cmd.shard, cmd.gpu}) != 0) {
+    refuseLoad(cmd, what + ": the shard is already on that GPU");
+    return;
+  }
+  if (!tryStartLoad(cmd, now)) deferred_loads_.emplace_back(cmd, now);
+}
+
+bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
+  const auto g = static_cast<std::size_t>(cmd.gpu);
+  if (compacting_[g]) return false;
+  DevicePool& pool = pools_[g];
+  const HostShard& host = store_->at(cmd.model, cmd.shard);
+  const std::string what = "load of model " + std::to_string(cmd.model) + " shard " + std::to_string(cmd.shard) +
+                           " on GPU " + std::to_string(cmd.gpu);
+
+  LoadPlan plan;
+  try {
+    plan = makeLoadPlan(host.segments, cmd.gpu, cmd.route, {options_.chunk_bytes, store_->pinPieceBytes()});
+  } catch (const std::invalid_argument& e) {
+    refuseLoad(cmd, what + ": " + e.what());
+    return true;
+  }
+  std::vector<Key> sources;
+  for (const auto& path : plan.paths) {
+    if (path.via < 0 || static_cast<std::size_t>(path.via) >= devices_.size()) {
+      refuseLoad(cmd, what + ": route goes through GPU " + std::to_string(path.via) + ", which does not exist");
+      return true;
+    }
+    if (path.kind == PathKind::kFromDevice) {
+      auto it = placements_.find({cmd.model, cmd.shard, path.via});
+      if (it == placements_.end() || it->second.loading || it->second.evicted) {
+        refuseLoad(cmd, what + ": route copies from GPU " + std::to_string(path.via) +
+                            ", which holds no resident copy of the shard");
+        return true;
+      }
+      if (it->second.moving) return false;
+      sources.push_back(it->first);
+    }
+  }
+
+  std::optional<Extent> extent = pool.allocate(cmd.bytes);
+  if (!extent) {
+    // Enough bytes but no hole: compact idle extents. Otherwise wait for readers of evicted
+    // shards or for running work to finish; refuse only what can never fit.
+    auto movable = [&](std::int64_t offset) {
+      for (const auto& [key, p] : placements_) {
+        if (std::get<2>(key) == cmd.gpu && p.extent.offset == offset) return p.readers == 0 && !p.loading && !p.moving;
+      }
+      return false;
+    };
+    if (pool.rounded(cmd.bytes) > pool.capacity()) {
+      refuseLoad(cmd, what + ": " + gibText(cmd.bytes) + " exceeds the GPU's whole pool");
+      return true;
+    }
+    auto moves = pool.planCompaction(cmd.bytes, movable);
+    if (moves && !moves->empty()) {
+      const OpId token = next_token_++;
+      std::vector<Key> moved;
+      for (const auto& mv : *moves) {
+        for (auto& [key, p] : placements_) {
+          if (std::get<2>(key) == cmd.gpu && p.extent.offset == mv.from) {
+            p.moving = true;
+            p.extent.offset = mv.to;
+            moved.push_back(key);
+            break;
+          }
+        }
+        pool.apply(mv);
+      }
+      relocations_[token] = {cmd.gpu, moved};
+      compacting_[g] = true;
+      ++compactions_;
+      devices_[g]->submit(RelocateJob{token, *moves});
+      return false;
+    }
+    bool can_wait = false;
+    for (const auto& [key, p] : placements_) {
+      if (std::get<2>(key) == cmd.gpu && (p.evicted || p.readers > 0 || p.loading)) can_wait = true;
+    }
+    if (can_wait) return false;
+    refuseLoad(cmd, what + ": GPU pool has " + gibText(pool.freeBytes()) + " free (largest hole " +
+                        gibText(pool.largestHole()) + ") but the shard needs " + gibText(cmd.bytes));
+    return true;
+  }
+
+  for (const auto& key : sources) ++placements_[key].readers;
+  Placement placement;
+  placement.extent = *extent;
+  placements_[{cmd.model, cmd.shard, cmd.gpu}] = placement;
+
+  LoadOp op;
+  op.cmd = cmd;
+  op.plan = plan;
+  op.sources = sources;
+  op.record.cmd = cmd;
+  op.record.issued = issued;
+  op.record.started = clock_.now();
+  for (const auto& path : plan.paths) {
+    op.coverage.push_back(path.initial_coverage);
+    op.record.paths.push_back({path.via, path.kind, path.bytes, 0});
+  }
+  op.open_paths = static_cast<int>(plan.paths.size());
+  auto [it, inserted] = loads_.emplace(cmd.op, std::move(op));
+  if (!inserted) throw std::logic_error("runtime: load op id reused while in flight");
+
+  for (std::size_t p = 0; p < plan.paths.size(); ++p) {
+    const PathPlan& path = plan.paths[p];
+    PathJob job;
+    job.op = cmd.op;
+    job.path = static_cast<int>(p);
+    job.model = cmd.model;
+    job.shard = cmd.shard;
+    job.target = cmd.gpu;
+    job.kind = path.kind;
+    job.dst_offset = extent->offset;
+    job.host = host.data;
+    if (path.kind == PathKind::kFromDevice) {
+      job.src_offset = placements_.at({cmd.model, cmd.shard, path.via}).extent.offset;
+    }
+    job.chunks = path.chunks;
+    job.notify = path.notify;
+    const GpuId mover = path.kind == PathKind::kDirect ? cmd.gpu : path.via;
+    devices_[static_cast<std::size_t>(mover)]->submit(std::move(job));
+  }
+  return true;
+}
+
+void RealBackend::evict(const EvictCommand& cmd) {
+  auto it = placements_.find({cmd.model, cmd.shard, cmd.gpu});
+  if (it != placements_.end()) {
+    if (it->second.loading) {
+      throw std::logic_error("runtime: evict of model " + std::to_string(cmd.model) + " shard " +
+                             std::to_string(cmd.shard) + " while it is loading");
+    }
+    if (it->second.readers > 0 || it->second.moving) {
+      it->second.evicted = true;  // released by the last reader
+    } else {
+      pools_[static_cast<std::size_t>(cmd.gpu)].release(it->second.extent);
+      placements_.erase(it);
+    }
+  }
+  // Eviction moves no bytes: the host copy is authoritative.
+  DeviceEvent ev;
+  ev.kind = DeviceEvent::Kind::kEvictDone;
+  ev.op = cmd.op;
+  ev.gpu = cmd.gpu;
+  ev.time = clock_.now();
+  pushInternal(std::move(ev));
+}
+
+void RealBackend::execute(const ExecuteCommand& cmd) {
+  if (!tryStartExecute(cmd)) deferred_execs_.push_back(cmd);
+}
+
+bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
+  std::string error;
+  std::vector<Key> keys;
+  for (std::size_t i = 0; i < cmd.gpus.size(); ++i) {
+    const Key key{cmd.model, static_cast<int>(i), cmd.gpus[i]};
+    auto it = placements_.find(key);
+    if (it == placements_.end() || it->second.loading || it->second.evicted) {
+      error = "batch " + std::to_string(cmd.batch) + ": model " + std::to_string(cmd.model) + " shard " +
+              std::to_string(i) + " is not resident on GPU " + std::to_string(cmd.gpus[i]);
+      break;
+    }
+    if (it->second.moving) return false;
+    keys.push_back(key);
+  }
+  BatchOp op;
+  op.cmd = cmd;
+  const Nanos now = clock_.now();
+  if (!error.empty() || cmd.gpus.empty()) {
+    if (error.empty()) error = "batch " + std::to_string(cmd.batch) + ": no GPUs";
+    op.open_parts = 1;
+    batches_[cmd.batch] = std::move(op);
+    DeviceEvent ev;
+    ev.kind = DeviceEvent::Kind::kExecDone;
+    ev.batch = cmd.batch;
+    ev.ok = false;
+    ev.error = error;
+    ev.start = ev.time = now;
+    pushInternal(std::move(ev));
+    return true;
+  }
+  PlaceholderTimes times;
+  if (options_.placeholder_cost) {
+    times = options_.placeholder_cost(cmd);
+  } else {
+    times.first_token = options_.placeholder_step;
+    for (const auto& r : cmd.requests) times.finish.push_back(options_.placeholder_step * std::max(1, r.output_tokens));
+  }
+  // Phases end at the distinct times something is reported: the first token, then each finish.
+  std::vector<Nanos> ends{std::max<Nanos>(0, times.first_token)};
+  for (Nanos f : times.finish) ends.push_back(std::max(ends.front(), f));
+  std::sort(ends.begin(), ends.end());
+  ends.erase(std::unique(ends.begin(), ends.end()), ends.end());
+  std::vector<Nanos> phases;
+  for (std::size_t i = 0; i < ends.size(); ++i) phases.push_back(ends[i] - (i == 0 ? 0 : ends[i - 1]));
+  for (std::size_t i = 0; i < cmd.requests.size(); ++i) {
+    const Nanos f = i < times.finish.size() ? std::max(ends.front(), times.finish[i]) : ends.back();
+    op.request_phase.push_back(static_cast<int>(std::lower_bound(ends.begin(), ends.end(), f) - ends.begin()));
+  }
+  op.held = keys;
+  op.open_parts = static_cast<int>(keys.size());
+  for (const auto& key : keys) ++placements_[key].readers;
+  batches_[cmd.batch] = std::move(op);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    ExecJob job;
+    job.batch = cmd.batch;
+    job.part = static_cast<int>(i);
+    job.weights = {placements_[keys[i]].extent};
+    job.phase_ns = phases;
+    devices_[static_cast<std::size_t>(std::get<2>(keys[i]))]->submit(std::move(job));
+  }
+  return true;
+}
+
+void RealBackend::dropReader(const Key& key) {
+  auto it = placements_.find(key);
+  if (it == placements_.end()) return;
+  if (--it->second.readers == 0 && it->second.evicted && !it->second.moving) {
+    pools_[static_cast<std::size_t>(std::get<2>(key))].release(it->second.extent);
+    placements_.erase(it);
+  }
+}
+
+void RealBackend::retryDeferred() {
+  // In arrival order; a load that still cannot start keeps its place.
+  for (std::size_t n = deferred_loads_.size(); n > 0; --n) {
+    auto [cmd, issued] = deferred_loads_.front();
+    deferred_loads_.pop_front();
+    if (!tryStartLoad(cmd, issued)) deferred_loads_.emplace_back(cmd, issued);
+  }
+  for (std::size_t n = deferred_execs_.size(); n > 0; --n) {
+    ExecuteCommand cmd = deferred_execs_.front();
+    deferred_execs_.pop_front();
+    if (!tryStartExecute(cmd)) deferred_execs_.push_back(cmd);
+  }
+}
+
+int RealBackend::dispatch(std::chrono::steady_clock::time_point deadline, BackendListener& listener) {
+  std::deque<DeviceEvent> events = queue_.waitUntil(deadline);
+  int delivered = 0;
+  for (auto& ev : events) {
+    if (ev.internal) --undelivered_internal_;
+    handle(ev, listener, delivered);
+    retryDeferred();
+  }
+  return delivered;
+}
+
+void RealBackend::finishLoad(OpId op_id, bool ok, const std::string& error, Nanos when, BackendListener& listener) {
+  auto it = loads_.find(op_id);
+  LoadOp op = std::move(it->second);
+  loads_.erase(it);
+  for (const auto& key : op.sources) dropReader(key);
+  const Key key{op.cmd.model, op.cmd.shard, op.cmd.gpu};
+  auto pl = placements_.find(key);
+  if (ok) {
+    pl->second.loading = false;
+  } else {
+    pools_[static_cast<std::size_t>(op.cmd.gpu)].release(pl->second.extent);
+    placements_.erase(pl);
+  }
+  op.record.done = when;
+  op.record.ok = ok;
+  op.record.error = error;
+  records_.push_back(op.record);
+  listener.loadDone(op_id, ok, error);
+}
+
+void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delivered) {
+  using Kind = DeviceEvent::Kind;
+  switch (ev.kind) {
+    case Kind::kEvictDone:
+      ++delivered;
+      listener.evictDone(ev.op);
+      return;
+    case Kind::kLoadRefused:
+      ++delivered;
+      listener.loadDone(ev.op, false, ev.error);
+      return;
+    case Kind::kPathProgress: {
+      auto it = loads_.find(ev.op);
+      if (it == loads_.end()) throw std::logic_error("runtime: progress for an unknown load");
+      LoadOp& op = it->second;
+      const auto p = static_cast<std::size_t>(ev.path);
+      if (!ev.ok) {
+        if (!op.failed) {
+          op.failed = true;
+          op.error = "load of model " + std::to_string(op.cmd.model) + " shard " + std::to_string(op.cmd.shard) +
+                     " on GPU " + std::to_string(op.cmd.gpu) + " failed on its " + pathKindName(op.plan.paths[p].kind) +
+                     " path via GPU " + std::to_string(op.plan.paths[p].via) + ": " + ev.error;
+        }
+      } else {
+        op.coverage[p] = std::max(op.coverage[p], ev.segment);
+      }
+      if (ev.final) {
+        --op.open_paths;
+        op.record.paths[p].end = ev.time;
+      }
+      if (!op.failed) {
+        const int ready = *std::min_element(op.coverage.begin(), op.coverage.end());
+        const HostShard& host = store_->at(op.cmd.model, op.cmd.shard);
+        while (op.reported < ready) {
+          ++op.reported;
+          LayerReady lr;
+          lr.op = op.cmd.op;
+          lr.model = op.cmd.model;
+          lr.shard = op.cmd.shard;
+          lr.gpu = op.cmd.gpu;
+          lr.segment = op.reported;
+          lr.layer = host.segments[static_cast<std::size_t>(op.reported)].layer;
+          lr.time = ev.time;
+          listener.layerReady(lr);
+        }
+      }
+      if (op.open_paths > 0) return;
+      op.record.copy_done = ev.time;
+      if (op.failed) {
+        ++delivered;
+        finishLoad(ev.op, false, op.error, ev.time, listener);
+      } else if (options_.verify_loads) {
+        const Extent extent = placements_.at({op.cmd.model, op.cmd.shard, op.cmd.gpu}).extent;
+        devices_[static_cast<std::size_t>(op.cmd.gpu)]->submit(VerifyJob{op.cmd.op, extent.offset, op.cmd.bytes});
+      } else {
+        ++delivered;
+        finishLoad(ev.op, true, {}, ev.time, listener);
+      }
+      return;
+    }
+    case Kind::kVerifyDone: {
+      auto it = loads_.find(ev.op);
+      if (it == loads_.end()) throw std::logic_error("runtime: checksum for an unknown load");
+      const LoadOp& op = it->second;
+      const HostShard& host = store_->at(op.cmd.model, op.cmd.shard);
+      std::string error;
+      if (!ev.ok) {
+        error = "checksum of model " + std::to_string(op.cmd.model) + " shard " + std::to_string(op.cmd.shard) +
+                " on GPU " + std::to_string(op.cmd.gpu) + " failed: " + ev.error;
+      } else if (ev.checksum != host.checksum) {
+        std::ostringstream s;
+        s << "integrity: model " << op.cmd.model << " shard " << op.cmd.shard << " on GPU " << op.cmd.gpu
+          << " has device checksum " << std::hex << ev.checksum << " but the host's is " << host.checksum;
+        error = s.str();
+      }
+      it->second.record.verified = error.empty();
+      ++delivered;
+      finishLoad(ev.op, error.empty(), error, ev.time, listener);
+      return;
+    }
+    case Kind::kExecDone: {
+      auto it = batches_.find(ev.batch);
+      if (it == batches_.end()) throw std::logic_error("runtime: completion of an unknown batch");
+      BatchOp& op = it->second;
+      if (!ev.ok && op.ok) {
+        op.ok = false;
+        op.error = ev.error;
+      }
+      op.parts.push_back(ev);
+      if (--op.open_parts > 0) return;
+      BatchOp done = std::move(op);
+      batches_.erase(it);
+      for (const auto& key : done.held) dropReader(key);
+      BatchResult result;
+      result.batch = done.cmd.batch;
+      result.ok = done.ok;
+      result.error = done.error;
+      result.start = done.parts.front().start;
+      for (const auto& part : done.parts) result.start = std::min(result.start, part.start);
+      auto stepEnd = [&](int step) {
+        Nanos t = result.start;
+        for (const auto& part : done.parts) {
+          if (part.step_end.empty()) {
+            t = std::max(t, part.time);
+          } else {
+            t = std::max(t, part.step_end[static_cast<std::size_t>(
+                                std::clamp(step, 0, static_cast<int>(part.step_end.size()) - 1))]);
+          }
+        }
+        return t;
+      };
+      result.first_token = stepEnd(0);
+      for (std::size_t i = 0; i < done.cmd.requests.size(); ++i) {
+        result.finish.push_back(i < done.request_phase.size() ? stepEnd(done.request_phase[i]) : stepEnd(1 << 30));
+      }
+      ++delivered;
+      listener.batchDone(result);
+      return;
+    }
+    case Kind::kRelocateDone: {
+      auto it = relocations_.find(ev.op);
+      if (it == relocations_.end()) throw std::logic_error("runtime: unknown relocation");
+      const GpuId g = it->second.first;
+      for (const auto& key : it->second.second) {
+        auto pl = placements_.find(key);
+        if (pl == placements_.end()) continue;
+        pl->second.moving = false;
+        if (pl->second.evicted && pl->second.readers == 0) {
+          pools_[static_cast<std::size_t>(g)].release(pl->second.extent);
+          placements_.erase(pl);
+        }
+      }
+      compacting_[static_cast<std::size_t>(g)] = false;
+      relocations_.erase(it);
+      return;
+    }
+  }
+}
+
+}  // namespace computron::runtime

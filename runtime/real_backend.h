@@ -1,0 +1,197 @@
+// RealBackend: the core's Backend on real devices (CUDA GPUs, or the host-memory device in
+// tests) with a real clock. Commands arrive on the engine's thread and are turned into device
+// jobs; devices report through a CompletionQueue, and dispatch() hands the completions back to
+// the engine on its own thread. The backend owns the host weight store and one DevicePool per
+// GPU, and keeps the per-shard placement (extent, readers, moves) the devices need.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/core/backend.h"
+#include "common/core/engine.h"
+#include "runtime/completion_queue.h"
+#include "runtime/device.h"
+#include "runtime/device_pool.h"
+#include "runtime/host_weight_store.h"
+#include "runtime/load_plan.h"
+
+namespace computron::runtime {
+
+// Times of a batch under the placeholder execution, offsets from its start.
+struct PlaceholderTimes {
+  Nanos first_token = 0;
+  std::vector<Nanos> finish;  // per request of the command
+};
+
+struct RuntimeOptions {
+  std::int64_t chunk_bytes = 64 * kMiB;  // copy size; bench swap's chunk sweep chose it
+  bool verify_loads = true;              // device checksum after every load, before it is reported
+  // PLACEHOLDER execution until real models land: a fixed-cost kernel runs on every GPU of the
+  // batch for these times (replay takes them from the simulator's cost model). Unset: each
+  // output token costs placeholder_step.
+  std::function<PlaceholderTimes(const ExecuteCommand&)> placeholder_cost;
+  Nanos placeholder_step = kNanosPerMilli;
+  std::int64_t granule = DevicePool::kDefaultGranule;
+  HostStoreOptions host;                 // pinner comes from the device factory
+};
+
+// A decoder layer (or the embeddings / head segment) of a loading shard is on the GPU.
+struct LayerReady {
+  OpId op = 0;
+  ModelId model = 0;
+  int shard = 0;
+  GpuId gpu = 0;
+  int segment = 0;  // index into the shard's segments
+  int layer = 0;    // -1 embeddings, num_layers head, else decoder layer
+  Nanos time = 0;
+};
+
+// What a finished load looked like, for benchmarks and timelines.
+struct LoadRecord {
+  LoadCommand cmd;
+  Nanos issued = 0;     // load() called
+  Nanos started = 0;    // copies submitted (later than issued when the load waited for room)
+  Nanos copy_done = 0;  // every path finished
+  Nanos done = 0;       // reported to the engine (after the checksum when verify_loads)
+  bool ok = true;
+  bool verified = false;
+  std::string error;
+  struct Path {
+    GpuId via = 0;
+    PathKind kind = PathKind::kDirect;
+    std::int64_t bytes = 0;
+    Nanos end = 0;
+  };
+  std::vector<Path> paths;
+};
+
+// Receives completions on the driver's thread. EngineListener forwards them to an Engine.
+class BackendListener {
+ public:
+  virtual ~BackendListener() = default;
+  virtual void loadDone(OpId op, bool ok, const std::string& error) = 0;
+  virtual void evictDone(OpId op) = 0;
+  virtual void batchDone(const BatchResult& result) = 0;
+  virtual void layerReady(const LayerReady& /*ready*/) {}
+};
+
+class EngineListener : public BackendListener {
+ public:
+  explicit EngineListener(Engine& engine) : engine_(engine) {}
+  void loadDone(OpId op, bool ok, const std::string& error) override { engine_.onLoadDone(op, ok, error); }
+  void evictDone(OpId op) override { engine_.onEvictDone(op); }
+  void batchDone(const BatchResult& result) override { engine_.onBatchDone(result); }
+
+ private:
+  Engine& engine_;
+};
+
+class RealBackend final : public Backend {
+ public:
+  // Registers every model of `config`: refuses (ConfigError) a shard larger than its GPU's
+  // budget or a placement on a GPU the factory does not have, refuses (HostMemoryError) models
+  // that do not fit in host memory, then builds the host store and one device per GPU.
+  RealBackend(const EngineConfig& config, DeviceFactory& factory, RuntimeOptions options = {});
+  ~RealBackend() override;
+  RealBackend(const RealBackend&) = delete;
+  RealBackend& operator=(const RealBackend&) = delete;
+
+  void load(const LoadCommand& cmd) override;
+  void evict(const EvictCommand& cmd) override;
+  void execute(const ExecuteCommand& cmd) override;
+
+  // Blocks until a device reports or `deadline` passes, then delivers everything reported.
+  // Returns the number of completions delivered to `listener`.
+  int dispatch(std::chrono::steady_clock::time_point deadline, BackendListener& listener);
+  int dispatch(Nanos deadline, BackendListener& listener) { return dispatch(clock_.at(deadline), listener); }
+  // Nothing in flight, deferred or undelivered.
+  bool idle() const;
+
+  const SteadyClock& clock() const { return clock_; }
+  std::string deviceKind() const { return device_kind_; }
+  const HostWeightStore& store() const { return *store_; }
+  int numGpus() const { return static_cast<int>(devices_.size()); }
+  Device& device(GpuId gpu) { return *devices_.at(static_cast<std::size_t>(gpu)); }
+  const DevicePool& pool(GpuId gpu) const { return pools_.at(static_cast<std::size_t>(gpu)); }
+  std::optional<Extent> residentExtent(ModelId model, int shard, GpuId gpu) const;
+  std::vector<LoadRecord> takeLoadRecords();
+  std::int64_t compactions() const { return compactions_; }
+  const RuntimeOptions& options() const { return options_; }
+
+  // The layout the backend uses for shard `shard` of a deployment.
+  static ShardLayout shardLayout(const ModelDeployment& model, int shard);
+  // Checks the registration rules alone (used by the constructor; ConfigError on failure).
+  static void validate(const EngineConfig& config, int device_count);
+
+ private:
+  using Key = std::tuple<ModelId, int, GpuId>;
+  struct Placement {
+    Extent extent;
+    int readers = 0;       // batches and from-device copies reading it
+    bool loading = true;
+    bool evicted = false;  // released when the last reader finishes
+    bool moving = false;
+  };
+  struct LoadOp {
+    LoadCommand cmd;
+    LoadPlan plan;
+    std::vector<int> coverage;
+    int open_paths = 0;
+    int reported = -1;  // segments reported ready
+    bool failed = false;
+    std::string error;
+    std::vector<Key> sources;
+    LoadRecord record;
+  };
+  struct BatchOp {
+    ExecuteCommand cmd;
+    int open_parts = 0;
+    std::vector<Key> held;
+    std::vector<DeviceEvent> parts;
+    std::vector<int> request_phase;  // request i finishes with phase request_phase[i]
+    bool ok = true;
+    std::string error;
+  };
+
+  void pushInternal(DeviceEvent ev);
+  void refuseLoad(const LoadCommand& cmd, const std::string& error);
+  // Starts `cmd` if its GPU has room now; false when it must wait.
+  bool tryStartLoad(const LoadCommand& cmd, Nanos issued);
+  bool tryStartExecute(const ExecuteCommand& cmd);
+  void retryDeferred();
+  void handle(DeviceEvent& ev, BackendListener& listener, int& delivered);
+  void finishLoad(OpId op, bool ok, const std::string& error, Nanos when, BackendListener& listener);
+  void dropReader(const Key& key);
+
+  RuntimeOptions options_;
+  EngineConfig config_;
+  SteadyClock clock_;
+  std::string device_kind_;
+  std::unique_ptr<HostWeightStore> store_;
+  CompletionQueue queue_;
+  std::vector<DevicePool> pools_;
+  std::vector<std::unique_ptr<Device>> devices_;
+
+  std::map<Key, Placement> placements_;
+  std::map<OpId, LoadOp> loads_;
+  std::map<BatchId, BatchOp> batches_;
+  std::deque<std::pair<LoadCommand, Nanos>> deferred_loads_;
+  std::deque<ExecuteCommand> deferred_execs_;
+  std::map<OpId, std::pair<GpuId, std::vector<Key>>> relocations_;
+  std::vector<bool> compacting_;
+  std::vector<LoadRecord> records_;
+  std::int64_t undelivered_internal_ = 0;
+  OpId next_token_ = 1;
+  std::int64_t compactions_ = 0;
+};
+
+}  // namespace computron::runtime
