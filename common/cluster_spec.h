@@ -46,10 +46,14 @@ struct ClusterSpec {
 
 // Presets: "h200x2" (the measured 2 x H200 machine), "a100-40gb-x4" (the seed paper's node),
 // "h200x4" (four H200s with the measured shared host cap).
+// An unknown name throws ConfigError listing the known ones.
 ClusterSpec clusterPreset(const std::string& name);
 std::vector<std::string> clusterPresetNames();
-// {"preset": "...", overrides...} or a full description; see docs/scenario.md.
+bool isClusterPreset(const std::string& name);
+// {"preset": "...", overrides...}, a bare preset name, or a full description; see docs/specs.md.
+// Units in the JSON: GB (1e9 bytes), GB/s, TFLOP/s, microseconds. Errors name the JSON path.
 ClusterSpec clusterFromJson(const JsonReader& node);
+// The effective cluster as a full description (readable back by clusterFromJson).
 nlohmann::json clusterToJson(const ClusterSpec& c);
 
 }  // namespace computron

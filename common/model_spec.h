@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,10 @@ enum class Arch { kOpt, kLlama };
 enum class DType { kF16, kBF16, kF32 };
 
 int dtypeBytes(DType d);
-std::string dtypeName(DType d);
-std::string archName(Arch a);
+std::string dtypeName(DType d);  // Hugging Face spelling: "float16", "bfloat16", "float32"
+std::string archName(Arch a);    // "opt", "llama"
+// Parses a Hugging Face dtype name ("float16", "bfloat16", "float32"); nullopt when unknown.
+std::optional<DType> dtypeFromName(const std::string& name);
 
 // Where a shard sits: tensor rank and pipeline stage, plus the decoder layers it holds.
 struct ShardLayout {
@@ -46,8 +49,18 @@ struct ModelSpec {
   DType dtype = DType::kF16;
   bool tie_embeddings = true;  // OPT: LM head shares the token embedding; Llama: separate
   int word_embed_proj_dim = 0; // OPT-350m projects embeddings (0 = same as hidden)
+  // OPT's do_layer_norm_before. OPT-350m normalises after attention and MLP instead of before.
+  bool layer_norm_before = true;
+  // OPT-350m (post-LN) has no final layer norm; every other preset has one.
+  bool final_layer_norm = true;
 
   int headDim() const { return hidden / num_heads; }
+  // Width of the token embedding and LM head rows: word_embed_proj_dim when set, else hidden.
+  int embedDim() const { return word_embed_proj_dim > 0 ? word_embed_proj_dim : hidden; }
+  bool hasEmbedProjection() const { return embedDim() != hidden; }
+  // Vocabulary rows once padded up to a multiple of tp, so every rank of a vocab-parallel
+  // embedding or LM head holds the same number of rows (paddedVocab(tp) / tp each).
+  std::int64_t paddedVocab(int tp) const;
 
   // Exact parameter counts of the unsharded model.
   std::int64_t embeddingParams() const;  // token (+ position, + projections) embeddings
