@@ -3,6 +3,7 @@
 // variable until something arrives or its next deadline (the next request's arrival) passes.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -73,17 +74,24 @@ class CompletionQueue {
   std::deque<DeviceEvent> events_;
 };
 
-// The runtime's clock: steady time in nanoseconds since the backend started.
+// The runtime's clock: steady time in nanoseconds since the backend started, or since the last
+// restart() (a replay restarts it when its first request may arrive, so times start near 0 as
+// in the simulator). Read from device threads too, hence the atomic epoch.
 class SteadyClock : public Clock {
  public:
-  SteadyClock() : epoch_(std::chrono::steady_clock::now()) {}
-  Nanos now() const override {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - epoch_).count();
+  SteadyClock() { restart(); }
+  Nanos now() const override { return steadyNanos() - epoch_.load(std::memory_order_relaxed); }
+  void restart() { epoch_.store(steadyNanos(), std::memory_order_relaxed); }
+  std::chrono::steady_clock::time_point at(Nanos t) const {
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(epoch_.load(std::memory_order_relaxed) + t));
   }
-  std::chrono::steady_clock::time_point at(Nanos t) const { return epoch_ + std::chrono::nanoseconds(t); }
 
  private:
-  std::chrono::steady_clock::time_point epoch_;
+  static Nanos steadyNanos() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  std::atomic<Nanos> epoch_{0};
 };
 
 }  // namespace computron::runtime

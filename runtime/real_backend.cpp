@@ -113,6 +113,11 @@ bool RealBackend::idle() const {
          relocations_.empty() && undelivered_internal_ == 0;
 }
 
+void RealBackend::restartClock() {
+  if (!idle()) throw std::logic_error("runtime: clock restarted with work in flight");
+  clock_.restart();
+}
+
 void RealBackend::pushInternal(DeviceEvent ev) {
   ++undelivered_internal_;
   ev.internal = true;
@@ -405,7 +410,7 @@ int RealBackend::dispatch(std::chrono::steady_clock::time_point deadline, Backen
   return delivered;
 }
 
-void RealBackend::finishLoad(OpId op_id, bool ok, const std::string& error, Nanos when, BackendListener& listener) {
+void RealBackend::finishLoad(OpId op_id, bool ok, std::string error, Nanos when, BackendListener& listener) {
   auto it = loads_.find(op_id);
   LoadOp op = std::move(it->second);
   loads_.erase(it);

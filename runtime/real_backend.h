@@ -117,6 +117,8 @@ class RealBackend final : public Backend {
   bool idle() const;
 
   const SteadyClock& clock() const { return clock_; }
+  // Restarts the clock at 0; only while idle().
+  void restartClock();
   std::string deviceKind() const { return device_kind_; }
   const HostWeightStore& store() const { return *store_; }
   int numGpus() const { return static_cast<int>(devices_.size()); }
@@ -169,7 +171,8 @@ class RealBackend final : public Backend {
   bool tryStartExecute(const ExecuteCommand& cmd);
   void retryDeferred();
   void handle(DeviceEvent& ev, BackendListener& listener, int& delivered);
-  void finishLoad(OpId op, bool ok, const std::string& error, Nanos when, BackendListener& listener);
+  // `error` by value: callers pass the op's own message, which this moves out of the table.
+  void finishLoad(OpId op, bool ok, std::string error, Nanos when, BackendListener& listener);
   void dropReader(const Key& key);
 
   RuntimeOptions options_;

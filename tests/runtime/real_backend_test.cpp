@@ -1,0 +1,375 @@
+// The real backend on the host-memory device: loads (direct, multi-path, from a peer's copy),
+// layer readiness, integrity checks, evictions, placeholder execution, compaction, injected
+// failures, and the engine driven in real time over it.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "common/core/engine.h"
+#include "common/model_spec.h"
+#include "runtime/host_device.h"
+#include "runtime/real_backend.h"
+#include "runtime/realtime_driver.h"
+
+namespace computron::runtime {
+namespace {
+
+// A small OPT-shaped model: a few hundred KiB per shard.
+ModelSpec tinySpec(int layers = 4) {
+  ModelSpec m = modelPreset("opt-125m");
+  m.name = "tiny-opt";
+  m.num_layers = layers;
+  m.hidden = 64;
+  m.num_heads = 4;
+  m.num_kv_heads = 4;
+  m.ffn_hidden = 256;
+  m.vocab = 500;
+  m.max_positions = 64;
+  m.word_embed_proj_dim = 0;
+  return m;
+}
+
+ModelDeployment deployment(const std::string& name, int tp, int pp, std::vector<GpuId> gpus, int layers = 4) {
+  ModelDeployment d;
+  d.name = name;
+  d.spec = tinySpec(layers);
+  d.tp = tp;
+  d.pp = pp;
+  d.gpus = std::move(gpus);
+  d.max_batch = 4;
+  return d;
+}
+
+RuntimeOptions smallOptions() {
+  RuntimeOptions o;
+  o.chunk_bytes = 16 * 1024;
+  o.granule = 64 * 1024;
+  o.host.pin_piece_bytes = 64 * 1024;
+  o.host.threads = 2;
+  o.placeholder_step = 0;
+  return o;
+}
+
+struct Recorder : BackendListener {
+  void loadDone(OpId op, bool ok, const std::string& error) override { loads[op] = {ok, error}; }
+  void evictDone(OpId op) override { evicts.insert(op); }
+  void batchDone(const BatchResult& r) override { batches[r.batch] = r; }
+  void layerReady(const LayerReady& l) override { layers[l.op].push_back(l); }
+  std::map<OpId, std::pair<bool, std::string>> loads;
+  std::set<OpId> evicts;
+  std::map<BatchId, BatchResult> batches;
+  std::map<OpId, std::vector<LayerReady>> layers;
+};
+
+// Dispatches until `done` holds (or fails the test after a few seconds).
+template <typename Pred>
+void pump(RealBackend& backend, Recorder& rec, Pred done) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!done()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "backend did not finish";
+    backend.dispatch(std::chrono::steady_clock::now() + std::chrono::milliseconds(200), rec);
+  }
+}
+
+LoadCommand loadCmd(const RealBackend& backend, OpId op, ModelId model, int shard, GpuId gpu,
+                    std::vector<RoutePart> route = {}) {
+  LoadCommand c;
+  c.op = op;
+  c.model = model;
+  c.shard = shard;
+  c.gpu = gpu;
+  c.bytes = backend.store().at(model, shard).bytes;
+  c.layout = backend.store().at(model, shard).layout;
+  c.route = route.empty() ? std::vector<RoutePart>{{gpu, c.bytes, false}} : route;
+  return c;
+}
+
+std::uint64_t deviceChecksum(RealBackend& backend, ModelId model, int shard, GpuId gpu) {
+  auto ext = backend.residentExtent(model, shard, gpu);
+  EXPECT_TRUE(ext.has_value());
+  if (!ext) return 0;
+  return checksumRange(backend.device(gpu).poolBase() + ext->offset, ext->bytes);
+}
+
+EngineConfig configOf(std::vector<ModelDeployment> models, int gpus, std::int64_t budget) {
+  EngineConfig c;
+  c.models = std::move(models);
+  c.gpu_weight_budget.assign(static_cast<std::size_t>(gpus), budget);
+  return c;
+}
+
+TEST(RealBackendHost, DirectLoadReportsLayersInOrderAndVerifies) {
+  HostDeviceFactory factory(2);
+  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 2, 64 * kMiB), factory, smallOptions());
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.count(1) != 0; });
+  EXPECT_TRUE(rec.loads[1].first) << rec.loads[1].second;
+  const auto& layers = rec.layers[1];
+  const auto& segs = backend.store().at(0, 0).segments;
+  ASSERT_EQ(layers.size(), segs.size());
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    EXPECT_EQ(layers[i].segment, static_cast<int>(i));
+    EXPECT_EQ(layers[i].layer, segs[i].layer);
+    if (i > 0) {
+      EXPECT_GE(layers[i].time, layers[i - 1].time);
+    }
+  }
+  EXPECT_EQ(deviceChecksum(backend, 0, 0, 0), backend.store().at(0, 0).checksum);
+  auto records = backend.takeLoadRecords();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_TRUE(records[0].verified);
+  EXPECT_GE(records[0].done, records[0].copy_done);
+  EXPECT_TRUE(backend.idle());
+}
+
+TEST(RealBackendHost, TensorParallelShardsLoadOnBothDevicesAtOnce) {
+  HostDeviceOptions slow;
+  slow.chunk_delay = 200 * kNanosPerMicro;
+  HostDeviceFactory factory(2, slow);
+  RealBackend backend(configOf({deployment("a", 2, 1, {0, 1})}, 2, 64 * kMiB), factory, smallOptions());
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  backend.load(loadCmd(backend, 2, 0, 1, 1));
+  pump(backend, rec, [&] { return rec.loads.size() == 2; });
+  EXPECT_TRUE(rec.loads[1].first && rec.loads[2].first);
+  auto records = backend.takeLoadRecords();
+  ASSERT_EQ(records.size(), 2u);
+  // The two loads overlapped in time: each started before the other finished its copies.
+  EXPECT_LT(records[0].started, records[1].copy_done);
+  EXPECT_LT(records[1].started, records[0].copy_done);
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(deviceChecksum(backend, 0, s, s), backend.store().at(0, s).checksum);
+}
+
+TEST(RealBackendHost, MultiPathAndFromDeviceRoutesDeliverTheSameBytes) {
+  HostDeviceFactory factory(2);
+  // Model 0 lives on GPU 0; the same shard also gets loaded on GPU 1 from GPU 0's copy.
+  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 2, 64 * kMiB), factory, smallOptions());
+  Recorder rec;
+  const std::int64_t bytes = backend.store().at(0, 0).bytes;
+  const std::int64_t half = bytes / 2 + 1234;
+  backend.load(loadCmd(backend, 1, 0, 0, 0, {{0, half, false}, {1, bytes - half, false}}));
+  pump(backend, rec, [&] { return rec.loads.count(1) != 0; });
+  ASSERT_TRUE(rec.loads[1].first) << rec.loads[1].second;
+  EXPECT_EQ(deviceChecksum(backend, 0, 0, 0), backend.store().at(0, 0).checksum);
+  auto records = backend.takeLoadRecords();
+  ASSERT_EQ(records[0].paths.size(), 2u);
+  EXPECT_EQ(records[0].paths[1].kind, PathKind::kRelay);
+  EXPECT_EQ(records[0].paths[1].bytes, bytes - half);
+
+  backend.load(loadCmd(backend, 2, 0, 0, 1, {{0, bytes, true}}));
+  pump(backend, rec, [&] { return rec.loads.count(2) != 0; });
+  ASSERT_TRUE(rec.loads[2].first) << rec.loads[2].second;
+  EXPECT_EQ(deviceChecksum(backend, 0, 0, 1), backend.store().at(0, 0).checksum);
+
+  // From a GPU without a copy: refused with a clear message.
+  backend.evict({3, 0, 0, 0, bytes});
+  backend.evict({4, 0, 0, 1, bytes});
+  pump(backend, rec, [&] { return rec.evicts.size() == 2; });
+  backend.load(loadCmd(backend, 5, 0, 0, 1, {{0, bytes, true}}));
+  pump(backend, rec, [&] { return rec.loads.count(5) != 0; });
+  EXPECT_FALSE(rec.loads[5].first);
+  EXPECT_NE(rec.loads[5].second.find("holds no resident copy"), std::string::npos) << rec.loads[5].second;
+  EXPECT_EQ(backend.pool(0).used(), 0);
+  EXPECT_EQ(backend.pool(1).used(), 0);
+}
+
+TEST(RealBackendHost, InjectedFailureFreesTheExtentAndNamesThePath) {
+  HostDeviceOptions opts;
+  opts.fail_path = [](const PathJob& j) -> std::optional<std::string> {
+    if (j.model == 1) return std::string("injected copy failure");
+    return std::nullopt;
+  };
+  HostDeviceFactory factory(2, opts);
+  RealBackend backend(configOf({deployment("a", 1, 1, {0}), deployment("b", 1, 1, {0})}, 2, 64 * kMiB), factory,
+                      smallOptions());
+  Recorder rec;
+  const std::int64_t bytes = backend.store().at(1, 0).bytes;
+  backend.load(loadCmd(backend, 1, 1, 0, 0, {{0, bytes / 2, false}, {1, bytes - bytes / 2, false}}));
+  backend.load(loadCmd(backend, 2, 0, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 2; });
+  EXPECT_FALSE(rec.loads[1].first);
+  EXPECT_NE(rec.loads[1].second.find("injected copy failure"), std::string::npos);
+  EXPECT_NE(rec.loads[1].second.find("path via GPU"), std::string::npos);
+  EXPECT_TRUE(rec.loads[2].first);
+  EXPECT_FALSE(backend.residentExtent(1, 0, 0).has_value());
+  EXPECT_EQ(backend.pool(0).used(), backend.pool(0).rounded(backend.store().at(0, 0).bytes));
+  EXPECT_TRUE(backend.idle());
+}
+
+TEST(RealBackendHost, CorruptedCopyFailsTheIntegrityCheck) {
+  HostDeviceOptions opts;
+  opts.corrupt_path = [](const PathJob& j) { return j.model == 0; };
+  HostDeviceFactory factory(1, opts);
+  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, smallOptions());
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.count(1) != 0; });
+  EXPECT_FALSE(rec.loads[1].first);
+  EXPECT_NE(rec.loads[1].second.find("integrity"), std::string::npos) << rec.loads[1].second;
+  EXPECT_EQ(backend.pool(0).used(), 0);
+}
+
+TEST(RealBackendHost, RegistrationRefusesShardsOverBudgetAndMissingGpus) {
+  HostDeviceFactory factory(2);
+  const std::int64_t shard_bytes = tinySpec().shard(1, 1, 0, 0).bytes;
+  try {
+    RealBackend backend(configOf({deployment("big", 1, 1, {0})}, 2, shard_bytes - 1), factory, smallOptions());
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("weight budget"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(RealBackend(configOf({deployment("x", 1, 1, {2})}, 3, 64 * kMiB), factory, smallOptions()),
+               ConfigError);
+  RuntimeOptions tight = smallOptions();
+  tight.host.host_memory_limit = 1024;
+  EXPECT_THROW(RealBackend(configOf({deployment("a", 1, 1, {0})}, 2, 64 * kMiB), factory, tight), HostMemoryError);
+}
+
+TEST(RealBackendHost, ExecutionIsAPlaceholderWithFixedCostsAcrossTheGroup) {
+  HostDeviceFactory factory(2);
+  RuntimeOptions o = smallOptions();
+  o.placeholder_step = 2 * kNanosPerMilli;
+  RealBackend backend(configOf({deployment("a", 1, 2, {0, 1})}, 2, 64 * kMiB), factory, o);
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  backend.load(loadCmd(backend, 2, 0, 1, 1));
+  pump(backend, rec, [&] { return rec.loads.size() == 2; });
+  ExecuteCommand ex;
+  ex.batch = 7;
+  ex.model = 0;
+  ex.pp = 2;
+  ex.gpus = {0, 1};
+  Request r1;
+  r1.id = 1;
+  r1.output_tokens = 1;
+  Request r2;
+  r2.id = 2;
+  r2.output_tokens = 3;
+  ex.requests = {r1, r2};
+  backend.execute(ex);
+  // Evicting while the batch runs keeps the blocks until it finishes.
+  backend.evict({3, 0, 0, 0, backend.store().at(0, 0).bytes});
+  pump(backend, rec, [&] { return rec.batches.count(7) != 0 && rec.evicts.count(3) != 0; });
+  const BatchResult& b = rec.batches[7];
+  EXPECT_TRUE(b.ok) << b.error;
+  EXPECT_GE(b.first_token - b.start, 2 * kNanosPerMilli);
+  EXPECT_EQ(b.finish[0], b.first_token);
+  EXPECT_GE(b.finish[1] - b.start, 6 * kNanosPerMilli);
+  EXPECT_EQ(backend.pool(0).used(), 0);
+  // A batch on a model that is not resident fails cleanly.
+  ex.batch = 8;
+  backend.execute(ex);
+  pump(backend, rec, [&] { return rec.batches.count(8) != 0; });
+  EXPECT_FALSE(rec.batches[8].ok);
+  EXPECT_NE(rec.batches[8].error.find("not resident"), std::string::npos);
+}
+
+TEST(RealBackendHost, FragmentedPoolIsCompactedAndMovedShardsStayIntact) {
+  HostDeviceFactory factory(1);
+  // Four small models of equal size on GPU 0 and one of twice the size; the budget fits exactly
+  // four small ones' worth.
+  std::vector<ModelDeployment> models;
+  for (int i = 0; i < 4; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
+  models.push_back(deployment("big", 1, 1, {0}, 8));
+  RuntimeOptions o = smallOptions();
+  o.granule = 4096;
+  const std::int64_t small = tinySpec(4).shard(1, 1, 0, 0).bytes;
+  const std::int64_t big = tinySpec(8).shard(1, 1, 0, 0).bytes;
+  ASSERT_GT(big, small + 8192);
+  ASSERT_LT(big, 2 * small);
+  RealBackend backend(configOf(models, 1, 4 * small + 4 * 4096), factory, o);
+  Recorder rec;
+  for (int i = 0; i < 4; ++i) backend.load(loadCmd(backend, static_cast<OpId>(i + 1), i, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 4; });
+  // Free slots 0 and 2: enough bytes for "big", but not contiguous.
+  backend.evict({10, 0, 0, 0, small});
+  backend.evict({11, 2, 0, 0, small});
+  pump(backend, rec, [&] { return rec.evicts.size() == 2; });
+  backend.load(loadCmd(backend, 20, 4, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.count(20) != 0; });
+  ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
+  EXPECT_EQ(backend.compactions(), 1);
+  for (ModelId m : {1, 3, 4}) EXPECT_EQ(deviceChecksum(backend, m, 0, 0), backend.store().at(m, 0).checksum);
+}
+
+// The engine over the real backend in real time: the seed's swap test shape (two models, one
+// loaded at a time, alternating requests) with a third model whose loads always fail.
+class AlternatingSource : public RequestSource {
+ public:
+  AlternatingSource(std::vector<ModelId> models, int count) : models_(std::move(models)), count_(count) {}
+  std::optional<Request> next() override {
+    if (issued_ >= count_ || outstanding_) return std::nullopt;
+    Request r;
+    r.id = issued_;
+    r.model = models_[static_cast<std::size_t>(issued_) % models_.size()];
+    r.arrival = last_finish_;
+    r.output_tokens = 2;
+    ++issued_;
+    outstanding_ = true;
+    return r;
+  }
+  bool exhausted() const override { return issued_ >= count_ && !outstanding_; }
+  void onRequestDone(const Request&, Nanos finish) override {
+    outstanding_ = false;
+    last_finish_ = finish;
+  }
+
+ private:
+  std::vector<ModelId> models_;
+  int count_;
+  int issued_ = 0;
+  bool outstanding_ = false;
+  Nanos last_finish_ = 0;
+};
+
+struct RequestLog : EngineObserver {
+  void onRequestDone(const RequestRecord& r) override { records.push_back(r); }
+  void onLoad(const LoadCommand&, Nanos, Nanos, bool ok) override { (ok ? loads_ok : loads_failed)++; }
+  std::vector<RequestRecord> records;
+  int loads_ok = 0;
+  int loads_failed = 0;
+};
+
+TEST(RealBackendHost, EngineServesTheSwapTestAndSurvivesAFailingModel) {
+  HostDeviceOptions opts;
+  opts.fail_path = [](const PathJob& j) -> std::optional<std::string> {
+    if (j.model == 2 && j.shard == 1) return std::string("injected");
+    return std::nullopt;
+  };
+  HostDeviceFactory factory(2, opts);
+  std::vector<ModelDeployment> models{deployment("a", 2, 1, {0, 1}), deployment("b", 2, 1, {0, 1}),
+                                      deployment("broken", 2, 1, {0, 1})};
+  EngineConfig config = configOf(models, 2, 64 * kMiB);
+  config.policy.max_loaded_models = 1;
+  RuntimeOptions o = smallOptions();
+  o.placeholder_step = 200 * kNanosPerMicro;
+  RealBackend backend(config, factory, o);
+  RequestLog log;
+  RealtimeDriver driver(backend, config, std::make_unique<AlternatingSource>(std::vector<ModelId>{0, 1, 2}, 12), &log,
+                        20 * kNanosPerSecond);
+  const DriverStats stats = driver.run();
+  EXPECT_EQ(stats.arrivals, 12);
+  ASSERT_EQ(log.records.size(), 12u);
+  int ok = 0;
+  for (const auto& r : log.records) {
+    if (r.request.model == 2) {
+      EXPECT_FALSE(r.ok);
+      EXPECT_NE(r.error.find("injected"), std::string::npos) << r.error;
+    } else {
+      EXPECT_TRUE(r.ok) << r.error;
+      EXPECT_TRUE(r.waited_for_load);
+      EXPECT_GE(r.finish, r.first_token);
+      ++ok;
+    }
+  }
+  EXPECT_EQ(ok, 8);
+  EXPECT_EQ(log.loads_failed, 4);  // shard 1 of "broken", four attempts
+  EXPECT_TRUE(backend.idle());
+  driver.engine().checkInvariants();
+}
+
+}  // namespace
+}  // namespace computron::runtime
