@@ -10,6 +10,7 @@
 #include "common/core/policy.h"
 #include "common/scenario.h"
 #include "sim/simulator.h"
+#include "sim/sweep.h"
 
 
 namespace po = boost::program_options;
@@ -26,6 +27,7 @@ void printUsage(std::ostream& out) {
       << "\n"
       << "commands:\n"
       << "  sim [SCENARIO.json]    simulate a scenario (no file: the embedded default scenario)\n"
+      << "  sweep SWEEP.json       compare policy sets over a grid of scenarios, in parallel (CSV + table)\n"
       << "  replay SCENARIO.json   run a scenario on real GPUs (or the host-memory device)\n"
       << "  bench swap             measure model-parallel swapping on this machine's GPUs\n"
       << "  presets                list model and cluster presets\n"
@@ -121,6 +123,7 @@ int dispatch(int argc, char** argv) {
     return 0;
   }
   if (command == "sim") return simMain(argc - 1, argv + 1);
+  if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
   if (command == "presets") return presetsMain();
 #ifdef COMPUTRON_HAVE_RUNTIME_CLI
   if (command == "replay") return runtime::replayMain(argc - 1, argv + 1);

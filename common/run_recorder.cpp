@@ -85,6 +85,7 @@ struct RunRecorder::Impl {
   struct ModelStats {
     LatencyHistogram latency, ttft;
     std::int64_t served = 0, failed = 0, met_slo = 0, waited = 0;
+    std::int64_t rejected = 0;  // failed because admission control refused them
     std::int64_t prompt_tokens = 0, output_tokens = 0;
     std::int64_t loads = 0, evictions = 0, bytes_loaded = 0;
     Nanos load_time = 0;
@@ -177,6 +178,7 @@ void RunRecorder::onRequestDone(const RequestRecord& r) {
   for (Impl::ModelStats* s : {&m, &im.all}) {
     if (!r.ok) {
       ++s->failed;
+      if (r.rejected) ++s->rejected;
       continue;
     }
     Nanos latency = r.finish - r.request.arrival;
@@ -269,6 +271,7 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
     j["requests"] = s.served + s.failed;
     j["served"] = s.served;
     j["failed"] = s.failed;
+    j["rejected"] = s.rejected;
     j["waited_for_load"] = s.waited;
     j["latency_ms"] = {{"mean", ms(s.latency.mean())},
                        {"p50", ms(static_cast<double>(s.latency.quantile(0.5)))},

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <set>
 
+#include "common/core/oracle.h"
 #include "common/core/policy.h"
 
 namespace computron {
@@ -139,15 +140,48 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       policy.name = p->asString();
       applyPolicySet(policy, p->path());
     } else {
-      p->expectObject({"name", "max_loaded_models"});
+      p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
+                       "lfu_half_life_s", "rate_window_s"});
       policy.name = p->getString("name", "computron");
       std::int64_t cap = p->getInt("max_loaded_models", 0);
       if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
       policy.max_loaded_models = static_cast<int>(cap);
       applyPolicySet(policy, p->path() + ".name");
+      // Individual choices override the set's.
+      auto pick = [&](const char* key, std::string& field, const std::vector<std::string>& known) {
+        if (!p->find(key)) return;
+        std::string v = p->getString(key, field);
+        if (std::find(known.begin(), known.end(), v) == known.end()) {
+          std::string list;
+          for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+          p->at(key).fail("unknown policy '" + v + "' (known: " + list + ")");
+        }
+        field = v;
+      };
+      pick("eviction", policy.eviction, evictionPolicyNames());
+      pick("queue", policy.queue, queuePolicyNames());
+      pick("prefetch", policy.prefetch, prefetchPolicyNames());
+      pick("routing", policy.routing, routingPolicyNames());
+      policy.admission = p->getBool("admission", policy.admission);
+      double half_life = p->getDouble("lfu_half_life_s", toSeconds(policy.lfu_half_life));
+      if (half_life < 0) p->at("lfu_half_life_s").fail("must be 0 (no decay) or greater");
+      policy.lfu_half_life = secondsToNanos(half_life);
+      double window = p->getDouble("rate_window_s", toSeconds(policy.rate_window));
+      if (window <= 0) p->at("rate_window_s").fail("must be greater than 0");
+      policy.rate_window = secondsToNanos(window);
     }
   } else {
     applyPolicySet(policy, "$.policy");
+  }
+  for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
+  if (policy.eviction == "belady" || policy.prefetch == "oracle") {
+    // The offline policies read the whole request stream ahead (one time stamp a request).
+    try {
+      auto future = computron::makeWorkload(root.at("workload"), s.modelNames(), s.seed, s.duration, base_dir);
+      s.engine.future = ArrivalOracle::fromSource(*future, s.engine.models.size());
+    } catch (const ConfigError& e) {
+      throw ConfigError(root.path() + ".policy: " + e.what());
+    }
   }
 
   s.workload = root.at("workload").json();
@@ -168,7 +202,12 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   s.effective["policy"] = {{"name", policy.name},
                            {"max_loaded_models", policy.max_loaded_models},
                            {"eviction", policy.eviction},
-                           {"queue", policy.queue}};
+                           {"queue", policy.queue},
+                           {"prefetch", policy.prefetch},
+                           {"routing", policy.routing},
+                           {"admission", policy.admission},
+                           {"lfu_half_life_s", toSeconds(policy.lfu_half_life)},
+                           {"rate_window_s", toSeconds(policy.rate_window)}};
   s.effective["seed"] = s.seed;
   return s;
 }

@@ -1,8 +1,10 @@
 #include "common/core/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
+#include "common/core/oracle.h"
 #include "common/core/policy.h"
 
 namespace computron {
@@ -25,6 +27,14 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   gpu_used_.assign(num_gpus, 0);
   gpu_busy_.assign(num_gpus, false);
   gpu_claimed_.assign(num_gpus, false);
+  link_loads_.assign(num_gpus, 0);
+  if ((config_.policy.eviction == "belady" || config_.policy.prefetch == "oracle") && !config_.future)
+    throw ConfigError("policy " + config_.policy.eviction + "/" + config_.policy.prefetch +
+                      " needs the future (EngineConfig::future): an oracle read from the workload");
+  if (config_.policy.prefetch != "none" && config_.policy.prefetch != "rate" && config_.policy.prefetch != "oracle")
+    throw ConfigError("unknown prefetch policy '" + config_.policy.prefetch + "' (known: none, rate, oracle)");
+  if (config_.policy.routing != "direct" && config_.policy.routing != "multipath")
+    throw ConfigError("unknown routing policy '" + config_.policy.routing + "' (known: direct, multipath)");
   models_.resize(config_.models.size());
   doomed_.assign(config_.models.size(), false);
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
@@ -46,6 +56,16 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
     layouts_.push_back(std::move(layouts));
     shard_bytes_.push_back(std::move(shard_bytes));
     gpu_bytes_.push_back(need);
+    double reload = 0;
+    std::int64_t total = 0;
+    for (std::size_t g = 0; g < num_gpus; ++g) {
+      double bw = g < config_.gpu_link_bandwidth.size() && config_.gpu_link_bandwidth[g] > 0
+                      ? config_.gpu_link_bandwidth[g] : 1e9;
+      reload = std::max(reload, static_cast<double>(need[g]) / bw);
+      total += need[g];
+    }
+    reload_seconds_.push_back(reload);
+    model_bytes_.push_back(total);
     // A model that can never fit would wait forever: refuse it up front.
     for (std::size_t g = 0; g < num_gpus; ++g)
       if (need[g] > config_.gpu_weight_budget[g])
@@ -56,6 +76,24 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
 }
 
 Engine::~Engine() = default;
+
+double Engine::lfuScore(ModelId m) const {
+  const auto& s = models_.at(static_cast<std::size_t>(m));
+  if (config_.policy.lfu_half_life <= 0) return s.lfu_count;
+  return s.lfu_count * std::exp2(-static_cast<double>(clock_.now() - s.lfu_time) /
+                                 static_cast<double>(config_.policy.lfu_half_life));
+}
+
+double Engine::arrivalRate(ModelId m) const {
+  const auto& s = models_.at(static_cast<std::size_t>(m));
+  double window = static_cast<double>(std::max<Nanos>(config_.policy.rate_window, 1));
+  return s.rate_count * std::exp(-static_cast<double>(clock_.now() - s.rate_time) / window) / (window / 1e9);
+}
+
+Nanos Engine::deadline(ModelId m, Nanos arrival) const {
+  Nanos slo = config_.models.at(static_cast<std::size_t>(m)).slo;
+  return slo > 0 ? arrival + slo : arrival + 3600 * kNanosPerSecond;
+}
 
 int Engine::loadedModels() const {
   int n = 0;
@@ -71,6 +109,17 @@ void Engine::onArrival(const Request& request) {
   auto& state = models_[static_cast<std::size_t>(request.model)];
   state.queue.push_back({request, state.residency != Residency::kResident});
   ++state.accesses;
+  const Nanos now = clock_.now();
+  state.lfu_count = lfuScore(request.model) + 1;
+  state.lfu_time = now;
+  state.rate_count = arrivalRate(request.model) * (static_cast<double>(std::max<Nanos>(config_.policy.rate_window, 1)) / 1e9) + 1;
+  state.rate_time = now;
+  ++state.hits_since_load;
+  if (state.residency == Residency::kResident || state.residency == Residency::kLoading) {
+    const double cost_per_gb = reload_seconds_[static_cast<std::size_t>(request.model)] /
+                               std::max(1.0, static_cast<double>(model_bytes_[static_cast<std::size_t>(request.model)]) / 1e9);
+    state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * cost_per_gb;
+  }
   ++in_flight_requests_;
   schedule();
 }
@@ -82,6 +131,8 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
   ops_.erase(it);
   const LoadCommand& cmd = pending.load;
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
+  for (const auto& part : cmd.route)
+    if (!part.from_device) --link_loads_[static_cast<std::size_t>(part.via)];
   if (observer_) observer_->onLoad(cmd, pending.start, clock_.now(), ok);
   if (ok) {
     state.shard_state[static_cast<std::size_t>(cmd.shard)] = Residency::kResident;
@@ -139,6 +190,12 @@ void Engine::onBatchDone(const BatchResult& result) {
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
   state.running = false;
   for (GpuId g : cmd.gpus) gpu_busy_[static_cast<std::size_t>(g)] = false;
+  {
+    Nanos end = result.start;
+    for (Nanos f : result.finish) end = std::max(end, f);
+    Nanos took = end - result.start;
+    if (result.ok && took > 0 && (state.min_batch_time == 0 || took < state.min_batch_time)) state.min_batch_time = took;
+  }
   if (observer_) observer_->onBatch(cmd, result);
   for (std::size_t i = 0; i < cmd.requests.size(); ++i) {
     RequestRecord record;
@@ -177,22 +234,148 @@ void Engine::failQueued(ModelId m, const std::string& error) {
 }
 
 void Engine::schedule() {
+  if (config_.policy.admission) rejectLate();
   std::vector<ModelId> order;
   for (std::size_t m = 0; m < models_.size(); ++m)
     if (!models_[m].queue.empty()) order.push_back(static_cast<ModelId>(m));
-  if (order.empty()) return;
-  queue_policy_->order(order, *this);
-  std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
-  std::fill(doomed_.begin(), doomed_.end(), false);
-  count_cap_claimed_ = false;
-  for (ModelId m : order) {
-    switch (models_[static_cast<std::size_t>(m)].residency) {
-      case Residency::kResident: tryRunBatch(m); break;
-      case Residency::kOffloaded: tryLoad(m); break;
-      case Residency::kLoading:
-      case Residency::kEvicting: break;
+  load_blocked_ = false;
+  if (!order.empty()) {
+    queue_policy_->order(order, *this);
+    std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
+    std::fill(doomed_.begin(), doomed_.end(), false);
+    count_cap_claimed_ = false;
+    for (ModelId m : order) {
+      switch (models_[static_cast<std::size_t>(m)].residency) {
+        case Residency::kResident: tryRunBatch(m); break;
+        case Residency::kOffloaded:
+          if (!tryLoad(m)) load_blocked_ = true;
+          break;
+        case Residency::kLoading:
+        case Residency::kEvicting: break;
+      }
     }
   }
+  if (config_.policy.prefetch != "none" && !load_blocked_) tryPrefetch();
+}
+
+// Admission control: a queued request that cannot finish by its deadline even if served next
+// (load if not resident, plus the model's shortest batch so far) is refused now, so it stops
+// taking capacity from requests that can still make it.
+void Engine::rejectLate() {
+  const Nanos now = clock_.now();
+  for (std::size_t m = 0; m < models_.size(); ++m) {
+    auto& state = models_[m];
+    const auto& d = config_.models[m];
+    if (d.slo <= 0 || state.queue.empty()) continue;
+    Nanos estimate = state.min_batch_time;
+    if (state.residency != Residency::kResident) estimate += secondsToNanos(reload_seconds_[m]);
+    while (!state.queue.empty() && now + estimate > state.queue.front().request.arrival + d.slo) {
+      RequestRecord record;
+      record.request = state.queue.front().request;
+      record.waited_for_load = state.queue.front().waited_for_load;
+      record.start = record.first_token = record.finish = now;
+      record.ok = false;
+      record.rejected = true;
+      record.error = "rejected: cannot meet its SLO";
+      state.queue.pop_front();
+      ++state.rejected;
+      ++rejected_requests_;
+      finishRequest(record);
+    }
+  }
+}
+
+// Swap-aware batching: a resident model with queued requests is not swapped out while the model
+// that needs its room can still meet its head request's deadline after waiting for it.
+bool Engine::protectedFromSwap(ModelId victim, ModelId needing) const {
+  if (!queue_policy_->drainsBeforeSwap()) return false;
+  const auto& v = models_[static_cast<std::size_t>(victim)];
+  if (v.queue.empty()) return false;
+  const auto& n = models_[static_cast<std::size_t>(needing)];
+  if (n.queue.empty()) return false;
+  const auto& d = config_.models[static_cast<std::size_t>(needing)];
+  Nanos reload = secondsToNanos(reload_seconds_[static_cast<std::size_t>(needing)]);
+  // Without an SLO, drain for at most ten reload times.
+  Nanos budget = d.slo > 0 ? d.slo : 10 * reload;
+  Nanos slack = n.queue.front().request.arrival + budget - clock_.now() - reload - n.min_batch_time -
+                v.min_batch_time;
+  return slack > 0;
+}
+
+double Engine::prefetchScore(ModelId m) const {
+  if (config_.policy.prefetch == "oracle") {
+    Nanos next = config_.future->nextArrival(m, clock_.now());
+    if (next == ArrivalOracle::kNever) return -1;
+    return 1.0 / (1.0 + toSeconds(next - clock_.now()));  // sooner is hotter
+  }
+  return arrivalRate(m);
+}
+
+// Prefetch into idle link time: when no demand load waits, load the hottest offloaded model
+// whose links are idle, making room only from idle models colder than it.
+void Engine::tryPrefetch() {
+  ModelId best = -1;
+  double best_score = 0;
+  for (std::size_t m = 0; m < models_.size(); ++m) {
+    const auto& s = models_[m];
+    if (s.residency != Residency::kOffloaded || !s.queue.empty()) continue;
+    double score = prefetchScore(static_cast<ModelId>(m));
+    if (score > best_score) {
+      best_score = score;
+      best = static_cast<ModelId>(m);
+    }
+  }
+  if (best < 0) return;
+  const auto& d = config_.models[static_cast<std::size_t>(best)];
+  for (GpuId g : d.gpus)
+    if (link_loads_[static_cast<std::size_t>(g)] > 0) return;
+  // Hysteresis for the predictive policy so two models of similar rate do not trade places.
+  const double threshold = config_.policy.prefetch == "rate" ? 0.5 * best_score : best_score;
+  const std::vector<std::int64_t>& need = bytesNeeded(best);
+  std::vector<std::int64_t> short_by(need.size(), 0);
+  for (std::size_t g = 0; g < need.size(); ++g) short_by[g] = gpu_used_[g] + need[g] - config_.gpu_weight_budget[g];
+  const int cap = config_.policy.max_loaded_models;
+  int over_cap = cap > 0 ? loadedModels() + 1 - cap : 0;
+  auto satisfied = [&]() {
+    for (std::size_t g = 0; g < need.size(); ++g)
+      if (need[g] > 0 && short_by[g] > 0) return false;
+    return over_cap <= 0;
+  };
+  if (satisfied()) {
+    ++models_[static_cast<std::size_t>(best)].prefetches;
+    startLoad(best);
+    return;
+  }
+  for (std::size_t v = 0; v < models_.size(); ++v) {
+    if (models_[v].residency != Residency::kEvicting) continue;
+    const auto& freed = bytesNeeded(static_cast<ModelId>(v));
+    for (std::size_t g = 0; g < freed.size(); ++g) short_by[g] -= freed[g];
+  }
+  if (satisfied()) return;  // evictions in flight make the room; wait for them
+  std::vector<ModelId> victims;
+  for (std::size_t v = 0; v < models_.size(); ++v) {
+    const auto& sv = models_[v];
+    if (sv.residency != Residency::kResident || sv.running || !sv.queue.empty()) continue;
+    if (prefetchScore(static_cast<ModelId>(v)) >= threshold) continue;
+    victims.push_back(static_cast<ModelId>(v));
+  }
+  std::stable_sort(victims.begin(), victims.end(),
+                   [&](ModelId a, ModelId b) { return prefetchScore(a) < prefetchScore(b); });
+  std::vector<ModelId> plan;
+  for (ModelId v : victims) {
+    if (satisfied()) break;
+    const auto& frees = bytesNeeded(v);
+    bool helps = over_cap > 0;
+    for (std::size_t g = 0; g < need.size(); ++g)
+      if (need[g] > 0 && short_by[g] > 0 && frees[g] > 0) helps = true;
+    if (!helps) continue;
+    plan.push_back(v);
+    for (std::size_t g = 0; g < need.size(); ++g) short_by[g] -= frees[g];
+    --over_cap;
+  }
+  if (!satisfied()) return;
+  for (ModelId v : plan) startEvict(v);
+  // The load starts on a later pass, once the evictions have freed the room.
 }
 
 bool Engine::tryRunBatch(ModelId m) {
@@ -254,6 +437,7 @@ bool Engine::tryLoad(ModelId m) {
     const auto& sv = models_[v];
     if (static_cast<ModelId>(v) == m || sv.residency != Residency::kResident || doomed_[v]) continue;
     if (!sv.served_since_load && !sv.queue.empty()) continue;
+    if (protectedFromSwap(static_cast<ModelId>(v), m)) continue;
     candidates.push_back(static_cast<ModelId>(v));
   }
   eviction_->rank(candidates, *this, m);
@@ -307,6 +491,19 @@ void Engine::startLoad(ModelId m) {
   ++state.loads;
   state.pending_ops = d.numShards();
   Nanos now = clock_.now();
+  state.hits_since_load = std::max<std::int64_t>(1, static_cast<std::int64_t>(state.queue.size()));
+  state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * reload_seconds_[static_cast<std::size_t>(m)] /
+                                              std::max(1.0, static_cast<double>(model_bytes_[static_cast<std::size_t>(m)]) / 1e9);
+  // Multi-path: host links of GPUs outside this model with no load in flight help its shards.
+  std::vector<GpuId> helpers;
+  if (config_.policy.routing == "multipath") {
+    for (std::size_t g = 0; g < link_loads_.size(); ++g) {
+      if (link_loads_[g] > 0) continue;
+      if (std::find(d.gpus.begin(), d.gpus.end(), static_cast<GpuId>(g)) != d.gpus.end()) continue;
+      helpers.push_back(static_cast<GpuId>(g));
+    }
+  }
+  std::size_t next_helper = 0;
   // Issue every shard before any completion can arrive: all shards of a model load at once.
   std::vector<LoadCommand> cmds;
   for (int pp = 0; pp < d.pp; ++pp) {
@@ -319,7 +516,13 @@ void Engine::startLoad(ModelId m) {
       cmd.gpu = d.gpus[static_cast<std::size_t>(shard)];
       cmd.layout = layouts_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
       cmd.bytes = cmd.layout.bytes;
-      cmd.route = {RoutePart{cmd.gpu, cmd.bytes, false}};
+      // Helpers are dealt to shards in turn; a shard without one loads directly.
+      std::vector<GpuId> mine;
+      const std::size_t per_shard = helpers.empty() ? 0 : std::max<std::size_t>(1, helpers.size() / static_cast<std::size_t>(d.numShards()));
+      for (std::size_t k = 0; k < per_shard && next_helper < helpers.size(); ++k) mine.push_back(helpers[next_helper++]);
+      cmd.route = route(cmd.gpu, cmd.bytes, mine);
+      for (const auto& part : cmd.route)
+        if (!part.from_device) ++link_loads_[static_cast<std::size_t>(part.via)];
       state.shard_state[static_cast<std::size_t>(shard)] = Residency::kLoading;
       gpu_used_[static_cast<std::size_t>(cmd.gpu)] += cmd.bytes;
       PendingOp op;
@@ -333,6 +536,27 @@ void Engine::startLoad(ModelId m) {
   for (const auto& cmd : cmds) backend_.load(cmd);
 }
 
+// Splits a shard's bytes over its own host link and the helpers' in proportion to their
+// bandwidth, so every part finishes together.
+std::vector<RoutePart> Engine::route(GpuId gpu, std::int64_t bytes, std::vector<GpuId>& helpers) const {
+  if (helpers.empty()) return {RoutePart{gpu, bytes, false}};
+  auto bw = [&](GpuId g) {
+    auto i = static_cast<std::size_t>(g);
+    return i < config_.gpu_link_bandwidth.size() && config_.gpu_link_bandwidth[i] > 0 ? config_.gpu_link_bandwidth[i] : 1e9;
+  };
+  double total = bw(gpu);
+  for (GpuId h : helpers) total += bw(h);
+  std::vector<RoutePart> parts;
+  std::int64_t given = 0;
+  for (GpuId h : helpers) {
+    auto share = static_cast<std::int64_t>(static_cast<double>(bytes) * bw(h) / total);
+    parts.push_back(RoutePart{h, share, false});
+    given += share;
+  }
+  parts.insert(parts.begin(), RoutePart{gpu, bytes - given, false});
+  return parts;
+}
+
 void Engine::startEvict(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];
@@ -340,6 +564,8 @@ void Engine::startEvict(ModelId m) {
   if (state.residency == Residency::kLoading && state.pending_ops > 0)
     throw std::logic_error("evicting model " + d.name + " while it loads");
   state.residency = Residency::kEvicting;
+  gdsf_inflation_ = std::max(gdsf_inflation_, state.gdsf_priority);
+  state.hits_since_load = 0;
   Nanos now = clock_.now();
   std::vector<EvictCommand> cmds;
   for (int shard = 0; shard < d.numShards(); ++shard) {

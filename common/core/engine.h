@@ -37,16 +37,28 @@ struct ModelDeployment {
 };
 
 struct PolicyConfig {
-  std::string name = "computron";  // the policy set, see policy.h
+  std::string name = "computron";  // the policy set, see policy.h and docs/policies.md
   int max_loaded_models = 0;       // cap on loaded models (computron); 0 = no cap
-  std::string eviction = "lru";
-  std::string queue = "fcfs";
+  std::string eviction = "lru";    // lru, lfu, gdsf, demand, belady
+  std::string queue = "fcfs";      // fcfs, edf, swap-aware
+  std::string prefetch = "none";   // none, rate, oracle
+  std::string routing = "direct";  // direct, multipath
+  bool admission = false;          // reject requests that can no longer meet their SLO
+  Nanos lfu_half_life = 60 * kNanosPerSecond;  // lfu: an access counts half after this long
+  Nanos rate_window = 10 * kNanosPerSecond;    // prefetch rate: EWMA time constant
 };
+
+class ArrivalOracle;
 
 struct EngineConfig {
   std::vector<ModelDeployment> models;
   std::vector<std::int64_t> gpu_weight_budget;  // per GPU, bytes
   PolicyConfig policy;
+  // Per GPU host-link bandwidth, bytes/s: reload-time estimates (GDSF, deadlines) and multi-path
+  // splits. Empty: every link counts as 1 GB/s.
+  std::vector<double> gpu_link_bandwidth;
+  // The future, for the offline policies (belady eviction, oracle prefetch); null otherwise.
+  std::shared_ptr<const ArrivalOracle> future;
 };
 
 struct RequestRecord {
@@ -57,6 +69,7 @@ struct RequestRecord {
   Nanos finish = 0;       // last token
   bool waited_for_load = false;  // its model was not resident when it arrived
   bool ok = true;
+  bool rejected = false;  // refused by admission control: it could no longer meet its SLO (ok is false)
   std::string error;
 };
 
@@ -92,6 +105,16 @@ struct ModelRuntimeState {
   Nanos last_used = -1;     // last batch start or load finish (LRU key)
   std::int64_t accesses = 0;  // requests that arrived for it
   std::int64_t loads = 0;     // times it was loaded (swaps in)
+  std::int64_t prefetches = 0;  // loads started by prefetch, with no request waiting
+  std::int64_t rejected = 0;    // requests refused by admission control
+  // Policy keys, kept up to date by the engine so policies stay stateless.
+  double lfu_count = 0;        // accesses, halved every lfu_half_life (as of lfu_time)
+  Nanos lfu_time = 0;
+  double rate_count = 0;       // EWMA arrival count (as of rate_time); rate = count / window
+  Nanos rate_time = 0;
+  std::int64_t hits_since_load = 0;  // GDSF frequency: accesses since its last load began
+  double gdsf_priority = 0;    // GDSF H = inflation + frequency * reload cost / size
+  Nanos min_batch_time = 0;    // shortest batch seen so far (0 = none yet): deadline estimates
 };
 
 class Engine {
@@ -115,6 +138,17 @@ class Engine {
   std::int64_t requestsInFlight() const { return in_flight_requests_; }
   std::int64_t requestsCompleted() const { return completed_requests_; }
   int loadedModels() const;
+  Nanos now() const { return clock_.now(); }
+  // Estimated time to load model m over its GPUs' host links (the slowest shard), in seconds.
+  double reloadSeconds(ModelId m) const { return reload_seconds_.at(static_cast<std::size_t>(m)); }
+  std::int64_t modelBytes(ModelId m) const { return model_bytes_.at(static_cast<std::size_t>(m)); }
+  // Decayed access count (lfu) and predicted arrival rate in requests/s (prefetch), as of now.
+  double lfuScore(ModelId m) const;
+  double arrivalRate(ModelId m) const;
+  // Deadline of a request of model m that arrived at `arrival` (no SLO: far in the future).
+  Nanos deadline(ModelId m, Nanos arrival) const;
+  const ArrivalOracle* future() const { return config_.future.get(); }
+  std::int64_t requestsRejected() const { return rejected_requests_; }
   // Throws std::logic_error when an invariant is broken (memory over budget, a running model not
   // resident, a GPU running two batches...). Cheap enough to call after every event in tests.
   void checkInvariants() const;
@@ -132,7 +166,12 @@ class Engine {
   };
 
   void schedule();
+  void rejectLate();
   bool tryRunBatch(ModelId m);
+  void tryPrefetch();
+  double prefetchScore(ModelId m) const;
+  bool protectedFromSwap(ModelId victim, ModelId needing) const;
+  std::vector<RoutePart> route(GpuId gpu, std::int64_t bytes, std::vector<GpuId>& helpers) const;
   // Makes room for and starts loading `m`. Returns false while it must wait; then the GPUs it
   // needs are claimed for the rest of the pass and the models it plans to evict are doomed.
   bool tryLoad(ModelId m);
@@ -168,6 +207,12 @@ class Engine {
   BatchId next_batch_ = 1;
   std::int64_t in_flight_requests_ = 0;
   std::int64_t completed_requests_ = 0;
+  std::int64_t rejected_requests_ = 0;
+  std::vector<double> reload_seconds_;
+  std::vector<std::int64_t> model_bytes_;
+  std::vector<int> link_loads_;  // per GPU: load parts in flight over its host link
+  double gdsf_inflation_ = 0;
+  bool load_blocked_ = false;    // this pass, a demand load waits for room
 };
 
 }  // namespace computron

@@ -1,6 +1,8 @@
 // Policies are small objects behind interfaces, chosen by name in the scenario. A policy set
 // (PolicyConfig::name) picks one of each; `computron` reproduces the seed system: FCFS by the
 // oldest queued request across models, LRU eviction, and a cap on the number of loaded models.
+// Policies are stateless: the keys they rank by (decayed counts, GDSF priorities, rates) are kept
+// by the engine in ModelRuntimeState. docs/policies.md describes each one.
 #pragma once
 
 #include <memory>
@@ -27,6 +29,9 @@ class QueuePolicy {
   virtual ~QueuePolicy() = default;
   virtual std::string name() const = 0;
   virtual void order(std::vector<ModelId>& models, const Engine& engine) const = 0;
+  // Swap-aware: keep a resident model with queued work from being swapped out while the model
+  // that wants its room can still meet its deadline (see Engine::protectedFromSwap).
+  virtual bool drainsBeforeSwap() const { return false; }
 };
 
 std::unique_ptr<EvictionPolicy> makeEvictionPolicy(const std::string& name);
@@ -34,8 +39,11 @@ std::unique_ptr<QueuePolicy> makeQueuePolicy(const std::string& name);
 std::vector<std::string> evictionPolicyNames();
 std::vector<std::string> queuePolicyNames();
 std::vector<std::string> policySetNames();
-// Fills eviction/queue names and the count cap's meaning from a set name; throws ConfigError
-// naming `where` for an unknown set.
+std::vector<std::string> prefetchPolicyNames();
+std::vector<std::string> routingPolicyNames();
+// Fills the policy names (eviction, queue, prefetch, routing, admission) and the count cap's
+// meaning from a set name; throws ConfigError naming `where` for an unknown set. Individual
+// fields set afterwards override the set's choice.
 void applyPolicySet(PolicyConfig& config, const std::string& where);
 
 }  // namespace computron
