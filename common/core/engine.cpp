@@ -117,7 +117,7 @@ void Engine::onArrival(const Request& request) {
   ++state.hits_since_load;
   if (state.residency == Residency::kResident || state.residency == Residency::kLoading) {
     const double cost_per_gb = reload_seconds_[static_cast<std::size_t>(request.model)] /
-                               std::max(1.0, static_cast<double>(model_bytes_[static_cast<std::size_t>(request.model)]) / 1e9);
+                               std::max(1e-9, static_cast<double>(model_bytes_[static_cast<std::size_t>(request.model)]) / 1e9);
     state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * cost_per_gb;
   }
   ++in_flight_requests_;
@@ -493,7 +493,7 @@ void Engine::startLoad(ModelId m) {
   Nanos now = clock_.now();
   state.hits_since_load = std::max<std::int64_t>(1, static_cast<std::int64_t>(state.queue.size()));
   state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * reload_seconds_[static_cast<std::size_t>(m)] /
-                                              std::max(1.0, static_cast<double>(model_bytes_[static_cast<std::size_t>(m)]) / 1e9);
+                                              std::max(1e-9, static_cast<double>(model_bytes_[static_cast<std::size_t>(m)]) / 1e9);
   // Multi-path: host links of GPUs outside this model with no load in flight help its shards.
   std::vector<GpuId> helpers;
   if (config_.policy.routing == "multipath") {
