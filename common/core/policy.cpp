@@ -165,7 +165,7 @@ void applyPolicySet(PolicyConfig& config, const std::string& where) {
     set("gdsf", "fcfs", "none", "direct", false);
   } else if (config.name == "best") {
     // The online set that did best in docs/results.md.
-    set("lfu", "swap-aware", "rate", "multipath", false);
+    set("gdsf", "swap-aware", "none", "multipath", false);
   } else if (config.name == "oracle") {
     // Offline bound: knows every future arrival.
     set("belady", "swap-aware", "oracle", "multipath", false);
