@@ -31,7 +31,9 @@ TEST(EventQueue, TiesBreakTheSameWayEveryRun) {
     std::uint64_t last_payload = 0;
     while (!q.empty()) {
       Event e = q.pop();
-      if (e.time == last_time) EXPECT_GT(e.a, last_payload);  // insertion order within a tie
+      if (e.time == last_time) {
+        EXPECT_GT(e.a, last_payload);  // insertion order within a tie
+      }
       EXPECT_GE(e.time, last_time);
       last_time = e.time;
       last_payload = e.a;
