@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/model_spec.h"
+#include "runtime/checksum_mix.h"
 
 namespace computron::runtime {
 
@@ -26,17 +27,6 @@ struct Segment {
 std::vector<Segment> shardSegments(const ShardLayout& layout);
 // Bytes the segments cover; equals layout.bytes for a consistent layout.
 std::int64_t segmentBytes(const std::vector<Segment>& segments);
-
-// One 64-bit word's contribution at word index `index` of the shard.
-inline std::uint64_t checksumMix(std::uint64_t word, std::uint64_t index) {
-  std::uint64_t x = word ^ (index * 0x9E3779B97F4A7C15ULL);
-  x ^= x >> 29;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 32;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 29;
-  return x;
-}
 
 // Checksum of bytes [0, bytes) of one shard image; `first_word` lets a caller sum a slice that
 // starts at a word boundary (partial sums add). The last partial word is zero-padded.

@@ -1,0 +1,13 @@
+// Command-line entry points of the runtime, dispatched from app/main.cpp:
+//   computron replay SCENARIO.json [--set k=v] [--device cuda|host] [--out DIR] ...
+//   computron bench swap [...]
+// Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).
+#pragma once
+
+namespace computron::runtime {
+
+int replayMain(int argc, char** argv);     // argv[0] is "replay"
+int benchMain(int argc, char** argv);      // argv[0] is "bench"; dispatches "bench swap"
+int benchSwapMain(int argc, char** argv);  // argv[0] is "swap"
+
+}  // namespace computron::runtime

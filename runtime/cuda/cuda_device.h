@@ -1,0 +1,107 @@
+// The CUDA device: one worker thread per GPU issuing asynchronous work on its own streams.
+//   load     host -> this GPU, chunked cudaMemcpyAsync from the pinned host store
+//   relay    host -> staging slot on this GPU (its PCIe link), then peer copy over NVLink into
+//            another GPU's extent; a ring of staging slots pipelines the two
+//   compute  the PLACEHOLDER fixed-cost kernel until real models land
+//   verify   the checksum kernel over a freshly loaded extent
+// Progress is recorded as events on the copy streams; separate notify streams wait on those
+// events and run a host function that pushes to the completion queue, so the copy streams never
+// stall for a callback. The worker thread never blocks on the GPU.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <variant>
+
+#include "runtime/device.h"
+
+namespace computron::runtime {
+
+struct CudaDeviceOptions {
+  int staging_slots = 4;        // relay staging buffers, one chunk each
+  int checksum_slots = 256;     // verifications in flight at most
+};
+
+class CudaDevice final : public Device {
+ public:
+  CudaDevice(GpuId gpu, int ordinal, std::int64_t pool_bytes, std::int64_t chunk_bytes, CompletionQueue& queue,
+             const Clock& clock, CudaDeviceOptions options);
+  ~CudaDevice() override;
+
+  GpuId id() const override { return gpu_; }
+  std::string describe() const override;
+  void connect(const std::vector<Device*>& devices) override;
+  void submit(PathJob job) override { enqueue(std::move(job)); }
+  void submit(VerifyJob job) override { enqueue(job); }
+  void submit(ExecJob job) override { enqueue(std::move(job)); }
+  void submit(RelocateJob job) override { enqueue(std::move(job)); }
+  void stop() override;
+  std::byte* poolBase() override { return pool_; }
+  int ordinal() const { return ordinal_; }
+
+ private:
+  using Job = std::variant<PathJob, VerifyJob, ExecJob, RelocateJob>;
+  void enqueue(Job job);
+  void run();
+  void runPath(const PathJob& job);
+  void runVerify(const VerifyJob& job);
+  void runExec(const ExecJob& job);
+  void runRelocate(const RelocateJob& job);
+  // Pushes `event` (time stamped then) once `stream`'s work so far is done, through `notify`.
+  void notifyAfter(cudaStream_t stream, cudaStream_t notify, DeviceEvent event);
+  void failJob(const Job& job, const std::string& error);
+
+  GpuId gpu_;
+  int ordinal_;
+  std::int64_t pool_bytes_;
+  std::int64_t chunk_bytes_;
+  CompletionQueue& queue_;
+  const Clock& clock_;
+  CudaDeviceOptions options_;
+  std::string name_;
+  int sm_count_ = 1;
+  std::byte* pool_ = nullptr;
+  std::byte* staging_ = nullptr;
+  unsigned long long* checksum_dev_ = nullptr;
+  unsigned long long* checksum_host_ = nullptr;
+  int next_checksum_ = 0;
+  int next_slot_ = 0;
+  std::vector<cudaEvent_t> slot_filled_, slot_free_;
+  cudaStream_t load_ = nullptr, relay_h2d_ = nullptr, relay_p2p_ = nullptr, verify_ = nullptr, compute_ = nullptr;
+  cudaStream_t notify_load_ = nullptr, notify_relay_ = nullptr;
+  std::vector<CudaDevice*> peers_;
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+// Pins host memory for every device (cudaHostRegister, portable).
+class CudaHostPinner final : public HostMemoryPinner {
+ public:
+  void pin(void* ptr, std::size_t bytes) override;
+  void unpin(void* ptr, std::size_t bytes) override;
+};
+
+class CudaDeviceFactory final : public DeviceFactory {
+ public:
+  explicit CudaDeviceFactory(CudaDeviceOptions options = {});
+  std::string name() const override { return "cuda"; }
+  int deviceCount() const override { return count_; }
+  HostMemoryPinner* pinner() override { return &pinner_; }
+  std::unique_ptr<Device> create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes, CompletionQueue& queue,
+                                 const Clock& clock) override;
+
+ private:
+  CudaDeviceOptions options_;
+  int count_ = 0;
+  CudaHostPinner pinner_;
+};
+
+}  // namespace computron::runtime

@@ -1,0 +1,15 @@
+// Picks the device implementation by name: "cuda" (when built with CUDA) or "host".
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "runtime/device.h"
+
+namespace computron::runtime {
+
+bool cudaBuiltIn();
+// Throws ConfigError for an unknown kind, or "cuda" in a build without CUDA (saying so).
+std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices = 0);
+
+}  // namespace computron::runtime

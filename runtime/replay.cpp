@@ -1,0 +1,206 @@
+// computron replay: a scenario on real devices with the real clock, through the same engine and
+// RunRecorder as `computron sim`, so the two runs' summary.json, requests.csv and timeline.json
+// compare directly.
+#include <boost/program_options.hpp>
+
+#include <iostream>
+#include <sstream>
+
+#include "common/run_recorder.h"
+#include "common/scenario.h"
+#include "runtime/cli.h"
+#include "runtime/device_factory.h"
+#include "runtime/real_backend.h"
+#include "runtime/realtime_driver.h"
+#include "sim/cost_model.h"
+
+namespace po = boost::program_options;
+
+namespace computron::runtime {
+namespace {
+
+constexpr int kExitUsage = 2;
+
+// Layer readiness goes onto the timeline as one span per load (first to last layer).
+class LayerTimeline : public BackendListener {
+ public:
+  void loadDone(OpId, bool, const std::string&) override {}
+  void evictDone(OpId) override {}
+  void batchDone(const BatchResult&) override {}
+  void layerReady(const LayerReady& ready) override {
+    auto& span = spans_[ready.op];
+    if (span.count == 0) span.first = ready.time;
+    span.last = ready.time;
+    ++span.count;
+  }
+  struct Span {
+    Nanos first = 0;
+    Nanos last = 0;
+    int count = 0;
+  };
+  std::map<OpId, Span> spans_;
+};
+
+}  // namespace
+
+int replayMain(int argc, char** argv) {
+  po::options_description opts("computron replay SCENARIO.json [options]");
+  std::vector<std::string> overrides;
+  std::string out_dir, device = cudaBuiltIn() ? "cuda" : "host";
+  double host_memory_gib = 0, time_limit_s = 600, placeholder_ms = -1;
+  std::int64_t chunk_mib = 64, pin_piece_mib = 1024;
+  int threads = 0;
+  opts.add_options()("help,h", "show this help")(
+      "set", po::value<std::vector<std::string>>(&overrides)->composing(),
+      "override a scenario field, as for `computron sim`: --set cluster.preset=h200x2")(
+      "device", po::value<std::string>(&device)->default_value(device),
+      "cuda: the machine's GPUs; host: the host-memory device (memcpy on threads, no GPU)")(
+      "out,o", po::value<std::string>(&out_dir), "output folder (default: the scenario's outputs.dir, else out/<name>)")(
+      "no-files", "write no output files, only the table")(
+      "json", "print summary.json to stdout instead of the table")(
+      "chunk-mib", po::value<std::int64_t>(&chunk_mib)->default_value(chunk_mib),
+      "copy chunk size in MiB (64 measured best on H200; see bench/results/runtime-*)")(
+      "pin-piece-mib", po::value<std::int64_t>(&pin_piece_mib)->default_value(pin_piece_mib),
+      "the host store is pinned in pieces of this size, several threads at once")(
+      "threads", po::value<int>(&threads)->default_value(0), "threads to fill and pin the host store (0: all cores)")(
+      "host-memory-gib", po::value<double>(&host_memory_gib)->default_value(0),
+      "host memory the weight store may assume (0: detect from cgroup limit / MemTotal)")(
+      "no-verify", "skip the device checksum after each load (on by default)")(
+      "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
+      "PLACEHOLDER execution: fixed kernel time per output token; default: the simulator's cost model's times")(
+      "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long");
+  po::options_description hidden;
+  std::string scenario_path;
+  hidden.add_options()("scenario", po::value<std::string>(&scenario_path));
+  po::options_description all;
+  all.add(opts).add(hidden);
+  po::positional_options_description pos;
+  pos.add("scenario", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "computron replay: " << e.what() << "\n\n" << opts;
+    return kExitUsage;
+  }
+  if (vm.count("help")) {
+    std::cout << opts
+              << "\nRuns the scenario's workload in real time: weights swap between the pinned host store and the\n"
+                 "GPUs for real; batch execution is a PLACEHOLDER fixed-cost kernel (real models are the model-\n"
+                 "execution issue's). Writes the same files as `computron sim` (summary.json has a \"runtime\" member).\n";
+    return 0;
+  }
+  if (scenario_path.empty()) {
+    std::cerr << "computron replay: a scenario file is required\n\n" << opts;
+    return kExitUsage;
+  }
+  Scenario scenario = loadScenario(scenario_path, overrides);
+  if (vm.count("out")) scenario.outputs.dir = out_dir;
+  if (vm.count("no-files")) scenario.outputs.dir.clear();
+
+  RuntimeOptions options;
+  options.chunk_bytes = chunk_mib * kMiB;
+  options.verify_loads = vm.count("no-verify") == 0;
+  options.host.threads = threads;
+  options.host.pin_piece_bytes = pin_piece_mib * kMiB;
+  options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
+  std::string execution;
+  auto cost = std::make_shared<sim::CostModel>(scenario.cluster);
+  if (placeholder_ms >= 0) {
+    options.placeholder_step = static_cast<Nanos>(placeholder_ms * 1e6);
+    execution = "placeholder fixed-cost kernel, " + std::to_string(placeholder_ms) + " ms per output token";
+  } else {
+    const EngineConfig engine = scenario.engine;
+    options.placeholder_cost = [cost, engine](const ExecuteCommand& cmd) {
+      const sim::BatchTimes t =
+          cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);
+      return PlaceholderTimes{t.first_token, t.finish};
+    };
+    execution = "placeholder fixed-cost kernel timed by the simulator's cost model";
+  }
+
+  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+  if (factory->deviceCount() < scenario.cluster.numGpus()) {
+    std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
+              << " GPUs, this machine " << factory->deviceCount() << "\n";
+  }
+  std::cerr << "replay: building the host weight store and device pools (" << device << ")...\n";
+  RealBackend backend(scenario.engine, *factory, options);
+  const HostStoreStats& hs = backend.store().stats();
+  std::cerr << "replay: " << hs.shards << " shards, " << static_cast<double>(hs.bytes) / kGB << " GB filled in "
+            << hs.fill_seconds << " s, pinned+checksummed in " << hs.pin_seconds << " s on " << hs.threads
+            << " threads\n";
+  std::cerr << "replay: execution is a PLACEHOLDER (" << execution << ")\n";
+
+  RunRecorder recorder(scenario, device);
+  LayerTimeline layers;
+  RealtimeDriver driver(backend, scenario.engine, scenario.makeWorkload(), &recorder,
+                        static_cast<Nanos>(time_limit_s * 1e9), &layers);
+  const DriverStats stats = driver.run();
+
+  // Per-path transfers and layer arrival onto the timeline; load statistics into the summary.
+  nlohmann::json loads = nlohmann::json::array();
+  std::int64_t verified = 0, failed = 0;
+  double copy_seconds = 0, bytes = 0;
+  for (const LoadRecord& r : backend.takeLoadRecords()) {
+    for (const auto& p : r.paths) {
+      if (p.end > r.started) {
+        recorder.addTimelineSpan("gpu" + std::to_string(r.cmd.gpu) + " " + pathKindName(p.kind) + " via gpu" +
+                                     std::to_string(p.via),
+                                 "model " + std::to_string(r.cmd.model) + " shard " + std::to_string(r.cmd.shard),
+                                 r.started, p.end, {{"bytes", p.bytes}});
+      }
+    }
+    auto it = layers.spans_.find(r.cmd.op);
+    if (it != layers.spans_.end()) {
+      recorder.addTimelineSpan("gpu" + std::to_string(r.cmd.gpu) + " layers ready", "model " + std::to_string(r.cmd.model),
+                               it->second.first, it->second.last, {{"layers", it->second.count}});
+    }
+    verified += r.verified ? 1 : 0;
+    failed += r.ok ? 0 : 1;
+    if (r.ok && r.copy_done > r.started) {
+      copy_seconds += toSeconds(r.copy_done - r.started);
+      bytes += static_cast<double>(r.cmd.bytes);
+    }
+    loads.push_back({{"model", r.cmd.model},
+                     {"shard", r.cmd.shard},
+                     {"gpu", r.cmd.gpu},
+                     {"bytes", r.cmd.bytes},
+                     {"issued_ns", r.issued},
+                     {"copy_done_ns", r.copy_done},
+                     {"done_ns", r.done},
+                     {"ok", r.ok},
+                     {"verified", r.verified},
+                     {"error", r.error}});
+  }
+  std::vector<std::string> devices;
+  for (int g = 0; g < backend.numGpus(); ++g) devices.push_back(backend.device(g).describe());
+  nlohmann::json extra = {
+      {"runtime",
+       {{"device", device},
+        {"devices", devices},
+        {"execution", execution},
+        {"chunk_bytes", options.chunk_bytes},
+        {"verify_loads", options.verify_loads},
+        {"loads", loads.size()},
+        {"loads_verified", verified},
+        {"loads_failed", failed},
+        {"mean_shard_load_gbps", copy_seconds > 0 ? bytes / copy_seconds / kGB : 0.0},
+        {"compactions", backend.compactions()},
+        {"host_store",
+         {{"bytes", hs.bytes}, {"fill_s", hs.fill_seconds}, {"pin_s", hs.pin_seconds}, {"threads", hs.threads}}},
+        {"arrivals", stats.arrivals}}}};
+  nlohmann::json summary = recorder.finish(stats.end_time, extra);
+  if (vm.count("json")) {
+    std::cout << summary.dump(2) << "\n";
+  } else {
+    recorder.printTable(summary, std::cout);
+    std::cout << "runtime: " << device << ", " << loads.size() << " loads (" << verified << " checksum-verified, "
+              << failed << " failed), mean shard load " << extra["runtime"]["mean_shard_load_gbps"].get<double>()
+              << " GB/s; execution is a PLACEHOLDER (" << execution << ")\n";
+  }
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace computron::runtime
