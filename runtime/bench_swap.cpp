@@ -182,7 +182,10 @@ nlohmann::json benchModel(const std::string& name, const BenchOptions& o, int nu
     out["tp1_shard_bytes"] = hs.bytes;
 
     // Peaks: plain chunked cudaMemcpyAsync from the same pinned store into a separate buffer.
-    std::int64_t peak_bytes = std::min(o.peak_bytes, hs.bytes / std::max(1, num_gpus)) / (256 * kMiB) * (256 * kMiB);
+    // Each GPU copies its own slice of the pinned shard; slices start on pin-piece boundaries so
+    // no copy spans two registrations.
+    const std::int64_t unit = std::max<std::int64_t>(256 * kMiB, o.pin_piece_bytes);
+    std::int64_t peak_bytes = std::min(o.peak_bytes, hs.bytes / std::max(1, num_gpus)) / unit * unit;
     std::vector<int> ordinals;
     for (int g = 0; g < num_gpus; ++g) ordinals.push_back(g);
     nlohmann::json sweep = nlohmann::json::array();
