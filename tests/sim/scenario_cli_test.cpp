@@ -101,7 +101,7 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"missing_workload", "workload=null", "error: $.workload"},
         BrokenCase{"missing_trace", "workload={\"type\":\"trace\",\"format\":\"azure\",\"path\":\"nope.csv\"}", "nope.csv"},
         BrokenCase{"bad_override_index", "models[5].tp=2", "error: --set models[5].tp: $.models[5] does not exist"}),
-    [](const ::testing::TestParamInfo<BrokenCase>& info) { return std::string(info.param.label); });
+    [](const ::testing::TestParamInfo<BrokenCase>& case_info) { return std::string(case_info.param.label); });
 
 TEST(ScenarioCli, InvalidJsonNamesLineAndColumn) {
   TempDir dir;
