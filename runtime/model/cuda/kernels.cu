@@ -3,7 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "runtime/model/cuda/cuda_check.h"
 
@@ -110,6 +112,39 @@ __global__ void addResidualKernel(float* residual, const float* projection, cons
     residual[i] += projection[i] + (bias ? toFloat(bias[i % hidden]) : 0.f);
 }
 
+// residual += projection (+ bias), then out = norm(residual): one block per row, the residual
+// add of one sublayer fused with the norm of the next.
+template <typename T, bool kLayerNorm>
+__global__ void addResidualNormKernel(float* residual, const float* projection, const T* proj_bias, int hidden,
+                                      const T* weight, const T* bias, float eps, T* out) {
+  __shared__ float scratch[32];
+  const std::int64_t off = static_cast<std::int64_t>(blockIdx.x) * hidden;
+  float* x = residual + off;
+  const float* pr = projection + off;
+  float sum = 0.f, sq = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float v = x[i] + (pr[i] + (proj_bias ? toFloat(proj_bias[i]) : 0.f));
+    x[i] = v;
+    sum += v;
+    sq += v * v;
+  }
+  T* y = out + off;
+  if constexpr (kLayerNorm) {
+    const float mean = blockSum(sum, scratch) / hidden;
+    float dev = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+      const float d = x[i] - mean;
+      dev += d * d;
+    }
+    const float inv = rsqrtf(blockSum(dev, scratch) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+      y[i] = fromFloat<T>((x[i] - mean) * inv * toFloat(weight[i]) + toFloat(bias[i]));
+  } else {
+    const float inv = rsqrtf(blockSum(sq, scratch) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) y[i] = fromFloat<T>(x[i] * inv * toFloat(weight[i]));
+  }
+}
+
 template <typename T>
 __global__ void biasReluKernel(T* x, const T* bias, std::int64_t total, int width) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -204,95 +239,275 @@ __global__ void causalSoftmaxKernel(const float* scores, T* probs, std::int64_t 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode attention. Block = (kv head, sequence); its G = heads / kv_heads query heads share
-// every K and V row it reads, so the cache is read once per step. Warps split the positions;
-// each lane holds HD/32 dimensions.
+// Decode attention, split over the context (flash-decoding). Block = (kv head, sequence, chunk of
+// positions); its G = heads / kv_heads query heads share every K and V row it reads, so the cache
+// is read once per step. A group of HD / 8 lanes holds one position's row as 16-byte vectors, so
+// a warp covers 256 / HD positions per load and each thread keeps 4 loads in flight. With one
+// chunk the block writes the output; otherwise it writes (sum p v, max, sum p) per head and
+// decodeCombineKernel merges the chunks.
 
-constexpr int kDecodeWarps = 8;
-constexpr int kMaxGroup = 8;
+constexpr int kAttnWarps = 4;
+constexpr int kAttnUnroll = 4;
+constexpr int kAttnMinChunk = 32;
+constexpr int kAttnMaxChunk = 512;
 
-template <typename T, int HD>
-__global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const T* q, const T* k_cache, const T* v_cache,
-                                                                           const int* slots, const int* context,
-                                                                           QkvLayout layout, float scale, T* out) {
-  constexpr int kPer = HD / 32;
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
+  const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) f[e] = toFloat(h[e]);
+}
+
+template <typename T, int HD, int G>
+__global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(const T* q, const T* k_cache, const T* v_cache,
+                                                                              const int* slots, const int* context,
+                                                                              QkvLayout layout, float scale, int chunk,
+                                                                              int splits, T* out, float* part) {
+  constexpr int kLanesPerPos = HD / 8;
+  constexpr int kPosPerWarp = 32 / kLanesPerPos;
+  constexpr int kPosPerRound = kPosPerWarp * kAttnWarps;
   extern __shared__ float shared[];
-  const int kv_head = blockIdx.x, n = blockIdx.y;
-  const int group = layout.heads / layout.kv_heads;
+  __shared__ float stats[G][2];
+  const int kv_head = blockIdx.x, n = blockIdx.y, split = blockIdx.z;
+  const int heads = layout.heads;
   const int ctx = context[n];
+  const int begin = split * chunk, end = min(ctx, begin + chunk);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* scores = shared;                              // [group][ctx]
-  float* partial = shared + group * ctx;               // [warps][group][HD]
-  __shared__ float stats[kMaxGroup][2];
+  const int sub = lane / kLanesPerPos, dl = lane % kLanesPerPos;
+  const std::int64_t head0 = static_cast<std::int64_t>(n) * heads + kv_head * G;
+  if (begin >= end) {  // block-uniform: this chunk lies beyond the sequence
+    if (threadIdx.x < G) {
+      float* p = part + ((head0 + threadIdx.x) * splits + split) * (HD + 2);
+      p[HD] = -FLT_MAX;
+      p[HD + 1] = 0.f;
+    }
+    return;
+  }
+  const int len = end - begin;
+  float* scores = shared;                 // [G][chunk]
+  float* reduce = shared + G * chunk;     // [warps][G][HD]
 
-  float qr[kMaxGroup][kPer];
+  float qf[G][8];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
+  for (int g = 0; g < G; ++g) {
+    unpack8<T>(*reinterpret_cast<const uint4*>(q + (head0 + g) * HD + dl * 8), qf[g]);
 #pragma unroll
-    for (int e = 0; e < kPer; ++e)
-      qr[g][e] = g < group ? toFloat(q[(static_cast<std::int64_t>(n) * layout.heads + kv_head * group + g) * HD + lane * kPer + e]) : 0.f;
+    for (int e = 0; e < 8; ++e) qf[g][e] *= scale;
   }
   const std::int64_t row_stride = static_cast<std::int64_t>(layout.kv_heads) * HD;
-  const std::int64_t base = static_cast<std::int64_t>(slots[n]) * layout.max_seq * row_stride + kv_head * HD + lane * kPer;
+  const std::int64_t base = (static_cast<std::int64_t>(slots[n]) * layout.max_seq + begin) * row_stride + kv_head * HD + dl * 8;
 
-  for (int t = warp; t < ctx; t += kDecodeWarps) {
-    float kv[kPer];
+  for (int w0 = warp * kPosPerWarp; w0 < len; w0 += kPosPerRound * kAttnUnroll) {
+    uint4 kv[kAttnUnroll];
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) kv[e] = toFloat(k_cache[base + t * row_stride + e]);
+    for (int u = 0; u < kAttnUnroll; ++u) {
+      const int t = w0 + sub + u * kPosPerRound;
+      kv[u] = t < len ? *reinterpret_cast<const uint4*>(k_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
-      if (g < group) {
-        float dot = 0.f;
+    for (int u = 0; u < kAttnUnroll; ++u) {
+      const int t = w0 + sub + u * kPosPerRound;
+      float kf[8];
+      unpack8<T>(kv[u], kf);
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) dot += qr[g][e] * kv[e];
-        dot = warpSum(dot);
-        if (lane == 0) scores[g * ctx + t] = dot * scale;
+      for (int g = 0; g < G; ++g) {
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
+#pragma unroll
+        for (int o = kLanesPerPos / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (dl == 0 && t < len) scores[g * chunk + t] = d;
       }
     }
   }
   __syncthreads();
-  for (int g = warp; g < group; g += kDecodeWarps) {
+  for (int g = warp; g < G; g += kAttnWarps) {
     float m = -FLT_MAX;
-    for (int t = lane; t < ctx; t += 32) m = fmaxf(m, scores[g * ctx + t]);
+    for (int t = lane; t < len; t += 32) m = fmaxf(m, scores[g * chunk + t]);
     m = warpMax(m);
     float sum = 0.f;
-    for (int t = lane; t < ctx; t += 32) {
-      const float e = expf(scores[g * ctx + t] - m);
-      scores[g * ctx + t] = e;
+    for (int t = lane; t < len; t += 32) {
+      const float e = expf(scores[g * chunk + t] - m);
+      scores[g * chunk + t] = e;
       sum += e;
     }
     sum = warpSum(sum);
-    if (lane == 0) stats[g][0] = 1.f / sum;
+    if (lane == 0) { stats[g][0] = m; stats[g][1] = sum; }
   }
   __syncthreads();
 
-  float acc[kMaxGroup][kPer] = {};
-  for (int t = warp; t < ctx; t += kDecodeWarps) {
-    float vv[kPer];
+  float acc[G][8];
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) vv[e] = toFloat(v_cache[base + t * row_stride + e]);
+  for (int g = 0; g < G; ++g)
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
-      if (g < group) {
-        const float p = scores[g * ctx + t];
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+  for (int w0 = warp * kPosPerWarp; w0 < len; w0 += kPosPerRound * kAttnUnroll) {
+    uint4 vv[kAttnUnroll];
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) acc[g][e] += p * vv[e];
+    for (int u = 0; u < kAttnUnroll; ++u) {
+      const int t = w0 + sub + u * kPosPerRound;
+      vv[u] = t < len ? *reinterpret_cast<const uint4*>(v_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kAttnUnroll; ++u) {
+      const int t = w0 + sub + u * kPosPerRound;
+      if (t < len) {
+        float vf[8];
+        unpack8<T>(vv[u], vf);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float p = scores[g * chunk + t];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] += p * vf[e];
+        }
       }
     }
   }
+  // Sum the position groups of the warp, then the warps.
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
-    if (g < group) {
+  for (int g = 0; g < G; ++g)
 #pragma unroll
-      for (int e = 0; e < kPer; ++e) partial[(warp * group + g) * HD + lane * kPer + e] = acc[g][e];
-    }
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+      for (int o = kLanesPerPos; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) reduce[(warp * G + g) * HD + dl * 8 + e] = acc[g][e];
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < group * HD; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
     const int g = idx / HD, d = idx % HD;
     float sum = 0.f;
-    for (int w = 0; w < kDecodeWarps; ++w) sum += partial[(w * group + g) * HD + d];
-    out[(static_cast<std::int64_t>(n) * layout.heads + kv_head * group + g) * HD + d] = fromFloat<T>(sum * stats[g][0]);
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) sum += reduce[(w * G + g) * HD + d];
+    if (splits == 1) {
+      out[(head0 + g) * HD + d] = fromFloat<T>(sum / stats[g][1]);
+    } else {
+      float* p = part + ((head0 + g) * splits + split) * (HD + 2);
+      p[d] = sum;
+      if (d == 0) { p[HD] = stats[g][0]; p[HD + 1] = stats[g][1]; }
+    }
+  }
+}
+
+// One block per (head, sequence), one thread per dimension: merges the chunks' partial results.
+template <typename T, int HD>
+__global__ void decodeCombineKernel(const float* part, int heads, int splits, T* out) {
+  const std::int64_t head = static_cast<std::int64_t>(blockIdx.y) * heads + blockIdx.x;
+  const float* p = part + head * splits * (HD + 2);
+  const int d = threadIdx.x;
+  float m = -FLT_MAX;
+  for (int s = 0; s < splits; ++s)
+    if (p[s * (HD + 2) + HD + 1] > 0.f) m = fmaxf(m, p[s * (HD + 2) + HD]);
+  float num = 0.f, den = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float l = p[s * (HD + 2) + HD + 1];
+    if (l > 0.f) {
+      const float w = expf(p[s * (HD + 2) + HD] - m);
+      num += w * p[s * (HD + 2) + d];
+      den += w * l;
+    }
+  }
+  out[head * HD + d] = fromFloat<T>(num / den);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skinny products for decode: y[rows, out] = x[rows, in] w[out, in]^T with rows <= 8 * NT, on the
+// tensor cores (mma.sync m16n8k16, fp32 accumulation). Block = 16 output features; its 8 warps
+// split the inner dimension in chunks of 32. Each thread loads 16 bytes of two weight rows and of
+// NT x rows per chunk and feeds two mma steps from them: within a chunk the inner index is
+// permuted identically for both operands (thread t's 8 values stand for the mma's k slots
+// 2t, 2t+1, 2t+8, 2t+9 of two steps), which leaves the sum unchanged. 4 chunks per warp are in
+// flight; weights are read once, bypassing L1, so x stays cached.
+
+constexpr int kSkinnyWarps = 8;
+constexpr int kSkinnyUnroll = 4;
+
+__device__ __forceinline__ uint4 loadStreaming(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], std::uint32_t a0, std::uint32_t a1, std::uint32_t a2, std::uint32_t a3,
+                                         std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T> __device__ __forceinline__ void storeOut(T* y, float v) { *y = fromFloat<T>(v); }
+template <> __device__ __forceinline__ void storeOut<float>(float* y, float v) { *y = v; }
+
+template <typename T, int NT, typename Out>
+__global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in) {
+  __shared__ float reduce[kSkinnyWarps][NT][8][16];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * 16;
+  const bool va = row0 + g < out, vb = row0 + g + 8 < out;
+  const T* wa = w + static_cast<std::int64_t>(va ? row0 + g : 0) * in + t * 8;
+  const T* wb = w + static_cast<std::int64_t>(vb ? row0 + g + 8 : 0) * in + t * 8;
+  const T* xr[NT];
+  bool vx[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    vx[j] = j * 8 + g < rows;
+    xr[j] = x + static_cast<std::int64_t>(vx[j] ? j * 8 + g : 0) * in + t * 8;
+  }
+  float c[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+  const int chunks = (in + 31) / 32;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int c0 = warp; c0 < chunks; c0 += kSkinnyWarps * kSkinnyUnroll) {
+    uint4 av[kSkinnyUnroll], bv[kSkinnyUnroll], xv[kSkinnyUnroll][NT];
+#pragma unroll
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
+      const int chunk = c0 + u * kSkinnyWarps;
+      const int k = chunk * 32;
+      const bool ok = chunk < chunks && k + t * 8 < in;  // in is a multiple of 8
+      av[u] = ok && va ? loadStreaming(wa + k) : zero;
+      bv[u] = ok && vb ? loadStreaming(wb + k) : zero;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) xv[u][j] = ok && vx[j] ? *reinterpret_cast<const uint4*>(xr[j] + k) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        mma16816<T>(c[j], av[u].x, bv[u].x, av[u].y, bv[u].y, xv[u][j].x, xv[u][j].y);
+        mma16816<T>(c[j], av[u].z, bv[u].z, av[u].w, bv[u].w, xv[u][j].z, xv[u][j].w);
+      }
+    }
+  }
+  // c[j]: (feature g, token j*8 + 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    reduce[warp][j][2 * t][g] = c[j][0];
+    reduce[warp][j][2 * t + 1][g] = c[j][1];
+    reduce[warp][j][2 * t][g + 8] = c[j][2];
+    reduce[warp][j][2 * t + 1][g + 8] = c[j][3];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < NT * 128; idx += blockDim.x) {
+    const int m = idx & 15, nn = (idx >> 4) & 7, j = idx >> 7;
+    const int token = j * 8 + nn, feature = row0 + m;
+    if (token < rows && feature < out) {
+      float sum = 0.f;
+#pragma unroll
+      for (int ww = 0; ww < kSkinnyWarps; ++ww) sum += reduce[ww][j][nn][m];
+      storeOut<Out>(y + static_cast<std::int64_t>(token) * out + feature, sum);
+    }
   }
 }
 
@@ -526,36 +741,101 @@ void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, 
   CUDA_CHECK_LAUNCH("causalSoftmax");
 }
 
-static std::size_t decodeSharedBytes(int group, int context, int head_dim) {
-  return sizeof(float) * (static_cast<std::size_t>(group) * context + static_cast<std::size_t>(kDecodeWarps) * group * head_dim);
+int decodeAttentionSplits(int kv_heads, int num_tokens, int max_seq) {
+  const int target_blocks = 2 * 132;  // two waves' worth of blocks on an H100/H200
+  const int blocks = std::max(1, kv_heads * num_tokens);
+  int splits = (target_blocks + blocks - 1) / blocks;
+  splits = std::min(splits, (max_seq + kAttnMinChunk - 1) / kAttnMinChunk);
+  splits = std::max(splits, (max_seq + kAttnMaxChunk - 1) / kAttnMaxChunk);
+  return std::max(1, splits);
+}
+
+std::int64_t decodeAttentionPartialFloats(int heads, int kv_heads, int head_dim, int max_tokens, int max_seq) {
+  std::int64_t most = 0;
+  for (int n = 1; n <= max_tokens; ++n) {
+    const int splits = decodeAttentionSplits(kv_heads, n, max_seq);
+    if (splits > 1) most = std::max<std::int64_t>(most, static_cast<std::int64_t>(n) * heads * splits * (head_dim + 2));
+  }
+  return most;
 }
 
 int decodeAttentionMaxContext(int heads, int kv_heads) {
-  const int group = heads / kv_heads;
-  const std::size_t limit = 200 * 1024;  // under the 227 KB a Hopper block may opt into
-  const std::size_t fixed = sizeof(float) * static_cast<std::size_t>(kDecodeWarps) * group * 128;
-  return static_cast<int>((limit - fixed) / (sizeof(float) * group));
+  (void)heads;
+  (void)kv_heads;
+  return 1 << 24;  // split over the context: shared memory no longer bounds it
 }
 
 void decodeAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* slots,
-                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out,
+                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out, float* partial,
                      cudaStream_t stream) {
   const int group = layout.heads / layout.kv_heads;
-  if (group > kMaxGroup) throw DeviceError("decodeAttention: more than 8 query heads per kv head");
-  const std::size_t shared = decodeSharedBytes(group, layout.max_seq, layout.head_dim);
-  const dim3 grid(layout.kv_heads, num_tokens);
+  if (group != 1 && group != 2 && group != 4 && group != 8)
+    throw DeviceError("decodeAttention: query heads per kv head must be 1, 2, 4 or 8, got " + std::to_string(group));
+  const int splits = decodeAttentionSplits(layout.kv_heads, num_tokens, layout.max_seq);
+  const int chunk = (layout.max_seq + splits - 1) / splits;
+  if (splits > 1 && !partial) throw DeviceError("decodeAttention: no partial buffer for a split context");
+  const std::size_t shared = sizeof(float) * (static_cast<std::size_t>(group) * chunk +
+                                              static_cast<std::size_t>(kAttnWarps) * group * layout.head_dim);
+  const dim3 grid(layout.kv_heads, num_tokens, splits);
   dispatch(dtype, [&]<typename T>() {
-    auto launch = [&](auto kernel) {
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-      kernel<<<grid, kDecodeWarps * 32, shared, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k_cache),
-                                                          static_cast<const T*>(v_cache), slots, context, layout, scale,
-                                                          static_cast<T*>(out));
+    auto launch = [&]<int HD>() {
+      auto kernel = [&]<int G>() {
+        decodeAttentionSplitKernel<T, HD, G><<<grid, kAttnWarps * 32, shared, stream>>>(
+            static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), slots, context, layout,
+            scale, chunk, splits, static_cast<T*>(out), partial);
+      };
+      if (group == 1) kernel.template operator()<1>();
+      else if (group == 2) kernel.template operator()<2>();
+      else if (group == 4) kernel.template operator()<4>();
+      else kernel.template operator()<8>();
+      CUDA_CHECK_LAUNCH("decodeAttention");
+      if (splits > 1) {
+        decodeCombineKernel<T, HD><<<dim3(layout.heads, num_tokens), HD, 0, stream>>>(partial, layout.heads, splits,
+                                                                                     static_cast<T*>(out));
+        CUDA_CHECK_LAUNCH("decodeCombine");
+      }
     };
-    if (layout.head_dim == 64) launch(decodeAttentionKernel<T, 64>);
-    else if (layout.head_dim == 128) launch(decodeAttentionKernel<T, 128>);
+    if (layout.head_dim == 64) launch.template operator()<64>();
+    else if (layout.head_dim == 128) launch.template operator()<128>();
     else throw DeviceError("decodeAttention: head_dim must be 64 or 128, got " + std::to_string(layout.head_dim));
   });
-  CUDA_CHECK_LAUNCH("decodeAttention");
+}
+
+void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, int rows, int out_features, int in_features,
+                cudaStream_t stream) {
+  if (rows < 1 || rows > kSkinnyMaxRows) throw DeviceError("skinnyGemm: rows must be 1.." + std::to_string(kSkinnyMaxRows));
+  if (in_features % 8 != 0) throw DeviceError("skinnyGemm: the inner dimension must be a multiple of 8");
+  const unsigned blocks = static_cast<unsigned>((out_features + 15) / 16);
+  dispatch(dtype, [&]<typename T>() {
+    auto launch = [&]<int NT>() {
+      if (y_f32)
+        skinnyGemmKernel<T, NT, float><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features);
+      else
+        skinnyGemmKernel<T, NT, T><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features);
+    };
+    if (rows <= 8) launch.template operator()<1>();
+    else if (rows <= 16) launch.template operator()<2>();
+    else launch.template operator()<4>();
+  });
+  CUDA_CHECK_LAUNCH("skinnyGemm");
+}
+
+void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,
+                     int num_tokens, int hidden, const void* weight, const void* bias, float eps, void* out,
+                     cudaStream_t stream) {
+  dispatch(dtype, [&]<typename T>() {
+    if (layer_norm)
+      addResidualNormKernel<T, true><<<num_tokens, 256, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+                                                                     hidden, static_cast<const T*>(weight),
+                                                                     static_cast<const T*>(bias), eps, static_cast<T*>(out));
+    else
+      addResidualNormKernel<T, false><<<num_tokens, 256, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+                                                                      hidden, static_cast<const T*>(weight), nullptr, eps,
+                                                                      static_cast<T*>(out));
+  });
+  CUDA_CHECK_LAUNCH("addResidualNorm");
 }
 
 void interleaveVocab(const float* gathered, float* logits, int tp, int batch, int local_vocab, cudaStream_t stream) {

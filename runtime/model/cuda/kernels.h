@@ -42,12 +42,27 @@ void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, 
               const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream);
 // Causal softmax of scores [rows, len, len] (fp32) into probs (model dtype), zeros above the diagonal.
 void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, int len, cudaStream_t stream);
-// Decode attention: one query token per sequence over its cached keys [0, context[n]).
+// Decode attention: one query token per sequence over its cached keys [0, context[n]). The
+// context is split into chunks over several blocks when the (kv head, sequence) blocks alone
+// would not fill the GPU; `partial` then holds decodeAttentionPartialFloats floats.
 void decodeAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* slots,
-                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out,
+                     const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out, float* partial,
                      cudaStream_t stream);
-// Largest context decodeAttention accepts for this layout (shared memory bound).
+int decodeAttentionSplits(int kv_heads, int num_tokens, int max_seq);
+// Floats of the partial buffer for any batch of 1..max_tokens decode tokens (0 when none splits).
+std::int64_t decodeAttentionPartialFloats(int heads, int kv_heads, int head_dim, int max_tokens, int max_seq);
+// Largest context decodeAttention accepts for this layout.
 int decodeAttentionMaxContext(int heads, int kv_heads);
+// Decode products: y[rows, out] = x[rows, in] w[out, in]^T for 1..kSkinnyMaxRows rows on the
+// tensor cores, fp32 accumulation; y in fp32 or the model dtype. `in` must be a multiple of 8.
+constexpr int kSkinnyMaxRows = 32;
+void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, int rows, int out_features, int in_features,
+                cudaStream_t stream);
+// residual += projection (+ projection_bias), then out = LayerNorm (weight, bias) or RMSNorm
+// (weight) of residual: addResidual followed by layerNorm / rmsNorm in one kernel.
+void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,
+                     int num_tokens, int hidden, const void* weight, const void* bias, float eps, void* out,
+                     cudaStream_t stream);
 // logits[b, r * local_vocab + j] = gathered[r, b, j].
 void interleaveVocab(const float* gathered, float* logits, int tp, int batch, int local_vocab, cudaStream_t stream);
 // Picks one token per row. temperature <= 0: greedy (first index of the maximum). Otherwise

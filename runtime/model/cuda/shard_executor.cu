@@ -3,7 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "runtime/model/cuda/kernels.h"
 
@@ -13,6 +15,13 @@ namespace {
 cudaDataType cudaType(DType d) { return d == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF; }
 
 std::int64_t alignUp(std::int64_t v) { return (v + 255) / 256 * 256; }
+
+constexpr std::int64_t kCublasWorkspaceBytes = 32LL << 20;
+
+int envInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
 
 std::string gib(std::int64_t bytes) {
   char buf[32];
@@ -60,6 +69,9 @@ WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
       (4 * tokens + batch) * 4,                                 // meta
       batch * 4,                                                // sampled
       std::max(1, plan.num_layers) * batch * 6 * heads * static_cast<std::int64_t>(sizeof(void*)),  // pointers
+      4 * kernels::decodeAttentionPartialFloats(static_cast<int>(heads), static_cast<int>(plan.local_kv_heads),
+                                                static_cast<int>(hd), static_cast<int>(batch), static_cast<int>(ctx)),  // attention partials
+      kCublasWorkspaceBytes,                                    // cuBLAS workspace (graph capture)
   };
   for (auto s : l.sizes) l.total += alignUp(s);
   return l;
@@ -134,6 +146,11 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   meta_ = static_cast<int*>(parts[16]);
   sampled_ = static_cast<int*>(parts[17]);
   attention_pointers_ = static_cast<void**>(parts[18]);
+  attention_partial_ = layout.sizes[19] > 0 ? static_cast<float*>(parts[19]) : nullptr;
+  cublas_workspace_ = parts[20];
+  CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes)));
+  use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
+  skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
   CUDA_CHECK(cudaMallocHost(&host_meta_, static_cast<std::size_t>(layout.sizes[16])));
   CUDA_CHECK(cudaEventCreateWithFlags(&meta_uploaded_, cudaEventDisableTiming));
 }
@@ -142,6 +159,7 @@ ShardExecutor::~ShardExecutor() {
   // Destructors must not throw: release what exists and ignore errors.
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   if (meta_uploaded_) cudaEventDestroy(meta_uploaded_);
   if (host_meta_) cudaFreeHost(host_meta_);
   if (workspace_) cudaFree(workspace_);
@@ -179,6 +197,10 @@ void ShardExecutor::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(strea
 
 void ShardExecutor::gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32) {
   // Row-major y[rows, out] = x[rows, in] * w[out, in]^T, written column-major as y^T = w x^T.
+  if (rows <= skinny_rows_ && in_features % 8 == 0) {
+    kernels::skinnyGemm(plan_.spec.dtype, x, w, y, y_f32, rows, out_features, in_features, stream_);
+    return;
+  }
   const float alpha = 1.f, beta = 0.f;
   const cudaDataType t = cudaType(plan_.spec.dtype);
   CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in_features, &alpha, w, t, in_features, x, t,
@@ -236,10 +258,6 @@ void ShardExecutor::forward(const StepBatch& batch) {
   CUDA_CHECK(cudaMemcpyAsync(meta_, host_meta_, static_cast<std::size_t>(4 * max_tokens_ + sequences) * sizeof(int),
                              cudaMemcpyHostToDevice, stream_));
   CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
-  const int* d_tokens = meta_;
-  const int* d_positions = meta_ + 2 * max_tokens_;
-  const int* d_last = meta_ + 4 * max_tokens_;
-  const int h = plan_.spec.hidden;
   const DType dt = plan_.spec.dtype;
 
   if (batch.prefill) {
@@ -270,6 +288,40 @@ void ShardExecutor::forward(const StepBatch& batch) {
                                cudaMemcpyHostToDevice, stream_));
   }
 
+  // Decode on one GPU: replay the pass captured for this batch size (no NCCL inside graphs).
+  if (!batch.prefill && use_graphs_ && plan_.tp == 1 && plan_.pp == 1) {
+    const auto key = std::make_pair(tokens, sequences);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      cudaGraph_t graph = nullptr;
+      try {
+        forwardBody(batch, tokens, sequences);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      CUDA_CHECK(status);
+      it = graphs_.emplace(key, exec).first;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    return;
+  }
+  forwardBody(batch, tokens, sequences);
+}
+
+void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequences) {
+  const int* d_tokens = meta_;
+  const int* d_positions = meta_ + 2 * max_tokens_;
+  const int* d_last = meta_ + 4 * max_tokens_;
+  const int h = plan_.spec.hidden;
+  const DType dt = plan_.spec.dtype;
+
   if (plan_.has_embeddings) {
     kernels::embedTokens(dt, weight(plan_.token_embedding), d_tokens, tokens, h, static_cast<int>(plan_.vocab_begin),
                          static_cast<int>(plan_.local_vocab), residual_, stream_);
@@ -283,7 +335,8 @@ void ShardExecutor::forward(const StepBatch& batch) {
 #endif
   }
 
-  for (int li = 0; li < plan_.num_layers; ++li) layer(li, batch, tokens);
+  bool normed = false;
+  for (int li = 0; li < plan_.num_layers; ++li) normed = layer(li, batch, tokens, normed);
 
   if (!plan_.has_lm_head) {
 #if COMPUTRON_HAVE_NCCL
@@ -310,7 +363,7 @@ void ShardExecutor::forward(const StepBatch& batch) {
   }
 }
 
-void ShardExecutor::layer(int li, const StepBatch& batch, int tokens) {
+bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input_normed) {
   const LayerWeights& w = plan_.layers[static_cast<std::size_t>(li)];
   const DType dt = plan_.spec.dtype;
   const int h = plan_.spec.hidden;
@@ -321,10 +374,13 @@ void ShardExecutor::layer(int li, const StepBatch& batch, int tokens) {
   const int* d_context = meta_ + 3 * max_tokens_;
   auto optional = [&](std::int64_t offset) -> const void* { return offset >= 0 ? weight(offset) : nullptr; };
 
-  if (opt)
+  if (input_normed) {
+    // normed_ was written by the previous layer's fused residual add.
+  } else if (opt) {
     kernels::layerNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), weight(w.attn_norm_bias), extras_.norm_eps, normed_, stream_);
-  else
+  } else {
     kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), extras_.norm_eps, normed_, stream_);
+  }
   gemm(normed_, weight(w.qkv_weight), qkv_, tokens, static_cast<int>(qkv_width_), h, false);
 
   kernels::QkvLayout layout;
@@ -341,16 +397,12 @@ void ShardExecutor::layer(int li, const StepBatch& batch, int tokens) {
   if (batch.prefill) {
     attentionPrefill(li, batch);
   } else {
-    kernels::decodeAttention(dt, q_, kc, vc, d_slots, d_context, tokens, layout, scale, attention_, stream_);
+    kernels::decodeAttention(dt, q_, kc, vc, d_slots, d_context, tokens, layout, scale, attention_, attention_partial_, stream_);
   }
   gemm(attention_, weight(w.out_weight), projection_, tokens, h, static_cast<int>(q_width_), true);
   allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
-  kernels::addResidual(dt, residual_, projection_, optional(w.out_bias), tokens, h, stream_);
-
-  if (opt)
-    kernels::layerNorm(dt, residual_, nullptr, tokens, h, weight(w.mlp_norm_weight), weight(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
-  else
-    kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.mlp_norm_weight), extras_.norm_eps, normed_, stream_);
+  kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.out_bias), tokens, h, weight(w.mlp_norm_weight),
+                           optional(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
   gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
   const void* down_input = mlp_;
   if (opt) {
@@ -361,7 +413,14 @@ void ShardExecutor::layer(int li, const StepBatch& batch, int tokens) {
   }
   gemm(down_input, weight(w.down_weight), projection_, tokens, h, static_cast<int>(plan_.local_ffn), true);
   allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
+  if (li + 1 < plan_.num_layers) {
+    const LayerWeights& next = plan_.layers[static_cast<std::size_t>(li + 1)];
+    kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.down_bias), tokens, h, weight(next.attn_norm_weight),
+                             optional(next.attn_norm_bias), extras_.norm_eps, normed_, stream_);
+    return true;
+  }
   kernels::addResidual(dt, residual_, projection_, optional(w.down_bias), tokens, h, stream_);
+  return false;
 }
 
 void ShardExecutor::attentionPrefill(int li, const StepBatch& batch) {

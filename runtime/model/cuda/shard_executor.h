@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -89,8 +91,13 @@ class ShardExecutor {
   void synchronize() const;
 
  private:
-  void layer(int index, const StepBatch& batch, int tokens);
+  // Runs the layers, final norm and head of a pass whose metadata is on the device.
+  void forwardBody(const StepBatch& batch, int tokens, int sequences);
+  // One layer; `input_normed`: normed_ already holds its input norm (fused into the previous
+  // layer's last residual add). Returns whether normed_ holds the next layer's input norm.
+  bool layer(int index, const StepBatch& batch, int tokens, bool input_normed);
   void attentionPrefill(int index, const StepBatch& batch);
+  // Products of up to skinny_rows_ rows (decode) run on kernels::skinnyGemm, larger ones on cuBLAS.
   void gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32);
   void allReduce(float* data, std::int64_t count);
   const std::byte* weight(std::int64_t offset) const { return weights_ + offset; }
@@ -126,11 +133,20 @@ class ShardExecutor {
   float* logits_ = nullptr;        // [max_batch, vocab]
   int* meta_ = nullptr;            // tokens, slots, positions, context, last_token
   int* sampled_ = nullptr;         // [max_batch]
+  float* attention_partial_ = nullptr;  // split-context decode attention partial results
+  void* cublas_workspace_ = nullptr;
   int* host_meta_ = nullptr;       // pinned staging for meta_
   cudaEvent_t meta_uploaded_ = nullptr;
   void** attention_pointers_ = nullptr;  // device pointer arrays for batched prefill products
   std::vector<const void*> host_pointers_;
   std::int64_t max_tokens_ = 0, max_prompt_ = 0, cache_layer_elems_ = 0;
+  // Decode passes of a single-GPU shard replay a CUDA graph per (tokens, sequences): every input
+  // the graph reads lives at fixed device addresses (meta_, the caches, the activations).
+  // COMPUTRON_DECODE_GRAPH=0 turns this off; COMPUTRON_SKINNY_ROWS=N sets the largest product
+  // that skips cuBLAS (0: cuBLAS always).
+  bool use_graphs_ = true;
+  int skinny_rows_ = 16;
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
 };
 
 }  // namespace computron::model
