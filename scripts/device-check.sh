@@ -6,7 +6,8 @@
 #   4. computron bench swap (peaks, runtime rows, multi-path), with the baseline beside it
 #   5. the seed's swap test on the GPUs for (TP,PP) in (1,1) (2,1) (1,2), and the simulator on
 #      the same scenarios, side by side
-# Usage (from the repository root): scripts/device-check.sh [OUT_DIR]   (default: $OUT, else ./device-out)
+# Usage (from the repository root): [PREBUILT=dir] scripts/device-check.sh [OUT_DIR]
+#   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds carried computron and computron-rt.
 # Results: device-check.log (everything, tables last), bench_swap.json, torch_baseline.json,
 # swap_test.md and outputs.tar.gz (summary/requests/timeline of every run).
 set -u
@@ -32,14 +33,23 @@ nvidia-smi topo -m
 echo "cores: $(nproc)"; free -g | head -2
 
 step build
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCOMPUTRON_CUDA=ON -DCOMPUTRON_BUILD_TESTS=OFF \
-      -DCOMPUTRON_BUILD_BENCH=OFF > "$RUNS/cmake.log" 2>&1 \
-  && cmake --build "$BUILD" -j "$(nproc)" --target computron-rt computron > "$RUNS/build.log" 2>&1
-if [ ! -x "$BUILD/runtime/computron-rt" ]; then
+# The GPU machines have Boost headers but no Boost.Program_options library, so the usual way is to
+# build here with -DCOMPUTRON_STATIC_BOOST=ON (the CUDA runtime is linked statically too), copy
+# computron and computron-rt into an ignored folder and carry it: PREBUILT=that/folder.
+if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron-rt" ]; then
+  RT=$PREBUILT/computron-rt
+  SIM=$PREBUILT/computron
+  echo "using carried binaries in $PREBUILT"; ldd "$RT" | grep -E "not found|boost|cuda" || true
+else
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCOMPUTRON_CUDA=ON -DCOMPUTRON_BUILD_TESTS=OFF \
+        -DCOMPUTRON_BUILD_BENCH=OFF > "$RUNS/cmake.log" 2>&1 \
+    && cmake --build "$BUILD" -j "$(nproc)" --target computron-rt computron > "$RUNS/build.log" 2>&1
+  RT=$BUILD/runtime/computron-rt
+  SIM=$BUILD/computron
+fi
+if [ ! -x "$RT" ]; then
   echo "BUILD FAILED"; tail -40 "$RUNS/cmake.log"; grep -E "error" -A5 "$RUNS/build.log" | head -80; exit 1
 fi
-RT=$BUILD/runtime/computron-rt
-SIM=$BUILD/computron
 echo "built: $RT"
 
 step "integrity: small swap-test replay on the GPUs (opt-1.3b, TP=2; every load checksummed on the device)"
