@@ -3,6 +3,10 @@
 # compare OPT and Llama against transformers (fp32 reference), TP=2 and PP=2 against TP=1,
 # seeded sampling, the KV budget refusal, and speed against transformers eager and against the
 # bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
+# MODEL_CHECK_QUICK=1: a shorter call for decode work: three small models against transformers,
+# one TP=2 and one PP=2 run where two GPUs exist, the kernel check and timings, and our speed
+# table under the decode settings (COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
+# refusal or transformers speed runs.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/model-check-out}
@@ -44,8 +48,44 @@ cmake --build /tmp/build-model --target computron_model_check -j 32 > $OUT/build
 BIN=/tmp/build-model/model/computron_model_check
 export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}${LD_LIBRARY_PATH:-}
 
-step "make models"
 REF=scripts/hf_reference.py
+if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
+  step "decode kernels: skinny products vs cuBLAS, attention"
+  timeout 120 $BIN kernels || echo "FAILED kernels"
+  step "make models"
+  python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
+  python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
+  python3 $REF make --arch llama --layers 2 --ffn 2816 --dtype bfloat16 --out $WORK/llama2bf --seed 5 || true
+  step "correctness vs transformers fp32"
+  for m in opt8 llama8 llama2bf; do
+    timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --out $WORK/$m.tp1.json --logits $WORK/$m.tp1.bin \
+      && timeout 180 python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.tp1.json \
+           --logits $WORK/$m.tp1.bin --label "$m tp1" || echo "FAILED $m tp1"
+  done
+  if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+    for run in "llama8 2 1" "opt8 1 2"; do
+      set -- $run
+      timeout 120 $BIN generate --model $WORK/$1 --requests $WORK/$1/requests.json --tp $2 --pp $3 --out $WORK/$1.tp$2pp$3.json \
+        --logits $WORK/$1.tp$2pp$3.bin \
+        && python3 $REF same --a $WORK/$1.tp1.json --b $WORK/$1.tp$2pp$3.json --label "$1 tp$2 pp$3 vs tp1" \
+        && python3 $REF compare --model $WORK/$1 --requests $WORK/$1/requests.json --ours $WORK/$1.tp$2pp$3.json \
+             --logits $WORK/$1.tp$2pp$3.bin --label "$1 tp$2 pp$3" || echo "FAILED $1 tp$2 pp$3"
+    done
+  fi
+  step "speed: ours, decode settings"
+  for setting in "default default" "0 0" "1 0" "1 32"; do
+    set -- $setting
+    for p in opt-6.7b llama-3-8b; do
+      ( [ $1 = default ] || export COMPUTRON_DECODE_GRAPH=$1; [ $2 = default ] || export COMPUTRON_SKINNY_ROWS=$2
+        timeout 90 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $setting"
+    done
+  done
+  step "summary"
+  grep -hE "^(KCHECK|COMPARE|SAME|BENCH|FAILED)" $LOG | sed 's/^/  /'
+  exit 0
+fi
+
+step "make models"
 python3 $REF make --arch opt --layers 2 --out $WORK/opt2 --seed 1 || true
 python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
 python3 $REF make --arch llama --layers 2 --ffn 2816 --out $WORK/llama2 --seed 3 || true

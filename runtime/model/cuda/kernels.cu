@@ -177,6 +177,7 @@ int gridFor(std::int64_t total, int threads) {
 template <typename T>
 __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, const int* positions, QkvLayout layout,
                                T* q, T* k_cache, T* v_cache) {
+  // Block = (token, head); thread = one rotate-half pair (i, i + hd/2).
   const int n = blockIdx.x;
   const int hd = layout.head_dim, half = hd / 2;
   const int total_heads = layout.heads + 2 * layout.kv_heads;
@@ -185,8 +186,8 @@ __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, co
   const int pos = positions[n];
   const std::int64_t cache_row =
       (static_cast<std::int64_t>(slots[n]) * layout.max_seq + pos) * layout.kv_heads * hd;
-  for (int idx = threadIdx.x; idx < total_heads * half; idx += blockDim.x) {
-    const int head = idx / half, i = idx % half;
+  {
+    const int head = blockIdx.y, i = threadIdx.x;
     const int c1 = head * hd + i, c2 = c1 + half;
     float x1 = toFloat(row[c1]), x2 = toFloat(row[c2]);
     if (bias) {
@@ -427,7 +428,7 @@ constexpr int kSkinnyUnroll = 4;
 
 __device__ __forceinline__ uint4 loadStreaming(const void* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
 
@@ -725,7 +726,8 @@ void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int wid
 void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, const int* positions, int num_tokens,
               const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    splitQkvKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
+    const int total_heads = layout.heads + 2 * layout.kv_heads;
+    splitQkvKernel<T><<<dim3(num_tokens, total_heads), layout.head_dim / 2, 0, stream>>>(static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
                                                       layout, static_cast<T*>(q), static_cast<T*>(k_cache), static_cast<T*>(v_cache));
   });
   CUDA_CHECK_LAUNCH("splitQkv");
@@ -825,13 +827,15 @@ void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, 
 void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,
                      int num_tokens, int hidden, const void* weight, const void* bias, float eps, void* out,
                      cudaStream_t stream) {
+  // A thread per 4 features (decode rows are few: latency, not bandwidth, sets the time).
+  const int threads = std::clamp((hidden / 4 + 31) / 32 * 32, 32, 1024);
   dispatch(dtype, [&]<typename T>() {
     if (layer_norm)
-      addResidualNormKernel<T, true><<<num_tokens, 256, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+      addResidualNormKernel<T, true><<<num_tokens, threads, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
                                                                      hidden, static_cast<const T*>(weight),
                                                                      static_cast<const T*>(bias), eps, static_cast<T*>(out));
     else
-      addResidualNormKernel<T, false><<<num_tokens, 256, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+      addResidualNormKernel<T, false><<<num_tokens, threads, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
                                                                       hidden, static_cast<const T*>(weight), nullptr, eps,
                                                                       static_cast<T*>(out));
   });

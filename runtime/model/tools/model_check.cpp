@@ -11,11 +11,20 @@
 //       bandwidth bound (weights + KV cache bytes over the measured device-to-device copy rate).
 //   d2d
 //       Device-to-device copy bandwidth (bytes read + bytes written per second).
+//   kernels
+//       The decode kernels alone on GPU 0: kernels::skinnyGemm against cuBLAS (accuracy on odd
+//       shapes in F16 and BF16, then time and bandwidth on the OPT-6.7B / Llama-3-8B products at
+//       1-32 rows) and decode attention's cache bandwidth. Lines KCHECK, KGEMM, KATTN.
 // Exit codes: 0 ok, 2 bad input, 3 capacity refused, 4 device error.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -30,6 +39,7 @@
 #include "common/model_spec.h"
 #include "runtime/model/cuda/cuda_check.h"
 #include "runtime/model/cuda/generation.h"
+#include "runtime/model/cuda/kernels.h"
 
 using namespace computron;
 using namespace computron::model;
@@ -223,9 +233,186 @@ int runBench(const std::map<std::string, std::string>& f) {
     out["weight_bytes"] = weight_bytes;
     out["kv_bytes_mid"] = kv_bytes;
     out["d2d_bytes_per_s"] = bandwidth;
+    const char* graph_env = std::getenv("COMPUTRON_DECODE_GRAPH");
+    const char* skinny_env = std::getenv("COMPUTRON_SKINNY_ROWS");
+    out["decode_graph"] = graph_env && *graph_env ? std::string(graph_env) : std::string("default");
+    out["skinny_rows"] = skinny_env && *skinny_env ? std::string(skinny_env) : std::string("default");
     std::cout << "BENCH " << out.dump() << std::endl;
   }
   return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// kernels: skinny products against cuBLAS, decode attention bandwidth.
+
+float hostFloat(DType d, std::uint16_t bits) {
+  if (d == DType::kF16) {
+    __half_raw r;
+    r.x = bits;
+    return __half2float(__half(r));
+  }
+  __nv_bfloat16_raw r;
+  r.x = bits;
+  return __bfloat162float(__nv_bfloat16(r));
+}
+
+void cublasProduct(cublasHandle_t handle, DType dt, const void* x, const void* w, void* y, bool y_f32, int rows, int out, int in) {
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = dt == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
+  CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, t, in, x, t, in, &beta, y,
+                            y_f32 ? CUDA_R_32F : t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+int runKernels() {
+  CUDA_CHECK(cudaSetDevice(0));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  cublasHandle_t handle = nullptr;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const std::size_t pool_bytes = 1ull << 30;
+  std::byte* pool = nullptr;
+  void *x = nullptr, *y = nullptr, *yr = nullptr;
+  CUDA_CHECK(cudaMalloc(&pool, pool_bytes));
+  CUDA_CHECK(cudaMalloc(&x, 32 * 16384 * 2));
+  CUDA_CHECK(cudaMalloc(&y, 32ull * 131072 * 4));
+  CUDA_CHECK(cudaMalloc(&yr, 32ull * 131072 * 4));
+  bool all_ok = true;
+  // Accuracy: odd shapes (inner not a multiple of 32 or 256, features not a multiple of 16).
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    for (auto [out, in] : std::vector<std::pair<int, int>>{{4112, 1400}, {1046, 1408}, {4096, 4096}, {250, 8}}) {
+      for (int rows : {1, 3, 8, 13, 16, 27, 32}) {
+        kernels::fillUniform(dt, pool, static_cast<std::int64_t>(out) * in, 11 + rows + out, 0.05f, 0.f, stream);
+        kernels::fillUniform(dt, x, static_cast<std::int64_t>(rows) * in, 97 + rows + in, 1.f, 0.f, stream);
+        for (bool f32 : {true, false}) {
+          CUDA_CHECK(cudaMemsetAsync(y, 0xff, static_cast<std::size_t>(rows) * out * 4, stream));  // poison
+          kernels::skinnyGemm(dt, x, pool, y, f32, rows, out, in, stream);
+          cublasProduct(handle, dt, x, pool, yr, f32, rows, out, in);
+          const std::size_t count = static_cast<std::size_t>(rows) * out;
+          std::vector<float> a(count), b(count);
+          if (f32) {
+            CUDA_CHECK(cudaMemcpyAsync(a.data(), y, count * 4, cudaMemcpyDeviceToHost, stream));
+            CUDA_CHECK(cudaMemcpyAsync(b.data(), yr, count * 4, cudaMemcpyDeviceToHost, stream));
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+          } else {
+            std::vector<std::uint16_t> ah(count), bh(count);
+            CUDA_CHECK(cudaMemcpyAsync(ah.data(), y, count * 2, cudaMemcpyDeviceToHost, stream));
+            CUDA_CHECK(cudaMemcpyAsync(bh.data(), yr, count * 2, cudaMemcpyDeviceToHost, stream));
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+            for (std::size_t i = 0; i < count; ++i) { a[i] = hostFloat(dt, ah[i]); b[i] = hostFloat(dt, bh[i]); }
+          }
+          double num = 0, den = 0;
+          bool finite = true;
+          for (std::size_t i = 0; i < count; ++i) {
+            if (!std::isfinite(a[i])) finite = false;
+            num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+            den += static_cast<double>(b[i]) * b[i];
+          }
+          const double rel = std::sqrt(num / std::max(den, 1e-30));
+          const bool ok = finite && rel < (f32 ? 1e-4 : (dt == DType::kF16 ? 2e-3 : 1e-2));
+          all_ok = all_ok && ok;
+          if (!ok || (rows == 13 && out == 4112))
+            std::printf("KCHECK %s %s out %d in %d rows %d rel %.2e %s\n", dt == DType::kF16 ? "f16" : "bf16",
+                        f32 ? "y_f32" : "y_model", out, in, rows, rel, ok ? "ok" : "FAIL");
+        }
+      }
+    }
+  }
+  std::printf("KCHECK skinny vs cuBLAS overall %s\n", all_ok ? "ok" : "FAIL");
+
+  // Speed on the decode products (f16, fp32 or model-dtype output as the executor uses them).
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  struct Product { const char* name; int out, in; bool f32; };
+  const std::vector<Product> products = {
+      {"opt qkv", 12288, 4096, false}, {"opt out", 4096, 4096, true}, {"opt fc1", 16384, 4096, false},
+      {"opt fc2", 4096, 16384, true},  {"opt head", 50272, 4096, true}, {"llama qkv", 6144, 4096, false},
+      {"llama gate_up", 28672, 4096, false}, {"llama down", 4096, 14336, true}, {"llama head", 128256, 4096, true}};
+  const DType dt = DType::kF16;
+  kernels::fillUniform(dt, pool, static_cast<std::int64_t>(pool_bytes / 2), 5, 0.05f, 0.f, stream);
+  kernels::fillUniform(dt, x, 32 * 16384, 6, 1.f, 0.f, stream);
+  for (const Product& p : products) {
+    const std::size_t bytes = static_cast<std::size_t>(p.out) * p.in * 2;
+    const int copies = static_cast<int>(std::max<std::size_t>(1, pool_bytes / bytes));
+    for (int rows : {1, 8, 16, 32}) {
+      double us[2] = {0, 0};
+      for (int which = 0; which < 2; ++which) {
+        auto run = [&](int rep) {
+          const std::byte* w = pool + static_cast<std::size_t>(rep % copies) * bytes;
+          if (which == 0) kernels::skinnyGemm(dt, x, w, y, p.f32, rows, p.out, p.in, stream);
+          else cublasProduct(handle, dt, x, w, y, p.f32, rows, p.out, p.in);
+        };
+        for (int rep = 0; rep < 3; ++rep) run(rep);
+        const int reps = 30;
+        CUDA_CHECK(cudaEventRecord(start, stream));
+        for (int rep = 0; rep < reps; ++rep) run(rep);
+        CUDA_CHECK(cudaEventRecord(stop, stream));
+        CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        us[which] = ms * 1e3 / reps;
+      }
+      std::printf("KGEMM %-13s rows %2d  skinny %8.1f us %6.0f GB/s  cublas %8.1f us %6.0f GB/s\n", p.name, rows, us[0],
+                  bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3);
+    }
+  }
+
+  // Decode attention: cache bytes read per launch over its time (launches back to back).
+  for (auto [heads, kv_heads] : std::vector<std::pair<int, int>>{{32, 32}, {32, 8}}) {
+    for (int tokens : {1, 8, 32}) {
+      const int max_seq = 640, ctx = 576, hd = 128;
+      kernels::QkvLayout layout;
+      layout.heads = heads;
+      layout.kv_heads = kv_heads;
+      layout.head_dim = hd;
+      layout.max_seq = max_seq;
+      const std::size_t cache = static_cast<std::size_t>(tokens) * max_seq * kv_heads * hd * 2;
+      void *k = nullptr, *v = nullptr, *q = nullptr, *o = nullptr;
+      int* meta = nullptr;
+      float* partial = nullptr;
+      const std::int64_t partial_floats = kernels::decodeAttentionPartialFloats(heads, kv_heads, hd, tokens, max_seq);
+      CUDA_CHECK(cudaMalloc(&k, cache));
+      CUDA_CHECK(cudaMalloc(&v, cache));
+      CUDA_CHECK(cudaMalloc(&q, static_cast<std::size_t>(tokens) * heads * hd * 2));
+      CUDA_CHECK(cudaMalloc(&o, static_cast<std::size_t>(tokens) * heads * hd * 2));
+      CUDA_CHECK(cudaMalloc(&meta, 2 * tokens * sizeof(int)));
+      if (partial_floats > 0) CUDA_CHECK(cudaMalloc(&partial, static_cast<std::size_t>(partial_floats) * 4));
+      std::vector<int> host_meta(2 * static_cast<std::size_t>(tokens));
+      for (int n = 0; n < tokens; ++n) { host_meta[static_cast<std::size_t>(n)] = n; host_meta[static_cast<std::size_t>(tokens + n)] = ctx; }
+      CUDA_CHECK(cudaMemcpy(meta, host_meta.data(), host_meta.size() * sizeof(int), cudaMemcpyHostToDevice));
+      kernels::fillUniform(dt, k, static_cast<std::int64_t>(cache / 2), 8, 1.f, 0.f, stream);
+      kernels::fillUniform(dt, v, static_cast<std::int64_t>(cache / 2), 9, 1.f, 0.f, stream);
+      kernels::fillUniform(dt, q, static_cast<std::int64_t>(tokens) * heads * hd, 10, 1.f, 0.f, stream);
+      auto run = [&] { kernels::decodeAttention(dt, q, k, v, meta, meta + tokens, tokens, layout, 0.088f, o, partial, stream); };
+      for (int rep = 0; rep < 3; ++rep) run();
+      const int reps = 50;
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      for (int rep = 0; rep < reps; ++rep) run();
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      const double us = ms * 1e3 / reps;
+      const double read = 2.0 * tokens * ctx * kv_heads * hd * 2;
+      std::printf("KATTN heads %d kv %d tokens %2d ctx %d splits %d  %7.1f us  %6.0f GB/s%s\n", heads, kv_heads, tokens, ctx,
+                  kernels::decodeAttentionSplits(kv_heads, tokens, max_seq), us, read / us / 1e3,
+                  read < 40e6 ? " (fits in L2)" : "");
+      CUDA_CHECK(cudaFree(k));
+      CUDA_CHECK(cudaFree(v));
+      CUDA_CHECK(cudaFree(q));
+      CUDA_CHECK(cudaFree(o));
+      CUDA_CHECK(cudaFree(meta));
+      if (partial) CUDA_CHECK(cudaFree(partial));
+    }
+  }
+  CUDA_CHECK(cudaFree(pool));
+  CUDA_CHECK(cudaFree(x));
+  CUDA_CHECK(cudaFree(y));
+  CUDA_CHECK(cudaFree(yr));
+  cublasDestroy(handle);
+  CUDA_CHECK(cudaStreamDestroy(stream));
+  return all_ok ? 0 : 4;
 }
 
 }  // namespace
@@ -240,6 +427,7 @@ int main(int argc, char** argv) {
     const auto flags = parseFlags(argc, argv, 2);
     if (command == "generate") return runGenerate(flags);
     if (command == "bench") return runBench(flags);
+    if (command == "kernels") return runKernels();
     if (command == "d2d") {
       std::printf("d2d %.1f GB/s (read + write)\n", measureD2dBandwidth() / 1e9);
       return 0;
