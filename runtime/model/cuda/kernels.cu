@@ -446,11 +446,21 @@ __device__ __forceinline__ void mma16816(float (&c)[4], std::uint32_t a0, std::u
   }
 }
 
-template <typename T> __device__ __forceinline__ void storeOut(T* y, float v) { *y = fromFloat<T>(v); }
-template <> __device__ __forceinline__ void storeOut<float>(float* y, float v) { *y = v; }
+// Model-dtype outputs may take OPT's fc1 epilogue: relu(round(round(y) + bias)), rounded the way
+// the separate biasRelu kernel after a cuBLAS product rounds.
+template <typename T, typename Out>
+__device__ __forceinline__ void storeOut(Out* y, float v, const T* bias, int feature) {
+  if constexpr (std::is_same_v<Out, float>) {
+    *y = v;
+  } else {
+    if (bias) v = fmaxf(toFloat(fromFloat<T>(toFloat(fromFloat<T>(v)) + toFloat(bias[feature]))), 0.f);
+    *y = fromFloat<T>(v);
+  }
+}
 
 template <typename T, int NT, typename Out>
-__global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in) {
+__global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in,
+                                                                      const T* relu_bias) {
   __shared__ float reduce[kSkinnyWarps][NT][8][16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -507,7 +517,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x
       float sum = 0.f;
 #pragma unroll
       for (int ww = 0; ww < kSkinnyWarps; ++ww) sum += reduce[ww][j][nn][m];
-      storeOut<Out>(y + static_cast<std::int64_t>(token) * out + feature, sum);
+      storeOut<T, Out>(y + static_cast<std::int64_t>(token) * out + feature, sum, relu_bias, feature);
     }
   }
 }
@@ -804,7 +814,8 @@ void decodeAttention(DType dtype, const void* q, const void* k_cache, const void
 }
 
 void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, int rows, int out_features, int in_features,
-                cudaStream_t stream) {
+                cudaStream_t stream, const void* relu_bias) {
+  if (relu_bias && y_f32) throw DeviceError("skinnyGemm: the bias + ReLU epilogue needs a model-dtype output");
   if (rows < 1 || rows > kSkinnyMaxRows) throw DeviceError("skinnyGemm: rows must be 1.." + std::to_string(kSkinnyMaxRows));
   if (in_features % 8 != 0) throw DeviceError("skinnyGemm: the inner dimension must be a multiple of 8");
   const unsigned blocks = static_cast<unsigned>((out_features + 15) / 16);
@@ -812,10 +823,11 @@ void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, 
     auto launch = [&]<int NT>() {
       if (y_f32)
         skinnyGemmKernel<T, NT, float><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features);
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features, nullptr);
       else
         skinnyGemmKernel<T, NT, T><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features);
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features,
+            static_cast<const T*>(relu_bias));
     };
     if (rows <= 8) launch.template operator()<1>();
     else if (rows <= 16) launch.template operator()<2>();

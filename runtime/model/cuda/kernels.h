@@ -55,9 +55,10 @@ std::int64_t decodeAttentionPartialFloats(int heads, int kv_heads, int head_dim,
 int decodeAttentionMaxContext(int heads, int kv_heads);
 // Decode products: y[rows, out] = x[rows, in] w[out, in]^T for 1..kSkinnyMaxRows rows on the
 // tensor cores, fp32 accumulation; y in fp32 or the model dtype. `in` must be a multiple of 8.
+// With relu_bias (model-dtype y only): y = relu(y + relu_bias), biasRelu's rounding.
 constexpr int kSkinnyMaxRows = 32;
 void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, int rows, int out_features, int in_features,
-                cudaStream_t stream);
+                cudaStream_t stream, const void* relu_bias = nullptr);
 // residual += projection (+ projection_bias), then out = LayerNorm (weight, bias) or RMSNorm
 // (weight) of residual: addResidual followed by layerNorm / rmsNorm in one kernel.
 void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,

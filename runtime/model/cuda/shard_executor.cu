@@ -403,11 +403,16 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
   kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.out_bias), tokens, h, weight(w.mlp_norm_weight),
                            optional(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
-  gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
   const void* down_input = mlp_;
-  if (opt) {
+  if (opt && w.up_bias >= 0 && tokens <= skinny_rows_ && h % 8 == 0) {
+    // fc1 with its bias and ReLU in the product's epilogue.
+    kernels::skinnyGemm(dt, normed_, weight(w.up_weight), mlp_, false, tokens, static_cast<int>(up_width_), h, stream_,
+                        weight(w.up_bias));
+  } else if (opt) {
+    gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
     kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
   } else {
+    gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
     kernels::swiGlu(dt, mlp_, activated_, tokens, static_cast<int>(plan_.local_ffn), stream_);
     down_input = activated_;
   }
