@@ -174,49 +174,54 @@ int gridFor(std::int64_t total, int threads) {
 // ---------------------------------------------------------------------------------------------
 // q/k/v split, bias and rotary
 
+// One rotate-half pair (i, i + hd/2) of one head of token n: x1, x2 are the product's values
+// already rounded to the model dtype. Adds the bias, rotates q and k (Llama), stores q or the
+// cache row. Shared by splitQkvKernel and the fused skinny q/k/v product.
+template <typename T>
+__device__ __forceinline__ void storeQkvPair(float x1, float x2, const T* bias, int n, int head, int i, const int* slots,
+                                             const int* positions, const QkvLayout& layout, T* q, T* k_cache, T* v_cache) {
+  const int hd = layout.head_dim, half = hd / 2;
+  const int c1 = head * hd + i, c2 = c1 + half;
+  const int pos = positions[n];
+  if (bias) {
+    // Reference: the projection's output (bias included) is rounded to the model dtype.
+    x1 = toFloat(fromFloat<T>(x1 + toFloat(bias[c1])));
+    x2 = toFloat(fromFloat<T>(x2 + toFloat(bias[c2])));
+  }
+  const bool is_q = head < layout.heads;
+  const bool is_k = !is_q && head < layout.heads + layout.kv_heads;
+  if (layout.rotary && (is_q || is_k)) {
+    // HF: inv_freq = 1 / theta^(2i/d) in fp32; angle = pos * inv_freq; rotate-half pairs (i, i + d/2).
+    const float inv_freq = 1.0f / powf(layout.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+    const float angle = static_cast<float>(pos) * inv_freq;
+    const float c = cosf(angle), s = sinf(angle);
+    const float r1 = x1 * c - x2 * s, r2 = x2 * c + x1 * s;
+    x1 = r1;
+    x2 = r2;
+  }
+  if (is_q) {
+    T* dst = q + (static_cast<std::int64_t>(n) * layout.heads + head) * hd;
+    dst[i] = fromFloat<T>(x1);
+    dst[i + half] = fromFloat<T>(x2);
+  } else {
+    const std::int64_t cache_row = (static_cast<std::int64_t>(slots[n]) * layout.max_seq + pos) * layout.kv_heads * hd;
+    const int kv_head = is_k ? head - layout.heads : head - layout.heads - layout.kv_heads;
+    T* dst = (is_k ? k_cache : v_cache) + cache_row + static_cast<std::int64_t>(kv_head) * hd;
+    dst[i] = fromFloat<T>(x1);
+    dst[i + half] = fromFloat<T>(x2);
+  }
+}
+
 template <typename T>
 __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, const int* positions, QkvLayout layout,
                                T* q, T* k_cache, T* v_cache) {
   // Block = (token, head); thread = one rotate-half pair (i, i + hd/2).
-  const int n = blockIdx.x;
+  const int n = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int hd = layout.head_dim, half = hd / 2;
   const int total_heads = layout.heads + 2 * layout.kv_heads;
-  const std::int64_t width = static_cast<std::int64_t>(total_heads) * hd;
-  const T* row = qkv + n * width;
-  const int pos = positions[n];
-  const std::int64_t cache_row =
-      (static_cast<std::int64_t>(slots[n]) * layout.max_seq + pos) * layout.kv_heads * hd;
-  {
-    const int head = blockIdx.y, i = threadIdx.x;
-    const int c1 = head * hd + i, c2 = c1 + half;
-    float x1 = toFloat(row[c1]), x2 = toFloat(row[c2]);
-    if (bias) {
-      // Reference: the projection's output (bias included) is rounded to the model dtype.
-      x1 = toFloat(fromFloat<T>(x1 + toFloat(bias[c1])));
-      x2 = toFloat(fromFloat<T>(x2 + toFloat(bias[c2])));
-    }
-    const bool is_q = head < layout.heads;
-    const bool is_k = !is_q && head < layout.heads + layout.kv_heads;
-    if (layout.rotary && (is_q || is_k)) {
-      // HF: inv_freq = 1 / theta^(2i/d) in fp32; angle = pos * inv_freq; rotate-half pairs (i, i + d/2).
-      const float inv_freq = 1.0f / powf(layout.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
-      const float angle = static_cast<float>(pos) * inv_freq;
-      const float c = cosf(angle), s = sinf(angle);
-      const float r1 = x1 * c - x2 * s, r2 = x2 * c + x1 * s;
-      x1 = r1;
-      x2 = r2;
-    }
-    if (is_q) {
-      T* dst = q + (static_cast<std::int64_t>(n) * layout.heads + head) * hd;
-      dst[i] = fromFloat<T>(x1);
-      dst[i + half] = fromFloat<T>(x2);
-    } else {
-      const int kv_head = is_k ? head - layout.heads : head - layout.heads - layout.kv_heads;
-      T* dst = (is_k ? k_cache : v_cache) + cache_row + static_cast<std::int64_t>(kv_head) * hd;
-      dst[i] = fromFloat<T>(x1);
-      dst[i + half] = fromFloat<T>(x2);
-    }
-  }
+  const T* row = qkv + static_cast<std::int64_t>(n) * total_heads * hd;
+  storeQkvPair<T>(toFloat(row[head * hd + i]), toFloat(row[head * hd + i + half]), bias, n, head, i, slots, positions, layout, q,
+                  k_cache, v_cache);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,16 +463,47 @@ __device__ __forceinline__ void storeOut(Out* y, float v, const T* bias, int fea
   }
 }
 
-template <typename T, int NT, typename Out>
+// Epilogues: kSkinnyPlain writes y rows (features row0..row0+15 of block row0 / 16);
+// kSkinnySwiGlu pairs feature f of the gate half with f + width of the up half (block = 8 gate
+// features) and writes silu(gate) * up; kSkinnyQkv pairs rotate-half partners i, i + hd/2 of
+// one head (block = 8 pairs) and stores q and the cache rows like splitQkv.
+enum SkinnyMode { kSkinnyPlain = 0, kSkinnySwiGlu = 1, kSkinnyQkv = 2 };
+
+template <typename T>
+struct SkinnyEpilogue {
+  const T* bias = nullptr;  // plain: ReLU bias (model-dtype y); qkv: the q|k|v bias
+  int width = 0;            // swiglu: features per half
+  const int* slots = nullptr;
+  const int* positions = nullptr;
+  QkvLayout layout;
+  T* q = nullptr;
+  T* k_cache = nullptr;
+  T* v_cache = nullptr;
+};
+
+template <typename T, int NT, typename Out, int Mode>
 __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in,
-                                                                      const T* relu_bias) {
+                                                                      SkinnyEpilogue<T> epi) {
   __shared__ float reduce[kSkinnyWarps][NT][8][16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int row0 = blockIdx.x * 16;
-  const bool va = row0 + g < out, vb = row0 + g + 8 < out;
-  const T* wa = w + static_cast<std::int64_t>(va ? row0 + g : 0) * in + t * 8;
-  const T* wb = w + static_cast<std::int64_t>(vb ? row0 + g + 8 : 0) * in + t * 8;
+  // Features of mma rows g and g + 8.
+  int fa = row0 + g, fb = row0 + g + 8;
+  int pair_head = 0, pair_i0 = 0;
+  if constexpr (Mode == kSkinnySwiGlu) {
+    fa = blockIdx.x * 8 + g;
+    fb = fa + epi.width;
+  } else if constexpr (Mode == kSkinnyQkv) {
+    const int half = epi.layout.head_dim / 2, per_head = half / 8;
+    pair_head = blockIdx.x / per_head;
+    pair_i0 = (blockIdx.x % per_head) * 8;
+    fa = pair_head * epi.layout.head_dim + pair_i0 + g;
+    fb = fa + half;
+  }
+  const bool va = fa < out, vb = fb < out;
+  const T* wa = w + static_cast<std::int64_t>(va ? fa : 0) * in + t * 8;
+  const T* wb = w + static_cast<std::int64_t>(vb ? fb : 0) * in + t * 8;
   const T* xr[NT];
   bool vx[NT];
 #pragma unroll
@@ -510,14 +546,38 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x
     reduce[warp][j][2 * t + 1][g + 8] = c[j][3];
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < NT * 128; idx += blockDim.x) {
-    const int m = idx & 15, nn = (idx >> 4) & 7, j = idx >> 7;
-    const int token = j * 8 + nn, feature = row0 + m;
-    if (token < rows && feature < out) {
-      float sum = 0.f;
+  if constexpr (Mode == kSkinnyPlain) {
+    for (int idx = threadIdx.x; idx < NT * 128; idx += blockDim.x) {
+      const int m = idx & 15, nn = (idx >> 4) & 7, j = idx >> 7;
+      const int token = j * 8 + nn, feature = row0 + m;
+      if (token < rows && feature < out) {
+        float sum = 0.f;
 #pragma unroll
-      for (int ww = 0; ww < kSkinnyWarps; ++ww) sum += reduce[ww][j][nn][m];
-      storeOut<T, Out>(y + static_cast<std::int64_t>(token) * out + feature, sum, relu_bias, feature);
+        for (int ww = 0; ww < kSkinnyWarps; ++ww) sum += reduce[ww][j][nn][m];
+        storeOut<T, Out>(y + static_cast<std::int64_t>(token) * out + feature, sum, epi.bias, feature);
+      }
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < NT * 64; idx += blockDim.x) {
+      const int m = idx & 7, nn = (idx >> 3) & 7, j = idx >> 6;
+      const int token = j * 8 + nn;
+      if (token >= rows) continue;
+      float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+      for (int ww = 0; ww < kSkinnyWarps; ++ww) {
+        s1 += reduce[ww][j][nn][m];
+        s2 += reduce[ww][j][nn][m + 8];
+      }
+      // The unfused path rounds the product to the model dtype before its second kernel.
+      const float x1 = toFloat(fromFloat<T>(s1)), x2 = toFloat(fromFloat<T>(s2));
+      if constexpr (Mode == kSkinnySwiGlu) {
+        const int feature = blockIdx.x * 8 + m;
+        if (feature < epi.width)
+          y[static_cast<std::int64_t>(token) * epi.width + feature] = fromFloat<T>(x1 / (1.f + expf(-x1)) * x2);
+      } else {
+        storeQkvPair<T>(x1, x2, epi.bias, token, pair_head, pair_i0 + m, epi.slots, epi.positions, epi.layout, epi.q,
+                        epi.k_cache, epi.v_cache);
+      }
     }
   }
 }
@@ -820,20 +880,68 @@ void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, 
   if (in_features % 8 != 0) throw DeviceError("skinnyGemm: the inner dimension must be a multiple of 8");
   const unsigned blocks = static_cast<unsigned>((out_features + 15) / 16);
   dispatch(dtype, [&]<typename T>() {
+    SkinnyEpilogue<T> epi;
+    epi.bias = static_cast<const T*>(relu_bias);
     auto launch = [&]<int NT>() {
       if (y_f32)
-        skinnyGemmKernel<T, NT, float><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features, nullptr);
+        skinnyGemmKernel<T, NT, float, kSkinnyPlain><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features, epi);
       else
-        skinnyGemmKernel<T, NT, T><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features,
-            static_cast<const T*>(relu_bias));
+        skinnyGemmKernel<T, NT, T, kSkinnyPlain><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features, epi);
     };
     if (rows <= 8) launch.template operator()<1>();
     else if (rows <= 16) launch.template operator()<2>();
     else launch.template operator()<4>();
   });
   CUDA_CHECK_LAUNCH("skinnyGemm");
+}
+
+void skinnyGemmSwiGlu(DType dtype, const void* x, const void* w_gate_up, void* out, int rows, int width, int in_features,
+                      cudaStream_t stream) {
+  if (rows < 1 || rows > kSkinnyMaxRows || in_features % 8 != 0 || width % 8 != 0)
+    throw DeviceError("skinnyGemmSwiGlu: rows 1.." + std::to_string(kSkinnyMaxRows) + ", inner and width multiples of 8");
+  const unsigned blocks = static_cast<unsigned>(width / 8);
+  dispatch(dtype, [&]<typename T>() {
+    SkinnyEpilogue<T> epi;
+    epi.width = width;
+    auto launch = [&]<int NT>() {
+      skinnyGemmKernel<T, NT, T, kSkinnySwiGlu><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(w_gate_up), static_cast<T*>(out), rows, 2 * width, in_features, epi);
+    };
+    if (rows <= 8) launch.template operator()<1>();
+    else if (rows <= 16) launch.template operator()<2>();
+    else launch.template operator()<4>();
+  });
+  CUDA_CHECK_LAUNCH("skinnyGemmSwiGlu");
+}
+
+void skinnyGemmQkv(DType dtype, const void* x, const void* w_qkv, const void* bias, const int* slots, const int* positions,
+                   int rows, int in_features, const QkvLayout& layout, void* q, void* k_cache, void* v_cache,
+                   cudaStream_t stream) {
+  if (rows < 1 || rows > kSkinnyMaxRows || in_features % 8 != 0 || layout.head_dim % 16 != 0)
+    throw DeviceError("skinnyGemmQkv: rows 1.." + std::to_string(kSkinnyMaxRows) + ", inner a multiple of 8, head_dim of 16");
+  const int total_heads = layout.heads + 2 * layout.kv_heads;
+  const unsigned blocks = static_cast<unsigned>(total_heads * (layout.head_dim / 16));
+  dispatch(dtype, [&]<typename T>() {
+    SkinnyEpilogue<T> epi;
+    epi.bias = static_cast<const T*>(bias);
+    epi.slots = slots;
+    epi.positions = positions;
+    epi.layout = layout;
+    epi.q = static_cast<T*>(q);
+    epi.k_cache = static_cast<T*>(k_cache);
+    epi.v_cache = static_cast<T*>(v_cache);
+    auto launch = [&]<int NT>() {
+      skinnyGemmKernel<T, NT, T, kSkinnyQkv><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(w_qkv), static_cast<T*>(nullptr), rows, total_heads * layout.head_dim,
+          in_features, epi);
+    };
+    if (rows <= 8) launch.template operator()<1>();
+    else if (rows <= 16) launch.template operator()<2>();
+    else launch.template operator()<4>();
+  });
+  CUDA_CHECK_LAUNCH("skinnyGemmQkv");
 }
 
 void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,

@@ -59,6 +59,14 @@ int decodeAttentionMaxContext(int heads, int kv_heads);
 constexpr int kSkinnyMaxRows = 32;
 void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, int rows, int out_features, int in_features,
                 cudaStream_t stream, const void* relu_bias = nullptr);
+// The same product with the following kernel in its epilogue: silu(gate) * up of a fused
+// gate|up matrix [2 * width, in] into out [rows, width] (swiGlu), and the q/k/v split with bias
+// and rotary into q and the caches (splitQkv). Results equal the unfused pair's.
+void skinnyGemmSwiGlu(DType dtype, const void* x, const void* w_gate_up, void* out, int rows, int width, int in_features,
+                      cudaStream_t stream);
+void skinnyGemmQkv(DType dtype, const void* x, const void* w_qkv, const void* bias, const int* slots, const int* positions,
+                   int rows, int in_features, const QkvLayout& layout, void* q, void* k_cache, void* v_cache,
+                   cudaStream_t stream);
 // residual += projection (+ projection_bias), then out = LayerNorm (weight, bias) or RMSNorm
 // (weight) of residual: addResidual followed by layerNorm / rmsNorm in one kernel.
 void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,

@@ -151,6 +151,7 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes)));
   use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
   skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
+  fuse_epilogues_ = envInt("COMPUTRON_DECODE_FUSE", 1) != 0;
   CUDA_CHECK(cudaMallocHost(&host_meta_, static_cast<std::size_t>(layout.sizes[16])));
   CUDA_CHECK(cudaEventCreateWithFlags(&meta_uploaded_, cudaEventDisableTiming));
 }
@@ -381,8 +382,6 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   } else {
     kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), extras_.norm_eps, normed_, stream_);
   }
-  gemm(normed_, weight(w.qkv_weight), qkv_, tokens, static_cast<int>(qkv_width_), h, false);
-
   kernels::QkvLayout layout;
   layout.heads = static_cast<int>(plan_.local_heads);
   layout.kv_heads = static_cast<int>(plan_.local_kv_heads);
@@ -392,7 +391,15 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   layout.rope_theta = extras_.rope_theta;
   void* kc = static_cast<std::byte*>(k_cache_) + li * cache_layer_elems_ * elem;
   void* vc = static_cast<std::byte*>(v_cache_) + li * cache_layer_elems_ * elem;
-  kernels::splitQkv(dt, qkv_, optional(w.qkv_bias), d_slots, d_positions, tokens, layout, q_, kc, vc, stream_);
+  const bool fused = fuse_epilogues_ && tokens <= skinny_rows_ && h % 8 == 0;
+  if (fused) {
+    // The q/k/v product with the split, bias and rotary in its epilogue.
+    kernels::skinnyGemmQkv(dt, normed_, weight(w.qkv_weight), optional(w.qkv_bias), d_slots, d_positions, tokens, h, layout, q_,
+                           kc, vc, stream_);
+  } else {
+    gemm(normed_, weight(w.qkv_weight), qkv_, tokens, static_cast<int>(qkv_width_), h, false);
+    kernels::splitQkv(dt, qkv_, optional(w.qkv_bias), d_slots, d_positions, tokens, layout, q_, kc, vc, stream_);
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd_));
   if (batch.prefill) {
     attentionPrefill(li, batch);
@@ -404,13 +411,16 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.out_bias), tokens, h, weight(w.mlp_norm_weight),
                            optional(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
   const void* down_input = mlp_;
-  if (opt && w.up_bias >= 0 && tokens <= skinny_rows_ && h % 8 == 0) {
+  if (opt && w.up_bias >= 0 && fused) {
     // fc1 with its bias and ReLU in the product's epilogue.
     kernels::skinnyGemm(dt, normed_, weight(w.up_weight), mlp_, false, tokens, static_cast<int>(up_width_), h, stream_,
                         weight(w.up_bias));
   } else if (opt) {
     gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
     kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
+  } else if (!opt && fused && plan_.local_ffn % 8 == 0) {
+    kernels::skinnyGemmSwiGlu(dt, normed_, weight(w.up_weight), activated_, tokens, static_cast<int>(plan_.local_ffn), h, stream_);
+    down_input = activated_;
   } else {
     gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
     kernels::swiGlu(dt, mlp_, activated_, tokens, static_cast<int>(plan_.local_ffn), stream_);

@@ -146,6 +146,9 @@ class ShardExecutor {
   // that skips cuBLAS (0: cuBLAS always).
   bool use_graphs_ = true;
   int skinny_rows_ = 16;
+  // COMPUTRON_DECODE_FUSE=0: skinny products without the q/k/v split, SwiGLU or bias + ReLU in
+  // their epilogues (separate kernels after them).
+  bool fuse_epilogues_ = true;
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
 };
 

@@ -320,6 +320,82 @@ int runKernels() {
   }
   std::printf("KCHECK skinny vs cuBLAS overall %s\n", all_ok ? "ok" : "FAIL");
 
+  // Fused epilogues against the product followed by the separate kernel (model-dtype buffers).
+  auto compareHalves = [&](DType d, const void* a_dev, const void* b_dev, std::size_t count, const char* label) {
+    std::vector<std::uint16_t> ah(count), bh(count);
+    CUDA_CHECK(cudaMemcpyAsync(ah.data(), a_dev, count * 2, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaMemcpyAsync(bh.data(), b_dev, count * 2, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    double num = 0, den = 0;
+    bool finite = true;
+    for (std::size_t i = 0; i < count; ++i) {
+      const double av = hostFloat(d, ah[i]), bv = hostFloat(d, bh[i]);
+      if (!std::isfinite(av)) finite = false;
+      num += (av - bv) * (av - bv);
+      den += bv * bv;
+    }
+    const double rel = std::sqrt(num / std::max(den, 1e-30));
+    const bool ok = finite && rel < 1e-3 && den > 0;
+    all_ok = all_ok && ok;
+    std::printf("KCHECK %s %s rel %.2e %s\n", d == DType::kF16 ? "f16" : "bf16", label, rel, ok ? "ok" : "FAIL");
+  };
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    for (int rows : {1, 5, 16, 32}) {
+      const int width = 1408, in = 1024;
+      std::byte* wgu = pool;
+      std::byte* tmp = pool + (64ull << 20);
+      std::byte* ref = pool + (128ull << 20);
+      std::byte* got = pool + (192ull << 20);
+      kernels::fillUniform(d, wgu, 2LL * width * in, 21 + rows, 0.06f, 0.f, stream);
+      kernels::fillUniform(d, x, static_cast<std::int64_t>(rows) * in, 22 + rows, 1.f, 0.f, stream);
+      CUDA_CHECK(cudaMemsetAsync(got, 0xff, static_cast<std::size_t>(rows) * width * 2, stream));
+      kernels::skinnyGemm(d, x, wgu, tmp, false, rows, 2 * width, in, stream);
+      kernels::swiGlu(d, tmp, ref, rows, width, stream);
+      kernels::skinnyGemmSwiGlu(d, x, wgu, got, rows, width, in, stream);
+      char label[64];
+      std::snprintf(label, sizeof label, "swiglu epilogue rows %d", rows);
+      compareHalves(d, got, ref, static_cast<std::size_t>(rows) * width, label);
+    }
+    for (int hd : {64, 128}) {
+      for (int rows : {1, 7, 16, 32}) {
+        kernels::QkvLayout layout;
+        layout.heads = 8;
+        layout.kv_heads = 2;
+        layout.head_dim = hd;
+        layout.max_seq = 64;
+        layout.rotary = hd == 128;
+        layout.rope_theta = 500000.f;
+        const int in = 1024, width = (layout.heads + 2 * layout.kv_heads) * hd;
+        const std::size_t q_bytes = static_cast<std::size_t>(rows) * layout.heads * hd * 2;
+        const std::size_t cache_bytes = static_cast<std::size_t>(rows) * layout.max_seq * layout.kv_heads * hd * 2;
+        std::byte* wq = pool;
+        std::byte* bias = pool + (32ull << 20);
+        std::byte* tmp = pool + (64ull << 20);
+        std::byte* q_ref = pool + (96ull << 20);
+        std::byte* q_got = pool + (128ull << 20);
+        std::byte* kv_ref = pool + (160ull << 20);  // k then v
+        std::byte* kv_got = pool + (224ull << 20);
+        kernels::fillUniform(d, wq, static_cast<std::int64_t>(width) * in, 31 + rows + hd, 0.06f, 0.f, stream);
+        kernels::fillUniform(d, bias, width, 32 + rows, 0.5f, 0.f, stream);
+        kernels::fillUniform(d, x, static_cast<std::int64_t>(rows) * in, 33 + rows, 1.f, 0.f, stream);
+        int* meta = reinterpret_cast<int*>(pool + (300ull << 20));
+        std::vector<int> host(2 * static_cast<std::size_t>(rows));
+        for (int n = 0; n < rows; ++n) { host[static_cast<std::size_t>(n)] = n; host[static_cast<std::size_t>(rows + n)] = (n * 7 + 3) % 64; }
+        CUDA_CHECK(cudaMemcpyAsync(meta, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice, stream));
+        for (std::byte* b : {q_ref, q_got, kv_ref, kv_got}) CUDA_CHECK(cudaMemsetAsync(b, 0, 2 * cache_bytes + q_bytes, stream));
+        kernels::skinnyGemm(d, x, wq, tmp, false, rows, width, in, stream);
+        kernels::splitQkv(d, tmp, bias, meta, meta + rows, rows, layout, q_ref, kv_ref, kv_ref + cache_bytes, stream);
+        kernels::skinnyGemmQkv(d, x, wq, bias, meta, meta + rows, rows, in, layout, q_got, kv_got, kv_got + cache_bytes, stream);
+        char label[64];
+        std::snprintf(label, sizeof label, "qkv epilogue hd %d rows %d: q", hd, rows);
+        compareHalves(d, q_got, q_ref, q_bytes / 2, label);
+        std::snprintf(label, sizeof label, "qkv epilogue hd %d rows %d: k+v cache", hd, rows);
+        compareHalves(d, kv_got, kv_ref, cache_bytes, label);
+      }
+    }
+  }
+  std::printf("KCHECK fused epilogues and products overall %s\n", all_ok ? "ok" : "FAIL");
+
   // Speed on the decode products (f16, fp32 or model-dtype output as the executor uses them).
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
