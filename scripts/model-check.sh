@@ -50,17 +50,19 @@ export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}${LD_LIBRARY_PATH:-}
 
 REF=scripts/hf_reference.py
 if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
-  # bench_ours GRAPH SKINNY: our speed table under one decode setting ("default": unset).
+  # bench_ours GRAPH SKINNY FUSE: our speed table under one decode setting ("default": unset).
   bench_ours() {
     for p in opt-6.7b llama-3-8b; do
       ( [ $1 = default ] || export COMPUTRON_DECODE_GRAPH=$1; [ $2 = default ] || export COMPUTRON_SKINNY_ROWS=$2
-        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2"
+        [ $3 = default ] || export COMPUTRON_DECODE_FUSE=$3
+        echo "SETTING graph=$1 skinny_rows=$2 fuse=$3 preset=$p"
+        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2 $3"
     done
   }
   step "decode kernels: skinny products vs cuBLAS, attention"
   timeout 90 $BIN kernels || echo "FAILED kernels"
   step "speed: ours, default decode settings"
-  bench_ours default default
+  bench_ours default default default
   step "make models"
   python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
   python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
@@ -82,11 +84,11 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
     done
   fi
   step "speed: ours, other decode settings (graph, skinny rows)"
-  bench_ours 0 0
-  bench_ours 1 32
-  bench_ours 1 0
+  bench_ours 0 0 default
+  bench_ours default 32 default
+  bench_ours default default 0
   step "summary"
-  grep -hE "^(KCHECK|COMPARE|SAME|BENCH|FAILED)" $LOG | sed 's/^/  /'
+  grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|FAILED)" $LOG | sed 's/^/  /'
   exit 0
 fi
 

@@ -237,6 +237,8 @@ int runBench(const std::map<std::string, std::string>& f) {
     const char* skinny_env = std::getenv("COMPUTRON_SKINNY_ROWS");
     out["decode_graph"] = graph_env && *graph_env ? std::string(graph_env) : std::string("default");
     out["skinny_rows"] = skinny_env && *skinny_env ? std::string(skinny_env) : std::string("default");
+    const char* fuse_env = std::getenv("COMPUTRON_DECODE_FUSE");
+    out["decode_fuse"] = fuse_env && *fuse_env ? std::string(fuse_env) : std::string("default");
     std::cout << "BENCH " << out.dump() << std::endl;
   }
   return 0;
