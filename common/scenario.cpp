@@ -1,10 +1,12 @@
 #include "common/scenario.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <set>
 
 #include "common/core/oracle.h"
+#include "common/core/placement.h"
 #include "common/core/policy.h"
 
 namespace computron {
@@ -62,6 +64,52 @@ std::vector<GpuId> parsePlacement(const JsonReader& model, int shards, int num_g
   return gpus;
 }
 
+// Expected requests/s per model for the placement policy: a generated workload's `rates`, or its
+// `rate` split by `zipf_alpha`; any other workload is read ahead and its requests counted per model
+// (a closed-loop one counts as equal loads).
+std::vector<double> expectedLoads(const JsonReader& workload, const std::vector<std::string>& names, std::uint64_t seed,
+                                  Nanos duration, const std::string& base_dir) {
+  const std::size_t n = names.size();
+  const nlohmann::json& w = workload.json();
+  const std::string type = w.is_object() ? w.value("type", std::string()) : std::string();
+  if ((type == "poisson" || type == "gamma") && w.contains("rates") && w["rates"].is_array() && w["rates"].size() == n) {
+    std::vector<double> loads;
+    for (const auto& r : w["rates"]) loads.push_back(r.is_number() ? r.get<double>() : 0.0);
+    return loads;
+  }
+  if ((type == "poisson" || type == "gamma") && w.contains("rate") && w["rate"].is_number()) {
+    double alpha = w.contains("zipf_alpha") && w["zipf_alpha"].is_number() ? w["zipf_alpha"].get<double>() : 0.0;
+    std::vector<double> loads(n);
+    for (std::size_t i = 0; i < n; ++i) loads[i] = w["rate"].get<double>() * std::pow(static_cast<double>(i + 1), -alpha);
+    return loads;
+  }
+  std::vector<double> counts(n, 0);
+  auto source = computron::makeWorkload(workload, names, seed, duration, base_dir);
+  while (auto r = source->next())
+    if (r->model >= 0 && static_cast<std::size_t>(r->model) < n) counts[static_cast<std::size_t>(r->model)] += 1;
+  if (!source->exhausted()) std::fill(counts.begin(), counts.end(), 1.0);
+  return counts;
+}
+
+PlacementConfig parsePlacementConfig(const JsonReader& node) {
+  PlacementConfig c;
+  if (node.isString()) {
+    c.policy = node.asString();
+  } else {
+    node.expectObject({"policy", "group_gpus", "share_below"});
+    c.policy = node.getString("policy", c.policy);
+    c.group_gpus = static_cast<int>(node.getInt("group_gpus", 0));
+    c.share_below = node.getDouble("share_below", 0);
+  }
+  const auto known = placementPolicyNames();
+  if (std::find(known.begin(), known.end(), c.policy) == known.end()) {
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    (node.isString() ? node : node.at("policy")).fail("unknown placement '" + c.policy + "' (known: " + list + ")");
+  }
+  return c;
+}
+
 }  // namespace
 
 std::vector<std::string> Scenario::modelNames() const {
@@ -97,7 +145,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   std::set<std::string> names;
   for (std::size_t i = 0; i < models.size(); ++i) {
     auto m = models.at(i);
-    m.expectObject({"name", "spec", "tp", "pp", "gpus", "max_batch", "slo_ms", "count", "fixed_batch_ms"});
+    m.expectObject({"name", "spec", "tp", "pp", "gpus", "max_batch", "slo_ms", "count", "fixed_batch_ms", "weights"});
     ModelDeployment d;
     d.spec = parseModelSpec(m.at("spec"), base_dir);
     d.tp = static_cast<int>(m.positiveInt(m.getInt("tp", 1), "tp"));
@@ -125,9 +173,17 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     }
     std::int64_t count = m.positiveInt(m.getInt("count", 1), "count");
     std::string base_name = m.getString("name", d.spec.name);
+    // `weights`: deployments naming the same weights hold identical parameters, so a shard can be
+    // copied from one that is resident (load routing from a device).
+    std::string weights = m.getString("weights", "");
+    if (!weights.empty() && count != 1) m.at("weights").fail("shared weights need count 1 (copies are distinct models)");
     for (std::int64_t c = 0; c < count; ++c) {
       ModelDeployment copy = d;
       copy.name = count == 1 ? base_name : base_name + "-" + std::to_string(c);
+      copy.weights = weights.empty() ? copy.name : weights;
+      for (const auto& other : s.engine.models)
+        if (other.weights == copy.weights && (other.spec.name != copy.spec.name || other.spec.totalBytes() != copy.spec.totalBytes()))
+          m.at("weights").fail("weights '" + copy.weights + "' are shared with model " + other.name + ", whose spec differs");
       if (!names.insert(copy.name).second) m.fail("model name '" + copy.name + "' is used twice");
       s.engine.models.push_back(std::move(copy));
     }
@@ -135,13 +191,14 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   for (const auto& g : s.cluster.gpus) s.engine.gpu_weight_budget.push_back(g.weight_budget_bytes);
 
   PolicyConfig& policy = s.engine.policy;
+  PlacementConfig placement;
   if (auto p = root.find("policy")) {
     if (p->isString()) {
       policy.name = p->asString();
       applyPolicySet(policy, p->path());
     } else {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
-                       "lfu_half_life_s", "rate_window_s"});
+                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads"});
       policy.name = p->getString("name", "computron");
       std::int64_t cap = p->getInt("max_loaded_models", 0);
       if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
@@ -163,17 +220,30 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       pick("prefetch", policy.prefetch, prefetchPolicyNames());
       pick("routing", policy.routing, routingPolicyNames());
       policy.admission = p->getBool("admission", policy.admission);
+      policy.serial_loads = p->getBool("serial_loads", policy.serial_loads);
       double half_life = p->getDouble("lfu_half_life_s", toSeconds(policy.lfu_half_life));
       if (half_life < 0) p->at("lfu_half_life_s").fail("must be 0 (no decay) or greater");
       policy.lfu_half_life = secondsToNanos(half_life);
       double window = p->getDouble("rate_window_s", toSeconds(policy.rate_window));
       if (window <= 0) p->at("rate_window_s").fail("must be greater than 0");
       policy.rate_window = secondsToNanos(window);
+      if (auto pl = p->find("placement")) placement = parsePlacementConfig(*pl);
     }
   } else {
     applyPolicySet(policy, "$.policy");
   }
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
+  s.engine.nvlink = s.cluster.hasNvlink();
+  // Placement: each model's GPUs and TP x PP, from the expected load per model.
+  std::vector<double> loads(s.engine.models.size(), 0);
+  if (placement.policy != "all-gpus") {
+    try {
+      loads = expectedLoads(root.at("workload"), s.modelNames(), s.seed, s.duration, base_dir);
+    } catch (const ConfigError&) {
+      std::fill(loads.begin(), loads.end(), 1.0);  // a bad workload fails below, with its own path
+    }
+    s.engine.models = placeModels(s.engine.models, loads, s.engine.gpu_weight_budget, placement, "$.policy.placement");
+  }
   if (policy.eviction == "belady" || policy.prefetch == "oracle") {
     // The offline policies read the whole request stream ahead (one time stamp a request).
     try {
@@ -206,8 +276,10 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
                            {"prefetch", policy.prefetch},
                            {"routing", policy.routing},
                            {"admission", policy.admission},
+                           {"serial_loads", policy.serial_loads},
                            {"lfu_half_life_s", toSeconds(policy.lfu_half_life)},
-                           {"rate_window_s", toSeconds(policy.rate_window)}};
+                           {"rate_window_s", toSeconds(policy.rate_window)},
+                           {"placement", placementToJson(placement, s.engine.models, loads)}};
   s.effective["seed"] = s.seed;
   return s;
 }

@@ -33,9 +33,10 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
                       " needs the future (EngineConfig::future): an oracle read from the workload");
   if (config_.policy.prefetch != "none" && config_.policy.prefetch != "rate" && config_.policy.prefetch != "oracle")
     throw ConfigError("unknown prefetch policy '" + config_.policy.prefetch + "' (known: none, rate, oracle)");
-  if (config_.policy.routing != "direct" && config_.policy.routing != "multipath")
-    throw ConfigError("unknown routing policy '" + config_.policy.routing + "' (known: direct, multipath)");
+  if (config_.policy.routing != "direct" && config_.policy.routing != "peer" && config_.policy.routing != "multipath")
+    throw ConfigError("unknown routing policy '" + config_.policy.routing + "' (known: direct, peer, multipath)");
   models_.resize(config_.models.size());
+  copies_out_.assign(config_.models.size(), 0);
   doomed_.assign(config_.models.size(), false);
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const auto& d = config_.models[m];
@@ -133,6 +134,7 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
   for (const auto& part : cmd.route)
     if (!part.from_device) --link_loads_[static_cast<std::size_t>(part.via)];
+  if (pending.copy_from >= 0) --copies_out_[static_cast<std::size_t>(pending.copy_from)];
   if (observer_) observer_->onLoad(cmd, pending.start, clock_.now(), ok);
   if (ok) {
     state.shard_state[static_cast<std::size_t>(cmd.shard)] = Residency::kResident;
@@ -356,6 +358,7 @@ void Engine::tryPrefetch() {
   for (std::size_t v = 0; v < models_.size(); ++v) {
     const auto& sv = models_[v];
     if (sv.residency != Residency::kResident || sv.running || !sv.queue.empty()) continue;
+    if (copySource(static_cast<ModelId>(v))) continue;
     if (prefetchScore(static_cast<ModelId>(v)) >= threshold) continue;
     victims.push_back(static_cast<ModelId>(v));
   }
@@ -412,6 +415,15 @@ bool Engine::tryLoad(ModelId m) {
     if (gpu_claimed_[static_cast<std::size_t>(g)]) return false;
   const int cap = config_.policy.max_loaded_models;
   if (cap > 0 && count_cap_claimed_) return false;
+  if (config_.policy.serial_loads) {
+    bool link_busy = false;
+    for (GpuId g : d.gpus) link_busy = link_busy || link_loads_[static_cast<std::size_t>(g)] > 0;
+    if (link_busy) {
+      for (GpuId g : d.gpus) gpu_claimed_[static_cast<std::size_t>(g)] = true;
+      if (cap > 0 && loadedModels() + 1 > cap) count_cap_claimed_ = true;
+      return false;
+    }
+  }
 
   // Room still missing per GPU, counting bytes of models already being evicted as freed soon.
   const std::vector<std::int64_t>& need = bytesNeeded(m);
@@ -436,6 +448,7 @@ bool Engine::tryLoad(ModelId m) {
   for (std::size_t v = 0; v < models_.size(); ++v) {
     const auto& sv = models_[v];
     if (static_cast<ModelId>(v) == m || sv.residency != Residency::kResident || doomed_[v]) continue;
+    if (copySource(static_cast<ModelId>(v))) continue;
     if (!sv.served_since_load && !sv.queue.empty()) continue;
     if (protectedFromSwap(static_cast<ModelId>(v), m)) continue;
     candidates.push_back(static_cast<ModelId>(v));
@@ -520,12 +533,23 @@ void Engine::startLoad(ModelId m) {
       std::vector<GpuId> mine;
       const std::size_t per_shard = helpers.empty() ? 0 : std::max<std::size_t>(1, helpers.size() / static_cast<std::size_t>(d.numShards()));
       for (std::size_t k = 0; k < per_shard && next_helper < helpers.size(); ++k) mine.push_back(helpers[next_helper++]);
-      cmd.route = route(cmd.gpu, cmd.bytes, mine);
+      // Copy from a resident twin over NVLink when one holds this shard on another GPU; its
+      // helpers go back to the pool for the next shard.
+      ModelId twin = config_.policy.routing != "direct" ? peerSource(m, shard, cmd.gpu) : -1;
+      if (twin >= 0) {
+        const auto& td = config_.models[static_cast<std::size_t>(twin)];
+        cmd.route = {RoutePart{td.gpus[static_cast<std::size_t>(shard)], cmd.bytes, true}};
+        ++copies_out_[static_cast<std::size_t>(twin)];
+        next_helper -= mine.size();
+      } else {
+        cmd.route = route(cmd.gpu, cmd.bytes, mine);
+      }
       for (const auto& part : cmd.route)
         if (!part.from_device) ++link_loads_[static_cast<std::size_t>(part.via)];
       state.shard_state[static_cast<std::size_t>(shard)] = Residency::kLoading;
       gpu_used_[static_cast<std::size_t>(cmd.gpu)] += cmd.bytes;
       PendingOp op;
+      op.copy_from = twin;
       op.is_load = true;
       op.load = cmd;
       op.start = now;
@@ -534,6 +558,22 @@ void Engine::startLoad(ModelId m) {
     }
   }
   for (const auto& cmd : cmds) backend_.load(cmd);
+}
+
+ModelId Engine::peerSource(ModelId m, int shard, GpuId target) const {
+  if (!config_.nvlink) return -1;
+  const auto& d = config_.models[static_cast<std::size_t>(m)];
+  for (std::size_t o = 0; o < config_.models.size(); ++o) {
+    const auto& od = config_.models[o];
+    if (static_cast<ModelId>(o) == m || od.weights != d.weights || od.tp != d.tp || od.pp != d.pp) continue;
+    const auto& os = models_[o];
+    // Only a fully resident twin that is not planned for eviction this pass.
+    if (os.residency != Residency::kResident || doomed_[o]) continue;
+    if (os.shard_state[static_cast<std::size_t>(shard)] != Residency::kResident) continue;
+    if (od.gpus[static_cast<std::size_t>(shard)] == target) continue;
+    return static_cast<ModelId>(o);
+  }
+  return -1;
 }
 
 // Splits a shard's bytes over its own host link and the helpers' in proportion to their

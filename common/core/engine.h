@@ -25,6 +25,9 @@ std::string residencyName(Residency r);
 // One model as deployed: its spec, parallel split and the GPUs its shards live on.
 struct ModelDeployment {
   std::string name;
+  // Deployments with the same `weights` hold identical parameters: with the same TP x PP, shard i
+  // of one can be copied from shard i of another that is resident (RoutePart.from_device).
+  std::string weights;
   ModelSpec spec;
   int tp = 1;
   int pp = 1;
@@ -42,8 +45,11 @@ struct PolicyConfig {
   std::string eviction = "lru";    // lru, lfu, gdsf, demand, belady
   std::string queue = "fcfs";      // fcfs, edf, swap-aware
   std::string prefetch = "none";   // none, rate, oracle
-  std::string routing = "direct";  // direct, multipath
+  std::string routing = "direct";  // direct, peer, multipath
   bool admission = false;          // reject requests that can no longer meet their SLO
+  // Loads one at a time per host link: a load waits while any link it would use carries another
+  // (first come, first loaded) instead of sharing the links, so the first model is ready sooner.
+  bool serial_loads = false;
   Nanos lfu_half_life = 60 * kNanosPerSecond;  // lfu: an access counts half after this long
   Nanos rate_window = 10 * kNanosPerSecond;    // prefetch rate: EWMA time constant
 };
@@ -57,6 +63,7 @@ struct EngineConfig {
   // Per GPU host-link bandwidth, bytes/s: reload-time estimates (GDSF, deadlines) and multi-path
   // splits. Empty: every link counts as 1 GB/s.
   std::vector<double> gpu_link_bandwidth;
+  bool nvlink = false;  // GPUs are NVLink peers: shards may be copied from a resident twin
   // The future, for the offline policies (belady eviction, oracle prefetch); null otherwise.
   std::shared_ptr<const ArrivalOracle> future;
 };
@@ -159,6 +166,7 @@ class Engine {
     LoadCommand load;
     EvictCommand evict;
     Nanos start = 0;
+    ModelId copy_from = -1;  // a load copied from this model's resident shard (from_device)
   };
   struct RunningBatch {
     ExecuteCommand cmd;
@@ -211,6 +219,10 @@ class Engine {
   std::vector<double> reload_seconds_;
   std::vector<std::int64_t> model_bytes_;
   std::vector<int> link_loads_;  // per GPU: load parts in flight over its host link
+  std::vector<int> copies_out_;  // per model: shard copies in flight from it (it is not evicted)
+  // A resident model with the same weights and split whose shard `shard` lies on another GPU, or -1.
+  ModelId peerSource(ModelId m, int shard, GpuId target) const;
+  bool copySource(ModelId m) const { return copies_out_[static_cast<std::size_t>(m)] > 0; }
   double gdsf_inflation_ = 0;
   bool load_blocked_ = false;    // this pass, a demand load waits for room
 };
