@@ -11,7 +11,8 @@
 #include "common/scenario.h"
 #include "sim/simulator.h"
 #include "sim/sweep.h"
-
+#include "runtime/cli.h"
+#define COMPUTRON_HAVE_RUNTIME_CLI 1
 
 namespace po = boost::program_options;
 using namespace computron;
