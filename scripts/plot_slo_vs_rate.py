@@ -10,10 +10,13 @@ import collections
 import csv
 import os
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: E402
+except ImportError:  # e.g. a pyenv python without it; /usr/bin/python3 has matplotlib
+    raise SystemExit("matplotlib is not installed for this python; run with /usr/bin/python3")
 
 
 def averaged(rows, xkey):
@@ -27,7 +30,8 @@ def averaged(rows, xkey):
 
 
 def plot(csv_path, xkey, xlabel, out, target=0.99):
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     if not rows or xkey not in rows[0]:
         raise SystemExit(f"{csv_path}: no '{xkey}' column (sweep grid must include it)")
     data = averaged(rows, xkey)
@@ -47,6 +51,8 @@ def plot(csv_path, xkey, xlabel, out, target=0.99):
         if xkey == "workload.cv":
             for a in (axes[0][col], axes[1][col]):
                 a.set_xscale("log")
+    if not data:
+        raise SystemExit(f"{csv_path}: every run failed (see the error column)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
