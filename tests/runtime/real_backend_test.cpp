@@ -295,6 +295,35 @@ TEST(RealBackendHost, FragmentedPoolIsCompactedAndMovedShardsStayIntact) {
   for (ModelId m : {1, 3, 4}) EXPECT_EQ(deviceChecksum(backend, m, 0, 0), backend.store().at(m, 0).checksum);
 }
 
+TEST(RealBackendHost, LoadWaitsForTheBatchStillReadingAnEvictedShard) {
+  HostDeviceFactory factory(1);
+  RuntimeOptions o = smallOptions();
+  o.placeholder_step = 30 * kNanosPerMilli;
+  const std::int64_t shard = tinySpec().shard(1, 1, 0, 0).bytes;
+  // Room for one shard only.
+  RealBackend backend(configOf({deployment("a", 1, 1, {0}), deployment("b", 1, 1, {0})}, 1, shard), factory, o);
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 1; });
+  ExecuteCommand ex;
+  ex.batch = 1;
+  ex.model = 0;
+  ex.gpus = {0};
+  ex.requests = {Request{}};
+  backend.execute(ex);
+  backend.evict({2, 0, 0, 0, shard});
+  backend.load(loadCmd(backend, 3, 1, 0, 0));  // must wait: the batch still reads model 0
+  pump(backend, rec, [&] { return rec.loads.count(3) != 0; });
+  ASSERT_EQ(rec.batches.count(1), 1u);
+  EXPECT_TRUE(rec.loads[3].first) << rec.loads[3].second;
+  auto records = backend.takeLoadRecords();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_GE(records[1].started, rec.batches[1].finish[0]);
+  EXPECT_GT(records[1].started, records[1].issued);
+  EXPECT_EQ(deviceChecksum(backend, 1, 0, 0), backend.store().at(1, 0).checksum);
+  EXPECT_TRUE(backend.idle());
+}
+
 // The engine over the real backend in real time: the seed's swap test shape (two models, one
 // loaded at a time, alternating requests) with a third model whose loads always fail.
 class AlternatingSource : public RequestSource {
