@@ -116,6 +116,22 @@ TEST(PlacementGreedy, SameInputSamePlacement) {
   expectGroups(a, {{1, 1, {0}}, {1, 1, {1}}, {1, 1, {2}}, {1, 1, {3}}, {1, 1, {0}}, {1, 1, {1}}});
 }
 
+// The seed set is untouched: no serial loads, the scenario's own placement, and naming that
+// placement gives byte-identical results to leaving it out.
+TEST(PlacementGreedy, ComputronSetIsUnchanged) {
+  auto plain = parseScenario(seedLike({10, 1, 1}, nullptr), ".");
+  EXPECT_FALSE(plain.engine.policy.serial_loads);
+  EXPECT_EQ(plain.engine.policy.routing, "direct");
+  EXPECT_EQ(plain.engine.policy.eviction, "lru");
+  EXPECT_EQ(plain.engine.policy.queue, "fcfs");
+  auto named = parseScenario(seedLike({10, 1, 1}, "all-gpus"), ".");
+  auto a = sim::runScenario(plain, nullptr);
+  auto b = sim::runScenario(named, nullptr);
+  a.erase("config");
+  b.erase("config");
+  EXPECT_EQ(a.dump(), b.dump());
+}
+
 std::string errorOf(const nlohmann::json& doc) {
   try {
     parseScenario(doc, ".");
