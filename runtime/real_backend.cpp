@@ -55,8 +55,24 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
 
   std::vector<ShardRequest> requests;
   std::vector<int> shards_on(static_cast<std::size_t>(gpus), 0);
+  // Twins (same `weights`, same split) hold identical parameters: one host copy serves them all,
+  // and a shard copied from a resident twin over NVLink checks against the same checksum.
+  auto twins = [&](const ModelDeployment& a, const ModelDeployment& b) {
+    return !a.weights.empty() && a.weights == b.weights && a.tp == b.tp && a.pp == b.pp &&
+           a.spec.totalBytes() == b.spec.totalBytes();
+  };
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const ModelDeployment& d = config_.models[m];
+    ModelId canonical = static_cast<ModelId>(m);
+    for (std::size_t o = 0; o < m; ++o) {
+      if (twins(config_.models[o], d)) {
+        canonical = store_model_[o];
+        break;
+      }
+    }
+    store_model_.push_back(canonical);
+    for (int s = 0; s < d.numShards(); ++s) ++shards_on[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)])];
+    if (canonical != static_cast<ModelId>(m)) continue;
     for (int s = 0; s < d.numShards(); ++s) {
       ShardRequest r;
       r.model = static_cast<ModelId>(m);
@@ -65,7 +81,6 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
       r.dtype = d.spec.dtype;
       r.model_seed = m + 1;
       requests.push_back(r);
-      ++shards_on[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)])];
     }
   }
   HostStoreOptions host = options_.host;
@@ -94,6 +109,13 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
 RealBackend::~RealBackend() {
   for (auto& d : devices_) d->stop();
   devices_.clear();
+}
+
+const HostShard& RealBackend::hostShard(ModelId model, int shard) const {
+  if (model < 0 || static_cast<std::size_t>(model) >= store_model_.size()) {
+    throw std::out_of_range("runtime: no model " + std::to_string(model));
+  }
+  return store_->at(store_model_[static_cast<std::size_t>(model)], shard);
 }
 
 std::optional<Extent> RealBackend::residentExtent(ModelId model, int shard, GpuId gpu) const {
@@ -149,7 +171,9 @@ void RealBackend::load(const LoadCommand& cmd) {
     refuseLoad(cmd, what + ": no such GPU");
     return;
   }
-  const HostShard* host = store_->find(cmd.model, cmd.shard);
+  const HostShard* host = cmd.model >= 0 && static_cast<std::size_t>(cmd.model) < store_model_.size()
+                              ? store_->find(store_model_[static_cast<std::size_t>(cmd.model)], cmd.shard)
+                              : nullptr;
   if (host == nullptr) {
     refuseLoad(cmd, what + ": the shard is not registered");
     return;
@@ -170,7 +194,7 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
   const auto g = static_cast<std::size_t>(cmd.gpu);
   if (compacting_[g]) return false;
   DevicePool& pool = pools_[g];
-  const HostShard& host = store_->at(cmd.model, cmd.shard);
+  const HostShard& host = hostShard(cmd.model, cmd.shard);
   const std::string what = "load of model " + std::to_string(cmd.model) + " shard " + std::to_string(cmd.shard) +
                            " on GPU " + std::to_string(cmd.gpu);
 
@@ -188,10 +212,19 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
       return true;
     }
     if (path.kind == PathKind::kFromDevice) {
-      auto it = placements_.find({cmd.model, cmd.shard, path.via});
-      if (it == placements_.end() || it->second.loading || it->second.evicted) {
+      // The model's own copy or a twin's (same weights), resident on `via`.
+      auto it = placements_.end();
+      for (auto p = placements_.begin(); p != placements_.end(); ++p) {
+        const auto& [model, shard, gpu] = p->first;
+        if (gpu == path.via && shard == cmd.shard && !p->second.loading && !p->second.evicted &&
+            store_model_[static_cast<std::size_t>(model)] == store_model_[static_cast<std::size_t>(cmd.model)]) {
+          it = p;
+          break;
+        }
+      }
+      if (it == placements_.end()) {
         refuseLoad(cmd, what + ": route copies from GPU " + std::to_string(path.via) +
-                            ", which holds no resident copy of the shard");
+                            ", which holds no resident copy of the shard (nor of a twin's)");
         return true;
       }
       if (it->second.moving) return false;
@@ -276,7 +309,9 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
     job.dst_offset = extent->offset;
     job.host = host.data;
     if (path.kind == PathKind::kFromDevice) {
-      job.src_offset = placements_.at({cmd.model, cmd.shard, path.via}).extent.offset;
+      for (const auto& key : sources) {
+        if (std::get<2>(key) == path.via) job.src_offset = placements_.at(key).extent.offset;
+      }
     }
     job.chunks = path.chunks;
     job.notify = path.notify;
@@ -462,7 +497,7 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
       }
       if (!op.failed) {
         const int ready = *std::min_element(op.coverage.begin(), op.coverage.end());
-        const HostShard& host = store_->at(op.cmd.model, op.cmd.shard);
+        const HostShard& host = hostShard(op.cmd.model, op.cmd.shard);
         while (op.reported < ready) {
           ++op.reported;
           LayerReady lr;
@@ -494,7 +529,7 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
       auto it = loads_.find(ev.op);
       if (it == loads_.end()) throw std::logic_error("runtime: checksum for an unknown load");
       const LoadOp& op = it->second;
-      const HostShard& host = store_->at(op.cmd.model, op.cmd.shard);
+      const HostShard& host = hostShard(op.cmd.model, op.cmd.shard);
       std::string error;
       if (!ev.ok) {
         error = "checksum of model " + std::to_string(op.cmd.model) + " shard " + std::to_string(op.cmd.shard) +

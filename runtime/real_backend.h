@@ -121,6 +121,8 @@ class RealBackend final : public Backend {
   void restartClock();
   std::string deviceKind() const { return device_kind_; }
   const HostWeightStore& store() const { return *store_; }
+  // The host copy of a model's shard. Deployments with the same `weights` (and split) share one.
+  const HostShard& hostShard(ModelId model, int shard) const;
   int numGpus() const { return static_cast<int>(devices_.size()); }
   Device& device(GpuId gpu) { return *devices_.at(static_cast<std::size_t>(gpu)); }
   const DevicePool& pool(GpuId gpu) const { return pools_.at(static_cast<std::size_t>(gpu)); }
@@ -192,6 +194,7 @@ class RealBackend final : public Backend {
   std::map<OpId, std::pair<GpuId, std::vector<Key>>> relocations_;
   std::vector<bool> compacting_;
   std::vector<LoadRecord> records_;
+  std::vector<ModelId> store_model_;  // model -> the model whose host shards it uses
   std::int64_t undelivered_internal_ = 0;
   OpId next_token_ = 1;
   std::int64_t compactions_ = 0;

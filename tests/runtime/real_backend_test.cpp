@@ -80,8 +80,8 @@ LoadCommand loadCmd(const RealBackend& backend, OpId op, ModelId model, int shar
   c.model = model;
   c.shard = shard;
   c.gpu = gpu;
-  c.bytes = backend.store().at(model, shard).bytes;
-  c.layout = backend.store().at(model, shard).layout;
+  c.bytes = backend.hostShard(model, shard).bytes;
+  c.layout = backend.hostShard(model, shard).layout;
   c.route = route.empty() ? std::vector<RoutePart>{{gpu, c.bytes, false}} : route;
   return c;
 }
@@ -324,6 +324,30 @@ TEST(RealBackendHost, LoadWaitsForTheBatchStillReadingAnEvictedShard) {
   EXPECT_TRUE(backend.idle());
 }
 
+TEST(RealBackendHost, TwinsShareOneHostCopyAndCopyFromEachOther) {
+  HostDeviceFactory factory(2);
+  ModelDeployment a = deployment("a", 1, 1, {0});
+  ModelDeployment b = deployment("b", 1, 1, {1});
+  a.weights = b.weights = "shared";
+  RealBackend backend(configOf({a, b, deployment("c", 1, 1, {1})}, 2, 64 * kMiB), factory, smallOptions());
+  EXPECT_EQ(backend.store().stats().shards, 2);  // a and b share theirs
+  EXPECT_EQ(&backend.hostShard(0, 0), &backend.hostShard(1, 0));
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 1; });
+  LoadCommand copy = loadCmd(backend, 2, 0, 0, 1, {{0, backend.hostShard(1, 0).bytes, true}});
+  copy.model = 1;  // b's shard from a's resident copy on GPU 0
+  backend.load(copy);
+  pump(backend, rec, [&] { return rec.loads.size() == 2; });
+  ASSERT_TRUE(rec.loads[2].first) << rec.loads[2].second;
+  EXPECT_EQ(deviceChecksum(backend, 1, 0, 1), backend.hostShard(1, 0).checksum);
+  // c is no twin of a: a from-device route for it is refused.
+  LoadCommand wrong = loadCmd(backend, 3, 2, 0, 1, {{0, backend.hostShard(2, 0).bytes, true}});
+  backend.load(wrong);
+  pump(backend, rec, [&] { return rec.loads.size() == 3; });
+  EXPECT_FALSE(rec.loads[3].first);
+}
+
 // The engine over the real backend in real time: the seed's swap test shape (two models, one
 // loaded at a time, alternating requests) with a third model whose loads always fail.
 class AlternatingSource : public RequestSource {
@@ -398,6 +422,52 @@ TEST(RealBackendHost, EngineServesTheSwapTestAndSurvivesAFailingModel) {
   EXPECT_EQ(log.loads_failed, 4);  // shard 1 of "broken", four attempts
   EXPECT_TRUE(backend.idle());
   driver.engine().checkInvariants();
+}
+
+}  // namespace
+}  // namespace computron::runtime
+
+namespace computron::runtime {
+namespace {
+
+// The engine's own routes on the real backend: multi-path loads through a helper GPU's link, and
+// copies from a resident twin over NVLink, every load checksummed.
+TEST(RealBackendHost, EngineRoutesMultiPathAndTwinCopies) {
+  for (const std::string routing : {"multipath", "peer"}) {
+    HostDeviceFactory factory(2);
+    ModelDeployment a = deployment("a", 1, 1, {0});
+    ModelDeployment b = deployment("b", 1, 1, {1});
+    a.weights = b.weights = "shared";
+    EngineConfig config = configOf({a, b}, 2, 64 * kMiB);
+    config.policy.routing = routing;
+    config.nvlink = true;
+    config.gpu_link_bandwidth = {55e9, 55e9};
+    RealBackend backend(config, factory, smallOptions());
+    RequestLog log;
+    RealtimeDriver driver(backend, config, std::make_unique<AlternatingSource>(std::vector<ModelId>{0, 1}, 6), &log,
+                          20 * kNanosPerSecond);
+    driver.run();
+    ASSERT_EQ(log.records.size(), 6u) << routing;
+    for (const auto& r : log.records) EXPECT_TRUE(r.ok) << routing << ": " << r.error;
+    EXPECT_EQ(log.loads_failed, 0) << routing;
+    EXPECT_TRUE(backend.idle());
+    int relay = 0, from_device = 0, verified = 0;
+    const auto records = backend.takeLoadRecords();
+    for (const auto& r : records) {
+      verified += r.verified ? 1 : 0;
+      for (const auto& p : r.paths) {
+        relay += p.kind == PathKind::kRelay ? 1 : 0;
+        from_device += p.kind == PathKind::kFromDevice ? 1 : 0;
+      }
+    }
+    EXPECT_EQ(verified, static_cast<int>(records.size()));
+    if (routing == "multipath") {
+      EXPECT_GT(relay, 0);
+    }
+    if (routing == "peer") {
+      EXPECT_GT(from_device, 0);
+    }
+  }
 }
 
 }  // namespace
