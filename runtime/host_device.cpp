@@ -34,41 +34,18 @@ std::string HostDevice::describe() const {
          std::to_string(pool_bytes_ / kMiB) + " MiB)";
 }
 
-void HostDevice::enqueue(Job job) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) throw std::logic_error("host device: job submitted after stop");
-    jobs_.push_back(std::move(job));
-  }
-  cv_.notify_all();
-}
+void HostDevice::enqueue(Job job) { jobs_.push(std::move(job)); }
 
 void HostDevice::stop() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
+  jobs_.stop();
   if (worker_.joinable()) worker_.join();
 }
 
-void HostDevice::delay(Nanos ns) {
-  if (ns <= 0) return;
-  std::unique_lock<std::mutex> lock(mutex_);
-  // Ends early when the device is stopped; that is the only wake-up that matters here.
-  cv_.wait_for(lock, std::chrono::nanoseconds(ns), [&] { return stopping_; });
-}
+void HostDevice::delay(Nanos ns) { jobs_.sleepUnlessStopped(ns); }
 
 void HostDevice::run() {
-  for (;;) {
-    Job job;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping and drained
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
-    }
+  Job job;
+  while (jobs_.pop(job)) {
     std::visit(
         [this](const auto& j) {
           using T = std::decay_t<decltype(j)>;

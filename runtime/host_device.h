@@ -13,6 +13,7 @@
 #include <variant>
 
 #include "runtime/device.h"
+#include "runtime/job_queue.h"
 
 namespace computron::runtime {
 
@@ -61,10 +62,7 @@ class HostDevice final : public Device {
   std::vector<std::vector<std::byte>> staging_;
   std::vector<Device*> devices_;
 
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Job> jobs_;
-  bool stopping_ = false;
+  JobQueue<Job> jobs_{"host device"};
   std::thread worker_;
 };
 

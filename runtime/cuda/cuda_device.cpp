@@ -138,21 +138,10 @@ void CudaDevice::connect(const std::vector<Device*>& devices) {
   }
 }
 
-void CudaDevice::enqueue(Job job) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) throw std::logic_error("CUDA device: job submitted after stop");
-    jobs_.push_back(std::move(job));
-  }
-  cv_.notify_all();
-}
+void CudaDevice::enqueue(Job job) { jobs_.push(std::move(job)); }
 
 void CudaDevice::stop() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
+  jobs_.stop();
   if (worker_.joinable()) worker_.join();
   // Wait for everything issued, host functions included, so no notice outlives the device.
   if (cudaSetDevice(ordinal_) == cudaSuccess) cudaDeviceSynchronize();
@@ -160,15 +149,8 @@ void CudaDevice::stop() {
 
 void CudaDevice::run() {
   if (cudaSetDevice(ordinal_) != cudaSuccess) return;
-  for (;;) {
-    Job job;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
-    }
+  Job job;
+  while (jobs_.pop(job)) {
     try {
       std::visit(
           [this](const auto& j) {

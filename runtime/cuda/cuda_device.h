@@ -18,6 +18,7 @@
 #include <variant>
 
 #include "runtime/device.h"
+#include "runtime/job_queue.h"
 
 namespace computron::runtime {
 
@@ -75,10 +76,7 @@ class CudaDevice final : public Device {
   cudaStream_t notify_load_ = nullptr, notify_relay_ = nullptr;
   std::vector<CudaDevice*> peers_;
 
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Job> jobs_;
-  bool stopping_ = false;
+  JobQueue<Job> jobs_{"CUDA device"};
   std::thread worker_;
 };
 
