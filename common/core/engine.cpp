@@ -109,7 +109,6 @@ void Engine::onArrival(const Request& request) {
                                 std::to_string(request.model));
   auto& state = models_[static_cast<std::size_t>(request.model)];
   state.queue.push_back({request, state.residency != Residency::kResident});
-  ++state.accesses;
   const Nanos now = clock_.now();
   state.lfu_count = lfuScore(request.model) + 1;
   state.lfu_time = now;
@@ -280,7 +279,6 @@ void Engine::rejectLate() {
       record.rejected = true;
       record.error = "rejected: cannot meet its SLO";
       state.queue.pop_front();
-      ++state.rejected;
       ++rejected_requests_;
       finishRequest(record);
     }
@@ -344,7 +342,6 @@ void Engine::tryPrefetch() {
     return over_cap <= 0;
   };
   if (satisfied()) {
-    ++models_[static_cast<std::size_t>(best)].prefetches;
     startLoad(best);
     return;
   }

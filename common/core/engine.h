@@ -110,10 +110,7 @@ struct ModelRuntimeState {
   bool running = false;     // a batch is executing
   bool served_since_load = false;  // ran a batch since its last load (until then it is not evicted)
   Nanos last_used = -1;     // last batch start or load finish (LRU key)
-  std::int64_t accesses = 0;  // requests that arrived for it
   std::int64_t loads = 0;     // times it was loaded (swaps in)
-  std::int64_t prefetches = 0;  // loads started by prefetch, with no request waiting
-  std::int64_t rejected = 0;    // requests refused by admission control
   // Policy keys, kept up to date by the engine so policies stay stateless.
   double lfu_count = 0;        // accesses, halved every lfu_half_life (as of lfu_time)
   Nanos lfu_time = 0;
