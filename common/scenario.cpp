@@ -198,7 +198,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       applyPolicySet(policy, p->path());
     } else {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
-                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads"});
+                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined"});
       policy.name = p->getString("name", "computron");
       std::int64_t cap = p->getInt("max_loaded_models", 0);
       if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
@@ -221,6 +221,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       pick("routing", policy.routing, routingPolicyNames());
       policy.admission = p->getBool("admission", policy.admission);
       policy.serial_loads = p->getBool("serial_loads", policy.serial_loads);
+      policy.layer_pipelined = p->getBool("layer_pipelined", policy.layer_pipelined);
       double half_life = p->getDouble("lfu_half_life_s", toSeconds(policy.lfu_half_life));
       if (half_life < 0) p->at("lfu_half_life_s").fail("must be 0 (no decay) or greater");
       policy.lfu_half_life = secondsToNanos(half_life);
@@ -277,6 +278,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
                            {"routing", policy.routing},
                            {"admission", policy.admission},
                            {"serial_loads", policy.serial_loads},
+                           {"layer_pipelined", policy.layer_pipelined},
                            {"lfu_half_life_s", toSeconds(policy.lfu_half_life)},
                            {"rate_window_s", toSeconds(policy.rate_window)},
                            {"placement", placementToJson(placement, s.engine.models, loads)}};

@@ -108,7 +108,11 @@ HostWeightStore::HostWeightStore(const std::vector<ShardRequest>& requests, Host
       s.data = static_cast<std::byte*>(p);
       shards_.emplace(key, s);
       // Filling touches every page, which cudaHostRegister of touched memory needs to be fast.
-      generateShard(s.data, s.segments, s.dtype, shardSeed(r.model_seed, r.shard), threads);
+      if (options_.fill) {
+        options_.fill(r, std::span<std::byte>(s.data, static_cast<std::size_t>(s.bytes)));
+      } else {
+        generateShard(s.data, s.segments, s.dtype, shardSeed(r.model_seed, r.shard), threads);
+      }
     }
     stats_.fill_seconds = secondsSince(fill_start);
 

@@ -1,13 +1,16 @@
 // The host weight store: every shard of every registered model in its own contiguous,
-// page-aligned host region, filled by the deterministic generator and pinned (page-locked) so
+// page-aligned host region, filled by the deterministic generator (or the model executor's
+// filler) and pinned (page-locked) so
 // the copy engines read it at the link's full rate. The host copy is authoritative: eviction
 // never copies anything back.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -60,6 +63,9 @@ struct HostStoreOptions {
   std::int64_t host_memory_limit = 0;        // bytes; 0 = detect (cgroup limit, else MemTotal)
   double reserve_fraction = 0.10;            // of the limit, kept for everything else
   HostMemoryPinner* pinner = nullptr;        // nullptr: not pinned (host-memory device)
+  // Writes a shard's image instead of the deterministic generator (real model execution: the
+  // executor's layout, from a checkpoint or random weights). Called once per shard, in order.
+  std::function<void(const ShardRequest&, std::span<std::byte>)> fill;
 };
 
 struct HostStoreStats {

@@ -85,6 +85,12 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
   }
   HostStoreOptions host = options_.host;
   host.pinner = factory.pinner();
+  if (options_.execution) {
+    options_.execution->validate(config_);
+    host.fill = [this](const ShardRequest& r, std::span<std::byte> image) {
+      options_.execution->fillShard(config_.models[static_cast<std::size_t>(r.model)], r.model, r.shard, image);
+    };
+  }
   store_ = std::make_unique<HostWeightStore>(requests, host);
 
   // Each GPU's region: its weight budget plus one granule per shard it may hold, so rounding
@@ -104,9 +110,11 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
   std::vector<Device*> all;
   for (auto& d : devices_) all.push_back(d.get());
   for (auto& d : devices_) d->connect(all);
+  if (options_.execution) options_.execution->start(config_, all, queue_, clock_);
 }
 
 RealBackend::~RealBackend() {
+  if (options_.execution) options_.execution->stop();
   for (auto& d : devices_) d->stop();
   devices_.clear();
 }
@@ -280,6 +288,7 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
   for (const auto& key : sources) ++placements_[key].readers;
   Placement placement;
   placement.extent = *extent;
+  placement.loading_op = cmd.op;
   placements_[{cmd.model, cmd.shard, cmd.gpu}] = placement;
 
   LoadOp op;
@@ -351,10 +360,21 @@ void RealBackend::execute(const ExecuteCommand& cmd) {
 bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
   std::string error;
   std::vector<Key> keys;
+  const bool real = options_.execution != nullptr;
   for (std::size_t i = 0; i < cmd.gpus.size(); ++i) {
     const Key key{cmd.model, static_cast<int>(i), cmd.gpus[i]};
     auto it = placements_.find(key);
-    if (it == placements_.end() || it->second.loading || it->second.evicted) {
+    if (it == placements_.end()) {
+      // A pipelined batch whose load still waits for room starts when the load does.
+      for (const auto& [load, issued] : deferred_loads_) {
+        (void)issued;
+        if (load.model == cmd.model && load.shard == static_cast<int>(i) && load.gpu == cmd.gpus[i]) return false;
+      }
+    }
+    // Real execution waits for a loading shard layer by layer; the placeholder only runs on
+    // resident shards (a loading one waits for its load).
+    if (it != placements_.end() && it->second.loading && !it->second.evicted && !real) return false;
+    if (it == placements_.end() || it->second.evicted) {
       error = "batch " + std::to_string(cmd.batch) + ": model " + std::to_string(cmd.model) + " shard " +
               std::to_string(i) + " is not resident on GPU " + std::to_string(cmd.gpus[i]);
       break;
@@ -376,6 +396,10 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
     ev.error = error;
     ev.start = ev.time = now;
     pushInternal(std::move(ev));
+    return true;
+  }
+  if (real) {
+    startRealExecute(cmd, keys);
     return true;
   }
   PlaceholderTimes times;
@@ -409,6 +433,39 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
     devices_[static_cast<std::size_t>(std::get<2>(keys[i]))]->submit(std::move(job));
   }
   return true;
+}
+
+void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys) {
+  BatchOp op;
+  op.cmd = cmd;
+  // Pass 0 is the prefill (each request's first token), pass k its (k+1)-th token.
+  for (const auto& r : cmd.requests) op.request_phase.push_back(std::max(0, r.output_tokens - 1));
+  op.held = keys;
+  op.open_parts = static_cast<int>(keys.size());
+  for (const auto& key : keys) ++placements_[key].readers;
+  batches_[cmd.batch] = std::move(op);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const Placement& pl = placements_.at(keys[i]);
+    ExecPart part;
+    part.batch = cmd.batch;
+    part.part = static_cast<int>(i);
+    part.model = cmd.model;
+    part.shard = static_cast<int>(i);
+    part.gpu = std::get<2>(keys[i]);
+    part.weights = devices_[static_cast<std::size_t>(part.gpu)]->poolBase() + pl.extent.offset;
+    part.requests = cmd.requests;
+    if (pl.loading) {
+      LoadOp& load = loads_.at(pl.loading_op);
+      if (!load.gate) {
+        const HostShard& host = hostShard(load.cmd.model, load.cmd.shard);
+        load.gate = std::make_shared<SegmentGate>(static_cast<int>(host.segments.size()));
+        load.gate->advance(load.reported + 1);
+        if (load.failed) load.gate->fail(load.error);
+      }
+      part.gate = load.gate;
+    }
+    options_.execution->submit(std::move(part));
+  }
 }
 
 void RealBackend::dropReader(const Key& key) {
@@ -452,8 +509,19 @@ void RealBackend::finishLoad(OpId op_id, bool ok, std::string error, Nanos when,
   for (const auto& key : op.sources) dropReader(key);
   const Key key{op.cmd.model, op.cmd.shard, op.cmd.gpu};
   auto pl = placements_.find(key);
+  if (op.gate) {
+    if (ok) {
+      op.gate->advance(op.gate->segments());
+    } else {
+      op.gate->fail(error);
+    }
+  }
   if (ok) {
     pl->second.loading = false;
+  } else if (pl->second.readers > 0) {
+    // A pipelined batch still reads what arrived: released when it is done.
+    pl->second.loading = false;
+    pl->second.evicted = true;
   } else {
     pools_[static_cast<std::size_t>(op.cmd.gpu)].release(pl->second.extent);
     placements_.erase(pl);
@@ -510,6 +578,9 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
           lr.time = ev.time;
           listener.layerReady(lr);
         }
+        if (op.gate) op.gate->advance(op.reported + 1);
+      } else if (op.gate) {
+        op.gate->fail(op.error);
       }
       if (op.open_paths > 0) return;
       op.record.copy_done = ev.time;

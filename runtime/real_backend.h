@@ -21,6 +21,7 @@
 #include "runtime/completion_queue.h"
 #include "runtime/device.h"
 #include "runtime/device_pool.h"
+#include "runtime/execution.h"
 #include "runtime/host_weight_store.h"
 #include "runtime/load_plan.h"
 
@@ -42,6 +43,10 @@ struct RuntimeOptions {
   Nanos placeholder_step = kNanosPerMilli;
   std::int64_t granule = DevicePool::kDefaultGranule;
   HostStoreOptions host;                 // pinner comes from the device factory
+  // Real models: batches run on this (runtime/execution.h) instead of the PLACEHOLDER kernel,
+  // the host store holds its weights, and a batch may start on a model still loading (the
+  // engine's policy.layer_pipelined), waiting layer by layer for its bytes.
+  std::shared_ptr<ModelExecution> execution;
 };
 
 // A decoder layer (or the embeddings / head segment) of a loading shard is on the GPU.
@@ -144,6 +149,7 @@ class RealBackend final : public Backend {
     bool loading = true;
     bool evicted = false;  // released when the last reader finishes
     bool moving = false;
+    OpId loading_op = 0;   // the load filling it while `loading`
   };
   struct LoadOp {
     LoadCommand cmd;
@@ -155,6 +161,7 @@ class RealBackend final : public Backend {
     std::string error;
     std::vector<Key> sources;
     LoadRecord record;
+    std::shared_ptr<SegmentGate> gate;  // made when a batch starts on the shard before it is done
   };
   struct BatchOp {
     ExecuteCommand cmd;
@@ -171,6 +178,7 @@ class RealBackend final : public Backend {
   // Starts `cmd` if its GPU has room now; false when it must wait.
   bool tryStartLoad(const LoadCommand& cmd, Nanos issued);
   bool tryStartExecute(const ExecuteCommand& cmd);
+  void startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys);
   void retryDeferred();
   void handle(DeviceEvent& ev, BackendListener& listener, int& delivered);
   // `error` by value: callers pass the op's own message, which this moves out of the table.

@@ -1,6 +1,7 @@
 #include "sim/simulator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <ostream>
 
 #include "common/run_recorder.h"
@@ -45,7 +46,21 @@ SimStats Simulation::run() {
         break;
       }
       case EventKind::kLinkCheck: handleLinkCheck(e.a); break;
-      case EventKind::kLoadDone: engine_.onLoadDone(e.a); break;
+      case EventKind::kLoadDone: {
+        auto info = load_info_.find(e.a);
+        ModelId model = -1;
+        if (info != load_info_.end()) {
+          model = info->second.model;
+          auto& loads = last_loads_[model];
+          const auto& d = engine_.config().models[static_cast<std::size_t>(model)];
+          loads.resize(static_cast<std::size_t>(d.numShards()), {0, 0});
+          loads[static_cast<std::size_t>(info->second.shard)] = {info->second.start, now_};
+          load_info_.erase(info);
+        }
+        engine_.onLoadDone(e.a);
+        if (model >= 0) releaseGated(model);
+        break;
+      }
       case EventKind::kEvictDone: engine_.onEvictDone(e.a); break;
       case EventKind::kBatchDone: {
         auto it = batches_.find(static_cast<BatchId>(e.a));
@@ -65,6 +80,7 @@ SimStats Simulation::run() {
 }
 
 void Simulation::load(const LoadCommand& cmd) {
+  load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, now_};
   int parts = 0;
   for (const auto& part : cmd.route) {
     std::vector<int> path = part.via == cmd.gpu && !part.from_device ? links_.hostPath(cmd.gpu)
@@ -106,16 +122,76 @@ void Simulation::handleLinkCheck(std::uint64_t generation) {
 void Simulation::evict(const EvictCommand& cmd) { events_.push(now_ + cluster_.evict_latency, EventKind::kEvictDone, cmd.op); }
 
 void Simulation::execute(const ExecuteCommand& cmd) {
+  if (engine_.model(cmd.model).residency == Residency::kLoading) {
+    gated_.push_back({cmd, now_});
+    return;
+  }
+  timeBatch(cmd, now_, nullptr);
+}
+
+// Layer-pipelined timing: the prefill is spread evenly over the model's decoder layers and its head, walked in
+// order (pipeline stages run one after another); each layer starts when the previous one is done
+// and its own bytes are on its GPU. A shard's bytes are taken to arrive evenly over its load's
+// (start, end): embeddings first, then layer by layer, the head last, as the runtime copies them.
+// Decode steps follow the prefill unchanged.
+void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
+                           const std::vector<std::pair<Nanos, Nanos>>* arrivals) {
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
   BatchTimes times = cost_.batchTimes(model, cmd.requests);
+  Nanos shift = 0;
+  if (arrivals != nullptr) {
+    const ModelSpec& spec = model.spec;
+    const int layers = std::max(1, spec.num_layers);
+    const double per_layer = static_cast<double>(times.first_token) / (layers + 1);  // the head is one more
+    // When layer bytes [before, before + layer_bytes) of a shard are all present.
+    auto arrival = [&](int shard, std::int64_t upto) {
+      const ShardLayout l = spec.shard(model.tp, model.pp, shard % model.tp, shard / model.tp);
+      const auto [s, e] = (*arrivals)[static_cast<std::size_t>(shard)];
+      const double frac = l.bytes > 0 ? static_cast<double>(upto) / static_cast<double>(l.bytes) : 1.0;
+      return static_cast<double>(s) + frac * static_cast<double>(e - s);
+    };
+    double t = static_cast<double>(start);
+    for (int stage = 0; stage < model.pp; ++stage) {
+      const ShardLayout first = spec.shard(model.tp, model.pp, 0, stage);
+      for (int i = 0; i < first.num_layers; ++i) {
+        double ready = 0;
+        for (int r = 0; r < model.tp; ++r) {
+          const ShardLayout l = spec.shard(model.tp, model.pp, r, stage);
+          ready = std::max(ready, arrival(stage * model.tp + r, l.prefix_bytes + (i + 1) * l.layer_bytes));
+        }
+        t = std::max(t, ready) + per_layer;
+      }
+      if (stage == model.pp - 1) {
+        for (int r = 0; r < model.tp; ++r) {
+          const ShardLayout l = spec.shard(model.tp, model.pp, r, stage);
+          t = std::max(t, arrival(stage * model.tp + r, l.bytes));
+        }
+        t += per_layer;
+      }
+    }
+    shift = std::max<Nanos>(0, static_cast<Nanos>(std::llround(t)) - (start + times.first_token));
+  }
   BatchResult result;
   result.batch = cmd.batch;
-  result.start = now_;
-  result.first_token = now_ + times.first_token;
+  result.start = start;
+  result.first_token = start + times.first_token + shift;
   result.finish.reserve(times.finish.size());
-  for (Nanos f : times.finish) result.finish.push_back(now_ + f);
+  for (Nanos f : times.finish) result.finish.push_back(start + f + shift);
   batches_.emplace(cmd.batch, std::move(result));
-  events_.push(now_ + times.total, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
+  events_.push(start + times.total + shift, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
+}
+
+void Simulation::releaseGated(ModelId model) {
+  if (gated_.empty() || engine_.model(model).residency == Residency::kLoading) return;
+  for (std::size_t i = 0; i < gated_.size();) {
+    if (gated_[i].cmd.model != model) {
+      ++i;
+      continue;
+    }
+    GatedBatch g = std::move(gated_[i]);
+    gated_.erase(gated_.begin() + static_cast<std::ptrdiff_t>(i));
+    timeBatch(g.cmd, g.start, &last_loads_[model]);
+  }
 }
 
 void Simulation::onRequestDone(const RequestRecord& record) {

@@ -66,6 +66,22 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::unordered_map<FlowId, OpId> flow_load_;
   std::unordered_map<OpId, int> load_parts_left_;
   std::unordered_map<BatchId, BatchResult> batches_;
+  // Layer-pipelined batches started while their model loads: timed when its last shard arrives.
+  struct ShardLoad {
+    ModelId model = 0;
+    int shard = 0;
+    Nanos start = 0;
+  };
+  struct GatedBatch {
+    ExecuteCommand cmd;
+    Nanos start = 0;
+  };
+  void timeBatch(const ExecuteCommand& cmd, Nanos start, const std::vector<std::pair<Nanos, Nanos>>* arrivals);
+  void releaseGated(ModelId model);
+  std::unordered_map<OpId, ShardLoad> load_info_;
+  // Per model, per shard: the (start, end) of its latest completed load.
+  std::unordered_map<ModelId, std::vector<std::pair<Nanos, Nanos>>> last_loads_;
+  std::vector<GatedBatch> gated_;
   std::uint64_t link_generation_ = 0;
   SimStats stats_;
 };

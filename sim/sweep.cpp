@@ -18,7 +18,7 @@
 namespace computron::sim {
 namespace {
 
-constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads"};
+constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads", "layer_pipelined"};
 
 std::string csvField(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
@@ -98,7 +98,7 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
     if (!p.isString() && !p.isObject()) p.fail("expected a policy set name or a policy object");
     if (p.isObject())
       p.expectObject({"label", "name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
-                      "lfu_half_life_s", "rate_window_s", "placement", "serial_loads"});
+                      "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined"});
     std::string label = policyLabel(p.json());
     if (std::find(labels.begin(), labels.end(), label) != labels.end()) p.fail("label '" + label + "' is used twice");
     labels.push_back(label);

@@ -153,7 +153,12 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
                             " failed: " + state.load_error;
       bool any_resident = std::any_of(state.shard_state.begin(), state.shard_state.end(),
                                       [](Residency r) { return r == Residency::kResident; });
-      if (any_resident) {
+      if (state.running) {
+        // A pipelined batch still reads the shards that arrived; the backend fails it, and the
+        // eviction follows when it is done.
+        state.residency = Residency::kEvicting;
+        state.evict_when_idle = true;
+      } else if (any_resident) {
         startEvict(m);
       } else {
         state.residency = Residency::kOffloaded;
@@ -161,7 +166,7 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
       failQueued(m, message);
     } else {
       state.residency = Residency::kResident;
-      state.served_since_load = false;
+      state.served_since_load = state.running;  // a pipelined batch is serving it already
       state.last_used = clock_.now();
     }
   }
@@ -191,6 +196,10 @@ void Engine::onBatchDone(const BatchResult& result) {
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
   state.running = false;
   for (GpuId g : cmd.gpus) gpu_busy_[static_cast<std::size_t>(g)] = false;
+  if (state.evict_when_idle) {
+    state.evict_when_idle = false;
+    startEvict(cmd.model);
+  }
   {
     Nanos end = result.start;
     for (Nanos f : result.finish) end = std::max(end, f);
@@ -249,9 +258,15 @@ void Engine::schedule() {
       switch (models_[static_cast<std::size_t>(m)].residency) {
         case Residency::kResident: tryRunBatch(m); break;
         case Residency::kOffloaded:
-          if (!tryLoad(m)) load_blocked_ = true;
+          if (!tryLoad(m)) {
+            load_blocked_ = true;
+          } else if (config_.policy.layer_pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading) {
+            tryRunBatch(m);  // runs layer by layer behind its load
+          }
           break;
         case Residency::kLoading:
+          if (config_.policy.layer_pipelined) tryRunBatch(m);
+          break;
         case Residency::kEvicting: break;
       }
     }
@@ -639,7 +654,10 @@ void Engine::checkInvariants() const {
             shardBytes(static_cast<ModelId>(m), shard);
     }
     if (s.running) {
-      if (s.residency != Residency::kResident)
+      const bool pipelined_ok = config_.policy.layer_pipelined &&
+                                (s.residency == Residency::kLoading ||
+                                 (s.residency == Residency::kEvicting && s.evict_when_idle));
+      if (s.residency != Residency::kResident && !pipelined_ok)
         throw std::logic_error("model " + d.name + " is running while " + residencyName(s.residency));
       for (GpuId g : d.gpus) ++busy_count[static_cast<std::size_t>(g)];
     }

@@ -50,6 +50,10 @@ struct PolicyConfig {
   // Loads one at a time per host link: a load waits while any link it would use carries another
   // (first come, first loaded) instead of sharing the links, so the first model is ready sooner.
   bool serial_loads = false;
+  // Layer-pipelined execution: a model's queued requests start as soon as its load is issued; the
+  // backend runs each layer when that layer's bytes have arrived, so a cold request finishes in
+  // little more than the load time instead of load time + batch time.
+  bool layer_pipelined = false;
   Nanos lfu_half_life = 60 * kNanosPerSecond;  // lfu: an access counts half after this long
   Nanos rate_window = 10 * kNanosPerSecond;    // prefetch rate: EWMA time constant
 };
@@ -107,7 +111,8 @@ struct ModelRuntimeState {
   int pending_ops = 0;      // loads or evictions in flight
   bool load_failed = false; // a shard load of the current attempt failed
   std::string load_error;
-  bool running = false;     // a batch is executing
+  bool running = false;     // a batch is executing (with layer_pipelined, possibly while loading)
+  bool evict_when_idle = false;  // its load failed under a running pipelined batch: evict after it
   bool served_since_load = false;  // ran a batch since its last load (until then it is not evicted)
   Nanos last_used = -1;     // last batch start or load finish (LRU key)
   std::int64_t loads = 0;     // times it was loaded (swaps in)

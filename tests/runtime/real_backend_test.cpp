@@ -1,15 +1,21 @@
 // The real backend on the host-memory device: loads (direct, multi-path, from a peer's copy),
 // layer readiness, integrity checks, evictions, placeholder execution, compaction, injected
-// failures, and the engine driven in real time over it.
+// failures, the engine driven in real time over it, and layer-pipelined execution behind a load.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <thread>
 
 #include "common/core/engine.h"
 #include "common/model_spec.h"
+#include "runtime/execution.h"
 #include "runtime/host_device.h"
+#include "runtime/job_queue.h"
+#include "runtime/weights.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
 
@@ -468,6 +474,209 @@ TEST(RealBackendHost, EngineRoutesMultiPathAndTwinCopies) {
       EXPECT_GT(from_device, 0);
     }
   }
+}
+
+}  // namespace
+}  // namespace computron::runtime
+
+namespace computron::runtime {
+namespace {
+
+// Layer-pipelined execution over the backend, with a test-only execution beside the real CUDA
+// one: each part waits on its gate segment by segment (as the CUDA executor does before each
+// layer), spends `per_segment` on it, then reports one pass per output token.
+class GatedFakeExecution final : public ModelExecution {
+ public:
+  explicit GatedFakeExecution(Nanos per_segment) : per_segment_(per_segment) {}
+  ~GatedFakeExecution() override { stop(); }
+  std::string name() const override { return "gated-fake"; }
+  void validate(const EngineConfig&) const override {}
+  void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const override {
+    const ShardLayout layout = RealBackend::shardLayout(model, shard);
+    generateShard(image.data(), shardSegments(layout), model.spec.dtype, shardSeed(static_cast<std::uint64_t>(id) + 100, shard), 1);
+  }
+  void start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue,
+             const Clock& clock) override {
+    config_ = config;
+    queue_ = &queue;
+    clock_ = &clock;
+    for (std::size_t g = 0; g < devices.size(); ++g) {
+      workers_.push_back(std::make_unique<JobQueue<ExecPart>>("fake execution"));
+      threads_.emplace_back([this, q = workers_.back().get()] {
+        ExecPart part;
+        while (q->pop(part)) runPart(part, *q);
+      });
+    }
+  }
+  void submit(ExecPart part) override { workers_.at(static_cast<std::size_t>(part.gpu))->push(std::move(part)); }
+  void stop() override {
+    for (auto& w : workers_) w->stop();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+    threads_.clear();
+  }
+
+  struct Passed {
+    ModelId model;
+    int shard;
+    int segment;
+    Nanos time;
+    bool gated;
+  };
+  std::vector<Passed> passed() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return passed_;
+  }
+
+ private:
+  void runPart(const ExecPart& part, JobQueue<ExecPart>& q) {
+    DeviceEvent ev;
+    ev.kind = DeviceEvent::Kind::kExecDone;
+    ev.batch = part.batch;
+    ev.path = part.part;
+    ev.gpu = part.gpu;
+    ev.start = clock_->now();
+    const ModelDeployment& d = config_.models[static_cast<std::size_t>(part.model)];
+    const int segments = static_cast<int>(shardSegments(RealBackend::shardLayout(d, part.shard)).size());
+    bool ok = true;
+    for (int s = 0; s < segments; ++s) {
+      if (part.gate && !part.gate->wait(s)) ok = false;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        passed_.push_back({part.model, part.shard, s, clock_->now(), part.gate != nullptr});
+      }
+      q.sleepUnlessStopped(per_segment_);
+    }
+    ev.step_end.push_back(clock_->now());
+    int steps = 1;
+    for (const auto& r : part.requests) steps = std::max(steps, r.output_tokens);
+    for (int k = 1; k < steps; ++k) {
+      q.sleepUnlessStopped(per_segment_);
+      ev.step_end.push_back(clock_->now());
+    }
+    if (!ok) {
+      ev.ok = false;
+      ev.error = "its weights did not all arrive: " + part.gate->error();
+    }
+    ev.time = clock_->now();
+    queue_->push(std::move(ev));
+  }
+
+  Nanos per_segment_;
+  EngineConfig config_;
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+  std::vector<std::unique_ptr<JobQueue<ExecPart>>> workers_;
+  std::vector<std::thread> threads_;
+  mutable std::mutex mutex_;
+  std::vector<Passed> passed_;
+};
+
+ExecuteCommand execCmd(BatchId batch, ModelId model, std::vector<GpuId> gpus, int output_tokens) {
+  ExecuteCommand c;
+  c.batch = batch;
+  c.model = model;
+  c.tp = static_cast<int>(gpus.size());
+  c.gpus = std::move(gpus);
+  Request r;
+  r.id = batch;
+  r.model = model;
+  r.output_tokens = output_tokens;
+  c.requests = {r};
+  return c;
+}
+
+TEST(RealBackendPipelined, BatchRunsEachLayerAfterItArrivesWhileTheLoadContinues) {
+  HostDeviceOptions opts;
+  opts.chunk_delay = 300 * kNanosPerMicro;  // stretch the load so the batch overlaps it
+  HostDeviceFactory factory(2, opts);
+  RuntimeOptions o = smallOptions();
+  auto exec = std::make_shared<GatedFakeExecution>(20 * kNanosPerMicro);
+  o.execution = exec;
+  RealBackend backend(configOf({deployment("a", 2, 1, {0, 1}, 8)}, 2, 64 * kMiB), factory, o);
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  backend.load(loadCmd(backend, 2, 0, 1, 1));
+  backend.execute(execCmd(7, 0, {0, 1}, 3));
+  pump(backend, rec, [&] { return rec.batches.count(7) != 0 && rec.loads.size() == 2; });
+  const BatchResult& b = rec.batches[7];
+  EXPECT_TRUE(b.ok) << b.error;
+  ASSERT_EQ(b.finish.size(), 1u);
+  EXPECT_GT(b.finish[0], b.first_token);  // two decode passes after the prefill
+  // Started before the loads ended, and no segment was used before its bytes were reported.
+  const auto passed = exec->passed();
+  std::map<std::pair<int, int>, Nanos> ready;  // (shard, segment) -> reported
+  Nanos last_ready = 0;
+  for (OpId op : {OpId{1}, OpId{2}}) {
+    for (const auto& l : rec.layers[op]) {
+      ready[std::make_pair(l.shard, l.segment)] = l.time;
+      last_ready = std::max(last_ready, l.time);
+    }
+  }
+  EXPECT_LT(b.start, last_ready);
+  const int segments = static_cast<int>(backend.store().at(0, 0).segments.size());
+  ASSERT_EQ(passed.size(), static_cast<std::size_t>(2 * segments));
+  int waited = 0;
+  for (const auto& p : passed) {
+    EXPECT_TRUE(p.gated);
+    const auto at = ready.find(std::make_pair(p.shard, p.segment));
+    ASSERT_NE(at, ready.end());
+    EXPECT_GE(p.time, at->second) << "shard " << p.shard << " segment " << p.segment;
+    if (p.time > b.start) ++waited;
+  }
+  EXPECT_GT(waited, 0);
+  EXPECT_TRUE(backend.idle());
+}
+
+TEST(RealBackendPipelined, AFailedLoadFailsTheBatchReadingItAndFreesTheShardAfterIt) {
+  HostDeviceOptions opts;
+  opts.chunk_delay = 100 * kNanosPerMicro;
+  opts.fail_path = [](const PathJob&) -> std::optional<std::string> { return std::string("injected link error"); };
+  HostDeviceFactory factory(1, opts);
+  RuntimeOptions o = smallOptions();
+  o.execution = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
+  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, o);
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  backend.execute(execCmd(3, 0, {0}, 1));
+  pump(backend, rec, [&] { return rec.batches.count(3) != 0 && rec.loads.count(1) != 0; });
+  EXPECT_FALSE(rec.loads[1].first);
+  EXPECT_FALSE(rec.batches[3].ok);
+  EXPECT_NE(rec.batches[3].error.find("did not all arrive"), std::string::npos) << rec.batches[3].error;
+  EXPECT_NE(rec.batches[3].error.find("injected link error"), std::string::npos) << rec.batches[3].error;
+  EXPECT_FALSE(backend.residentExtent(0, 0, 0).has_value());
+  EXPECT_EQ(backend.pool(0).used(), 0);
+  EXPECT_TRUE(backend.idle());
+}
+
+TEST(RealBackendPipelined, EngineStartsColdBatchesBehindTheirLoads) {
+  HostDeviceOptions opts;
+  opts.chunk_delay = 100 * kNanosPerMicro;
+  HostDeviceFactory factory(2, opts);
+  std::vector<ModelDeployment> models{deployment("a", 2, 1, {0, 1}, 6), deployment("b", 2, 1, {0, 1}, 6)};
+  EngineConfig config = configOf(models, 2, 64 * kMiB);
+  config.policy.max_loaded_models = 1;
+  config.policy.layer_pipelined = true;
+  RuntimeOptions o = smallOptions();
+  auto exec = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
+  o.execution = exec;
+  RealBackend backend(config, factory, o);
+  RequestLog log;
+  RealtimeDriver driver(backend, config, std::make_unique<AlternatingSource>(std::vector<ModelId>{0, 1}, 8), &log,
+                        20 * kNanosPerSecond);
+  const DriverStats stats = driver.run();
+  EXPECT_EQ(stats.arrivals, 8);
+  ASSERT_EQ(log.records.size(), 8u);
+  for (const auto& r : log.records) {
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_TRUE(r.waited_for_load);
+  }
+  EXPECT_EQ(log.loads_ok, 16);  // every request swaps its model in (two shards)
+  int gated = 0;
+  for (const auto& p : exec->passed()) gated += p.gated ? 1 : 0;
+  EXPECT_GT(gated, 0);
+  EXPECT_TRUE(backend.idle());
+  driver.engine().checkInvariants();
 }
 
 }  // namespace

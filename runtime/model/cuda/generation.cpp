@@ -6,12 +6,38 @@
 #include <mutex>
 #include <thread>
 
+#include "common/json_reader.h"
 #include "runtime/model/cuda/cuda_check.h"
 
 namespace computron::model {
 
+ArchExtras archExtrasFromConfig(const std::string& folder, const ModelSpec& spec) {
+  ArchExtras extras;
+  const nlohmann::json config = readJsonFile(folder + "/config.json");
+  if (spec.arch == Arch::kLlama) {
+    extras.norm_eps = config.value("rms_norm_eps", 1e-6f);
+    const nlohmann::json* rope = nullptr;
+    if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) rope = &config["rope_parameters"];
+    if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) rope = &config["rope_scaling"];
+    if (config.contains("rope_theta")) extras.rope_theta = config["rope_theta"].get<float>();
+    if (rope) {
+      if (rope->contains("rope_theta")) extras.rope_theta = (*rope)["rope_theta"].get<float>();
+      const std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
+      if (type != "default") throw ConfigError(folder + "/config.json: rope type '" + type + "' is not supported (default only)");
+    }
+  }
+  return extras;
+}
+
+ArchExtras presetArchExtras(const std::string& preset) {
+  ArchExtras extras;
+  if (preset.rfind("llama-3", 0) == 0) { extras.rope_theta = 500000.f; extras.norm_eps = 1e-5f; }
+  else if (preset.rfind("llama", 0) == 0) { extras.norm_eps = 1e-5f; }
+  return extras;
+}
+
 GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationRequest>& requests,
-                          const SamplingOptions& sampling, const LogitsObserver& observer) {
+                          const SamplingOptions& sampling, const LogitsObserver& observer, const StepObserver& step_done) {
   const ShardPlan& plan = executor.plan();
   const bool reports = plan.has_lm_head && plan.tp_rank == 0;
   const int count = static_cast<int>(requests.size());
@@ -54,6 +80,7 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
     if (observer && reports) observer(step, active, executor.logitsToHost(static_cast<int>(active.size())));
     const std::vector<int> next =
         executor.sampleAndShare(static_cast<int>(active.size()), sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed, step);
+    if (step_done) step_done(step);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (step == 0) result.prefill_seconds = seconds; else result.decode_step_seconds.push_back(seconds);
 

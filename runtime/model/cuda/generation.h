@@ -36,9 +36,20 @@ struct GenerationResult {
 // decode pass; `sequences` rows of [vocab] logits, for the requests still running, in order.
 using LogitsObserver = std::function<void(int step, const std::vector<int>& request_ids, const std::vector<float>& logits)>;
 
+// Called on every rank after each pass, once its sampled tokens are on the host (the pass is
+// done on this GPU): step 0 is the prefill.
+using StepObserver = std::function<void(int step)>;
+
 // Runs on one rank (all ranks call it with the same arguments).
 GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationRequest>& requests,
-                          const SamplingOptions& sampling, const LogitsObserver& observer = nullptr);
+                          const SamplingOptions& sampling, const LogitsObserver& observer = nullptr,
+                          const StepObserver& step_done = nullptr);
+
+// Numbers ModelSpec does not carry: from a model folder's config.json (transformers 5 keeps
+// rope_theta under rope_parameters; rope scaling other than the default is refused), or the
+// published values for a preset's family.
+ArchExtras archExtrasFromConfig(const std::string& folder, const ModelSpec& spec);
+ArchExtras presetArchExtras(const std::string& preset);
 
 // Weights of one shard: where they come from.
 struct WeightSource {

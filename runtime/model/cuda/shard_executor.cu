@@ -113,14 +113,19 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
                         " of KV cache and activations; the budget is " + gib(limits_.kv_and_activation_budget));
   std::size_t free_bytes = 0, total_bytes = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  if (layout.total > static_cast<std::int64_t>(free_bytes))
+  if (limits_.workspace == nullptr && layout.total > static_cast<std::int64_t>(free_bytes))
     throw CapacityError("model '" + plan_.spec.name + "': KV cache and activations need " + gib(layout.total) + " but GPU " +
                         std::to_string(device_) + " has " + gib(static_cast<std::int64_t>(free_bytes)) + " free");
 
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasCreate(&cublas_));
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-  CUDA_CHECK(cudaMalloc(&workspace_, static_cast<std::size_t>(layout.total)));
+  if (limits_.workspace != nullptr) {
+    workspace_ = static_cast<std::byte*>(limits_.workspace);
+    owns_workspace_ = false;
+  } else {
+    CUDA_CHECK(cudaMalloc(&workspace_, static_cast<std::size_t>(layout.total)));
+  }
   std::byte* cursor = workspace_;
   std::vector<void*> parts;
   for (auto s : layout.sizes) {
@@ -163,13 +168,23 @@ ShardExecutor::~ShardExecutor() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   if (meta_uploaded_) cudaEventDestroy(meta_uploaded_);
   if (host_meta_) cudaFreeHost(host_meta_);
-  if (workspace_) cudaFree(workspace_);
+  if (workspace_ && owns_workspace_) cudaFree(workspace_);
   if (owned_weights_) cudaFree(owned_weights_);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void ShardExecutor::useDeviceWeights(const void* weights) { weights_ = static_cast<const std::byte*>(weights); }
+void ShardExecutor::useDeviceWeights(const void* weights) {
+  // Captured decode graphs hold weight addresses: a shard reloaded elsewhere needs new ones.
+  if (weights_ != nullptr && weights != weights_) dropGraphs();
+  weights_ = static_cast<const std::byte*>(weights);
+}
+
+void ShardExecutor::dropGraphs() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
 
 void ShardExecutor::uploadWeights(const void* host_weights) {
   CUDA_CHECK(cudaSetDevice(device_));
@@ -323,7 +338,9 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
   const int h = plan_.spec.hidden;
   const DType dt = plan_.spec.dtype;
 
+  const int first_layer_segment = plan_.has_embeddings ? 1 : 0;
   if (plan_.has_embeddings) {
+    waitSegment(0);
     kernels::embedTokens(dt, weight(plan_.token_embedding), d_tokens, tokens, h, static_cast<int>(plan_.vocab_begin),
                          static_cast<int>(plan_.local_vocab), residual_, stream_);
     allReduce(residual_, static_cast<std::int64_t>(tokens) * h);
@@ -337,7 +354,11 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
   }
 
   bool normed = false;
-  for (int li = 0; li < plan_.num_layers; ++li) normed = layer(li, batch, tokens, normed);
+  for (int li = 0; li < plan_.num_layers; ++li) {
+    waitSegment(first_layer_segment + li);
+    if (li + 1 < plan_.num_layers) waitSegment(first_layer_segment + li + 1);
+    normed = layer(li, batch, tokens, normed);
+  }
 
   if (!plan_.has_lm_head) {
 #if COMPUTRON_HAVE_NCCL
@@ -346,6 +367,7 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
 #endif
     return;
   }
+  waitSegment(first_layer_segment + plan_.num_layers);
   if (plan_.spec.arch == Arch::kOpt)
     kernels::layerNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), weight(plan_.final_norm_bias),
                        extras_.norm_eps, last_normed_, stream_);

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <utility>
 #include <stdexcept>
@@ -39,6 +40,9 @@ struct ExecutorLimits {
   int max_prefill_tokens = 0;  // tokens in one prefill pass (0: max_batch * max_context)
   // Device bytes allowed for KV cache + activations, apart from the weights. 0: no limit.
   std::int64_t kv_and_activation_budget = 0;
+  // The caller's device buffer of at least workspaceBytes() for the KV cache and activations
+  // (several executors that never run at once on one GPU share one); null: allocated here.
+  void* workspace = nullptr;
 };
 
 struct ParallelComms {
@@ -76,6 +80,15 @@ class ShardExecutor {
   void useDeviceWeights(const void* weights);
   void uploadWeights(const void* host_weights);
   void randomWeights(std::uint64_t seed);
+
+  // Layer-pipelined execution: forward() calls wait(segment) on the host before it issues work
+  // that reads a weight segment, numbered as the shard buffer is laid out: the prefix (first
+  // stage), each decoder layer, the suffix (last stage); empty ones are not counted. The caller
+  // blocks there until that segment's bytes are on the GPU (the load runs concurrently). A
+  // layer's work also reads the next layer's input norm (fused into its last residual add), so
+  // it waits for both. Null: every weight is present.
+  using SegmentWait = std::function<void(int segment)>;
+  void setSegmentWait(SegmentWait wait) { segment_wait_ = std::move(wait); }
 
   // One forward pass. On the last stage, logits() then holds [sequences, vocab] fp32.
   void forward(const StepBatch& batch);
@@ -150,6 +163,12 @@ class ShardExecutor {
   // their epilogues (separate kernels after them).
   bool fuse_epilogues_ = true;
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
+  bool owns_workspace_ = true;
+  SegmentWait segment_wait_;
+  void waitSegment(int segment) const {
+    if (segment_wait_) segment_wait_(segment);
+  }
+  void dropGraphs();
 };
 
 }  // namespace computron::model

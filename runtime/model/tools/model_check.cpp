@@ -61,32 +61,6 @@ std::string flag(const std::map<std::string, std::string>& f, const std::string&
   return it == f.end() ? fallback : it->second;
 }
 
-// Numbers ModelSpec does not carry. transformers 5 keeps rope_theta under rope_parameters.
-ArchExtras extrasFromConfig(const std::string& folder, const ModelSpec& spec) {
-  ArchExtras extras;
-  const nlohmann::json config = readJsonFile(folder + "/config.json");
-  if (spec.arch == Arch::kLlama) {
-    extras.norm_eps = config.value("rms_norm_eps", 1e-6f);
-    const nlohmann::json* rope = nullptr;
-    if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) rope = &config["rope_parameters"];
-    if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) rope = &config["rope_scaling"];
-    if (config.contains("rope_theta")) extras.rope_theta = config["rope_theta"].get<float>();
-    if (rope) {
-      if (rope->contains("rope_theta")) extras.rope_theta = (*rope)["rope_theta"].get<float>();
-      const std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
-      if (type != "default") throw ConfigError(folder + "/config.json: rope type '" + type + "' is not supported (default only)");
-    }
-  }
-  return extras;
-}
-
-ArchExtras presetExtras(const std::string& preset) {
-  ArchExtras extras;
-  if (preset.rfind("llama-3", 0) == 0) { extras.rope_theta = 500000.f; extras.norm_eps = 1e-5f; }
-  else if (preset.rfind("llama", 0) == 0) { extras.norm_eps = 1e-5f; }
-  return extras;
-}
-
 std::vector<int> devicesFor(int n) {
   int count = 0;
   CUDA_CHECK(cudaGetDeviceCount(&count));
@@ -100,7 +74,7 @@ int runGenerate(const std::map<std::string, std::string>& f) {
   const std::string model = flag(f, "model", "");
   const int tp = std::stoi(flag(f, "tp", "1")), pp = std::stoi(flag(f, "pp", "1"));
   ModelSpec spec = modelFromHfConfig(model + "/config.json");
-  const ArchExtras extras = extrasFromConfig(model, spec);
+  const ArchExtras extras = archExtrasFromConfig(model, spec);
 
   const nlohmann::json requests_json = readJsonFile(flag(f, "requests", ""));
   std::vector<GenerationRequest> requests;
@@ -180,7 +154,7 @@ int runBench(const std::map<std::string, std::string>& f) {
   const std::string preset = flag(f, "preset", "opt-6.7b");
   ModelSpec spec = modelPreset(preset);
   spec.dtype = flag(f, "dtype", "f16") == "bf16" ? DType::kBF16 : DType::kF16;
-  const ArchExtras extras = presetExtras(preset);
+  const ArchExtras extras = presetArchExtras(preset);
   const int prompt = std::stoi(flag(f, "prompt", "512")), new_tokens = std::stoi(flag(f, "new", "128"));
   std::vector<int> batches;
   for (const std::string& b : {flag(f, "batch", "1,8,32")}) {

@@ -1,0 +1,288 @@
+#include "runtime/cuda/model_execution.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+#if COMPUTRON_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+#include "runtime/device.h"
+#include "runtime/model/cuda/generation.h"
+#include "runtime/model/cuda/kernels.h"
+#include "runtime/model/cuda/shard_executor.h"
+#include "runtime/model/safetensors.h"
+#include "runtime/model/shard_plan.h"
+
+namespace computron::runtime {
+namespace {
+
+std::uint64_t mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+model::ShardPlan planFor(const ModelDeployment& d, int shard) {
+  return model::planShard(d.spec, d.tp, d.pp, shard % d.tp, shard / d.tp);
+}
+
+model::ExecutorLimits limitsFor(const ModelDeployment& d, int max_context) {
+  model::ExecutorLimits limits;
+  limits.max_batch = std::max(1, d.max_batch);
+  limits.max_context = max_context;
+  return limits;
+}
+
+#if COMPUTRON_HAVE_NCCL
+void ncclCheck(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess) throw std::runtime_error(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r));
+}
+#endif
+
+}  // namespace
+
+CudaModelExecution::CudaModelExecution(CudaExecutionOptions options) : options_(std::move(options)) {}
+
+CudaModelExecution::~CudaModelExecution() { stop(); }
+
+std::string CudaModelExecution::checkpointFor(const ModelDeployment& model) const {
+  auto it = options_.checkpoints.find(model.name);
+  if (it == options_.checkpoints.end() && !model.weights.empty()) it = options_.checkpoints.find(model.weights);
+  return it == options_.checkpoints.end() ? std::string() : it->second;
+}
+
+void CudaModelExecution::validate(const EngineConfig& config) const {
+  for (std::size_t m = 0; m < config.models.size(); ++m) {
+    const ModelDeployment& d = config.models[m];
+    const std::string where = "models[" + std::to_string(m) + "] '" + d.name + "'";
+    if (d.spec.dtype == DType::kF32) throw ConfigError(where + ": real execution runs F16 or BF16 models, not F32");
+#if !COMPUTRON_HAVE_NCCL
+    if (d.numShards() > 1) throw ConfigError(where + ": this build has no NCCL, so only TP = PP = 1 runs real models");
+#endif
+    const std::int64_t hd = d.spec.headDim();
+    if (hd != 64 && hd != 128) throw ConfigError(where + ": head dimension " + std::to_string(hd) + " is not supported (64 or 128)");
+    for (int s = 0; s < d.numShards(); ++s) {
+      const model::ShardPlan plan = planFor(d, s);
+      const ShardLayout layout = d.spec.shard(d.tp, d.pp, s % d.tp, s / d.tp);
+      if (plan.total_bytes != layout.bytes || plan.prefix_bytes != layout.prefix_bytes ||
+          plan.layer_bytes != layout.layer_bytes || plan.suffix_bytes != layout.suffix_bytes)
+        throw ConfigError(where + ": shard " + std::to_string(s) + "'s executor layout (" + std::to_string(plan.total_bytes) +
+                          " bytes) differs from the runtime's (" + std::to_string(layout.bytes) + ")");
+    }
+    const std::string folder = checkpointFor(d);
+    if (!folder.empty()) model::Checkpoint::open(folder);  // a missing or broken folder fails now
+  }
+  for (const auto& [name, folder] : options_.checkpoints) {
+    bool used = false;
+    for (const auto& d : config.models) used = used || d.name == name || d.weights == name;
+    if (!used) throw ConfigError("--checkpoint " + name + "=" + folder + ": no model or weights label is called '" + name + "'");
+  }
+  if (options_.max_context < 2) throw ConfigError("max context must be at least 2 tokens");
+}
+
+void CudaModelExecution::fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const {
+  const model::ShardPlan plan = planFor(model, shard);
+  const std::string folder = checkpointFor(model);
+  if (!folder.empty()) {
+    model::loadShard(model::Checkpoint::open(folder), plan, image);
+    return;
+  }
+  // Random weights drawn on GPU 0 (the host fill would take minutes for a 13B model) and copied
+  // back: the same values ShardExecutor::randomWeights makes for this seed.
+  CUDA_CHECK(cudaSetDevice(0));
+  std::int64_t largest = 0;
+  for (const auto& t : plan.tensors) largest = std::max(largest, t.bytes);
+  void* scratch = nullptr;
+  CUDA_CHECK(cudaMalloc(&scratch, static_cast<std::size_t>(std::max<std::int64_t>(largest, 16))));
+  const std::int64_t elem = model::elementBytes(plan.spec.dtype);
+  std::uint64_t tensor_seed = mix(options_.seed * 1000003ull + static_cast<std::uint64_t>(id) * 7919ull +
+                                  static_cast<std::uint64_t>(shard)) * 0x9e3779b97f4a7c15ull;
+  try {
+    for (const auto& t : plan.tensors) {
+      tensor_seed = tensor_seed * 6364136223846793005ull + 1442695040888963407ull;
+      const float amplitude = t.init == model::InitKind::kMatrix ? 0.0346410161513775f : 0.f;
+      const float constant = t.init == model::InitKind::kNormWeight ? 1.f : 0.f;
+      model::kernels::fillUniform(plan.spec.dtype, scratch, t.bytes / elem, tensor_seed, amplitude, constant, nullptr);
+      CUDA_CHECK(cudaMemcpy(image.data() + t.offset, scratch, static_cast<std::size_t>(t.bytes), cudaMemcpyDeviceToHost));
+    }
+  } catch (...) {
+    cudaFree(scratch);
+    throw;
+  }
+  CUDA_CHECK(cudaFree(scratch));
+}
+
+void CudaModelExecution::start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue,
+                               const Clock& clock) {
+  config_ = config;
+  queue_ = &queue;
+  clock_ = &clock;
+  const std::size_t gpus = devices.size();
+  // One workspace per GPU, as large as the largest shard placed there needs.
+  workspace_bytes_.assign(gpus, 0);
+  for (const auto& d : config_.models)
+    for (int s = 0; s < d.numShards(); ++s) {
+      const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);
+      workspace_bytes_[g] = std::max(workspace_bytes_[g], model::ShardExecutor::workspaceBytes(planFor(d, s), limitsFor(d, options_.max_context)));
+    }
+  workspaces_.assign(gpus, nullptr);
+  for (std::size_t g = 0; g < gpus; ++g) {
+    if (workspace_bytes_[g] == 0) continue;
+    CUDA_CHECK(cudaSetDevice(static_cast<int>(g)));
+    std::size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (workspace_bytes_[g] > static_cast<std::int64_t>(free_bytes))
+      throw ConfigError("real execution: GPU " + std::to_string(g) + " needs " + std::to_string(workspace_bytes_[g] >> 20) +
+                        " MiB of KV cache and activations (max_batch x max context " + std::to_string(options_.max_context) +
+                        ") beside its weight pool but has " + std::to_string(free_bytes >> 20) +
+                        " MiB free; lower the weight budget, max_batch or --max-context");
+    CUDA_CHECK(cudaMalloc(&workspaces_[g], static_cast<std::size_t>(workspace_bytes_[g])));
+  }
+
+  // Communicators: one set per distinct (tp, pp, GPUs) group, shared by the models placed alike
+  // (a GPU runs one batch at a time, so their collectives never interleave).
+  std::map<std::tuple<int, int, std::vector<GpuId>>, std::vector<std::pair<void*, void*>>> groups;
+#if COMPUTRON_HAVE_NCCL
+  setenv("NCCL_NVLS_ENABLE", "0", 1);  // NVLink multicast stays off on shared machines
+#endif
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const ModelDeployment& d = config_.models[m];
+    const int n = d.numShards();
+    auto key = std::make_tuple(d.tp, d.pp, d.gpus);
+    auto found = groups.find(key);
+    if (found == groups.end()) {
+      std::vector<std::pair<void*, void*>> comms(static_cast<std::size_t>(n), {nullptr, nullptr});
+#if COMPUTRON_HAVE_NCCL
+      if (d.tp > 1) {
+        for (int stage = 0; stage < d.pp; ++stage) {
+          std::vector<int> devs;
+          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          std::vector<ncclComm_t> c(static_cast<std::size_t>(d.tp));
+          ncclCheck(ncclCommInitAll(c.data(), d.tp, devs.data()), "ncclCommInitAll (tensor parallel)");
+          for (int r = 0; r < d.tp; ++r) {
+            comms[static_cast<std::size_t>(stage * d.tp + r)].first = c[static_cast<std::size_t>(r)];
+            comms_.push_back(c[static_cast<std::size_t>(r)]);
+          }
+        }
+      }
+      if (d.pp > 1) {
+        for (int r = 0; r < d.tp; ++r) {
+          std::vector<int> devs;
+          for (int stage = 0; stage < d.pp; ++stage) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          std::vector<ncclComm_t> c(static_cast<std::size_t>(d.pp));
+          ncclCheck(ncclCommInitAll(c.data(), d.pp, devs.data()), "ncclCommInitAll (pipeline)");
+          for (int stage = 0; stage < d.pp; ++stage) {
+            comms[static_cast<std::size_t>(stage * d.tp + r)].second = c[static_cast<std::size_t>(stage)];
+            comms_.push_back(c[static_cast<std::size_t>(stage)]);
+          }
+        }
+      }
+#endif
+      found = groups.emplace(key, std::move(comms)).first;
+    }
+    const model::ArchExtras extras = [&] {
+      const std::string folder = checkpointFor(d);
+      return folder.empty() ? model::presetArchExtras(d.spec.name) : model::archExtrasFromConfig(folder, d.spec);
+    }();
+    for (int s = 0; s < n; ++s) {
+      const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);
+      model::ExecutorLimits limits = limitsFor(d, options_.max_context);
+      limits.workspace = workspaces_[g];
+      const auto& c = found->second[static_cast<std::size_t>(s)];
+      executors_[{static_cast<ModelId>(m), s}] = std::make_unique<model::ShardExecutor>(
+          planFor(d, s), extras, limits, static_cast<int>(g), model::ParallelComms{c.first, c.second});
+    }
+  }
+  for (std::size_t g = 0; g < gpus; ++g) {
+    auto w = std::make_unique<Worker>();
+    w->ordinal = static_cast<int>(g);
+    Worker* raw = w.get();
+    w->thread = std::thread([this, raw] { run(*raw); });
+    workers_.push_back(std::move(w));
+  }
+}
+
+void CudaModelExecution::submit(ExecPart part) {
+  const auto g = static_cast<std::size_t>(part.gpu);
+  if (g >= workers_.size()) throw std::logic_error("model execution: no GPU " + std::to_string(part.gpu));
+  workers_[g]->jobs.push(std::move(part));
+}
+
+void CudaModelExecution::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  for (auto& w : workers_) w->jobs.stop();
+  for (auto& w : workers_)
+    if (w->thread.joinable()) w->thread.join();
+  workers_.clear();
+  executors_.clear();
+#if COMPUTRON_HAVE_NCCL
+  for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
+#endif
+  comms_.clear();
+  for (std::size_t g = 0; g < workspaces_.size(); ++g) {
+    if (workspaces_[g] == nullptr) continue;
+    cudaSetDevice(static_cast<int>(g));
+    cudaFree(workspaces_[g]);
+  }
+  workspaces_.clear();
+}
+
+void CudaModelExecution::run(Worker& worker) {
+  if (cudaSetDevice(worker.ordinal) != cudaSuccess) return;
+  ExecPart part;
+  while (worker.jobs.pop(part)) runPart(part);
+}
+
+void CudaModelExecution::runPart(const ExecPart& part) {
+  DeviceEvent ev;
+  ev.kind = DeviceEvent::Kind::kExecDone;
+  ev.batch = part.batch;
+  ev.path = part.part;
+  ev.gpu = part.gpu;
+  ev.start = clock_->now();
+  bool gate_failed = false;
+  try {
+    model::ShardExecutor& ex = *executors_.at({part.model, part.shard});
+    ex.useDeviceWeights(part.weights);
+    if (part.gate) {
+      ex.setSegmentWait([gate = part.gate, &gate_failed](int segment) {
+        if (!gate->wait(segment)) gate_failed = true;
+      });
+    } else {
+      ex.setSegmentWait(nullptr);
+    }
+    const int vocab = config_.models[static_cast<std::size_t>(part.model)].spec.vocab;
+    std::vector<model::GenerationRequest> requests;
+    for (const Request& r : part.requests) {
+      model::GenerationRequest g;
+      const int prompt = std::max(1, r.prompt_tokens);
+      for (int i = 0; i < prompt; ++i)
+        g.prompt.push_back(static_cast<int>(mix(static_cast<std::uint64_t>(r.id) * 1000003ull + static_cast<std::uint64_t>(i)) %
+                                            static_cast<std::uint64_t>(vocab)));
+      g.max_new_tokens = std::max(1, r.output_tokens);
+      requests.push_back(std::move(g));
+    }
+    model::SamplingOptions sampling;  // greedy, no end-of-sequence stop
+    model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); });
+    ex.setSegmentWait(nullptr);
+    if (gate_failed) {
+      ev.ok = false;
+      ev.error = "its weights did not all arrive: " + part.gate->error();
+    }
+  } catch (const std::exception& e) {
+    ev.ok = false;
+    ev.error = "model " + config_.models[static_cast<std::size_t>(part.model)].name + " shard " + std::to_string(part.shard) +
+               " on GPU " + std::to_string(part.gpu) + ": " + e.what();
+  }
+  ev.time = clock_->now();
+  queue_->push(std::move(ev));
+}
+
+}  // namespace computron::runtime

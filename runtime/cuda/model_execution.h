@@ -1,0 +1,75 @@
+// Real model execution for the runtime on CUDA: every shard of every deployment gets a
+// model::ShardExecutor reading its weights straight from the shard's extent in the GPU pool, one
+// worker thread per GPU runs the batch parts queued for it (prefill, then decode until each
+// request has its output tokens), and tensor / pipeline groups talk over NCCL communicators made
+// once at start. The executors of one GPU share one KV-cache and activation workspace: the
+// engine never runs two batches on a GPU at once.
+//
+// Requests carry token counts, not text: prompts are synthetic token ids drawn from the request
+// id, and generation is greedy with no end-of-sequence stop, so every request produces exactly
+// its output_tokens.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "runtime/execution.h"
+#include "runtime/job_queue.h"
+
+namespace computron::model {
+class ShardExecutor;
+}
+
+namespace computron::runtime {
+
+struct CudaExecutionOptions {
+  int max_context = 1024;     // prompt + output tokens per request
+  // Model folders (config.json + safetensors) by deployment name or weights label; the others
+  // get deterministic random weights of their shapes.
+  std::map<std::string, std::string> checkpoints;
+  std::uint64_t seed = 1;
+};
+
+class CudaModelExecution final : public ModelExecution {
+ public:
+  explicit CudaModelExecution(CudaExecutionOptions options);
+  ~CudaModelExecution() override;
+
+  std::string name() const override { return "cuda"; }
+  void validate(const EngineConfig& config) const override;
+  void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const override;
+  void start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue,
+             const Clock& clock) override;
+  void submit(ExecPart part) override;
+  void stop() override;
+
+  // Device bytes of KV cache and activations each GPU sets aside (after start()).
+  const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }
+
+ private:
+  struct Worker {
+    int ordinal = 0;
+    JobQueue<ExecPart> jobs{"model execution"};
+    std::thread thread;
+  };
+  void run(Worker& worker);
+  void runPart(const ExecPart& part);
+  std::string checkpointFor(const ModelDeployment& model) const;
+
+  CudaExecutionOptions options_;
+  EngineConfig config_;
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+  std::map<std::pair<ModelId, int>, std::unique_ptr<model::ShardExecutor>> executors_;
+  std::vector<void*> workspaces_;  // one per GPU
+  std::vector<std::int64_t> workspace_bytes_;
+  std::vector<void*> comms_;       // ncclComm_t, destroyed at stop
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool stopped_ = false;
+};
+
+}  // namespace computron::runtime

@@ -1,0 +1,106 @@
+// Model execution inside the runtime: the interface RealBackend hands batches to when it runs real
+// models (runtime/cuda/model_execution.h, the decoders of runtime/model on CUDA) instead of the
+// PLACEHOLDER kernel, and the gate that lets a batch start on a shard that is still loading.
+//
+// Layer-pipelined execution: when the engine starts a batch on a model whose load is in flight
+// (policy.layer_pipelined), each part gets a SegmentGate. The backend opens it segment by segment
+// as the load's copies land (the same progress that feeds the layer-readiness timeline), and the
+// executor blocks on it before it issues the work that reads a segment, so the first layers run
+// while later ones are still on the link.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/core/engine.h"
+#include "runtime/completion_queue.h"
+
+namespace computron::runtime {
+
+class Device;
+
+class SegmentGate {
+ public:
+  explicit SegmentGate(int segments) : segments_(segments) {}
+  int segments() const { return segments_; }
+  // Segments [0, ready) are on the GPU. Never goes back.
+  void advance(int ready) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (ready <= ready_) return;
+      ready_ = ready;
+    }
+    cv_.notify_all();
+  }
+  void fail(const std::string& error) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (failed_) return;
+      failed_ = true;
+      error_ = error;
+    }
+    cv_.notify_all();
+  }
+  // Blocks until `segment` is on the GPU (true) or the load failed first (false). A failed gate
+  // does not throw: the ranks of a tensor-parallel group must keep issuing the same collectives,
+  // so an executor runs on (over whatever bytes arrived) and reports the failure at the end.
+  bool wait(int segment) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return failed_ || ready_ > segment || segment >= segments_; });
+    return ready_ > segment || segment >= segments_;
+  }
+  std::string error() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return error_;
+  }
+  int ready() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return ready_;
+  }
+
+ private:
+  const int segments_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  int ready_ = 0;
+  bool failed_ = false;
+  std::string error_;
+};
+
+// One GPU's part of a batch.
+struct ExecPart {
+  BatchId batch = 0;
+  int part = 0;     // index into the batch's GPUs (= the shard index)
+  ModelId model = 0;
+  int shard = 0;
+  GpuId gpu = 0;
+  const std::byte* weights = nullptr;  // the shard image in this GPU's pool
+  std::vector<Request> requests;
+  std::shared_ptr<SegmentGate> gate;   // null: the shard is resident
+};
+
+class ModelExecution {
+ public:
+  virtual ~ModelExecution() = default;
+  virtual std::string name() const = 0;
+  // Checks the deployments before anything is allocated (ConfigError naming the model).
+  virtual void validate(const EngineConfig& config) const = 0;
+  // Writes the host image of shard `shard` of `model`: the layout the executor reads.
+  virtual void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const = 0;
+  // Called once, after the devices exist (`devices[g]` is GPU g): builds what runs the models and
+  // starts one worker per GPU. Completions go to `queue` as kExecDone events: `start`, then in
+  // `step_end` the end of every pass (prefill first), `ok`/`error`.
+  virtual void start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue,
+                     const Clock& clock) = 0;
+  // Queues a part on its GPU's worker. Parts of one GPU run in submission order.
+  virtual void submit(ExecPart part) = 0;
+  // Finishes queued parts and joins the workers. Idempotent.
+  virtual void stop() = 0;
+};
+
+}  // namespace computron::runtime
