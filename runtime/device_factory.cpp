@@ -3,6 +3,7 @@
 #include "runtime/host_device.h"
 #ifdef COMPUTRON_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
+#include "runtime/cuda/model_execution.h"
 #endif
 
 namespace computron::runtime {
@@ -27,6 +28,18 @@ std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int ho
 #endif
   }
   throw ConfigError("--device: expected cuda or host, got '" + kind + "'");
+}
+
+std::shared_ptr<ModelExecution> makeModelExecution(const std::string& kind, const RealExecutionOptions& options) {
+  if (kind != "cuda")
+    throw ConfigError("--execution real runs the models on CUDA GPUs (--device cuda); the " + kind +
+                      " device has only the placeholder: --execution placeholder");
+#ifdef COMPUTRON_HAVE_CUDA
+  return std::make_shared<CudaModelExecution>(options);
+#else
+  (void)options;
+  throw ConfigError("--execution real: CUDA is not built into this binary");
+#endif
 }
 
 }  // namespace computron::runtime

@@ -11,6 +11,8 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -70,6 +72,15 @@ class SegmentGate {
   int ready_ = 0;
   bool failed_ = false;
   std::string error_;
+};
+
+// Settings of real model execution (runtime/cuda/model_execution.h).
+struct RealExecutionOptions {
+  int max_context = 1024;  // prompt + output tokens per request; sizes the KV cache
+  // Model folders (config.json + safetensors) by deployment name or weights label; the other
+  // models get deterministic random weights of their shapes.
+  std::map<std::string, std::string> checkpoints;
+  std::uint64_t seed = 1;
 };
 
 // One GPU's part of a batch.

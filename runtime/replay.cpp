@@ -49,7 +49,9 @@ int replayMain(int argc, char** argv) {
   std::string out_dir, device = cudaBuiltIn() ? "cuda" : "host";
   double host_memory_gib = 0, time_limit_s = 600, placeholder_ms = -1;
   std::int64_t chunk_mib = 64, pin_piece_mib = 1024;
-  int threads = 0;
+  int threads = 0, max_context = 1024;
+  std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
+  std::vector<std::string> checkpoints;
   opts.add_options()("help,h", "show this help")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(),
       "override a scenario field, as for `computron sim`: --set cluster.preset=h200x2")(
@@ -66,8 +68,16 @@ int replayMain(int argc, char** argv) {
       "host-memory-gib", po::value<double>(&host_memory_gib)->default_value(0),
       "host memory the weight store may assume (0: detect from cgroup limit / MemTotal)")(
       "no-verify", "skip the device checksum after each load (on by default)")(
+      "execution", po::value<std::string>(&execution_kind)->default_value(execution_kind),
+      "real (the default on --device cuda): the models' decoders run on the GPUs (CUDA only; prompts are synthetic token ids, greedy, "
+      "exactly output_tokens each); placeholder: a fixed-cost kernel stands in for each batch")(
+      "max-context", po::value<int>(&max_context)->default_value(max_context),
+      "real execution: prompt + output tokens per request; sizes each GPU's KV cache")(
+      "checkpoint", po::value<std::vector<std::string>>(&checkpoints)->composing(),
+      "real execution: NAME=FOLDER, a Hugging Face model folder (config.json + safetensors) for the model or "
+      "weights label NAME; others get random weights of their shapes")(
       "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
-      "PLACEHOLDER execution: fixed kernel time per output token; default: the simulator's cost model's times")(
+      "placeholder execution: fixed kernel time per output token; default: the simulator's cost model's times")(
       "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long");
   po::options_description hidden;
   std::string scenario_path;
@@ -87,8 +97,12 @@ int replayMain(int argc, char** argv) {
   if (vm.count("help")) {
     std::cout << opts
               << "\nRuns the scenario's workload in real time: weights swap between the pinned host store and the\n"
-                 "GPUs for real; batch execution is a PLACEHOLDER fixed-cost kernel (real models are the model-\n"
-                 "execution issue's). Writes the same files as `computron sim` (summary.json has a \"runtime\" member).\n";
+                 "GPUs for real, and batches run the models' real decoders (tensor parallel over NCCL, pipeline\n"
+                 "stages by send/recv) reading their weights from the swapped-in shards. With\n"
+                 "policy.layer_pipelined a batch starts while its model is still loading and runs each layer as\n"
+                 "soon as that layer's bytes have arrived. --execution placeholder (the only choice on the host\n"
+                 "device) times batches with a fixed-cost kernel instead. Writes the same files as `computron sim`\n"
+                 "(summary.json has a \"runtime\" member).\n";
     return 0;
   }
   if (scenario_path.empty()) {
@@ -107,7 +121,27 @@ int replayMain(int argc, char** argv) {
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
   auto cost = std::make_shared<sim::CostModel>(scenario.cluster);
-  if (placeholder_ms >= 0) {
+  if (vm["execution"].defaulted()) execution_kind = device == "cuda" ? "real" : "placeholder";
+  const bool real = execution_kind == "real";
+  if (!real && execution_kind != "placeholder")
+    throw ConfigError("--execution: expected real or placeholder, got '" + execution_kind + "'");
+  if (real) {
+    if (placeholder_ms >= 0) throw ConfigError("--placeholder-ms applies to --execution placeholder only");
+    RealExecutionOptions ro;
+    ro.max_context = max_context;
+    ro.seed = scenario.seed;
+    for (const auto& c : checkpoints) {
+      const auto eq = c.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == c.size())
+        throw ConfigError("--checkpoint '" + c + "': expected NAME=FOLDER");
+      ro.checkpoints[c.substr(0, eq)] = c.substr(eq + 1);
+    }
+    options.execution = makeModelExecution(device, ro);
+    execution = "real models on CUDA (" + std::string(ro.checkpoints.empty() ? "random weights" : "checkpoints where given") +
+                ", max context " + std::to_string(max_context) + ")";
+  } else if (!checkpoints.empty()) {
+    throw ConfigError("--checkpoint applies to --execution real only");
+  } else if (placeholder_ms >= 0) {
     options.placeholder_step = static_cast<Nanos>(placeholder_ms * 1e6);
     execution = "placeholder fixed-cost kernel, " + std::to_string(placeholder_ms) + " ms per output token";
   } else {
@@ -119,6 +153,7 @@ int replayMain(int argc, char** argv) {
     };
     execution = "placeholder fixed-cost kernel timed by the simulator's cost model";
   }
+  const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
   auto factory = makeDeviceFactory(device, scenario.cluster.numGpus());
   if (factory->deviceCount() < scenario.cluster.numGpus()) {
@@ -131,7 +166,7 @@ int replayMain(int argc, char** argv) {
   std::cerr << "replay: " << hs.shards << " shards, " << static_cast<double>(hs.bytes) / kGB << " GB filled in "
             << hs.fill_seconds << " s, pinned+checksummed in " << hs.pin_seconds << " s on " << hs.threads
             << " threads\n";
-  std::cerr << "replay: execution is a PLACEHOLDER (" << execution << ")\n";
+  std::cerr << "replay: " << execution_note << "\n";
 
   RunRecorder recorder(scenario, device);
   LayerTimeline layers;
@@ -198,7 +233,7 @@ int replayMain(int argc, char** argv) {
     recorder.printTable(summary, std::cout);
     std::cout << "runtime: " << device << ", " << loads.size() << " loads (" << verified << " checksum-verified, "
               << failed << " failed), mean shard load " << extra["runtime"]["mean_shard_load_gbps"].get<double>()
-              << " GB/s; execution is a PLACEHOLDER (" << execution << ")\n";
+              << " GB/s; " << execution_note << "\n";
   }
   return failed == 0 ? 0 : 1;
 }

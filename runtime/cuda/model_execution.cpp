@@ -47,7 +47,7 @@ void ncclCheck(ncclResult_t r, const char* what) {
 
 }  // namespace
 
-CudaModelExecution::CudaModelExecution(CudaExecutionOptions options) : options_(std::move(options)) {}
+CudaModelExecution::CudaModelExecution(RealExecutionOptions options) : options_(std::move(options)) {}
 
 CudaModelExecution::~CudaModelExecution() { stop(); }
 

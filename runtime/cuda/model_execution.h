@@ -26,17 +26,9 @@ class ShardExecutor;
 
 namespace computron::runtime {
 
-struct CudaExecutionOptions {
-  int max_context = 1024;     // prompt + output tokens per request
-  // Model folders (config.json + safetensors) by deployment name or weights label; the others
-  // get deterministic random weights of their shapes.
-  std::map<std::string, std::string> checkpoints;
-  std::uint64_t seed = 1;
-};
-
 class CudaModelExecution final : public ModelExecution {
  public:
-  explicit CudaModelExecution(CudaExecutionOptions options);
+  explicit CudaModelExecution(RealExecutionOptions options);
   ~CudaModelExecution() override;
 
   std::string name() const override { return "cuda"; }
@@ -60,7 +52,7 @@ class CudaModelExecution final : public ModelExecution {
   void runPart(const ExecPart& part);
   std::string checkpointFor(const ModelDeployment& model) const;
 
-  CudaExecutionOptions options_;
+  RealExecutionOptions options_;
   EngineConfig config_;
   CompletionQueue* queue_ = nullptr;
   const Clock* clock_ = nullptr;

@@ -982,4 +982,18 @@ void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t s
   CUDA_CHECK_LAUNCH("fillUniform");
 }
 
+__global__ void copyWordsKernel(unsigned int* dst, const unsigned int* src, std::int64_t words) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < words;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = src[i];
+}
+
+void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaStream_t stream) {
+  if (bytes <= 0) return;
+  const std::int64_t words = (bytes + 3) / 4;
+  const int blocks = static_cast<int>(std::min<std::int64_t>((words + 255) / 256, 1024));
+  copyWordsKernel<<<blocks, 256, 0, stream>>>(static_cast<unsigned int*>(dst), static_cast<const unsigned int*>(mapped_host), words);
+  CUDA_CHECK_LAUNCH("uploadMapped");
+}
+
 }  // namespace computron::model::kernels

@@ -85,4 +85,9 @@ void sampleTokens(const float* logits, int batch, int vocab, float temperature, 
 void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t seed, float amplitude, float constant,
                  cudaStream_t stream);
 
+// Copies `bytes` (a multiple of 4) from pinned, mapped host memory with a kernel on `stream`: the
+// executor's small per-pass uploads must not queue on the host-to-device copy engine behind a
+// multi-gigabyte weight load to the same GPU (layer-pipelined execution).
+void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaStream_t stream);
+
 }  // namespace computron::model::kernels

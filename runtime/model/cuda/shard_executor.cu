@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdlib>
 
@@ -157,7 +158,12 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
   skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
   fuse_epilogues_ = envInt("COMPUTRON_DECODE_FUSE", 1) != 0;
-  CUDA_CHECK(cudaMallocHost(&host_meta_, static_cast<std::size_t>(layout.sizes[16])));
+  // Pinned and mapped: uploads run as kernels reading host memory (kernels::uploadMapped).
+  CUDA_CHECK(cudaHostAlloc(&host_meta_, static_cast<std::size_t>(layout.sizes[16]), cudaHostAllocMapped | cudaHostAllocPortable));
+  CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_meta_), host_meta_, 0));
+  CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_pointer_staging_), static_cast<std::size_t>(layout.sizes[18]),
+                           cudaHostAllocMapped | cudaHostAllocPortable));
+  CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_pointers_), host_pointer_staging_, 0));
   CUDA_CHECK(cudaEventCreateWithFlags(&meta_uploaded_, cudaEventDisableTiming));
 }
 
@@ -168,6 +174,7 @@ ShardExecutor::~ShardExecutor() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   if (meta_uploaded_) cudaEventDestroy(meta_uploaded_);
   if (host_meta_) cudaFreeHost(host_meta_);
+  if (host_pointer_staging_) cudaFreeHost(host_pointer_staging_);
   if (workspace_ && owns_workspace_) cudaFree(workspace_);
   if (owned_weights_) cudaFree(owned_weights_);
   if (cublas_) cublasDestroy(cublas_);
@@ -271,8 +278,8 @@ void ShardExecutor::forward(const StepBatch& batch) {
     host_context[n] = host_positions[n] + 1;
   }
   for (int s = 0; s < sequences; ++s) host_last[s] = batch.last_token[static_cast<std::size_t>(s)];
-  CUDA_CHECK(cudaMemcpyAsync(meta_, host_meta_, static_cast<std::size_t>(4 * max_tokens_ + sequences) * sizeof(int),
-                             cudaMemcpyHostToDevice, stream_));
+  kernels::uploadMapped(meta_, mapped_meta_, static_cast<std::int64_t>(4 * max_tokens_ + sequences) * static_cast<std::int64_t>(sizeof(int)),
+                        stream_);
   CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
   const DType dt = plan_.spec.dtype;
 
@@ -300,8 +307,11 @@ void ShardExecutor::forward(const StepBatch& batch) {
         }
       }
     }
-    CUDA_CHECK(cudaMemcpyAsync(attention_pointers_, host_pointers_.data(), host_pointers_.size() * sizeof(void*),
-                               cudaMemcpyHostToDevice, stream_));
+    // The staging is reused by the next prefill only after this one's upload ran (meta_uploaded_
+    // is recorded after it, and forward() waits for that event first).
+    std::memcpy(host_pointer_staging_, host_pointers_.data(), host_pointers_.size() * sizeof(void*));
+    kernels::uploadMapped(attention_pointers_, mapped_pointers_, static_cast<std::int64_t>(host_pointers_.size() * sizeof(void*)), stream_);
+    CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
   }
 
   // Decode on one GPU: replay the pass captured for this batch size (no NCCL inside graphs).

@@ -148,7 +148,10 @@ class ShardExecutor {
   int* sampled_ = nullptr;         // [max_batch]
   float* attention_partial_ = nullptr;  // split-context decode attention partial results
   void* cublas_workspace_ = nullptr;
-  int* host_meta_ = nullptr;       // pinned staging for meta_
+  int* host_meta_ = nullptr;       // pinned, mapped staging for meta_
+  int* mapped_meta_ = nullptr;     // its device address
+  std::byte* host_pointer_staging_ = nullptr;  // pinned, mapped staging for attention_pointers_
+  std::byte* mapped_pointers_ = nullptr;
   cudaEvent_t meta_uploaded_ = nullptr;
   void** attention_pointers_ = nullptr;  // device pointer arrays for batched prefill products
   std::vector<const void*> host_pointers_;
