@@ -6,7 +6,9 @@
 # MODEL_CHECK_QUICK=1: a shorter call for decode work: three small models against transformers,
 # one TP=2 and one PP=2 run where two GPUs exist, the kernel check and timings, and our speed
 # table under the decode settings (COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
-# refusal or transformers speed runs.
+# refusal or transformers speed runs. MODEL_CHECK_SKIP_SPEED=1 (with QUICK): correctness only.
+# PREBUILT=dir: use the carried computron_model_check (and, with it, run `computron replay` on a
+# checkpoint made here: the runtime's checkpoint path) instead of building.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/model-check-out}
@@ -41,12 +43,18 @@ target_include_directories(computron_common PUBLIC $PWD)
 target_link_libraries(computron_common PUBLIC nlohmann_json::nlohmann_json)
 add_subdirectory($PWD/runtime/model model)
 CMAKE
+if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron_model_check" ]; then
+  BIN=$PREBUILT/computron_model_check
+  export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
+  echo "using the carried $BIN"
+else
 cmake -S $WORK/cmake -B /tmp/build-model -DCMAKE_BUILD_TYPE=Release -DNCCL_ROOT="$NCCL_ROOT" > $OUT/cmake.log 2>&1 \
   || { tail -30 $OUT/cmake.log; exit 1; }
 grep -E "NCCL" $OUT/cmake.log
 cmake --build /tmp/build-model --target computron_model_check -j 32 > $OUT/build.log 2>&1 || { grep -E "error" -A3 $OUT/build.log | head -40; exit 1; }
 BIN=/tmp/build-model/model/computron_model_check
 export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}${LD_LIBRARY_PATH:-}
+fi
 
 REF=scripts/hf_reference.py
 if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
@@ -59,10 +67,13 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
         timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2 $3"
     done
   }
+  SPEED=$([ "${MODEL_CHECK_SKIP_SPEED:-0}" = 1 ] && echo no || echo yes)
+  if [ $SPEED = yes ]; then
   step "decode kernels: skinny products vs cuBLAS, attention"
   timeout 90 $BIN kernels || echo "FAILED kernels"
   step "speed: ours, default decode settings"
   bench_ours default default default
+  fi
   step "make models"
   python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
   python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
@@ -83,12 +94,21 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
              --logits $WORK/$1.tp$2pp$3.bin --label "$1 tp$2 pp$3" || echo "FAILED $1 tp$2 pp$3"
     done
   fi
+  if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron" ]; then
+    # The runtime reading a checkpoint into its host store and running it from the GPU pool.
+    step "runtime: replay with a checkpoint"
+    timeout 120 $PREBUILT/computron replay scenarios/coldstart-opt13b-h200.json --device cuda --host-memory-gib 100 --no-files \
+      --set "models[0].spec={\"hf_config\": \"$WORK/opt8/config.json\"}" --set 'models[0].name=opt8' --set 'models[0].count=1' \
+      --set workload.output_tokens=16 --checkpoint opt8=$WORK/opt8 && echo "REPLAY checkpoint ok" || echo "FAILED replay checkpoint"
+  fi
+  if [ $SPEED = yes ]; then
   step "speed: ours, other decode settings (graph, skinny rows)"
   bench_ours 0 0 default
   bench_ours default 32 default
   bench_ours default default 0
+  fi
   step "summary"
-  grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|FAILED)" $LOG | sed 's/^/  /'
+  grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|REPLAY|FAILED)" $LOG | sed 's/^/  /'
   exit 0
 fi
 
