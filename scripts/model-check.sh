@@ -5,7 +5,7 @@
 # bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
 # MODEL_CHECK_QUICK=1: a shorter call for decode work: three small models against transformers,
 # one TP=2 and one PP=2 run where two GPUs exist, the kernel check and timings, and our speed
-# table under the decode settings (COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
+# table under the decode settings (COMPUTRON_PDL, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
 # refusal or transformers speed runs. MODEL_CHECK_SKIP_SPEED=1 (with QUICK): correctness only.
 # PREBUILT=dir: use the carried computron_model_check (and, with it, run `computron replay` on a
 # checkpoint made here: the runtime's checkpoint path) instead of building.
@@ -58,13 +58,14 @@ fi
 
 REF=scripts/hf_reference.py
 if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
-  # bench_ours GRAPH SKINNY FUSE: our speed table under one decode setting ("default": unset).
+  # bench_ours GRAPH SKINNY FUSE [PDL]: our speed table under one decode setting ("default": unset).
   bench_ours() {
+    local pdl=${4:-default}
     for p in opt-6.7b llama-3-8b; do
       ( [ $1 = default ] || export COMPUTRON_DECODE_GRAPH=$1; [ $2 = default ] || export COMPUTRON_SKINNY_ROWS=$2
-        [ $3 = default ] || export COMPUTRON_DECODE_FUSE=$3
-        echo "SETTING graph=$1 skinny_rows=$2 fuse=$3 preset=$p"
-        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2 $3"
+        [ $3 = default ] || export COMPUTRON_DECODE_FUSE=$3; [ $pdl = default ] || export COMPUTRON_PDL=$pdl
+        echo "SETTING graph=$1 skinny_rows=$2 fuse=$3 pdl=$pdl preset=$p"
+        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2 $3 $pdl"
     done
   }
   SPEED=$([ "${MODEL_CHECK_SKIP_SPEED:-0}" = 1 ] && echo no || echo yes)
@@ -102,10 +103,10 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
       --set workload.output_tokens=16 --checkpoint opt8=$WORK/opt8 && echo "REPLAY checkpoint ok" || echo "FAILED replay checkpoint"
   fi
   if [ $SPEED = yes ]; then
-  step "speed: ours, other decode settings (graph, skinny rows)"
+  step "speed: ours, other decode settings (PDL off, graph off, cuBLAS only), then the default again"
+  bench_ours default default default 0
   bench_ours 0 0 default
-  bench_ours default 32 default
-  bench_ours default default 0
+  bench_ours default default default
   fi
   step "summary"
   grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|REPLAY|FAILED)" $LOG | sed 's/^/  /'

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 #include <type_traits>
 
 #include "runtime/model/cuda/cuda_check.h"
@@ -46,12 +47,31 @@ __device__ float blockSum(float v, float* scratch) {
   return warpSum(v);
 }
 
+// Programmatic dependent launch (Hopper and later). A kernel launched with launchPdl may start
+// while the kernel before it on the stream is still running: it first announces that its own
+// dependents may launch (pdlTrigger), may read what no earlier kernel writes (the weights), and
+// then waits for the earlier kernel to finish and its writes to be visible (pdlWait) before it
+// reads or writes anything else. Every such kernel waits in every block, so completion stays
+// ordered along the stream. Launched without the attribute both are no-ops.
+__device__ __forceinline__ void pdlTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embeddings
 
 template <typename T>
 __global__ void embedTokensKernel(const T* table, const int* tokens, int hidden, int vocab_begin, int local_vocab,
                                   float* residual) {
+  pdlTrigger();
+  pdlWait();
   const int n = blockIdx.x;
   const int row = tokens[n] - vocab_begin;
   const bool mine = row >= 0 && row < local_vocab;
@@ -61,6 +81,8 @@ __global__ void embedTokensKernel(const T* table, const int* tokens, int hidden,
 
 template <typename T>
 __global__ void addPositionsKernel(const T* table, const int* positions, int hidden, float* residual) {
+  pdlTrigger();
+  pdlWait();
   const int n = blockIdx.x;
   const std::int64_t row = positions[n] + 2;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x)
@@ -73,6 +95,8 @@ __global__ void addPositionsKernel(const T* table, const int* positions, int hid
 template <typename T>
 __global__ void layerNormKernel(const float* residual, const int* rows, int hidden, const T* weight, const T* bias,
                                 float eps, T* out) {
+  pdlTrigger();
+  pdlWait();
   __shared__ float scratch[32];
   const int row = rows ? rows[blockIdx.x] : blockIdx.x;
   const float* x = residual + static_cast<std::int64_t>(row) * hidden;
@@ -92,6 +116,8 @@ __global__ void layerNormKernel(const float* residual, const int* rows, int hidd
 
 template <typename T>
 __global__ void rmsNormKernel(const float* residual, const int* rows, int hidden, const T* weight, float eps, T* out) {
+  pdlTrigger();
+  pdlWait();
   __shared__ float scratch[32];
   const int row = rows ? rows[blockIdx.x] : blockIdx.x;
   const float* x = residual + static_cast<std::int64_t>(row) * hidden;
@@ -107,6 +133,8 @@ __global__ void rmsNormKernel(const float* residual, const int* rows, int hidden
 
 template <typename T>
 __global__ void addResidualKernel(float* residual, const float* projection, const T* bias, std::int64_t total, int hidden) {
+  pdlTrigger();
+  pdlWait();
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     residual[i] += projection[i] + (bias ? toFloat(bias[i % hidden]) : 0.f);
@@ -117,6 +145,8 @@ __global__ void addResidualKernel(float* residual, const float* projection, cons
 template <typename T, bool kLayerNorm>
 __global__ void addResidualNormKernel(float* residual, const float* projection, const T* proj_bias, int hidden,
                                       const T* weight, const T* bias, float eps, T* out) {
+  pdlTrigger();
+  pdlWait();
   __shared__ float scratch[32];
   const std::int64_t off = static_cast<std::int64_t>(blockIdx.x) * hidden;
   float* x = residual + off;
@@ -147,6 +177,8 @@ __global__ void addResidualNormKernel(float* residual, const float* projection, 
 
 template <typename T>
 __global__ void biasReluKernel(T* x, const T* bias, std::int64_t total, int width) {
+  pdlTrigger();
+  pdlWait();
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     // The reference adds the bias in the model dtype before the ReLU; round the same way.
@@ -157,6 +189,8 @@ __global__ void biasReluKernel(T* x, const T* bias, std::int64_t total, int widt
 
 template <typename T>
 __global__ void swiGluKernel(const T* gate_up, T* out, std::int64_t total, int width) {
+  pdlTrigger();
+  pdlWait();
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t n = i / width, j = i % width;
@@ -215,6 +249,8 @@ __device__ __forceinline__ void storeQkvPair(float x1, float x2, const T* bias, 
 template <typename T>
 __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, const int* positions, QkvLayout layout,
                                T* q, T* k_cache, T* v_cache) {
+  pdlTrigger();
+  pdlWait();
   // Block = (token, head); thread = one rotate-half pair (i, i + hd/2).
   const int n = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int hd = layout.head_dim, half = hd / 2;
@@ -229,6 +265,8 @@ __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, co
 
 template <typename T>
 __global__ void causalSoftmaxKernel(const float* scores, T* probs, std::int64_t rows, int len) {
+  pdlTrigger();
+  pdlWait();
   const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
   if (row >= rows) return;
   const int lane = threadIdx.x & 31;
@@ -269,6 +307,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
                                                                               const int* slots, const int* context,
                                                                               QkvLayout layout, float scale, int chunk,
                                                                               int splits, T* out, float* part) {
+  pdlTrigger();
+  pdlWait();
   constexpr int kLanesPerPos = HD / 8;
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kPosPerRound = kPosPerWarp * kAttnWarps;
@@ -401,6 +441,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
 // One block per (head, sequence), one thread per dimension: merges the chunks' partial results.
 template <typename T, int HD>
 __global__ void decodeCombineKernel(const float* part, int heads, int splits, T* out) {
+  pdlTrigger();
+  pdlWait();
   const std::int64_t head = static_cast<std::int64_t>(blockIdx.y) * heads + blockIdx.x;
   const float* p = part + head * splits * (HD + 2);
   const int d = threadIdx.x;
@@ -425,8 +467,9 @@ __global__ void decodeCombineKernel(const float* part, int heads, int splits, T*
 // split the inner dimension in chunks of 32. Each thread loads 16 bytes of two weight rows and of
 // NT x rows per chunk and feeds two mma steps from them: within a chunk the inner index is
 // permuted identically for both operands (thread t's 8 values stand for the mma's k slots
-// 2t, 2t+1, 2t+8, 2t+9 of two steps), which leaves the sum unchanged. 4 chunks per warp are in
-// flight; weights are read once, bypassing L1, so x stays cached.
+// 2t, 2t+1, 2t+8, 2t+9 of two steps), which leaves the sum unchanged. Two rounds of 4 chunks are in
+// flight per warp (the next round is requested before the current one is used); weights are read
+// once, bypassing L1, so x stays cached.
 
 constexpr int kSkinnyWarps = 8;
 constexpr int kSkinnyUnroll = 4;
@@ -515,16 +558,35 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x
 #pragma unroll
   for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
   const int chunks = (in + 31) / 32;
+  constexpr int kStep = kSkinnyWarps * kSkinnyUnroll;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int c0 = warp; c0 < chunks; c0 += kSkinnyWarps * kSkinnyUnroll) {
-    uint4 av[kSkinnyUnroll], bv[kSkinnyUnroll], xv[kSkinnyUnroll][NT];
+  // Weight chunks of the round starting at c0, into a / b.
+  auto loadWeights = [&](int c0, uint4 (&a)[kSkinnyUnroll], uint4 (&b)[kSkinnyUnroll]) {
 #pragma unroll
     for (int u = 0; u < kSkinnyUnroll; ++u) {
       const int chunk = c0 + u * kSkinnyWarps;
       const int k = chunk * 32;
       const bool ok = chunk < chunks && k + t * 8 < in;  // in is a multiple of 8
-      av[u] = ok && va ? loadStreaming(wa + k) : zero;
-      bv[u] = ok && vb ? loadStreaming(wb + k) : zero;
+      a[u] = ok && va ? loadStreaming(wa + k) : zero;
+      b[u] = ok && vb ? loadStreaming(wb + k) : zero;
+    }
+  };
+  uint4 av[kSkinnyUnroll], bv[kSkinnyUnroll];
+  // The first round's weights are requested before waiting for the kernel that writes x: under
+  // programmatic dependent launch they stream in while that kernel finishes.
+  loadWeights(warp, av, bv);
+  pdlTrigger();
+  pdlWait();
+  for (int c0 = warp; c0 < chunks; c0 += kStep) {
+    // Two rounds of weights in flight: the next round is requested before this one is used.
+    uint4 an[kSkinnyUnroll], bn[kSkinnyUnroll];
+    const bool more = c0 + kStep < chunks;
+    if (more) loadWeights(c0 + kStep, an, bn);
+    uint4 xv[kSkinnyUnroll][NT];
+#pragma unroll
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
+      const int k = (c0 + u * kSkinnyWarps) * 32;
+      const bool ok = c0 + u * kSkinnyWarps < chunks && k + t * 8 < in;
 #pragma unroll
       for (int j = 0; j < NT; ++j) xv[u][j] = ok && vx[j] ? *reinterpret_cast<const uint4*>(xr[j] + k) : zero;
     }
@@ -534,6 +596,13 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x
       for (int j = 0; j < NT; ++j) {
         mma16816<T>(c[j], av[u].x, bv[u].x, av[u].y, bv[u].y, xv[u][j].x, xv[u][j].y);
         mma16816<T>(c[j], av[u].z, bv[u].z, av[u].w, bv[u].w, xv[u][j].z, xv[u][j].w);
+      }
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < kSkinnyUnroll; ++u) {
+        av[u] = an[u];
+        bv[u] = bn[u];
       }
     }
   }
@@ -730,6 +799,39 @@ __global__ void fillUniformKernel(T* data, std::int64_t elements, std::uint64_t 
   }
 }
 
+// Whether launchPdl sets the programmatic-serialization attribute: compute capability 9.0 or
+// later, and COMPUTRON_PDL not 0 (read once; the A/B switch for measurements).
+bool pdlEnabled() {
+  static const bool env_on = [] {
+    const char* v = std::getenv("COMPUTRON_PDL");
+    return v == nullptr || std::atoi(v) != 0;
+  }();
+  if (!env_on) return false;
+  static int major_of[64] = {};  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  int& major = major_of[device];
+  if (major == 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) major = -1;
+  return major >= 9;
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...), allowed to overlap the previous kernel on
+// the stream (see pdlWait); the arguments must have the kernel's parameter types.
+template <typename... Params, typename... Args>
+void launchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = pdlEnabled() ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -738,7 +840,7 @@ __global__ void fillUniformKernel(T* data, std::int64_t elements, std::uint64_t 
 void embedTokens(DType dtype, const void* table, const int* tokens, int num_tokens, int hidden, int vocab_begin,
                  int local_vocab, float* residual, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    embedTokensKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(table), tokens, hidden, vocab_begin, local_vocab, residual);
+    launchPdl(embedTokensKernel<T>, dim3(num_tokens), dim3(256), 0, stream, static_cast<const T*>(table), tokens, hidden, vocab_begin, local_vocab, residual);
   });
   CUDA_CHECK_LAUNCH("embedTokens");
 }
@@ -746,7 +848,7 @@ void embedTokens(DType dtype, const void* table, const int* tokens, int num_toke
 void addPositions(DType dtype, const void* table, const int* positions, int num_tokens, int hidden, float* residual,
                   cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    addPositionsKernel<T><<<num_tokens, 256, 0, stream>>>(static_cast<const T*>(table), positions, hidden, residual);
+    launchPdl(addPositionsKernel<T>, dim3(num_tokens), dim3(256), 0, stream, static_cast<const T*>(table), positions, hidden, residual);
   });
   CUDA_CHECK_LAUNCH("addPositions");
 }
@@ -754,7 +856,7 @@ void addPositions(DType dtype, const void* table, const int* positions, int num_
 void layerNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
                const void* bias, float eps, void* out, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    layerNormKernel<T><<<num_rows, 256, 0, stream>>>(residual, rows, hidden, static_cast<const T*>(weight),
+    launchPdl(layerNormKernel<T>, dim3(num_rows), dim3(256), 0, stream, residual, rows, hidden, static_cast<const T*>(weight),
                                                      static_cast<const T*>(bias), eps, static_cast<T*>(out));
   });
   CUDA_CHECK_LAUNCH("layerNorm");
@@ -763,7 +865,7 @@ void layerNorm(DType dtype, const float* residual, const int* rows, int num_rows
 void rmsNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
              float eps, void* out, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    rmsNormKernel<T><<<num_rows, 256, 0, stream>>>(residual, rows, hidden, static_cast<const T*>(weight), eps, static_cast<T*>(out));
+    launchPdl(rmsNormKernel<T>, dim3(num_rows), dim3(256), 0, stream, residual, rows, hidden, static_cast<const T*>(weight), eps, static_cast<T*>(out));
   });
   CUDA_CHECK_LAUNCH("rmsNorm");
 }
@@ -772,7 +874,7 @@ void addResidual(DType dtype, float* residual, const float* projection, const vo
                  cudaStream_t stream) {
   const std::int64_t total = static_cast<std::int64_t>(num_tokens) * hidden;
   dispatch(dtype, [&]<typename T>() {
-    addResidualKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(residual, projection, static_cast<const T*>(bias), total, hidden);
+    launchPdl(addResidualKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, residual, projection, static_cast<const T*>(bias), total, hidden);
   });
   CUDA_CHECK_LAUNCH("addResidual");
 }
@@ -780,7 +882,7 @@ void addResidual(DType dtype, float* residual, const float* projection, const vo
 void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width, cudaStream_t stream) {
   const std::int64_t total = static_cast<std::int64_t>(num_tokens) * width;
   dispatch(dtype, [&]<typename T>() {
-    biasReluKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(static_cast<T*>(x), static_cast<const T*>(bias), total, width);
+    launchPdl(biasReluKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, static_cast<T*>(x), static_cast<const T*>(bias), total, width);
   });
   CUDA_CHECK_LAUNCH("biasRelu");
 }
@@ -788,7 +890,7 @@ void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width,
 void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int width, cudaStream_t stream) {
   const std::int64_t total = static_cast<std::int64_t>(num_tokens) * width;
   dispatch(dtype, [&]<typename T>() {
-    swiGluKernel<T><<<gridFor(total, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), total, width);
+    launchPdl(swiGluKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, static_cast<const T*>(gate_up), static_cast<T*>(out), total, width);
   });
   CUDA_CHECK_LAUNCH("swiGlu");
 }
@@ -797,7 +899,7 @@ void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, 
               const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
     const int total_heads = layout.heads + 2 * layout.kv_heads;
-    splitQkvKernel<T><<<dim3(num_tokens, total_heads), layout.head_dim / 2, 0, stream>>>(static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
+    launchPdl(splitQkvKernel<T>, dim3(num_tokens, total_heads), dim3(layout.head_dim / 2), 0, stream, static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
                                                       layout, static_cast<T*>(q), static_cast<T*>(k_cache), static_cast<T*>(v_cache));
   });
   CUDA_CHECK_LAUNCH("splitQkv");
@@ -807,7 +909,7 @@ void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, 
   const std::int64_t rows = static_cast<std::int64_t>(matrices) * len;
   const int rows_per_block = 8;
   dispatch(dtype, [&]<typename T>() {
-    causalSoftmaxKernel<T><<<static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block), rows_per_block * 32, 0, stream>>>(
+    launchPdl(causalSoftmaxKernel<T>, dim3(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block)), dim3(rows_per_block * 32), 0, stream,
         scores, static_cast<T*>(probs), rows, len);
   });
   CUDA_CHECK_LAUNCH("causalSoftmax");
@@ -852,7 +954,7 @@ void decodeAttention(DType dtype, const void* q, const void* k_cache, const void
   dispatch(dtype, [&]<typename T>() {
     auto launch = [&]<int HD>() {
       auto kernel = [&]<int G>() {
-        decodeAttentionSplitKernel<T, HD, G><<<grid, kAttnWarps * 32, shared, stream>>>(
+        launchPdl(decodeAttentionSplitKernel<T, HD, G>, grid, dim3(kAttnWarps * 32), shared, stream,
             static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), slots, context, layout,
             scale, chunk, splits, static_cast<T*>(out), partial);
       };
@@ -862,7 +964,7 @@ void decodeAttention(DType dtype, const void* q, const void* k_cache, const void
       else kernel.template operator()<8>();
       CUDA_CHECK_LAUNCH("decodeAttention");
       if (splits > 1) {
-        decodeCombineKernel<T, HD><<<dim3(layout.heads, num_tokens), HD, 0, stream>>>(partial, layout.heads, splits,
+        launchPdl(decodeCombineKernel<T, HD>, dim3(layout.heads, num_tokens), dim3(HD), 0, stream, partial, layout.heads, splits,
                                                                                      static_cast<T*>(out));
         CUDA_CHECK_LAUNCH("decodeCombine");
       }
@@ -884,10 +986,10 @@ void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, 
     epi.bias = static_cast<const T*>(relu_bias);
     auto launch = [&]<int NT>() {
       if (y_f32)
-        skinnyGemmKernel<T, NT, float, kSkinnyPlain><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+        launchPdl(skinnyGemmKernel<T, NT, float, kSkinnyPlain>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
             static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features, epi);
       else
-        skinnyGemmKernel<T, NT, T, kSkinnyPlain><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+        launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyPlain>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
             static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features, epi);
     };
     if (rows <= 8) launch.template operator()<1>();
@@ -906,7 +1008,7 @@ void skinnyGemmSwiGlu(DType dtype, const void* x, const void* w_gate_up, void* o
     SkinnyEpilogue<T> epi;
     epi.width = width;
     auto launch = [&]<int NT>() {
-      skinnyGemmKernel<T, NT, T, kSkinnySwiGlu><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+      launchPdl(skinnyGemmKernel<T, NT, T, kSkinnySwiGlu>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
           static_cast<const T*>(x), static_cast<const T*>(w_gate_up), static_cast<T*>(out), rows, 2 * width, in_features, epi);
     };
     if (rows <= 8) launch.template operator()<1>();
@@ -933,7 +1035,7 @@ void skinnyGemmQkv(DType dtype, const void* x, const void* w_qkv, const void* bi
     epi.k_cache = static_cast<T*>(k_cache);
     epi.v_cache = static_cast<T*>(v_cache);
     auto launch = [&]<int NT>() {
-      skinnyGemmKernel<T, NT, T, kSkinnyQkv><<<blocks, kSkinnyWarps * 32, 0, stream>>>(
+      launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyQkv>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
           static_cast<const T*>(x), static_cast<const T*>(w_qkv), static_cast<T*>(nullptr), rows, total_heads * layout.head_dim,
           in_features, epi);
     };
@@ -951,11 +1053,11 @@ void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float*
   const int threads = std::clamp((hidden / 4 + 31) / 32 * 32, 32, 1024);
   dispatch(dtype, [&]<typename T>() {
     if (layer_norm)
-      addResidualNormKernel<T, true><<<num_tokens, threads, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+      launchPdl(addResidualNormKernel<T, true>, dim3(num_tokens), dim3(threads), 0, stream, residual, projection, static_cast<const T*>(projection_bias),
                                                                      hidden, static_cast<const T*>(weight),
                                                                      static_cast<const T*>(bias), eps, static_cast<T*>(out));
     else
-      addResidualNormKernel<T, false><<<num_tokens, threads, 0, stream>>>(residual, projection, static_cast<const T*>(projection_bias),
+      launchPdl(addResidualNormKernel<T, false>, dim3(num_tokens), dim3(threads), 0, stream, residual, projection, static_cast<const T*>(projection_bias),
                                                                       hidden, static_cast<const T*>(weight), nullptr, eps,
                                                                       static_cast<T*>(out));
   });
