@@ -58,14 +58,14 @@ fi
 
 REF=scripts/hf_reference.py
 if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
-  # bench_ours GRAPH SKINNY FUSE [PDL]: our speed table under one decode setting ("default": unset).
+  # bench_ours [VAR=VALUE ...]: our speed table with these decode settings exported
+  # (COMPUTRON_PDL, COMPUTRON_ATTN_WAVES, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS,
+  # COMPUTRON_DECODE_FUSE; none: the defaults).
   bench_ours() {
-    local pdl=${4:-default}
     for p in opt-6.7b llama-3-8b; do
-      ( [ $1 = default ] || export COMPUTRON_DECODE_GRAPH=$1; [ $2 = default ] || export COMPUTRON_SKINNY_ROWS=$2
-        [ $3 = default ] || export COMPUTRON_DECODE_FUSE=$3; [ $pdl = default ] || export COMPUTRON_PDL=$pdl
-        echo "SETTING graph=$1 skinny_rows=$2 fuse=$3 pdl=$pdl preset=$p"
-        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $1 $2 $3 $pdl"
+      ( for kv in "$@"; do export "$kv"; done
+        echo "SETTING ${*:-default} preset=$p"
+        timeout 60 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 128 ) || echo "FAILED bench $p $*"
     done
   }
   SPEED=$([ "${MODEL_CHECK_SKIP_SPEED:-0}" = 1 ] && echo no || echo yes)
@@ -73,7 +73,7 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
   step "decode kernels: skinny products vs cuBLAS, attention"
   timeout 90 $BIN kernels || echo "FAILED kernels"
   step "speed: ours, default decode settings"
-  bench_ours default default default
+  bench_ours
   fi
   step "make models"
   python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
@@ -103,10 +103,11 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
       --set workload.output_tokens=16 --checkpoint opt8=$WORK/opt8 && echo "REPLAY checkpoint ok" || echo "FAILED replay checkpoint"
   fi
   if [ $SPEED = yes ]; then
-  step "speed: ours, other decode settings (PDL off, graph off, cuBLAS only), then the default again"
-  bench_ours default default default 0
-  bench_ours 0 0 default
-  bench_ours default default default
+  step "speed: ours, other decode settings (attention splits as before, PDL off, both), then the default again"
+  bench_ours COMPUTRON_ATTN_WAVES=2
+  bench_ours COMPUTRON_PDL=0
+  bench_ours COMPUTRON_PDL=0 COMPUTRON_ATTN_WAVES=2
+  bench_ours
   fi
   step "summary"
   grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|REPLAY|FAILED)" $LOG | sed 's/^/  /'

@@ -575,6 +575,16 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x
   // The first round's weights are requested before waiting for the kernel that writes x: under
   // programmatic dependent launch they stream in while that kernel finishes.
   loadWeights(warp, av, bv);
+  // ... and the second round is asked into L2, so the loop's first loads hit there.
+#pragma unroll
+  for (int u = 0; u < kSkinnyUnroll; ++u) {
+    const int chunk = warp + kStep + u * kSkinnyWarps;
+    const int k = chunk * 32;
+    if (chunk < chunks && k + t * 8 < in) {
+      if (va) asm volatile("prefetch.global.L2 [%0];" ::"l"(wa + k));
+      if (vb) asm volatile("prefetch.global.L2 [%0];" ::"l"(wb + k));
+    }
+  }
   pdlTrigger();
   pdlWait();
   for (int c0 = warp; c0 < chunks; c0 += kStep) {
@@ -916,7 +926,13 @@ void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, 
 }
 
 int decodeAttentionSplits(int kv_heads, int num_tokens, int max_seq) {
-  const int target_blocks = 2 * 132;  // two waves' worth of blocks on an H100/H200
+  // Blocks to aim for, in multiples of an H100/H200's 132 SMs (COMPUTRON_ATTN_WAVES, default 8):
+  // small batches are latency-bound, and shorter chunks take fewer dependent load rounds.
+  static const int waves = [] {
+    const char* v = std::getenv("COMPUTRON_ATTN_WAVES");
+    return v ? std::clamp(std::atoi(v), 1, 64) : 8;
+  }();
+  const int target_blocks = waves * 132;
   const int blocks = std::max(1, kv_heads * num_tokens);
   int splits = (target_blocks + blocks - 1) / blocks;
   splits = std::min(splits, (max_seq + kAttnMinChunk - 1) / kAttnMinChunk);
