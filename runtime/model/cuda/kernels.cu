@@ -524,8 +524,8 @@ struct SkinnyEpilogue {
   T* v_cache = nullptr;
 };
 
-template <typename T, int NT, typename Out, int Mode, int U, int MINB>
-__global__ void __launch_bounds__(kSkinnyWarps * 32, MINB) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in,
+template <typename T, int NT, typename Out, int Mode>
+__global__ void __launch_bounds__(kSkinnyWarps * 32) skinnyGemmKernel(const T* x, const T* w, Out* y, int rows, int out, int in,
                                                                       SkinnyEpilogue<T> epi) {
   __shared__ float reduce[kSkinnyWarps][NT][8][16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -558,12 +558,12 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, MINB) skinnyGemmKernel(cons
 #pragma unroll
   for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
   const int chunks = (in + 31) / 32;
-  constexpr int kStep = kSkinnyWarps * U;
+  constexpr int kStep = kSkinnyWarps * kSkinnyUnroll;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   // Weight chunks of the round starting at c0, into a / b.
-  auto loadWeights = [&](int c0, uint4 (&a)[U], uint4 (&b)[U]) {
+  auto loadWeights = [&](int c0, uint4 (&a)[kSkinnyUnroll], uint4 (&b)[kSkinnyUnroll]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
       const int chunk = c0 + u * kSkinnyWarps;
       const int k = chunk * 32;
       const bool ok = chunk < chunks && k + t * 8 < in;  // in is a multiple of 8
@@ -571,7 +571,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, MINB) skinnyGemmKernel(cons
       b[u] = ok && vb ? loadStreaming(wb + k) : zero;
     }
   };
-  uint4 av[U], bv[U];
+  uint4 av[kSkinnyUnroll], bv[kSkinnyUnroll];
   // The first round's weights are requested before waiting for the kernel that writes x: under
   // programmatic dependent launch they stream in while that kernel finishes.
   loadWeights(warp, av, bv);
@@ -579,19 +579,19 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, MINB) skinnyGemmKernel(cons
   pdlWait();
   for (int c0 = warp; c0 < chunks; c0 += kStep) {
     // Two rounds of weights in flight: the next round is requested before this one is used.
-    uint4 an[U], bn[U];
+    uint4 an[kSkinnyUnroll], bn[kSkinnyUnroll];
     const bool more = c0 + kStep < chunks;
     if (more) loadWeights(c0 + kStep, an, bn);
-    uint4 xv[U][NT];
+    uint4 xv[kSkinnyUnroll][NT];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
       const int k = (c0 + u * kSkinnyWarps) * 32;
       const bool ok = c0 + u * kSkinnyWarps < chunks && k + t * 8 < in;
 #pragma unroll
       for (int j = 0; j < NT; ++j) xv[u][j] = ok && vx[j] ? *reinterpret_cast<const uint4*>(xr[j] + k) : zero;
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kSkinnyUnroll; ++u) {
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         mma16816<T>(c[j], av[u].x, bv[u].x, av[u].y, bv[u].y, xv[u][j].x, xv[u][j].y);
@@ -600,7 +600,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, MINB) skinnyGemmKernel(cons
     }
     if (more) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+      for (int u = 0; u < kSkinnyUnroll; ++u) {
         av[u] = an[u];
         bv[u] = bn[u];
       }
@@ -832,23 +832,6 @@ void launchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t sha
   CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
 }
 
-// Code variants of the skinny product, for measurement (COMPUTRON_SKINNY_VARIANT): 0 = 4 chunks a
-// round, 1 = 8 chunks a round, 2 = 4 chunks and at least 3 blocks an SM, 3 = 8 chunks and at least
-// 2 blocks an SM. Calls fn.template operator()<chunks per round, min blocks per SM>().
-template <typename Fn>
-void skinnyVariant(Fn&& fn) {
-  static const int variant = [] {
-    const char* v = std::getenv("COMPUTRON_SKINNY_VARIANT");
-    return v ? std::atoi(v) : 0;
-  }();
-  switch (variant) {
-    case 1: fn.template operator()<8, 1>(); break;
-    case 2: fn.template operator()<4, 3>(); break;
-    case 3: fn.template operator()<8, 2>(); break;
-    default: fn.template operator()<kSkinnyUnroll, 1>(); break;
-  }
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -1011,15 +994,11 @@ void skinnyGemm(DType dtype, const void* x, const void* w, void* y, bool y_f32, 
     epi.bias = static_cast<const T*>(relu_bias);
     auto launch = [&]<int NT>() {
       if (y_f32)
-        skinnyVariant([&]<int U, int MINB>() {
-          launchPdl(skinnyGemmKernel<T, NT, float, kSkinnyPlain, U, MINB>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
+        launchPdl(skinnyGemmKernel<T, NT, float, kSkinnyPlain>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
             static_cast<const T*>(x), static_cast<const T*>(w), static_cast<float*>(y), rows, out_features, in_features, epi);
-        });
       else
-        skinnyVariant([&]<int U, int MINB>() {
-          launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyPlain, U, MINB>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
+        launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyPlain>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
             static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rows, out_features, in_features, epi);
-        });
     };
     if (rows <= 8) launch.template operator()<1>();
     else if (rows <= 16) launch.template operator()<2>();
@@ -1037,10 +1016,8 @@ void skinnyGemmSwiGlu(DType dtype, const void* x, const void* w_gate_up, void* o
     SkinnyEpilogue<T> epi;
     epi.width = width;
     auto launch = [&]<int NT>() {
-      skinnyVariant([&]<int U, int MINB>() {
-        launchPdl(skinnyGemmKernel<T, NT, T, kSkinnySwiGlu, U, MINB>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
+      launchPdl(skinnyGemmKernel<T, NT, T, kSkinnySwiGlu>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
           static_cast<const T*>(x), static_cast<const T*>(w_gate_up), static_cast<T*>(out), rows, 2 * width, in_features, epi);
-      });
     };
     if (rows <= 8) launch.template operator()<1>();
     else if (rows <= 16) launch.template operator()<2>();
@@ -1066,11 +1043,9 @@ void skinnyGemmQkv(DType dtype, const void* x, const void* w_qkv, const void* bi
     epi.k_cache = static_cast<T*>(k_cache);
     epi.v_cache = static_cast<T*>(v_cache);
     auto launch = [&]<int NT>() {
-      skinnyVariant([&]<int U, int MINB>() {
-        launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyQkv, U, MINB>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
+      launchPdl(skinnyGemmKernel<T, NT, T, kSkinnyQkv>, dim3(blocks), dim3(kSkinnyWarps * 32), 0, stream,
           static_cast<const T*>(x), static_cast<const T*>(w_qkv), static_cast<T*>(nullptr), rows, total_heads * layout.head_dim,
           in_features, epi);
-      });
     };
     if (rows <= 8) launch.template operator()<1>();
     else if (rows <= 16) launch.template operator()<2>();
