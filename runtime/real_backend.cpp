@@ -459,7 +459,7 @@ void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<
       if (!load.gate) {
         const HostShard& host = hostShard(load.cmd.model, load.cmd.shard);
         load.gate = std::make_shared<SegmentGate>(static_cast<int>(host.segments.size()));
-        load.gate->advance(load.reported + 1);
+        load.gate->advance(std::min(load.reported + 1, load.gate->segments() - 1));
         if (load.failed) load.gate->fail(load.error);
       }
       part.gate = load.gate;
@@ -578,7 +578,9 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
           lr.time = ev.time;
           listener.layerReady(lr);
         }
-        if (op.gate) op.gate->advance(op.reported + 1);
+        // The last segment opens only in finishLoad, after the device checksum: a batch that ran
+        // ahead over arriving layers reports no result computed on weights that fail it.
+        if (op.gate) op.gate->advance(std::min(op.reported + 1, op.gate->segments() - 1));
       } else if (op.gate) {
         op.gate->fail(op.error);
       }

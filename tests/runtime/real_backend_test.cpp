@@ -649,6 +649,34 @@ TEST(RealBackendPipelined, AFailedLoadFailsTheBatchReadingItAndFreesTheShardAfte
   EXPECT_TRUE(backend.idle());
 }
 
+TEST(RealBackendPipelined, ABatchOverWeightsThatFailTheChecksumFails) {
+  // Every byte arrives, but the device checksum finds one flipped: the last segment opens only
+  // after the checksum, so the batch that ran ahead over the arriving layers reports no result.
+  HostDeviceOptions opts;
+  opts.chunk_delay = 100 * kNanosPerMicro;
+  opts.corrupt_path = [](const PathJob& j) { return j.model == 0; };
+  HostDeviceFactory factory(1, opts);
+  RuntimeOptions o = smallOptions();
+  auto exec = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
+  o.execution = exec;
+  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, o);
+  Recorder rec;
+  backend.load(loadCmd(backend, 1, 0, 0, 0));
+  backend.execute(execCmd(3, 0, {0}, 1));
+  pump(backend, rec, [&] { return rec.batches.count(3) != 0 && rec.loads.count(1) != 0; });
+  EXPECT_FALSE(rec.loads[1].first);
+  EXPECT_NE(rec.loads[1].second.find("integrity"), std::string::npos) << rec.loads[1].second;
+  EXPECT_FALSE(rec.batches[3].ok);
+  EXPECT_NE(rec.batches[3].error.find("integrity"), std::string::npos) << rec.batches[3].error;
+  // Every segment was reported as it arrived; the gate held the last one until the checksum.
+  const int segments = static_cast<int>(backend.store().at(0, 0).segments.size());
+  EXPECT_EQ(static_cast<int>(rec.layers[1].size()), segments);
+  EXPECT_EQ(static_cast<int>(exec->passed().size()), segments);
+  EXPECT_FALSE(backend.residentExtent(0, 0, 0).has_value());
+  EXPECT_EQ(backend.pool(0).used(), 0);
+  EXPECT_TRUE(backend.idle());
+}
+
 TEST(RealBackendPipelined, EngineStartsColdBatchesBehindTheirLoads) {
   HostDeviceOptions opts;
   opts.chunk_delay = 100 * kNanosPerMicro;
