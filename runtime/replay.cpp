@@ -68,7 +68,7 @@ int replayMain(int argc, char** argv) {
       "host-memory-gib", po::value<double>(&host_memory_gib)->default_value(0),
       "host memory the weight store may assume (0: detect from cgroup limit / MemTotal)")(
       "no-verify", "skip the device checksum after each load (on by default)")(
-      "execution", po::value<std::string>(&execution_kind)->default_value(execution_kind),
+      "execution", po::value<std::string>(&execution_kind)->default_value(execution_kind, "real on cuda, placeholder on host"),
       "real (the default on --device cuda): the models' decoders run on the GPUs (CUDA only; prompts are synthetic token ids, greedy, "
       "exactly output_tokens each); placeholder: a fixed-cost kernel stands in for each batch")(
       "max-context", po::value<int>(&max_context)->default_value(max_context),

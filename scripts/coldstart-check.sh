@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold starts with real models on the GPUs (issue: model execution, "cold-start latency"), and the
+# Cold starts with real models on the GPUs (layer-pipelined execution against load-then-run), and the
 # model library's speed table with repeated prefill timings beside transformers. One call on a
 # 2 x H200 machine (device kind nvidia-h200-x2); carried binaries (the GPU machines lack
 # Boost.Program_options): PREBUILT=dir holding computron and computron_model_check, built here with

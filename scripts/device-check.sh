@@ -6,7 +6,10 @@
 #   4. computron bench swap (peaks, runtime rows, multi-path), with the baseline beside it
 #   5. the seed's swap test on the GPUs for (TP,PP) in (1,1) (2,1) (1,2), and the simulator on
 #      the same scenarios, side by side
-# Usage (from the repository root): [PREBUILT=dir] scripts/device-check.sh [OUT_DIR]
+# Usage (from the repository root): [PREBUILT=dir] [EXECUTION=real] scripts/device-check.sh [OUT_DIR]
+#   EXECUTION: how replay runs batches (default placeholder: a fixed-cost kernel timed by the
+#   simulator's cost model, which keeps the swap path the only variable and matches the tables in
+#   bench/results/runtime-swap-2026-11-28.md; real: the models' decoders on the GPUs).
 #   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds carried computron and computron-rt.
 # Results: device-check.log (everything, tables last), bench_swap.json, torch_baseline.json,
 # swap_test.md and outputs.tar.gz (summary/requests/timeline of every run).
@@ -69,7 +72,7 @@ for tp_pp in "1 1" "2 1" "1 2"; do
   set -- $tp_pp
   name=swap-opt13b-tp$1pp$2
   timeout 200 "$RT" replay scenarios/$name.json --set cluster.preset="$PRESET" --host-memory-gib "$HOSTMEM" \
-    --out "$RUNS/$name-replay" 2>&1 | tail -9
+    --execution "${EXECUTION:-placeholder}" --out "$RUNS/$name-replay" 2>&1 | tail -9
   "$SIM" sim scenarios/$name.json --set cluster.preset="$PRESET" --out "$RUNS/$name-sim" > /dev/null 2>&1
 done
 python3 - "$RUNS" > "$OUTDIR/swap_test.md" <<'PY'

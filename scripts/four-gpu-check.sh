@@ -8,7 +8,7 @@
 # Usage: PREBUILT=dir scripts/four-gpu-check.sh [OUT_DIR]   (OUT_DIR: $OUT, else ./four-gpu-out)
 # Outputs: four-gpu-check.log, bench_swap.json, runs.tar.gz (summary/requests/timeline per run).
 # The simulator's side of each run: `computron sim` on the same scenario with --set
-# cluster.preset=h200x4 (no GPU needed; see bench/results/four-gpu-*.md).
+# cluster.preset=h200x4 (no GPU needed). Record what a run measures under bench/results/.
 set -u
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for issue 6, one call on a 2-GPU machine: build the model library and driver,
+# Model library check on a GPU machine (2 GPUs for the TP/PP runs), one call: build the model library and driver,
 # compare OPT and Llama against transformers (fp32 reference), TP=2 and PP=2 against TP=1,
 # seeded sampling, the KV budget refusal, and speed against transformers eager and against the
 # bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
@@ -7,8 +7,9 @@
 # one TP=2 and one PP=2 run where two GPUs exist, the kernel check and timings, and our speed
 # table under the decode settings (COMPUTRON_PDL, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
 # refusal or transformers speed runs. MODEL_CHECK_SKIP_SPEED=1 (with QUICK): correctness only.
-# PREBUILT=dir: use the carried computron_model_check (and, with it, run `computron replay` on a
-# checkpoint made here: the runtime's checkpoint path) instead of building.
+# PREBUILT=dir: use the carried computron_model_check instead of building; with QUICK and a carried
+# computron there too, also run `computron replay` on a checkpoint made here (the runtime's
+# checkpoint path).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/model-check-out}
