@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "common/json_reader.h"
@@ -19,6 +20,21 @@ namespace computron::sim {
 namespace {
 
 constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads", "layer_pipelined"};
+
+// A path that a policy entry would overwrite (mergePolicy drops the scenario's choices), so a grid
+// key or `set` override naming it would be lost: refused with a pointer to `policies`.
+std::optional<std::string> policyChoiceIn(const std::string& path) {
+  if (path == "policy") return std::string("policy");
+  for (const char* k : kPolicyChoiceKeys)
+    if (path == std::string("policy.") + k) return std::string(k);
+  return std::nullopt;
+}
+
+std::string policyChoiceError(const std::string& key) {
+  return "`" + key + "` is chosen by the `policies` entries, which replace the scenario's policy choices; sweep it there, " +
+         "e.g. \"policies\": [\"computron\", {\"name\": \"computron\", \"" + (key == "policy" ? std::string("eviction") : key) +
+         "\": ...}]";
+}
 
 std::string csvField(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
@@ -112,13 +128,18 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
     for (auto it = g->json().begin(); it != g->json().end(); ++it) {
       JsonReader v(it.value(), g->path() + "." + it.key());
       if (!v.isArray() || v.size() == 0) v.fail("expected a non-empty list of values");
+      if (auto key = policyChoiceIn(it.key())) v.fail(policyChoiceError(*key));
       spec.grid_keys.push_back(it.key());
       values.emplace_back(it.value().begin(), it.value().end());
     }
   }
   std::vector<std::string> fixed_sets;
   if (auto s = root.find("set")) {
-    for (std::size_t i = 0; i < s->size(); ++i) fixed_sets.push_back(s->at(i).asString());
+    for (std::size_t i = 0; i < s->size(); ++i) {
+      const std::string text = s->at(i).asString();
+      if (auto key = policyChoiceIn(text.substr(0, text.find('=')))) s->at(i).fail(policyChoiceError(*key));
+      fixed_sets.push_back(text);
+    }
   }
   std::vector<std::optional<std::uint64_t>> seeds;
   if (auto s = root.find("seeds")) {

@@ -82,5 +82,31 @@ TEST(PolicySweep, BadPolicyNamesItsPath) {
   }
 }
 
+TEST(PolicySweep, PolicyChoicesInGridOrSetAreRefusedWithTheirPath) {
+  // A policy entry replaces the scenario's choices, so these would be dropped without a word.
+  nlohmann::json doc = smallSweep();
+  doc["grid"]["policy.layer_pipelined"] = {false, true};
+  try {
+    parseSweep(doc, COMPUTRON_SOURCE_DIR);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("$.grid.policy.layer_pipelined"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("policies"), std::string::npos) << e.what();
+  }
+  doc = smallSweep();
+  doc["set"] = {"duration_s=5", "policy.eviction=lru"};
+  try {
+    parseSweep(doc, COMPUTRON_SOURCE_DIR);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("$.set[1]"), std::string::npos) << e.what();
+  }
+  // Other policy fields (the count cap) and other keys stay allowed.
+  doc = smallSweep();
+  doc["set"] = {"policy.max_loaded_models=1"};
+  doc["grid"]["policy.max_loaded_models"] = {1, 2};
+  EXPECT_NO_THROW(parseSweep(doc, COMPUTRON_SOURCE_DIR));
+}
+
 }  // namespace
 }  // namespace computron::sim
