@@ -254,18 +254,22 @@ void Engine::schedule() {
     std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
     std::fill(doomed_.begin(), doomed_.end(), false);
     count_cap_claimed_ = false;
+    // A batch started behind its model's load holds its GPUs until the load ends, so it only
+    // starts when no other model has requests waiting: otherwise those would wait out the load
+    // instead of running beside it.
+    const bool pipelined = config_.policy.layer_pipelined && order.size() == 1;
     for (ModelId m : order) {
       switch (models_[static_cast<std::size_t>(m)].residency) {
         case Residency::kResident: tryRunBatch(m); break;
         case Residency::kOffloaded:
           if (!tryLoad(m)) {
             load_blocked_ = true;
-          } else if (config_.policy.layer_pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading) {
+          } else if (pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading) {
             tryRunBatch(m);  // runs layer by layer behind its load
           }
           break;
         case Residency::kLoading:
-          if (config_.policy.layer_pipelined) tryRunBatch(m);
+          if (pipelined) tryRunBatch(m);
           break;
         case Residency::kEvicting: break;
       }

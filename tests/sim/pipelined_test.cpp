@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "common/json_reader.h"
@@ -123,6 +125,43 @@ TEST(LayerPipelined, InvariantsHoldAndColdRequestsGetFaster) {
     return sum / n;
   };
   EXPECT_LT(coldMean(piped), coldMean(plain));
+}
+
+// Two OPT-13B models on one GPU, one resident at a time. `hot` is served first (a cold start), then
+// `cold` is asked for while `hot` still has a request queued: a batch behind cold's load would hold
+// the GPU for the whole load, so it waits for the load; asked for alone, it starts at once.
+TEST(LayerPipelined, ABatchStartsBehindItsLoadOnlyWhenNoOtherModelWaits) {
+  const std::string dir = ::testing::TempDir();
+  auto scenario = [&](const std::string& trace_rows) {
+    const std::string path = dir + "/pipelined_guard.csv";
+    {
+      std::ofstream f(path);
+      f << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace_rows;
+    }
+    nlohmann::json doc = nlohmann::json::parse(R"({
+      "name": "guard", "seed": 1,
+      "cluster": {"preset": "a100-40gb-x4"},
+      "models": [{"name": "hot", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1},
+                 {"name": "cold", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1}],
+      "workload": {"type": "trace", "format": "computron"},
+      "policy": {"name": "computron", "max_loaded_models": 1, "layer_pipelined": true},
+      "outputs": {"dir": ""}
+    })");
+    doc["workload"]["path"] = path;
+    return doc;
+  };
+  // hot at 0; cold at 1 s (hot idle by then): cold alone, its batch starts with its load.
+  Recorder alone = run(scenario("0,hot,0,512,1\n1,cold,1000000000,512,1\n"));
+  ASSERT_EQ(alone.requests.size(), 2u);
+  const RequestRecord& c1 = alone.requests[0].request.model == 1 ? alone.requests[0] : alone.requests[1];
+  EXPECT_LT(c1.start, alone.load_end.at(1));
+  // hot again at 1 s, beside cold: two models wait, so cold's batch waits for cold's load.
+  Recorder busy = run(scenario("0,hot,0,512,1\n1,cold,1000000000,512,1\n2,hot,1000000000,512,1\n"));
+  ASSERT_EQ(busy.requests.size(), 3u);
+  for (const auto& r : busy.requests) {
+    EXPECT_TRUE(r.ok);
+    if (r.request.model == 1) EXPECT_GE(r.start, busy.load_end.at(1));
+  }
 }
 
 TEST(LayerPipelined, ScenarioKeyIsABoolean) {
