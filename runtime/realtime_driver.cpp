@@ -1,5 +1,6 @@
 #include "runtime/realtime_driver.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -60,13 +61,18 @@ DriverStats RealtimeDriver::run() {
       pullNext();
       continue;
     }
+    if (auto wake = engine_.nextWake(); wake && *wake <= now) {
+      engine_.onTimer();  // a batch due to start behind its model's load
+      continue;
+    }
     if (!next_ && source_->exhausted() && engine_.requestsInFlight() == 0 && backend_.idle()) break;
     if (now > time_limit_) {
       throw std::runtime_error("replay: not finished after " + std::to_string(toSeconds(time_limit_)) + " s (" +
                                std::to_string(engine_.requestsInFlight()) + " requests in flight)");
     }
-    // Wait for a completion, but no longer than the next arrival (or the time limit).
-    const Nanos deadline = next_ ? next_->arrival : time_limit_ + kNanosPerMilli;
+    // Wait for a completion, but no longer than the next arrival, the engine's wake-up or the time limit.
+    Nanos deadline = next_ ? next_->arrival : time_limit_ + kNanosPerMilli;
+    if (auto wake = engine_.nextWake()) deadline = std::min(deadline, *wake);
     backend_.dispatch(deadline, listener);
   }
   stats_.end_time = clock.now();

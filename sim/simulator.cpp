@@ -69,6 +69,15 @@ SimStats Simulation::run() {
         engine_.onBatchDone(result);
         break;
       }
+      case EventKind::kWake:
+        wakes_.erase(e.time);
+        engine_.onTimer();
+        break;
+    }
+    // The engine's wake-up (a batch due to start behind a load), once per distinct time.
+    if (auto wake = engine_.nextWake()) {
+      const Nanos at = std::max(*wake, now_);
+      if (wakes_.insert(at).second) events_.push(at, EventKind::kWake);
     }
     if (options_.check_invariants) engine_.checkInvariants();
   }

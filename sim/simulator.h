@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <unordered_map>
 
 #include "common/core/engine.h"
@@ -81,6 +82,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::unordered_map<OpId, ShardLoad> load_info_;
   // Per model, per shard: the (start, end) of its latest completed load.
   std::unordered_map<ModelId, std::vector<std::pair<Nanos, Nanos>>> last_loads_;
+  std::set<Nanos> wakes_;  // times of pending kWake events
   std::vector<GatedBatch> gated_;
   std::uint64_t link_generation_ = 0;
   SimStats stats_;

@@ -168,6 +168,7 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
       state.residency = Residency::kResident;
       state.served_since_load = state.running;  // a pipelined batch is serving it already
       state.last_used = clock_.now();
+      state.last_load_time = clock_.now() - state.load_issued;
     }
   }
   schedule();
@@ -205,6 +206,9 @@ void Engine::onBatchDone(const BatchResult& result) {
     for (Nanos f : result.finish) end = std::max(end, f);
     Nanos took = end - result.start;
     if (result.ok && took > 0 && (state.min_batch_time == 0 || took < state.min_batch_time)) state.min_batch_time = took;
+    const Nanos prefill = result.first_token - result.start;
+    if (result.ok && !batch.behind_load && prefill > 0 && (state.min_prefill_time == 0 || prefill < state.min_prefill_time))
+      state.min_prefill_time = prefill;
   }
   if (observer_) observer_->onBatch(cmd, result);
   for (std::size_t i = 0; i < cmd.requests.size(); ++i) {
@@ -254,22 +258,20 @@ void Engine::schedule() {
     std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
     std::fill(doomed_.begin(), doomed_.end(), false);
     count_cap_claimed_ = false;
-    // A batch started behind its model's load holds its GPUs until the load ends, so it only
-    // starts when no other model has requests waiting: otherwise those would wait out the load
-    // instead of running beside it.
-    const bool pipelined = config_.policy.layer_pipelined && order.size() == 1;
+    const bool pipelined = config_.policy.layer_pipelined;
     for (ModelId m : order) {
       switch (models_[static_cast<std::size_t>(m)].residency) {
         case Residency::kResident: tryRunBatch(m); break;
         case Residency::kOffloaded:
           if (!tryLoad(m)) {
             load_blocked_ = true;
-          } else if (pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading) {
+          } else if (pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading &&
+                     pipelinedReady(m, order.size())) {
             tryRunBatch(m);  // runs layer by layer behind its load
           }
           break;
         case Residency::kLoading:
-          if (pipelined) tryRunBatch(m);
+          if (pipelined && pipelinedReady(m, order.size())) tryRunBatch(m);
           break;
         case Residency::kEvicting: break;
       }
@@ -277,6 +279,38 @@ void Engine::schedule() {
   }
   if (config_.policy.prefetch != "none" && !load_blocked_) tryPrefetch();
 }
+
+// layer_pipelined: whether a loading model's batch may start now. It holds its GPUs from its start
+// to the load's end, so it starts about its prefill time before the load is expected to end (the
+// shortest first token seen on the resident model; the load's end from the link speed or the
+// model's last load, whichever is later): requests that arrive in between join it, and other
+// models keep the GPUs meanwhile. Without that estimate (the model's first batch) it starts with
+// the load. Either way, while other models have requests waiting it starts early only on the
+// estimate and with serial loads; otherwise it waits for the load's end.
+bool Engine::pipelinedReady(ModelId m, std::size_t waiting_models) {
+  auto& state = models_[static_cast<std::size_t>(m)];
+  if (state.pipelined_start < 0 || clock_.now() < state.pipelined_start) return false;
+  state.pipelined_due = true;
+  if (waiting_models == 1) return true;
+  // With other models waiting, only on a trustworthy estimate of the load's end: one load per
+  // host link at a time (serial_loads). Loads sharing links end unpredictably late, and the batch
+  // would hold its GPUs past its own prefill.
+  return state.min_prefill_time > 0 && config_.policy.serial_loads;
+}
+
+std::optional<Nanos> Engine::nextWake() const {
+  if (!config_.policy.layer_pipelined) return std::nullopt;
+  std::optional<Nanos> wake;
+  for (const auto& state : models_) {
+    if (state.residency != Residency::kLoading || state.running || state.queue.empty() || state.pipelined_start < 0 ||
+        state.pipelined_due)
+      continue;
+    if (!wake || state.pipelined_start < *wake) wake = state.pipelined_start;
+  }
+  return wake;
+}
+
+void Engine::onTimer() { schedule(); }
 
 // Admission control: a queued request that cannot finish by its deadline even if served next
 // (load if not resident, plus the model's shortest batch so far) is refused now, so it stops
@@ -404,6 +438,7 @@ bool Engine::tryRunBatch(ModelId m) {
   for (GpuId g : d.gpus)
     if (gpu_busy_[static_cast<std::size_t>(g)]) return false;
   RunningBatch batch;
+  batch.behind_load = state.residency == Residency::kLoading;
   batch.cmd.batch = next_batch_++;
   batch.cmd.model = m;
   batch.cmd.tp = d.tp;
@@ -515,6 +550,15 @@ void Engine::startLoad(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];
   state.residency = Residency::kLoading;
+  state.load_issued = clock_.now();
+  if (config_.policy.layer_pipelined) {
+    // Start a batch behind this load about one prefill before its expected end (see pipelinedReady).
+    // The longer of the link-speed estimate and the model's last load (links may be shared).
+    const Nanos reload = std::max(secondsToNanos(reload_seconds_[static_cast<std::size_t>(m)]), state.last_load_time);
+    state.pipelined_start = clock_.now() + std::max<Nanos>(0, reload - state.min_prefill_time);
+    if (state.min_prefill_time == 0) state.pipelined_start = clock_.now();
+    state.pipelined_due = false;
+  }
   state.load_failed = false;
   state.load_error.clear();
   ++state.loads;

@@ -124,6 +124,13 @@ struct ModelRuntimeState {
   std::int64_t hits_since_load = 0;  // GDSF frequency: accesses since its last load began
   double gdsf_priority = 0;    // GDSF H = inflation + frequency * reload cost / size
   Nanos min_batch_time = 0;    // shortest batch seen so far (0 = none yet): deadline estimates
+  Nanos min_prefill_time = 0;  // shortest first token of a batch on the resident model (0 = none yet)
+  // layer_pipelined: when a batch may start behind the current load (-1: no load), and whether
+  // that time has been reached (the drivers' wake-up for it is then spent).
+  Nanos pipelined_start = -1;
+  Nanos load_issued = 0;     // when its current (or last) load was issued
+  Nanos last_load_time = 0;  // issue to done of its last successful load
+  bool pipelined_due = false;
 };
 
 class Engine {
@@ -138,6 +145,10 @@ class Engine {
   void onLoadDone(OpId op, bool ok = true, const std::string& error = {});
   void onEvictDone(OpId op);
   void onBatchDone(const BatchResult& result);
+  // layer_pipelined: the time at which the engine wants to run its scheduling pass again (a batch
+  // due to start behind a load), if any; possibly already past. Drivers call onTimer() then.
+  std::optional<Nanos> nextWake() const;
+  void onTimer();
 
   // Introspection (tests, outputs).
   const EngineConfig& config() const { return config_; }
@@ -173,11 +184,13 @@ class Engine {
   struct RunningBatch {
     ExecuteCommand cmd;
     std::vector<bool> waited;  // per request: its model was not resident when it arrived
+    bool behind_load = false;  // started while its model was loading (layer_pipelined)
   };
 
   void schedule();
   void rejectLate();
   bool tryRunBatch(ModelId m);
+  bool pipelinedReady(ModelId m, std::size_t waiting_models);
   void tryPrefetch();
   double prefetchScore(ModelId m) const;
   bool protectedFromSwap(ModelId victim, ModelId needing) const;

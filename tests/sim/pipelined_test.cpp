@@ -23,11 +23,12 @@ class Recorder : public EngineObserver {
  public:
   void onRequestDone(const RequestRecord& record) override { requests.push_back(record); }
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override {
-    (void)start;
     if (ok) load_end[cmd.model] = std::max(load_end[cmd.model], end);
+    if (ok) load_start[cmd.model] = start;
   }
   std::vector<RequestRecord> requests;
-  std::map<ModelId, Nanos> load_end;  // latest shard load end per model
+  std::map<ModelId, Nanos> load_end;    // latest shard load end per model
+  std::map<ModelId, Nanos> load_start;  // start of its latest shard load
 };
 
 nlohmann::json coldScenario(int tp, int pp, bool pipelined) {
@@ -127,41 +128,73 @@ TEST(LayerPipelined, InvariantsHoldAndColdRequestsGetFaster) {
   EXPECT_LT(coldMean(piped), coldMean(plain));
 }
 
-// Two OPT-13B models on one GPU, one resident at a time. `hot` is served first (a cold start), then
-// `cold` is asked for while `hot` still has a request queued: a batch behind cold's load would hold
-// the GPU for the whole load, so it waits for the load; asked for alone, it starts at once.
-TEST(LayerPipelined, ABatchStartsBehindItsLoadOnlyWhenNoOtherModelWaits) {
-  const std::string dir = ::testing::TempDir();
-  auto scenario = [&](const std::string& trace_rows) {
-    const std::string path = dir + "/pipelined_guard.csv";
-    {
-      std::ofstream f(path);
-      f << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace_rows;
-    }
-    nlohmann::json doc = nlohmann::json::parse(R"({
-      "name": "guard", "seed": 1,
-      "cluster": {"preset": "a100-40gb-x4"},
-      "models": [{"name": "hot", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1},
-                 {"name": "cold", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1}],
-      "workload": {"type": "trace", "format": "computron"},
-      "policy": {"name": "computron", "max_loaded_models": 1, "layer_pipelined": true},
-      "outputs": {"dir": ""}
-    })");
-    doc["workload"]["path"] = path;
-    return doc;
-  };
-  // hot at 0; cold at 1 s (hot idle by then): cold alone, its batch starts with its load.
-  Recorder alone = run(scenario("0,hot,0,512,1\n1,cold,1000000000,512,1\n"));
-  ASSERT_EQ(alone.requests.size(), 2u);
-  const RequestRecord& c1 = alone.requests[0].request.model == 1 ? alone.requests[0] : alone.requests[1];
-  EXPECT_LT(c1.start, alone.load_end.at(1));
-  // hot again at 1 s, beside cold: two models wait, so cold's batch waits for cold's load.
-  Recorder busy = run(scenario("0,hot,0,512,1\n1,cold,1000000000,512,1\n2,hot,1000000000,512,1\n"));
-  ASSERT_EQ(busy.requests.size(), 3u);
-  for (const auto& r : busy.requests) {
-    EXPECT_TRUE(r.ok);
-    if (r.request.model == 1) EXPECT_GE(r.start, busy.load_end.at(1));
+// Two OPT-13B models on one GPU, one resident at a time, from a trace in our CSV format.
+nlohmann::json twoModelTrace(const std::string& rows, bool serial_loads) {
+  const std::string path = ::testing::TempDir() + "/pipelined_two_models.csv";
+  {
+    std::ofstream f(path);
+    f << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << rows;
   }
+  nlohmann::json doc = nlohmann::json::parse(R"({
+    "name": "two", "seed": 1,
+    "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "hot", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1},
+               {"name": "cold", "spec": "opt-13b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1}],
+    "workload": {"type": "trace", "format": "computron"},
+    "policy": {"name": "computron", "max_loaded_models": 1, "layer_pipelined": true},
+    "outputs": {"dir": ""}
+  })");
+  doc["workload"]["path"] = path;
+  doc["policy"]["serial_loads"] = serial_loads;
+  return doc;
+}
+
+const RequestRecord& lastOf(const Recorder& r, ModelId model) {
+  const RequestRecord* last = nullptr;
+  for (const auto& q : r.requests)
+    if (q.request.model == model && (last == nullptr || q.request.arrival > last->request.arrival)) last = &q;
+  return *last;
+}
+
+// A model's first batch (no prefill estimate yet) starts with its load when it is the only model
+// waiting, and waits for the load when another model waits too: it would hold the GPU throughout.
+TEST(LayerPipelined, AFirstBatchStartsBehindItsLoadOnlyWhenNoOtherModelWaits) {
+  Recorder alone = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n", false));
+  ASSERT_EQ(alone.requests.size(), 2u);
+  EXPECT_EQ(lastOf(alone, 1).start, alone.load_start.at(1));
+  EXPECT_LT(lastOf(alone, 1).start, alone.load_end.at(1));
+  // hot again at 1 s, beside cold: two models wait.
+  Recorder busy = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n2,hot,1000000000,512,1\n", false));
+  ASSERT_EQ(busy.requests.size(), 3u);
+  for (const auto& r : busy.requests) EXPECT_TRUE(r.ok);
+  EXPECT_GE(lastOf(busy, 1).start, busy.load_end.at(1));
+}
+
+// Once the model has run resident (its prefill time is known), a batch behind a later load of it
+// starts about one prefill before the load ends, woken by the engine's timer; with serial loads
+// that holds even while another model waits. It finishes as if it had started with the load.
+TEST(LayerPipelined, ALaterBatchStartsOnePrefillBeforeTheLoadEnds) {
+  // cold at 0 (cold start) and 1 s (resident: the prefill estimate), hot at 2 s (evicts cold),
+  // cold and hot again at 4 s: cold's load evicts hot, whose request waits beside cold's.
+  const std::string rows = "0,cold,0,512,1\n1,cold,1000000000,512,1\n2,hot,2000000000,512,1\n"
+                           "3,cold,4000000000,512,1\n4,hot,4000000000,512,1\n";
+  Recorder rec = run(twoModelTrace(rows, true));
+  ASSERT_EQ(rec.requests.size(), 5u);
+  for (const auto& r : rec.requests) EXPECT_TRUE(r.ok);
+  const RequestRecord& resident = rec.requests[1].request.model == 1 ? rec.requests[1] : rec.requests[0];
+  const Nanos prefill = resident.first_token - resident.start;
+  const RequestRecord& c = lastOf(rec, 1);
+  const Nanos load_start = rec.load_start.at(1), load_end = rec.load_end.at(1);
+  EXPECT_GT(c.start, load_start);
+  EXPECT_LT(c.start, load_end);
+  EXPECT_NEAR(static_cast<double>(c.start), static_cast<double>(load_end - prefill), 1e6);  // within 1 ms
+  EXPECT_LT(c.first_token - load_end, prefill / 10);
+  // Without layer_pipelined the same request starts at the load's end and takes a whole prefill.
+  auto doc = twoModelTrace(rows, true);
+  doc["policy"]["layer_pipelined"] = false;
+  Recorder plain = run(doc);
+  EXPECT_EQ(lastOf(plain, 1).start, plain.load_end.at(1));
+  EXPECT_GT(lastOf(plain, 1).first_token, c.first_token);
 }
 
 TEST(LayerPipelined, ScenarioKeyIsABoolean) {
