@@ -707,5 +707,43 @@ TEST(RealBackendPipelined, EngineStartsColdBatchesBehindTheirLoads) {
   driver.engine().checkInvariants();
 }
 
+TEST(RealBackendPipelined, TheDriverWakesTheEngineToStartABatchOnePrefillBeforeItsLoadEnds) {
+  // Loads of ~0.3 s (10 ms a chunk) and a stand-in prefill of ~90 ms (15 ms a segment). Model 0
+  // is served cold, then resident (its prefill time), then model 1 evicts it, then model 0 again:
+  // that batch starts about one prefill before its load is expected to end, which only the
+  // engine's wake-up (no other event falls there) can trigger, and reads the last layers as they
+  // arrive.
+  HostDeviceOptions opts;
+  opts.chunk_delay = 10 * kNanosPerMilli;
+  HostDeviceFactory factory(1, opts);
+  std::vector<ModelDeployment> models{deployment("a", 1, 1, {0}), deployment("b", 1, 1, {0})};
+  EngineConfig config = configOf(models, 1, 64 * kMiB);
+  config.policy.max_loaded_models = 1;
+  config.policy.layer_pipelined = true;
+  RuntimeOptions o = smallOptions();
+  auto exec = std::make_shared<GatedFakeExecution>(15 * kNanosPerMilli);
+  o.execution = exec;
+  RealBackend backend(config, factory, o);
+  RequestLog log;
+  RealtimeDriver driver(backend, config, std::make_unique<AlternatingSource>(std::vector<ModelId>{0, 0, 1, 0}, 4), &log,
+                        30 * kNanosPerSecond);
+  driver.run();
+  ASSERT_EQ(log.records.size(), 4u);
+  for (const auto& r : log.records) EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(log.loads_ok, 3);
+  const RequestRecord& last = log.records[3];
+  ASSERT_EQ(last.request.model, 0);
+  EXPECT_TRUE(last.waited_for_load);
+  // Not at the load's issue (it waited for the estimate) ...
+  EXPECT_GT(last.start - last.request.arrival, 100 * kNanosPerMilli);
+  // ... and before the load's end: its passes over model 0 were gated, like the first batch's.
+  const int segments = static_cast<int>(backend.store().at(0, 0).segments.size());
+  int gated = 0;
+  for (const auto& p : exec->passed()) gated += p.model == 0 && p.gated ? 1 : 0;
+  EXPECT_EQ(gated, 2 * segments);
+  EXPECT_TRUE(backend.idle());
+  driver.engine().checkInvariants();
+}
+
 }  // namespace
 }  // namespace computron::runtime
