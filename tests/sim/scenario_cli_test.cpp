@@ -174,8 +174,10 @@ TEST(ScenarioCli, SetOverridesAField) {
 TEST(ScenarioCli, EveryShippedScenarioValidatesAndRuns) {
   for (const auto& entry : fs::directory_iterator(fs::path(COMPUTRON_SOURCE_DIR) / "scenarios")) {
     if (entry.path().extension() != ".json") continue;
-    if (entry.path().filename().string().rfind("swap-", 0) != 0 && entry.path().filename().string() != "random-3models-rates10-1-1-cv4.json")
-      continue;  // the long ones are exercised by the benchmarks
+    const std::string name = entry.path().filename().string();
+    const bool quick = name.rfind("swap-", 0) == 0 || name.rfind("coldstart-", 0) == 0 ||
+                       name.rfind("pipelined-start-", 0) == 0 || name == "random-3models-rates10-1-1-cv4.json";
+    if (!quick) continue;  // the long ones are exercised by the benchmarks
     CommandResult r = runCommand("sim " + entry.path().string() + " --no-files");
     EXPECT_EQ(r.exit_code, 0) << entry.path() << ": " << r.output;
   }
