@@ -32,10 +32,19 @@ void Simulation::pullNextArrival() {
 
 SimStats Simulation::run() {
   pullNextArrival();
+  Nanos last_event = 0;  // time of the last event other than a wake-up: the run's end
   while (!events_.empty()) {
     Event e = events_.pop();
-    now_ = e.time;
     ++stats_.events;
+    if (e.kind == EventKind::kWake) {
+      wakes_.erase(e.time);
+      // A wake-up the engine no longer wants (the load it was for ended early) is dropped
+      // without moving the clock, so it cannot stretch the run past its last completion.
+      const std::optional<Nanos> due = engine_.nextWake();
+      if (!due || *due > e.time) continue;
+    }
+    now_ = e.time;
+    if (e.kind != EventKind::kWake) last_event = now_;
     switch (e.kind) {
       case EventKind::kArrival: {
         Request r = *next_arrival_;
@@ -69,10 +78,7 @@ SimStats Simulation::run() {
         engine_.onBatchDone(result);
         break;
       }
-      case EventKind::kWake:
-        wakes_.erase(e.time);
-        engine_.onTimer();
-        break;
+      case EventKind::kWake: engine_.onTimer(); break;
     }
     // The engine's wake-up (a batch due to start behind a load), once per distinct time.
     if (auto wake = engine_.nextWake()) {
@@ -84,7 +90,7 @@ SimStats Simulation::run() {
   if (engine_.requestsInFlight() != 0)
     throw std::logic_error("simulation ended with " + std::to_string(engine_.requestsInFlight()) +
                            " requests unserved");
-  stats_.end_time = now_;
+  stats_.end_time = last_event;
   return stats_;
 }
 

@@ -197,6 +197,48 @@ TEST(LayerPipelined, ALaterBatchStartsOnePrefillBeforeTheLoadEnds) {
   EXPECT_GT(lastOf(plain, 1).first_token, c.first_token);
 }
 
+// A wake-up the engine no longer needs (the load it was for ended early) is dropped: the run
+// ends with its last completion, not at the stale wake.
+TEST(LayerPipelined, AStaleWakeDoesNotExtendTheRun) {
+  // a and b load together at 0 (sharing GPU 0's link, so a's last load took twice as long as it
+  // needs alone); a then runs resident (its prefill time), c evicts a, and a's next load, alone,
+  // ends well before the wake set from the shared load's time.
+  const std::string path = ::testing::TempDir() + "/pipelined_stale_wake.csv";
+  {
+    std::ofstream f(path);
+    f << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
+      << "0,a,0,512,1\n1,b,0,512,1\n2,a,1000000000,512,1\n3,b,1500000000,512,1\n"
+      << "4,c,2000000000,512,1\n5,a,3000000000,512,1\n";
+  }
+  nlohmann::json doc = nlohmann::json::parse(R"({
+    "name": "stale", "seed": 1,
+    "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "a", "spec": "opt-1.3b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1},
+               {"name": "b", "spec": "opt-1.3b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1},
+               {"name": "c", "spec": "opt-1.3b", "tp": 1, "pp": 1, "gpus": [0], "max_batch": 1}],
+    "workload": {"type": "trace", "format": "computron"},
+    "policy": {"name": "computron", "max_loaded_models": 2, "layer_pipelined": true},
+    "outputs": {"dir": ""}
+  })");
+  doc["workload"]["path"] = path;
+  Scenario s = parseScenario(doc, ".");
+  Recorder rec;
+  sim::SimOptions options;
+  options.check_invariants = true;
+  sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &rec, options);
+  const sim::SimStats stats = simulation.run();
+  ASSERT_EQ(rec.requests.size(), 6u);
+  Nanos last_finish = 0;
+  for (const auto& r : rec.requests) {
+    EXPECT_TRUE(r.ok);
+    last_finish = std::max(last_finish, r.finish);
+  }
+  // The setting holds: a's last load ended before its batch would have been woken.
+  const RequestRecord& last = lastOf(rec, 0);
+  EXPECT_EQ(last.start, rec.load_end.at(0));
+  EXPECT_EQ(stats.end_time, last_finish);
+}
+
 TEST(LayerPipelined, ScenarioKeyIsABoolean) {
   auto doc = coldScenario(1, 1, true);
   EXPECT_TRUE(parseScenario(doc, ".").engine.policy.layer_pipelined);
