@@ -21,19 +21,45 @@ namespace {
 
 constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads", "layer_pipelined"};
 
-// A path that a policy entry would overwrite (mergePolicy drops the scenario's choices), so a grid
-// key or `set` override naming it would be lost: refused with a pointer to `policies`.
+// The keys an override path walks, read as applyOverride reads it: "policy.eviction" and
+// ".policy.eviction" alike; an index stays "[n]".
+std::vector<std::string> overrideKeys(const std::string& path) {
+  std::vector<std::string> keys;
+  std::size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '.') ++i;
+    std::size_t end = path.size();
+    if (i < path.size() && path[i] == '[') {
+      const std::size_t close = path.find(']', i);
+      if (close != std::string::npos) end = close + 1;
+    } else {
+      end = std::min(path.find_first_of(".[", i), path.size());
+    }
+    keys.push_back(path.substr(i, end - i));
+    i = end;
+  }
+  return keys;
+}
+
+// A path that a policy entry would overwrite (mergePolicy drops the scenario's choices; the entry
+// names the policy set), so a grid key or `set` override naming it, or any field inside it, would
+// be lost: refused with a pointer to `policies`.
 std::optional<std::string> policyChoiceIn(const std::string& path) {
-  if (path == "policy") return std::string("policy");
+  const std::vector<std::string> keys = overrideKeys(path);
+  if (keys.empty() || keys[0] != "policy") return std::nullopt;
+  if (keys.size() == 1) return std::string("policy");
+  if (keys[1] == "name") return std::string("name");
   for (const char* k : kPolicyChoiceKeys)
-    if (path == std::string("policy.") + k) return std::string(k);
+    if (keys[1] == k) return std::string(k);
   return std::nullopt;
 }
 
 std::string policyChoiceError(const std::string& key) {
+  const std::string example = key == "name" ? std::string("\"policies\": [\"computron\", \"best\"]")
+                                            : "\"policies\": [\"computron\", {\"name\": \"computron\", \"" +
+                                                  (key == "policy" ? std::string("eviction") : key) + "\": ...}]";
   return "`" + key + "` is chosen by the `policies` entries, which replace the scenario's policy choices; sweep it there, " +
-         "e.g. \"policies\": [\"computron\", {\"name\": \"computron\", \"" + (key == "policy" ? std::string("eviction") : key) +
-         "\": ...}]";
+         "e.g. " + example;
 }
 
 std::string csvField(const std::string& s) {

@@ -108,5 +108,45 @@ TEST(PolicySweep, PolicyChoicesInGridOrSetAreRefusedWithTheirPath) {
   EXPECT_NO_THROW(parseSweep(doc, COMPUTRON_SOURCE_DIR));
 }
 
+TEST(PolicySweep, NestedDottedAndNamePolicyChoicesAreRefusedToo) {
+  // Every spelling the override syntax reads as a policy choice: a nested placement field, a
+  // leading '.', the policy set's name.
+  struct Case {
+    const char* key;
+    bool refused;
+  };
+  const Case cases[] = {{"policy.placement.group_gpus", true}, {"policy.placement.policy", true},
+                        {".policy.eviction", true},            {".policy", true},
+                        {"policy.name", true},                 {".policy.name", true},
+                        {"policy.max_loaded_models", false},   {".policy.max_loaded_models", false},
+                        {"policy.lfu_half_life_s", false}};
+  for (const Case& c : cases) {
+    const std::string key = c.key;
+    nlohmann::json grid = smallSweep();
+    grid["grid"][key] = {1, 2};
+    nlohmann::json set = smallSweep();
+    set["set"] = {"duration_s=5", key + "=1"};
+    if (!c.refused) {
+      EXPECT_NO_THROW(parseSweep(grid, COMPUTRON_SOURCE_DIR)) << key;
+      EXPECT_NO_THROW(parseSweep(set, COMPUTRON_SOURCE_DIR)) << key;
+      continue;
+    }
+    try {
+      parseSweep(grid, COMPUTRON_SOURCE_DIR);
+      ADD_FAILURE() << "grid " << key << ": expected a ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("$.grid." + key), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("policies"), std::string::npos) << e.what();
+    }
+    try {
+      parseSweep(set, COMPUTRON_SOURCE_DIR);
+      ADD_FAILURE() << "set " << key << ": expected a ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("$.set[1]"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("policies"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace computron::sim
