@@ -266,12 +266,12 @@ void Engine::schedule() {
           if (!tryLoad(m)) {
             load_blocked_ = true;
           } else if (pipelined && models_[static_cast<std::size_t>(m)].residency == Residency::kLoading &&
-                     pipelinedReady(m, order.size())) {
+                     pipelinedReady(m, order)) {
             tryRunBatch(m);  // runs layer by layer behind its load
           }
           break;
         case Residency::kLoading:
-          if (pipelined && pipelinedReady(m, order.size())) tryRunBatch(m);
+          if (pipelined && pipelinedReady(m, order)) tryRunBatch(m);
           break;
         case Residency::kEvicting: break;
       }
@@ -285,17 +285,27 @@ void Engine::schedule() {
 // shortest first token seen on the resident model; the load's end from the link speed or the
 // model's last load, whichever is later): requests that arrive in between join it, and other
 // models keep the GPUs meanwhile. Without that estimate (the model's first batch) it starts with
-// the load. Either way, while other models have requests waiting it starts early only on the
-// estimate and with serial loads; otherwise it waits for the load's end.
-bool Engine::pipelinedReady(ModelId m, std::size_t waiting_models) {
+// the load. Either way, while other models with requests waiting need one of its GPUs it starts
+// early only on the estimate and with serial loads; otherwise it waits for the load's end. A load
+// with a failed shard starts no batch: its requests fail with it.
+bool Engine::pipelinedReady(ModelId m, const std::vector<ModelId>& waiting) {
   auto& state = models_[static_cast<std::size_t>(m)];
+  if (state.load_failed) return false;
   if (state.pipelined_start < 0 || clock_.now() < state.pipelined_start) return false;
   state.pipelined_due = true;
-  if (waiting_models == 1) return true;
-  // With other models waiting, only on a trustworthy estimate of the load's end: one load per
-  // host link at a time (serial_loads). Loads sharing links end unpredictably late, and the batch
-  // would hold its GPUs past its own prefill.
+  const bool gpus_contended =
+      std::any_of(waiting.begin(), waiting.end(), [&](ModelId other) { return other != m && sharesGpu(m, other); });
+  if (!gpus_contended) return true;
+  // With other models waiting for its GPUs, only on a trustworthy estimate of the load's end: one
+  // load per host link at a time (serial_loads). Loads sharing links end unpredictably late, and
+  // the batch would hold its GPUs past its own prefill.
   return state.min_prefill_time > 0 && config_.policy.serial_loads;
+}
+
+bool Engine::sharesGpu(ModelId a, ModelId b) const {
+  const auto& ga = config_.models[static_cast<std::size_t>(a)].gpus;
+  const auto& gb = config_.models[static_cast<std::size_t>(b)].gpus;
+  return std::any_of(ga.begin(), ga.end(), [&](GpuId g) { return std::find(gb.begin(), gb.end(), g) != gb.end(); });
 }
 
 std::optional<Nanos> Engine::nextWake() const {
@@ -303,7 +313,7 @@ std::optional<Nanos> Engine::nextWake() const {
   std::optional<Nanos> wake;
   for (const auto& state : models_) {
     if (state.residency != Residency::kLoading || state.running || state.queue.empty() || state.pipelined_start < 0 ||
-        state.pipelined_due)
+        state.pipelined_due || state.load_failed)
       continue;
     if (!wake || state.pipelined_start < *wake) wake = state.pipelined_start;
   }

@@ -190,7 +190,9 @@ class Engine {
   void schedule();
   void rejectLate();
   bool tryRunBatch(ModelId m);
-  bool pipelinedReady(ModelId m, std::size_t waiting_models);
+  // `waiting`: the models with queued requests this scheduling pass.
+  bool pipelinedReady(ModelId m, const std::vector<ModelId>& waiting);
+  bool sharesGpu(ModelId a, ModelId b) const;
   void tryPrefetch();
   double prefetchScore(ModelId m) const;
   bool protectedFromSwap(ModelId victim, ModelId needing) const;

@@ -190,6 +190,128 @@ TEST(Engine, FailedLoadFailsWaitingRequestsFreesMemoryAndKeepsServing) {
   engine.checkInvariants();
 }
 
+// layer_pipelined: once a shard load of the current attempt has failed, the model starts no
+// batch behind the rest of that load; its waiting requests fail with the load.
+TEST(Engine, APipelinedBatchNeverStartsBehindALoadThatAlreadyFailed) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 2, 1, {0, 1})};
+  config.gpu_weight_budget = {kGiB, kGiB};
+  config.policy.layer_pipelined = true;
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+  engine.onArrival(request(0, 0, 0));
+  // Alone and without a prefill estimate, its first batch starts with the load.
+  EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1", "run 0 x1"}));
+  clock.t = 10;
+  engine.onLoadDone(backend.loads[0].op, false, "injected failure");
+  EXPECT_EQ(engine.model(0).residency, Residency::kLoading);  // shard 1 still loading
+  engine.onArrival(request(1, 0, 10));
+  clock.t = 20;
+  BatchResult failed = done(backend.runs[0], 0, 20);
+  failed.ok = false;
+  failed.error = "its weights did not all arrive";
+  engine.onBatchDone(failed);
+  EXPECT_EQ(backend.runs.size(), 1u) << "a batch started behind a failed load";
+  EXPECT_FALSE(engine.nextWake().has_value());
+  engine.checkInvariants();
+  clock.t = 30;
+  engine.onLoadDone(backend.loads[1].op);
+  ASSERT_EQ(collector.records.size(), 2u);
+  EXPECT_EQ(collector.records[1].request.id, 1);
+  EXPECT_FALSE(collector.records[1].ok);
+  EXPECT_EQ(collector.records[1].error, "loading model a failed: injected failure");
+  ASSERT_EQ(backend.evicts.size(), 1u);  // the shard that did arrive
+  engine.onEvictDone(backend.evicts[0].op);
+  EXPECT_EQ(engine.model(0).residency, Residency::kOffloaded);
+  EXPECT_EQ(engine.requestsInFlight(), 0);
+  engine.checkInvariants();
+}
+
+// layer_pipelined: a load whose shard failed before its batch was due asks for no wake-up, and
+// the wake-up's time passing starts nothing (a driver would otherwise be woken again and again).
+TEST(Engine, AFailedShardCancelsThePipelinedWake) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 2, 1, {0, 1}), deployment("b", "opt-125m", 2, 1, {0, 1})};
+  config.gpu_weight_budget = {kGiB, kGiB};
+  config.policy.max_loaded_models = 1;
+  config.policy.layer_pipelined = true;
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+  auto finishLoads = [&] {
+    for (std::size_t i = backend.loads.size() - 2; i < backend.loads.size(); ++i) engine.onLoadDone(backend.loads[i].op);
+  };
+  auto finishBatch = [&] {  // 1 ms to its first (and last) token
+    const Nanos start = clock.t;
+    clock.t += kNanosPerMilli;
+    engine.onBatchDone(done(backend.runs.back(), start, clock.t));
+  };
+  // a cold (behind its load), then resident: its prefill time (1 ms) is known.
+  engine.onArrival(request(0, 0, 0));
+  finishLoads();
+  finishBatch();
+  engine.onArrival(request(1, 0, clock.t));
+  finishBatch();
+  EXPECT_EQ(engine.model(0).min_prefill_time, kNanosPerMilli);
+  // b evicts a; then a evicts b and loads again: its batch is due one prefill before the load's
+  // expected end.
+  engine.onArrival(request(2, 1, clock.t));
+  for (const auto& e : backend.evicts) engine.onEvictDone(e.op);
+  finishLoads();
+  finishBatch();
+  const std::size_t evicted = backend.evicts.size();
+  engine.onArrival(request(3, 0, clock.t));
+  for (std::size_t i = evicted; i < backend.evicts.size(); ++i) engine.onEvictDone(backend.evicts[i].op);
+  ASSERT_EQ(engine.model(0).residency, Residency::kLoading);
+  const std::size_t runs = backend.runs.size();
+  const std::optional<Nanos> wake = engine.nextWake();
+  ASSERT_TRUE(wake.has_value());
+  EXPECT_GT(*wake, clock.t);
+  // A shard fails before then: no wake-up is wanted any more, and none starts a batch.
+  engine.onLoadDone(backend.loads[backend.loads.size() - 2].op, false, "injected failure");
+  EXPECT_FALSE(engine.nextWake().has_value());
+  clock.t = *wake;
+  engine.onTimer();
+  EXPECT_EQ(backend.runs.size(), runs);
+  EXPECT_FALSE(engine.nextWake().has_value());
+  engine.onLoadDone(backend.loads.back().op);
+  EXPECT_FALSE(collector.records.back().ok);
+  EXPECT_EQ(collector.records.back().request.id, 3);
+  engine.checkInvariants();
+}
+
+// layer_pipelined: a first batch (no prefill estimate) behind a load waits for the load's end
+// while a model that needs one of its GPUs waits too (the batch would hold them throughout); a
+// model waiting for other GPUs does not hold it back.
+TEST(Engine, APipelinedFirstBatchWaitsOnlyForModelsSharingItsGpus) {
+  for (GpuId other_gpu : {0, 1}) {
+    EngineConfig config;
+    config.models = {deployment("a", "opt-125m", 1, 1, {0}), deployment("c", "opt-125m", 1, 1, {other_gpu})};
+    config.gpu_weight_budget = {kGiB, kGiB};
+    config.policy.max_loaded_models = 1;
+    config.policy.layer_pipelined = true;
+    RecordingBackend backend;
+    ManualClock clock;
+    Engine engine(config, backend, clock);
+    engine.onArrival(request(0, 0, 0));  // alone: starts with its load
+    engine.onArrival(request(1, 1, 0));  // c waits for a's room under the cap
+    engine.onArrival(request(2, 0, 0));  // a's second request waits for the batch
+    EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "run 0 x1"})) << other_gpu;
+    clock.t = 5;
+    engine.onBatchDone(done(backend.runs[0], 0, 5));  // a is still loading
+    if (other_gpu == 0) {
+      EXPECT_EQ(backend.runs.size(), 1u) << "started behind the load while c waits for GPU 0";
+    } else {
+      ASSERT_EQ(backend.runs.size(), 2u) << "held back by c, which waits on GPU 1";
+      EXPECT_EQ(backend.runs[1].model, 0);
+    }
+    engine.checkInvariants();
+  }
+}
+
 TEST(Engine, RefusesAModelLargerThanItsGpuBudget) {
   EngineConfig config;
   config.models = {deployment("big", "opt-13b", 1, 1, {0})};
