@@ -53,6 +53,12 @@ DriverStats RealtimeDriver::run() {
   pullNext();
   for (;;) {
     const Nanos now = clock.now();
+    if (!next_ && source_->exhausted() && engine_.requestsInFlight() == 0 && backend_.idle()) break;
+    // Before the arrivals and wake-ups: while they keep coming the run still stops at its limit.
+    if (now > time_limit_) {
+      throw std::runtime_error("replay: not finished after " + std::to_string(toSeconds(time_limit_)) + " s (" +
+                               std::to_string(engine_.requestsInFlight()) + " requests in flight)");
+    }
     if (next_ && next_->arrival <= now) {
       Request r = *next_;
       next_.reset();
@@ -64,11 +70,6 @@ DriverStats RealtimeDriver::run() {
     if (auto wake = engine_.nextWake(); wake && *wake <= now) {
       engine_.onTimer();  // a batch due to start behind its model's load
       continue;
-    }
-    if (!next_ && source_->exhausted() && engine_.requestsInFlight() == 0 && backend_.idle()) break;
-    if (now > time_limit_) {
-      throw std::runtime_error("replay: not finished after " + std::to_string(toSeconds(time_limit_)) + " s (" +
-                               std::to_string(engine_.requestsInFlight()) + " requests in flight)");
     }
     // Wait for a completion, but no longer than the next arrival, the engine's wake-up or the time limit.
     Nanos deadline = next_ ? next_->arrival : time_limit_ + kNanosPerMilli;

@@ -707,6 +707,49 @@ TEST(RealBackendPipelined, EngineStartsColdBatchesBehindTheirLoads) {
   driver.engine().checkInvariants();
 }
 
+// Requests that are all due at once, handed out 1 ms apart (next() takes that long): the driver
+// always has an arrival to deliver, as it can have a wake-up.
+class AlwaysDueSource : public RequestSource {
+ public:
+  explicit AlwaysDueSource(int count) : count_(count) {}
+  std::optional<Request> next() override {
+    if (issued_ >= count_) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    Request r;
+    r.id = issued_++;
+    r.model = 0;
+    r.arrival = 0;
+    r.output_tokens = 2;
+    return r;
+  }
+  bool exhausted() const override { return issued_ >= count_; }
+  void onRequestDone(const Request&, Nanos) override {}
+  int issued() const { return issued_; }
+
+ private:
+  int count_;
+  int issued_ = 0;
+};
+
+TEST(RealtimeDriverHost, StopsAtItsTimeLimitWhileEventsKeepComing) {
+  HostDeviceFactory factory(1);
+  EngineConfig config = configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB);
+  RuntimeOptions o = smallOptions();
+  o.placeholder_step = 200 * kNanosPerMicro;
+  RealBackend backend(config, factory, o);
+  auto source = std::make_unique<AlwaysDueSource>(1000);  // a second of arrivals
+  const AlwaysDueSource& requests = *source;
+  RealtimeDriver driver(backend, config, std::move(source), nullptr, 50 * kNanosPerMilli);
+  try {
+    driver.run();
+    FAIL() << "expected the time limit";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("not finished after"), std::string::npos) << e.what();
+  }
+  // Stopped near its 50 ms, not after delivering every arrival.
+  EXPECT_LT(requests.issued(), 500);
+}
+
 TEST(RealBackendPipelined, TheDriverWakesTheEngineToStartABatchOnePrefillBeforeItsLoadEnds) {
   // Loads of ~0.3 s (10 ms a chunk) and a stand-in prefill of ~90 ms (15 ms a segment). Model 0
   // is served cold, then resident (its prefill time), then model 1 evicts it, then model 0 again:
