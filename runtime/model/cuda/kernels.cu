@@ -286,12 +286,17 @@ __global__ void causalSoftmaxKernel(const float* scores, T* probs, std::int64_t 
 // Decode attention, split over the context (flash-decoding). Block = (kv head, sequence, chunk of
 // positions); its G = heads / kv_heads query heads share every K and V row it reads, so the cache
 // is read once per step. A group of HD / 8 lanes holds one position's row as 16-byte vectors, so
-// a warp covers 256 / HD positions per load and each thread keeps 4 loads in flight. With one
-// chunk the block writes the output; otherwise it writes (sum p v, max, sum p) per head and
-// decodeCombineKernel merges the chunks.
-
-constexpr int kAttnWarps = 4;
-constexpr int kAttnUnroll = 4;
+// a warp covers 256 / HD positions per load and a round of U loads per thread covers
+// W * U * 256 / HD positions. K and V of the first round are requested together. Rows before
+// the newest position were written by earlier passes, and the sequence's slot and context before
+// this pass's first kernel (the pass's metadata upload runs without the programmatic-launch
+// attribute), so the first round is requested before waiting on the q/k/v kernel; only the newest
+// row is read after the wait. With one chunk the block writes the output; otherwise each chunk
+// writes (sum p v, max, sum p) per head and decodeCombineKernel merges them.
+// Two shapes: one round (W 8, U 8: the usual 128-position chunk in one request, for grids of a
+// few waves, where latency rules) and streaming (W 4, U 4: more blocks per SM, for large batches).
+constexpr int kAttnOneRoundWarps = 8, kAttnOneRoundUnroll = 8;
+constexpr int kAttnStreamWarps = 4;
 constexpr int kAttnMinChunk = 128;
 constexpr int kAttnMaxChunk = 512;
 
@@ -302,16 +307,16 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] = toFloat(h[e]);
 }
 
-template <typename T, int HD, int G>
-__global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(const T* q, const T* k_cache, const T* v_cache,
+template <typename T, int HD, int G, int W, int U>
+__global__ void __launch_bounds__(W * 32) decodeAttentionSplitKernel(const T* q, const T* k_cache, const T* v_cache,
                                                                               const int* slots, const int* context,
                                                                               QkvLayout layout, float scale, int chunk,
                                                                               int splits, T* out, float* part) {
   pdlTrigger();
-  pdlWait();
   constexpr int kLanesPerPos = HD / 8;
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
-  constexpr int kPosPerRound = kPosPerWarp * kAttnWarps;
+  constexpr int kPosPerRound = kPosPerWarp * W;
+  constexpr int kPosPerIter = kPosPerRound * U;
   extern __shared__ float shared[];
   __shared__ float stats[G][2];
   const int kv_head = blockIdx.x, n = blockIdx.y, split = blockIdx.z;
@@ -321,18 +326,37 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane / kLanesPerPos, dl = lane % kLanesPerPos;
   const std::int64_t head0 = static_cast<std::int64_t>(n) * heads + kv_head * G;
-  if (begin >= end) {  // block-uniform: this chunk lies beyond the sequence
-    if (threadIdx.x < G) {
-      float* p = part + ((head0 + threadIdx.x) * splits + split) * (HD + 2);
-      p[HD] = -FLT_MAX;
-      p[HD + 1] = 0.f;
-    }
+  if (begin >= end) {  // block-uniform: this chunk lies beyond the sequence and takes no part
+    pdlWait();
     return;
   }
   const int len = end - begin;
-  float* scores = shared;                 // [G][chunk]
-  float* reduce = shared + G * chunk;     // [warps][G][HD]
+  const int newest = ctx - 1 - begin;  // the row the q/k/v kernel writes, relative to the chunk
+  float* scores = shared;              // [G][chunk]
+  float* reduce = shared + G * chunk;  // [warps][G][HD]
 
+  const std::int64_t row_stride = static_cast<std::int64_t>(layout.kv_heads) * HD;
+  const std::int64_t base = (static_cast<std::int64_t>(slots[n]) * layout.max_seq + begin) * row_stride + kv_head * HD + dl * 8;
+  const int t0 = warp * kPosPerWarp + sub;  // this thread's first position in the chunk
+
+  // First round: K and V rows written by earlier passes, before the wait.
+  uint4 kv[U], vkeep[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int t = t0 + u * kPosPerRound;
+    const bool old = t < len && t != newest;
+    kv[u] = old ? *reinterpret_cast<const uint4*>(k_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+    vkeep[u] = old ? *reinterpret_cast<const uint4*>(v_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+  }
+  pdlWait();
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int t = t0 + u * kPosPerRound;
+    if (t == newest) {
+      kv[u] = *reinterpret_cast<const uint4*>(k_cache + base + t * row_stride);
+      vkeep[u] = *reinterpret_cast<const uint4*>(v_cache + base + t * row_stride);
+    }
+  }
   float qf[G][8];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
@@ -340,21 +364,13 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
 #pragma unroll
     for (int e = 0; e < 8; ++e) qf[g][e] *= scale;
   }
-  const std::int64_t row_stride = static_cast<std::int64_t>(layout.kv_heads) * HD;
-  const std::int64_t base = (static_cast<std::int64_t>(slots[n]) * layout.max_seq + begin) * row_stride + kv_head * HD + dl * 8;
 
-  for (int w0 = warp * kPosPerWarp; w0 < len; w0 += kPosPerRound * kAttnUnroll) {
-    uint4 kv[kAttnUnroll];
+  auto score = [&](const uint4 (&rows)[U], int first) {
 #pragma unroll
-    for (int u = 0; u < kAttnUnroll; ++u) {
-      const int t = w0 + sub + u * kPosPerRound;
-      kv[u] = t < len ? *reinterpret_cast<const uint4*>(k_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kAttnUnroll; ++u) {
-      const int t = w0 + sub + u * kPosPerRound;
+    for (int u = 0; u < U; ++u) {
+      const int t = first + u * kPosPerRound;
       float kf[8];
-      unpack8<T>(kv[u], kf);
+      unpack8<T>(rows[u], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float d = 0.f;
@@ -365,9 +381,18 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
         if (dl == 0 && t < len) scores[g * chunk + t] = d;
       }
     }
+  };
+  score(kv, t0);
+  for (int first = t0 + kPosPerIter; first - t0 < len; first += kPosPerIter) {  // chunks longer than a round
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = first + u * kPosPerRound;
+      kv[u] = t < len ? *reinterpret_cast<const uint4*>(k_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+    }
+    score(kv, first);
   }
   __syncthreads();
-  for (int g = warp; g < G; g += kAttnWarps) {
+  for (int g = warp; g < G; g += W) {
     float m = -FLT_MAX;
     for (int t = lane; t < len; t += 32) m = fmaxf(m, scores[g * chunk + t]);
     m = warpMax(m);
@@ -387,19 +412,13 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
   for (int g = 0; g < G; ++g)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-  for (int w0 = warp * kPosPerWarp; w0 < len; w0 += kPosPerRound * kAttnUnroll) {
-    uint4 vv[kAttnUnroll];
+  auto accumulate = [&](const uint4 (&rows)[U], int first) {
 #pragma unroll
-    for (int u = 0; u < kAttnUnroll; ++u) {
-      const int t = w0 + sub + u * kPosPerRound;
-      vv[u] = t < len ? *reinterpret_cast<const uint4*>(v_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kAttnUnroll; ++u) {
-      const int t = w0 + sub + u * kPosPerRound;
+    for (int u = 0; u < U; ++u) {
+      const int t = first + u * kPosPerRound;
       if (t < len) {
         float vf[8];
-        unpack8<T>(vv[u], vf);
+        unpack8<T>(rows[u], vf);
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           const float p = scores[g * chunk + t];
@@ -408,6 +427,15 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
         }
       }
     }
+  };
+  accumulate(vkeep, t0);
+  for (int first = t0 + kPosPerIter; first - t0 < len; first += kPosPerIter) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = first + u * kPosPerRound;
+      kv[u] = t < len ? *reinterpret_cast<const uint4*>(v_cache + base + t * row_stride) : make_uint4(0, 0, 0, 0);
+    }
+    accumulate(kv, first);
   }
   // Sum the position groups of the warp, then the warps.
 #pragma unroll
@@ -427,7 +455,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
     const int g = idx / HD, d = idx % HD;
     float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) sum += reduce[(w * G + g) * HD + d];
+    for (int w = 0; w < W; ++w) sum += reduce[(w * G + g) * HD + d];
     if (splits == 1) {
       out[(head0 + g) * HD + d] = fromFloat<T>(sum / stats[g][1]);
     } else {
@@ -439,24 +467,23 @@ __global__ void __launch_bounds__(kAttnWarps * 32) decodeAttentionSplitKernel(co
 }
 
 // One block per (head, sequence), one thread per dimension: merges the chunks' partial results.
+// (Merging in the last chunk's block instead, counted with atomics, measured no faster on an
+// H200 and slower at batch 32.)
 template <typename T, int HD>
-__global__ void decodeCombineKernel(const float* part, int heads, int splits, T* out) {
+__global__ void decodeCombineKernel(const float* part, const int* context, int chunk, int heads, int splits, T* out) {
   pdlTrigger();
   pdlWait();
   const std::int64_t head = static_cast<std::int64_t>(blockIdx.y) * heads + blockIdx.x;
   const float* p = part + head * splits * (HD + 2);
   const int d = threadIdx.x;
+  const int active = (context[blockIdx.y] + chunk - 1) / chunk;
   float m = -FLT_MAX;
-  for (int s = 0; s < splits; ++s)
-    if (p[s * (HD + 2) + HD + 1] > 0.f) m = fmaxf(m, p[s * (HD + 2) + HD]);
+  for (int s = 0; s < active; ++s) m = fmaxf(m, p[s * (HD + 2) + HD]);
   float num = 0.f, den = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float l = p[s * (HD + 2) + HD + 1];
-    if (l > 0.f) {
-      const float w = expf(p[s * (HD + 2) + HD] - m);
-      num += w * p[s * (HD + 2) + d];
-      den += w * l;
-    }
+  for (int s = 0; s < active; ++s) {
+    const float w = expf(p[s * (HD + 2) + HD] - m);
+    num += w * p[s * (HD + 2) + d];
+    den += w * p[s * (HD + 2) + HD + 1];
   }
   out[head * HD + d] = fromFloat<T>(num / den);
 }
@@ -950,21 +977,42 @@ int decodeAttentionMaxContext(int heads, int kv_heads) {
 void decodeAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* slots,
                      const int* context, int num_tokens, const QkvLayout& layout, float scale, void* out, float* partial,
                      cudaStream_t stream) {
+  // Grids of up to COMPUTRON_ATTN_ONE_ROUND_BLOCKS blocks (default 3 waves of 132 SMs) take the
+  // one-round shape; COMPUTRON_ATTN_STREAM_UNROLL (4 or 8, default 4) sets the streaming shape's
+  // loads per round. Both exist for measurement.
+  static const int one_round_blocks = [] {
+    const char* v = std::getenv("COMPUTRON_ATTN_ONE_ROUND_BLOCKS");
+    return v ? std::max(0, std::atoi(v)) : 3 * 132;
+  }();
+  static const int stream_unroll = [] {
+    const char* v = std::getenv("COMPUTRON_ATTN_STREAM_UNROLL");
+    return v && std::atoi(v) == 8 ? 8 : 4;
+  }();
   const int group = layout.heads / layout.kv_heads;
   if (group != 1 && group != 2 && group != 4 && group != 8)
     throw DeviceError("decodeAttention: query heads per kv head must be 1, 2, 4 or 8, got " + std::to_string(group));
   const int splits = decodeAttentionSplits(layout.kv_heads, num_tokens, layout.max_seq);
   const int chunk = (layout.max_seq + splits - 1) / splits;
   if (splits > 1 && !partial) throw DeviceError("decodeAttention: no partial buffer for a split context");
-  const std::size_t shared = sizeof(float) * (static_cast<std::size_t>(group) * chunk +
-                                              static_cast<std::size_t>(kAttnWarps) * group * layout.head_dim);
   const dim3 grid(layout.kv_heads, num_tokens, splits);
+  const bool one_round = static_cast<std::int64_t>(layout.kv_heads) * num_tokens * splits <= one_round_blocks;
+  const int warps = one_round ? kAttnOneRoundWarps : kAttnStreamWarps;
+  const std::size_t shared = sizeof(float) * (static_cast<std::size_t>(group) * chunk +
+                                              static_cast<std::size_t>(warps) * group * layout.head_dim);
   dispatch(dtype, [&]<typename T>() {
     auto launch = [&]<int HD>() {
-      auto kernel = [&]<int G>() {
-        launchPdl(decodeAttentionSplitKernel<T, HD, G>, grid, dim3(kAttnWarps * 32), shared, stream,
+      auto shape = [&]<int G, int W, int U>() {
+        if (shared > 48 * 1024)
+          CUDA_CHECK(cudaFuncSetAttribute(decodeAttentionSplitKernel<T, HD, G, W, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared)));
+        launchPdl(decodeAttentionSplitKernel<T, HD, G, W, U>, grid, dim3(W * 32), shared, stream,
             static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), slots, context, layout,
             scale, chunk, splits, static_cast<T*>(out), partial);
+      };
+      auto kernel = [&]<int G>() {
+        if (one_round) shape.template operator()<G, kAttnOneRoundWarps, kAttnOneRoundUnroll>();
+        else if (stream_unroll == 8) shape.template operator()<G, kAttnStreamWarps, 8>();
+        else shape.template operator()<G, kAttnStreamWarps, 4>();
       };
       if (group == 1) kernel.template operator()<1>();
       else if (group == 2) kernel.template operator()<2>();
@@ -972,8 +1020,8 @@ void decodeAttention(DType dtype, const void* q, const void* k_cache, const void
       else kernel.template operator()<8>();
       CUDA_CHECK_LAUNCH("decodeAttention");
       if (splits > 1) {
-        launchPdl(decodeCombineKernel<T, HD>, dim3(layout.heads, num_tokens), dim3(HD), 0, stream, partial, layout.heads, splits,
-                                                                                     static_cast<T*>(out));
+        launchPdl(decodeCombineKernel<T, HD>, dim3(layout.heads, num_tokens), dim3(HD), 0, stream, partial, context, chunk,
+                  layout.heads, splits, static_cast<T*>(out));
         CUDA_CHECK_LAUNCH("decodeCombine");
       }
     };

@@ -375,6 +375,92 @@ int runKernels() {
       }
     }
   }
+  // Decode attention against a host reference in double: uneven contexts (1, a chunk's edge,
+  // the whole cache), shuffled slots, GQA groups 1..8, both kernel shapes, chunks of one round and
+  // of several; each case launched twice.
+  struct AttnCase { int heads, kv_heads, hd, tokens, max_seq; };
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    for (const AttnCase& c : std::vector<AttnCase>{{32, 32, 128, 1, 640}, {32, 32, 128, 8, 640}, {32, 8, 128, 32, 640},
+                                                   {16, 2, 64, 3, 300}, {64, 8, 128, 4, 2048}, {32, 32, 128, 32, 1024}}) {
+      kernels::QkvLayout layout;
+      layout.heads = c.heads;
+      layout.kv_heads = c.kv_heads;
+      layout.head_dim = c.hd;
+      layout.max_seq = c.max_seq;
+      const std::size_t cache = static_cast<std::size_t>(c.tokens) * c.max_seq * c.kv_heads * c.hd;
+      const std::size_t qn = static_cast<std::size_t>(c.tokens) * c.heads * c.hd;
+      const std::int64_t partial_floats = kernels::decodeAttentionPartialFloats(c.heads, c.kv_heads, c.hd, c.tokens, c.max_seq);
+      std::byte* k = pool;
+      std::byte* v = k + cache * 2;
+      std::byte* q = v + cache * 2;
+      std::byte* o = q + qn * 2;
+      float* partial = reinterpret_cast<float*>(o + qn * 2);
+      int* meta = reinterpret_cast<int*>(partial + partial_floats);
+      std::vector<int> host_meta(2 * static_cast<std::size_t>(c.tokens));
+      for (int n = 0; n < c.tokens; ++n) {
+        host_meta[static_cast<std::size_t>(n)] = c.tokens - 1 - n;  // slot
+        int ctx = 1 + (n * 397 + 113) % c.max_seq;
+        if (n == 0) ctx = c.tokens == 1 ? 576 % c.max_seq + 1 : c.max_seq;
+        if (n == 1) ctx = 1;
+        if (n == 2) ctx = 128;
+        host_meta[static_cast<std::size_t>(c.tokens + n)] = ctx;
+      }
+      CUDA_CHECK(cudaMemcpyAsync(meta, host_meta.data(), host_meta.size() * sizeof(int), cudaMemcpyHostToDevice, stream));
+      kernels::fillUniform(d, k, static_cast<std::int64_t>(cache), 41 + c.tokens, 1.f, 0.f, stream);
+      kernels::fillUniform(d, v, static_cast<std::int64_t>(cache), 42 + c.tokens, 1.f, 0.f, stream);
+      kernels::fillUniform(d, q, static_cast<std::int64_t>(qn), 43 + c.tokens, 1.f, 0.f, stream);
+      const float scale = 1.f / std::sqrt(static_cast<float>(c.hd));
+      std::vector<std::uint16_t> hk(cache), hv(cache), hq(qn), ho(qn);
+      CUDA_CHECK(cudaMemcpyAsync(hk.data(), k, cache * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaMemcpyAsync(hv.data(), v, cache * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaMemcpyAsync(hq.data(), q, qn * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      std::vector<double> ref(qn);
+      const int group = c.heads / c.kv_heads;
+      for (int n = 0; n < c.tokens; ++n) {
+        const int slot = host_meta[static_cast<std::size_t>(n)], ctx = host_meta[static_cast<std::size_t>(c.tokens + n)];
+        for (int h = 0; h < c.heads; ++h) {
+          const std::size_t qo = (static_cast<std::size_t>(n) * c.heads + h) * c.hd;
+          auto row = [&](int t) { return ((static_cast<std::size_t>(slot) * c.max_seq + t) * c.kv_heads + h / group) * c.hd; };
+          std::vector<double> s(static_cast<std::size_t>(ctx));
+          double m = -1e300;
+          for (int t = 0; t < ctx; ++t) {
+            double dot = 0;
+            for (int e = 0; e < c.hd; ++e) dot += hostFloat(d, hq[qo + e]) * hostFloat(d, hk[row(t) + e]);
+            s[static_cast<std::size_t>(t)] = dot * scale;
+            m = std::max(m, dot * scale);
+          }
+          double den = 0;
+          for (double& sv : s) den += (sv = std::exp(sv - m));
+          for (int e = 0; e < c.hd; ++e) {
+            double num = 0;
+            for (int t = 0; t < ctx; ++t) num += s[static_cast<std::size_t>(t)] * hostFloat(d, hv[row(t) + e]);
+            ref[qo + e] = num / den;
+          }
+        }
+      }
+      for (int launch = 0; launch < 2; ++launch) {
+        CUDA_CHECK(cudaMemsetAsync(o, 0xff, qn * 2, stream));  // poison
+        kernels::decodeAttention(d, q, k, v, meta, meta + c.tokens, c.tokens, layout, scale, o, partial, stream);
+        CUDA_CHECK(cudaMemcpyAsync(ho.data(), o, qn * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        double num = 0, den = 0;
+        bool finite = true;
+        for (std::size_t i = 0; i < qn; ++i) {
+          const double a = hostFloat(d, ho[i]);
+          if (!std::isfinite(a)) finite = false;
+          num += (a - ref[i]) * (a - ref[i]);
+          den += ref[i] * ref[i];
+        }
+        const double rel = std::sqrt(num / std::max(den, 1e-30));
+        const bool ok = finite && rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
+        all_ok = all_ok && ok;
+        std::printf("KCHECK %s decode attention heads %d kv %d hd %d tokens %d max_seq %d splits %d launch %d rel %.2e %s\n",
+                    d == DType::kF16 ? "f16" : "bf16", c.heads, c.kv_heads, c.hd, c.tokens, c.max_seq,
+                    kernels::decodeAttentionSplits(c.kv_heads, c.tokens, c.max_seq), launch, rel, ok ? "ok" : "FAIL");
+      }
+    }
+  }
   std::printf("KCHECK fused epilogues and products overall %s\n", all_ok ? "ok" : "FAIL");
 
   // Speed on the decode products (f16, fp32 or model-dtype output as the executor uses them).
