@@ -128,13 +128,18 @@ TEST(LayerPipelined, InvariantsHoldAndColdRequestsGetFaster) {
   EXPECT_LT(coldMean(piped), coldMean(plain));
 }
 
+// A trace in our CSV format, in a file of this test's own (ctest runs tests in parallel processes).
+std::string traceFile(const std::string& rows) {
+  const std::string path =
+      ::testing::TempDir() + "/pipelined_" + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".csv";
+  std::ofstream f(path);
+  f << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << rows;
+  return path;
+}
+
 // Two OPT-13B models on one GPU, one resident at a time, from a trace in our CSV format.
 nlohmann::json twoModelTrace(const std::string& rows, bool serial_loads) {
-  const std::string path = ::testing::TempDir() + "/pipelined_two_models.csv";
-  {
-    std::ofstream f(path);
-    f << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << rows;
-  }
+  const std::string path = traceFile(rows);
   nlohmann::json doc = nlohmann::json::parse(R"({
     "name": "two", "seed": 1,
     "cluster": {"preset": "a100-40gb-x4"},
@@ -203,13 +208,9 @@ TEST(LayerPipelined, AStaleWakeDoesNotExtendTheRun) {
   // a and b load together at 0 (sharing GPU 0's link, so a's last load took twice as long as it
   // needs alone); a then runs resident (its prefill time), c evicts a, and a's next load, alone,
   // ends well before the wake set from the shared load's time.
-  const std::string path = ::testing::TempDir() + "/pipelined_stale_wake.csv";
-  {
-    std::ofstream f(path);
-    f << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
-      << "0,a,0,512,1\n1,b,0,512,1\n2,a,1000000000,512,1\n3,b,1500000000,512,1\n"
-      << "4,c,2000000000,512,1\n5,a,3000000000,512,1\n";
-  }
+  const std::string path = traceFile(
+      "0,a,0,512,1\n1,b,0,512,1\n2,a,1000000000,512,1\n3,b,1500000000,512,1\n"
+      "4,c,2000000000,512,1\n5,a,3000000000,512,1\n");
   nlohmann::json doc = nlohmann::json::parse(R"({
     "name": "stale", "seed": 1,
     "cluster": {"preset": "a100-40gb-x4"},
