@@ -307,6 +307,28 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] = toFloat(h[e]);
 }
 
+// Sums N values over the lanes of a group (xor distances O, O / 2, ..., 1) so that each lane ends
+// with one full sum in v[0]: at each of the first log2(N) levels a lane keeps half of its values
+// (the upper half where its bit O is set) and adds its partner's copy of them, then the last
+// levels reduce the one value left. N - 1 + log2(2O / N) shuffles instead of N log2(2O).
+template <int N, int O>
+__device__ __forceinline__ void reduceScatter(float* v, int lane) {
+  if constexpr (O > 0) {
+    if constexpr (N == 1) {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+    } else {
+      const bool upper = (lane & O) != 0;
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        const float send = upper ? v[i] : v[i + N / 2];
+        const float keep = upper ? v[i + N / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      }
+    }
+    reduceScatter<(N > 1 ? N / 2 : 1), O / 2>(v, lane);
+  }
+}
+
 template <typename T, int HD, int G, int W, int U>
 __global__ void __launch_bounds__(W * 32) decodeAttentionSplitKernel(const T* q, const T* k_cache, const T* v_cache,
                                                                               const int* slots, const int* context,
@@ -371,15 +393,16 @@ __global__ void __launch_bounds__(W * 32) decodeAttentionSplitKernel(const T* q,
       const int t = first + u * kPosPerRound;
       float kf[8];
       unpack8<T>(rows[u], kf);
+      float d[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        float d = 0.f;
+        d[g] = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
-#pragma unroll
-        for (int o = kLanesPerPos / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        if (dl == 0 && t < len) scores[g * chunk + t] = d;
+        for (int e = 0; e < 8; ++e) d[g] += qf[g][e] * kf[e];
       }
+      // Lane dl ends with head dl / (kLanesPerPos / G)'s full dot product.
+      reduceScatter<G, kLanesPerPos / 2>(d, dl);
+      if (dl % (kLanesPerPos / G) == 0 && t < len) scores[(dl / (kLanesPerPos / G)) * chunk + t] = d[0];
     }
   };
   score(kv, t0);
