@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -628,18 +629,38 @@ TEST(RealBackendPipelined, BatchRunsEachLayerAfterItArrivesWhileTheLoadContinues
   EXPECT_TRUE(backend.idle());
 }
 
-TEST(RealBackendPipelined, AFailedLoadFailsTheBatchReadingItAndFreesTheShardAfterIt) {
-  HostDeviceOptions opts;
-  opts.chunk_delay = 100 * kNanosPerMicro;
-  opts.fail_path = [](const PathJob&) -> std::optional<std::string> { return std::string("injected link error"); };
-  HostDeviceFactory factory(1, opts);
-  RuntimeOptions o = smallOptions();
-  o.execution = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
-  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, o);
+// One model on one GPU behind a slow link (100 us a chunk) with the gated fake execution: load 1
+// issued, batch 3 sent behind it at once, both run to their ends. `faults` adds the link's faults.
+struct BatchBehindLoad {
+  explicit BatchBehindLoad(const std::function<void(HostDeviceOptions&)>& faults)
+      : factory(1, optionsWith(faults)), backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, runtimeOptions()) {
+    backend.load(loadCmd(backend, 1, 0, 0, 0));
+    backend.execute(execCmd(3, 0, {0}, 1));
+    pump(backend, rec, [&] { return rec.batches.count(3) != 0 && rec.loads.count(1) != 0; });
+  }
+  static HostDeviceOptions optionsWith(const std::function<void(HostDeviceOptions&)>& faults) {
+    HostDeviceOptions opts;
+    opts.chunk_delay = 100 * kNanosPerMicro;
+    faults(opts);
+    return opts;
+  }
+  RuntimeOptions runtimeOptions() const {
+    RuntimeOptions o = smallOptions();
+    o.execution = exec;
+    return o;
+  }
+  std::shared_ptr<GatedFakeExecution> exec = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
+  HostDeviceFactory factory;
+  RealBackend backend;
   Recorder rec;
-  backend.load(loadCmd(backend, 1, 0, 0, 0));
-  backend.execute(execCmd(3, 0, {0}, 1));
-  pump(backend, rec, [&] { return rec.batches.count(3) != 0 && rec.loads.count(1) != 0; });
+};
+
+TEST(RealBackendPipelined, AFailedLoadFailsTheBatchReadingItAndFreesTheShardAfterIt) {
+  BatchBehindLoad run([](HostDeviceOptions& opts) {
+    opts.fail_path = [](const PathJob&) -> std::optional<std::string> { return std::string("injected link error"); };
+  });
+  RealBackend& backend = run.backend;
+  Recorder& rec = run.rec;
   EXPECT_FALSE(rec.loads[1].first);
   EXPECT_FALSE(rec.batches[3].ok);
   EXPECT_NE(rec.batches[3].error.find("did not all arrive"), std::string::npos) << rec.batches[3].error;
@@ -652,18 +673,9 @@ TEST(RealBackendPipelined, AFailedLoadFailsTheBatchReadingItAndFreesTheShardAfte
 TEST(RealBackendPipelined, ABatchOverWeightsThatFailTheChecksumFails) {
   // Every byte arrives, but the device checksum finds one flipped: the last segment opens only
   // after the checksum, so the batch that ran ahead over the arriving layers reports no result.
-  HostDeviceOptions opts;
-  opts.chunk_delay = 100 * kNanosPerMicro;
-  opts.corrupt_path = [](const PathJob& j) { return j.model == 0; };
-  HostDeviceFactory factory(1, opts);
-  RuntimeOptions o = smallOptions();
-  auto exec = std::make_shared<GatedFakeExecution>(10 * kNanosPerMicro);
-  o.execution = exec;
-  RealBackend backend(configOf({deployment("a", 1, 1, {0})}, 1, 64 * kMiB), factory, o);
-  Recorder rec;
-  backend.load(loadCmd(backend, 1, 0, 0, 0));
-  backend.execute(execCmd(3, 0, {0}, 1));
-  pump(backend, rec, [&] { return rec.batches.count(3) != 0 && rec.loads.count(1) != 0; });
+  BatchBehindLoad run([](HostDeviceOptions& opts) { opts.corrupt_path = [](const PathJob& j) { return j.model == 0; }; });
+  RealBackend& backend = run.backend;
+  Recorder& rec = run.rec;
   EXPECT_FALSE(rec.loads[1].first);
   EXPECT_NE(rec.loads[1].second.find("integrity"), std::string::npos) << rec.loads[1].second;
   EXPECT_FALSE(rec.batches[3].ok);
@@ -671,7 +683,7 @@ TEST(RealBackendPipelined, ABatchOverWeightsThatFailTheChecksumFails) {
   // Every segment was reported as it arrived; the gate held the last one until the checksum.
   const int segments = static_cast<int>(backend.store().at(0, 0).segments.size());
   EXPECT_EQ(static_cast<int>(rec.layers[1].size()), segments);
-  EXPECT_EQ(static_cast<int>(exec->passed().size()), segments);
+  EXPECT_EQ(static_cast<int>(run.exec->passed().size()), segments);
   EXPECT_FALSE(backend.residentExtent(0, 0, 0).has_value());
   EXPECT_EQ(backend.pool(0).used(), 0);
   EXPECT_TRUE(backend.idle());
