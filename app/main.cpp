@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cli_args.h"
 #include "common/core/policy.h"
 #include "common/scenario.h"
 #include "sim/simulator.h"
@@ -48,27 +49,13 @@ int simMain(int argc, char** argv) {
       "write-workload", po::value<std::string>(&write_workload),
       "also save the generated request stream as CSV, replayable with {\"type\":\"trace\",\"format\":\"computron\"}")(
       "json", "print summary.json to stdout instead of the table");
-  po::options_description hidden;
   std::string scenario_path;
-  hidden.add_options()("scenario", po::value<std::string>(&scenario_path));
-  po::options_description all;
-  all.add(opts).add(hidden);
-  po::positional_options_description pos;
-  pos.add("scenario", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "computron sim: " << e.what() << "\n\n" << opts;
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << opts
-              << "\nWrites summary.json, requests.csv and timeline.json (Chrome trace; open in ui.perfetto.dev).\n"
-                 "The same scenario and seed give byte-identical files.\n";
-    return 0;
-  }
+  if (auto done = parseScenarioArgs(argc, argv, opts, "computron sim",
+                                    "\nWrites summary.json, requests.csv and timeline.json (Chrome trace; open in ui.perfetto.dev).\n"
+                                    "The same scenario and seed give byte-identical files.\n",
+                                    scenario_path, vm))
+    return *done;
   Scenario scenario;
   if (scenario_path.empty()) {
     nlohmann::json doc = defaultScenarioJson();

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "common/cli_args.h"
 #include "common/run_recorder.h"
 #include "common/scenario.h"
 #include "runtime/cli.h"
@@ -79,32 +80,18 @@ int replayMain(int argc, char** argv) {
       "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
       "placeholder execution: fixed kernel time per output token; default: the simulator's cost model's times")(
       "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long");
-  po::options_description hidden;
   std::string scenario_path;
-  hidden.add_options()("scenario", po::value<std::string>(&scenario_path));
-  po::options_description all;
-  all.add(opts).add(hidden);
-  po::positional_options_description pos;
-  pos.add("scenario", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "computron replay: " << e.what() << "\n\n" << opts;
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << opts
-              << "\nRuns the scenario's workload in real time: weights swap between the pinned host store and the\n"
-                 "GPUs for real, and batches run the models' real decoders (tensor parallel over NCCL, pipeline\n"
-                 "stages by send/recv) reading their weights from the swapped-in shards. With\n"
-                 "policy.layer_pipelined a batch starts while its model is still loading and runs each layer as\n"
-                 "soon as that layer's bytes have arrived. --execution placeholder (the only choice on the host\n"
-                 "device) times batches with a fixed-cost kernel instead. Writes the same files as `computron sim`\n"
-                 "(summary.json has a \"runtime\" member).\n";
-    return 0;
-  }
+  if (auto done = parseScenarioArgs(argc, argv, opts, "computron replay",
+                                    "\nRuns the scenario's workload in real time: weights swap between the pinned host store and the\n"
+                                    "GPUs for real, and batches run the models' real decoders (tensor parallel over NCCL, pipeline\n"
+                                    "stages by send/recv) reading their weights from the swapped-in shards. With\n"
+                                    "policy.layer_pipelined a batch starts while its model is still loading and runs each layer as\n"
+                                    "soon as that layer's bytes have arrived. --execution placeholder (the only choice on the host\n"
+                                    "device) times batches with a fixed-cost kernel instead. Writes the same files as `computron sim`\n"
+                                    "(summary.json has a \"runtime\" member).\n",
+                                    scenario_path, vm))
+    return *done;
   if (scenario_path.empty()) {
     std::cerr << "computron replay: a scenario file is required\n\n" << opts;
     return kExitUsage;
