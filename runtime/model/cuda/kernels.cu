@@ -339,6 +339,7 @@ __global__ void __launch_bounds__(W * 32) decodeAttentionSplitKernel(const T* q,
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kPosPerRound = kPosPerWarp * W;
   constexpr int kPosPerIter = kPosPerRound * U;
+  static_assert(G <= kLanesPerPos, "reduceScatter leaves one head per lane group: G must not exceed HD / 8");
   extern __shared__ float shared[];
   __shared__ float stats[G][2];
   const int kv_head = blockIdx.x, n = blockIdx.y, split = blockIdx.z;
@@ -1025,7 +1026,9 @@ void decodeAttention(DType dtype, const void* q, const void* k_cache, const void
   dispatch(dtype, [&]<typename T>() {
     auto launch = [&]<int HD>() {
       auto shape = [&]<int G, int W, int U>() {
-        if (shared > 48 * 1024)
+        // Above 48 KiB per block (the kernel's static `stats` included) the dynamic part needs the
+        // opt-in attribute.
+        if (shared + sizeof(float) * 2 * G > 48 * 1024)
           CUDA_CHECK(cudaFuncSetAttribute(decodeAttentionSplitKernel<T, HD, G, W, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shared)));
         launchPdl(decodeAttentionSplitKernel<T, HD, G, W, U>, grid, dim3(W * 32), shared, stream,
@@ -1163,6 +1166,9 @@ void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t s
   CUDA_CHECK_LAUNCH("fillUniform");
 }
 
+// Launched without the programmatic attribute and never calling pdlTrigger: the pass's kernels
+// start only after it has finished, which decode attention relies on when it reads the slots and
+// contexts before its wait.
 __global__ void copyWordsKernel(unsigned int* dst, const unsigned int* src, std::int64_t words) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < words;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)

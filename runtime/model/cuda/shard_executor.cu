@@ -256,6 +256,16 @@ void ShardExecutor::forward(const StepBatch& batch) {
                           std::to_string(limits_.max_context));
     if (batch.slots[static_cast<std::size_t>(n)] >= limits_.max_batch) throw CapacityError("slot out of range");
   }
+  if (!batch.prefill) {
+    // Decode attention reads a sequence's older cache rows before the q/k/v kernel of the same
+    // pass has finished, which holds only with one new token per sequence (slot) in a pass.
+    std::vector<bool> seen(static_cast<std::size_t>(limits_.max_batch), false);
+    for (int n = 0; n < tokens; ++n) {
+      const auto slot = static_cast<std::size_t>(batch.slots[static_cast<std::size_t>(n)]);
+      if (seen[slot]) throw CapacityError("a decode pass holds two tokens of the sequence in slot " + std::to_string(slot));
+      seen[slot] = true;
+    }
+  }
   if (plan_.spec.arch == Arch::kOpt)
     for (int p : batch.positions)
       if (p + 2 >= plan_.spec.max_positions + 2) throw CapacityError("position beyond OPT's learned position table");

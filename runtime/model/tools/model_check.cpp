@@ -380,8 +380,12 @@ int runKernels() {
   // of several; each case launched twice.
   struct AttnCase { int heads, kv_heads, hd, tokens, max_seq; };
   for (DType d : {DType::kF16, DType::kBF16}) {
-    for (const AttnCase& c : std::vector<AttnCase>{{32, 32, 128, 1, 640}, {32, 32, 128, 8, 640}, {32, 8, 128, 32, 640},
-                                                   {16, 2, 64, 3, 300}, {64, 8, 128, 4, 2048}, {32, 32, 128, 32, 1024}}) {
+    // With the default thresholds: one-round shape for {32,32,128,1}, {32,8,128,1}, {32,16,128,1}
+    // and {16,2,64,3}; one chunk (direct output) for {32,32,128,33,512}; the rest streaming.
+    for (const AttnCase& c : std::vector<AttnCase>{{32, 32, 128, 1, 640}, {32, 8, 128, 1, 640}, {32, 16, 128, 1, 640},
+                                                   {32, 32, 128, 8, 640}, {32, 8, 128, 32, 640}, {16, 2, 64, 3, 300},
+                                                   {16, 16, 64, 32, 640}, {64, 8, 128, 4, 2048}, {32, 32, 128, 32, 1024},
+                                                   {32, 32, 128, 33, 512}}) {
       kernels::QkvLayout layout;
       layout.heads = c.heads;
       layout.kv_heads = c.kv_heads;
@@ -440,7 +444,9 @@ int runKernels() {
         }
       }
       for (int launch = 0; launch < 2; ++launch) {
-        CUDA_CHECK(cudaMemsetAsync(o, 0xff, qn * 2, stream));  // poison
+        CUDA_CHECK(cudaMemsetAsync(o, 0xff, qn * 2, stream));  // poison: the output, and the partials (NaN) the
+        if (partial_floats > 0)                                // merge must read only where chunks wrote
+          CUDA_CHECK(cudaMemsetAsync(partial, 0xff, static_cast<std::size_t>(partial_floats) * 4, stream));
         kernels::decodeAttention(d, q, k, v, meta, meta + c.tokens, c.tokens, layout, scale, o, partial, stream);
         CUDA_CHECK(cudaMemcpyAsync(ho.data(), o, qn * 2, cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
