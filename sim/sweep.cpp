@@ -21,36 +21,24 @@ namespace {
 
 constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads", "layer_pipelined"};
 
-// The keys an override path walks, read as applyOverride reads it: "policy.eviction" and
-// ".policy.eviction" alike; an index stays "[n]".
-std::vector<std::string> overrideKeys(const std::string& path) {
-  std::vector<std::string> keys;
-  std::size_t i = 0;
-  while (i < path.size()) {
-    if (path[i] == '.') ++i;
-    std::size_t end = path.size();
-    if (i < path.size() && path[i] == '[') {
-      const std::size_t close = path.find(']', i);
-      if (close != std::string::npos) end = close + 1;
-    } else {
-      end = std::min(path.find_first_of(".[", i), path.size());
-    }
-    keys.push_back(path.substr(i, end - i));
-    i = end;
-  }
-  return keys;
-}
-
 // A path that a policy entry would overwrite (mergePolicy drops the scenario's choices; the entry
 // names the policy set), so a grid key or `set` override naming it, or any field inside it, would
-// be lost: refused with a pointer to `policies`.
+// be lost: refused with a pointer to `policies`. The path is read by applyOverride itself, on an
+// empty document, so every spelling it accepts ("policy.eviction", ".policy.eviction") is seen.
 std::optional<std::string> policyChoiceIn(const std::string& path) {
-  const std::vector<std::string> keys = overrideKeys(path);
-  if (keys.empty() || keys[0] != "policy") return std::nullopt;
-  if (keys.size() == 1) return std::string("policy");
-  if (keys[1] == "name") return std::string("name");
+  nlohmann::json probe = nlohmann::json::object();
+  try {
+    applyOverride(probe, path + "=0");
+  } catch (const ConfigError&) {
+    return std::nullopt;  // not a path into an object from the root: not a policy field
+  }
+  const auto policy = probe.find("policy");
+  if (policy == probe.end()) return std::nullopt;
+  if (!policy->is_object() || policy->empty()) return std::string("policy");
+  const std::string& key = policy->begin().key();
+  if (key == "name") return key;
   for (const char* k : kPolicyChoiceKeys)
-    if (keys[1] == k) return std::string(k);
+    if (key == k) return key;
   return std::nullopt;
 }
 
