@@ -1,19 +1,21 @@
 // computron: one executable, subcommands for the simulator and the GPU runtime.
 #include <boost/program_options.hpp>
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "common/cli_args.h"
+#include "common/scenario/cli_args.h"
 #include "common/core/policy.h"
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 #include "sim/sweep.h"
-#include "runtime/cli.h"
-#define COMPUTRON_HAVE_RUNTIME_CLI 1
 
 namespace po = boost::program_options;
 using namespace computron;
@@ -35,6 +37,48 @@ void printUsage(std::ostream& out) {
       << "  presets                list model and cluster presets\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
+}
+
+// The folder of the running executable ("" when /proc/self/exe cannot be read).
+std::string executableDir() {
+  std::vector<char> buf(4096);
+  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  if (n <= 0) return "";
+  std::string path(buf.data(), static_cast<std::size_t>(n));
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+// `replay` and `bench` live in the runtime module (CUDA, cuBLAS, NCCL where built), loaded only
+// when one of them runs. It is looked up beside the executable, then in ../lib, or where
+// COMPUTRON_RUNTIME_MODULE_PATH says.
+int runtimeMain(int argc, char** argv) {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("COMPUTRON_RUNTIME_MODULE_PATH"); env != nullptr && *env != '\0') {
+    candidates.emplace_back(env);
+  } else {
+    const std::string dir = executableDir();
+    candidates.push_back(dir + "/" COMPUTRON_RUNTIME_MODULE);
+    candidates.push_back(dir + "/../lib/" COMPUTRON_RUNTIME_MODULE);
+  }
+  std::string errors;
+  for (const std::string& path : candidates) {
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      errors += "\n  " + std::string(dlerror());
+      continue;
+    }
+    using EntryPoint = int (*)(int, char**);
+    auto entry = reinterpret_cast<EntryPoint>(dlsym(handle, "computron_runtime_main"));
+    if (entry == nullptr) {
+      std::cerr << "computron " << argv[0] << ": " << path << " has no entry point computron_runtime_main\n";
+      return 1;
+    }
+    return entry(argc, argv);  // the module stays loaded until exit: its worker threads end first
+  }
+  std::cerr << "computron " << argv[0] << ": the GPU runtime module could not be loaded (set "
+            << "COMPUTRON_RUNTIME_MODULE_PATH to its file):" << errors << "\n";
+  return 1;
 }
 
 int simMain(int argc, char** argv) {
@@ -113,15 +157,7 @@ int dispatch(int argc, char** argv) {
   if (command == "sim") return simMain(argc - 1, argv + 1);
   if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
   if (command == "presets") return presetsMain();
-#ifdef COMPUTRON_HAVE_RUNTIME_CLI
-  if (command == "replay") return runtime::replayMain(argc - 1, argv + 1);
-  if (command == "bench") return runtime::benchMain(argc - 1, argv + 1);
-#else
-  if (command == "replay" || command == "bench") {
-    std::cerr << "computron " << command << ": the runtime is not built into this binary\n";
-    return 1;
-  }
-#endif
+  if (command == "replay" || command == "bench") return runtimeMain(argc - 1, argv + 1);
   std::cerr << "computron: unknown command '" << command << "'\n\n";
   printUsage(std::cerr);
   return kExitUsage;

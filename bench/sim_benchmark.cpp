@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/event_queue.h"
 #include "sim/simulator.h"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runtime's check on a GPU machine (two H200s: device kind nvidia-h200-x2). One call does it all:
-#   1. build computron and computron-rt (Release, CUDA, no tests or benchmarks)
+#   1. build computron and its runtime module (Release, CUDA, no tests or benchmarks)
 #   2. integrity: a small swap-test replay on the GPUs, every load checksummed on the device
 #   3. the seed's method: scripts/torch_swap_baseline.py (PyTorch per-tensor copies)
 #   4. computron bench swap (peaks, runtime rows, multi-path), with the baseline beside it
@@ -10,7 +10,7 @@
 #   EXECUTION: how replay runs batches (default placeholder: a fixed-cost kernel timed by the
 #   simulator's cost model, which keeps the swap path the only variable and matches the tables in
 #   bench/results/runtime-swap-2026-11-28.md; real: the models' decoders on the GPUs).
-#   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds carried computron and computron-rt.
+#   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds the carried computron and libcomputron-runtime.so.
 # Results: device-check.log (everything, tables last), bench_swap.json, torch_baseline.json,
 # swap_test.md and outputs.tar.gz (summary/requests/timeline of every run).
 set -u
@@ -38,16 +38,16 @@ echo "cores: $(nproc)"; free -g | head -2
 step build
 # The GPU machines have Boost headers but no Boost.Program_options library, so the usual way is to
 # build here with -DCOMPUTRON_STATIC_BOOST=ON (the CUDA runtime is linked statically too), copy
-# computron and computron-rt into an ignored folder and carry it: PREBUILT=that/folder.
-if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron-rt" ]; then
-  RT=$PREBUILT/computron-rt
+# computron and libcomputron-runtime.so into an ignored folder and carry it: PREBUILT=that/folder.
+if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron" ] && [ -f "$PREBUILT/libcomputron-runtime.so" ]; then
+  RT=$PREBUILT/computron
   SIM=$PREBUILT/computron
-  echo "using carried binaries in $PREBUILT"; ldd "$RT" | grep -E "not found|boost|cuda" || true
+  echo "using carried binaries in $PREBUILT"; ldd "$PREBUILT/libcomputron-runtime.so" | grep -E "not found|boost|cuda" || true
 else
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCOMPUTRON_CUDA=ON -DCOMPUTRON_BUILD_TESTS=OFF \
         -DCOMPUTRON_BUILD_BENCH=OFF > "$RUNS/cmake.log" 2>&1 \
-    && cmake --build "$BUILD" -j "$(nproc)" --target computron-rt computron > "$RUNS/build.log" 2>&1
-  RT=$BUILD/runtime/computron-rt
+    && cmake --build "$BUILD" -j "$(nproc)" --target computron > "$RUNS/build.log" 2>&1
+  RT=$BUILD/computron
   SIM=$BUILD/computron
 fi
 if [ ! -x "$RT" ]; then

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <ostream>
 
-#include "common/run_recorder.h"
+#include "common/scenario/run_recorder.h"
 
 namespace computron::sim {
 

@@ -10,8 +10,8 @@
 #include <unordered_map>
 
 #include "common/core/engine.h"
-#include "common/scenario.h"
-#include "sim/cost_model.h"
+#include "common/scenario/scenario.h"
+#include "common/cost_model.h"
 #include "sim/event_queue.h"
 #include "sim/link_model.h"
 

@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "common/json_reader.h"
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 
 namespace computron::sim {

@@ -7,33 +7,14 @@
 
 #include "common/core/policy.h"
 #include "sim/simulator.h"
+#include "tests/support/engine_fakes.h"
 
 namespace computron {
 namespace {
 
-// Records commands; the test delivers completions by hand.
-class RecordingBackend : public Backend {
- public:
-  void load(const LoadCommand& cmd) override { log.push_back("load " + std::to_string(cmd.model) + "/" + std::to_string(cmd.shard)), loads.push_back(cmd); }
-  void evict(const EvictCommand& cmd) override { log.push_back("evict " + std::to_string(cmd.model) + "/" + std::to_string(cmd.shard)), evicts.push_back(cmd); }
-  void execute(const ExecuteCommand& cmd) override { log.push_back("run " + std::to_string(cmd.model) + " x" + std::to_string(cmd.requests.size())), runs.push_back(cmd); }
-  std::vector<std::string> log;
-  std::vector<LoadCommand> loads;
-  std::vector<EvictCommand> evicts;
-  std::vector<ExecuteCommand> runs;
-};
-
-class ManualClock : public Clock {
- public:
-  Nanos now() const override { return t; }
-  Nanos t = 0;
-};
-
-class Collector : public EngineObserver {
- public:
-  void onRequestDone(const RequestRecord& r) override { records.push_back(r); }
-  std::vector<RequestRecord> records;
-};
+using fakes::ManualClock;
+using fakes::RecordingBackend;
+using Collector = fakes::RecordCollector;
 
 ModelDeployment deployment(const std::string& name, const std::string& preset, int tp, int pp, std::vector<GpuId> gpus,
                            int max_batch = 4) {
@@ -100,8 +81,13 @@ TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
   clock.t = 40;
   engine.onBatchDone(done(backend.runs[1], 30, 40));
   ASSERT_EQ(collector.records.size(), 2u);
-  EXPECT_FALSE(collector.records[0].waited_for_load && collector.records[0].request.id != 0);
+  // a was served first, b second; both arrived while their model was offloaded.
+  EXPECT_EQ(collector.records[0].request.id, 0);
+  EXPECT_EQ(collector.records[1].request.id, 1);
+  EXPECT_TRUE(collector.records[0].waited_for_load);
   EXPECT_TRUE(collector.records[1].waited_for_load);
+  EXPECT_EQ(collector.records[0].finish, 20);
+  EXPECT_EQ(collector.records[1].finish, 40);
   EXPECT_EQ(engine.requestsInFlight(), 0);
   engine.checkInvariants();
 }

@@ -12,25 +12,13 @@
 #include "common/core/oracle.h"
 #include "common/core/policy.h"
 #include "common/workload.h"
+#include "tests/support/engine_fakes.h"
 
 namespace computron {
 namespace {
 
-class RecordingBackend : public Backend {
- public:
-  void load(const LoadCommand& cmd) override { loads.push_back(cmd); }
-  void evict(const EvictCommand& cmd) override { evicts.push_back(cmd); }
-  void execute(const ExecuteCommand& cmd) override { runs.push_back(cmd); }
-  std::vector<LoadCommand> loads;
-  std::vector<EvictCommand> evicts;
-  std::vector<ExecuteCommand> runs;
-};
-
-class ManualClock : public Clock {
- public:
-  Nanos now() const override { return t; }
-  Nanos t = 0;
-};
+using fakes::ManualClock;
+using fakes::RecordingBackend;
 
 constexpr Nanos kStep = 10 * kNanosPerSecond;
 

@@ -4,7 +4,7 @@
 
 #include <sstream>
 
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 #include "sim/sweep.h"
 

@@ -12,7 +12,7 @@
 
 #include "common/json_reader.h"
 #include "common/model_spec.h"
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 #include "tests/sim/sim_test_util.h"
 

@@ -7,8 +7,9 @@
 
 #include "common/core/engine.h"
 #include "common/core/placement.h"
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/support/engine_fakes.h"
 
 namespace computron {
 namespace {
@@ -176,20 +177,8 @@ TEST(PlacementGreedy, PlacedScenarioRunsInTheSimulatorWithInvariants) {
 
 // ---- Serial loads and copies from a resident twin, step by step on the engine ----------------
 
-class Recorder : public Backend {
- public:
-  void load(const LoadCommand& c) override { loads.push_back(c); }
-  void evict(const EvictCommand& c) override { evicts.push_back(c); }
-  void execute(const ExecuteCommand& c) override { runs.push_back(c); }
-  std::vector<LoadCommand> loads;
-  std::vector<EvictCommand> evicts;
-  std::vector<ExecuteCommand> runs;
-};
-class Clock0 : public Clock {
- public:
-  Nanos now() const override { return t; }
-  Nanos t = 0;
-};
+using Recorder = fakes::RecordingBackend;
+using Clock0 = fakes::ManualClock;
 
 ModelDeployment opt(const std::string& name, const std::string& weights, std::vector<GpuId> gpus) {
   ModelDeployment d;

@@ -1,8 +1,8 @@
 // Analytic queueing results the simulator must reproduce.
 #include <gtest/gtest.h>
 
-#include "common/run_recorder.h"
-#include "common/scenario.h"
+#include "common/scenario/run_recorder.h"
+#include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 
 namespace computron {

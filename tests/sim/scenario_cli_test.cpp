@@ -171,17 +171,5 @@ TEST(ScenarioCli, SetOverridesAField) {
   EXPECT_EQ(summary["overall"]["swaps"], 3);
 }
 
-TEST(ScenarioCli, EveryShippedScenarioValidatesAndRuns) {
-  for (const auto& entry : fs::directory_iterator(fs::path(COMPUTRON_SOURCE_DIR) / "scenarios")) {
-    if (entry.path().extension() != ".json") continue;
-    const std::string name = entry.path().filename().string();
-    const bool quick = name.rfind("swap-", 0) == 0 || name.rfind("coldstart-", 0) == 0 ||
-                       name.rfind("pipelined-start-", 0) == 0 || name == "random-3models-rates10-1-1-cv4.json";
-    if (!quick) continue;  // the long ones are exercised by the benchmarks
-    CommandResult r = runCommand("sim " + entry.path().string() + " --no-files");
-    EXPECT_EQ(r.exit_code, 0) << entry.path() << ": " << r.output;
-  }
-}
-
 }  // namespace
 }  // namespace computron

@@ -6,14 +6,14 @@
 #include <iostream>
 #include <sstream>
 
-#include "common/cli_args.h"
-#include "common/run_recorder.h"
-#include "common/scenario.h"
-#include "runtime/cli.h"
+#include "common/scenario/cli_args.h"
+#include "common/scenario/run_recorder.h"
+#include "common/scenario/scenario.h"
+#include "runtime/cli/cli.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
-#include "sim/cost_model.h"
+#include "common/cost_model.h"
 
 namespace po = boost::program_options;
 
@@ -107,7 +107,7 @@ int replayMain(int argc, char** argv) {
   options.host.pin_piece_bytes = pin_piece_mib * kMiB;
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
-  auto cost = std::make_shared<sim::CostModel>(scenario.cluster);
+  auto cost = std::make_shared<CostModel>(scenario.cluster);
   if (vm["execution"].defaulted()) execution_kind = device == "cuda" ? "real" : "placeholder";
   const bool real = execution_kind == "real";
   if (!real && execution_kind != "placeholder")
@@ -134,7 +134,7 @@ int replayMain(int argc, char** argv) {
   } else {
     const EngineConfig engine = scenario.engine;
     options.placeholder_cost = [cost, engine](const ExecuteCommand& cmd) {
-      const sim::BatchTimes t =
+      const BatchTimes t =
           cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);
       return PlaceholderTimes{t.first_token, t.finish};
     };

@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/model_spec.h"
-#include "runtime/cli.h"
+#include "runtime/cli/cli.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
 #ifdef COMPUTRON_HAVE_CUDA

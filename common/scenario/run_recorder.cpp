@@ -1,4 +1,4 @@
-#include "common/run_recorder.h"
+#include "common/scenario/run_recorder.h"
 
 #include <algorithm>
 #include <bit>

@@ -1,9 +1,9 @@
-#include "sim/cost_model.h"
+#include "common/cost_model.h"
 
 #include <algorithm>
 #include <cmath>
 
-namespace computron::sim {
+namespace computron {
 
 Nanos CostModel::allReduceTime(double bytes, int tp) const {
   if (tp <= 1) return 0;
@@ -79,4 +79,4 @@ BatchTimes CostModel::batchTimes(const ModelDeployment& model, const std::vector
   return times;
 }
 
-}  // namespace computron::sim
+}  // namespace computron

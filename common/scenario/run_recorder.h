@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/core/engine.h"
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 
 namespace computron {
 

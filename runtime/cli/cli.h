@@ -1,4 +1,5 @@
-// Command-line entry points of the runtime, dispatched from app/main.cpp:
+// Command-line entry points of the runtime, reached through the runtime module's
+// computron_runtime_main (module_entry.cpp), which app/main.cpp loads on demand:
 //   computron replay SCENARIO.json [--set k=v] [--device cuda|host] [--out DIR] ...
 //   computron bench swap [...]
 // Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).

@@ -8,9 +8,10 @@
 #include <vector>
 
 #include "common/cluster_spec.h"
-#include "common/core/engine.h"
+#include "common/deployment.h"
+#include "common/workload.h"
 
-namespace computron::sim {
+namespace computron {
 
 struct BatchTimes {
   Nanos first_token = 0;       // offset from batch start
@@ -33,4 +34,4 @@ class CostModel {
   const ClusterSpec& cluster_;
 };
 
-}  // namespace computron::sim
+}  // namespace computron

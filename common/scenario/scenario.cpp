@@ -1,4 +1,4 @@
-#include "common/scenario.h"
+#include "common/scenario/scenario.h"
 
 #include <algorithm>
 #include <cmath>

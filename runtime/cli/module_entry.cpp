@@ -1,0 +1,24 @@
+// The entry point of the runtime module (libcomputron-runtime.so) that `computron replay` and
+// `computron bench` load on demand, so the simulator's commands never load CUDA, cuBLAS or NCCL.
+// It is the module's only exported symbol; every exception ends here as an exit code.
+#include <iostream>
+#include <string>
+
+#include "common/types.h"
+#include "runtime/cli/cli.h"
+
+extern "C" __attribute__((visibility("default"))) int computron_runtime_main(int argc, char** argv) {
+  try {
+    const std::string command = argc >= 1 ? argv[0] : "";
+    if (command == "replay") return computron::runtime::replayMain(argc, argv);
+    if (command == "bench") return computron::runtime::benchMain(argc, argv);
+    std::cerr << "computron: the runtime module has no command '" << command << "'\n";
+    return 2;
+  } catch (const computron::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "computron " << (argc >= 1 ? argv[0] : "") << ": " << e.what() << "\n";
+    return 1;
+  }
+}

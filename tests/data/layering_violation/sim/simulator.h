@@ -1,0 +1,2 @@
+// Fixture for the layering check's own test.
+#pragma once
