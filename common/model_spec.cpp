@@ -1,4 +1,4 @@
-// Parameter accounting for OPT and Llama decoders, and how a TP x PP split places them.
+// Parameter accounting for the decoder families of model_family.h, and how a TP x PP split places them.
 //
 // Sharding follows Megatron-LM:
 //   - decoder layers are split over pipeline stages as evenly as possible, earlier stages taking
@@ -53,44 +53,25 @@ std::optional<DType> dtypeFromName(const std::string& name) {
   return std::nullopt;
 }
 
-std::string archName(Arch a) {
-  switch (a) {
-    case Arch::kOpt:
-      return "opt";
-    case Arch::kLlama:
-      return "llama";
-  }
-  throw std::logic_error("archName: unknown Arch");
-}
+std::string archName(Arch a) { return std::string(modelFamily(a).name); }
 
 namespace {
 
 // Parameters of one decoder layer held by each of `tp` tensor-parallel ranks (tp = 1: the whole
 // layer). Widths divide exactly because validateParallel checks heads, kv heads and ffn.
 std::int64_t layerParamsPerRank(const ModelSpec& m, int tp) {
+  const ModelFamily& family = m.family();
   const std::int64_t h = m.hidden;
-  const std::int64_t f = m.ffn_hidden;
-  const std::int64_t h_part = h / tp;
-  const std::int64_t f_part = f / tp;
-  switch (m.arch) {
-    case Arch::kOpt: {
-      const std::int64_t qkv = 3 * (h * h_part + h_part);  // column-parallel weight + bias
-      const std::int64_t out_proj = h_part * h + h;        // row-parallel, bias replicated
-      const std::int64_t fc1 = h * f_part + f_part;        // column-parallel weight + bias
-      const std::int64_t fc2 = f_part * h + h;             // row-parallel, bias replicated
-      const std::int64_t norms = 2 * (h + h);              // two LayerNorms, weight + bias
-      return qkv + out_proj + fc1 + fc2 + norms;
-    }
-    case Arch::kLlama: {
-      const std::int64_t kv_width_part = static_cast<std::int64_t>(m.num_kv_heads) * m.headDim() / tp;
-      const std::int64_t q_and_o = 2 * h * h_part;
-      const std::int64_t k_and_v = 2 * h * kv_width_part;
-      const std::int64_t gate_up_down = 3 * h * f_part;
-      const std::int64_t norms = 2 * h;  // two RMSNorms, weight only
-      return q_and_o + k_and_v + gate_up_down + norms;
-    }
-  }
-  throw std::logic_error("layerParamsPerRank: unknown Arch");
+  const std::int64_t f_part = m.ffn_hidden / tp;
+  const std::int64_t q_part = static_cast<std::int64_t>(m.num_heads) * m.headDim() / tp;
+  const std::int64_t kv_part = static_cast<std::int64_t>(m.num_kv_heads) * m.headDim() / tp;
+  // Column-parallel q, k, v (weight and bias split); row-parallel o (bias replicated).
+  const std::int64_t attention = h * (q_part + 2 * kv_part) + q_part * h +
+                                 (family.qkv_bias ? q_part + 2 * kv_part : 0) + (family.out_bias ? h : 0);
+  // Column-parallel fc1 or gate and up, row-parallel fc2 or down, the same way.
+  const std::int64_t mlp = family.mlpMatrices() * h * f_part + (family.mlp_bias ? family.upMatrices() * f_part + h : 0);
+  const std::int64_t norms = 2 * (family.normHasBias() ? 2 * h : h);  // replicated
+  return attention + mlp + norms;
 }
 
 // Rows of the token embedding (or LM head) on each TP rank, times their width.
@@ -99,8 +80,9 @@ std::int64_t vocabParallelParamsPerRank(const ModelSpec& m, int tp) {
 }
 
 std::int64_t positionTableParams(const ModelSpec& m) {
-  // OPT's learned positions carry an offset of 2 rows (a fairseq leftover).
-  return m.arch == Arch::kOpt ? static_cast<std::int64_t>(m.max_positions + 2) * m.hidden : 0;
+  const ModelFamily& family = m.family();
+  if (!family.learnedPositions()) return 0;
+  return static_cast<std::int64_t>(m.max_positions + family.position_offset) * m.hidden;
 }
 
 // project_in (first stage) and project_out (last stage) each; both are bias-free.
@@ -110,22 +92,15 @@ std::int64_t embedProjectionParams(const ModelSpec& m) {
 
 std::int64_t finalNormParams(const ModelSpec& m) {
   if (!m.final_layer_norm) return 0;
-  return m.arch == Arch::kOpt ? 2 * static_cast<std::int64_t>(m.hidden)  // LayerNorm: weight + bias
-                              : static_cast<std::int64_t>(m.hidden);     // RMSNorm: weight
+  return (m.family().normHasBias() ? 2 : 1) * static_cast<std::int64_t>(m.hidden);
 }
 
 // Weights that are multiplied (not looked up or added) in one decoder layer.
 std::int64_t layerMatmulParams(const ModelSpec& m) {
   const std::int64_t h = m.hidden;
-  const std::int64_t f = m.ffn_hidden;
+  const std::int64_t q_width = static_cast<std::int64_t>(m.num_heads) * m.headDim();
   const std::int64_t kv_width = static_cast<std::int64_t>(m.num_kv_heads) * m.headDim();
-  switch (m.arch) {
-    case Arch::kOpt:
-      return 4 * h * h + 2 * h * f;
-    case Arch::kLlama:
-      return 2 * h * h + 2 * h * kv_width + 3 * h * f;
-  }
-  throw std::logic_error("layerMatmulParams: unknown Arch");
+  return 2 * h * q_width + 2 * h * kv_width + m.family().mlpMatrices() * h * m.ffn_hidden;
 }
 
 struct StageLayers {
@@ -250,24 +225,39 @@ ModelSpec optPreset(const std::string& name, int layers, int hidden, int heads, 
   m.max_positions = 2048;
   m.dtype = DType::kF16;
   m.tie_embeddings = true;
+  m.norm_eps = modelFamily(Arch::kOpt).default_norm_eps;
+  return m;
+}
+
+// Llama and the families shaped like it (Qwen2, Mistral).
+struct RotaryShape {
+  int layers, hidden, heads, kv_heads, ffn, vocab, max_positions;
+  DType dtype;
+  float rope_theta, norm_eps;
+};
+
+ModelSpec rotaryPreset(const std::string& name, Arch arch, const RotaryShape& shape) {
+  ModelSpec m;
+  m.name = name;
+  m.arch = arch;
+  m.num_layers = shape.layers;
+  m.hidden = shape.hidden;
+  m.num_heads = shape.heads;
+  m.num_kv_heads = shape.kv_heads;
+  m.ffn_hidden = shape.ffn;
+  m.vocab = shape.vocab;
+  m.max_positions = shape.max_positions;
+  m.dtype = shape.dtype;
+  m.tie_embeddings = modelFamily(arch).tie_embeddings_default;
+  m.rope_theta = shape.rope_theta;
+  m.norm_eps = shape.norm_eps;
   return m;
 }
 
 ModelSpec llamaPreset(const std::string& name, int layers, int hidden, int heads, int kv_heads, int ffn,
-                      int vocab, int max_positions, DType dtype) {
-  ModelSpec m;
-  m.name = name;
-  m.arch = Arch::kLlama;
-  m.num_layers = layers;
-  m.hidden = hidden;
-  m.num_heads = heads;
-  m.num_kv_heads = kv_heads;
-  m.ffn_hidden = ffn;
-  m.vocab = vocab;
-  m.max_positions = max_positions;
-  m.dtype = dtype;
-  m.tie_embeddings = false;
-  return m;
+                      int vocab, int max_positions, DType dtype, float rope_theta) {
+  return rotaryPreset(name, Arch::kLlama,
+                      {layers, hidden, heads, kv_heads, ffn, vocab, max_positions, dtype, rope_theta, 1e-5f});
 }
 
 // Shapes from the published Hugging Face config.json of each checkpoint.
@@ -277,6 +267,10 @@ const std::vector<ModelSpec>& presets() {
     opt_350m.word_embed_proj_dim = 512;
     opt_350m.layer_norm_before = false;
     opt_350m.final_layer_norm = false;
+    // mistralai/Mistral-7B-v0.1: a 4096-token sliding window over 32768 rotary positions.
+    ModelSpec mistral_7b = rotaryPreset("mistral-7b", Arch::kMistral,
+                                        {32, 4096, 32, 8, 14336, 32000, 32768, DType::kBF16, 10000.f, 1e-5f});
+    mistral_7b.sliding_window = 4096;
     return std::vector<ModelSpec>{
         optPreset("opt-125m", 12, 768, 12, 3072),
         opt_350m,
@@ -286,11 +280,15 @@ const std::vector<ModelSpec>& presets() {
         optPreset("opt-13b", 40, 5120, 40, 20480),
         optPreset("opt-30b", 48, 7168, 56, 28672),
         optPreset("opt-66b", 64, 9216, 72, 36864),
-        llamaPreset("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, DType::kF16),
-        llamaPreset("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, 4096, DType::kF16),
-        llamaPreset("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, DType::kF16),
-        llamaPreset("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, DType::kBF16),
-        llamaPreset("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, DType::kBF16),
+        llamaPreset("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, DType::kF16, 10000.f),
+        llamaPreset("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, 4096, DType::kF16, 10000.f),
+        llamaPreset("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, DType::kF16, 10000.f),
+        llamaPreset("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, DType::kBF16, 500000.f),
+        llamaPreset("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, DType::kBF16, 500000.f),
+        // Qwen/Qwen2-7B: biases on q, k and v; no sliding window (use_sliding_window: false).
+        rotaryPreset("qwen2-7b", Arch::kQwen2,
+                     {28, 3584, 28, 4, 18944, 152064, 131072, DType::kBF16, 1000000.f, 1e-6f}),
+        mistral_7b,
     };
   }();
   return all;
@@ -346,6 +344,12 @@ class HfConfig {
   }
   int positiveIntOr(const std::string& key, int fallback) const { return has(key) ? positiveInt(key) : fallback; }
   bool boolOr(const std::string& key, bool fallback) const { return has(key) ? reader(key).asBool() : fallback; }
+  double positiveNumberOr(const std::string& key, double fallback) const {
+    if (!has(key)) return fallback;
+    const double v = reader(key).asDouble();
+    if (!(v > 0)) fail(key, "must be a positive number, got " + std::to_string(v));
+    return v;
+  }
   std::string string(const std::string& key) const { return reader(key).asString(); }
 
  private:
@@ -353,24 +357,21 @@ class HfConfig {
   std::string file_;
 };
 
-Arch hfArchitecture(const HfConfig& config) {
+const ModelFamily& hfFamily(const HfConfig& config) {
   if (config.has("model_type")) {
     const std::string type = config.string("model_type");
-    if (type == "opt") return Arch::kOpt;
-    if (type == "llama") return Arch::kLlama;
-    config.fail("model_type", "unsupported model type \"" + type + "\" (supported: opt, llama)");
+    if (const ModelFamily* family = familyForHfModelType(type)) return *family;
+    config.fail("model_type", "unsupported model type \"" + type + "\" (supported: " + supportedHfModelTypes() + ")");
   }
   if (config.has("architectures")) {
     const JsonReader list = config.reader("architectures");
     std::string seen;
     for (std::size_t i = 0; i < list.size(); ++i) {
       const std::string arch = list.at(i).asString();
-      if (arch == "OPTForCausalLM") return Arch::kOpt;
-      if (arch == "LlamaForCausalLM") return Arch::kLlama;
+      if (const ModelFamily* family = familyForHfArchitecture(arch)) return *family;
       seen += (seen.empty() ? "" : ", ") + arch;
     }
-    config.fail("architectures",
-                "unsupported architectures [" + seen + "] (supported: OPTForCausalLM, LlamaForCausalLM)");
+    config.fail("architectures", "unsupported architectures [" + seen + "] (supported: " + supportedHfArchitectures() + ")");
   }
   config.fail("model_type", "required key is missing (and no architectures list to fall back on)");
 }
@@ -385,17 +386,40 @@ DType hfDtype(const HfConfig& config) {
 
 // Architectural switches whose non-default value would change the parameter count in ways this
 // accounting does not model; refuse them rather than report wrong bytes.
-void rejectUnsupportedVariants(const HfConfig& config, Arch arch, int hidden, int heads) {
-  if (arch == Arch::kOpt) {
-    if (!config.boolOr("enable_bias", true)) config.fail("enable_bias", "OPT without biases is not supported");
-    if (!config.boolOr("layer_norm_elementwise_affine", true))
-      config.fail("layer_norm_elementwise_affine", "OPT without LayerNorm weights is not supported");
-  } else {
-    if (config.boolOr("attention_bias", false)) config.fail("attention_bias", "Llama with biases is not supported");
-    if (config.boolOr("mlp_bias", false)) config.fail("mlp_bias", "Llama with biases is not supported");
-    if (config.has("head_dim") && config.positiveInt("head_dim") * heads != hidden)
-      config.fail("head_dim", "head_dim * num_attention_heads must equal hidden_size");
+void rejectUnsupportedVariants(const HfConfig& config, const ModelFamily& family, int hidden, int heads) {
+  const std::string name(family.name);
+  // Llama's switches; a family without such biases never has them on.
+  if (!family.qkv_bias && config.boolOr("attention_bias", false))
+    config.fail("attention_bias", name + " with attention biases is not supported");
+  if (!family.mlp_bias && config.boolOr("mlp_bias", false)) config.fail("mlp_bias", name + " with MLP biases is not supported");
+  if (config.has("head_dim") && config.positiveInt("head_dim") * heads != hidden)
+    config.fail("head_dim", "head_dim * num_attention_heads must equal hidden_size");
+}
+
+// Tokens one attention window spans; 0 for full attention.
+int hfSlidingWindow(const HfConfig& config, const ModelFamily& family) {
+  switch (family.sliding_window) {
+    case SlidingWindowKey::kNone:
+      return 0;
+    case SlidingWindowKey::kSlidingWindow:
+      return config.positiveIntOr("sliding_window", 0);
+    case SlidingWindowKey::kGatedByUseFlag:
+      return config.boolOr("use_sliding_window", false) ? config.positiveIntOr("sliding_window", 0) : 0;
   }
+  throw std::logic_error("hfSlidingWindow: unknown SlidingWindowKey");
+}
+
+// rope_theta at the top level (transformers 4.x) or inside rope_parameters (5.x) / rope_scaling.
+float hfRopeTheta(const HfConfig& config, const ModelFamily& family, const nlohmann::json& doc) {
+  double theta = config.positiveNumberOr("rope_theta", family.default_rope_theta);
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (config.has(key) && doc.at(key).is_object() && doc.at(key).contains("rope_theta")) {
+      const double nested = JsonReader(doc.at(key).at("rope_theta"), std::string(key) + ".rope_theta").asDouble();
+      if (!(nested > 0)) config.fail(std::string(key) + ".rope_theta", "must be a positive number");
+      theta = nested;
+    }
+  }
+  return static_cast<float>(theta);
 }
 
 std::string hfModelName(const std::filesystem::path& file) {
@@ -412,18 +436,24 @@ ModelSpec modelFromHfConfig(const std::string& path) {
   const nlohmann::json doc = readJsonFile(file.string());  // names file:line:column on bad JSON
   const HfConfig config(doc, file.string());
 
+  const ModelFamily& family = hfFamily(config);
   ModelSpec m;
   m.name = hfModelName(file);
-  m.arch = hfArchitecture(config);
+  m.arch = family.arch;
   m.num_layers = config.positiveInt("num_hidden_layers");
   m.hidden = config.positiveInt("hidden_size");
   m.num_heads = config.positiveInt("num_attention_heads");
   m.num_kv_heads = config.positiveIntOr("num_key_value_heads", m.num_heads);
-  m.ffn_hidden = config.positiveInt(m.arch == Arch::kOpt ? "ffn_dim" : "intermediate_size");
+  m.ffn_hidden = config.positiveInt(std::string(family.ffn_key));
   m.vocab = config.positiveInt("vocab_size");
   m.max_positions = config.positiveInt("max_position_embeddings");
   m.dtype = hfDtype(config);
-  m.tie_embeddings = config.boolOr("tie_word_embeddings", m.arch == Arch::kOpt);
+  m.tie_embeddings = config.boolOr("tie_word_embeddings", family.tie_embeddings_default);
+  m.norm_eps = family.norm_eps_key.empty()
+                   ? family.default_norm_eps
+                   : static_cast<float>(config.positiveNumberOr(std::string(family.norm_eps_key), family.default_norm_eps));
+  if (family.rotary()) m.rope_theta = hfRopeTheta(config, family, doc);
+  m.sliding_window = hfSlidingWindow(config, family);
 
   if (m.hidden % m.num_heads != 0)
     config.fail("num_attention_heads", std::to_string(m.num_heads) + " does not divide hidden_size=" +
@@ -431,14 +461,25 @@ ModelSpec modelFromHfConfig(const std::string& path) {
   if (m.num_heads % m.num_kv_heads != 0)
     config.fail("num_key_value_heads", std::to_string(m.num_kv_heads) + " does not divide num_attention_heads=" +
                                            std::to_string(m.num_heads));
-  rejectUnsupportedVariants(config, m.arch, m.hidden, m.num_heads);
+  rejectUnsupportedVariants(config, family, m.hidden, m.num_heads);
 
-  if (m.arch == Arch::kOpt) {
-    const int proj_dim = config.positiveIntOr("word_embed_proj_dim", m.hidden);
-    m.word_embed_proj_dim = proj_dim == m.hidden ? 0 : proj_dim;
-    m.layer_norm_before = config.boolOr("do_layer_norm_before", true);
-    // transformers builds the final norm only for pre-LN models not asking to drop it.
-    m.final_layer_norm = m.layer_norm_before && !config.boolOr("_remove_final_layer_norm", false);
+  // Keys only one family has (transformers' OPTConfig).
+  switch (family.arch) {
+    case Arch::kOpt: {
+      if (!config.boolOr("enable_bias", true)) config.fail("enable_bias", "OPT without biases is not supported");
+      if (!config.boolOr("layer_norm_elementwise_affine", true))
+        config.fail("layer_norm_elementwise_affine", "OPT without LayerNorm weights is not supported");
+      const int proj_dim = config.positiveIntOr("word_embed_proj_dim", m.hidden);
+      m.word_embed_proj_dim = proj_dim == m.hidden ? 0 : proj_dim;
+      m.layer_norm_before = config.boolOr("do_layer_norm_before", true);
+      // transformers builds the final norm only for pre-LN models not asking to drop it.
+      m.final_layer_norm = m.layer_norm_before && !config.boolOr("_remove_final_layer_norm", false);
+      break;
+    }
+    case Arch::kLlama:
+    case Arch::kQwen2:
+    case Arch::kMistral:
+      break;
   }
   return m;
 }

@@ -6,16 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "common/model_family.h"
 #include "common/types.h"
 
 namespace computron {
 
-enum class Arch { kOpt, kLlama };
 enum class DType { kF16, kBF16, kF32 };
 
 int dtypeBytes(DType d);
 std::string dtypeName(DType d);  // Hugging Face spelling: "float16", "bfloat16", "float32"
-std::string archName(Arch a);    // "opt", "llama"
+std::string archName(Arch a);    // the family's name: "opt", "llama", "qwen2", "mistral"
 // Parses a Hugging Face dtype name ("float16", "bfloat16", "float32"); nullopt when unknown.
 std::optional<DType> dtypeFromName(const std::string& name);
 
@@ -43,17 +43,22 @@ struct ModelSpec {
   int hidden = 0;
   int num_heads = 0;
   int num_kv_heads = 0;  // == num_heads without grouped-query attention
-  int ffn_hidden = 0;    // OPT: fc1 width; Llama: intermediate_size
+  int ffn_hidden = 0;    // OPT: fc1 width; Llama and kin: intermediate_size
   int vocab = 0;
-  int max_positions = 0;  // OPT learned positions (table has max_positions + 2 rows)
+  int max_positions = 0;  // OPT learned positions (table has max_positions + position offset rows)
   DType dtype = DType::kF16;
   bool tie_embeddings = true;  // OPT: LM head shares the token embedding; Llama: separate
+  // Numbers the decoder needs beyond the shapes (no bytes depend on them).
+  float norm_eps = 1e-5f;       // LayerNorm / RMSNorm epsilon (rms_norm_eps)
+  float rope_theta = 10000.f;   // rotary base (rotary families)
+  int sliding_window = 0;       // attention window in tokens (Mistral); 0: full attention
   int word_embed_proj_dim = 0; // OPT-350m projects embeddings (0 = same as hidden)
   // OPT's do_layer_norm_before. OPT-350m normalises after attention and MLP instead of before.
   bool layer_norm_before = true;
   // OPT-350m (post-LN) has no final layer norm; every other preset has one.
   bool final_layer_norm = true;
 
+  const ModelFamily& family() const { return modelFamily(arch); }
   int headDim() const { return hidden / num_heads; }
   // Width of the token embedding and LM head rows: word_embed_proj_dim when set, else hidden.
   int embedDim() const { return word_embed_proj_dim > 0 ? word_embed_proj_dim : hidden; }
@@ -83,11 +88,12 @@ struct ModelSpec {
   double flopsPerToken() const;
 };
 
-// Presets: opt-125m ... opt-66b, llama-2-7b/13b/70b, llama-3-8b/70b.
+// Presets: opt-125m ... opt-66b, llama-2-7b/13b/70b, llama-3-8b/70b, qwen2-0.5b/7b, mistral-7b.
 ModelSpec modelPreset(const std::string& name);
 std::vector<std::string> modelPresetNames();
 bool isModelPreset(const std::string& name);
-// From a Hugging Face config.json (OPTForCausalLM / LlamaForCausalLM); errors name the file and key.
+// From a Hugging Face config.json of a registered family (model_family.h: OPTForCausalLM,
+// LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM); errors name the file and key.
 ModelSpec modelFromHfConfig(const std::string& path);
 
 }  // namespace computron

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Hugging Face transformers side of scripts/model-check.sh.
 
-  make     build a small random OPT or Llama model (fixed seed), save it as safetensors with a
-           requests.json of prompts of different lengths
+  make     build a small random OPT, Llama, Qwen2 or Mistral model (fixed seed), save it as
+           safetensors with a requests.json of prompts of different lengths
   compare  our logits and tokens against transformers in fp32 on the same weights
   same     fraction of identical tokens between two of our runs (TP/PP vs TP=1, sampling seeds)
   bench    transformers eager speed (prefill and decode) for OPT-6.7B / Llama-3-8B shapes
@@ -21,22 +21,43 @@ def load_kwargs(dtype):
     return {"dtype": dtype, "attn_implementation": "eager"}
 
 
-def make_config(arch, layers, hidden, heads, kv_heads, ffn, vocab):
+ARCHS = ["opt", "llama", "qwen2", "mistral"]
+
+
+def make_config(arch, layers, hidden, heads, kv_heads, ffn, vocab, tie=None, sliding_window=4096):
     if arch == "opt":
         return transformers.OPTConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                       num_attention_heads=heads, ffn_dim=ffn, max_position_embeddings=2048,
                                       word_embed_proj_dim=hidden, do_layer_norm_before=True,
-                                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=2, pad_token_id=1)
-    return transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                    num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=ffn,
-                                    max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-                                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+                                      tie_word_embeddings=True if tie is None else tie, bos_token_id=2, eos_token_id=2,
+                                      pad_token_id=1)
+    shape = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                 num_key_value_heads=kv_heads, intermediate_size=ffn, tie_word_embeddings=bool(tie))
+    if arch == "llama":
+        return transformers.LlamaConfig(**shape, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                        bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        # Qwen2-7B's numbers: rope_theta 1e6, rms_norm_eps 1e-6; no sliding window.
+        return transformers.Qwen2Config(**shape, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                                        use_sliding_window=False, bos_token_id=1, eos_token_id=2)
+    if arch == "mistral":
+        return transformers.MistralConfig(**shape, max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                          sliding_window=sliding_window, bos_token_id=1, eos_token_id=2)
+    raise SystemExit(f"unknown arch {arch}")
 
 
 def cmd_make(a):
     torch.manual_seed(a.seed)
-    cfg = make_config(a.arch, a.layers, a.hidden, a.heads, a.kv_heads, a.ffn, a.vocab)
+    cfg = make_config(a.arch, a.layers, a.hidden, a.heads, a.kv_heads, a.ffn, a.vocab,
+                      tie={"yes": True, "no": False}.get(a.tie), sliding_window=a.sliding_window)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
+    if a.arch == "qwen2":
+        # transformers initialises biases to zero, which would not test them: Qwen2's q/k/v biases
+        # get values of the size trained checkpoints have.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                    p.normal_(0.0, 0.5)
     model = model.to(getattr(torch, a.dtype))
     model.config.torch_dtype = a.dtype
     model.save_pretrained(a.out, safe_serialization=True)
@@ -157,7 +178,10 @@ def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make")
-    m.add_argument("--arch", choices=["opt", "llama"], required=True)
+    m.add_argument("--arch", choices=ARCHS, required=True)
+    m.add_argument("--tie", choices=["yes", "no", "default"], default="default",
+                   help="tie_word_embeddings (default: the family's, OPT tied, the others untied)")
+    m.add_argument("--sliding-window", type=int, default=4096, help="Mistral's attention window")
     m.add_argument("--layers", type=int, default=2)
     m.add_argument("--hidden", type=int, default=1024)
     m.add_argument("--heads", type=int, default=16)

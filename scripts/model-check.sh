@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Model library check on a GPU machine (2 GPUs for the TP/PP runs), one call: build the model library and driver,
-# compare OPT and Llama against transformers (fp32 reference), TP=2 and PP=2 against TP=1,
+# compare OPT, Llama, Qwen2 and Mistral against transformers (fp32 reference), TP=2 and PP=2 against TP=1,
 # seeded sampling, the KV budget refusal, and speed against transformers eager and against the
 # bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
-# MODEL_CHECK_QUICK=1: a shorter call for decode work: three small models against transformers,
-# one TP=2 and one PP=2 run where two GPUs exist, the kernel check and timings, and our speed
+# MODEL_CHECK_QUICK=1: a shorter call for decode work: six small models (OPT, Llama, Qwen2, Mistral)
+# against transformers, TP=2 runs of Llama and Qwen2 and a PP=2 run of OPT where two GPUs exist,
+# Mistral's sliding-window refusal, the kernel check and timings, and our speed
 # table under the decode settings (COMPUTRON_PDL, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
 # refusal or transformers speed runs. MODEL_CHECK_SKIP_SPEED=1 (with QUICK): correctness only.
 # PREBUILT=dir: use the carried computron_model_check instead of building; with QUICK and a carried
@@ -39,7 +40,7 @@ find_package(Threads REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 set(COMPUTRON_HAVE_CUDA ON)
 set(COMPUTRON_WARNINGS -Wall -Wextra)
-add_library(computron_common STATIC $PWD/common/model_spec.cpp $PWD/common/json_reader.cpp)
+add_library(computron_common STATIC $PWD/common/model_spec.cpp $PWD/common/model_family.cpp $PWD/common/json_reader.cpp)
 target_include_directories(computron_common PUBLIC $PWD)
 target_link_libraries(computron_common PUBLIC nlohmann_json::nlohmann_json)
 add_subdirectory($PWD/runtime/model model)
@@ -58,6 +59,11 @@ export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}${LD_LIBRARY_PATH:-}
 fi
 
 REF=scripts/hf_reference.py
+# Mistral with a 256-token window asked for a 512-token context: refused, naming both.
+mistral_window_refusal() {
+  timeout 60 $BIN generate --model $WORK/mistral8 --requests $WORK/mistral8/requests.json --max-context 512 --out $WORK/x.json
+  echo "REFUSAL mistral window exit code $? (3 = refused with a message)"
+}
 if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
   # bench_ours [VAR=VALUE ...]: our speed table with these decode settings exported
   # (COMPUTRON_PDL, COMPUTRON_ATTN_WAVES, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS,
@@ -80,14 +86,17 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
   python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
   python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
   python3 $REF make --arch llama --layers 2 --ffn 2816 --dtype bfloat16 --out $WORK/llama2bf --seed 5 || true
+  python3 $REF make --arch qwen2 --layers 8 --ffn 2816 --out $WORK/qwen8 --seed 6 || true
+  python3 $REF make --arch qwen2 --layers 2 --ffn 2816 --dtype bfloat16 --tie yes --out $WORK/qwen2bftied --seed 7 || true
+  python3 $REF make --arch mistral --layers 8 --ffn 2816 --sliding-window 256 --out $WORK/mistral8 --seed 8 || true
   step "correctness vs transformers fp32"
-  for m in opt8 llama8 llama2bf; do
+  for m in opt8 llama8 llama2bf qwen8 qwen2bftied mistral8; do
     timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --out $WORK/$m.tp1.json --logits $WORK/$m.tp1.bin \
       && timeout 180 python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.tp1.json \
            --logits $WORK/$m.tp1.bin --label "$m tp1" || echo "FAILED $m tp1"
   done
   if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-    for run in "llama8 2 1" "opt8 1 2"; do
+    for run in "llama8 2 1" "qwen8 2 1" "opt8 1 2"; do
       set -- $run
       timeout 120 $BIN generate --model $WORK/$1 --requests $WORK/$1/requests.json --tp $2 --pp $3 --out $WORK/$1.tp$2pp$3.json \
         --logits $WORK/$1.tp$2pp$3.bin \
@@ -96,6 +105,7 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
              --logits $WORK/$1.tp$2pp$3.bin --label "$1 tp$2 pp$3" || echo "FAILED $1 tp$2 pp$3"
     done
   fi
+  mistral_window_refusal
   if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron" ]; then
     # The runtime reading a checkpoint into its host store and running it from the GPU pool.
     step "runtime: replay with a checkpoint"
@@ -110,7 +120,7 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
   bench_ours
   fi
   step "summary"
-  grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|REPLAY|FAILED)" $LOG | sed 's/^/  /'
+  grep -hE "^(KCHECK .*(overall|FAIL)|COMPARE|SAME|SETTING|BENCH|REPLAY|REFUSAL|FAILED)" $LOG | sed 's/^/  /'
   exit 0
 fi
 
@@ -120,16 +130,19 @@ python3 $REF make --arch opt --layers 8 --out $WORK/opt8 --seed 2 || true
 python3 $REF make --arch llama --layers 2 --ffn 2816 --out $WORK/llama2 --seed 3 || true
 python3 $REF make --arch llama --layers 8 --ffn 2816 --out $WORK/llama8 --seed 4 || true
 python3 $REF make --arch llama --layers 2 --ffn 2816 --dtype bfloat16 --out $WORK/llama2bf --seed 5 || true
+python3 $REF make --arch qwen2 --layers 8 --ffn 2816 --out $WORK/qwen8 --seed 6 || true
+python3 $REF make --arch qwen2 --layers 2 --ffn 2816 --dtype bfloat16 --tie yes --out $WORK/qwen2bftied --seed 7 || true
+python3 $REF make --arch mistral --layers 8 --ffn 2816 --sliding-window 256 --out $WORK/mistral8 --seed 8 || true
 
 step "correctness vs transformers fp32"
-for m in opt2 opt8 llama2 llama8 llama2bf; do
+for m in opt2 opt8 llama2 llama8 llama2bf qwen8 qwen2bftied mistral8; do
   timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --out $WORK/$m.tp1.json --logits $WORK/$m.tp1.bin \
     && timeout 180 python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.tp1.json \
          --logits $WORK/$m.tp1.bin --label "$m tp1" || echo "FAILED $m tp1"
 done
 
 step "TP=2 and PP=2 against TP=1"
-for m in opt8 llama8; do
+for m in opt8 llama8 qwen8; do
   for cfg in "2 1" "1 2"; do
     set -- $cfg
     timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --tp $1 --pp $2 --out $WORK/$m.tp$1pp$2.json \
@@ -148,6 +161,7 @@ timeout 60 $BIN generate $S --seed 7 --out $WORK/s7a.json && timeout 60 $BIN gen
   && python3 $REF same --a $WORK/s7a.json --b $WORK/s8.json --label "sampling seed 7 vs 8"
 timeout 60 $BIN generate --model $WORK/llama2 --requests $WORK/llama2/requests.json --max-context 4000 --budget-gib 0.01 --out $WORK/x.json
 echo "REFUSAL exit code $? (3 = refused with a message)"
+mistral_window_refusal
 
 step "speed: ours"
 for p in opt-6.7b llama-3-8b; do

@@ -85,9 +85,10 @@ ShardPlan planShard(const ModelSpec& spec, int tp, int pp, int tp_rank, int pp_r
   if (spec.ffn_hidden % tp != 0 || (spec.ffn_hidden / tp) % 8 != 0)
     refuse(spec, "tp " + std::to_string(tp) + " does not split ffn " + std::to_string(spec.ffn_hidden) + " into multiples of 8");
   if (spec.vocab % tp != 0) refuse(spec, "tp " + std::to_string(tp) + " does not divide vocab " + std::to_string(spec.vocab));
-  if (spec.arch == Arch::kOpt && spec.word_embed_proj_dim != 0 && spec.word_embed_proj_dim != spec.hidden)
-    refuse(spec, "OPT embedding projections (word_embed_proj_dim != hidden) are not supported");
-  if (spec.arch == Arch::kOpt && spec.max_positions < 1) refuse(spec, "OPT needs max_positions");
+  const ModelFamily& family = spec.family();
+  if (spec.hasEmbedProjection()) refuse(spec, "embedding projections (word_embed_proj_dim != hidden) are not supported");
+  if (family.learnedPositions() && spec.max_positions < 1) refuse(spec, "learned positions need max_positions");
+  if (family.mlp == MlpKind::kSwiGlu && family.mlp_bias) refuse(spec, "SwiGLU MLP biases are not supported");
 
   const std::int64_t h = spec.hidden;
   const std::int64_t hd = spec.headDim();
@@ -104,21 +105,29 @@ ShardPlan planShard(const ModelSpec& spec, int tp, int pp, int tp_rank, int pp_r
   plan.has_embeddings = pp_rank == 0;
   plan.has_lm_head = pp_rank == pp - 1;
 
-  const bool opt = spec.arch == Arch::kOpt;
-  const std::string root = opt ? "model.decoder." : "model.";
+  const TensorNaming& n = family.names;
+  const std::string root(n.root);
   const std::int64_t V = spec.vocab, q_rows = spec.num_heads * hd, kv_rows = kv_heads * hd, F = spec.ffn_hidden;
   PlanBuilder b(plan);
 
   if (plan.has_embeddings) {
     plan.token_embedding = b.add("embed_tokens.weight", {plan.local_vocab, h}, InitKind::kMatrix,
                                  {source(root + "embed_tokens.weight", {V, h}, Split::kRows)});
-    if (opt) {
-      const std::int64_t rows = spec.max_positions + 2;  // OPT offsets positions by 2
+    if (family.learnedPositions()) {
+      const std::int64_t rows = spec.max_positions + family.position_offset;
       plan.position_embedding = b.add("embed_positions.weight", {rows, h}, InitKind::kMatrix,
                                       {source(root + "embed_positions.weight", {rows, h}, Split::kReplicated)});
     }
   }
   plan.prefix_bytes = b.offset();
+
+  // A norm: weight, and a bias for LayerNorm; replicated.
+  auto addNorm = [&](const std::string& ours, const std::string& hf, std::int64_t& weight, std::int64_t& bias) {
+    weight = b.add(ours + ".weight", {h}, InitKind::kNormWeight, {source(hf + ".weight", {h}, Split::kReplicated)});
+    if (family.normHasBias())
+      bias = b.add(ours + ".bias", {h}, InitKind::kZero, {source(hf + ".bias", {h}, Split::kReplicated)});
+  };
+  auto joined = [](const std::string& prefix, std::string_view name) { return prefix + std::string(name); };
 
   for (int i = 0; i < plan.num_layers; ++i) {
     const int layer = plan.first_layer + i;
@@ -127,48 +136,44 @@ ShardPlan planShard(const ModelSpec& spec, int tp, int pp, int tp_rank, int pp_r
     LayerWeights w;
     const std::int64_t local_qkv = (plan.local_heads + 2 * plan.local_kv_heads) * hd;
     const std::int64_t local_q = plan.local_heads * hd;
-    if (opt) {
-      w.attn_norm_weight = b.add(ours + "attn_norm.weight", {h}, InitKind::kNormWeight, {source(p + "self_attn_layer_norm.weight", {h}, Split::kReplicated)});
-      w.attn_norm_bias = b.add(ours + "attn_norm.bias", {h}, InitKind::kZero, {source(p + "self_attn_layer_norm.bias", {h}, Split::kReplicated)});
-      w.qkv_weight = b.add(ours + "qkv.weight", {local_qkv, h}, InitKind::kMatrix,
-                           {source(p + "self_attn.q_proj.weight", {q_rows, h}, Split::kRows),
-                            source(p + "self_attn.k_proj.weight", {kv_rows, h}, Split::kRows),
-                            source(p + "self_attn.v_proj.weight", {kv_rows, h}, Split::kRows)});
+    const std::string q = joined(p, n.q), k = joined(p, n.k), v = joined(p, n.v), o = joined(p, n.o);
+    addNorm(ours + "attn_norm", joined(p, n.attn_norm), w.attn_norm_weight, w.attn_norm_bias);
+    // Column-parallel: each rank's q rows (its heads), then its k and v rows (its kv heads).
+    w.qkv_weight = b.add(ours + "qkv.weight", {local_qkv, h}, InitKind::kMatrix,
+                         {source(q + ".weight", {q_rows, h}, Split::kRows), source(k + ".weight", {kv_rows, h}, Split::kRows),
+                          source(v + ".weight", {kv_rows, h}, Split::kRows)});
+    if (family.qkv_bias)
       w.qkv_bias = b.add(ours + "qkv.bias", {local_qkv}, InitKind::kZero,
-                         {source(p + "self_attn.q_proj.bias", {q_rows}, Split::kRows),
-                          source(p + "self_attn.k_proj.bias", {kv_rows}, Split::kRows),
-                          source(p + "self_attn.v_proj.bias", {kv_rows}, Split::kRows)});
-      w.out_weight = b.add(ours + "out.weight", {h, local_q}, InitKind::kMatrix, {source(p + "self_attn.out_proj.weight", {h, q_rows}, Split::kCols)});
-      w.out_bias = b.add(ours + "out.bias", {h}, InitKind::kZero, {source(p + "self_attn.out_proj.bias", {h}, Split::kReplicated)});
-      w.mlp_norm_weight = b.add(ours + "mlp_norm.weight", {h}, InitKind::kNormWeight, {source(p + "final_layer_norm.weight", {h}, Split::kReplicated)});
-      w.mlp_norm_bias = b.add(ours + "mlp_norm.bias", {h}, InitKind::kZero, {source(p + "final_layer_norm.bias", {h}, Split::kReplicated)});
-      w.up_weight = b.add(ours + "fc1.weight", {plan.local_ffn, h}, InitKind::kMatrix, {source(p + "fc1.weight", {F, h}, Split::kRows)});
-      w.up_bias = b.add(ours + "fc1.bias", {plan.local_ffn}, InitKind::kZero, {source(p + "fc1.bias", {F}, Split::kRows)});
-      w.down_weight = b.add(ours + "fc2.weight", {h, plan.local_ffn}, InitKind::kMatrix, {source(p + "fc2.weight", {h, F}, Split::kCols)});
-      w.down_bias = b.add(ours + "fc2.bias", {h}, InitKind::kZero, {source(p + "fc2.bias", {h}, Split::kReplicated)});
-    } else {
-      w.attn_norm_weight = b.add(ours + "attn_norm.weight", {h}, InitKind::kNormWeight, {source(p + "input_layernorm.weight", {h}, Split::kReplicated)});
-      w.qkv_weight = b.add(ours + "qkv.weight", {local_qkv, h}, InitKind::kMatrix,
-                           {source(p + "self_attn.q_proj.weight", {q_rows, h}, Split::kRows),
-                            source(p + "self_attn.k_proj.weight", {kv_rows, h}, Split::kRows),
-                            source(p + "self_attn.v_proj.weight", {kv_rows, h}, Split::kRows)});
-      w.out_weight = b.add(ours + "o_proj.weight", {h, local_q}, InitKind::kMatrix, {source(p + "self_attn.o_proj.weight", {h, q_rows}, Split::kCols)});
-      w.mlp_norm_weight = b.add(ours + "mlp_norm.weight", {h}, InitKind::kNormWeight, {source(p + "post_attention_layernorm.weight", {h}, Split::kReplicated)});
-      w.up_weight = b.add(ours + "gate_up.weight", {2 * plan.local_ffn, h}, InitKind::kMatrix,
-                          {source(p + "mlp.gate_proj.weight", {F, h}, Split::kRows),
-                           source(p + "mlp.up_proj.weight", {F, h}, Split::kRows)});
-      w.down_weight = b.add(ours + "down_proj.weight", {h, plan.local_ffn}, InitKind::kMatrix, {source(p + "mlp.down_proj.weight", {h, F}, Split::kCols)});
+                         {source(q + ".bias", {q_rows}, Split::kRows), source(k + ".bias", {kv_rows}, Split::kRows),
+                          source(v + ".bias", {kv_rows}, Split::kRows)});
+    // Row-parallel: the bias is whole on every rank, added once after the all-reduce.
+    w.out_weight = b.add(ours + "out.weight", {h, local_q}, InitKind::kMatrix, {source(o + ".weight", {h, q_rows}, Split::kCols)});
+    if (family.out_bias)
+      w.out_bias = b.add(ours + "out.bias", {h}, InitKind::kZero, {source(o + ".bias", {h}, Split::kReplicated)});
+    addNorm(ours + "mlp_norm", joined(p, n.mlp_norm), w.mlp_norm_weight, w.mlp_norm_bias);
+    const std::string up = joined(p, n.up), down = joined(p, n.down);
+    switch (family.mlp) {
+      case MlpKind::kRelu:
+        w.up_weight = b.add(ours + "up.weight", {plan.local_ffn, h}, InitKind::kMatrix, {source(up + ".weight", {F, h}, Split::kRows)});
+        if (family.mlp_bias)
+          w.up_bias = b.add(ours + "up.bias", {plan.local_ffn}, InitKind::kZero, {source(up + ".bias", {F}, Split::kRows)});
+        break;
+      case MlpKind::kSwiGlu:
+        // gate rows then up rows of this rank, one matrix: one product.
+        w.up_weight = b.add(ours + "gate_up.weight", {2 * plan.local_ffn, h}, InitKind::kMatrix,
+                            {source(joined(p, n.gate) + ".weight", {F, h}, Split::kRows), source(up + ".weight", {F, h}, Split::kRows)});
+        break;
     }
+    w.down_weight = b.add(ours + "down.weight", {h, plan.local_ffn}, InitKind::kMatrix, {source(down + ".weight", {h, F}, Split::kCols)});
+    if (family.mlp_bias)
+      w.down_bias = b.add(ours + "down.bias", {h}, InitKind::kZero, {source(down + ".bias", {h}, Split::kReplicated)});
     plan.layers.push_back(w);
     if (i == 0) plan.layer_bytes = b.offset() - plan.prefix_bytes;
   }
   const std::int64_t layers_end = b.offset();
 
   if (plan.has_lm_head) {
-    plan.final_norm_weight = b.add("final_norm.weight", {h}, InitKind::kNormWeight,
-                                   {source(root + (opt ? "final_layer_norm.weight" : "norm.weight"), {h}, Split::kReplicated)});
-    if (opt)
-      plan.final_norm_bias = b.add("final_norm.bias", {h}, InitKind::kZero, {source(root + "final_layer_norm.bias", {h}, Split::kReplicated)});
+    addNorm("final_norm", joined(root, n.final_norm), plan.final_norm_weight, plan.final_norm_bias);
     if (spec.tie_embeddings && plan.has_embeddings) {
       plan.lm_head = plan.token_embedding;
     } else {

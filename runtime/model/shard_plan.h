@@ -2,8 +2,8 @@
 // and which slice of which checkpoint tensor fills it.
 //
 // Split rules (Megatron-style, so a decoder layer needs two all-reduces and no other traffic):
-//  - column-parallel (output features split over TP ranks): q, k, v (by heads; Llama's grouped
-//    k/v by kv heads), OPT fc1, Llama gate and up, with their biases;
+//  - column-parallel (output features split over TP ranks): q, k, v (by heads; grouped k/v by kv
+//    heads), OPT fc1, SwiGLU gate and up, with their biases (OPT's, Qwen2's q/k/v);
 //  - row-parallel (input features split): OPT out_proj and fc2, Llama o_proj and down_proj; the
 //    partial sums are all-reduced and the (unsplit) bias is added once after the all-reduce;
 //  - vocab-parallel: the token embedding and the LM head are split by vocabulary rows. Each rank
@@ -57,14 +57,14 @@ struct ShardTensor {
   std::vector<TensorSource> sources;  // concatenated along dim 0
 };
 
-// Byte offsets of one decoder layer's tensors in the shard buffer; -1 where the architecture has
-// no such tensor (Llama has no biases and no norm bias).
+// Byte offsets of one decoder layer's tensors in the shard buffer; -1 where the family has no such
+// tensor (model_family.h: RMSNorm has no bias; Llama and Mistral have no biases, Qwen2 only q/k/v).
 struct LayerWeights {
   std::int64_t attn_norm_weight = -1, attn_norm_bias = -1;
   std::int64_t qkv_weight = -1, qkv_bias = -1;  // [(q + 2 kv) local rows, hidden]
   std::int64_t out_weight = -1, out_bias = -1;  // [hidden, q local cols]; bias unsplit
   std::int64_t mlp_norm_weight = -1, mlp_norm_bias = -1;
-  std::int64_t up_weight = -1, up_bias = -1;      // OPT fc1 [ffn local, hidden]; Llama gate|up [2 ffn local, hidden]
+  std::int64_t up_weight = -1, up_bias = -1;      // fc1 [ffn local, hidden]; SwiGLU gate|up [2 ffn local, hidden]
   std::int64_t down_weight = -1, down_bias = -1;  // [hidden, ffn local]; bias unsplit
 };
 

@@ -41,7 +41,8 @@ const PublishedTotal kPublishedTotals[] = {
     {"opt-30b", 29'974'540'288},       {"opt-66b", 65'719'701'504},
     {"llama-2-7b", 6'738'415'616},     {"llama-2-13b", 13'015'864'320},
     {"llama-2-70b", 68'976'648'192},   {"llama-3-8b", 8'030'261'248},
-    {"llama-3-70b", 70'553'706'496},
+    {"llama-3-70b", 70'553'706'496},   {"qwen2-7b", 7'615'616'512},
+    {"mistral-7b", 7'241'732'096},
 };
 
 TEST(ModelSpecTest, PresetTotalsMatchPublishedCounts) {
@@ -93,6 +94,82 @@ TEST(ModelSpecTest, LlamaHasUntiedHeadAndRmsNorms) {
   const ModelSpec gqa = modelPreset("llama-3-70b");
   EXPECT_EQ(gqa.num_kv_heads, 8);
   EXPECT_EQ(gqa.layerParams(), 2LL * 8192 * 8192 + 2LL * 8192 * 1024 + 3LL * 8192 * 28672 + 2 * 8192);
+}
+
+TEST(ModelSpecTest, Qwen2HasQkvBiasesOnly) {
+  const ModelSpec m = modelPreset("qwen2-7b");
+  EXPECT_EQ(m.arch, Arch::kQwen2);
+  EXPECT_FALSE(m.tie_embeddings);
+  EXPECT_EQ(m.headDim(), 128);
+  EXPECT_FLOAT_EQ(m.rope_theta, 1e6f);
+  EXPECT_FLOAT_EQ(m.norm_eps, 1e-6f);
+  EXPECT_EQ(m.sliding_window, 0);
+  // q 3584^2 + 3584, k and v 3584 x 512 + 512 each, o 3584^2 (no bias), gate/up/down, 2 RMSNorms.
+  EXPECT_EQ(m.layerParams(), 233'057'792);
+  EXPECT_EQ(m.layerParams(),
+            2LL * 3584 * 3584 + 2LL * 3584 * 512 + (3584 + 2 * 512) + 3LL * 3584 * 18944 + 2 * 3584);
+  // At tp=2 the q/k/v biases split with the heads: (3584 + 1024) / 2 of them on each rank.
+  const ShardLayout half = m.shard(2, 1, 1, 0);
+  EXPECT_EQ(half.layer_bytes, (3584LL * 1792 * 2 + 3584LL * 256 * 2 + (1792 + 512) + 3LL * 3584 * 9472 + 2 * 3584) * 2);
+  // KV cache: 28 layers x 4 kv heads x 128 x K and V x 2 bytes.
+  EXPECT_EQ(m.kvBytesPerToken(), 2LL * 28 * 4 * 128 * 2);
+}
+
+TEST(ModelSpecTest, MistralIsLlamaShapedWithASlidingWindow) {
+  const ModelSpec m = modelPreset("mistral-7b");
+  EXPECT_EQ(m.arch, Arch::kMistral);
+  EXPECT_EQ(m.sliding_window, 4096);
+  EXPECT_EQ(m.max_positions, 32768);
+  EXPECT_FLOAT_EQ(m.norm_eps, 1e-5f);
+  EXPECT_EQ(m.layerParams(), 2LL * 4096 * 4096 + 2LL * 4096 * 1024 + 3LL * 4096 * 14336 + 2 * 4096);
+  EXPECT_EQ(m.flopsPerToken(), 2.0 * (32.0 * (2.0 * 4096 * 4096 + 2.0 * 4096 * 1024 + 3.0 * 4096 * 14336) + 32000.0 * 4096));
+}
+
+// The registry: every Arch value has its family, found again by its Hugging Face names.
+TEST(ModelFamilyTest, RegistryHoldsEveryFamilyOnce) {
+  const std::vector<Arch> all = {Arch::kOpt, Arch::kLlama, Arch::kQwen2, Arch::kMistral};
+  ASSERT_EQ(modelFamilies().size(), all.size());
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const ModelFamily& family = modelFamily(all[i]);
+    SCOPED_TRACE(std::string(family.name));
+    EXPECT_EQ(family.arch, all[i]);
+    EXPECT_EQ(modelFamilies()[i], &family);
+    EXPECT_EQ(archName(all[i]), family.name);
+    ASSERT_FALSE(family.hf_model_types.empty());
+    ASSERT_FALSE(family.hf_architectures.empty());
+    for (auto type : family.hf_model_types) EXPECT_EQ(familyForHfModelType(type), &family);
+    for (auto arch : family.hf_architectures) EXPECT_EQ(familyForHfArchitecture(arch), &family);
+  }
+  EXPECT_EQ(familyForHfModelType("gpt2"), nullptr);
+  EXPECT_EQ(familyForHfArchitecture("GPT2LMHeadModel"), nullptr);
+  EXPECT_EQ(supportedHfModelTypes(), "opt, llama, qwen2, mistral");
+  EXPECT_EQ(supportedHfArchitectures(), "OPTForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM");
+}
+
+TEST(ModelFamilyTest, TraitsOfEachFamily) {
+  const ModelFamily& opt = modelFamily(Arch::kOpt);
+  EXPECT_EQ(opt.norm, NormKind::kLayerNorm);
+  EXPECT_EQ(opt.mlp, MlpKind::kRelu);
+  EXPECT_TRUE(opt.learnedPositions());
+  EXPECT_EQ(opt.position_offset, 2);
+  EXPECT_TRUE(opt.qkv_bias && opt.out_bias && opt.mlp_bias);
+  EXPECT_TRUE(opt.tie_embeddings_default);
+  EXPECT_EQ(opt.names.root, "model.decoder.");
+
+  const ModelFamily& qwen2 = modelFamily(Arch::kQwen2);
+  EXPECT_EQ(qwen2.norm, NormKind::kRmsNorm);
+  EXPECT_EQ(qwen2.mlp, MlpKind::kSwiGlu);
+  EXPECT_TRUE(qwen2.rotary());
+  EXPECT_TRUE(qwen2.qkv_bias);
+  EXPECT_FALSE(qwen2.out_bias);
+  EXPECT_FALSE(qwen2.mlp_bias);
+  EXPECT_EQ(qwen2.sliding_window, SlidingWindowKey::kGatedByUseFlag);
+
+  const ModelFamily& mistral = modelFamily(Arch::kMistral);
+  EXPECT_FALSE(mistral.qkv_bias || mistral.out_bias || mistral.mlp_bias);
+  EXPECT_EQ(mistral.sliding_window, SlidingWindowKey::kSlidingWindow);
+  EXPECT_EQ(mistral.names.q, modelFamily(Arch::kLlama).names.q);
+  EXPECT_EQ(modelFamily(Arch::kLlama).sliding_window, SlidingWindowKey::kNone);
 }
 
 TEST(ModelSpecTest, UnknownPresetListsKnownNames) {
@@ -184,13 +261,18 @@ std::int64_t expectedSumOfShardParams(const ModelSpec& m, int tp, int pp) {
   const std::int64_t h = m.hidden;
   const std::int64_t e = m.embedDim();
   std::int64_t replicated = 0;
-  if (m.arch == Arch::kOpt) {
-    replicated += m.num_layers * (4 * h + 2 * h);       // LayerNorms + out_proj and fc2 biases
-    replicated += (m.max_positions + 2LL) * h;          // positions
-    if (e != h) replicated += 2 * e * h;                // project_in, project_out
-    if (m.final_layer_norm) replicated += 2 * h;
-  } else {
-    replicated += m.num_layers * 2 * h + h;  // RMSNorm weights
+  switch (m.arch) {
+    case Arch::kOpt:
+      replicated += m.num_layers * (4 * h + 2 * h);  // LayerNorms + out_proj and fc2 biases
+      replicated += (m.max_positions + 2LL) * h;     // positions
+      if (e != h) replicated += 2 * e * h;           // project_in, project_out
+      if (m.final_layer_norm) replicated += 2 * h;
+      break;
+    case Arch::kLlama:
+    case Arch::kQwen2:    // its q/k/v biases are split, not replicated
+    case Arch::kMistral:
+      replicated += m.num_layers * 2 * h + h;  // RMSNorm weights
+      break;
   }
   const std::int64_t padded_vocab = (m.vocab + tp - 1) / tp * tp;
   const std::int64_t padding = (padded_vocab - m.vocab) * e;
@@ -205,6 +287,7 @@ TEST(ModelSpecTest, ShardsSumToTotalPlusReplicatedExtras) {
       {"opt-1.3b", 8, 2},    {"opt-13b", 1, 2},     {"opt-13b", 2, 1},     {"opt-13b", 4, 4},
       {"opt-30b", 7, 3},     {"opt-66b", 3, 5},     {"opt-66b", 8, 8},     {"llama-2-7b", 4, 2},
       {"llama-2-13b", 8, 3}, {"llama-2-70b", 8, 4}, {"llama-3-8b", 2, 4},  {"llama-3-70b", 4, 1},
+      {"qwen2-7b", 2, 2},    {"qwen2-7b", 4, 3},    {"mistral-7b", 8, 2},  {"mistral-7b", 1, 1},
   };
   for (const auto& [name, tp, pp] : splits) {
     SCOPED_TRACE(name + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp));
@@ -329,6 +412,52 @@ TEST(ModelSpecTest, HfLlamaConfigMatchesThePreset) {
   EXPECT_EQ(m.totalBytes(), modelPreset("llama-3-8b").totalBytes());
 }
 
+TEST(ModelSpecTest, HfQwen2ConfigMatchesThePreset) {
+  const ModelSpec m = modelFromHfConfig(fixture("qwen2-7b"));
+  const ModelSpec preset = modelPreset("qwen2-7b");
+  EXPECT_EQ(m.arch, Arch::kQwen2);
+  EXPECT_EQ(m.num_layers, preset.num_layers);
+  EXPECT_EQ(m.num_kv_heads, 4);
+  EXPECT_EQ(m.max_positions, 131072);
+  EXPECT_FALSE(m.tie_embeddings);
+  EXPECT_FLOAT_EQ(m.rope_theta, 1e6f);
+  EXPECT_FLOAT_EQ(m.norm_eps, 1e-6f);
+  EXPECT_EQ(m.sliding_window, 0);  // "sliding_window": 131072 but "use_sliding_window": false
+  EXPECT_EQ(m.totalParams(), 7'615'616'512);
+  EXPECT_EQ(m.totalBytes(), preset.totalBytes());
+}
+
+TEST(ModelSpecTest, HfQwen2TiedHeadWindowAndNestedRopeTheta) {
+  // transformers 5 spelling (dtype, rope_parameters), use_sliding_window on, tied head.
+  const ModelSpec m = modelFromHfConfig(fixture("qwen2-tied-window"));
+  EXPECT_EQ(m.arch, Arch::kQwen2);
+  EXPECT_TRUE(m.tie_embeddings);
+  EXPECT_EQ(m.sliding_window, 1024);
+  EXPECT_FLOAT_EQ(m.rope_theta, 250000.f);
+  EXPECT_FLOAT_EQ(m.norm_eps, 1e-6f);  // Qwen2Config's default
+  EXPECT_EQ(m.dtype, DType::kF16);
+  // 3 x (q 256^2 + 256, k and v 256 x 128 + 128, o 256^2, 3 x 256 x 512, 2 x 256) + 1000 x 256 + 256.
+  EXPECT_EQ(m.totalParams(), 2'028'800);
+}
+
+TEST(ModelSpecTest, HfMistralConfigMatchesThePreset) {
+  const ModelSpec m = modelFromHfConfig(fixture("mistral-7b"));
+  EXPECT_EQ(m.arch, Arch::kMistral);
+  EXPECT_EQ(m.sliding_window, 4096);
+  EXPECT_FLOAT_EQ(m.norm_eps, 1e-5f);
+  EXPECT_FLOAT_EQ(m.rope_theta, 10000.f);
+  EXPECT_EQ(m.totalParams(), 7'241'732'096);
+  EXPECT_EQ(m.totalBytes(), modelPreset("mistral-7b").totalBytes());
+
+  // Later Mistral configs: "sliding_window": null (full attention) and a head_dim key.
+  const ModelSpec open = modelFromHfConfig(fixture("mistral-no-window"));
+  EXPECT_EQ(open.arch, Arch::kMistral);
+  EXPECT_EQ(open.sliding_window, 0);
+  EXPECT_FALSE(open.tie_embeddings);
+  EXPECT_FLOAT_EQ(open.rope_theta, 1e6f);
+  EXPECT_EQ(open.totalParams(), 38'013'440);
+}
+
 TEST(ModelSpecTest, HfConfigDefaultsAndFolderPath) {
   // Only `architectures` to tell the family, `dtype` (newer transformers) instead of
   // torch_dtype, no num_key_value_heads, no tie_word_embeddings.
@@ -355,7 +484,7 @@ TEST(ModelSpecTest, HfConfigErrorsNameFileAndKey) {
 
   const std::string unsupported = fixture("unsupported-type");
   EXPECT_EQ(configErrorOf([&] { modelFromHfConfig(unsupported); }),
-            unsupported + ": model_type: unsupported model type \"gpt2\" (supported: opt, llama)");
+            unsupported + ": model_type: unsupported model type \"gpt2\" (supported: opt, llama, qwen2, mistral)");
 
   const std::string not_json = fixture("not-json");
   const std::string message = configErrorOf([&] { modelFromHfConfig(not_json); });
@@ -371,6 +500,8 @@ TEST(ModelSpecTest, NamesRoundTrip) {
   EXPECT_FALSE(dtypeFromName("int8").has_value());
   EXPECT_EQ(archName(Arch::kOpt), "opt");
   EXPECT_EQ(archName(Arch::kLlama), "llama");
+  EXPECT_EQ(archName(Arch::kQwen2), "qwen2");
+  EXPECT_EQ(archName(Arch::kMistral), "mistral");
 }
 
 }  // namespace

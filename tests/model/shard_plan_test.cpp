@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <set>
 
 #include "tests/model/safetensors_writer.h"
 
@@ -46,14 +47,51 @@ ModelSpec tinyLlama() {
   return s;
 }
 
+// Llama with biases on q, k and v, here with a tied head (Qwen2's small checkpoints tie theirs).
+ModelSpec tinyQwen2() {
+  ModelSpec s = tinyLlama();
+  s.name = "tiny-qwen2";
+  s.arch = Arch::kQwen2;
+  s.dtype = DType::kF16;
+  s.tie_embeddings = true;
+  return s;
+}
+
+ModelSpec tinyMistral() {
+  ModelSpec s = tinyLlama();
+  s.name = "tiny-mistral";
+  s.arch = Arch::kMistral;
+  s.sliding_window = 16;  // no tensor depends on it
+  return s;
+}
+
+// The checkpoint names of the test, written out per family rather than read from the traits.
+struct HfNames {
+  std::string root, out_proj;
+};
+
+HfNames hfNames(Arch arch) {
+  switch (arch) {
+    case Arch::kOpt:
+      return {"model.decoder.", "self_attn.out_proj.weight"};
+    case Arch::kLlama:
+    case Arch::kQwen2:
+    case Arch::kMistral:
+      return {"model.", "self_attn.o_proj.weight"};
+  }
+  return {};
+}
+
 // Writes every tensor the full model needs, filled with randomWeight values, as F32 (so loading
 // also exercises the conversion), split over two files with an index.
-void writeFullCheckpoint(const ModelSpec& spec, std::uint64_t seed, const std::string& dir) {
+// With random_biases, biases get random values too (InitKind::kMatrix) instead of zeros.
+void writeFullCheckpoint(const ModelSpec& spec, std::uint64_t seed, const std::string& dir, bool random_biases = false) {
   std::map<std::string, std::pair<std::vector<std::int64_t>, InitKind>> all;
   for (int stage = 0; stage < spec.num_layers; ++stage) {
     const ShardPlan plan = planShard(spec, 1, spec.num_layers, 0, stage);
     for (const auto& t : plan.tensors)
-      for (const auto& s : t.sources) all[s.hf_name] = {s.full_shape, t.init};
+      for (const auto& s : t.sources)
+        all[s.hf_name] = {s.full_shape, random_biases && t.init == InitKind::kZero ? InitKind::kMatrix : t.init};
   }
   std::vector<FakeTensor> first, second;
   std::string index = R"({"weight_map": {)";
@@ -108,7 +146,7 @@ TEST_P(SplitEveryWay, LoadedShardsMatchTheSplitRules) {
           // Spot checks against the full tensors, independent of the loader's slicing code.
           const std::int64_t h = spec.hidden, hd = spec.headDim();
           const LayerWeights& w = plan.layers.front();
-          const std::string root = spec.arch == Arch::kOpt ? "model.decoder." : "model.";
+          const std::string root = hfNames(spec.arch).root;
           const std::string layer = root + "layers." + std::to_string(plan.first_layer) + ".";
           const DType dt = spec.dtype;
           auto encode = [&](float v) { return dt == DType::kF16 ? floatToHalf(v) : floatToBf16(v); };
@@ -119,7 +157,7 @@ TEST_P(SplitEveryWay, LoadedShardsMatchTheSplitRules) {
                                         static_cast<std::uint64_t>(rank * plan.local_kv_heads * hd * h + 3), InitKind::kMatrix)));
           // Row-parallel: row 1 of the output projection holds columns [rank * local_q, ...).
           const std::int64_t local_q = plan.local_heads * hd;
-          const std::string out_name = spec.arch == Arch::kOpt ? "self_attn.out_proj.weight" : "self_attn.o_proj.weight";
+          const std::string out_name = hfNames(spec.arch).out_proj;
           EXPECT_EQ(elementAt(loaded, w.out_weight, 1 * local_q + 2),
                     encode(randomWeight(42, layer + out_name,
                                         static_cast<std::uint64_t>(1 * spec.num_heads * hd + rank * local_q + 2), InitKind::kMatrix)));
@@ -138,8 +176,75 @@ TEST_P(SplitEveryWay, LoadedShardsMatchTheSplitRules) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SplitEveryWay, ::testing::Values(tinyOpt(), tinyLlama()),
-                         [](const auto& param_info) { return param_info.param.arch == Arch::kOpt ? std::string("Opt") : std::string("Llama"); });
+INSTANTIATE_TEST_SUITE_P(Models, SplitEveryWay, ::testing::Values(tinyOpt(), tinyLlama(), tinyQwen2(), tinyMistral()),
+                         [](const auto& param_info) { return archName(param_info.param.arch); });
+
+// Qwen2's q/k/v biases are split with the heads like the weights: rank r holds the q bias of its
+// heads, then the k and v biases of its kv heads, in the order of the fused q|k|v rows.
+TEST(ShardPlan, Qwen2QkvBiasIsSplitWithTheHeads) {
+  const ModelSpec spec = tinyQwen2();
+  TempDir dir;
+  writeFullCheckpoint(spec, 7, dir.path(), /*random_biases=*/true);
+  const Checkpoint ckpt = Checkpoint::open(dir.path());
+  const std::int64_t hd = spec.headDim();
+  for (int tp : {1, 2, 4}) {
+    for (int rank = 0; rank < tp; ++rank) {
+      SCOPED_TRACE("tp " + std::to_string(tp) + " rank " + std::to_string(rank));
+      const ShardPlan plan = planShard(spec, tp, 1, rank, 0);
+      std::vector<std::byte> loaded(static_cast<std::size_t>(plan.total_bytes));
+      loadShard(ckpt, plan, loaded);
+      for (std::size_t li = 0; li < plan.layers.size(); ++li) {
+        const LayerWeights& w = plan.layers[li];
+        ASSERT_GE(w.qkv_bias, 0);
+        EXPECT_EQ(w.out_bias, -1);  // o_proj has none
+        EXPECT_EQ(w.up_bias, -1);
+        EXPECT_EQ(w.down_bias, -1);
+        EXPECT_EQ(w.attn_norm_bias, -1);  // RMSNorm
+        const std::string layer = "model.layers." + std::to_string(li) + ".self_attn.";
+        const std::int64_t q = plan.local_heads * hd, kv = plan.local_kv_heads * hd;
+        auto expect = [&](const std::string& name, std::int64_t local_index, std::int64_t full_index) {
+          EXPECT_EQ(elementAt(loaded, w.qkv_bias, local_index),
+                    floatToHalf(randomWeight(7, layer + name, static_cast<std::uint64_t>(full_index), InitKind::kMatrix)))
+              << name << " " << local_index;
+        };
+        for (std::int64_t j : {std::int64_t{0}, q - 1}) expect("q_proj.bias", j, rank * q + j);
+        for (std::int64_t j : {std::int64_t{0}, kv - 1}) {
+          expect("k_proj.bias", q + j, rank * kv + j);
+          expect("v_proj.bias", q + kv + j, rank * kv + j);
+        }
+      }
+      // A tied head: the embedding itself on a single stage.
+      EXPECT_EQ(plan.lm_head, plan.token_embedding);
+      EXPECT_EQ(plan.position_embedding, -1);
+      EXPECT_EQ(plan.final_norm_bias, -1);
+    }
+  }
+}
+
+TEST(ShardPlan, TensorNamesFollowTheFamily) {
+  auto sources = [](const ModelSpec& spec) {
+    std::set<std::string> names;
+    for (const auto& t : planShard(spec, 1, 1, 0, 0).tensors)
+      for (const auto& s : t.sources) names.insert(s.hf_name);
+    return names;
+  };
+  const auto qwen2 = sources(tinyQwen2());
+  EXPECT_TRUE(qwen2.count("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_TRUE(qwen2.count("model.layers.3.self_attn.v_proj.bias"));
+  EXPECT_FALSE(qwen2.count("model.layers.0.self_attn.o_proj.bias"));
+  EXPECT_TRUE(qwen2.count("model.layers.0.mlp.gate_proj.weight"));
+  EXPECT_TRUE(qwen2.count("model.norm.weight"));
+  EXPECT_FALSE(qwen2.count("lm_head.weight"));  // tied
+  // Mistral and Llama checkpoints name the same tensors.
+  ModelSpec llama = tinyMistral();
+  llama.arch = Arch::kLlama;
+  EXPECT_EQ(sources(tinyMistral()), sources(llama));
+  EXPECT_FALSE(sources(tinyMistral()).count("model.layers.0.self_attn.q_proj.bias"));
+  const auto opt = sources(tinyOpt());
+  EXPECT_TRUE(opt.count("model.decoder.layers.4.fc2.bias"));
+  EXPECT_TRUE(opt.count("model.decoder.embed_positions.weight"));
+  EXPECT_TRUE(opt.count("model.decoder.final_layer_norm.bias"));
+}
 
 TEST(ShardPlan, LayersSplitEvenlyWithEarlierStagesTakingTheRemainder) {
   ModelSpec spec = tinyOpt();
@@ -165,7 +270,7 @@ TEST(ShardPlan, TiedHeadIsSharedOnOneStageAndCopiedAcrossStages) {
 }
 
 TEST(ShardPlan, EveryTensorIsSixteenByteAligned) {
-  for (const ModelSpec& spec : {tinyOpt(), tinyLlama()})
+  for (const ModelSpec& spec : {tinyOpt(), tinyLlama(), tinyQwen2(), tinyMistral()})
     for (int tp : {1, 2, 4})
       for (const auto& t : planShard(spec, tp, 2, tp - 1, 1).tensors) EXPECT_EQ(t.offset % 16, 0) << t.name;
 }
@@ -214,8 +319,8 @@ namespace {
 // The planner's bytes must equal the spec's accounting (which the scheduler budgets with) for
 // every shard of every split, prefix, layer and suffix separately.
 TEST(ShardPlan, BytesMatchModelSpecShardExactly) {
-  std::vector<ModelSpec> specs = {tinyOpt(), tinyLlama()};
-  for (const char* preset : {"opt-6.7b", "opt-13b", "llama-3-8b"}) specs.push_back(modelPreset(preset));
+  std::vector<ModelSpec> specs = {tinyOpt(), tinyLlama(), tinyQwen2(), tinyMistral()};
+  for (const char* preset : {"opt-6.7b", "opt-13b", "llama-3-8b", "qwen2-7b", "mistral-7b"}) specs.push_back(modelPreset(preset));
   for (const ModelSpec& spec : specs) {
     for (int tp : {1, 2, 4}) {
       for (int pp : {1, 2, 3}) {

@@ -11,29 +11,33 @@
 
 namespace computron::model {
 
-ArchExtras archExtrasFromConfig(const std::string& folder, const ModelSpec& spec) {
+ArchExtras archExtrasOf(const ModelSpec& spec) {
   ArchExtras extras;
-  const nlohmann::json config = readJsonFile(folder + "/config.json");
-  if (spec.arch == Arch::kLlama) {
-    extras.norm_eps = config.value("rms_norm_eps", 1e-6f);
-    const nlohmann::json* rope = nullptr;
-    if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) rope = &config["rope_parameters"];
-    if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) rope = &config["rope_scaling"];
-    if (config.contains("rope_theta")) extras.rope_theta = config["rope_theta"].get<float>();
-    if (rope) {
-      if (rope->contains("rope_theta")) extras.rope_theta = (*rope)["rope_theta"].get<float>();
-      const std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
-      if (type != "default") throw ConfigError(folder + "/config.json: rope type '" + type + "' is not supported (default only)");
-    }
-  }
+  extras.norm_eps = spec.norm_eps;
+  if (spec.family().rotary()) extras.rope_theta = spec.rope_theta;
   return extras;
 }
 
+ArchExtras archExtrasFromConfig(const std::string& folder, const ModelSpec& spec) {
+  // The checkpoint's own config.json says the numbers, whatever spec the caller placed.
+  const ModelSpec from_config = modelFromHfConfig(folder + "/config.json");
+  if (from_config.arch != spec.arch)
+    throw ConfigError(folder + "/config.json: a " + archName(from_config.arch) + " checkpoint for a " + archName(spec.arch) +
+                      " model '" + spec.name + "'");
+  if (spec.family().rotary()) {
+    // Rope scaling (Llama 3.1's, YaRN, ...) changes the angles; only the plain rotary is implemented.
+    const nlohmann::json config = readJsonFile(folder + "/config.json");
+    for (const char* key : {"rope_parameters", "rope_scaling"}) {
+      if (!config.contains(key) || !config[key].is_object()) continue;
+      const std::string type = config[key].value("rope_type", config[key].value("type", std::string("default")));
+      if (type != "default") throw ConfigError(folder + "/config.json: rope type '" + type + "' is not supported (default only)");
+    }
+  }
+  return archExtrasOf(from_config);
+}
+
 ArchExtras presetArchExtras(const std::string& preset) {
-  ArchExtras extras;
-  if (preset.rfind("llama-3", 0) == 0) { extras.rope_theta = 500000.f; extras.norm_eps = 1e-5f; }
-  else if (preset.rfind("llama", 0) == 0) { extras.norm_eps = 1e-5f; }
-  return extras;
+  return isModelPreset(preset) ? archExtrasOf(modelPreset(preset)) : ArchExtras{};
 }
 
 GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationRequest>& requests,

@@ -45,9 +45,10 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
                           const SamplingOptions& sampling, const LogitsObserver& observer = nullptr,
                           const StepObserver& step_done = nullptr);
 
-// Numbers ModelSpec does not carry: from a model folder's config.json (transformers 5 keeps
-// rope_theta under rope_parameters; rope scaling other than the default is refused), or the
-// published values for a preset's family.
+// The executor's numbers (norm epsilon, rope theta) of a spec, as modelFromHfConfig or the preset
+// set them; from a model folder's config.json (which must be of the spec's family; rope scaling
+// other than the default is refused); or a preset's published values (defaults for other names).
+ArchExtras archExtrasOf(const ModelSpec& spec);
 ArchExtras archExtrasFromConfig(const std::string& folder, const ModelSpec& spec);
 ArchExtras presetArchExtras(const std::string& preset);
 

@@ -80,11 +80,11 @@ __global__ void embedTokensKernel(const T* table, const int* tokens, int hidden,
 }
 
 template <typename T>
-__global__ void addPositionsKernel(const T* table, const int* positions, int hidden, float* residual) {
+__global__ void addPositionsKernel(const T* table, const int* positions, int position_offset, int hidden, float* residual) {
   pdlTrigger();
   pdlWait();
   const int n = blockIdx.x;
-  const std::int64_t row = positions[n] + 2;
+  const std::int64_t row = positions[n] + position_offset;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x)
     residual[static_cast<std::int64_t>(n) * hidden + i] += toFloat(table[row * hidden + i]);
 }
@@ -896,10 +896,11 @@ void embedTokens(DType dtype, const void* table, const int* tokens, int num_toke
   CUDA_CHECK_LAUNCH("embedTokens");
 }
 
-void addPositions(DType dtype, const void* table, const int* positions, int num_tokens, int hidden, float* residual,
-                  cudaStream_t stream) {
+void addPositions(DType dtype, const void* table, const int* positions, int position_offset, int num_tokens, int hidden,
+                  float* residual, cudaStream_t stream) {
   dispatch(dtype, [&]<typename T>() {
-    launchPdl(addPositionsKernel<T>, dim3(num_tokens), dim3(256), 0, stream, static_cast<const T*>(table), positions, hidden, residual);
+    launchPdl(addPositionsKernel<T>, dim3(num_tokens), dim3(256), 0, stream, static_cast<const T*>(table), positions,
+              position_offset, hidden, residual);
   });
   CUDA_CHECK_LAUNCH("addPositions");
 }

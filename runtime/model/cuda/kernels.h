@@ -15,9 +15,9 @@ namespace computron::model::kernels {
 // vocab_begin + local_vocab)), zeros for tokens of other ranks.
 void embedTokens(DType dtype, const void* table, const int* tokens, int num_tokens, int hidden, int vocab_begin,
                  int local_vocab, float* residual, cudaStream_t stream);
-// residual[n] += positions[pos[n] + 2] (OPT's learned positions are offset by 2).
-void addPositions(DType dtype, const void* table, const int* positions, int num_tokens, int hidden, float* residual,
-                  cudaStream_t stream);
+// residual[n] += table[pos[n] + position_offset] (OPT's learned positions are offset by 2).
+void addPositions(DType dtype, const void* table, const int* positions, int position_offset, int num_tokens, int hidden,
+                  float* residual, cudaStream_t stream);
 // out = norm(residual) in the model dtype, over the rows named by `rows` (or all when null).
 void layerNorm(DType dtype, const float* residual, const int* rows, int num_rows, int hidden, const void* weight,
                const void* bias, float eps, void* out, cudaStream_t stream);
@@ -30,8 +30,8 @@ void addResidual(DType dtype, float* residual, const float* projection, const vo
 void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width, cudaStream_t stream);
 // out[n, j] = silu(gate_up[n, j]) * gate_up[n, width + j].
 void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int width, cudaStream_t stream);
-// Splits the fused q|k|v product per token: adds biases (when given), rotates q and k (Llama,
-// HF's rotate-half convention) and writes q to `q` [n, heads, hd] and k, v into the caches
+// Splits the fused q|k|v product per token: adds biases (when given: OPT, Qwen2), rotates q and k
+// (rotary families, HF's rotate-half convention) and writes q to `q` [n, heads, hd] and k, v into the caches
 // [slot, max_seq, kv_heads, hd] at (slot[n], pos[n]).
 struct QkvLayout {
   int heads = 0, kv_heads = 0, head_dim = 0, max_seq = 0;

@@ -47,7 +47,8 @@ WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
   l.cache_layer_elems = batch * ctx * plan.local_kv_heads * hd;
   const std::int64_t tokens = l.max_tokens;
   const std::int64_t qkv = (plan.local_heads + 2 * plan.local_kv_heads) * hd, q = plan.local_heads * hd;
-  const std::int64_t up = plan.spec.arch == Arch::kLlama ? 2 * plan.local_ffn : plan.local_ffn;
+  const ModelFamily& family = plan.spec.family();
+  const std::int64_t up = family.upMatrices() * plan.local_ffn;
   const std::int64_t heads = plan.local_heads;
   const int max_tp = plan.tp;
   l.sizes = {
@@ -60,7 +61,7 @@ WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
       tokens * q * elem,                                        // q
       tokens * q * elem,                                        // attention
       tokens * up * elem,                                       // mlp
-      plan.spec.arch == Arch::kLlama ? tokens * plan.local_ffn * elem : 0,  // activated
+      family.mlp == MlpKind::kSwiGlu ? tokens * plan.local_ffn * elem : 0,  // activated
       heads * l.max_prompt * l.max_prompt * 4,                  // scores
       heads * l.max_prompt * l.max_prompt * elem,               // probs
       batch * h * elem,                                         // last normed
@@ -93,12 +94,20 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   hd_ = plan_.spec.headDim();
   q_width_ = plan_.local_heads * hd_;
   qkv_width_ = (plan_.local_heads + 2 * plan_.local_kv_heads) * hd_;
-  up_width_ = plan_.spec.arch == Arch::kLlama ? 2 * plan_.local_ffn : plan_.local_ffn;
+  up_width_ = plan_.spec.family().upMatrices() * plan_.local_ffn;
   if (hd_ != 64 && hd_ != 128) throw CapacityError("head dimension " + std::to_string(hd_) + " is not supported (64 or 128)");
   const int max_decode_context = kernels::decodeAttentionMaxContext(static_cast<int>(plan_.local_heads), static_cast<int>(plan_.local_kv_heads));
   if (limits_.max_context > max_decode_context)
     throw CapacityError("max_context " + std::to_string(limits_.max_context) + " exceeds the decode kernel's " +
                         std::to_string(max_decode_context) + " positions");
+  // Attention reads every cached position. Within the window that is what sliding-window
+  // attention computes too; beyond it, it is not (docs/model-execution.md, sliding windows).
+  if (plan_.spec.sliding_window > 0 && limits_.max_context > plan_.spec.sliding_window)
+    throw CapacityError("model '" + plan_.spec.name + "' attends over a sliding window of " +
+                        std::to_string(plan_.spec.sliding_window) + " tokens; a maximum context of " +
+                        std::to_string(limits_.max_context) +
+                        " tokens exceeds it, and attention beyond the window is not implemented (use a maximum context of at most " +
+                        std::to_string(plan_.spec.sliding_window) + ")");
 
   const WorkspaceLayout layout = layoutFor(plan_, limits_);
   max_tokens_ = layout.max_tokens;
@@ -266,9 +275,11 @@ void ShardExecutor::forward(const StepBatch& batch) {
       seen[slot] = true;
     }
   }
-  if (plan_.spec.arch == Arch::kOpt)
+  if (plan_.spec.family().learnedPositions())
     for (int p : batch.positions)
-      if (p + 2 >= plan_.spec.max_positions + 2) throw CapacityError("position beyond OPT's learned position table");
+      if (p >= plan_.spec.max_positions)
+        throw CapacityError("position " + std::to_string(p) + " is beyond the " + std::to_string(plan_.spec.max_positions) +
+                            " learned positions of model '" + plan_.spec.name + "'");
   if (batch.prefill)
     for (int len : batch.seq_len)
       if (len > max_prompt_) throw CapacityError("a prompt of " + std::to_string(len) + " tokens exceeds " + std::to_string(max_prompt_));
@@ -365,7 +376,8 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
                          static_cast<int>(plan_.local_vocab), residual_, stream_);
     allReduce(residual_, static_cast<std::int64_t>(tokens) * h);
     if (plan_.position_embedding >= 0)
-      kernels::addPositions(dt, weight(plan_.position_embedding), d_positions, tokens, h, residual_, stream_);
+      kernels::addPositions(dt, weight(plan_.position_embedding), d_positions, plan_.spec.family().position_offset, tokens, h,
+                            residual_, stream_);
   } else {
 #if COMPUTRON_HAVE_NCCL
     NCCL_CHECK(ncclRecv(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank - 1,
@@ -388,11 +400,15 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
     return;
   }
   waitSegment(first_layer_segment + plan_.num_layers);
-  if (plan_.spec.arch == Arch::kOpt)
-    kernels::layerNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), weight(plan_.final_norm_bias),
-                       extras_.norm_eps, last_normed_, stream_);
-  else
-    kernels::rmsNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), extras_.norm_eps, last_normed_, stream_);
+  switch (plan_.spec.family().norm) {
+    case NormKind::kLayerNorm:
+      kernels::layerNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), weight(plan_.final_norm_bias),
+                         extras_.norm_eps, last_normed_, stream_);
+      break;
+    case NormKind::kRmsNorm:
+      kernels::rmsNorm(dt, residual_, d_last, sequences, h, weight(plan_.final_norm_weight), extras_.norm_eps, last_normed_, stream_);
+      break;
+  }
   const int local_vocab = static_cast<int>(plan_.local_vocab);
   if (plan_.tp == 1) {
     gemm(last_normed_, weight(plan_.lm_head), logits_, sequences, local_vocab, h, true);
@@ -410,7 +426,8 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   const LayerWeights& w = plan_.layers[static_cast<std::size_t>(li)];
   const DType dt = plan_.spec.dtype;
   const int h = plan_.spec.hidden;
-  const bool opt = plan_.spec.arch == Arch::kOpt;
+  const ModelFamily& family = plan_.spec.family();
+  const bool layer_norm = family.norm == NormKind::kLayerNorm;
   const std::int64_t elem = elementBytes(dt);
   const int* d_slots = meta_ + max_tokens_;
   const int* d_positions = meta_ + 2 * max_tokens_;
@@ -419,7 +436,7 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
 
   if (input_normed) {
     // normed_ was written by the previous layer's fused residual add.
-  } else if (opt) {
+  } else if (layer_norm) {
     kernels::layerNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), weight(w.attn_norm_bias), extras_.norm_eps, normed_, stream_);
   } else {
     kernels::rmsNorm(dt, residual_, nullptr, tokens, h, weight(w.attn_norm_weight), extras_.norm_eps, normed_, stream_);
@@ -429,7 +446,7 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   layout.kv_heads = static_cast<int>(plan_.local_kv_heads);
   layout.head_dim = static_cast<int>(hd_);
   layout.max_seq = limits_.max_context;
-  layout.rotary = !opt;
+  layout.rotary = family.rotary();
   layout.rope_theta = extras_.rope_theta;
   void* kc = static_cast<std::byte*>(k_cache_) + li * cache_layer_elems_ * elem;
   void* vc = static_cast<std::byte*>(v_cache_) + li * cache_layer_elems_ * elem;
@@ -450,29 +467,36 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   }
   gemm(attention_, weight(w.out_weight), projection_, tokens, h, static_cast<int>(q_width_), true);
   allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
-  kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.out_bias), tokens, h, weight(w.mlp_norm_weight),
+  kernels::addResidualNorm(dt, layer_norm, residual_, projection_, optional(w.out_bias), tokens, h, weight(w.mlp_norm_weight),
                            optional(w.mlp_norm_bias), extras_.norm_eps, normed_, stream_);
   const void* down_input = mlp_;
-  if (opt && w.up_bias >= 0 && fused) {
-    // fc1 with its bias and ReLU in the product's epilogue.
-    kernels::skinnyGemm(dt, normed_, weight(w.up_weight), mlp_, false, tokens, static_cast<int>(up_width_), h, stream_,
-                        weight(w.up_bias));
-  } else if (opt) {
-    gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
-    kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
-  } else if (!opt && fused && plan_.local_ffn % 8 == 0) {
-    kernels::skinnyGemmSwiGlu(dt, normed_, weight(w.up_weight), activated_, tokens, static_cast<int>(plan_.local_ffn), h, stream_);
-    down_input = activated_;
-  } else {
-    gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
-    kernels::swiGlu(dt, mlp_, activated_, tokens, static_cast<int>(plan_.local_ffn), stream_);
-    down_input = activated_;
+  switch (family.mlp) {
+    case MlpKind::kRelu:
+      if (w.up_bias >= 0 && fused) {
+        // fc1 with its bias and ReLU in the product's epilogue.
+        kernels::skinnyGemm(dt, normed_, weight(w.up_weight), mlp_, false, tokens, static_cast<int>(up_width_), h, stream_,
+                            weight(w.up_bias));
+      } else {
+        gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
+        kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
+      }
+      break;
+    case MlpKind::kSwiGlu:
+      if (fused && plan_.local_ffn % 8 == 0) {
+        kernels::skinnyGemmSwiGlu(dt, normed_, weight(w.up_weight), activated_, tokens, static_cast<int>(plan_.local_ffn), h,
+                                  stream_);
+      } else {
+        gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
+        kernels::swiGlu(dt, mlp_, activated_, tokens, static_cast<int>(plan_.local_ffn), stream_);
+      }
+      down_input = activated_;
+      break;
   }
   gemm(down_input, weight(w.down_weight), projection_, tokens, h, static_cast<int>(plan_.local_ffn), true);
   allReduce(projection_, static_cast<std::int64_t>(tokens) * h);
   if (li + 1 < plan_.num_layers) {
     const LayerWeights& next = plan_.layers[static_cast<std::size_t>(li + 1)];
-    kernels::addResidualNorm(dt, opt, residual_, projection_, optional(w.down_bias), tokens, h, weight(next.attn_norm_weight),
+    kernels::addResidualNorm(dt, layer_norm, residual_, projection_, optional(w.down_bias), tokens, h, weight(next.attn_norm_weight),
                              optional(next.attn_norm_bias), extras_.norm_eps, normed_, stream_);
     return true;
   }

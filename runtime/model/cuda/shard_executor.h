@@ -28,10 +28,11 @@ class CapacityError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Numbers of the architecture that ModelSpec does not carry (read from config.json).
+// Numbers of the architecture beyond the shapes (ModelSpec's norm_eps and rope_theta; see
+// archExtrasOf and archExtrasFromConfig in generation.h).
 struct ArchExtras {
-  float rope_theta = 10000.f;  // Llama
-  float norm_eps = 1e-5f;      // OPT LayerNorm 1e-5; Llama RMSNorm from config
+  float rope_theta = 10000.f;  // rotary families
+  float norm_eps = 1e-5f;      // OPT LayerNorm 1e-5; RMSNorm from config
 };
 
 struct ExecutorLimits {
