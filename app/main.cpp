@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "common/scenario/cli_args.h"
+#include "common/scenario/progress.h"
 #include "common/core/policy.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
@@ -85,6 +87,7 @@ int simMain(int argc, char** argv) {
   po::options_description opts("computron sim [SCENARIO.json] [options]");
   std::vector<std::string> overrides;
   std::string out_dir, write_workload;
+  double progress_every_s = 10;
   opts.add_options()("help,h", "show this help")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(),
       "override a scenario field: --set workload.cv=4 --set models[0].tp=2 (value parsed as JSON, else string)")(
@@ -92,7 +95,10 @@ int simMain(int argc, char** argv) {
       "no-files", "write no output files, only the table")(
       "write-workload", po::value<std::string>(&write_workload),
       "also save the generated request stream as CSV, replayable with {\"type\":\"trace\",\"format\":\"computron\"}")(
-      "json", "print summary.json to stdout instead of the table");
+      "json", "print summary.json to stdout instead of the table")(
+      "quiet,q", "no progress or other notes on stderr (the table or --json still goes to stdout)")(
+      "progress-every", po::value<double>(&progress_every_s)->default_value(progress_every_s),
+      "seconds between progress lines when stderr is not a terminal (on a terminal one line is redrawn)");
   std::string scenario_path;
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron sim",
@@ -100,6 +106,8 @@ int simMain(int argc, char** argv) {
                                     "The same scenario and seed give byte-identical files.\n",
                                     scenario_path, vm))
     return *done;
+  if (progress_every_s < 0) return usageError("computron sim", "--progress-every: must be 0 or greater", opts);
+  const bool quiet = vm.count("quiet") > 0;
   Scenario scenario;
   if (scenario_path.empty()) {
     nlohmann::json doc = defaultScenarioJson();
@@ -115,9 +123,31 @@ int simMain(int argc, char** argv) {
     if (!out) throw ConfigError(write_workload + ": cannot write");
     auto source = scenario.makeWorkload();
     std::int64_t rows = writeWorkloadCsv(*source, scenario.modelNames(), out);
-    std::cerr << "wrote " << rows << " requests to " << write_workload << "\n";
+    if (!quiet) std::cerr << "wrote " << rows << " requests to " << write_workload << "\n";
   }
-  nlohmann::json summary = sim::runScenario(scenario, vm.count("json") ? nullptr : &std::cout);
+  // Progress by simulated time against the duration (the drain after it shows as 100%); a whole
+  // trace (duration 0) shows simulated time and requests only.
+  ProgressReporter::Options display;
+  display.label = "sim";
+  display.unit = "s simulated";
+  display.rate_unit = "x real time";
+  display.total = toSeconds(scenario.duration);
+  display.decimals = 1;
+  display.line_interval_s = progress_every_s;
+  ProgressReporter progress = ProgressReporter::forStderr(display, quiet);
+  sim::SimOptions options;
+  if (progress.mode() != ProgressReporter::Mode::kOff) {
+    const Nanos duration = scenario.duration;
+    options.progress = [&progress, duration](const sim::SimProgress& p) {
+      // Arrivals stop at the duration; the run may end a little before it (all served) or after it.
+      const Nanos shown = duration > 0 ? (p.finished ? duration : std::min(p.now, duration)) : p.now;
+      std::string note = std::to_string(p.completed) + " requests completed";
+      if (duration > 0 && p.now > duration && !p.finished) note += ", draining queues";
+      progress.update(toSeconds(shown), note);
+      if (p.finished) progress.finish();  // before the table goes to stdout
+    };
+  }
+  nlohmann::json summary = sim::runScenario(scenario, vm.count("json") ? nullptr : &std::cout, options);
   if (vm.count("json")) std::cout << summary.dump(2) << "\n";
   return 0;
 }
@@ -140,6 +170,17 @@ int presetsMain() {
   return 0;
 }
 
+// `computron presets` takes no arguments but --help; parsed like every other command.
+int presetsCommand(int argc, char** argv) {
+  po::options_description opts("computron presets");
+  opts.add_options()("help,h", "show this help");
+  po::variables_map vm;
+  if (auto done = parseCommandArgs(argc, argv, opts, "computron presets",
+                                   "\nLists the model, cluster and policy presets a scenario may name (docs/specs.md).\n", {}, vm))
+    return *done;
+  return presetsMain();
+}
+
 int dispatch(int argc, char** argv) {
   if (argc < 2) {
     printUsage(std::cerr);
@@ -156,7 +197,7 @@ int dispatch(int argc, char** argv) {
   }
   if (command == "sim") return simMain(argc - 1, argv + 1);
   if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
-  if (command == "presets") return presetsMain();
+  if (command == "presets") return presetsCommand(argc - 1, argv + 1);
   if (command == "replay" || command == "bench") return runtimeMain(argc - 1, argv + 1);
   std::cerr << "computron: unknown command '" << command << "'\n\n";
   printUsage(std::cerr);

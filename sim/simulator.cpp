@@ -86,11 +86,14 @@ SimStats Simulation::run() {
       if (wakes_.insert(at).second) events_.push(at, EventKind::kWake);
     }
     if (options_.check_invariants) engine_.checkInvariants();
+    if (options_.progress && options_.progress_every_events > 0 && stats_.events % options_.progress_every_events == 0)
+      options_.progress(SimProgress{now_, stats_.events, stats_.arrivals, completed_});
   }
   if (engine_.requestsInFlight() != 0)
     throw std::logic_error("simulation ended with " + std::to_string(engine_.requestsInFlight()) +
                            " requests unserved");
   stats_.end_time = last_event;
+  if (options_.progress) options_.progress(SimProgress{now_, stats_.events, stats_.arrivals, completed_, true});
   return stats_;
 }
 
@@ -210,6 +213,7 @@ void Simulation::releaseGated(ModelId model) {
 }
 
 void Simulation::onRequestDone(const RequestRecord& record) {
+  ++completed_;
   if (observer_) observer_->onRequestDone(record);
   source_->onRequestDone(record.request, record.finish);
   pullNextArrival();

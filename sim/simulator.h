@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -17,8 +18,21 @@
 
 namespace computron::sim {
 
+// Where a run stands, for a progress display.
+struct SimProgress {
+  Nanos now = 0;                // simulated time
+  std::uint64_t events = 0;     // events handled so far
+  std::int64_t arrivals = 0;    // requests arrived
+  std::int64_t completed = 0;   // requests finished (served or failed)
+  bool finished = false;        // the last call, when the run has ended
+};
+
 struct SimOptions {
   bool check_invariants = false;  // run Engine::checkInvariants after every event (tests)
+  // Called after every `progress_every_events` events and once more when the run ends; it only
+  // observes, so no simulated result depends on it or on its interval.
+  std::function<void(const SimProgress&)> progress;
+  std::uint64_t progress_every_events = 4096;
 };
 
 struct SimStats {
@@ -86,6 +100,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::vector<GatedBatch> gated_;
   std::uint64_t link_generation_ = 0;
   SimStats stats_;
+  std::int64_t completed_ = 0;  // requests reported done, for progress only
 };
 
 // Runs a scenario: builds the workload, runs the simulation with a RunRecorder, writes the

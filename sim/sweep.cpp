@@ -12,7 +12,10 @@
 #include <optional>
 #include <thread>
 
+#include <boost/program_options.hpp>
+
 #include "common/json_reader.h"
+#include "common/scenario/cli_args.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 
@@ -227,22 +230,13 @@ SweepSpec loadSweep(const std::string& path) {
   return parseSweep(doc, base.empty() ? "." : base);
 }
 
-std::vector<SweepResult> runSweep(const SweepSpec& spec, int threads, std::ostream* progress) {
+std::vector<SweepResult> runSweep(const SweepSpec& spec, int threads, ProgressReporter* progress) {
   std::vector<SweepResult> results(spec.runs.size());
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   threads = std::min<int>(threads, static_cast<int>(std::max<std::size_t>(1, spec.runs.size())));
   std::atomic<std::size_t> next{0};
   std::mutex progress_mutex;
   std::size_t done = 0;
-  auto drawBar = [&]() {
-    if (!progress) return;
-    const std::size_t total = spec.runs.size();
-    const int width = 40;
-    int filled = total == 0 ? width : static_cast<int>(width * done / total);
-    *progress << "\r[" << std::string(static_cast<std::size_t>(filled), '#')
-              << std::string(static_cast<std::size_t>(width - filled), '.') << "] " << done << "/" << total << " runs"
-              << std::flush;
-  };
   auto worker = [&]() {
     while (true) {
       std::size_t i = next.fetch_add(1);
@@ -258,14 +252,13 @@ std::vector<SweepResult> runSweep(const SweepSpec& spec, int threads, std::ostre
       }
       std::lock_guard<std::mutex> lock(progress_mutex);
       ++done;
-      drawBar();
+      if (progress) progress->update(static_cast<double>(done));
     }
   };
-  drawBar();
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
   for (auto& t : pool) t.join();
-  if (progress) *progress << "\n";
+  if (progress) progress->finish();
   return results;
 }
 
@@ -287,7 +280,8 @@ void writeSweepCsv(const SweepSpec& spec, const std::vector<SweepResult>& result
         << o["failed"].get<std::int64_t>() << ',' << o.value("rejected", std::int64_t{0}) << ','
         << fixed(o["latency_ms"]["mean"].get<double>(), 3) << ',' << fixed(o["latency_ms"]["p50"].get<double>(), 3)
         << ',' << fixed(o["latency_ms"]["p99"].get<double>(), 3) << ','
-        << fixed(o["ttft_ms"]["mean"].get<double>(), 3) << ',' << fixed(o["slo_attainment"].get<double>(), 6) << ','
+        << fixed(o["ttft_ms"]["mean"].get<double>(), 3) << ','
+        << (o["slo_attainment"].is_number() ? fixed(o["slo_attainment"].get<double>(), 6) : std::string()) << ','
         << fixed(o["goodput_rps"].get<double>(), 4) << ',' << o["swaps"].get<std::int64_t>() << ','
         << o["evictions"].get<std::int64_t>() << ','
         << fixed(static_cast<double>(o["bytes_loaded"].get<std::int64_t>()) / 1e9, 3) << ','
@@ -298,7 +292,7 @@ void writeSweepCsv(const SweepSpec& spec, const std::vector<SweepResult>& result
 void printSweepTable(const SweepSpec& spec, const std::vector<SweepResult>& results, std::ostream& out) {
   // Groups in first-seen order: (scenario, point) -> policy -> runs.
   struct Agg {
-    int n = 0, errors = 0;
+    int n = 0, errors = 0, slo_n = 0;  // slo_n: runs with an SLO attainment (a scenario may set no SLO)
     double mean = 0, p99 = 0, slo = 0, swaps = 0, gb = 0, rejected = 0;
   };
   std::vector<std::string> group_order;
@@ -320,7 +314,10 @@ void printSweepTable(const SweepSpec& spec, const std::vector<SweepResult>& resu
     ++a.n;
     a.mean += o["latency_ms"]["mean"].get<double>();
     a.p99 += o["latency_ms"]["p99"].get<double>();
-    a.slo += o["slo_attainment"].get<double>();
+    if (o["slo_attainment"].is_number()) {
+      a.slo += o["slo_attainment"].get<double>();
+      ++a.slo_n;
+    }
     a.swaps += static_cast<double>(o["swaps"].get<std::int64_t>());
     a.gb += static_cast<double>(o["bytes_loaded"].get<std::int64_t>()) / 1e9;
     a.rejected += static_cast<double>(o.value("rejected", std::int64_t{0}));
@@ -344,9 +341,14 @@ void printSweepTable(const SweepSpec& spec, const std::vector<SweepResult>& resu
       double p99 = a.p99 / n;
       if (first) base_p99 = p99;
       first = false;
-      std::snprintf(line, sizeof line, "  %-28s %10.1f %10.1f %7.2f%% %8.1f %9.1f %8.1f %7.2fx\n", policy.c_str(),
-                    a.mean / n, p99, 100.0 * a.slo / n, a.swaps / n, a.gb / n, a.rejected / n,
-                    p99 > 0 && base_p99 > 0 ? base_p99 / p99 : 0.0);
+      char slo[32];
+      if (a.slo_n > 0) {
+        std::snprintf(slo, sizeof slo, "%7.2f%%", 100.0 * a.slo / a.slo_n);
+      } else {
+        std::snprintf(slo, sizeof slo, "%8s", "-");
+      }
+      std::snprintf(line, sizeof line, "  %-28s %10.1f %10.1f %s %8.1f %9.1f %8.1f %7.2fx\n", policy.c_str(), a.mean / n,
+                    p99, slo, a.swaps / n, a.gb / n, a.rejected / n, p99 > 0 && base_p99 > 0 ? base_p99 / p99 : 0.0);
       out << line;
     }
   }
@@ -354,45 +356,40 @@ void printSweepTable(const SweepSpec& spec, const std::vector<SweepResult>& resu
 }
 
 int sweepMain(int argc, char** argv) {
-  const char* usage =
-      "usage: computron sweep SWEEP.json [--threads N] [--csv PATH] [--no-progress]\n"
-      "\n"
-      "Runs a grid of policy sets x scenario overrides x seeds in the simulator, in parallel threads.\n"
-      "Writes one CSV row per run (byte-identical for the same sweep) and prints a comparison table.\n"
-      "  --threads N     worker threads (default: the sweep's \"threads\", else every core)\n"
-      "  --csv PATH      where to write the CSV (default: the sweep's \"csv\", else out/sweeps/NAME.csv)\n"
-      "  --no-progress   no progress bar on stderr\n"
-      "The sweep file format is in docs/policies.md; examples in sweeps/.\n";
+  namespace po = boost::program_options;
+  po::options_description opts("computron sweep SWEEP.json [options]");
   std::string path, csv;
   int threads = -1;
-  bool show_progress = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      return 0;
-    } else if (a == "--threads" && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else if (a == "--csv" && i + 1 < argc) {
-      csv = argv[++i];
-    } else if (a == "--no-progress") {
-      show_progress = false;
-    } else if (!a.empty() && a[0] != '-' && path.empty()) {
-      path = a;
-    } else {
-      std::cerr << "computron sweep: unexpected argument '" << a << "'\n\n" << usage;
-      return 2;
-    }
-  }
-  if (path.empty()) {
-    std::cerr << "computron sweep: a sweep file is needed\n\n" << usage;
-    return 2;
-  }
+  double progress_every_s = 10;
+  opts.add_options()("help,h", "show this help")(
+      "threads,j", po::value<int>(&threads), "worker threads (default: the sweep's \"threads\", else every core; 0: every core)")(
+      "csv", po::value<std::string>(&csv), "where to write the CSV (default: the sweep's \"csv\", else out/sweeps/NAME.csv)")(
+      "quiet,q", "no progress or other notes on stderr (the table still goes to stdout)")(
+      "no-progress", "no progress on stderr (as --quiet)")(
+      "progress-every", po::value<double>(&progress_every_s)->default_value(progress_every_s),
+      "seconds between progress lines when stderr is not a terminal");
+  po::variables_map vm;
+  if (auto done = parseCommandArgs(argc, argv, opts, "computron sweep",
+                                   "\nRuns a grid of policy sets x scenario overrides x seeds in the simulator, in parallel threads.\n"
+                                   "Writes one CSV row per run (byte-identical for the same sweep) and prints a comparison table.\n"
+                                   "The sweep file format is in docs/policies.md; examples in sweeps/.\n",
+                                   {{"sweep", &path, "a sweep file is needed"}}, vm))
+    return *done;
+  if (vm.count("threads") && threads < 0)
+    return usageError("computron sweep", "--threads: must be 0 (every core) or greater, got " + std::to_string(threads), opts);
+  if (progress_every_s < 0) return usageError("computron sweep", "--progress-every: must be 0 or greater", opts);
+  const bool quiet = vm.count("quiet") > 0 || vm.count("no-progress") > 0;
   try {
     SweepSpec spec = loadSweep(path);
     if (!csv.empty()) spec.csv = csv;
     if (threads < 0) threads = spec.threads;
-    std::vector<SweepResult> results = runSweep(spec, threads, show_progress ? &std::cerr : nullptr);
+    ProgressReporter::Options shown;
+    shown.label = "sweep";
+    shown.unit = "runs";
+    shown.total = static_cast<double>(spec.runs.size());
+    shown.line_interval_s = progress_every_s;
+    ProgressReporter progress = ProgressReporter::forStderr(shown, quiet);
+    std::vector<SweepResult> results = runSweep(spec, threads, &progress);
     std::filesystem::path csv_path(spec.csv);
     if (csv_path.has_parent_path()) std::filesystem::create_directories(csv_path.parent_path());
     std::ofstream out(csv_path);

@@ -1,6 +1,6 @@
 // `computron sweep SWEEP.json`: a grid of policy sets x scenario parameter overrides x seeds, run
 // in parallel threads. One CSV row per run, in grid order whatever the thread timing, so the same
-// sweep gives a byte-identical CSV; a comparison table on stdout; a progress bar on stderr.
+// sweep gives a byte-identical CSV; a comparison table on stdout; progress on stderr.
 // The file format is in docs/policies.md.
 #pragma once
 
@@ -10,6 +10,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "common/scenario/progress.h"
 
 namespace computron::sim {
 
@@ -42,8 +44,8 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir);
 // Multiplies every request rate of a scenario document by `scale` (trace replays run faster).
 void scaleRates(nlohmann::json& scenario, double scale);
 // Runs every run of the sweep on `threads` threads; results in run order. `progress` (may be
-// null) gets a bar redrawn as runs finish.
-std::vector<SweepResult> runSweep(const SweepSpec& spec, int threads, std::ostream* progress);
+// null) is told the number of runs done as each finishes, and finished at the end.
+std::vector<SweepResult> runSweep(const SweepSpec& spec, int threads, ProgressReporter* progress);
 void writeSweepCsv(const SweepSpec& spec, const std::vector<SweepResult>& results, std::ostream& out);
 // Per scenario and grid point: each policy averaged over seeds, with its p99 against the first
 // policy listed.

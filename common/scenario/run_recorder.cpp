@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
 #include <iomanip>
+#include <limits>
+#include <map>
 #include <sstream>
+#include <stdexcept>
 
 namespace computron {
 namespace {
@@ -38,6 +42,36 @@ std::string csvField(const std::string& s) {
 }
 
 double round6(double v) { return std::round(v * 1e6) / 1e6; }
+
+// "gpu2 ..." before "gpu10 ...": digit runs compare as numbers.
+struct NaturalLess {
+  bool operator()(const std::string& a, const std::string& b) const {
+    std::size_t i = 0, j = 0;
+    while (i < a.size() && j < b.size()) {
+      if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+        std::size_t ie = i, je = j;
+        while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie]))) ++ie;
+        while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je]))) ++je;
+        const std::string da = a.substr(i, ie - i), db = b.substr(j, je - j);
+        const std::size_t za = da.find_first_not_of('0'), zb = db.find_first_not_of('0');
+        const std::string na = za == std::string::npos ? "" : da.substr(za), nb = zb == std::string::npos ? "" : db.substr(zb);
+        if (na.size() != nb.size()) return na.size() < nb.size();
+        if (na != nb) return na < nb;
+        i = ie;
+        j = je;
+        continue;
+      }
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i;
+      ++j;
+    }
+    if ((a.size() - i) != (b.size() - j)) return a.size() - i < b.size() - j;
+    return a < b;  // equal up to leading zeros: any fixed order
+  }
+};
+
+// Track kinds of a GPU's process in the timeline.
+enum TrackKind : int { kComputeTrack = 0, kLoadTrack = 1, kEvictionTrack = 2 };
 
 }  // namespace
 
@@ -85,6 +119,9 @@ struct RunRecorder::Impl {
   struct ModelStats {
     LatencyHistogram latency, ttft;
     std::int64_t served = 0, failed = 0, met_slo = 0, waited = 0;
+    // Requests whose model has an SLO, and those of them served within it: slo_attainment.
+    // (met_slo, for goodput, also counts served requests of models without one.)
+    std::int64_t slo_requests = 0, slo_met = 0;
     std::int64_t rejected = 0;  // failed because admission control refused them
     std::int64_t prompt_tokens = 0, output_tokens = 0;
     std::int64_t loads = 0, evictions = 0, bytes_loaded = 0;
@@ -122,9 +159,9 @@ struct RunRecorder::Impl {
     e += std::to_string(tid);
     e += ",\"name\":";
     e += nlohmann::json(name).dump();
-    e += ",\"cat\":\"";
-    e += cat;
-    e += "\",\"ts\":";
+    e += ",\"cat\":";
+    e += nlohmann::json(cat).dump();
+    e += ",\"ts\":";
     e += microsText(start);
     e += ",\"dur\":";
     e += microsText(end - start);
@@ -133,6 +170,79 @@ struct RunRecorder::Impl {
     e += "}";
     traceEvent(e);
   }
+
+  // Tracks. The Chrome trace format draws the complete ("X") events of one track as a stack, so
+  // spans that overlap without nesting (concurrent loads into one GPU, say) may not share one:
+  // each kind of span of a process has lanes, one track each, and a span goes on the lowest lane
+  // free at its start. A lane is free at `start` when everything on it ended by then; spans are
+  // reported when they end, so this is the lowest free lane, and in any order it never overlaps.
+  // Thread ids are kind * kLanesPerKind + lane, so tracks sort by kind, then lane.
+  static constexpr int kLanesPerKind = 1000;
+  struct LaneSet {
+    std::string name;               // the first lane's track name; lane i > 0 adds " #<i+1>"
+    std::vector<Nanos> busy_until;  // per lane
+  };
+  std::map<std::pair<int, int>, LaneSet> lanes;  // by (pid, kind)
+
+  void nameProcess(int pid, const std::string& name) {
+    traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(pid) + ",\"name\":\"process_name\",\"args\":{\"name\":" +
+               nlohmann::json(name).dump() + "}}");
+    traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(pid) +
+               ",\"name\":\"process_sort_index\",\"args\":{\"sort_index\":" + std::to_string(pid) + "}}");
+  }
+  void nameThread(int pid, int tid, const std::string& name) {
+    const std::string ids = "\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid);
+    traceEvent("{\"ph\":\"M\"," + ids + ",\"name\":\"thread_name\",\"args\":{\"name\":" + nlohmann::json(name).dump() +
+               "}}");
+    traceEvent("{\"ph\":\"M\"," + ids + ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":" +
+               std::to_string(tid) + "}}");
+  }
+  // Declares a kind of track of `pid` and names its first lane.
+  void declareTrack(int pid, int kind, const std::string& name) {
+    LaneSet& set = lanes[{pid, kind}];
+    set.name = name;
+    set.busy_until.assign(1, std::numeric_limits<Nanos>::min());
+    nameThread(pid, kind * kLanesPerKind, name);
+  }
+  // The thread id of the lane of (pid, kind) that takes [start, end); names a new lane.
+  int lane(int pid, int kind, Nanos start, Nanos end) {
+    LaneSet& set = lanes[{pid, kind}];
+    std::size_t i = 0;
+    while (i < set.busy_until.size() && set.busy_until[i] > start) ++i;
+    if (i == set.busy_until.size()) {
+      if (i == static_cast<std::size_t>(kLanesPerKind)) throw std::logic_error("timeline: too many concurrent spans");
+      set.busy_until.push_back(end);
+      nameThread(pid, kind * kLanesPerKind + static_cast<int>(i), set.name + " #" + std::to_string(i + 1));
+    } else {
+      set.busy_until[i] = end;
+    }
+    return kind * kLanesPerKind + static_cast<int>(i);
+  }
+
+  // Spans a backend adds (addTimelineSpan), drawn when the run ends: their tracks sorted by name,
+  // each track's spans by time, on a process of their own after the GPUs.
+  struct ExtraSpan {
+    std::string name;
+    Nanos start = 0, end = 0;
+    std::string args;
+  };
+  std::map<std::string, std::vector<ExtraSpan>, NaturalLess> extra_spans;  // by track
+  void writeExtraSpans() {
+    if (extra_spans.empty()) return;
+    const int pid = scenario.cluster.numGpus();
+    nameProcess(pid, "runtime transfers and layers");
+    int kind = 0;
+    for (auto& [track, spans] : extra_spans) {
+      std::stable_sort(spans.begin(), spans.end(), [](const ExtraSpan& a, const ExtraSpan& b) {
+        return a.start != b.start ? a.start < b.start : a.end < b.end;
+      });
+      declareTrack(pid, kind, track);
+      for (const ExtraSpan& sp : spans) span(pid, lane(pid, kind, sp.start, sp.end), sp.name, track.c_str(), sp.start, sp.end, sp.args);
+      ++kind;
+    }
+    extra_spans.clear();
+  }
+
   void flushEpisode(ModelStats& m) {
     if (m.episode_start >= 0) m.load_time += m.episode_end - m.episode_start;
     m.episode_start = m.episode_end = -1;
@@ -160,12 +270,10 @@ RunRecorder::RunRecorder(const Scenario& scenario, std::string backend_name)
     if (!im.timeline) throw ConfigError((im.dir / "timeline.json").string() + ": cannot write");
     im.timeline << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
     for (int g = 0; g < scenario.cluster.numGpus(); ++g) {
-      im.traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(g) +
-                    ",\"name\":\"process_name\",\"args\":{\"name\":\"GPU " + std::to_string(g) + "\"}}");
-      const char* threads[] = {"compute", "host link (loads)", "evictions"};
-      for (int t = 0; t < 3; ++t)
-        im.traceEvent("{\"ph\":\"M\",\"pid\":" + std::to_string(g) + ",\"tid\":" + std::to_string(t) +
-                      ",\"name\":\"thread_name\",\"args\":{\"name\":\"" + threads[t] + "\"}}");
+      im.nameProcess(g, "GPU " + std::to_string(g));
+      im.declareTrack(g, kComputeTrack, "compute");
+      im.declareTrack(g, kLoadTrack, "loads");
+      im.declareTrack(g, kEvictionTrack, "evictions");
     }
   }
 }
@@ -176,6 +284,7 @@ void RunRecorder::onRequestDone(const RequestRecord& r) {
   auto& im = *impl_;
   auto& m = im.models[static_cast<std::size_t>(r.request.model)];
   for (Impl::ModelStats* s : {&m, &im.all}) {
+    if (m.slo > 0) ++s->slo_requests;
     if (!r.ok) {
       ++s->failed;
       if (r.rejected) ++s->rejected;
@@ -187,6 +296,7 @@ void RunRecorder::onRequestDone(const RequestRecord& r) {
     ++s->served;
     if (r.waited_for_load) ++s->waited;
     if (m.slo == 0 || latency <= m.slo) ++s->met_slo;
+    if (m.slo > 0 && latency <= m.slo) ++s->slo_met;
     s->prompt_tokens += r.request.prompt_tokens;
     s->output_tokens += r.request.output_tokens;
   }
@@ -224,7 +334,7 @@ void RunRecorder::onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok
     std::snprintf(args, sizeof args, "{\"shard\":%d,\"bytes\":%" PRId64 ",\"ok\":%s,\"GB_per_s\":%.3f}", cmd.shard,
                   cmd.bytes, ok ? "true" : "false",
                   end > start ? static_cast<double>(cmd.bytes) / static_cast<double>(end - start) : 0.0);
-    im.span(cmd.gpu, 1, "load " + name, "load", start, end, args);
+    im.span(cmd.gpu, im.lane(cmd.gpu, kLoadTrack, start, end), "load " + name, "load", start, end, args);
   }
 }
 
@@ -237,7 +347,7 @@ void RunRecorder::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
   }
   const std::string& name = im.scenario.engine.models[static_cast<std::size_t>(cmd.model)].name;
   if (im.timeline.is_open())
-    im.span(cmd.gpu, 2, "evict " + name, "evict", start, end,
+    im.span(cmd.gpu, im.lane(cmd.gpu, kEvictionTrack, start, end), "evict " + name, "evict", start, end,
             "{\"shard\":" + std::to_string(cmd.shard) + ",\"bytes\":" + std::to_string(cmd.bytes) + "}");
 }
 
@@ -252,13 +362,14 @@ void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) 
            ",\"ok\":" + (result.ok ? "true" : "false") + "}";
   for (GpuId g : cmd.gpus) {
     im.gpu_busy[static_cast<std::size_t>(g)] += end - result.start;
-    im.span(g, 0, name, "batch", result.start, end, args);
+    if (im.timeline.is_open()) im.span(g, im.lane(g, kComputeTrack, result.start, end), name, "batch", result.start, end, args);
   }
 }
 
 void RunRecorder::addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
                                   const nlohmann::json& args) {
-  impl_->span(1000, 0, name, track.c_str(), start, end, args.dump());
+  if (!impl_->timeline.is_open()) return;
+  impl_->extra_spans[track].push_back({name, start, end, args.dump()});
 }
 
 nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
@@ -281,9 +392,11 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
     j["ttft_ms"] = {{"mean", ms(s.ttft.mean())},
                     {"p50", ms(static_cast<double>(s.ttft.quantile(0.5)))},
                     {"p99", ms(static_cast<double>(s.ttft.quantile(0.99)))}};
-    const std::int64_t total = s.served + s.failed;
     j["slo_ms"] = slo > 0 ? nlohmann::json(toMillis(slo)) : nlohmann::json(nullptr);
-    j["slo_attainment"] = total > 0 ? round6(static_cast<double>(s.met_slo) / static_cast<double>(total)) : 0.0;
+    // null when no request had an objective (an SLO of 0 is none, not one always met).
+    j["slo_attainment"] = s.slo_requests > 0
+                              ? nlohmann::json(round6(static_cast<double>(s.slo_met) / static_cast<double>(s.slo_requests)))
+                              : nlohmann::json(nullptr);
     j["goodput_rps"] = round6(static_cast<double>(s.met_slo) / seconds);
     j["throughput_rps"] = round6(static_cast<double>(s.served) / seconds);
     j["output_tokens_per_s"] = round6(static_cast<double>(s.output_tokens) / seconds);
@@ -324,6 +437,7 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
 
   if (im.requests_csv.is_open()) im.requests_csv.close();
   if (im.timeline.is_open()) {
+    im.writeExtraSpans();
     im.timeline << "\n]}\n";
     im.timeline.close();
   }
@@ -336,12 +450,17 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
 
 void RunRecorder::printTable(const nlohmann::json& summary, std::ostream& out) const {
   auto row = [&](const std::string& name, const nlohmann::json& j) {
+    char slo[32];
+    if (j["slo_attainment"].is_number()) {
+      std::snprintf(slo, sizeof slo, "%8.1f%%", 100.0 * j["slo_attainment"].get<double>());
+    } else {
+      std::snprintf(slo, sizeof slo, "%9s", "-");  // no objective
+    }
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%-22s %9lld %10.1f %10.1f %10.1f %10.1f %8.1f%% %7lld %9.1f\n", name.c_str(),
+    std::snprintf(buf, sizeof buf, "%-22s %9lld %10.1f %10.1f %10.1f %10.1f %s %7lld %9.1f\n", name.c_str(),
                   static_cast<long long>(j["requests"].get<std::int64_t>()), j["latency_ms"]["mean"].get<double>(),
                   j["latency_ms"]["p50"].get<double>(), j["latency_ms"]["p99"].get<double>(),
-                  j["ttft_ms"]["mean"].get<double>(), 100.0 * j["slo_attainment"].get<double>(),
-                  static_cast<long long>(j["swaps"].get<std::int64_t>()),
+                  j["ttft_ms"]["mean"].get<double>(), slo, static_cast<long long>(j["swaps"].get<std::int64_t>()),
                   static_cast<double>(j["bytes_loaded"].get<std::int64_t>()) / 1e9);
     out << buf;
   };

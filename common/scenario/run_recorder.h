@@ -47,7 +47,9 @@ class RunRecorder : public EngineObserver {
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
-  // Extra timeline rows a backend wants drawn (e.g. per-part transfers); `track` names the row.
+  // Extra timeline spans a backend wants drawn (e.g. per-path transfers): each on the track
+  // named `track` (with further lanes where they overlap), on a process after the GPUs' ones;
+  // written when the run finishes, tracks sorted by name.
   void addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
                        const nlohmann::json& args = nlohmann::json::object());
 

@@ -65,8 +65,10 @@ std::vector<GpuId> parsePlacement(const JsonReader& model, int shards, int num_g
 }
 
 // Expected requests/s per model for the placement policy: a generated workload's `rates`, or its
-// `rate` split by `zipf_alpha`; any other workload is read ahead and its requests counted per model
-// (a closed-loop one counts as equal loads).
+// total `rate` split by the Zipf shares that workload.cpp draws models with (zipfShares: share i
+// proportional to 1/(i+1)^zipf_alpha, summing to 1, so the loads add up to `rate`); any other
+// workload is read ahead and its requests counted per model (a closed-loop one counts as equal
+// loads).
 std::vector<double> expectedLoads(const JsonReader& workload, const std::vector<std::string>& names, std::uint64_t seed,
                                   Nanos duration, const std::string& base_dir) {
   const std::size_t n = names.size();
@@ -79,8 +81,8 @@ std::vector<double> expectedLoads(const JsonReader& workload, const std::vector<
   }
   if ((type == "poisson" || type == "gamma") && w.contains("rate") && w["rate"].is_number()) {
     double alpha = w.contains("zipf_alpha") && w["zipf_alpha"].is_number() ? w["zipf_alpha"].get<double>() : 0.0;
-    std::vector<double> loads(n);
-    for (std::size_t i = 0; i < n; ++i) loads[i] = w["rate"].get<double>() * std::pow(static_cast<double>(i + 1), -alpha);
+    std::vector<double> loads = zipfShares(n, std::max(alpha, 0.0));
+    for (double& load : loads) load *= w["rate"].get<double>();
     return loads;
   }
   std::vector<double> counts(n, 0);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/model_spec.h"
+#include "common/scenario/cli_args.h"
 #include "runtime/cli/cli.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
@@ -360,20 +361,13 @@ int benchSwapMain(int argc, char** argv) {
       "baseline", po::value<std::string>(&o.baseline), "JSON from scripts/torch_swap_baseline.py, shown as rows")(
       "json", po::value<std::string>(&o.json_out), "also write the full report here");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, opts), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "computron bench swap: " << e.what() << "\n\n" << opts;
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << opts
-              << "\nRows: plain pinned cudaMemcpyAsync peak per GPU alone and all at once (best of the chunk sweep);\n"
-                 "the runtime's load rate for one shard per GPU, TP=2 and PP=2 over two GPUs, and TP=1 over two host\n"
-                 "links with NVLink; goals 97% / 95% / 1.7x. Every load is checksum-verified on the device.\n";
-    return 0;
-  }
+  if (auto done = parseCommandArgs(
+          argc, argv, opts, "computron bench swap",
+          "\nRows: plain pinned cudaMemcpyAsync peak per GPU alone and all at once (best of the chunk sweep);\n"
+          "the runtime's load rate for one shard per GPU, TP=2 and PP=2 over two GPUs, and TP=1 over two host\n"
+          "links with NVLink; goals 97% / 95% / 1.7x. Every load is checksum-verified on the device.\n",
+          {}, vm))
+    return *done;
   o.chunk_bytes = chunk_mib * kMiB;
   o.pin_piece_bytes = pin_piece_mib * kMiB;
   o.peak_bytes = static_cast<std::int64_t>(peak_gib * static_cast<double>(kGiB));

@@ -79,7 +79,8 @@ int replayMain(int argc, char** argv) {
       "weights label NAME; others get random weights of their shapes")(
       "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
       "placeholder execution: fixed kernel time per output token; default: the simulator's cost model's times")(
-      "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long");
+      "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long")(
+      "quiet,q", "no notes on stderr (the table or --json still goes to stdout; warnings and errors still show)");
   std::string scenario_path;
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron replay",
@@ -92,10 +93,8 @@ int replayMain(int argc, char** argv) {
                                     "(summary.json has a \"runtime\" member).\n",
                                     scenario_path, vm))
     return *done;
-  if (scenario_path.empty()) {
-    std::cerr << "computron replay: a scenario file is required\n\n" << opts;
-    return kExitUsage;
-  }
+  if (scenario_path.empty()) return usageError("computron replay", "a scenario file is required", opts);
+  const bool quiet = vm.count("quiet") > 0;
   Scenario scenario = loadScenario(scenario_path, overrides);
   if (vm.count("out")) scenario.outputs.dir = out_dir;
   if (vm.count("no-files")) scenario.outputs.dir.clear();
@@ -147,13 +146,14 @@ int replayMain(int argc, char** argv) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
               << " GPUs, this machine " << factory->deviceCount() << "\n";
   }
-  std::cerr << "replay: building the host weight store and device pools (" << device << ")...\n";
+  if (!quiet) std::cerr << "replay: building the host weight store and device pools (" << device << ")...\n";
   RealBackend backend(scenario.engine, *factory, options);
   const HostStoreStats& hs = backend.store().stats();
-  std::cerr << "replay: " << hs.shards << " shards, " << static_cast<double>(hs.bytes) / kGB << " GB filled in "
+  if (!quiet)
+    std::cerr << "replay: " << hs.shards << " shards, " << static_cast<double>(hs.bytes) / kGB << " GB filled in "
             << hs.fill_seconds << " s, pinned+checksummed in " << hs.pin_seconds << " s on " << hs.threads
             << " threads\n";
-  std::cerr << "replay: " << execution_note << "\n";
+  if (!quiet) std::cerr << "replay: " << execution_note << "\n";
 
   RunRecorder recorder(scenario, device);
   LayerTimeline layers;

@@ -2,12 +2,16 @@
 // JSON path and no output files; the same scenario and seed give byte-identical outputs.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "sim_test_util.h"
 
@@ -18,18 +22,28 @@ namespace fs = std::filesystem;
 
 struct CommandResult {
   int exit_code = -1;
-  std::string output;  // stdout and stderr
+  std::string output;  // stdout, then stderr
+  std::string out;     // stdout alone
+  std::string err;     // stderr alone (a file, not a terminal)
 };
 
+std::string readFile(const std::filesystem::path& p);
+
 CommandResult runCommand(const std::string& args) {
-  std::string command = std::string(COMPUTRON_BINARY) + " " + args + " 2>&1";
+  static int calls = 0;
+  const fs::path err_file =
+      fs::temp_directory_path() / ("computron-stderr-" + std::to_string(::getpid()) + "-" + std::to_string(calls++));
+  std::string command = std::string(COMPUTRON_BINARY) + " " + args + " 2>" + err_file.string();
   CommandResult result;
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return result;
   std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), pipe)) result.output += buf.data();
+  while (std::fgets(buf.data(), buf.size(), pipe)) result.out += buf.data();
   int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.err = readFile(err_file);
+  fs::remove(err_file);
+  result.output = result.out + result.err;
   return result;
 }
 
@@ -165,10 +179,128 @@ TEST(ScenarioCli, SetOverridesAField) {
   fs::path scenario = writeScenario(dir, testing::smallScenario());
   CommandResult r = runCommand("sim " + scenario.string() + " --no-files --json --set policy.max_loaded_models=3");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  nlohmann::json summary = nlohmann::json::parse(r.output);
+  nlohmann::json summary = nlohmann::json::parse(r.out);
   EXPECT_EQ(summary["config"]["policy"]["max_loaded_models"], 3);
   // Three models fit with a cap of three: each loads once.
   EXPECT_EQ(summary["overall"]["swaps"], 3);
+}
+
+// A sweep of the small scenario: two policies, one seed.
+fs::path writeSweep(const TempDir& dir) {
+  nlohmann::json scenario = testing::smallScenario();
+  scenario["duration_s"] = 5;
+  fs::path scenario_path = writeScenario(dir, scenario);
+  nlohmann::json sweep = {{"name", "cli-test"},
+                          {"scenarios", {scenario_path.string()}},
+                          {"policies", {"computron", "lfu"}},
+                          {"csv", (dir.path() / "sweep.csv").string()}};
+  fs::path p = dir.path() / "sweep.json";
+  std::ofstream(p) << sweep.dump(2);
+  return p;
+}
+
+TEST(ScenarioCli, SweepOptionsParseLikeEveryCommand) {
+  TempDir dir;
+  const fs::path sweep = writeSweep(dir);
+  CommandResult r = runCommand("sweep " + sweep.string() + " --threads abc");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("--threads"), std::string::npos) << r.err;
+  r = runCommand("sweep " + sweep.string() + " --threads -3");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("--threads"), std::string::npos) << r.err;
+  r = runCommand("sweep " + sweep.string() + " --frobnicate");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = runCommand("sweep");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("a sweep file is needed"), std::string::npos) << r.err;
+  r = runCommand("sweep " + sweep.string() + " --threads=1 --quiet");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.out.find("2 runs; CSV in"), std::string::npos) << r.out;
+  EXPECT_EQ(r.err, "");
+  EXPECT_TRUE(fs::exists(dir.path() / "sweep.csv"));
+  // Progress into a file: plain lines, no carriage returns; the table stays on stdout.
+  r = runCommand("sweep " + sweep.string() + " -j 1 --progress-every 0");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.err.find("sweep: 2/2 runs (100%)"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find('\r'), std::string::npos);
+  EXPECT_EQ(r.out.find("sweep:"), std::string::npos) << "progress never goes to stdout";
+}
+
+TEST(ScenarioCli, EveryCommandHasHelp) {
+  for (const char* command : {"sim", "sweep", "presets", "replay", "bench swap"}) {
+    CommandResult r = runCommand(std::string(command) + " --help");
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.output;
+    EXPECT_NE(r.out.find("--help"), std::string::npos) << command << ": " << r.out;
+  }
+  CommandResult r = runCommand("presets --frobnicate");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("frobnicate"), std::string::npos) << r.err;
+  r = runCommand("sim --progress-every x");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("--progress-every"), std::string::npos) << r.err;
+}
+
+TEST(ScenarioCli, QuietSimWritesNothingOnStderr) {
+  TempDir dir;
+  fs::path scenario = writeScenario(dir, testing::smallScenario());
+  CommandResult r = runCommand("sim " + scenario.string() + " --no-files --quiet --progress-every 0 --write-workload " +
+                               (dir.path() / "w.csv").string());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(r.out.find("SLO met"), std::string::npos) << "--quiet keeps the table: " << r.out;
+}
+
+TEST(ScenarioCli, SimProgressIntoAFileIsPlainLines) {
+  TempDir dir;
+  fs::path scenario = writeScenario(dir, testing::smallScenario());
+  fs::path out = dir.path() / "out";
+  CommandResult r = runCommand("sim " + scenario.string() + " --out " + out.string() + " --progress-every 0");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.err.find("sim: 20.0/20.0 s simulated (100%)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(finished)\n"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find('\r'), std::string::npos) << "no carriage returns when stderr is not a terminal";
+  EXPECT_EQ(r.out.find("sim:"), std::string::npos) << "progress never goes to stdout";
+  // Nor into the output files: they equal those of a quiet run.
+  fs::path quiet = dir.path() / "quiet";
+  ASSERT_EQ(runCommand("sim " + scenario.string() + " --out " + quiet.string() + " --quiet").exit_code, 0);
+  for (const char* file : {"summary.json", "requests.csv", "timeline.json"})
+    EXPECT_EQ(readFile(out / file), readFile(quiet / file)) << file;
+  // The default interval is 10 s: a short run writes no progress at all.
+  r = runCommand("sim " + scenario.string() + " --no-files");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST(ScenarioCli, SloMetIsADashWithoutAnSlo) {
+  TempDir dir;
+  nlohmann::json doc = testing::smallScenario();
+  doc["slo_ms"] = 0;
+  fs::path scenario = writeScenario(dir, doc);
+  CommandResult r = runCommand("sim " + scenario.string() + " --no-files --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream lines(r.out);
+  std::string line;
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("m-", 0) != 0 && line.rfind("all ", 0) != 0) continue;
+    ++rows;
+    std::istringstream fields(line);
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    ASSERT_EQ(f.size(), 9u) << line;
+    EXPECT_EQ(f[6], "-") << line;  // name, requests, mean, p50, p99, ttft, SLO met, swaps, GB
+  }
+  EXPECT_EQ(rows, 4) << r.out;
+  r = runCommand("sim " + scenario.string() + " --no-files --json --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json summary = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(summary["overall"]["slo_attainment"].is_null());
+  EXPECT_TRUE(summary["models"][0]["slo_attainment"].is_null());
+  EXPECT_TRUE(summary["models"][0]["slo_ms"].is_null());
+  // With an SLO, a percentage.
+  r = runCommand("sim " + scenario.string() + " --no-files --json --quiet --set slo_ms=500");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  summary = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(summary["overall"]["slo_attainment"].is_number());
 }
 
 }  // namespace
