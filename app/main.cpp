@@ -164,9 +164,10 @@ int presetsMain() {
     ClusterSpec c = clusterPreset(name);
     std::cout << "  " << name << ": " << c.numGpus() << " x " << c.gpus.front().name << "\n";
   }
-  std::cout << "policy sets:";
-  for (const auto& name : policySetNames()) std::cout << " " << name;
-  std::cout << "\n";
+  for (const auto& kind : registeredPolicies()) {
+    std::cout << kind.title << " (" << kind.field << "):\n";
+    for (const auto& policy : kind.policies) std::cout << "  " << policy.name << ": " << policy.description << "\n";
+  }
   return 0;
 }
 

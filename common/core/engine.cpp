@@ -4,7 +4,6 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "common/core/oracle.h"
 #include "common/core/policy.h"
 
 namespace computron {
@@ -19,22 +18,25 @@ std::string residencyName(Residency r) {
   return "?";
 }
 
+bool PolicyConfig::needsFuture() const { return eviction->needsFuture() || prefetch->needsFuture(); }
+
 Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, EngineObserver* observer)
-    : config_(std::move(config)), backend_(backend), clock_(clock), observer_(observer) {
-  eviction_ = makeEvictionPolicy(config_.policy.eviction);
-  queue_policy_ = makeQueuePolicy(config_.policy.queue);
+    : config_(std::move(config)),
+      backend_(backend),
+      clock_(clock),
+      observer_(observer),
+      eviction_(config_.policy.eviction.policy()),
+      queue_policy_(config_.policy.queue.policy()),
+      prefetch_(config_.policy.prefetch.policy()),
+      routing_(config_.policy.routing.policy()) {
   const std::size_t num_gpus = config_.gpu_weight_budget.size();
   gpu_used_.assign(num_gpus, 0);
   gpu_busy_.assign(num_gpus, false);
   gpu_claimed_.assign(num_gpus, false);
   link_loads_.assign(num_gpus, 0);
-  if ((config_.policy.eviction == "belady" || config_.policy.prefetch == "oracle") && !config_.future)
-    throw ConfigError("policy " + config_.policy.eviction + "/" + config_.policy.prefetch +
+  if (config_.policy.needsFuture() && !config_.future)
+    throw ConfigError("policy " + config_.policy.eviction.name() + "/" + config_.policy.prefetch.name() +
                       " needs the future (EngineConfig::future): an oracle read from the workload");
-  if (config_.policy.prefetch != "none" && config_.policy.prefetch != "rate" && config_.policy.prefetch != "oracle")
-    throw ConfigError("unknown prefetch policy '" + config_.policy.prefetch + "' (known: none, rate, oracle)");
-  if (config_.policy.routing != "direct" && config_.policy.routing != "peer" && config_.policy.routing != "multipath")
-    throw ConfigError("unknown routing policy '" + config_.policy.routing + "' (known: direct, peer, multipath)");
   models_.resize(config_.models.size());
   copies_out_.assign(config_.models.size(), 0);
   doomed_.assign(config_.models.size(), false);
@@ -254,7 +256,7 @@ void Engine::schedule() {
     if (!models_[m].queue.empty()) order.push_back(static_cast<ModelId>(m));
   load_blocked_ = false;
   if (!order.empty()) {
-    queue_policy_->order(order, *this);
+    queue_policy_.order(order, *this);
     std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
     std::fill(doomed_.begin(), doomed_.end(), false);
     count_cap_claimed_ = false;
@@ -277,7 +279,7 @@ void Engine::schedule() {
       }
     }
   }
-  if (config_.policy.prefetch != "none" && !load_blocked_) tryPrefetch();
+  if (prefetch_.active() && !load_blocked_) tryPrefetch();
 }
 
 // layer_pipelined: whether a loading model's batch may start now. It holds its GPUs from its start
@@ -351,7 +353,7 @@ void Engine::rejectLate() {
 // Swap-aware batching: a resident model with queued requests is not swapped out while the model
 // that needs its room can still meet its head request's deadline after waiting for it.
 bool Engine::protectedFromSwap(ModelId victim, ModelId needing) const {
-  if (!queue_policy_->drainsBeforeSwap()) return false;
+  if (!queue_policy_.drainsBeforeSwap()) return false;
   const auto& v = models_[static_cast<std::size_t>(victim)];
   if (v.queue.empty()) return false;
   const auto& n = models_[static_cast<std::size_t>(needing)];
@@ -365,35 +367,18 @@ bool Engine::protectedFromSwap(ModelId victim, ModelId needing) const {
   return slack > 0;
 }
 
-double Engine::prefetchScore(ModelId m) const {
-  if (config_.policy.prefetch == "oracle") {
-    Nanos next = config_.future->nextArrival(m, clock_.now());
-    if (next == ArrivalOracle::kNever) return -1;
-    return 1.0 / (1.0 + toSeconds(next - clock_.now()));  // sooner is hotter
-  }
-  return arrivalRate(m);
-}
-
-// Prefetch into idle link time: when no demand load waits, load the hottest offloaded model
-// whose links are idle, making room only from idle models colder than it.
+// Prefetch into idle link time: when no demand load waits, load the model the prefetch policy
+// picks (the hottest offloaded one) if its links are idle, making room only from idle models
+// colder than the policy's threshold.
 void Engine::tryPrefetch() {
-  ModelId best = -1;
-  double best_score = 0;
-  for (std::size_t m = 0; m < models_.size(); ++m) {
-    const auto& s = models_[m];
-    if (s.residency != Residency::kOffloaded || !s.queue.empty()) continue;
-    double score = prefetchScore(static_cast<ModelId>(m));
-    if (score > best_score) {
-      best_score = score;
-      best = static_cast<ModelId>(m);
-    }
-  }
+  const PrefetchPolicy::Pick pick = prefetch_.pick(*this);
+  const ModelId best = pick.model;
   if (best < 0) return;
   const auto& d = config_.models[static_cast<std::size_t>(best)];
   for (GpuId g : d.gpus)
     if (link_loads_[static_cast<std::size_t>(g)] > 0) return;
-  // Hysteresis for the predictive policy so two models of similar rate do not trade places.
-  const double threshold = config_.policy.prefetch == "rate" ? 0.5 * best_score : best_score;
+  const double threshold = prefetch_.keepThreshold(pick.score);
+  auto prefetchScore = [&](ModelId m) { return prefetch_.score(m, *this); };
   const std::vector<std::int64_t>& need = bytesNeeded(best);
   std::vector<std::int64_t> short_by(need.size(), 0);
   for (std::size_t g = 0; g < need.size(); ++g) short_by[g] = gpu_used_[g] + need[g] - config_.gpu_weight_budget[g];
@@ -514,7 +499,7 @@ bool Engine::tryLoad(ModelId m) {
     if (protectedFromSwap(static_cast<ModelId>(v), m)) continue;
     candidates.push_back(static_cast<ModelId>(v));
   }
-  eviction_->rank(candidates, *this, m);
+  eviction_.rank(candidates, *this, m);
 
   // Bytes being freed by evictions in flight already count towards the room.
   std::vector<std::int64_t> still_short = short_by;
@@ -577,16 +562,12 @@ void Engine::startLoad(ModelId m) {
   state.hits_since_load = std::max<std::int64_t>(1, static_cast<std::int64_t>(state.queue.size()));
   state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * reload_seconds_[static_cast<std::size_t>(m)] /
                                               std::max(1e-9, static_cast<double>(model_bytes_[static_cast<std::size_t>(m)]) / 1e9);
-  // Multi-path: host links of GPUs outside this model with no load in flight help its shards.
-  std::vector<GpuId> helpers;
-  if (config_.policy.routing == "multipath") {
-    for (std::size_t g = 0; g < link_loads_.size(); ++g) {
-      if (link_loads_[g] > 0) continue;
-      if (std::find(d.gpus.begin(), d.gpus.end(), static_cast<GpuId>(g)) != d.gpus.end()) continue;
-      helpers.push_back(static_cast<GpuId>(g));
-    }
-  }
-  std::size_t next_helper = 0;
+  // How each shard's bytes travel: planned for all shards before any is issued.
+  const std::vector<ShardRoute> routes = routing_.plan(m, *this);
+  if (static_cast<int>(routes.size()) != d.numShards())
+    throw std::logic_error("routing policy " + config_.policy.routing.name() + " planned " +
+                           std::to_string(routes.size()) + " routes for model " + d.name + "'s " +
+                           std::to_string(d.numShards()) + " shards");
   // Issue every shard before any completion can arrive: all shards of a model load at once.
   std::vector<LoadCommand> cmds;
   for (int pp = 0; pp < d.pp; ++pp) {
@@ -599,21 +580,10 @@ void Engine::startLoad(ModelId m) {
       cmd.gpu = d.gpus[static_cast<std::size_t>(shard)];
       cmd.layout = layouts_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
       cmd.bytes = cmd.layout.bytes;
-      // Helpers are dealt to shards in turn; a shard without one loads directly.
-      std::vector<GpuId> mine;
-      const std::size_t per_shard = helpers.empty() ? 0 : std::max<std::size_t>(1, helpers.size() / static_cast<std::size_t>(d.numShards()));
-      for (std::size_t k = 0; k < per_shard && next_helper < helpers.size(); ++k) mine.push_back(helpers[next_helper++]);
-      // Copy from a resident twin over NVLink when one holds this shard on another GPU; its
-      // helpers go back to the pool for the next shard.
-      ModelId twin = config_.policy.routing != "direct" ? peerSource(m, shard, cmd.gpu) : -1;
-      if (twin >= 0) {
-        const auto& td = config_.models[static_cast<std::size_t>(twin)];
-        cmd.route = {RoutePart{td.gpus[static_cast<std::size_t>(shard)], cmd.bytes, true}};
-        ++copies_out_[static_cast<std::size_t>(twin)];
-        next_helper -= mine.size();
-      } else {
-        cmd.route = route(cmd.gpu, cmd.bytes, mine);
-      }
+      const ShardRoute& planned = routes[static_cast<std::size_t>(shard)];
+      cmd.route = planned.parts;
+      const ModelId twin = planned.copy_from;
+      if (twin >= 0) ++copies_out_[static_cast<std::size_t>(twin)];
       for (const auto& part : cmd.route)
         if (!part.from_device) ++link_loads_[static_cast<std::size_t>(part.via)];
       state.shard_state[static_cast<std::size_t>(shard)] = Residency::kLoading;
@@ -630,7 +600,12 @@ void Engine::startLoad(ModelId m) {
   for (const auto& cmd : cmds) backend_.load(cmd);
 }
 
-ModelId Engine::peerSource(ModelId m, int shard, GpuId target) const {
+double Engine::hostLinkBandwidth(GpuId g) const {
+  const auto i = static_cast<std::size_t>(g);
+  return i < config_.gpu_link_bandwidth.size() && config_.gpu_link_bandwidth[i] > 0 ? config_.gpu_link_bandwidth[i] : 1e9;
+}
+
+ModelId Engine::twinHolding(ModelId m, int shard, GpuId target) const {
   if (!config_.nvlink) return -1;
   const auto& d = config_.models[static_cast<std::size_t>(m)];
   for (std::size_t o = 0; o < config_.models.size(); ++o) {
@@ -644,27 +619,6 @@ ModelId Engine::peerSource(ModelId m, int shard, GpuId target) const {
     return static_cast<ModelId>(o);
   }
   return -1;
-}
-
-// Splits a shard's bytes over its own host link and the helpers' in proportion to their
-// bandwidth, so every part finishes together.
-std::vector<RoutePart> Engine::route(GpuId gpu, std::int64_t bytes, std::vector<GpuId>& helpers) const {
-  if (helpers.empty()) return {RoutePart{gpu, bytes, false}};
-  auto bw = [&](GpuId g) {
-    auto i = static_cast<std::size_t>(g);
-    return i < config_.gpu_link_bandwidth.size() && config_.gpu_link_bandwidth[i] > 0 ? config_.gpu_link_bandwidth[i] : 1e9;
-  };
-  double total = bw(gpu);
-  for (GpuId h : helpers) total += bw(h);
-  std::vector<RoutePart> parts;
-  std::int64_t given = 0;
-  for (GpuId h : helpers) {
-    auto share = static_cast<std::int64_t>(static_cast<double>(bytes) * bw(h) / total);
-    parts.push_back(RoutePart{h, share, false});
-    given += share;
-  }
-  parts.insert(parts.begin(), RoutePart{gpu, bytes - given, false});
-  return parts;
 }
 
 void Engine::startEvict(ModelId m) {

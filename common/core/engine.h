@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/core/backend.h"
+#include "common/core/policy.h"
 #include "common/deployment.h"
 #include "common/model_spec.h"
 #include "common/types.h"
@@ -23,14 +24,16 @@ namespace computron {
 enum class Residency { kOffloaded, kLoading, kResident, kEvicting };
 std::string residencyName(Residency r);
 
+// The policy choices. Each is a handle to a registered policy (policy.h, registry.h), made from
+// its name when the scenario is read; docs/policies.md lists what each registry holds.
 struct PolicyConfig {
-  std::string name = "computron";  // the policy set, see policy.h and docs/policies.md
-  int max_loaded_models = 0;       // cap on loaded models (computron); 0 = no cap
-  std::string eviction = "lru";    // lru, lfu, gdsf, demand, belady
-  std::string queue = "fcfs";      // fcfs, edf, swap-aware
-  std::string prefetch = "none";   // none, rate, oracle
-  std::string routing = "direct";  // direct, peer, multipath
-  bool admission = false;          // reject requests that can no longer meet their SLO
+  PolicySetChoice name{"computron"};  // the policy set; applyPolicySet fills the choices below
+  int max_loaded_models = 0;          // cap on loaded models (computron); 0 = no cap
+  EvictionChoice eviction{"lru"};
+  QueueChoice queue{"fcfs"};
+  PrefetchChoice prefetch{"none"};
+  RoutingChoice routing{"direct"};
+  bool admission = false;             // reject requests that can no longer meet their SLO
   // Loads one at a time per host link: a load waits while any link it would use carries another
   // (first come, first loaded) instead of sharing the links, so the first model is ready sooner.
   bool serial_loads = false;
@@ -40,6 +43,9 @@ struct PolicyConfig {
   bool layer_pipelined = false;
   Nanos lfu_half_life = 60 * kNanosPerSecond;  // lfu: an access counts half after this long
   Nanos rate_window = 10 * kNanosPerSecond;    // prefetch rate: EWMA time constant
+
+  // An eviction or prefetch policy reads the future (EngineConfig::future must be given).
+  bool needsFuture() const;
 };
 
 class ArrivalOracle;
@@ -78,9 +84,6 @@ class EngineObserver {
   virtual void onEvict(const EvictCommand& /*cmd*/, Nanos /*start*/, Nanos /*end*/) {}
   virtual void onBatch(const ExecuteCommand& /*cmd*/, const BatchResult& /*result*/) {}
 };
-
-class EvictionPolicy;
-class QueuePolicy;
 
 struct QueuedRequest {
   Request request;
@@ -152,6 +155,16 @@ class Engine {
   // Deadline of a request of model m that arrived at `arrival` (no SLO: far in the future).
   Nanos deadline(ModelId m, Nanos arrival) const;
   const ArrivalOracle* future() const { return config_.future.get(); }
+  // For routing policies: load parts in flight over GPU g's host link, that link's bandwidth in
+  // bytes/s (1 GB/s when unknown), the bytes of one shard, and a twin to copy a shard from: a
+  // resident model with the same weights and split, not planned for eviction, whose shard `shard`
+  // lies on a GPU other than `target` (-1: none, or no NVLink).
+  int hostLinkLoads(GpuId g) const { return link_loads_.at(static_cast<std::size_t>(g)); }
+  double hostLinkBandwidth(GpuId g) const;
+  std::int64_t shardBytes(ModelId m, int shard) const {
+    return shard_bytes_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
+  }
+  ModelId twinHolding(ModelId m, int shard, GpuId target) const;
   std::int64_t requestsRejected() const { return rejected_requests_; }
   // Throws std::logic_error when an invariant is broken (memory over budget, a running model not
   // resident, a GPU running two batches...). Cheap enough to call after every event in tests.
@@ -178,16 +191,11 @@ class Engine {
   bool pipelinedReady(ModelId m, const std::vector<ModelId>& waiting);
   bool sharesGpu(ModelId a, ModelId b) const;
   void tryPrefetch();
-  double prefetchScore(ModelId m) const;
   bool protectedFromSwap(ModelId victim, ModelId needing) const;
-  std::vector<RoutePart> route(GpuId gpu, std::int64_t bytes, std::vector<GpuId>& helpers) const;
   // Makes room for and starts loading `m`. Returns false while it must wait; then the GPUs it
   // needs are claimed for the rest of the pass and the models it plans to evict are doomed.
   bool tryLoad(ModelId m);
   const std::vector<std::int64_t>& bytesNeeded(ModelId m) const { return gpu_bytes_[static_cast<std::size_t>(m)]; }
-  std::int64_t shardBytes(ModelId m, int shard) const {
-    return shard_bytes_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
-  }
   void startEvict(ModelId m);
   void startLoad(ModelId m);
   void failQueued(ModelId m, const std::string& error);
@@ -197,8 +205,11 @@ class Engine {
   Backend& backend_;
   const Clock& clock_;
   EngineObserver* observer_;
-  std::unique_ptr<EvictionPolicy> eviction_;
-  std::unique_ptr<QueuePolicy> queue_policy_;
+  // The chosen policies (config_.policy's handles), for short.
+  const EvictionPolicy& eviction_;
+  const QueuePolicy& queue_policy_;
+  const PrefetchPolicy& prefetch_;
+  const RoutingPolicy& routing_;
   std::vector<ModelRuntimeState> models_;
   std::vector<std::vector<std::int64_t>> shard_bytes_;  // per model, per shard
   std::vector<std::vector<std::int64_t>> gpu_bytes_;    // per model, per GPU: bytes it needs there
@@ -221,8 +232,6 @@ class Engine {
   std::vector<std::int64_t> model_bytes_;
   std::vector<int> link_loads_;  // per GPU: load parts in flight over its host link
   std::vector<int> copies_out_;  // per model: shard copies in flight from it (it is not evicted)
-  // A resident model with the same weights and split whose shard `shard` lies on another GPU, or -1.
-  ModelId peerSource(ModelId m, int shard, GpuId target) const;
   bool copySource(ModelId m) const { return copies_out_[static_cast<std::size_t>(m)] > 0; }
   double gdsf_inflation_ = 0;
   bool load_blocked_ = false;    // this pass, a demand load waits for room

@@ -3,7 +3,8 @@
 // first, a group of its own sized to fit it and placed on the GPUs with the least expected load
 // so far, so hot models run batches concurrently on different GPUs while cold ones share.
 // Computed once at scenario parse time, so the simulator and the runtime run the same placement.
-// Implemented in policy.cpp. docs/policies.md describes the options.
+// Each placement policy is registered once under its name (registry.h); docs/policies.md
+// describes the options.
 #pragma once
 
 #include <cstdint>
@@ -13,11 +14,28 @@
 #include <nlohmann/json.hpp>
 
 #include "common/core/engine.h"
+#include "common/core/registry.h"
 
 namespace computron {
 
+struct PlacementConfig;
+
+// Places models on GPUs (see placeModels).
+class PlacementPolicy {
+ public:
+  virtual ~PlacementPolicy() = default;
+  // Reads the expected load per model (false: the loads passed are all 0, and need not be read).
+  virtual bool usesExpectedLoads() const { return true; }
+  virtual std::vector<ModelDeployment> place(const std::vector<ModelDeployment>& models, const std::vector<double>& loads,
+                                             const std::vector<std::int64_t>& gpu_budgets, const PlacementConfig& config,
+                                             const std::string& where) const = 0;
+};
+
+const Registry<PlacementPolicy>& policyRegistry(const PlacementPolicy*);
+using PlacementChoice = Choice<PlacementPolicy>;
+
 struct PlacementConfig {
-  std::string policy = "all-gpus";  // all-gpus (the scenario's own), greedy
+  PlacementChoice policy{"all-gpus"};  // all-gpus (the scenario's own), greedy
   // greedy: GPUs in each model's group (a power of two dividing the GPU count); 0 = the fewest
   // GPUs the model fits on.
   int group_gpus = 0;

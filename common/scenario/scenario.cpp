@@ -93,21 +93,25 @@ std::vector<double> expectedLoads(const JsonReader& workload, const std::vector<
   return counts;
 }
 
+// The registered policy a string node names; an unknown name fails with the node's path and the
+// registry's known names.
+template <typename Policy>
+Choice<Policy> parseChoice(const JsonReader& node) {
+  const std::string name = node.asString();
+  const auto& registry = Choice<Policy>::registry();
+  if (const auto* entry = registry.find(name)) return Choice<Policy>(*entry);
+  node.fail(registry.unknownMessage(name));
+}
+
 PlacementConfig parsePlacementConfig(const JsonReader& node) {
   PlacementConfig c;
   if (node.isString()) {
-    c.policy = node.asString();
+    c.policy = parseChoice<PlacementPolicy>(node);
   } else {
     node.expectObject({"policy", "group_gpus", "share_below"});
-    c.policy = node.getString("policy", c.policy);
+    if (auto policy = node.find("policy")) c.policy = parseChoice<PlacementPolicy>(*policy);
     c.group_gpus = static_cast<int>(node.getInt("group_gpus", 0));
     c.share_below = node.getDouble("share_below", 0);
-  }
-  const auto known = placementPolicyNames();
-  if (std::find(known.begin(), known.end(), c.policy) == known.end()) {
-    std::string list;
-    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-    (node.isString() ? node : node.at("policy")).fail("unknown placement '" + c.policy + "' (known: " + list + ")");
   }
   return c;
 }
@@ -196,31 +200,21 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   PlacementConfig placement;
   if (auto p = root.find("policy")) {
     if (p->isString()) {
-      policy.name = p->asString();
-      applyPolicySet(policy, p->path());
+      policy.name = parseChoice<PolicySet>(*p);
+      applyPolicySet(policy);
     } else {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
                        "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined"});
-      policy.name = p->getString("name", "computron");
+      if (auto name = p->find("name")) policy.name = parseChoice<PolicySet>(*name);
       std::int64_t cap = p->getInt("max_loaded_models", 0);
       if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
       policy.max_loaded_models = static_cast<int>(cap);
-      applyPolicySet(policy, p->path() + ".name");
+      applyPolicySet(policy);
       // Individual choices override the set's.
-      auto pick = [&](const char* key, std::string& field, const std::vector<std::string>& known) {
-        if (!p->find(key)) return;
-        std::string v = p->getString(key, field);
-        if (std::find(known.begin(), known.end(), v) == known.end()) {
-          std::string list;
-          for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
-          p->at(key).fail("unknown policy '" + v + "' (known: " + list + ")");
-        }
-        field = v;
-      };
-      pick("eviction", policy.eviction, evictionPolicyNames());
-      pick("queue", policy.queue, queuePolicyNames());
-      pick("prefetch", policy.prefetch, prefetchPolicyNames());
-      pick("routing", policy.routing, routingPolicyNames());
+      if (auto v = p->find("eviction")) policy.eviction = parseChoice<EvictionPolicy>(*v);
+      if (auto v = p->find("queue")) policy.queue = parseChoice<QueuePolicy>(*v);
+      if (auto v = p->find("prefetch")) policy.prefetch = parseChoice<PrefetchPolicy>(*v);
+      if (auto v = p->find("routing")) policy.routing = parseChoice<RoutingPolicy>(*v);
       policy.admission = p->getBool("admission", policy.admission);
       policy.serial_loads = p->getBool("serial_loads", policy.serial_loads);
       policy.layer_pipelined = p->getBool("layer_pipelined", policy.layer_pipelined);
@@ -233,13 +227,13 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       if (auto pl = p->find("placement")) placement = parsePlacementConfig(*pl);
     }
   } else {
-    applyPolicySet(policy, "$.policy");
+    applyPolicySet(policy);
   }
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
   s.engine.nvlink = s.cluster.hasNvlink();
   // Placement: each model's GPUs and TP x PP, from the expected load per model.
   std::vector<double> loads(s.engine.models.size(), 0);
-  if (placement.policy != "all-gpus") {
+  if (placement.policy->usesExpectedLoads()) {
     try {
       loads = expectedLoads(root.at("workload"), s.modelNames(), s.seed, s.duration, base_dir);
     } catch (const ConfigError&) {
@@ -247,7 +241,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     }
     s.engine.models = placeModels(s.engine.models, loads, s.engine.gpu_weight_budget, placement, "$.policy.placement");
   }
-  if (policy.eviction == "belady" || policy.prefetch == "oracle") {
+  if (policy.needsFuture()) {
     // The offline policies read the whole request stream ahead (one time stamp a request).
     try {
       auto future = computron::makeWorkload(root.at("workload"), s.modelNames(), s.seed, s.duration, base_dir);
@@ -272,12 +266,12 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
 
   s.effective = doc;
   s.effective["cluster"] = clusterToJson(s.cluster);
-  s.effective["policy"] = {{"name", policy.name},
+  s.effective["policy"] = {{"name", policy.name.name()},
                            {"max_loaded_models", policy.max_loaded_models},
-                           {"eviction", policy.eviction},
-                           {"queue", policy.queue},
-                           {"prefetch", policy.prefetch},
-                           {"routing", policy.routing},
+                           {"eviction", policy.eviction.name()},
+                           {"queue", policy.queue.name()},
+                           {"prefetch", policy.prefetch.name()},
+                           {"routing", policy.routing.name()},
                            {"admission", policy.admission},
                            {"serial_loads", policy.serial_loads},
                            {"layer_pipelined", policy.layer_pipelined},
