@@ -36,7 +36,7 @@ void printUsage(std::ostream& out) {
       << "  sweep SWEEP.json       compare policy sets over a grid of scenarios, in parallel (CSV + table)\n"
       << "  replay SCENARIO.json   run a scenario on real GPUs (or the host-memory device)\n"
       << "  bench swap             measure model-parallel swapping on this machine's GPUs\n"
-      << "  presets                list model and cluster presets\n"
+      << "  presets                list model and cluster presets and the registered policies\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
 }

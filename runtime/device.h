@@ -41,8 +41,9 @@ struct VerifyJob {
   std::int64_t bytes = 0;
 };
 
-// One GPU's part of a batch. Execution is a PLACEHOLDER until real models land: consecutive
-// runs of a fixed-cost kernel, phase i lasting phase_ns[i], reporting the end time of each phase.
+// One GPU's part of a placeholder batch (the host-memory device, or `--execution placeholder`;
+// real execution goes through runtime/execution.h instead): consecutive runs of a fixed-cost
+// kernel, phase i lasting phase_ns[i], reporting the end time of each phase.
 struct ExecJob {
   BatchId batch = 0;
   int part = 0;

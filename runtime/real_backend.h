@@ -36,9 +36,10 @@ struct PlaceholderTimes {
 struct RuntimeOptions {
   std::int64_t chunk_bytes = 64 * kMiB;  // copy size; bench swap's chunk sweep chose it
   bool verify_loads = true;              // device checksum after every load, before it is reported
-  // PLACEHOLDER execution until real models land: a fixed-cost kernel runs on every GPU of the
-  // batch for these times (replay takes them from the simulator's cost model). Unset: each
-  // output token costs placeholder_step.
+  // Placeholder execution (the host-memory device, or `--execution placeholder`, which keeps the
+  // swap path the only variable): a fixed-cost kernel runs on every GPU of the batch for these
+  // times (replay takes them from the cost model). Unset: each output token costs
+  // placeholder_step. Real execution (cuda/model_execution.*) ignores both.
   std::function<PlaceholderTimes(const ExecuteCommand&)> placeholder_cost;
   Nanos placeholder_step = kNanosPerMilli;
   std::int64_t granule = DevicePool::kDefaultGranule;

@@ -4,15 +4,10 @@
 #include <cstring>
 #include <thread>
 
+#include "common/splitmix.h"
+
 namespace computron::runtime {
 namespace {
-
-std::uint64_t splitmix(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // 16 random bits -> a finite value of magnitude [2^-8, 1) with random sign.
 std::uint16_t halfFromBits(std::uint16_t r, DType dtype) {
@@ -55,7 +50,7 @@ void fillHalves(std::byte* seg, std::int64_t e0, std::int64_t e1, std::uint64_t 
   std::int64_t e = e0;
   while (e < e1) {
     const std::uint64_t group = static_cast<std::uint64_t>(e) >> 2;
-    const std::uint64_t h = splitmix(seed ^ (group * 0xD6E8FEB86659FD93ULL));
+    const std::uint64_t h = splitmix64(seed ^ (group * 0xD6E8FEB86659FD93ULL));
     const std::int64_t group_end = std::min<std::int64_t>(e1, static_cast<std::int64_t>((group + 1) << 2));
     for (; e < group_end; ++e) {
       const auto r = static_cast<std::uint16_t>(h >> (16 * (e & 3)));
@@ -138,16 +133,16 @@ std::uint64_t checksumParallel(const std::byte* data, std::int64_t bytes, int th
 }
 
 std::uint64_t shardSeed(std::uint64_t model_seed, int shard) {
-  return splitmix(model_seed * 0x100000001B3ULL + static_cast<std::uint64_t>(shard) + 1);
+  return splitmix64(model_seed * 0x100000001B3ULL + static_cast<std::uint64_t>(shard) + 1);
 }
 
 std::uint64_t segmentSeed(std::uint64_t shard_seed, int segment_index) {
-  return splitmix(shard_seed ^ (static_cast<std::uint64_t>(segment_index + 1) * 0xA24BAED4963EE407ULL));
+  return splitmix64(shard_seed ^ (static_cast<std::uint64_t>(segment_index + 1) * 0xA24BAED4963EE407ULL));
 }
 
 std::uint16_t generatedHalf(std::uint64_t segment_seed, std::int64_t element, DType dtype) {
   const std::uint64_t group = static_cast<std::uint64_t>(element) >> 2;
-  const std::uint64_t h = splitmix(segment_seed ^ (group * 0xD6E8FEB86659FD93ULL));
+  const std::uint64_t h = splitmix64(segment_seed ^ (group * 0xD6E8FEB86659FD93ULL));
   return halfFromBits(static_cast<std::uint16_t>(h >> (16 * (element & 3))), dtype);
 }
 

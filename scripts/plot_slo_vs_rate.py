@@ -25,8 +25,12 @@ def averaged(rows, xkey):
         if r.get("error"):
             continue
         acc[(r["scenario"], r["policy"], float(r[xkey]))].append(r)
-    return {k: (sum(float(x["slo_attainment"]) for x in v) / len(v), sum(float(x["p99_ms"]) for x in v) / len(v))
-            for k, v in acc.items()}
+    def mean_attainment(v):
+        # Empty when the run's scenario sets no SLO: nothing to plot for that point.
+        vals = [float(x["slo_attainment"]) for x in v if x.get("slo_attainment") not in (None, "")]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    return {k: (mean_attainment(v), sum(float(x["p99_ms"]) for x in v) / len(v)) for k, v in acc.items()}
 
 
 def plot(csv_path, xkey, xlabel, out, target=0.99):

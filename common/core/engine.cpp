@@ -70,15 +70,19 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
     reload_seconds_.push_back(reload);
     model_bytes_.push_back(total);
     // A model that can never fit would wait forever: refuse it up front.
-    for (std::size_t g = 0; g < num_gpus; ++g)
-      if (need[g] > config_.gpu_weight_budget[g])
-        throw std::invalid_argument("model " + d.name + ": needs " + std::to_string(need[g]) + " bytes on GPU " +
-                                    std::to_string(g) + ", budget is " +
-                                    std::to_string(config_.gpu_weight_budget[g]));
+    if (const auto over = shardOverBudget(d.spec, d.tp, d.pp, d.gpus, config_.gpu_weight_budget))
+      throw std::invalid_argument("model " + d.name + ": needs " + std::to_string(over->bytes) + " bytes on GPU " +
+                                  std::to_string(over->gpu) + ", budget is " + std::to_string(over->budget));
   }
 }
 
 Engine::~Engine() = default;
+
+double Engine::gdsfPriority(ModelId m) const {
+  const auto i = static_cast<std::size_t>(m);
+  const double cost_per_gb = reload_seconds_[i] / std::max(1e-9, static_cast<double>(model_bytes_[i]) / 1e9);
+  return gdsf_inflation_ + static_cast<double>(models_[i].hits_since_load) * cost_per_gb;
+}
 
 double Engine::lfuScore(ModelId m) const {
   const auto& s = models_.at(static_cast<std::size_t>(m));
@@ -118,9 +122,7 @@ void Engine::onArrival(const Request& request) {
   state.rate_time = now;
   ++state.hits_since_load;
   if (state.residency == Residency::kResident || state.residency == Residency::kLoading) {
-    const double cost_per_gb = reload_seconds_[static_cast<std::size_t>(request.model)] /
-                               std::max(1e-9, static_cast<double>(model_bytes_[static_cast<std::size_t>(request.model)]) / 1e9);
-    state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * cost_per_gb;
+    state.gdsf_priority = gdsfPriority(request.model);
   }
   ++in_flight_requests_;
   schedule();
@@ -560,8 +562,7 @@ void Engine::startLoad(ModelId m) {
   state.pending_ops = d.numShards();
   Nanos now = clock_.now();
   state.hits_since_load = std::max<std::int64_t>(1, static_cast<std::int64_t>(state.queue.size()));
-  state.gdsf_priority = gdsf_inflation_ + static_cast<double>(state.hits_since_load) * reload_seconds_[static_cast<std::size_t>(m)] /
-                                              std::max(1e-9, static_cast<double>(model_bytes_[static_cast<std::size_t>(m)]) / 1e9);
+  state.gdsf_priority = gdsfPriority(m);
   // How each shard's bytes travel: planned for all shards before any is issued.
   const std::vector<ShardRoute> routes = routing_.plan(m, *this);
   if (static_cast<int>(routes.size()) != d.numShards())

@@ -185,6 +185,9 @@ class Engine {
   };
 
   void schedule();
+  // GDSF: the inflation floor plus the model's hits since its last load times its reload cost per
+  // GB; kept in ModelRuntimeState::gdsf_priority when it is hit or loaded.
+  double gdsfPriority(ModelId m) const;
   void rejectLate();
   bool tryRunBatch(ModelId m);
   // `waiting`: the models with queued requests this scheduling pass.

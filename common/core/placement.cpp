@@ -10,11 +10,7 @@ namespace {
 
 bool fits(const ModelDeployment& d, int tp, int pp, const std::vector<GpuId>& gpus,
           const std::vector<std::int64_t>& budgets) {
-  for (int p = 0; p < pp; ++p)
-    for (int t = 0; t < tp; ++t)
-      if (d.spec.shard(tp, pp, t, p).bytes > budgets[static_cast<std::size_t>(gpus[static_cast<std::size_t>(p * tp + t)])])
-        return false;
-  return true;
+  return !shardOverBudget(d.spec, tp, pp, gpus, budgets).has_value();
 }
 
 bool validSplit(const ModelSpec& spec, int tp, int pp) {

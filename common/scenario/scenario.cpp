@@ -166,16 +166,12 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     if (fixed_ms < 0) m.at("fixed_batch_ms").fail("must be 0 or greater");
     d.fixed_batch_time = secondsToNanos(fixed_ms / 1e3);
     // Every shard must fit its GPU's weight budget, else the model could never be served.
-    for (int pp = 0; pp < d.pp; ++pp) {
-      for (int tp = 0; tp < d.tp; ++tp) {
-        GpuId g = d.gpus[static_cast<std::size_t>(pp * d.tp + tp)];
-        std::int64_t bytes = d.spec.shard(d.tp, d.pp, tp, pp).bytes;
-        std::int64_t budget = s.cluster.gpus[static_cast<std::size_t>(g)].weight_budget_bytes;
-        if (bytes > budget)
-          m.fail("shard (tp " + std::to_string(tp) + ", pp " + std::to_string(pp) + ") holds " + std::to_string(bytes) +
-                 " bytes, more than GPU " + std::to_string(g) + "'s weight budget of " + std::to_string(budget) +
-                 " bytes; use more tensor or pipeline parallelism");
-      }
+    std::vector<std::int64_t> budgets;
+    for (const auto& gpu : s.cluster.gpus) budgets.push_back(gpu.weight_budget_bytes);
+    if (const auto over = shardOverBudget(d.spec, d.tp, d.pp, d.gpus, budgets)) {
+      m.fail("shard (tp " + std::to_string(over->shard % d.tp) + ", pp " + std::to_string(over->shard / d.tp) + ") holds " +
+             std::to_string(over->bytes) + " bytes, more than GPU " + std::to_string(over->gpu) + "'s weight budget of " +
+             std::to_string(over->budget) + " bytes; use more tensor or pipeline parallelism");
     }
     std::int64_t count = m.positiveInt(m.getInt("count", 1), "count");
     std::string base_name = m.getString("name", d.spec.name);

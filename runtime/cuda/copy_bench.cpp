@@ -6,7 +6,7 @@
 #include <chrono>
 #include <stdexcept>
 
-#include "runtime/cuda/cuda_check.h"
+#include "runtime/model/cuda/cuda_check.h"
 
 namespace computron::runtime {
 

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "runtime/cuda/cuda_check.h"
+#include "runtime/model/cuda/cuda_check.h"
 #include "runtime/cuda/kernels.h"
 
 namespace computron::runtime {

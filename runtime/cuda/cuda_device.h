@@ -2,7 +2,8 @@
 //   load     host -> this GPU, chunked cudaMemcpyAsync from the pinned host store
 //   relay    host -> staging slot on this GPU (its PCIe link), then peer copy over NVLink into
 //            another GPU's extent; a ring of staging slots pipelines the two
-//   compute  the PLACEHOLDER fixed-cost kernel until real models land
+//   compute  the placeholder fixed-cost kernel (`--execution placeholder`; real execution runs
+//            the decoders through cuda/model_execution.*)
 //   verify   the checksum kernel over a freshly loaded extent
 // Progress is recorded as events on the copy streams; separate notify streams wait on those
 // events and run a host function that pushes to the completion queue, so the copy streams never

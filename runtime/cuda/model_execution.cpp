@@ -208,7 +208,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     }
     const model::ArchExtras extras = [&] {
       const std::string folder = checkpointFor(d);
-      return folder.empty() ? model::presetArchExtras(d.spec.name) : model::archExtrasFromConfig(folder, d.spec);
+      return folder.empty() ? model::archExtrasOf(d.spec) : model::archExtrasFromConfig(folder, d.spec);
     }();
     for (int s = 0; s < n; ++s) {
       const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/splitmix.h"
+
 namespace computron::model {
 namespace {
 
@@ -230,13 +232,6 @@ void loadShard(const Checkpoint& ckpt, const ShardPlan& plan, std::span<std::byt
 }
 
 namespace {
-
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 std::uint64_t nameHash(const std::string& name) {
   std::uint64_t h = 1469598103934665603ull;  // FNV-1a

@@ -14,60 +14,19 @@
 #include <vector>
 
 #include "sim_test_util.h"
+#include "tests/support/cli_runner.h"
 
 namespace computron {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout, then stderr
-  std::string out;     // stdout alone
-  std::string err;     // stderr alone (a file, not a terminal)
-};
+using fakes::CommandResult;
+using TempDir = fakes::ScratchDir;
 
-std::string readFile(const std::filesystem::path& p);
+CommandResult runCommand(const std::string& args) { return fakes::runBinary(COMPUTRON_BINARY, args); }
 
-CommandResult runCommand(const std::string& args) {
-  static int calls = 0;
-  const fs::path err_file =
-      fs::temp_directory_path() / ("computron-stderr-" + std::to_string(::getpid()) + "-" + std::to_string(calls++));
-  std::string command = std::string(COMPUTRON_BINARY) + " " + args + " 2>" + err_file.string();
-  CommandResult result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return result;
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), pipe)) result.out += buf.data();
-  int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.err = readFile(err_file);
-  fs::remove(err_file);
-  result.output = result.out + result.err;
-  return result;
-}
-
-std::string readFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() / ("computron-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
+std::string readFile(const fs::path& p) { return fakes::readWholeFile(p); }
 
 fs::path writeScenario(const TempDir& dir, const nlohmann::json& doc, const std::string& name = "s.json") {
   fs::path p = dir.path() / name;

@@ -1,5 +1,6 @@
-// One checking macro per library: a failed CUDA, cuBLAS or NCCL call throws DeviceError naming
-// the call, the file and the line. CUDA's sticky last error is cleared first so the next check
+// One checking macro per library, for the whole runtime (the swap engine's copies and the
+// decoders alike): a failed CUDA, cuBLAS or NCCL call throws DeviceError naming the call, the
+// file, the line and the library's error. CUDA's last error is cleared first so the next check
 // does not report a stale failure.
 #pragma once
 
@@ -32,8 +33,10 @@ class DeviceError : public std::runtime_error {
     cudaError_t computron_status_ = (call);                                                                \
     if (computron_status_ != cudaSuccess) {                                                                \
       (void)cudaGetLastError();                                                                            \
-      ::computron::model::throwDeviceError("CUDA", #call, cudaGetErrorString(computron_status_), __FILE__, \
-                                           __LINE__);                                                      \
+      ::computron::model::throwDeviceError("CUDA", #call,                                                  \
+                                           std::string(cudaGetErrorName(computron_status_)) + " (" +       \
+                                               cudaGetErrorString(computron_status_) + ")",                \
+                                           __FILE__, __LINE__);                                            \
     }                                                                                                      \
   } while (0)
 

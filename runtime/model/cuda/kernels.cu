@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "common/splitmix.h"
 #include "runtime/model/cuda/cuda_check.h"
 
 namespace computron::model::kernels {
@@ -716,13 +717,6 @@ __global__ void interleaveVocabKernel(const float* gathered, float* logits, int 
   }
 }
 
-__device__ __forceinline__ std::uint64_t mix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 constexpr int kSampleThreads = 1024;
 
 // Block-wide reduce of (value, index) keeping the larger value, then the lower index.
@@ -819,7 +813,7 @@ __global__ void __launch_bounds__(kSampleThreads) sampleKernel(const float* logi
       chunk_mass[t] = run;
       run += m;
     }
-    const std::uint64_t bits = mix64(mix64(seed ^ (0x5851f42d4c957f2dull * (static_cast<std::uint64_t>(b) + 1))) + static_cast<std::uint64_t>(step));
+    const std::uint64_t bits = splitmix64(splitmix64(seed ^ (0x5851f42d4c957f2dull * (static_cast<std::uint64_t>(b) + 1))) + static_cast<std::uint64_t>(step));
     const float u = static_cast<float>(static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0)) * run;
     vals[0] = u;
   }
@@ -843,7 +837,7 @@ __global__ void fillUniformKernel(T* data, std::int64_t elements, std::uint64_t 
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     float v = constant;
     if (amplitude != 0.f) {
-      const std::uint64_t bits = mix64(seed + static_cast<std::uint64_t>(i));
+      const std::uint64_t bits = splitmix64(seed + static_cast<std::uint64_t>(i));
       v = (static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.f - 1.f) * amplitude;
     }
     data[i] = fromFloat<T>(v);

@@ -566,12 +566,34 @@ int runKernels() {
 
 }  // namespace
 
+constexpr const char* kUsage =
+    "usage: computron_model_check <command> [--flag value ...]\n"
+    "\n"
+    "Runs the CUDA decoders outside the serving runtime (scripts/model-check.sh drives it).\n"
+    "\n"
+    "commands:\n"
+    "  generate --model DIR --requests FILE --out FILE [--logits FILE] [--tp N --pp N]\n"
+    "           [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G] [--max-context N]\n"
+    "      generate for the requests ({\"prompts\": [[ids...]], \"max_new_tokens\": N}) from a Hugging Face\n"
+    "      safetensors folder split TP x PP; tokens as JSON, with --logits the fp32 logits of every pass\n"
+    "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128]\n"
+    "      prefill and decode speed of a preset's shapes with random weights on GPU 0, against the\n"
+    "      bandwidth bound\n"
+    "  d2d       device-to-device copy bandwidth\n"
+    "  kernels   the decode kernels against cuBLAS and a host reference (lines KCHECK, KGEMM, KATTN)\n"
+    "\n"
+    "exit codes: 0 ok, 2 bad input, 3 capacity refused, 4 device error\n";
+
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: computron_model_check generate|bench|d2d [--flag value ...]\n";
+    std::cerr << kUsage;
     return 2;
   }
   const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
   try {
     const auto flags = parseFlags(argc, argv, 2);
     if (command == "generate") return runGenerate(flags);
@@ -581,7 +603,7 @@ int main(int argc, char** argv) {
       std::printf("d2d %.1f GB/s (read + write)\n", measureD2dBandwidth() / 1e9);
       return 0;
     }
-    std::cerr << "unknown command " << command << "\n";
+    std::cerr << "computron_model_check: unknown command '" << command << "'\n\n" << kUsage;
     return 2;
   } catch (const CapacityError& e) {
     std::cerr << "refused: " << e.what() << "\n";
