@@ -41,6 +41,14 @@ void printUsage(std::ostream& out) {
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
 }
 
+#if COMPUTRON_RUNTIME_LINKED
+}  // namespace
+// The runtime linked in (a static-Boost build, or COMPUTRON_RUNTIME_MODULE=OFF).
+extern "C" int computron_runtime_main(int argc, char** argv);
+namespace {
+
+int runtimeMain(int argc, char** argv) { return computron_runtime_main(argc, argv); }
+#else
 // The folder of the running executable ("" when /proc/self/exe cannot be read).
 std::string executableDir() {
   std::vector<char> buf(4096);
@@ -60,8 +68,8 @@ int runtimeMain(int argc, char** argv) {
     candidates.emplace_back(env);
   } else {
     const std::string dir = executableDir();
-    candidates.push_back(dir + "/" COMPUTRON_RUNTIME_MODULE);
-    candidates.push_back(dir + "/../lib/" COMPUTRON_RUNTIME_MODULE);
+    candidates.push_back(dir + "/" COMPUTRON_RUNTIME_MODULE_FILE);
+    candidates.push_back(dir + "/../lib/" COMPUTRON_RUNTIME_MODULE_FILE);
   }
   std::string errors;
   for (const std::string& path : candidates) {
@@ -82,6 +90,7 @@ int runtimeMain(int argc, char** argv) {
             << "COMPUTRON_RUNTIME_MODULE_PATH to its file):" << errors << "\n";
   return 1;
 }
+#endif
 
 int simMain(int argc, char** argv) {
   po::options_description opts("computron sim [SCENARIO.json] [options]");

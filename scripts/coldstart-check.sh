@@ -2,7 +2,7 @@
 # Cold starts with real models on the GPUs (layer-pipelined execution against load-then-run), and the
 # model library's speed table with repeated prefill timings beside transformers. One call on a
 # 2 x H200 machine (device kind nvidia-h200-x2); carried binaries (the GPU machines lack
-# Boost.Program_options): PREBUILT=dir holding computron, libcomputron-runtime.so and computron_model_check, built here with
+# Boost.Program_options): PREBUILT=dir holding computron and computron_model_check, built here with
 # -DCOMPUTRON_STATIC_BOOST=ON.
 #
 #   replay scenarios/coldstart-opt13b-h200.json (two OPT-13B on GPU 0, one resident, alternating
@@ -33,7 +33,7 @@ step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 step machine
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv
 echo "cores: $(nproc)"; free -g | head -2
-ldd "$PREBUILT/libcomputron-runtime.so" | grep -E "not found|cublas|nccl" || true
+ldd "$PREBUILT/computron" $(ls "$PREBUILT/libcomputron-runtime.so" 2>/dev/null) | grep -E "not found|cublas|nccl" || true
 GPUS=$(nvidia-smi -L | wc -l)
 
 SCEN=scenarios/coldstart-opt13b-h200.json

@@ -10,7 +10,7 @@
 #   EXECUTION: how replay runs batches (default placeholder: a fixed-cost kernel timed by the
 #   simulator's cost model, which keeps the swap path the only variable and matches the tables in
 #   bench/results/runtime-swap-2026-11-28.md; real: the models' decoders on the GPUs).
-#   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds the carried computron and libcomputron-runtime.so.
+#   OUT_DIR defaults to $OUT, else ./device-out; PREBUILT holds the carried computron (and libcomputron-runtime.so, unless built with static Boost).
 # Results: device-check.log (everything, tables last), bench_swap.json, torch_baseline.json,
 # swap_test.md and outputs.tar.gz (summary/requests/timeline of every run).
 set -u
@@ -38,11 +38,13 @@ echo "cores: $(nproc)"; free -g | head -2
 step build
 # The GPU machines have Boost headers but no Boost.Program_options library, so the usual way is to
 # build here with -DCOMPUTRON_STATIC_BOOST=ON (the CUDA runtime is linked statically too), copy
-# computron and libcomputron-runtime.so into an ignored folder and carry it: PREBUILT=that/folder.
-if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron" ] && [ -f "$PREBUILT/libcomputron-runtime.so" ]; then
+# computron (the runtime linked in) into an ignored folder and carry it: PREBUILT=that/folder.
+if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/computron" ]; then
   RT=$PREBUILT/computron
   SIM=$PREBUILT/computron
-  echo "using carried binaries in $PREBUILT"; ldd "$PREBUILT/libcomputron-runtime.so" | grep -E "not found|boost|cuda" || true
+  # A static-Boost build has the runtime linked in; a module build carries libcomputron-runtime.so.
+  echo "using carried binaries in $PREBUILT"
+  ldd "$PREBUILT/computron" $(ls "$PREBUILT/libcomputron-runtime.so" 2>/dev/null) | grep -E "not found|boost|cuda" || true
 else
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCOMPUTRON_CUDA=ON -DCOMPUTRON_BUILD_TESTS=OFF \
         -DCOMPUTRON_BUILD_BENCH=OFF > "$RUNS/cmake.log" 2>&1 \

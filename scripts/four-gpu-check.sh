@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The four-GPU run (device kind nvidia-h200-x4), one call, carried binaries (PREBUILT=dir with
-# computron and libcomputron-runtime.so built here with -DCOMPUTRON_STATIC_BOOST=ON):
+# computron built here with -DCOMPUTRON_STATIC_BOOST=ON, which links the runtime in):
 #   1. computron bench swap: each GPU's pinned-copy peak alone and all four at once, runtime rows
 #   2. the seed's swap test (two OPT-13B, one resident, alternating requests) for (TP,PP) in
 #      (1,1) (2,1) (4,1) (1,2) (1,4) (2,2) on the h200x4 preset, real model execution
