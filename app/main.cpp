@@ -36,6 +36,7 @@ void printUsage(std::ostream& out) {
       << "  sweep SWEEP.json       compare policy sets over a grid of scenarios, in parallel (CSV + table)\n"
       << "  replay SCENARIO.json   run a scenario on real GPUs (or the host-memory device)\n"
       << "  bench swap             measure model-parallel swapping on this machine's GPUs\n"
+      << "  serve SCENARIO.json    an OpenAI-compatible HTTP server over the swapping runtime\n"
       << "  presets                list model and cluster presets and the registered policies\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
@@ -208,7 +209,7 @@ int dispatch(int argc, char** argv) {
   if (command == "sim") return simMain(argc - 1, argv + 1);
   if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
   if (command == "presets") return presetsCommand(argc - 1, argv + 1);
-  if (command == "replay" || command == "bench") return runtimeMain(argc - 1, argv + 1);
+  if (command == "replay" || command == "bench" || command == "serve") return runtimeMain(argc - 1, argv + 1);
   std::cerr << "computron: unknown command '" << command << "'\n\n";
   printUsage(std::cerr);
   return kExitUsage;

@@ -9,21 +9,23 @@
 #   sim                common, common/core, common/scenario, sim
 #   runtime/model      common, runtime/model
 #   runtime            common, common/core, runtime, runtime/model   (the swap engine, runtime/cuda)
-#   runtime/cli        common, common/core, common/scenario, runtime, runtime/model, runtime/cli
+#   runtime/server     common, common/core, common/scenario, runtime, runtime/model, runtime/server (HTTP serving)
+#   runtime/cli        common, common/core, common/scenario, runtime, runtime/model, runtime/server, runtime/cli
 #   app                common, common/core, common/scenario, sim    (the runtime is a loaded module)
 cmake_minimum_required(VERSION 3.25)
 if(NOT DEFINED ROOT)
   message(FATAL_ERROR "usage: cmake -DROOT=<source dir> -P check_layers.cmake")
 endif()
 
-set(layers common/scenario common/core common runtime/model runtime/cli runtime sim app)
+set(layers common/scenario common/core common runtime/model runtime/server runtime/cli runtime sim app)
 set(allowed_common "common")
 set(allowed_common/core "common;common/core")
 set(allowed_common/scenario "common;common/core;common/scenario")
 set(allowed_sim "common;common/core;common/scenario;sim")
 set(allowed_runtime/model "common;runtime/model")
 set(allowed_runtime "common;common/core;runtime;runtime/model")
-set(allowed_runtime/cli "common;common/core;common/scenario;runtime;runtime/model;runtime/cli")
+set(allowed_runtime/server "common;common/core;common/scenario;runtime;runtime/model;runtime/server")
+set(allowed_runtime/cli "common;common/core;common/scenario;runtime;runtime/model;runtime/server;runtime/cli")
 set(allowed_app "common;common/core;common/scenario;sim")
 
 # The layer of a path relative to ROOT (the longest listed folder that contains it), or "".

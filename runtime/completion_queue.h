@@ -52,10 +52,22 @@ class CompletionQueue {
     cv_.notify_one();
   }
 
-  // Waits until at least one event is queued or `deadline` passes; returns everything queued.
+  // Ends the current (or next) waitUntil early, with whatever is queued (possibly nothing): a
+  // front end (the HTTP server) has work for the driver's thread that is not a device event.
+  void wake() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      woken_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  // Waits until at least one event is queued, wake() is called or `deadline` passes; returns
+  // everything queued.
   std::deque<DeviceEvent> waitUntil(std::chrono::steady_clock::time_point deadline) {
     std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait_until(lock, deadline, [&] { return !events_.empty(); });
+    cv_.wait_until(lock, deadline, [&] { return !events_.empty() || woken_; });
+    woken_ = false;
     std::deque<DeviceEvent> out;
     out.swap(events_);
     return out;
@@ -72,6 +84,7 @@ class CompletionQueue {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<DeviceEvent> events_;
+  bool woken_ = false;
 };
 
 // The runtime's clock: steady time in nanoseconds since the backend started, or since the last

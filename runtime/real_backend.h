@@ -119,6 +119,8 @@ class RealBackend final : public Backend {
   // Returns the number of completions delivered to `listener`.
   int dispatch(std::chrono::steady_clock::time_point deadline, BackendListener& listener);
   int dispatch(Nanos deadline, BackendListener& listener) { return dispatch(clock_.at(deadline), listener); }
+  // Makes a dispatch() that blocks (or the next one) return at once; callable from any thread.
+  void wakeDispatch() { queue_.wake(); }
   // Nothing in flight, deferred or undelivered.
   bool idle() const;
 

@@ -1,0 +1,133 @@
+// computron serve: the scenario's cluster, models, placement and policy behind an OpenAI-compatible
+// HTTP endpoint (runtime/server/, docs/serving.md). The scenario's workload is not used: requests
+// come from clients.
+#include <boost/program_options.hpp>
+
+#include <iostream>
+#include <memory>
+
+#include "common/cost_model.h"
+#include "common/scenario/cli_args.h"
+#include "common/scenario/scenario.h"
+#include "runtime/cli/cli.h"
+#include "runtime/device_factory.h"
+#include "runtime/real_backend.h"
+#include "runtime/server/server.h"
+
+namespace po = boost::program_options;
+
+namespace computron::runtime {
+
+int serveMain(int argc, char** argv) {
+  po::options_description opts("computron serve SCENARIO.json [options]");
+  std::vector<std::string> overrides, checkpoints;
+  std::string device = cudaBuiltIn() ? "cuda" : "host";
+  std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
+  server::ServerOptions so;
+  int port = so.port, max_context = 1024;
+  double host_memory_gib = 0, placeholder_ms = -1;
+  std::size_t max_body = so.max_body_bytes;
+  opts.add_options()("help,h", "show this help")(
+      "set", po::value<std::vector<std::string>>(&overrides)->composing(),
+      "override a scenario field, as for `computron sim`: --set policy.eviction=lfu")(
+      "host", po::value<std::string>(&so.host)->default_value(so.host),
+      "address to listen on (an IP address; 0.0.0.0 for every interface)")(
+      "port", po::value<int>(&port)->default_value(port), "TCP port (0: any free port, printed at start)")(
+      "api-key", po::value<std::string>(&so.api_key),
+      "require \"Authorization: Bearer KEY\" on /v1/* (/health and /metrics stay open)")(
+      "device", po::value<std::string>(&device)->default_value(device),
+      "cuda: the machine's GPUs; host: the host-memory device (memcpy on threads, no GPU)")(
+      "execution", po::value<std::string>(&execution_kind)->default_value(execution_kind, "real on cuda, placeholder on host"),
+      "real: the models' decoders on the GPUs; placeholder: a fixed-cost stand-in timed by the cost model (token ids "
+      "are then placeholders, see docs/serving.md)")(
+      "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
+      "placeholder execution: fixed time per output token; default: the simulator's cost model's times")(
+      "max-context", po::value<int>(&max_context)->default_value(max_context),
+      "real execution: prompt + output tokens per request; sizes each GPU's KV cache")(
+      "checkpoint", po::value<std::vector<std::string>>(&checkpoints)->composing(),
+      "real execution: NAME=FOLDER, a Hugging Face model folder for the model or weights label NAME")(
+      "host-memory-gib", po::value<double>(&host_memory_gib)->default_value(0),
+      "host memory the weight store may assume (0: detect)")(
+      "max-body-bytes", po::value<std::size_t>(&max_body)->default_value(max_body), "largest request body (413 beyond)")(
+      "max-queued", po::value<int>(&so.loop.max_pending_per_model)->default_value(so.loop.max_pending_per_model),
+      "requests accepted and not yet answered, per model (429 with Retry-After beyond)")(
+      "http-threads", po::value<int>(&so.http_threads)->default_value(so.http_threads), "threads serving connections")(
+      "quiet,q", "no notes on stderr");
+  std::string scenario_path;
+  po::variables_map vm;
+  if (auto done = parseScenarioArgs(argc, argv, opts, "computron serve",
+                                    "\nServes the scenario's models over HTTP, OpenAI-compatible: POST /v1/completions and\n"
+                                    "/v1/chat/completions (token ids; no tokenizer yet), GET /v1/models (with residency),\n"
+                                    "GET /health, GET /metrics (Prometheus), POST /v1/models/NAME/load. SIGINT or SIGTERM\n"
+                                    "drains: accepted requests are answered, then the server exits 0. See docs/serving.md.\n",
+                                    scenario_path, vm))
+    return *done;
+  if (scenario_path.empty()) return usageError("computron serve", "a scenario file is required", opts);
+  if (port < 0 || port > 65535) return usageError("computron serve", "--port: expected 0..65535", opts);
+  if (so.loop.max_pending_per_model < 1) return usageError("computron serve", "--max-queued: at least 1", opts);
+  if (so.http_threads < 1) return usageError("computron serve", "--http-threads: at least 1", opts);
+  so.port = static_cast<unsigned short>(port);
+  so.max_body_bytes = max_body;
+  so.handle_signals = true;
+  const bool quiet = vm.count("quiet") > 0;
+
+  Scenario scenario = loadScenario(scenario_path, overrides);
+  if (scenario.engine.policy.needsFuture()) {
+    throw ConfigError("serve: the scenario's policy reads the future (belady eviction or oracle prefetch), which a "
+                      "server does not know; choose an online policy with --set");
+  }
+  RuntimeOptions options;
+  options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
+  if (vm["execution"].defaulted()) execution_kind = device == "cuda" ? "real" : "placeholder";
+  if (execution_kind != "real" && execution_kind != "placeholder")
+    throw ConfigError("--execution: expected real or placeholder, got '" + execution_kind + "'");
+  std::string execution;
+  if (execution_kind == "real") {
+    if (placeholder_ms >= 0) throw ConfigError("--placeholder-ms applies to --execution placeholder only");
+    RealExecutionOptions ro;
+    ro.max_context = max_context;
+    ro.seed = scenario.seed;
+    for (const auto& c : checkpoints) {
+      const auto eq = c.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == c.size())
+        throw ConfigError("--checkpoint '" + c + "': expected NAME=FOLDER");
+      ro.checkpoints[c.substr(0, eq)] = c.substr(eq + 1);
+    }
+    options.execution = makeModelExecution(device, ro);
+    execution = "real models (token ids are still placeholders: the decoders' ids are not returned yet)";
+  } else {
+    if (!checkpoints.empty()) throw ConfigError("--checkpoint applies to --execution real only");
+    std::function<PlaceholderTimes(const ExecuteCommand&)> cost_fn;
+    if (placeholder_ms >= 0) {
+      const Nanos step = static_cast<Nanos>(placeholder_ms * 1e6);
+      cost_fn = [step](const ExecuteCommand& cmd) {
+        PlaceholderTimes t;
+        t.first_token = step;
+        for (const auto& r : cmd.requests) t.finish.push_back(step * std::max(1, r.output_tokens));
+        return t;
+      };
+    } else {
+      auto cost = std::make_shared<CostModel>(scenario.cluster);
+      const EngineConfig engine = scenario.engine;
+      cost_fn = [cost, engine](const ExecuteCommand& cmd) {
+        const BatchTimes t = cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);
+        return PlaceholderTimes{t.first_token, t.finish};
+      };
+    }
+    options.placeholder_cost = cost_fn;
+    so.loop.predicted_times = cost_fn;
+    execution = "PLACEHOLDER (fixed-cost stand-in; token ids are deterministic placeholders)";
+  }
+  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+  if (!quiet) std::cerr << "serve: building the host weight store and device pools (" << device << ")...\n";
+  RealBackend backend(scenario.engine, *factory, options);
+  server::HttpServer http(scenario.engine, backend, so);
+  // The port line goes to stdout, so a script can read the port chosen for --port 0.
+  std::cout << "serve: listening on http://" << so.host << ":" << http.port() << " (" << scenario.engine.models.size()
+            << " models, execution " << execution << ")" << std::endl;
+  http.run();
+  if (!quiet) std::cerr << "serve: drained, exiting\n";
+  return 0;
+}
+
+}  // namespace computron::runtime
