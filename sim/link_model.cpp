@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 namespace computron::sim {
 namespace {
@@ -29,6 +31,10 @@ LinkModel::LinkModel(const ClusterSpec& cluster) {
       nv_in_.push_back(add(cluster.nvlink_bandwidth, "nvlink-in" + std::to_string(g)));
     }
   }
+  active_on_.assign(capacity_.size(), {});
+  left_.assign(capacity_.size(), 0);
+  unfixed_.assign(capacity_.size(), 0);
+  mark_.assign(capacity_.size(), 0);
 }
 
 std::vector<int> LinkModel::hostPath(GpuId gpu) const {
@@ -49,69 +55,127 @@ std::vector<int> LinkModel::peerPath(GpuId via, GpuId target, bool from_device) 
 FlowId LinkModel::start(Nanos now, double bytes, std::vector<int> path, Nanos latency) {
   advance(now);
   FlowId id = next_id_++;
-  Flow f;
-  f.remaining = bytes;
+  auto [it, inserted] = flows_.emplace(id, Flow{});
+  (void)inserted;
+  Flow& f = it->second;
   f.path = std::move(path);
   f.latency = latency;
-  if (bytes <= kDoneBytes) f.drained_at = now;
-  flows_.emplace(id, std::move(f));
+  const bool moves = bytes > kDoneBytes;
+  if (!moves) {
+    f.drained_at = now;
+    drained_.push_back(id);
+  } else {
+    f.slot = moving_.size();
+    moving_.push_back(Moving{bytes, 0, id, &f});
+  }
+  for (int r : f.path) {
+    if (r < 0 || r >= numResources()) throw std::invalid_argument("LinkModel: no resource " + std::to_string(r));
+    if (moves) active_on_[static_cast<std::size_t>(r)].push_back(id);  // ids only grow: stays sorted
+    changed_.push_back(r);
+  }
   recomputeRates();
   return id;
 }
 
-bool LinkModel::advance(Nanos now) {
+void LinkModel::detach(FlowId id, const Flow& f) {
+  for (int r : f.path) {
+    auto& on = active_on_[static_cast<std::size_t>(r)];
+    on.erase(std::lower_bound(on.begin(), on.end(), id));
+    changed_.push_back(r);
+  }
+}
+
+void LinkModel::advance(Nanos now) {
   if (now < now_) throw std::logic_error("LinkModel: time went backwards");
   double dt = static_cast<double>(now - now_) / 1e9;
-  bool drained_any = false;
-  for (auto& [id, f] : flows_) {
-    if (f.drained_at >= 0) continue;
-    f.remaining -= f.rate * dt;
-    if (f.remaining <= kDoneBytes) {
-      f.remaining = 0;
-      f.drained_at = now;
-      drained_any = true;
-    }
-  }
   now_ = now;
-  return drained_any;
+  if (dt == 0) return;
+  for (std::size_t i = moving_.size(); i-- > 0;) {
+    Moving& m = moving_[i];
+    m.remaining -= m.rate * dt;
+    if (m.remaining > kDoneBytes) continue;
+    // Drained: off its resources, out of the packed list (the last one takes its slot).
+    Flow& f = *m.flow;
+    f.drained_at = now;
+    drained_.push_back(m.id);
+    detach(m.id, f);
+    if (i + 1 != moving_.size()) {
+      moving_[i] = moving_.back();
+      moving_[i].flow->slot = i;
+    }
+    moving_.pop_back();
+  }
 }
 
 // Max-min fair shares by progressive filling: repeatedly saturate the resource whose equal
-// share among its unfixed flows is smallest.
+// share among its unfixed flows is smallest (ties: the lowest resource index). Only the group of
+// flows and resources connected to a change is refilled; shares in a connected group depend on
+// nothing outside it, so every rate is what a refill of all flows would give, to the bit.
 void LinkModel::recomputeRates() {
-  std::vector<double> left = capacity_;
-  std::vector<int> unfixed(capacity_.size(), 0);
-  std::vector<Flow*> active;
-  for (auto& [id, f] : flows_) {
-    f.rate = 0;
-    if (f.drained_at >= 0) continue;
-    active.push_back(&f);
-    for (int r : f.path) ++unfixed[static_cast<std::size_t>(r)];
+  if (changed_.empty()) return;
+  if (++stamp_ == 0) {
+    std::fill(mark_.begin(), mark_.end(), 0);
+    for (auto& entry : flows_) entry.second.mark = 0;
+    stamp_ = 1;
   }
-  std::vector<bool> fixed(active.size(), false);
-  std::size_t remaining = active.size();
+  group_resources_.clear();
+  group_flows_.clear();
+  // Breadth-first over resource -> flows moving over it -> their other resources.
+  std::vector<int>& frontier = changed_;
+  while (!frontier.empty()) {
+    const int r = frontier.back();
+    frontier.pop_back();
+    if (mark_[static_cast<std::size_t>(r)] == stamp_) continue;
+    mark_[static_cast<std::size_t>(r)] = stamp_;
+    group_resources_.push_back(r);
+    for (FlowId id : active_on_[static_cast<std::size_t>(r)]) {
+      Flow& f = flows_.find(id)->second;
+      if (f.mark == stamp_) continue;
+      f.mark = stamp_;
+      group_flows_.push_back(id);
+      for (int next : f.path)
+        if (mark_[static_cast<std::size_t>(next)] != stamp_) frontier.push_back(next);
+    }
+  }
+  std::sort(group_resources_.begin(), group_resources_.end());
+  std::sort(group_flows_.begin(), group_flows_.end());
+  group_active_.clear();
+  for (int r : group_resources_) {
+    left_[static_cast<std::size_t>(r)] = capacity_[static_cast<std::size_t>(r)];
+    unfixed_[static_cast<std::size_t>(r)] = 0;
+  }
+  for (FlowId id : group_flows_) {
+    Flow& f = flows_.find(id)->second;
+    Moving& m = moving_[f.slot];
+    m.rate = 0;
+    group_active_.push_back(&m);
+    for (int r : f.path) ++unfixed_[static_cast<std::size_t>(r)];
+  }
+  fixed_.assign(group_active_.size(), false);
+  std::size_t remaining = group_active_.size();
   while (remaining > 0) {
     int bottleneck = -1;
     double share = std::numeric_limits<double>::infinity();
-    for (std::size_t r = 0; r < left.size(); ++r) {
-      if (unfixed[r] == 0) continue;
-      double s = std::max(0.0, left[r]) / unfixed[r];
+    for (int r : group_resources_) {
+      const auto ri = static_cast<std::size_t>(r);
+      if (unfixed_[ri] == 0) continue;
+      double s = std::max(0.0, left_[ri]) / unfixed_[ri];
       if (s < share) {
         share = s;
-        bottleneck = static_cast<int>(r);
+        bottleneck = r;
       }
     }
     if (bottleneck < 0) break;
-    for (std::size_t i = 0; i < active.size(); ++i) {
-      if (fixed[i]) continue;
-      const auto& path = active[i]->path;
+    for (std::size_t i = 0; i < group_active_.size(); ++i) {
+      if (fixed_[i]) continue;
+      const auto& path = group_active_[i]->flow->path;
       if (std::find(path.begin(), path.end(), bottleneck) == path.end()) continue;
-      active[i]->rate = share;
-      fixed[i] = true;
+      group_active_[i]->rate = share;
+      fixed_[i] = true;
       --remaining;
       for (int r : path) {
-        left[static_cast<std::size_t>(r)] -= share;
-        --unfixed[static_cast<std::size_t>(r)];
+        left_[static_cast<std::size_t>(r)] -= share;
+        --unfixed_[static_cast<std::size_t>(r)];
       }
     }
   }
@@ -119,35 +183,48 @@ void LinkModel::recomputeRates() {
 
 std::optional<Nanos> LinkModel::nextCompletion() const {
   std::optional<Nanos> best;
-  for (const auto& [id, f] : flows_) {
-    Nanos t;
-    if (f.drained_at >= 0) {
-      t = f.drained_at + f.latency;
-    } else {
-      if (f.rate <= 0) continue;
-      // Its bytes drain here; the rates of the others change at that moment.
-      t = now_ + static_cast<Nanos>(std::ceil(f.remaining / f.rate * 1e9));
-    }
+  for (FlowId id : drained_) {
+    const Flow& f = flows_.find(id)->second;
+    const Nanos t = f.drained_at + f.latency;
+    if (!best || t < *best) best = t;
+  }
+  // A moving flow's bytes drain at now + ceil(remaining / rate * 1e9); the rates of the others
+  // change at that moment. That time only grows with remaining / rate, so the soonest is the
+  // flow with the least of it: one rounding instead of one per flow.
+  double soonest = std::numeric_limits<double>::infinity();
+  for (const Moving& m : moving_) {
+    if (m.rate <= 0) continue;
+    soonest = std::min(soonest, m.remaining / m.rate);
+  }
+  if (soonest != std::numeric_limits<double>::infinity()) {
+    const Nanos t = now_ + static_cast<Nanos>(std::ceil(soonest * 1e9));
     if (!best || t < *best) best = t;
   }
   return best;
 }
 
 std::vector<FlowId> LinkModel::takeCompleted(Nanos now) {
-  bool changed = advance(now);
+  advance(now);
   std::vector<FlowId> done;
-  for (auto it = flows_.begin(); it != flows_.end();) {
-    if (it->second.drained_at >= 0 && it->second.drained_at + it->second.latency <= now) {
-      done.push_back(it->first);
-      it = flows_.erase(it);
+  for (std::size_t i = 0; i < drained_.size();) {
+    const auto it = flows_.find(drained_[i]);
+    if (it->second.drained_at + it->second.latency <= now) {
+      done.push_back(drained_[i]);
+      flows_.erase(it);
+      drained_[i] = drained_.back();
+      drained_.pop_back();
     } else {
-      ++it;
+      ++i;
     }
   }
-  if (changed) recomputeRates();
+  std::sort(done.begin(), done.end());
+  recomputeRates();  // the flows connected to those that drained, if any
   return done;
 }
 
-double LinkModel::rateOf(FlowId id) const { return flows_.at(id).rate; }
+double LinkModel::rateOf(FlowId id) const {
+  const Flow& f = flows_.at(id);
+  return f.drained_at >= 0 ? 0.0 : moving_[f.slot].rate;
+}
 
 }  // namespace computron::sim

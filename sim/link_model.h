@@ -1,7 +1,10 @@
 // Fluid model of data links: every transfer (flow) crosses a set of resources (a GPU's host link,
 // a shared uplink, NVLink ports), and concurrent flows share each resource's bandwidth max-min
 // fairly. Rates are recomputed whenever a flow starts or ends; between those moments every flow
-// moves at a constant rate, so the next completion time is exact.
+// moves at a constant rate, so the next completion time is exact. A change recomputes only the
+// flows it can affect: those connected to it through shared resources (max-min shares of one
+// connected group do not depend on any other), so its cost follows the contention around the
+// change, not the size of the cluster.
 #pragma once
 
 #include <cstdint>
@@ -44,19 +47,46 @@ class LinkModel {
 
  private:
   struct Flow {
-    double remaining = 0;  // bytes
-    double rate = 0;       // bytes/s
+    std::size_t slot = 0;  // index in moving_ while its bytes move
     std::vector<int> path;
     Nanos latency = 0;
     Nanos drained_at = -1;  // when its bytes finished; completes at drained_at + latency
+    std::uint32_t mark = 0;  // visit stamp of recomputeRates
   };
-  bool advance(Nanos now);  // true when a flow drained
+  // Moves every flow on to `now`; flows that drain there are taken off their resources and
+  // their resources are added to changed_.
+  void advance(Nanos now);
+  // Progressive filling over the flows connected to changed_ (then cleared).
   void recomputeRates();
+  void detach(FlowId id, const Flow& f);  // off the resources' active lists
 
   std::vector<double> capacity_;
   std::vector<std::string> names_;
   std::vector<int> host_link_, uplink_of_gpu_, nv_out_, nv_in_;
   std::map<FlowId, Flow> flows_;
+  // The flows still moving bytes, packed so that advancing them all is one pass over memory.
+  struct Moving {
+    double remaining = 0;  // bytes
+    double rate = 0;       // bytes/s
+    FlowId id = 0;
+    Flow* flow = nullptr;
+  };
+  std::vector<Moving> moving_;
+  std::vector<FlowId> drained_;  // drained, completing after their latency
+  // Per resource: the flows still moving bytes over it, in id order.
+  std::vector<std::vector<FlowId>> active_on_;
+  // Resources whose flows changed since the last recomputation.
+  std::vector<int> changed_;
+  // Scratch for recomputeRates, sized once: per resource, its remaining capacity, unfixed flow
+  // count and a visit mark; the group's resources and flows.
+  std::vector<double> left_;
+  std::vector<int> unfixed_;
+  std::vector<std::uint32_t> mark_;
+  std::uint32_t stamp_ = 0;
+  std::vector<int> group_resources_;
+  std::vector<FlowId> group_flows_;
+  std::vector<Moving*> group_active_;
+  std::vector<bool> fixed_;
   FlowId next_id_ = 1;
   Nanos now_ = 0;
 };

@@ -85,7 +85,10 @@ SimStats Simulation::run() {
       const Nanos at = std::max(*wake, now_);
       if (wakes_.insert(at).second) events_.push(at, EventKind::kWake);
     }
-    if (options_.check_invariants) engine_.checkInvariants();
+    if (options_.check_invariants) {
+      engine_.checkInvariants();
+      engine_.checkPassIsLocal();
+    }
     if (options_.progress && options_.progress_every_events > 0 && stats_.events % options_.progress_every_events == 0)
       options_.progress(SimProgress{now_, stats_.events, stats_.arrivals, completed_});
   }

@@ -8,6 +8,20 @@
 
 namespace computron {
 
+namespace {
+constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+
+// Removes `value` from an unordered index vector, recording positions in `pos` (npos: absent).
+void indexErase(std::vector<ModelId>& list, std::vector<std::size_t>& pos, ModelId value) {
+  const std::size_t i = pos[static_cast<std::size_t>(value)];
+  const ModelId last = list.back();
+  list[i] = last;
+  pos[static_cast<std::size_t>(last)] = i;
+  list.pop_back();
+  pos[static_cast<std::size_t>(value)] = kNone;
+}
+}  // namespace
+
 std::string residencyName(Residency r) {
   switch (r) {
     case Residency::kOffloaded: return "offloaded";
@@ -34,12 +48,18 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   gpu_busy_.assign(num_gpus, false);
   gpu_claimed_.assign(num_gpus, false);
   link_loads_.assign(num_gpus, 0);
+  resident_on_gpu_.assign(num_gpus, {});
+  evicting_bytes_.assign(num_gpus, 0);
+  still_short_.assign(num_gpus, 0);
   if (config_.policy.needsFuture() && !config_.future)
     throw ConfigError("policy " + config_.policy.eviction.name() + "/" + config_.policy.prefetch.name() +
                       " needs the future (EngineConfig::future): an oracle read from the workload");
   models_.resize(config_.models.size());
   copies_out_.assign(config_.models.size(), 0);
   doomed_.assign(config_.models.size(), false);
+  resident_pos_.assign(config_.models.size(), kNone);
+  waiting_pos_.assign(config_.models.size(), kNone);
+  seen_.assign(config_.models.size(), 0);
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const auto& d = config_.models[m];
     if (static_cast<int>(d.gpus.size()) != d.numShards())
@@ -69,11 +89,37 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
     }
     reload_seconds_.push_back(reload);
     model_bytes_.push_back(total);
+    std::vector<GpuId> distinct(d.gpus.begin(), d.gpus.end());
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    model_gpus_.push_back(std::move(distinct));
     // A model that can never fit would wait forever: refuse it up front.
     if (const auto over = shardOverBudget(d.spec, d.tp, d.pp, d.gpus, config_.gpu_weight_budget))
       throw std::invalid_argument("model " + d.name + ": needs " + std::to_string(over->bytes) + " bytes on GPU " +
                                   std::to_string(over->gpu) + ", budget is " + std::to_string(over->budget));
   }
+
+  // GPU groups by union-find over the placements.
+  std::vector<std::size_t> parent(num_gpus);
+  for (std::size_t g = 0; g < num_gpus; ++g) parent[g] = g;
+  auto root = [&](std::size_t g) {
+    while (parent[g] != g) g = parent[g] = parent[parent[g]];
+    return g;
+  };
+  for (const auto& gpus : model_gpus_)
+    for (GpuId g : gpus) parent[root(static_cast<std::size_t>(g))] = root(static_cast<std::size_t>(gpus.front()));
+  std::vector<int> group_of_root(num_gpus, -1);
+  int groups = 0;
+  for (const auto& gpus : model_gpus_) {
+    int& group = group_of_root[root(static_cast<std::size_t>(gpus.front()))];
+    if (group < 0) group = groups++;
+    group_of_model_.push_back(group);
+  }
+  group_waiting_.assign(static_cast<std::size_t>(groups), {});
+  group_waiting_pos_.assign(config_.models.size(), kNone);
+  group_unsettled_.assign(static_cast<std::size_t>(groups), 0);
+  local_passes_ = config_.policy.max_loaded_models <= 0 && !config_.policy.admission && !prefetch_.active() &&
+                  !config_.policy.layer_pipelined && !queue_policy_.drainsBeforeSwap() && routing_.readsOnlyOwnGpus();
 }
 
 Engine::~Engine() = default;
@@ -102,11 +148,46 @@ Nanos Engine::deadline(ModelId m, Nanos arrival) const {
   return slo > 0 ? arrival + slo : arrival + 3600 * kNanosPerSecond;
 }
 
-int Engine::loadedModels() const {
-  int n = 0;
-  for (const auto& m : models_)
-    if (m.residency == Residency::kLoading || m.residency == Residency::kResident) ++n;
-  return n;
+void Engine::setResidency(ModelId m, Residency r) {
+  const auto i = static_cast<std::size_t>(m);
+  const Residency old = models_[i].residency;
+  if (old == r) return;
+  auto loaded = [](Residency x) { return x == Residency::kLoading || x == Residency::kResident; };
+  loaded_models_ += (loaded(r) ? 1 : 0) - (loaded(old) ? 1 : 0);
+  const auto& need = gpu_bytes_[i];
+  if (old == Residency::kResident) {
+    indexErase(resident_, resident_pos_, m);
+    for (GpuId g : model_gpus_[i]) {
+      auto& on = resident_on_gpu_[static_cast<std::size_t>(g)];
+      on.erase(std::find(on.begin(), on.end(), m));
+    }
+  }
+  if (r == Residency::kResident) {
+    resident_pos_[i] = resident_.size();
+    resident_.push_back(m);
+    for (GpuId g : model_gpus_[i]) resident_on_gpu_[static_cast<std::size_t>(g)].push_back(m);
+  }
+  if (old == Residency::kEvicting)
+    for (GpuId g : model_gpus_[i]) evicting_bytes_[static_cast<std::size_t>(g)] -= need[static_cast<std::size_t>(g)];
+  if (r == Residency::kEvicting)
+    for (GpuId g : model_gpus_[i]) evicting_bytes_[static_cast<std::size_t>(g)] += need[static_cast<std::size_t>(g)];
+  models_[i].residency = r;
+}
+
+void Engine::queueChanged(ModelId m) {
+  const auto i = static_cast<std::size_t>(m);
+  const bool listed = waiting_pos_[i] != kNone;
+  if (models_[i].queue.empty() == !listed) return;
+  auto& group = group_waiting_[static_cast<std::size_t>(group_of_model_[i])];
+  if (listed) {
+    indexErase(waiting_, waiting_pos_, m);
+    indexErase(group, group_waiting_pos_, m);
+  } else {
+    waiting_pos_[i] = waiting_.size();
+    waiting_.push_back(m);
+    group_waiting_pos_[i] = group.size();
+    group.push_back(m);
+  }
 }
 
 void Engine::onArrival(const Request& request) {
@@ -115,6 +196,7 @@ void Engine::onArrival(const Request& request) {
                                 std::to_string(request.model));
   auto& state = models_[static_cast<std::size_t>(request.model)];
   state.queue.push_back({request, state.residency != Residency::kResident});
+  queueChanged(request.model);
   const Nanos now = clock_.now();
   state.lfu_count = lfuScore(request.model) + 1;
   state.lfu_time = now;
@@ -125,7 +207,7 @@ void Engine::onArrival(const Request& request) {
     state.gdsf_priority = gdsfPriority(request.model);
   }
   ++in_flight_requests_;
-  schedule();
+  schedule(request.model);
 }
 
 void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
@@ -160,22 +242,22 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
       if (state.running) {
         // A pipelined batch still reads the shards that arrived; the backend fails it, and the
         // eviction follows when it is done.
-        state.residency = Residency::kEvicting;
+        setResidency(m, Residency::kEvicting);
         state.evict_when_idle = true;
       } else if (any_resident) {
         startEvict(m);
       } else {
-        state.residency = Residency::kOffloaded;
+        setResidency(m, Residency::kOffloaded);
       }
       failQueued(m, message);
     } else {
-      state.residency = Residency::kResident;
+      setResidency(cmd.model, Residency::kResident);
       state.served_since_load = state.running;  // a pipelined batch is serving it already
       state.last_used = clock_.now();
       state.last_load_time = clock_.now() - state.load_issued;
     }
   }
-  schedule();
+  schedule(cmd.model);
 }
 
 void Engine::onEvictDone(OpId op) {
@@ -188,8 +270,8 @@ void Engine::onEvictDone(OpId op) {
   state.shard_state[static_cast<std::size_t>(cmd.shard)] = Residency::kOffloaded;
   gpu_used_[static_cast<std::size_t>(cmd.gpu)] -= cmd.bytes;
   if (observer_) observer_->onEvict(cmd, pending.start, clock_.now());
-  if (--state.pending_ops == 0) state.residency = Residency::kOffloaded;
-  schedule();
+  if (--state.pending_ops == 0) setResidency(cmd.model, Residency::kOffloaded);
+  schedule(cmd.model);
 }
 
 void Engine::onBatchDone(const BatchResult& result) {
@@ -227,7 +309,7 @@ void Engine::onBatchDone(const BatchResult& result) {
     record.error = result.error;
     finishRequest(record);
   }
-  schedule();
+  schedule(cmd.model);
 }
 
 void Engine::finishRequest(const RequestRecord& record) {
@@ -249,21 +331,50 @@ void Engine::failQueued(ModelId m, const std::string& error) {
     state.queue.pop_front();
     finishRequest(record);
   }
+  queueChanged(m);
 }
 
-void Engine::schedule() {
+void Engine::schedule(ModelId touched) {
   if (config_.policy.admission) rejectLate();
-  std::vector<ModelId> order;
-  for (std::size_t m = 0; m < models_.size(); ++m)
-    if (!models_[m].queue.empty()) order.push_back(static_cast<ModelId>(m));
+  // The models with queued requests come from their index; the queue policies order by a total
+  // key (head request's arrival or deadline, then its id), so the index's order does not matter.
+  // With local passes, only the touched model's GPU group and the groups whose last pass issued
+  // commands (a second pass there may issue more, as it would on any event): every other group
+  // was left at rest and nothing there has changed since, so a pass there would issue nothing
+  // (checkPassIsLocal checks this in tests). The commands come out in the same order as from a
+  // pass over every group, since groups never share a claim, a victim or a GPU.
+  std::vector<ModelId>& order = order_;
+  if (local_passes_ && touched >= 0) {
+    const int touched_group = group_of_model_[static_cast<std::size_t>(touched)];
+    order.assign(group_waiting_[static_cast<std::size_t>(touched_group)].begin(),
+                 group_waiting_[static_cast<std::size_t>(touched_group)].end());
+    for (int g : unsettled_)
+      if (g != touched_group) order.insert(order.end(), group_waiting_[static_cast<std::size_t>(g)].begin(),
+                                           group_waiting_[static_cast<std::size_t>(g)].end());
+  } else {
+    order.assign(waiting_.begin(), waiting_.end());
+  }
+  runPass(order);
+  if (prefetch_.active() && !load_blocked_) tryPrefetch();
+}
+
+void Engine::runPass(std::vector<ModelId>& order) {
+  for (int g : unsettled_) group_unsettled_[static_cast<std::size_t>(g)] = 0;
+  unsettled_.clear();
   load_blocked_ = false;
   if (!order.empty()) {
     queue_policy_.order(order, *this);
-    std::fill(gpu_claimed_.begin(), gpu_claimed_.end(), false);
-    std::fill(doomed_.begin(), doomed_.end(), false);
+    // Claims and doom marks of the previous pass were set only on the GPUs and victims of the
+    // models it visited; clear those rather than every GPU and model of the fleet.
+    for (GpuId g : claimed_list_) gpu_claimed_[static_cast<std::size_t>(g)] = false;
+    claimed_list_.clear();
+    for (ModelId v : doomed_list_) doomed_[static_cast<std::size_t>(v)] = false;
+    doomed_list_.clear();
     count_cap_claimed_ = false;
     const bool pipelined = config_.policy.layer_pipelined;
     for (ModelId m : order) {
+      const OpId ops = next_op_;
+      const BatchId batches = next_batch_;
       switch (models_[static_cast<std::size_t>(m)].residency) {
         case Residency::kResident: tryRunBatch(m); break;
         case Residency::kOffloaded:
@@ -279,9 +390,16 @@ void Engine::schedule() {
           break;
         case Residency::kEvicting: break;
       }
+      // A group where this pass issued commands may have more to issue on the next pass.
+      if (local_passes_ && (next_op_ != ops || next_batch_ != batches)) {
+        const auto group = static_cast<std::size_t>(group_of_model_[static_cast<std::size_t>(m)]);
+        if (!group_unsettled_[group]) {
+          group_unsettled_[group] = 1;
+          unsettled_.push_back(static_cast<int>(group));
+        }
+      }
     }
   }
-  if (prefetch_.active() && !load_blocked_) tryPrefetch();
 }
 
 // layer_pipelined: whether a loading model's batch may start now. It holds its GPUs from its start
@@ -331,7 +449,12 @@ void Engine::onTimer() { schedule(); }
 // taking capacity from requests that can still make it.
 void Engine::rejectLate() {
   const Nanos now = clock_.now();
-  for (std::size_t m = 0; m < models_.size(); ++m) {
+  // In model order, as the requests' records are reported in that order.
+  std::vector<ModelId>& waiting = candidates_;
+  waiting.assign(waiting_.begin(), waiting_.end());
+  std::sort(waiting.begin(), waiting.end());
+  for (ModelId id : waiting) {
+    const auto m = static_cast<std::size_t>(id);
     auto& state = models_[m];
     const auto& d = config_.models[m];
     if (d.slo <= 0 || state.queue.empty()) continue;
@@ -349,6 +472,7 @@ void Engine::rejectLate() {
       ++rejected_requests_;
       finishRequest(record);
     }
+    queueChanged(id);
   }
 }
 
@@ -446,6 +570,7 @@ bool Engine::tryRunBatch(ModelId m) {
     batch.waited.push_back(state.queue.front().waited_for_load);
     state.queue.pop_front();
   }
+  queueChanged(m);
   state.running = true;
   state.served_since_load = true;
   state.last_used = clock_.now();
@@ -458,28 +583,36 @@ bool Engine::tryRunBatch(ModelId m) {
 }
 
 bool Engine::tryLoad(ModelId m) {
-  const auto& d = config_.models[static_cast<std::size_t>(m)];
-  for (GpuId g : d.gpus)
+  const auto mi = static_cast<std::size_t>(m);
+  const std::vector<GpuId>& gpus = model_gpus_[mi];
+  auto claimGpus = [&]() {
+    for (GpuId g : gpus) {
+      if (gpu_claimed_[static_cast<std::size_t>(g)]) continue;
+      gpu_claimed_[static_cast<std::size_t>(g)] = true;
+      claimed_list_.push_back(g);
+    }
+  };
+  for (GpuId g : gpus)
     if (gpu_claimed_[static_cast<std::size_t>(g)]) return false;
   const int cap = config_.policy.max_loaded_models;
   if (cap > 0 && count_cap_claimed_) return false;
   if (config_.policy.serial_loads) {
     bool link_busy = false;
-    for (GpuId g : d.gpus) link_busy = link_busy || link_loads_[static_cast<std::size_t>(g)] > 0;
+    for (GpuId g : gpus) link_busy = link_busy || link_loads_[static_cast<std::size_t>(g)] > 0;
     if (link_busy) {
-      for (GpuId g : d.gpus) gpu_claimed_[static_cast<std::size_t>(g)] = true;
+      claimGpus();
       if (cap > 0 && loadedModels() + 1 > cap) count_cap_claimed_ = true;
       return false;
     }
   }
 
-  // Room still missing per GPU, counting bytes of models already being evicted as freed soon.
+  // Room still missing on each of m's GPUs (the only ones where it needs bytes), counting bytes
+  // of models already being evicted as freed soon.
   const std::vector<std::int64_t>& need = bytesNeeded(m);
-  std::vector<std::int64_t> short_by(need.size(), 0);
   bool short_of_bytes = false;
-  for (std::size_t g = 0; g < need.size(); ++g) {
-    short_by[g] = gpu_used_[g] + need[g] - config_.gpu_weight_budget[g];
-    if (need[g] > 0 && short_by[g] > 0) short_of_bytes = true;
+  for (GpuId g : gpus) {
+    const auto gi = static_cast<std::size_t>(g);
+    if (gpu_used_[gi] + need[gi] - config_.gpu_weight_budget[gi] > 0) short_of_bytes = true;
   }
   int over_cap = cap > 0 ? loadedModels() + 1 - cap : 0;
 
@@ -492,44 +625,39 @@ bool Engine::tryLoad(ModelId m) {
   // ones may be planned but are only evicted once their batch ends.
   // A model loaded for queued requests serves them once before it can be evicted, so two
   // models can never evict each other forever without serving anything.
-  std::vector<ModelId> candidates;
-  for (std::size_t v = 0; v < models_.size(); ++v) {
-    const auto& sv = models_[v];
-    if (static_cast<ModelId>(v) == m || sv.residency != Residency::kResident || doomed_[v]) continue;
-    if (copySource(static_cast<ModelId>(v))) continue;
-    if (!sv.served_since_load && !sv.queue.empty()) continue;
-    if (protectedFromSwap(static_cast<ModelId>(v), m)) continue;
-    candidates.push_back(static_cast<ModelId>(v));
-  }
-  eviction_.rank(candidates, *this, m);
+  // Only a model on m's GPUs can free bytes it needs; any model helps while the count cap is
+  // exceeded. The ranking is a total order, so gathering from the indexes ranks the same.
+  gatherCandidates(m, over_cap > 0);
+  eviction_.rank(candidates_, *this, m);
 
   // Bytes being freed by evictions in flight already count towards the room.
-  std::vector<std::int64_t> still_short = short_by;
-  for (std::size_t v = 0; v < models_.size(); ++v) {
-    if (models_[v].residency != Residency::kEvicting) continue;
-    const auto& freed = bytesNeeded(static_cast<ModelId>(v));
-    for (std::size_t g = 0; g < freed.size(); ++g) still_short[g] -= freed[g];
+  std::vector<std::int64_t>& still_short = still_short_;
+  for (GpuId g : gpus) {
+    const auto gi = static_cast<std::size_t>(g);
+    still_short[gi] = gpu_used_[gi] + need[gi] - config_.gpu_weight_budget[gi] - evicting_bytes_[gi];
   }
   auto satisfied = [&]() {
-    for (std::size_t g = 0; g < need.size(); ++g)
-      if (need[g] > 0 && still_short[g] > 0) return false;
+    for (GpuId g : gpus)
+      if (still_short[static_cast<std::size_t>(g)] > 0) return false;
     return over_cap <= 0;
   };
-  std::vector<ModelId> plan;
-  for (ModelId v : candidates) {
+  std::vector<ModelId>& plan = plan_;
+  plan.clear();
+  for (ModelId v : candidates_) {
     if (satisfied()) break;
     const auto& frees = bytesNeeded(v);
     bool helps = over_cap > 0;
-    for (std::size_t g = 0; g < need.size(); ++g)
-      if (need[g] > 0 && still_short[g] > 0 && frees[g] > 0) helps = true;
+    for (GpuId g : gpus)
+      if (still_short[static_cast<std::size_t>(g)] > 0 && frees[static_cast<std::size_t>(g)] > 0) helps = true;
     if (!helps) continue;
     plan.push_back(v);
-    for (std::size_t g = 0; g < need.size(); ++g) still_short[g] -= frees[g];
+    for (GpuId g : gpus) still_short[static_cast<std::size_t>(g)] -= frees[static_cast<std::size_t>(g)];
     --over_cap;
   }
   if (satisfied()) {
     for (ModelId v : plan) {
       if (models_[static_cast<std::size_t>(v)].running) {
+        if (!doomed_[static_cast<std::size_t>(v)]) doomed_list_.push_back(v);
         doomed_[static_cast<std::size_t>(v)] = true;
       } else {
         startEvict(v);
@@ -538,15 +666,40 @@ bool Engine::tryLoad(ModelId m) {
   }
   // Either victims are on their way out or nothing can make room yet: wait, and keep later
   // (lower-priority) models from taking the GPUs this load needs.
-  for (GpuId g : d.gpus) gpu_claimed_[static_cast<std::size_t>(g)] = true;
+  claimGpus();
   if (cap > 0 && loadedModels() + 1 > cap) count_cap_claimed_ = true;
   return false;
+}
+
+void Engine::gatherCandidates(ModelId m, bool any_gpu) {
+  candidates_.clear();
+  if (++seen_stamp_ == 0) {  // the stamp wrapped: forget every old mark
+    std::fill(seen_.begin(), seen_.end(), 0);
+    seen_stamp_ = 1;
+  }
+  auto consider = [&](ModelId v) {
+    const auto vi = static_cast<std::size_t>(v);
+    if (seen_[vi] == seen_stamp_) return;
+    seen_[vi] = seen_stamp_;
+    const auto& sv = models_[vi];
+    if (v == m || sv.residency != Residency::kResident || doomed_[vi]) return;
+    if (copySource(v)) return;
+    if (!sv.served_since_load && !sv.queue.empty()) return;
+    if (protectedFromSwap(v, m)) return;
+    candidates_.push_back(v);
+  };
+  if (any_gpu) {
+    for (ModelId v : resident_) consider(v);
+  } else {
+    for (GpuId g : model_gpus_[static_cast<std::size_t>(m)])
+      for (ModelId v : resident_on_gpu_[static_cast<std::size_t>(g)]) consider(v);
+  }
 }
 
 void Engine::startLoad(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];
-  state.residency = Residency::kLoading;
+  setResidency(m, Residency::kLoading);
   state.load_issued = clock_.now();
   if (config_.policy.layer_pipelined) {
     // Start a batch behind this load about one prefill before its expected end (see pipelinedReady).
@@ -628,7 +781,7 @@ void Engine::startEvict(ModelId m) {
   if (state.running) throw std::logic_error("evicting model " + d.name + " while it runs a batch");
   if (state.residency == Residency::kLoading && state.pending_ops > 0)
     throw std::logic_error("evicting model " + d.name + " while it loads");
-  state.residency = Residency::kEvicting;
+  setResidency(m, Residency::kEvicting);
   gdsf_inflation_ = std::max(gdsf_inflation_, state.gdsf_priority);
   state.hits_since_load = 0;
   Nanos now = clock_.now();
@@ -650,8 +803,25 @@ void Engine::startEvict(ModelId m) {
     cmds.push_back(cmd);
   }
   state.pending_ops = static_cast<int>(cmds.size());
-  if (cmds.empty()) state.residency = Residency::kOffloaded;
+  if (cmds.empty()) setResidency(m, Residency::kOffloaded);
   for (const auto& cmd : cmds) backend_.evict(cmd);
+}
+
+void Engine::checkPassIsLocal() {
+  if (!local_passes_) return;
+  // Every group whose last pass issued nothing is at rest: a pass over all of them issues nothing.
+  std::vector<ModelId> order;
+  for (ModelId m : waiting_)
+    if (!group_unsettled_[static_cast<std::size_t>(group_of_model_[static_cast<std::size_t>(m)])]) order.push_back(m);
+  const OpId ops = next_op_;
+  const BatchId batches = next_batch_;
+  const std::vector<int> unsettled = unsettled_;
+  runPass(order);
+  if (next_op_ != ops || next_batch_ != batches)
+    throw std::logic_error("a pass over GPU groups at rest issued commands: the passes are not local");
+  for (int g : unsettled_) group_unsettled_[static_cast<std::size_t>(g)] = 0;
+  unsettled_ = unsettled;
+  for (int g : unsettled_) group_unsettled_[static_cast<std::size_t>(g)] = 1;
 }
 
 void Engine::checkInvariants() const {
@@ -690,6 +860,40 @@ void Engine::checkInvariants() const {
   }
   if (config_.policy.max_loaded_models > 0 && loaded > config_.policy.max_loaded_models)
     throw std::logic_error("more models loaded than the cap");
+  // The indexes the scheduling pass reads instead of scanning every model.
+  if (loaded != loaded_models_) throw std::logic_error("loaded-model count disagrees with residencies");
+  std::vector<std::int64_t> evicting(gpu_used_.size(), 0);
+  std::vector<std::size_t> resident_on(gpu_used_.size(), 0);
+  std::size_t resident = 0, waiting = 0;
+  for (std::size_t m = 0; m < models_.size(); ++m) {
+    const auto& s = models_[m];
+    const bool listed_waiting = waiting_pos_[m] != kNone;
+    if (listed_waiting != !s.queue.empty() || (listed_waiting && waiting_[waiting_pos_[m]] != static_cast<ModelId>(m)))
+      throw std::logic_error("model " + config_.models[m].name + " wrongly indexed as waiting");
+    waiting += listed_waiting ? 1 : 0;
+    const bool is_resident = s.residency == Residency::kResident;
+    if (is_resident != (resident_pos_[m] != kNone) ||
+        (is_resident && resident_[resident_pos_[m]] != static_cast<ModelId>(m)))
+      throw std::logic_error("model " + config_.models[m].name + " wrongly indexed as resident");
+    for (GpuId g : model_gpus_[m]) {
+      const auto gi = static_cast<std::size_t>(g);
+      if (s.residency == Residency::kEvicting) evicting[gi] += gpu_bytes_[m][gi];
+      if (is_resident) {
+        const auto& on = resident_on_gpu_[gi];
+        if (std::find(on.begin(), on.end(), static_cast<ModelId>(m)) == on.end())
+          throw std::logic_error("model " + config_.models[m].name + " missing from GPU " + std::to_string(g) + "'s residents");
+        ++resident_on[gi];
+      }
+    }
+    resident += is_resident ? 1 : 0;
+  }
+  if (resident != resident_.size() || waiting != waiting_.size())
+    throw std::logic_error("resident or waiting index holds stale models");
+  for (std::size_t g = 0; g < gpu_used_.size(); ++g) {
+    if (evicting[g] != evicting_bytes_[g]) throw std::logic_error("GPU " + std::to_string(g) + " evicting bytes wrong");
+    if (resident_on[g] != resident_on_gpu_[g].size())
+      throw std::logic_error("GPU " + std::to_string(g) + " resident index holds stale models");
+  }
 }
 
 }  // namespace computron

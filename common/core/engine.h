@@ -144,7 +144,7 @@ class Engine {
   bool gpuBusy(GpuId g) const { return gpu_busy_.at(static_cast<std::size_t>(g)); }
   std::int64_t requestsInFlight() const { return in_flight_requests_; }
   std::int64_t requestsCompleted() const { return completed_requests_; }
-  int loadedModels() const;
+  int loadedModels() const { return loaded_models_; }
   Nanos now() const { return clock_.now(); }
   // Estimated time to load model m over its GPUs' host links (the slowest shard), in seconds.
   double reloadSeconds(ModelId m) const { return reload_seconds_.at(static_cast<std::size_t>(m)); }
@@ -169,6 +169,13 @@ class Engine {
   // Throws std::logic_error when an invariant is broken (memory over budget, a running model not
   // resident, a GPU running two batches...). Cheap enough to call after every event in tests.
   void checkInvariants() const;
+  // Whether each event's scheduling pass visits only the GPU group of the model it concerns (see
+  // schedule()). Tests check the premise after every event with checkPassIsLocal.
+  bool localPasses() const { return local_passes_; }
+  // With local passes: runs a pass over every group and throws std::logic_error if it issues any
+  // command, i.e. if some group was not left at rest by its own passes. Changes no state
+  // otherwise (a pass that issues nothing only redraws its per-pass marks). Tests only.
+  void checkPassIsLocal();
 
  private:
   struct PendingOp {
@@ -184,7 +191,11 @@ class Engine {
     bool behind_load = false;  // started while its model was loading (layer_pipelined)
   };
 
-  void schedule();
+  // One scheduling pass. With local passes and `touched` >= 0, over the models with queued
+  // requests in touched's GPU group only; otherwise over every model with queued requests.
+  void schedule(ModelId touched = -1);
+  // The pass itself over `order` (reordered by the queue policy).
+  void runPass(std::vector<ModelId>& order);
   // GDSF: the inflation floor plus the model's hits since its last load times its reload cost per
   // GB; kept in ModelRuntimeState::gdsf_priority when it is hit or loaded.
   double gdsfPriority(ModelId m) const;
@@ -201,6 +212,13 @@ class Engine {
   const std::vector<std::int64_t>& bytesNeeded(ModelId m) const { return gpu_bytes_[static_cast<std::size_t>(m)]; }
   void startEvict(ModelId m);
   void startLoad(ModelId m);
+  // Every change of a model's residency goes through here, so the indexes below stay true.
+  void setResidency(ModelId m, Residency r);
+  // Queue bookkeeping: the set of models with queued requests follows every push and pop.
+  void queueChanged(ModelId m);
+  // Eviction candidates for `m` into candidates_: the resident models on m's GPUs, or every
+  // resident model when the count cap must also shrink (any victim helps then).
+  void gatherCandidates(ModelId m, bool any_gpu);
   void failQueued(ModelId m, const std::string& error);
   void finishRequest(const RequestRecord& record);
 
@@ -238,6 +256,33 @@ class Engine {
   bool copySource(ModelId m) const { return copies_out_[static_cast<std::size_t>(m)] > 0; }
   double gdsf_inflation_ = 0;
   bool load_blocked_ = false;    // this pass, a demand load waits for room
+
+  // Indexes that keep a scheduling pass's cost independent of the fleet's size (each updated
+  // where the state it mirrors changes; checkInvariants recomputes them from scratch).
+  std::vector<std::vector<GpuId>> model_gpus_;  // per model: its distinct GPUs, ascending
+  int loaded_models_ = 0;                       // models loading or resident
+  std::vector<std::vector<ModelId>> resident_on_gpu_;  // per GPU: resident models with a shard there
+  std::vector<ModelId> resident_;                      // every resident model
+  std::vector<std::size_t> resident_pos_;              // per model: index in resident_ (npos: none)
+  std::vector<std::int64_t> evicting_bytes_;    // per GPU: bytes of models being evicted
+  std::vector<ModelId> waiting_;                // models with queued requests, in no order
+  std::vector<std::size_t> waiting_pos_;        // per model: index in waiting_ (npos: none)
+  // GPU groups: GPUs joined by a model placed over both. With policies that read only a model's
+  // own GPUs (no count cap, prefetch, admission, swap-aware draining, layer-pipelined starts or
+  // routing through other GPUs), a pass in one group cannot change what another group does.
+  bool local_passes_ = false;
+  std::vector<int> group_of_model_;
+  std::vector<std::vector<ModelId>> group_waiting_;  // per group: its models with queued requests
+  std::vector<std::size_t> group_waiting_pos_;
+  std::vector<int> unsettled_;          // groups whose last pass issued commands
+  std::vector<char> group_unsettled_;   // per group: listed in unsettled_
+  // Scratch space reused by every pass, so the hot path does not allocate.
+  std::vector<ModelId> order_, candidates_, plan_;
+  std::vector<std::int64_t> still_short_;       // per GPU, only m's GPUs meaningful
+  std::vector<GpuId> claimed_list_;              // GPUs claimed this pass (cleared at the next)
+  std::vector<ModelId> doomed_list_;             // models doomed this pass
+  std::vector<std::uint32_t> seen_;             // per model: stamp of the last gatherCandidates
+  std::uint32_t seen_stamp_ = 0;
 };
 
 }  // namespace computron

@@ -67,6 +67,7 @@ std::vector<ShardRoute> planRoutes(ModelId m, const Engine& engine, bool copy_tw
 // Each shard over its own GPU's host link (the seed's).
 class DirectRouting final : public RoutingPolicy {
  public:
+  bool readsOnlyOwnGpus() const override { return true; }
   std::vector<ShardRoute> plan(ModelId m, const Engine& engine) const override {
     return planRoutes(m, engine, /*copy_twins=*/false, /*idle_helpers=*/false);
   }

@@ -25,6 +25,9 @@ class RoutingPolicy {
   virtual ~RoutingPolicy() = default;
   // One route per shard of model m (index = pp_rank * tp + tp_rank), for a load issued now.
   virtual std::vector<ShardRoute> plan(ModelId m, const Engine& engine) const = 0;
+  // Plans from the model's own GPUs alone (no twins, no other GPUs' links): then loads on GPUs no
+  // model shares are independent, and the engine may schedule each such group on its own.
+  virtual bool readsOnlyOwnGpus() const { return false; }
 };
 
 const Registry<RoutingPolicy>& policyRegistry(const RoutingPolicy*);
