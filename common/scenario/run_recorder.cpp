@@ -75,7 +75,7 @@ enum TrackKind : int { kComputeTrack = 0, kLoadTrack = 1, kEvictionTrack = 2 };
 
 }  // namespace
 
-LatencyHistogram::LatencyHistogram() : buckets_(kExactBuckets + 64 * kSubBuckets, 0) {}
+LatencyHistogram::LatencyHistogram() = default;
 
 int LatencyHistogram::bucketOf(Nanos v) {
   if (v < kExactBuckets) return static_cast<int>(std::max<Nanos>(v, 0));
@@ -95,7 +95,12 @@ Nanos LatencyHistogram::bucketValue(int b) {
 }
 
 void LatencyHistogram::add(Nanos value) {
-  ++buckets_[static_cast<std::size_t>(bucketOf(value))];
+  const int b = bucketOf(value);
+  const std::size_t block = b < kExactBuckets ? 0 : static_cast<std::size_t>(1 + (b - kExactBuckets) / kSubBuckets);
+  if (blocks_.size() <= block) blocks_.resize(block + 1);
+  auto& counts = blocks_[block];
+  if (counts.empty()) counts.assign(block == 0 ? kExactBuckets : kSubBuckets, 0);
+  ++counts[static_cast<std::size_t>(block == 0 ? b : (b - kExactBuckets) % kSubBuckets)];
   ++count_;
   sum_ += value;
   max_ = std::max(max_, value);
@@ -108,9 +113,13 @@ Nanos LatencyHistogram::quantile(double q) const {
   auto rank = static_cast<std::int64_t>(std::ceil(q * static_cast<double>(count_)));
   rank = std::clamp<std::int64_t>(rank, 1, count_);
   std::int64_t seen = 0;
-  for (std::size_t b = 0; b < buckets_.size(); ++b) {
-    seen += buckets_[b];
-    if (seen >= rank) return std::min(bucketValue(static_cast<int>(b)), max_);
+  for (std::size_t block = 0; block < blocks_.size(); ++block) {
+    const auto& counts = blocks_[block];
+    const int first = block == 0 ? 0 : kExactBuckets + static_cast<int>(block - 1) * kSubBuckets;
+    for (std::size_t i = 0; i < counts.size(); ++i) {
+      seen += counts[i];
+      if (seen >= rank) return std::min(bucketValue(first + static_cast<int>(i)), max_);
+    }
   }
   return max_;
 }

@@ -18,7 +18,9 @@
 
 namespace computron {
 
-// Log-bucketed latency histogram: relative error under 0.5%, constant memory.
+// Log-bucketed latency histogram: relative error under 0.5%, memory bounded by the range of
+// values seen: counters come in blocks of one power of two each, allocated when a value first
+// falls there (an empty histogram holds none), so a model that was never asked costs nothing.
 class LatencyHistogram {
  public:
   LatencyHistogram();
@@ -31,7 +33,8 @@ class LatencyHistogram {
  private:
   static int bucketOf(Nanos v);
   static Nanos bucketValue(int b);
-  std::vector<std::int64_t> buckets_;
+  // blocks_[0]: exact buckets of values below 256 ns; blocks_[k]: exponent k + 7. Empty until used.
+  std::vector<std::vector<std::int64_t>> blocks_;
   std::int64_t count_ = 0;
   long double sum_ = 0;
   Nanos max_ = 0;
