@@ -335,8 +335,10 @@ double baselineRate(const nlohmann::json& baseline, const std::string& model, co
 
 int benchMain(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "swap") return benchSwapMain(argc - 1, argv + 1);
+  if (argc >= 2 && std::string(argv[1]) == "serve") return benchServeMain(argc - 1, argv + 1);
   std::ostream& out = (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) ? std::cout : std::cerr;
-  out << "usage: computron bench swap [options]   (computron bench swap --help)\n";
+  out << "usage: computron bench swap [options]   (computron bench swap --help)\n"
+         "       computron bench serve --url URL SCENARIO.json [options]   (computron bench serve --help)\n";
   return argc >= 2 && &out == &std::cout ? 0 : kExitUsage;
 }
 

@@ -2,6 +2,7 @@
 // computron_runtime_main (module_entry.cpp), which app/main.cpp loads on demand:
 //   computron replay SCENARIO.json [--set k=v] [--device cuda|host] [--out DIR] ...
 //   computron bench swap [...]
+//   computron bench serve --url URL SCENARIO.json [...]
 //   computron serve SCENARIO.json [--host H] [--port N] [--device cuda|host] [--api-key K] ...
 // Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).
 #pragma once
@@ -11,6 +12,7 @@ namespace computron::runtime {
 int replayMain(int argc, char** argv);     // argv[0] is "replay"
 int benchMain(int argc, char** argv);      // argv[0] is "bench"; dispatches "bench swap"
 int benchSwapMain(int argc, char** argv);  // argv[0] is "swap"
+int benchServeMain(int argc, char** argv); // argv[0] is "serve" (the load generator)
 int serveMain(int argc, char** argv);      // argv[0] is "serve" (runtime/server/, docs/serving.md)
 
 }  // namespace computron::runtime

@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,7 @@
 #include "runtime/host_device.h"
 #include "runtime/real_backend.h"
 #include "runtime/server/api.h"
+#include "runtime/server/load_generator.h"
 #include "runtime/server/server.h"
 
 namespace computron::server {
@@ -460,6 +463,65 @@ TEST_F(ServeTest, ShutdownAnswersAcceptedRequestsThenReturns) {
   EXPECT_EQ(inflight.status, 200) << inflight.body;
   EXPECT_EQ(inflight.doc()["choices"][0]["token_ids"].size(), 20u);
   thread_.join();  // run() returned: every accepted request answered
+}
+
+// A fixed list of requests, open loop.
+class ListSource final : public RequestSource {
+ public:
+  explicit ListSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
+  std::optional<Request> next() override {
+    if (at_ == requests_.size()) return std::nullopt;
+    return requests_[at_++];
+  }
+  bool exhausted() const override { return at_ == requests_.size(); }
+
+ private:
+  std::vector<Request> requests_;
+  std::size_t at_ = 0;
+};
+
+TEST_F(ServeTest, LoadGeneratorGetsEveryRequestAnsweredOnce) {
+  start();
+  std::vector<Request> requests;
+  for (int i = 0; i < 30; ++i) {
+    Request r;
+    r.id = i;
+    r.model = i % 3 == 0 ? 1 : 0;
+    r.arrival = i * kNanosPerMilli;
+    r.prompt_tokens = 4;
+    r.output_tokens = 1 + i % 4;
+    requests.push_back(r);
+  }
+  ListSource source(requests);
+  LoadOptions lo;
+  lo.model_names = {"alpha", "beta"};
+  lo.vocab = {500, 500};
+  lo.time_limit = 120 * kNanosPerSecond;
+  LoadTarget target = parseUrl("http://127.0.0.1:" + std::to_string(server_->port()));
+  std::multiset<RequestId> answered;
+  std::int64_t tokens = 0;
+  const LoadStats stats = runLoad(target, source, lo, [&](const RequestRecord& r) {
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_LE(r.first_token, r.finish);
+    answered.insert(r.request.id);
+    tokens += r.request.output_tokens;
+  });
+  EXPECT_EQ(stats.sent, 30);
+  EXPECT_EQ(stats.ok, 30);
+  EXPECT_EQ(stats.failed, 0);
+  EXPECT_EQ(stats.tokens, tokens);
+  ASSERT_EQ(answered.size(), 30u);
+  for (RequestId id = 0; id < 30; ++id) EXPECT_EQ(answered.count(id), 1u) << id;
+}
+
+TEST(ServeApi, ParseUrl) {
+  const LoadTarget t = parseUrl("http://localhost:8123/base/");
+  EXPECT_EQ(t.host, "localhost");
+  EXPECT_EQ(t.port, 8123);
+  EXPECT_EQ(t.path_prefix, "/base");
+  EXPECT_EQ(parseUrl("http://10.0.0.1").port, 80);
+  EXPECT_THROW(parseUrl("https://x"), ConfigError);
+  EXPECT_THROW(parseUrl("http://x:99999"), ConfigError);
 }
 
 TEST(ServeApi, ErrorShapeAndPlaceholderTokens) {
