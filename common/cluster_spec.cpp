@@ -51,6 +51,47 @@ GpuSpec a100_40gb() {
   return gpu;
 }
 
+// One H100 SXM (80 GB HBM3) of an HGX H100 board. Not measured here: the host link is taken as the
+// H200 machines' measured PCIe Gen5 figure and NVSwitch as their measured NV18 peer copy.
+GpuSpec h100() {
+  GpuSpec gpu;
+  gpu.name = "H100";
+  gpu.memory_bytes = 80 * kGiB;
+  gpu.weight_budget_bytes = 64 * kGiB;  // about 16 GiB left for activations, KV cache and buffers
+  gpu.peak_flops = 989e12;
+  gpu.hbm_bandwidth = 3.35e12;
+  gpu.host_link_bandwidth = 55.3e9;
+  gpu.host_link_latency = kDefaultHostLinkLatency;
+  return gpu;
+}
+
+// `nodes` HGX H100 nodes of 8 GPUs (NVSwitch inside a node), each node's host links under one
+// cap (two sockets, twice the 4-GPU machine's measured 165.3 GB/s) and with 8 x 400 Gb/s NICs
+// (400 GB/s each way), joined by a spine that carries `spine_fraction` of all NICs at once.
+ClusterSpec hgxH100Cluster(const std::string& name, int nodes, double spine_fraction) {
+  constexpr int kGpusPerNode = 8;
+  ClusterSpec c;
+  c.name = name;
+  c.gpus_per_node = kGpusPerNode;
+  c.nvlink_bandwidth = 396e9;
+  c.nvlink_latency = kDefaultNvlinkLatency;
+  c.network.nic_bandwidth = 400e9;
+  c.network.nic_latency = 5 * kNanosPerMicro;
+  c.network.spine_bandwidth = spine_fraction < 1 ? spine_fraction * nodes * c.network.nic_bandwidth : 0;
+  for (int n = 0; n < nodes; ++n) {
+    UplinkSpec host{"host" + std::to_string(n), 2 * 165.3e9, {}};
+    for (int i = 0; i < kGpusPerNode; ++i) {
+      GpuSpec gpu = h100();
+      gpu.node = n;
+      gpu.uplink = n;
+      host.gpus.push_back(static_cast<GpuId>(c.gpus.size()));
+      c.gpus.push_back(gpu);
+    }
+    c.uplinks.push_back(std::move(host));
+  }
+  return c;
+}
+
 ClusterSpec h200Cluster(const std::string& name, int count) {
   ClusterSpec c;
   c.name = name;
@@ -64,6 +105,10 @@ using PresetFactory = ClusterSpec (*)();
 
 const std::map<std::string, PresetFactory>& presetFactories() {
   static const std::map<std::string, PresetFactory> factories = {
+      // Two 8-GPU H100 nodes with NVSwitch on a non-blocking network.
+      {"h100x8-x2", [] { return hgxH100Cluster("h100x8-x2", 2, 1.0); }},
+      // A provider's fleet: 64 such nodes (512 GPUs), the spine oversubscribed 2:1.
+      {"fleet-64x8", [] { return hgxH100Cluster("fleet-64x8", 64, 0.5); }},
       // Two H200s; both links at once measured 54.8 + 54.8 GB/s, so no shared cap.
       {"h200x2", [] { return h200Cluster("h200x2", 2); }},
       // Four H200s; any two at once reach ~109.5 GB/s, all four only 165.3 GB/s together.
@@ -199,7 +244,7 @@ void readUplinks(const JsonReader& list, ClusterSpec& c) {
 }
 
 ClusterSpec fullDescription(const JsonReader& node) {
-  node.expectObject(joinKeys({kClusterScalarKeys, {"gpus", "uplinks"}}));
+  node.expectObject(joinKeys({kClusterScalarKeys, {"gpus", "uplinks", "gpus_per_node", "network"}}));
   ClusterSpec c;
   c.name = "custom";
   c.nvlink_latency = kDefaultNvlinkLatency;
@@ -218,6 +263,20 @@ ClusterSpec fullDescription(const JsonReader& node) {
     c.gpus.insert(c.gpus.end(), static_cast<std::size_t>(count), gpu);
   }
   if (auto uplinks = node.find("uplinks")) readUplinks(*uplinks, c);
+  if (auto per_node = node.find("gpus_per_node")) {
+    const std::int64_t k = per_node->asInt();
+    if (k < 0 || k > c.numGpus()) per_node->fail("must be between 0 (one node) and the number of GPUs");
+    c.gpus_per_node = static_cast<int>(k);
+    for (std::size_t g = 0; g < c.gpus.size(); ++g) c.gpus[g].node = k > 0 ? static_cast<int>(g / static_cast<std::size_t>(k)) : 0;
+  }
+  if (auto network = node.find("network")) {
+    network->expectObject({"nic_gbps", "nic_latency_us", "spine_gbps"});
+    c.network.nic_bandwidth = positive(network->at("nic_gbps")) * kGB;
+    if (auto v = network->find("nic_latency_us")) c.network.nic_latency = nanosFromMicros(nonNegative(*v));
+    if (auto v = network->find("spine_gbps")) c.network.spine_bandwidth = nonNegative(*v) * kGB;
+  }
+  if (c.numNodes() > 1 && c.network.nic_bandwidth <= 0)
+    node.fail("a cluster of " + std::to_string(c.numNodes()) + " nodes (gpus_per_node) needs a \"network\" with nic_gbps");
   return c;
 }
 
@@ -280,7 +339,7 @@ nlohmann::json clusterToJson(const ClusterSpec& c) {
   nlohmann::json uplinks = nlohmann::json::array();
   for (const UplinkSpec& uplink : c.uplinks)
     uplinks.push_back({{"name", uplink.name}, {"gbps", uplink.bandwidth / kGB}, {"gpus", uplink.gpus}});
-  return {
+  nlohmann::json out = {
       {"name", c.name},
       {"gpus", gpus},
       {"uplinks", uplinks},
@@ -291,6 +350,14 @@ nlohmann::json clusterToJson(const ClusterSpec& c) {
       {"kernel_overhead_us", microsFromNanos(c.kernel_overhead)},
       {"evict_latency_us", microsFromNanos(c.evict_latency)},
   };
+  // Nodes and the network only where there is more than one node (one-node results unchanged).
+  if (c.gpus_per_node > 0) {
+    out["gpus_per_node"] = c.gpus_per_node;
+    out["network"] = {{"nic_gbps", c.network.nic_bandwidth / kGB},
+                      {"nic_latency_us", microsFromNanos(c.network.nic_latency)},
+                      {"spine_gbps", c.network.spine_bandwidth / kGB}};
+  }
+  return out;
 }
 
 }  // namespace computron

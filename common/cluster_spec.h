@@ -1,6 +1,7 @@
 // The cluster: GPUs, their host links, shared uplinks, NVLink, and cost-model constants.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,6 +20,15 @@ struct GpuSpec {
   double host_link_bandwidth = 0;        // bytes/s, host -> device over PCIe
   Nanos host_link_latency = 0;           // per transfer
   int uplink = -1;                       // index into ClusterSpec::uplinks, or -1
+  int node = 0;                          // the host it sits in (ClusterSpec::network joins hosts)
+};
+
+// The network between nodes: each node's NIC (all its ports together, each direction) and, when
+// oversubscribed, one spine that every flow between two nodes crosses.
+struct NetworkSpec {
+  double nic_bandwidth = 0;    // bytes/s per node and direction
+  Nanos nic_latency = 0;       // per transfer or message between nodes
+  double spine_bandwidth = 0;  // bytes/s across the whole spine; 0 = non-blocking
 };
 
 // A group of GPUs whose host links share one cap (a PCIe switch or host-side limit).
@@ -32,8 +42,10 @@ struct ClusterSpec {
   std::string name;
   std::vector<GpuSpec> gpus;
   std::vector<UplinkSpec> uplinks;
-  double nvlink_bandwidth = 0;  // bytes/s between any two peers; 0 = no NVLink
+  double nvlink_bandwidth = 0;  // bytes/s between any two peers of one node; 0 = no NVLink
   Nanos nvlink_latency = 0;
+  int gpus_per_node = 0;        // GPU g sits in node g / gpus_per_node; 0 = one node
+  NetworkSpec network;
   // Cost-model constants.
   double compute_efficiency = 0.6;     // fraction of peak FLOP/s reached by prefill matmuls
   double memory_efficiency = 0.85;     // fraction of HBM bandwidth reached by decode
@@ -42,10 +54,16 @@ struct ClusterSpec {
 
   int numGpus() const { return static_cast<int>(gpus.size()); }
   bool hasNvlink() const { return nvlink_bandwidth > 0; }
+  int numNodes() const { return gpus_per_node > 0 ? (numGpus() + gpus_per_node - 1) / gpus_per_node : 1; }
+  int nodeOf(GpuId g) const { return gpus[static_cast<std::size_t>(g)].node; }
+  bool sameNode(GpuId a, GpuId b) const { return nodeOf(a) == nodeOf(b); }
+  // One GPU's share of its node's NIC (the NIC's bandwidth over the node's GPUs).
+  double nicShare() const { return network.nic_bandwidth / std::max(1, gpus_per_node > 0 ? gpus_per_node : numGpus()); }
 };
 
 // Presets: "h200x2" (the measured 2 x H200 machine), "a100-40gb-x4" (the seed paper's node),
-// "h200x4" (four H200s with the measured shared host cap).
+// "h200x4" (four H200s with the measured shared host cap), "h100x8-x2" (two 8 x H100 NVSwitch
+// nodes on a 400 GB/s network) and "fleet-64x8" (64 such nodes, spine oversubscribed 2:1).
 // An unknown name throws ConfigError listing the known ones.
 ClusterSpec clusterPreset(const std::string& name);
 std::vector<std::string> clusterPresetNames();

@@ -5,11 +5,23 @@
 
 namespace computron {
 
-Nanos CostModel::allReduceTime(double bytes, int tp) const {
+Nanos CostModel::allReduceTime(double bytes, int tp, bool across_nodes) const {
   if (tp <= 1) return 0;
+  if (across_nodes) {
+    // The ring's slowest hops cross the network: each GPU sends over its share of the NIC.
+    const double seconds = 2.0 * (tp - 1) / tp * bytes / cluster_.nicShare();
+    return static_cast<Nanos>(std::ceil(seconds * 1e9)) + cluster_.network.nic_latency;
+  }
   double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth / 2;
   double seconds = 2.0 * (tp - 1) / tp * bytes / bw;
   return static_cast<Nanos>(std::ceil(seconds * 1e9)) + cluster_.nvlink_latency;
+}
+
+Nanos CostModel::stageSendTime(double bytes, bool across_nodes) const {
+  if (across_nodes)
+    return static_cast<Nanos>(std::ceil(bytes / cluster_.nicShare() * 1e9)) + cluster_.network.nic_latency;
+  double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth;
+  return static_cast<Nanos>(std::ceil(bytes / bw * 1e9)) + cluster_.nvlink_latency;
 }
 
 Nanos CostModel::stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
@@ -29,7 +41,11 @@ Nanos CostModel::stageTime(const ModelDeployment& model, int stage, double token
   Nanos t = static_cast<Nanos>(std::ceil(std::max(compute_s, memory_s) * 1e9));
   t += cluster_.kernel_overhead * layout.num_layers;
   // Two all-reduces per layer (after attention and after the MLP) of the tokens' activations.
-  t += 2 * layout.num_layers * allReduceTime(tokens * spec.hidden * dtype, model.tp);
+  bool across_nodes = false;
+  for (int r = 1; r < model.tp; ++r)
+    across_nodes = across_nodes || !cluster_.sameNode(model.gpus[static_cast<std::size_t>(stage * model.tp)],
+                                                      model.gpus[static_cast<std::size_t>(stage * model.tp + r)]);
+  t += 2 * layout.num_layers * allReduceTime(tokens * spec.hidden * dtype, model.tp, across_nodes);
   return t;
 }
 
@@ -49,15 +65,15 @@ BatchTimes CostModel::batchTimes(const ModelDeployment& model, const std::vector
     causal_pairs += 0.5 * static_cast<double>(r.prompt_tokens) * (r.prompt_tokens + 1);
     longest_output = std::max(longest_output, r.output_tokens);
   }
-  auto stageSend = [&](double tokens) {
-    double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth;
-    return static_cast<Nanos>(std::ceil(tokens * model.spec.hidden * dtype / bw * 1e9)) + cluster_.nvlink_latency;
-  };
   auto pass = [&](double tokens, double attended, double kv_read) {
     Nanos t = 0;
     for (int s = 0; s < model.pp; ++s) {
       t += stageTime(model, s, tokens, attended, kv_read);
-      if (s + 1 < model.pp) t += stageSend(tokens);
+      if (s + 1 < model.pp) {
+        const bool across = !cluster_.sameNode(model.gpus[static_cast<std::size_t>(s * model.tp)],
+                                               model.gpus[static_cast<std::size_t>((s + 1) * model.tp)]);
+        t += stageSendTime(tokens * model.spec.hidden * dtype, across);
+      }
     }
     return t;
   };

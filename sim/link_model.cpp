@@ -31,6 +31,14 @@ LinkModel::LinkModel(const ClusterSpec& cluster) {
       nv_in_.push_back(add(cluster.nvlink_bandwidth, "nvlink-in" + std::to_string(g)));
     }
   }
+  for (int g = 0; g < cluster.numGpus(); ++g) node_of_gpu_.push_back(cluster.nodeOf(g));
+  if (cluster.numNodes() > 1) {
+    for (int n = 0; n < cluster.numNodes(); ++n) {
+      nic_out_.push_back(add(cluster.network.nic_bandwidth, "nic-out" + std::to_string(n)));
+      nic_in_.push_back(add(cluster.network.nic_bandwidth, "nic-in" + std::to_string(n)));
+    }
+    if (cluster.network.spine_bandwidth > 0) spine_ = add(cluster.network.spine_bandwidth, "spine");
+  }
   active_on_.assign(capacity_.size(), {});
   left_.assign(capacity_.size(), 0);
   unfixed_.assign(capacity_.size(), 0);
@@ -45,10 +53,26 @@ std::vector<int> LinkModel::hostPath(GpuId gpu) const {
 
 std::vector<int> LinkModel::peerPath(GpuId via, GpuId target, bool from_device) const {
   if (nv_out_.empty()) throw std::invalid_argument("peer route on a cluster without NVLink");
+  if (node_of_gpu_.at(static_cast<std::size_t>(via)) != node_of_gpu_.at(static_cast<std::size_t>(target)))
+    throw std::invalid_argument("peer route between GPUs " + std::to_string(via) + " and " + std::to_string(target) +
+                                " of different nodes (NVLink joins one node's GPUs)");
   std::vector<int> path;
   if (!from_device) path = hostPath(via);
   path.push_back(nv_out_.at(static_cast<std::size_t>(via)));
   path.push_back(nv_in_.at(static_cast<std::size_t>(target)));
+  return path;
+}
+
+std::vector<int> LinkModel::remotePath(int from_node, GpuId target) const {
+  const int to_node = node_of_gpu_.at(static_cast<std::size_t>(target));
+  if (nic_out_.empty() || from_node < 0 || from_node >= static_cast<int>(nic_out_.size()) || from_node == to_node)
+    throw std::invalid_argument("remote route from node " + std::to_string(from_node) + " to GPU " +
+                                std::to_string(target) + ": needs another node of a multi-node cluster");
+  std::vector<int> path{nic_out_[static_cast<std::size_t>(from_node)]};
+  if (spine_ >= 0) path.push_back(spine_);
+  path.push_back(nic_in_[static_cast<std::size_t>(to_node)]);
+  const std::vector<int> host = hostPath(target);
+  path.insert(path.end(), host.begin(), host.end());
   return path;
 }
 

@@ -22,7 +22,8 @@ using FlowId = std::uint64_t;
 
 class LinkModel {
  public:
-  // Resources: host link of each GPU, each uplink, NVLink out and in ports of each GPU.
+  // Resources: host link of each GPU, each uplink, NVLink out and in ports of each GPU, and on a
+  // cluster of several nodes each node's NIC out and in and the spine (when oversubscribed).
   explicit LinkModel(const ClusterSpec& cluster);
 
   // Path of a host -> `gpu` copy over that GPU's own host link (and its uplink, if any).
@@ -30,6 +31,9 @@ class LinkModel {
   // Path of a host -> `via` -> NVLink -> `target` copy, or a device copy from `via` when
   // `from_device` is set.
   std::vector<int> peerPath(GpuId via, GpuId target, bool from_device) const;
+  // Path of a copy from node `from_node`'s host memory to `target`: that node's NIC out, the
+  // spine (if any), the target node's NIC in, then the target's host link (and its uplink).
+  std::vector<int> remotePath(int from_node, GpuId target) const;
 
   // Starts a flow of `bytes` over `path` at `now`. Its completion is reported by
   // nextCompletion / takeCompleted after the fixed `latency`.
@@ -63,6 +67,8 @@ class LinkModel {
   std::vector<double> capacity_;
   std::vector<std::string> names_;
   std::vector<int> host_link_, uplink_of_gpu_, nv_out_, nv_in_;
+  std::vector<int> nic_out_, nic_in_, node_of_gpu_;
+  int spine_ = -1;
   std::map<FlowId, Flow> flows_;
   // The flows still moving bytes, packed so that advancing them all is one pass over memory.
   struct Moving {

@@ -104,10 +104,12 @@ void Simulation::load(const LoadCommand& cmd) {
   load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, now_};
   int parts = 0;
   for (const auto& part : cmd.route) {
-    std::vector<int> path = part.via == cmd.gpu && !part.from_device ? links_.hostPath(cmd.gpu)
-                                                                     : links_.peerPath(part.via, cmd.gpu, part.from_device);
-    Nanos latency = part.from_device ? cluster_.nvlink_latency
-                                     : cluster_.gpus[static_cast<std::size_t>(part.via)].host_link_latency;
+    std::vector<int> path = part.from_node >= 0 ? links_.remotePath(part.from_node, cmd.gpu)
+                            : part.via == cmd.gpu && !part.from_device ? links_.hostPath(cmd.gpu)
+                                                                       : links_.peerPath(part.via, cmd.gpu, part.from_device);
+    Nanos latency = part.from_node >= 0 ? cluster_.network.nic_latency
+                    : part.from_device  ? cluster_.nvlink_latency
+                                        : cluster_.gpus[static_cast<std::size_t>(part.via)].host_link_latency;
     FlowId flow = links_.start(now_, static_cast<double>(part.bytes), std::move(path), latency);
     flow_load_.emplace(flow, cmd.op);
     ++parts;

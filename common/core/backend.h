@@ -18,11 +18,14 @@ using OpId = std::uint64_t;
 
 // How a shard's bytes reach its GPU. Each part moves `bytes` over the host link of `via` GPU; a
 // part whose `via` differs from the target is forwarded over NVLink (multi-path load). A part with
-// `from_device` set copies from `via`'s resident copy of the same shard over NVLink alone.
+// `from_device` set copies from `via`'s resident copy of the same shard over NVLink alone. A part
+// with `from_node` >= 0 comes from that node's host memory over the network (its NIC, the spine,
+// the target node's NIC) and then the target's host link; `via` is then the target.
 struct RoutePart {
   GpuId via = 0;
   std::int64_t bytes = 0;
   bool from_device = false;
+  int from_node = -1;
 };
 
 struct LoadCommand {

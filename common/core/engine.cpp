@@ -99,6 +99,7 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
                                   std::to_string(over->gpu) + ", budget is " + std::to_string(over->budget));
   }
 
+  for (int node : config_.gpu_node) num_nodes_ = std::max(num_nodes_, node + 1);
   // GPU groups by union-find over the placements.
   std::vector<std::size_t> parent(num_gpus);
   for (std::size_t g = 0; g < num_gpus; ++g) parent[g] = g;
@@ -770,6 +771,7 @@ ModelId Engine::twinHolding(ModelId m, int shard, GpuId target) const {
     if (os.residency != Residency::kResident || doomed_[o]) continue;
     if (os.shard_state[static_cast<std::size_t>(shard)] != Residency::kResident) continue;
     if (od.gpus[static_cast<std::size_t>(shard)] == target) continue;
+    if (nodeOf(od.gpus[static_cast<std::size_t>(shard)]) != nodeOf(target)) continue;  // NVLink stays in a node
     return static_cast<ModelId>(o);
   }
   return -1;

@@ -57,7 +57,11 @@ struct EngineConfig {
   // Per GPU host-link bandwidth, bytes/s: reload-time estimates (GDSF, deadlines) and multi-path
   // splits. Empty: every link counts as 1 GB/s.
   std::vector<double> gpu_link_bandwidth;
-  bool nvlink = false;  // GPUs are NVLink peers: shards may be copied from a resident twin
+  bool nvlink = false;  // GPUs of one node are NVLink peers: shards may be copied from a resident twin
+  // Per GPU: the node it sits in (empty: all in one node), and each GPU's share of its node's NIC
+  // in bytes/s (routes from another node's host memory).
+  std::vector<int> gpu_node;
+  double nic_share_bandwidth = 0;
   // The future, for the offline policies (belady eviction, oracle prefetch); null otherwise.
   std::shared_ptr<const ArrivalOracle> future;
 };
@@ -165,6 +169,10 @@ class Engine {
     return shard_bytes_[static_cast<std::size_t>(m)][static_cast<std::size_t>(shard)];
   }
   ModelId twinHolding(ModelId m, int shard, GpuId target) const;
+  int nodeOf(GpuId g) const {
+    return config_.gpu_node.empty() ? 0 : config_.gpu_node[static_cast<std::size_t>(g)];
+  }
+  int numNodes() const { return num_nodes_; }
   std::int64_t requestsRejected() const { return rejected_requests_; }
   // Throws std::logic_error when an invariant is broken (memory over budget, a running model not
   // resident, a GPU running two batches...). Cheap enough to call after every event in tests.
@@ -271,6 +279,7 @@ class Engine {
   // own GPUs (no count cap, prefetch, admission, swap-aware draining, layer-pipelined starts or
   // routing through other GPUs), a pass in one group cannot change what another group does.
   bool local_passes_ = false;
+  int num_nodes_ = 1;
   std::vector<int> group_of_model_;
   std::vector<std::vector<ModelId>> group_waiting_;  // per group: its models with queued requests
   std::vector<std::size_t> group_waiting_pos_;

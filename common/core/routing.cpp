@@ -38,6 +38,9 @@ std::vector<ShardRoute> planRoutes(ModelId m, const Engine& engine, bool copy_tw
     for (GpuId g = 0; g < num_gpus; ++g) {
       if (engine.hostLinkLoads(g) > 0) continue;
       if (std::find(d.gpus.begin(), d.gpus.end(), g) != d.gpus.end()) continue;
+      // NVLink joins only one node's GPUs: a helper must share a node with the model.
+      if (std::none_of(d.gpus.begin(), d.gpus.end(), [&](GpuId own) { return engine.nodeOf(own) == engine.nodeOf(g); }))
+        continue;
       helpers.push_back(g);
     }
   }
@@ -50,6 +53,9 @@ std::vector<ShardRoute> planRoutes(ModelId m, const Engine& engine, bool copy_tw
     const std::int64_t bytes = engine.shardBytes(m, shard);
     std::vector<GpuId> mine;
     for (std::size_t k = 0; k < per_shard && next_helper < helpers.size(); ++k) mine.push_back(helpers[next_helper++]);
+    // A helper of another node than this shard's cannot forward to it over NVLink.
+    mine.erase(std::remove_if(mine.begin(), mine.end(), [&](GpuId h) { return engine.nodeOf(h) != engine.nodeOf(gpu); }),
+               mine.end());
     ShardRoute route;
     route.copy_from = copy_twins ? engine.twinHolding(m, shard, gpu) : -1;
     if (route.copy_from >= 0) {
@@ -63,6 +69,34 @@ std::vector<ShardRoute> planRoutes(ModelId m, const Engine& engine, bool copy_tw
   }
   return routes;
 }
+
+// Each shard split between its own host link and the host memory of the next node (in a ring)
+// over the network, in proportion to the host link's bandwidth and the GPU's share of its NIC, so
+// both parts end together; on one node, direct.
+class RemoteHostRouting final : public RoutingPolicy {
+ public:
+  bool readsOnlyOwnGpus() const override { return true; }
+  std::vector<ShardRoute> plan(ModelId m, const Engine& engine) const override {
+    const auto& d = engine.config().models.at(static_cast<std::size_t>(m));
+    const double nic = engine.config().nic_share_bandwidth;
+    std::vector<ShardRoute> routes;
+    for (int shard = 0; shard < d.numShards(); ++shard) {
+      const GpuId gpu = d.gpus[static_cast<std::size_t>(shard)];
+      const std::int64_t bytes = engine.shardBytes(m, shard);
+      ShardRoute route;
+      if (engine.numNodes() < 2 || nic <= 0) {
+        route.parts = {RoutePart{gpu, bytes, false}};
+      } else {
+        const double own = engine.hostLinkBandwidth(gpu);
+        const auto remote = static_cast<std::int64_t>(static_cast<double>(bytes) * nic / (own + nic));
+        const int from = (engine.nodeOf(gpu) + 1) % engine.numNodes();
+        route.parts = {RoutePart{gpu, bytes - remote, false}, RoutePart{gpu, remote, false, from}};
+      }
+      routes.push_back(std::move(route));
+    }
+    return routes;
+  }
+};
 
 // Each shard over its own GPU's host link (the seed's).
 class DirectRouting final : public RoutingPolicy {
@@ -101,6 +135,9 @@ const Registry<RoutingPolicy>& policyRegistry(const RoutingPolicy*) {
           [] { return std::make_unique<PeerRouting>(); });
     r.add("multipath", "as peer, and idle host links of other GPUs carry a share of each shard over NVLink",
           [] { return std::make_unique<MultipathRouting>(); });
+    r.add("remote-host",
+          "each shard split between its own host link and the next node's host memory over the network",
+          [] { return std::make_unique<RemoteHostRouting>(); });
     return r;
   }();
   return registry;

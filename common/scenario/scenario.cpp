@@ -227,6 +227,10 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   }
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
   s.engine.nvlink = s.cluster.hasNvlink();
+  if (s.cluster.numNodes() > 1) {
+    for (const auto& g : s.cluster.gpus) s.engine.gpu_node.push_back(g.node);
+    s.engine.nic_share_bandwidth = s.cluster.nicShare();
+  }
   // Placement: each model's GPUs and TP x PP, from the expected load per model.
   std::vector<double> loads(s.engine.models.size(), 0);
   if (placement.policy->usesExpectedLoads()) {

@@ -74,7 +74,7 @@ TEST(PolicyRegistry, UnknownNameListsTheKnownOnes) {
             "unknown eviction policy 'fifo' (known: lru, lfu, gdsf, demand, belady)");
   EXPECT_EQ(errorOf([] { QueueChoice("lifo"); }), "unknown queue policy 'lifo' (known: fcfs, edf, swap-aware)");
   EXPECT_EQ(errorOf([] { PrefetchChoice("eager"); }), "unknown prefetch policy 'eager' (known: none, rate, oracle)");
-  EXPECT_EQ(errorOf([] { RoutingChoice("ring"); }), "unknown routing policy 'ring' (known: direct, peer, multipath)");
+  EXPECT_EQ(errorOf([] { RoutingChoice("ring"); }), "unknown routing policy 'ring' (known: direct, peer, multipath, remote-host)");
   EXPECT_EQ(errorOf([] { PlacementChoice("random"); }), "unknown placement 'random' (known: all-gpus, greedy)");
   EXPECT_EQ(errorOf([] { PolicySetChoice("fifo"); }),
             "unknown policy set 'fifo' (known: computron, lru-bytes, lfu, gdsf, best, best-serial, oracle)");
@@ -89,7 +89,7 @@ TEST(PolicyRegistry, AScenarioNamingAnUnknownPolicyFailsWithItsPath) {
       {"policy.eviction=fifo", "$.policy.eviction: unknown eviction policy 'fifo' (known: lru, lfu, gdsf, demand, belady)"},
       {"policy.queue=lifo", "$.policy.queue: unknown queue policy 'lifo' (known: fcfs, edf, swap-aware)"},
       {"policy.prefetch=eager", "$.policy.prefetch: unknown prefetch policy 'eager' (known: none, rate, oracle)"},
-      {"policy.routing=ring", "$.policy.routing: unknown routing policy 'ring' (known: direct, peer, multipath)"},
+      {"policy.routing=ring", "$.policy.routing: unknown routing policy 'ring' (known: direct, peer, multipath, remote-host)"},
       {"policy.name=fifo",
        "$.policy.name: unknown policy set 'fifo' (known: computron, lru-bytes, lfu, gdsf, best, best-serial, oracle)"},
       {"policy=fifo", "$.policy: unknown policy set 'fifo' (known: computron, lru-bytes, lfu, gdsf, best, best-serial, oracle)"},
