@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "common/scenario/cli_args.h"
+#include "common/scenario/interrupt.h"
+#include "common/scenario/output_files.h"
 #include "common/scenario/progress.h"
 #include "common/core/policy.h"
 #include "common/scenario/scenario.h"
@@ -25,6 +27,9 @@ using namespace computron;
 namespace {
 
 constexpr int kExitUsage = 2;
+
+// Thrown where a stop request makes finishing pointless (a workload file cut short).
+struct Interrupted {};
 
 void printUsage(std::ostream& out) {
   out << "computron " << COMPUTRON_VERSION << ": serve many large models from one GPU cluster by swapping them\n"
@@ -126,13 +131,19 @@ int simMain(int argc, char** argv) {
   } else {
     scenario = loadScenario(scenario_path, overrides);
   }
-  if (vm.count("out")) scenario.outputs.dir = out_dir;
+  if (vm.count("out")) {
+    if (out_dir.empty()) return usageError("computron sim", "--out: must not be empty", opts);
+    scenario.outputs.dir = out_dir;
+  }
   if (vm.count("no-files")) scenario.outputs.dir.clear();
   if (!write_workload.empty()) {
-    std::ofstream out(write_workload);
-    if (!out) throw ConfigError(write_workload + ": cannot write");
-    auto source = scenario.makeWorkload();
-    std::int64_t rows = writeWorkloadCsv(*source, scenario.modelNames(), out);
+    checkOutputFilePath(write_workload, "--write-workload");
+    std::int64_t rows = 0;
+    writeFileWhole(write_workload, [&](std::ostream& out) {
+      auto source = scenario.makeWorkload();
+      rows = writeWorkloadCsv(*source, scenario.modelNames(), out);
+      if (stopRequested()) throw Interrupted();  // a cut stream is not saved
+    });
     if (!quiet) std::cerr << "wrote " << rows << " requests to " << write_workload << "\n";
   }
   // Progress by simulated time against the duration (the drain after it shows as 100%); a whole
@@ -159,6 +170,10 @@ int simMain(int argc, char** argv) {
   }
   nlohmann::json summary = sim::runScenario(scenario, vm.count("json") ? nullptr : &std::cout, options);
   if (vm.count("json")) std::cout << summary.dump(2) << "\n";
+  if (stopRequested()) {
+    std::cerr << "computron sim: interrupted (signal " << stopSignal() << "); the outputs hold what ran\n";
+    return 128 + stopSignal();
+  }
   return 0;
 }
 
@@ -218,11 +233,18 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  installStopHandlers();
   try {
     return dispatch(argc, argv);
   } catch (const ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return kExitUsage;
+  } catch (const Interrupted&) {
+    std::cerr << "computron: interrupted (signal " << stopSignal() << "); nothing written\n";
+    return 128 + stopSignal();
+  } catch (const OutputError& e) {
+    std::cerr << "computron: " << e.what() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "computron: " << e.what() << "\n";
     return 1;

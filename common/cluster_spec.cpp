@@ -155,17 +155,29 @@ std::vector<std::string> joinKeys(std::initializer_list<std::vector<std::string>
   return keys;
 }
 
+// Bounds on the physical figures (docs/scenario.md): rates and sizes from 0.001 to 10^6 of
+// their unit (GB, GB/s, TFLOP/s), latencies up to 10^9 us, so that no load or batch time can
+// approach the int64 nanosecond range.
+constexpr double kMinFigure = 1e-3;
+constexpr double kMaxFigure = 1e6;
+constexpr double kMaxMicros = 1e9;
+
 double positive(const JsonReader& value) {
   const double v = value.asDouble();
   if (!(v > 0)) value.fail("must be greater than 0");
+  if (v < kMinFigure || v > kMaxFigure) value.fail("must be between 0.001 and 1e6");
   return v;
 }
 
 double nonNegative(const JsonReader& value) {
   const double v = value.asDouble();
   if (v < 0) value.fail("must not be negative");
+  if (v > kMaxMicros) value.fail("must be at most 1e9");
   return v;
 }
+
+// 0 (none) or a figure within the bounds of positive().
+double zeroOrPositive(const JsonReader& value) { return value.asDouble() == 0 ? 0.0 : positive(value); }
 
 double fraction(const JsonReader& value) {
   const double v = value.asDouble();
@@ -196,7 +208,7 @@ void readGpuScalars(const JsonReader& node, bool require_all, GpuSpec& gpu) {
 
 void readClusterScalars(const JsonReader& node, ClusterSpec& c) {
   c.name = node.getString("name", c.name);
-  if (auto v = node.find("nvlink_gbps")) c.nvlink_bandwidth = nonNegative(*v) * kGB;
+  if (auto v = node.find("nvlink_gbps")) c.nvlink_bandwidth = zeroOrPositive(*v) * kGB;
   if (auto v = node.find("nvlink_latency_us")) c.nvlink_latency = nanosFromMicros(nonNegative(*v));
   if (auto v = node.find("compute_efficiency")) c.compute_efficiency = fraction(*v);
   if (auto v = node.find("memory_efficiency")) c.memory_efficiency = fraction(*v);

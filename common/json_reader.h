@@ -33,7 +33,7 @@ class JsonReader {
   bool isNumber() const { return value_->is_number(); }
   bool has(const std::string& key) const;
   JsonReader at(const std::string& key) const;  // required member
-  std::optional<JsonReader> find(const std::string& key) const;
+  std::optional<JsonReader> find(const std::string& key) const;  // absent: nullopt; null is refused
 
   // Arrays.
   std::size_t size() const;  // requires array
@@ -58,6 +58,12 @@ class JsonReader {
   // Range checks that name this node's path.
   double positive(double v, const std::string& key) const;
   std::int64_t positiveInt(std::int64_t v, const std::string& key) const;
+  // This node as a number (an integer) in [lo, hi]; outside, the message gives the range.
+  double asDoubleIn(double lo, double hi) const;
+  std::int64_t asIntIn(std::int64_t lo, std::int64_t hi) const;
+  // Optional members, bounded: the fallback when absent, else the value checked against [lo, hi].
+  double getDoubleIn(const std::string& key, double fallback, double lo, double hi) const;
+  std::int64_t getIntIn(const std::string& key, std::int64_t fallback, std::int64_t lo, std::int64_t hi) const;
 
  private:
   static std::string typeName(const nlohmann::json& v);
@@ -65,7 +71,17 @@ class JsonReader {
   std::string path_;
 };
 
-// Parses a JSON file; a syntax error names the file, line and column.
+// Limits on any JSON the program reads: nesting depth (deep documents would exhaust the stack
+// when copied) and file size.
+constexpr int kMaxJsonDepth = 64;
+constexpr std::size_t kMaxJsonFileBytes = std::size_t{256} << 20;
+
+// Parses JSON text strictly: a syntax error or a number out of double range names
+// `name:line:column`; nesting deeper than kMaxJsonDepth and a key given twice in one object name
+// `name: $.path`. Throws ConfigError.
+nlohmann::json parseJsonText(const std::string& text, const std::string& name);
+
+// Parses a JSON file (at most kMaxJsonFileBytes) with parseJsonText.
 nlohmann::json readJsonFile(const std::string& path);
 
 // Applies `path=value` overrides (`models[0].tp=2`, `workload.cv=4`, `seed=7`). The value is

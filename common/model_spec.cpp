@@ -337,17 +337,27 @@ class HfConfig {
     return JsonReader(doc_.at(key), file_ + ": " + key);
   }
 
+  // Bounded so that parameter and byte counts stay far inside int64 (docs/scenario.md).
   int positiveInt(const std::string& key) const {
     const std::int64_t v = reader(key).asInt();
-    if (v <= 0 || v > 1'000'000'000) fail(key, "must be a positive integer, got " + std::to_string(v));
+    const std::int64_t max = maxOf(key);
+    if (v <= 0 || v > max)
+      fail(key, "must be a positive integer of at most " + std::to_string(max) + ", got " + std::to_string(v));
     return static_cast<int>(v);
+  }
+  static std::int64_t maxOf(const std::string& key) {
+    if (key == "num_hidden_layers" || key == "num_attention_heads" || key == "num_key_value_heads" || key == "head_dim")
+      return 4096;
+    if (key == "hidden_size" || key == "word_embed_proj_dim") return 1 << 17;
+    if (key == "vocab_size" || key == "max_position_embeddings" || key == "sliding_window") return 1 << 24;
+    return 1 << 20;  // ffn sizes and anything else
   }
   int positiveIntOr(const std::string& key, int fallback) const { return has(key) ? positiveInt(key) : fallback; }
   bool boolOr(const std::string& key, bool fallback) const { return has(key) ? reader(key).asBool() : fallback; }
   double positiveNumberOr(const std::string& key, double fallback) const {
     if (!has(key)) return fallback;
     const double v = reader(key).asDouble();
-    if (!(v > 0)) fail(key, "must be a positive number, got " + std::to_string(v));
+    if (!(v > 0) || v > 1e12) fail(key, "must be a positive number of at most 1e12, got " + std::to_string(v));
     return v;
   }
   std::string string(const std::string& key) const { return reader(key).asString(); }

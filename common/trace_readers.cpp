@@ -3,37 +3,50 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <limits>
+#include <unordered_map>
+
 #include <nlohmann/json.hpp>
+
+#include "common/json_reader.h"
 
 namespace computron {
 namespace {
 
-constexpr std::int64_t kMaxTokens = std::numeric_limits<std::int32_t>::max();
+constexpr std::int64_t kMaxTokens = kMaxRequestTokens;
 
-// Reads a file line by line, counting lines (from 1) so errors can name them.
+// Opens a trace file; a missing one names the path as written and where it was looked for.
+std::ifstream openTrace(const TraceFile& file) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(file.path, ec)) throw ConfigError(file.name + ": is a folder, not a trace file");
+  std::ifstream in(file.path, std::ios::binary);
+  if (!in) {
+    std::string where = file.path == file.name ? "" : " (looked for " + file.path + ")";
+    throw ConfigError(file.name + ": cannot open file" + where);
+  }
+  return in;
+}
+
+// Reads a stream line by line, counting lines (from 1) so errors can name them. A line longer
+// than kMaxTraceLineBytes is refused as soon as it is seen, not read whole.
 class LineReader {
  public:
-  explicit LineReader(const TraceFile& file) : in_(file.path), name_(file.name) {
-    if (!in_) {
-      std::string where = file.path == file.name ? "" : " (looked for " + file.path + ")";
-      throw ConfigError(file.name + ": cannot open file" + where);
-    }
-  }
+  LineReader(std::istream& in, std::string name) : in_(in), name_(std::move(name)) {}
 
   // Advances to the next line that is not blank; false at the end of the file.
   bool nextNonBlank() {
-    while (std::getline(in_, line_)) {
-      ++number_;
+    while (readLine()) {
       if (!line_.empty() && line_.back() == '\r') line_.pop_back();  // files written on Windows
       if (line_.find_first_not_of(" \t") != std::string::npos) return true;
     }
+    if (in_.bad()) throw ConfigError(name_ + ": cannot read file");
     return false;
   }
 
   const std::string& line() const { return line_; }
-  int number() const { return number_; }
+  std::int64_t number() const { return number_; }
   const std::string& name() const { return name_; }
 
   [[noreturn]] void fail(const std::string& message) const {
@@ -41,10 +54,25 @@ class LineReader {
   }
 
  private:
-  std::ifstream in_;
+  bool readLine() {
+    line_.clear();
+    std::streambuf* buf = in_.rdbuf();
+    int c = buf->sbumpc();
+    if (c == std::char_traits<char>::eof()) return false;
+    ++number_;
+    while (c != std::char_traits<char>::eof() && c != '\n') {
+      if (line_.size() == kMaxTraceLineBytes)
+        fail("line longer than " + std::to_string(kMaxTraceLineBytes) + " bytes");
+      line_ += static_cast<char>(c);
+      c = buf->sbumpc();
+    }
+    return true;
+  }
+
+  std::istream& in_;
   std::string name_;
   std::string line_;
-  int number_ = 0;
+  std::int64_t number_ = 0;
 };
 
 [[noreturn]] void failEmpty(const LineReader& in) { throw ConfigError(in.name() + ": empty trace (no requests)"); }
@@ -110,7 +138,7 @@ class OrderCheck {
 
  private:
   Nanos previous_time_ = 0;
-  int previous_line_ = 0;
+  std::int64_t previous_line_ = 0;
 };
 
 const nlohmann::json& field(const LineReader& in, const nlohmann::json& row, const std::string& key) {
@@ -133,7 +161,8 @@ Nanos mooncakeTime(const LineReader& in, const nlohmann::json& row) {
   if (!value.is_number()) in.fail("\"timestamp\" must be a number (milliseconds)");
   double ms = value.get<double>();
   if (ms < 0) in.fail("\"timestamp\" is negative (" + value.dump() + ")");
-  if (!(ms < 9e12)) in.fail("\"timestamp\" is too large (" + value.dump() + ")");
+  if (!(ms <= kMaxInputSeconds * 1e3))
+    in.fail("\"timestamp\" is too large (" + value.dump() + " ms; at most " + std::to_string(kMaxInputTime / kNanosPerMilli) + ")");
   if (value.is_number_unsigned()) return static_cast<Nanos>(value.get<std::uint64_t>()) * kNanosPerMilli;
   return std::llround(ms * static_cast<double>(kNanosPerMilli));
 }
@@ -189,7 +218,22 @@ std::optional<Nanos> parseCivilTime(std::string_view text) {
 }
 
 std::vector<TraceRecord> readAzureTrace(const TraceFile& file) {
-  LineReader in(file);
+  std::ifstream stream = openTrace(file);
+  return readAzureTrace(stream, file.name);
+}
+
+std::vector<TraceRecord> readMooncakeTrace(const TraceFile& file) {
+  std::ifstream stream = openTrace(file);
+  return readMooncakeTrace(stream, file.name);
+}
+
+std::vector<TraceRecord> readComputronTrace(const TraceFile& file, const std::vector<std::string>& models) {
+  std::ifstream stream = openTrace(file);
+  return readComputronTrace(stream, file.name, models);
+}
+
+std::vector<TraceRecord> readAzureTrace(std::istream& stream, const std::string& name) {
+  LineReader in(stream, name);
   expectHeader(in, "TIMESTAMP,ContextTokens,GeneratedTokens");
   std::vector<TraceRecord> records;
   OrderCheck order;
@@ -202,7 +246,9 @@ std::vector<TraceRecord> readAzureTrace(const TraceFile& file) {
     order.check(in, *time);
     if (records.empty()) origin = *time;
     TraceRecord record;
-    record.time = *time - origin;
+    // Years 1900-2200 span more than int64 nanoseconds hold, so the difference is checked.
+    if (__builtin_sub_overflow(*time, origin, &record.time) || record.time > kMaxInputTime)
+      in.fail("more than " + std::to_string(kMaxInputTime / kNanosPerSecond) + " s after the first row");
     record.prompt_tokens = tokenColumn(in, "ContextTokens", fields[1]);
     record.output_tokens = tokenColumn(in, "GeneratedTokens", fields[2]);
     records.push_back(record);
@@ -211,15 +257,17 @@ std::vector<TraceRecord> readAzureTrace(const TraceFile& file) {
   return records;
 }
 
-std::vector<TraceRecord> readMooncakeTrace(const TraceFile& file) {
-  LineReader in(file);
+std::vector<TraceRecord> readMooncakeTrace(std::istream& stream, const std::string& name) {
+  LineReader in(stream, name);
   std::vector<TraceRecord> records;
   OrderCheck order;
   while (in.nextNonBlank()) {
     nlohmann::json row;
     try {
-      row = nlohmann::json::parse(in.line());
-    } catch (const nlohmann::json::parse_error&) {
+      row = parseJsonText(in.line(), "row");
+    } catch (const JsonLimitError& e) {
+      in.fail(std::string("invalid JSON (") + e.what() + ")");
+    } catch (const ConfigError&) {
       in.fail("invalid JSON");
     }
     if (!row.is_object()) in.fail("expected a JSON object");
@@ -234,9 +282,12 @@ std::vector<TraceRecord> readMooncakeTrace(const TraceFile& file) {
   return records;
 }
 
-std::vector<TraceRecord> readComputronTrace(const TraceFile& file, const std::vector<std::string>& models) {
-  LineReader in(file);
+std::vector<TraceRecord> readComputronTrace(std::istream& stream, const std::string& name,
+                                            const std::vector<std::string>& models) {
+  LineReader in(stream, name);
   expectHeader(in, "id,model,arrival_ns,prompt_tokens,output_tokens");
+  std::unordered_map<std::string_view, ModelId> model_ids;  // the first model of each name
+  for (std::size_t m = 0; m < models.size(); ++m) model_ids.emplace(models[m], static_cast<ModelId>(m));
   std::vector<TraceRecord> records;
   OrderCheck order;
   while (in.nextNonBlank()) {
@@ -244,15 +295,17 @@ std::vector<TraceRecord> readComputronTrace(const TraceFile& file, const std::ve
     if (fields.size() != 5) in.fail("expected 5 columns, got " + std::to_string(fields.size()));
     integerColumn(in, "id", fields[0]);  // ids are renumbered on replay; only the form is checked
     TraceRecord record;
-    for (std::size_t m = 0; m < models.size() && record.model < 0; ++m)
-      if (models[m] == fields[1]) record.model = static_cast<ModelId>(m);
+    if (const auto it = model_ids.find(fields[1]); it != model_ids.end()) record.model = it->second;
     if (record.model < 0) {
       std::string known;
-      for (const auto& name : models) known += (known.empty() ? "" : ", ") + name;
+      for (std::size_t m = 0; m < models.size() && m < 20; ++m) known += (known.empty() ? "" : ", ") + models[m];
+      if (models.size() > 20) known += ", ... (" + std::to_string(models.size()) + " in all)";
       in.fail("unknown model '" + std::string(fields[1]) + "' (scenario models: " + known + ")");
     }
     record.time = integerColumn(in, "arrival_ns", fields[2]);
     if (record.time < 0) in.fail("arrival_ns is negative (" + std::to_string(record.time) + ")");
+    if (record.time > kMaxInputTime)
+      in.fail("arrival_ns is too large (" + std::to_string(record.time) + "; at most " + std::to_string(kMaxInputTime) + ")");
     order.check(in, record.time);
     record.prompt_tokens = tokenColumn(in, "prompt_tokens", fields[3]);
     record.output_tokens = tokenColumn(in, "output_tokens", fields[4]);

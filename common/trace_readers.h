@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <istream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,6 +28,10 @@ struct TraceFile {
   std::string name;  // what messages call it (the path as written in the scenario)
 };
 
+// Bounds: a line holds at most kMaxTraceLineBytes; token counts are at most kMaxRequestTokens;
+// times (from the first row for Azure) at most kMaxInputTime.
+constexpr std::size_t kMaxTraceLineBytes = 64 * 1024;
+
 // `TIMESTAMP,ContextTokens,GeneratedTokens`, TIMESTAMP like `2023-11-16 18:17:03.9799600`.
 // Times are offsets from the first row, exact to the nanosecond; rows must be in time order.
 std::vector<TraceRecord> readAzureTrace(const TraceFile& file);
@@ -38,6 +43,13 @@ std::vector<TraceRecord> readMooncakeTrace(const TraceFile& file);
 
 // `id,model,arrival_ns,prompt_tokens,output_tokens` with model names from `models`.
 std::vector<TraceRecord> readComputronTrace(const TraceFile& file, const std::vector<std::string>& models);
+
+// The same readers on a stream already open (`name` is what messages call it); used by the
+// fuzzing harnesses.
+std::vector<TraceRecord> readAzureTrace(std::istream& in, const std::string& name);
+std::vector<TraceRecord> readMooncakeTrace(std::istream& in, const std::string& name);
+std::vector<TraceRecord> readComputronTrace(std::istream& in, const std::string& name,
+                                            const std::vector<std::string>& models);
 
 // Nanoseconds since 1970-01-01 00:00:00 of `YYYY-MM-DD HH:MM:SS[.fraction]` (up to 9 fraction
 // digits, a space or `T` between date and time); nullopt if the text is not such a time.

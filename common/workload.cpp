@@ -101,30 +101,41 @@ std::vector<double> zipfShares(std::size_t count, double alpha) {
 
 namespace {
 
-constexpr std::int64_t kMaxTokens = std::numeric_limits<std::int32_t>::max();
+// Bounds (docs/scenario.md): generous for real workloads, small enough that a run ends and
+// every time stays far inside int64 nanoseconds.
+constexpr double kMaxRate = 1e6;                 // requests/s, per model and in total
+constexpr double kMaxCv = 100;                   // of inter-arrival gaps and lognormal token counts
+constexpr double kMaxZipfAlpha = 100;
+constexpr double kMaxExpectedRequests = 1e8;     // total rate x duration of a generated workload
+constexpr std::int64_t kMaxRequestCount = 1'000'000'000;  // alternating requests, trace max_requests
+constexpr double kMaxTimeScale = 1e6;
 
-double positiveNumber(const JsonReader& node) {
+std::string formatBound(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+double positiveNumber(const JsonReader& node, double max) {
   const double value = node.asDouble();
   if (!(value > 0)) node.fail("must be greater than 0");
+  if (value > max) node.fail("must be at most " + formatBound(max));
   return value;
 }
 
-double nonNegativeNumber(const JsonReader& node) {
+double nonNegativeNumber(const JsonReader& node, double max) {
   const double value = node.asDouble();
   if (value < 0) node.fail("must not be negative");
+  if (value > max) node.fail("must be at most " + formatBound(max));
   return value;
 }
 
-std::int64_t nonNegativeInt(const JsonReader& node) {
-  const std::int64_t value = node.asInt();
-  if (value < 0) node.fail("must not be negative");
-  return value;
-}
+std::int64_t nonNegativeInt(const JsonReader& node, std::int64_t max) { return node.asIntIn(0, max); }
 
 std::int32_t tokenCount(const JsonReader& node) {
   const std::int64_t value = node.asInt();
   if (value < 1) node.fail("must be at least 1");
-  if (value > kMaxTokens) node.fail("must be at most " + std::to_string(kMaxTokens));
+  if (value > kMaxRequestTokens) node.fail("must be at most " + std::to_string(kMaxRequestTokens));
   return static_cast<std::int32_t>(value);
 }
 
@@ -151,6 +162,7 @@ std::int32_t TokenDist::sample(Rng& rng) const {
       const double sigma2 = std::log1p(cv * cv);
       const double mu = std::log(mean) - sigma2 / 2;
       const double x = std::exp(mu + std::sqrt(sigma2) * rng.normal());
+      if (std::isnan(x)) return static_cast<std::int32_t>(min);  // never with the bounded cv; kept as a floor
       return static_cast<std::int32_t>(std::llround(std::clamp(x, min, max)));
     }
   }
@@ -177,10 +189,10 @@ TokenDist TokenDist::fromJson(const JsonReader& node) {
   } else if (name == "lognormal") {
     node.expectObject({"dist", "mean", "cv", "min", "max"});
     dist.kind = Kind::kLognormal;
-    dist.mean = positiveNumber(node.at("mean"));
-    dist.cv = nonNegativeNumber(node.at("cv"));
+    dist.mean = positiveNumber(node.at("mean"), static_cast<double>(kMaxRequestTokens));
+    dist.cv = nonNegativeNumber(node.at("cv"), kMaxCv);
     dist.min = node.has("min") ? tokenCount(node.at("min")) : 1;
-    dist.max = node.has("max") ? tokenCount(node.at("max")) : static_cast<double>(kMaxTokens);
+    dist.max = node.has("max") ? tokenCount(node.at("max")) : static_cast<double>(kMaxRequestTokens);
   } else {
     node.at("dist").fail("unknown distribution '" + name + "' (allowed: fixed, uniform, lognormal)");
   }
@@ -326,7 +338,7 @@ class AlternatingSource final : public RequestSource {
     if (!in_flight_ || request.id != *in_flight_) return;  // not the request this source is waiting on
     in_flight_.reset();
     if (issued_ == total_) return;
-    const Nanos release = finish + think_time_;
+    const Nanos release = addSaturating(finish, think_time_);
     if (pastDuration(release, duration_)) {
       stopped_ = true;
       return;
@@ -375,13 +387,15 @@ std::vector<double> perModelRates(const JsonReader& workload, std::size_t model_
       explicit_rates->fail("expected " + std::to_string(model_count) + " rates (one per model), got " +
                            std::to_string(explicit_rates->size()));
     std::vector<double> rates;
-    for (std::size_t m = 0; m < model_count; ++m) rates.push_back(positiveNumber(explicit_rates->at(m)));
+    double sum = 0;
+    for (std::size_t m = 0; m < model_count; ++m) sum += rates.emplace_back(positiveNumber(explicit_rates->at(m), kMaxRate));
+    if (sum > kMaxRate) explicit_rates->fail("add up to more than " + formatBound(kMaxRate) + " requests/s");
     return rates;
   }
   if (!total) workload.fail("needs \"rate\" (total requests/s) or \"rates\" (requests/s per model)");
-  const double rate = positiveNumber(*total);
+  const double rate = positiveNumber(*total, kMaxRate);
   const auto alpha = workload.find("zipf_alpha");
-  std::vector<double> rates = zipfShares(model_count, alpha ? nonNegativeNumber(*alpha) : 0.0);
+  std::vector<double> rates = zipfShares(model_count, alpha ? nonNegativeNumber(*alpha, kMaxZipfAlpha) : 0.0);
   for (double& share : rates) share *= rate;
   return rates;
 }
@@ -393,7 +407,7 @@ std::unique_ptr<RequestSource> makeGenerated(const JsonReader& workload, bool ga
   workload.expectObject(keys);
   const std::vector<double> rates = perModelRates(workload, model_count);
   const auto cv_node = workload.find("cv");
-  const double cv = cv_node ? positiveNumber(*cv_node) : 1.0;
+  const double cv = cv_node ? positiveNumber(*cv_node, kMaxCv) : 1.0;
   return std::make_unique<GeneratedSource>(rates, cv, tokenDistOr(workload, "prompt_tokens", 1),
                                            tokenDistOr(workload, "output_tokens", 1), seed, duration);
 }
@@ -419,7 +433,7 @@ class ModelAssignment {
       assignment.kind_ = Kind::kRoundRobin;
     } else if (assign == "zipf") {
       const auto alpha = workload.find("zipf_alpha");
-      assignment.setShares(zipfShares(model_count, alpha ? nonNegativeNumber(*alpha) : 1.0));
+      assignment.setShares(zipfShares(model_count, alpha ? nonNegativeNumber(*alpha, kMaxZipfAlpha) : 1.0));
     } else if (assign == "split") {
       const JsonReader split = workload.at("split");
       if (split.size() != model_count)
@@ -427,7 +441,7 @@ class ModelAssignment {
                    std::to_string(split.size()));
       std::vector<double> shares;
       double sum = 0;
-      for (std::size_t m = 0; m < model_count; ++m) sum += shares.emplace_back(nonNegativeNumber(split.at(m)));
+      for (std::size_t m = 0; m < model_count; ++m) sum += shares.emplace_back(nonNegativeNumber(split.at(m), 1.0));
       if (std::fabs(sum - 1) > 1e-6) split.fail("fractions must add up to 1, got " + formatNumber(sum));
       assignment.setShares(shares);
     } else {
@@ -481,9 +495,12 @@ std::string resolvePath(const std::string& base_dir, const std::string& path) {
   return p.lexically_normal().string();
 }
 
-Nanos scaleTime(Nanos t, double time_scale) {
-  if (time_scale == 1) return t;  // exact, whatever the magnitude
-  return std::llround(static_cast<double>(t) * time_scale);
+// t x time_scale, or nullopt when that passes kMaxInputTime.
+std::optional<Nanos> scaleTime(Nanos t, double time_scale) {
+  if (time_scale == 1) return t <= kMaxInputTime ? std::optional<Nanos>(t) : std::nullopt;  // exact
+  const double scaled = static_cast<double>(t) * time_scale;
+  if (!(scaled <= static_cast<double>(kMaxInputTime))) return std::nullopt;
+  return std::llround(scaled);
 }
 
 std::unique_ptr<RequestSource> makeTrace(const JsonReader& workload, const std::vector<std::string>& models,
@@ -497,11 +514,11 @@ std::unique_ptr<RequestSource> makeTrace(const JsonReader& workload, const std::
   if (path.empty()) workload.at("path").fail("must not be empty");
   const ModelAssignment assignment = ModelAssignment::fromJson(workload, format, models.size());
   const auto time_scale_node = workload.find("time_scale");
-  const double time_scale = time_scale_node ? positiveNumber(*time_scale_node) : 1.0;
+  const double time_scale = time_scale_node ? positiveNumber(*time_scale_node, kMaxTimeScale) : 1.0;
   const auto start_node = workload.find("start_s");
-  const double start_s = start_node ? nonNegativeNumber(*start_node) : 0.0;
+  const double start_s = start_node ? nonNegativeNumber(*start_node, kMaxInputSeconds) : 0.0;
   const auto max_node = workload.find("max_requests");
-  const std::int64_t max_requests = max_node ? nonNegativeInt(*max_node) : 0;
+  const std::int64_t max_requests = max_node ? nonNegativeInt(*max_node, kMaxRequestCount) : 0;
   const std::optional<TokenDist> prompt = optionalTokenDist(workload, "prompt_tokens");
   const std::optional<TokenDist> output = optionalTokenDist(workload, "output_tokens");
 
@@ -522,7 +539,12 @@ std::unique_ptr<RequestSource> makeTrace(const JsonReader& workload, const std::
   Rng output_rng(Rng::derive(Rng::derive(seed, kTokenStream), 1));
   std::vector<Request> requests;
   for (auto it = first; it != records.end(); ++it) {
-    const Nanos arrival = scaleTime(it->time - start, time_scale);
+    const std::optional<Nanos> scaled = scaleTime(it->time - start, time_scale);
+    if (!scaled) {
+      if (duration > 0) break;  // past any duration
+      workload.at("time_scale").fail("stretches the trace past " + formatBound(kMaxInputSeconds) + " s");
+    }
+    const Nanos arrival = *scaled;
     if (pastDuration(arrival, duration)) break;
     if (max_requests > 0 && static_cast<std::int64_t>(requests.size()) == max_requests) break;
     Request request;
@@ -540,11 +562,9 @@ std::unique_ptr<RequestSource> makeTrace(const JsonReader& workload, const std::
 std::unique_ptr<RequestSource> makeAlternating(const JsonReader& workload, std::size_t model_count, std::uint64_t seed,
                                                Nanos duration) {
   workload.expectObject({"type", "requests", "think_time_ms", "prompt_tokens", "output_tokens"});
-  const JsonReader requests = workload.at("requests");
-  const std::int64_t count = requests.asInt();
-  if (count < 1) requests.fail("must be at least 1");
+  const std::int64_t count = workload.at("requests").asIntIn(1, kMaxRequestCount);
   const auto think_node = workload.find("think_time_ms");
-  const double think_ms = think_node ? nonNegativeNumber(*think_node) : 0.0;
+  const double think_ms = think_node ? nonNegativeNumber(*think_node, kMaxInputSeconds * 1e3) : 0.0;
   return std::make_unique<AlternatingSource>(count, model_count, std::llround(think_ms * kNanosPerMilli),
                                              tokenDistOr(workload, "prompt_tokens", 1),
                                              tokenDistOr(workload, "output_tokens", 1), seed, duration);
@@ -561,6 +581,20 @@ std::unique_ptr<RequestSource> makeWorkload(const JsonReader& workload, const st
   if (type == "trace") return makeTrace(workload, models, seed, duration, base_dir);
   if (type == "alternating") return makeAlternating(workload, models.size(), seed, duration);
   workload.at("type").fail("unknown workload type '" + type + "' (allowed: poisson, gamma, trace, alternating)");
+}
+
+void checkWorkloadEnds(const JsonReader& workload, std::size_t model_count, Nanos duration) {
+  const std::string type = workload.requireString("type");
+  if (type != "poisson" && type != "gamma") return;  // traces and closed loops end by themselves
+  // A generated stream is endless; the scenario's duration stops it, so one is needed.
+  if (duration <= 0)
+    workload.fail("a generated workload needs the scenario's duration_s (greater than 0) to end its arrivals");
+  double total_rate = 0;
+  for (double rate : perModelRates(workload, model_count)) total_rate += rate;
+  const double expected = total_rate * toSeconds(duration);
+  if (expected > kMaxExpectedRequests)
+    workload.fail("expects " + formatBound(expected) + " requests (rate x duration_s), more than " +
+                  formatBound(kMaxExpectedRequests));
 }
 
 std::int64_t writeWorkloadCsv(RequestSource& source, const std::vector<std::string>& models, std::ostream& out) {

@@ -77,6 +77,11 @@ std::vector<double> zipfShares(std::size_t count, double alpha);
 std::unique_ptr<RequestSource> makeWorkload(const JsonReader& workload, const std::vector<std::string>& models,
                                             std::uint64_t seed, Nanos duration, const std::string& base_dir);
 
+// Refuses (ConfigError) a generated workload that would not end, or not in bounded time: one
+// without a duration, or expecting more than 10^8 requests (rate x duration). Scenario
+// validation calls it; makeWorkload itself also builds endless streams (for tests and tools).
+void checkWorkloadEnds(const JsonReader& workload, std::size_t model_count, Nanos duration);
+
 // Writes a stream as our replayable CSV: `id,model,arrival_ns,prompt_tokens,output_tokens`, the
 // model as its name. Returns the number of rows written. makeWorkload reads it back with
 // {"type":"trace","format":"computron"}. Pulls until the source is exhausted (so the stream needs a

@@ -46,6 +46,7 @@ struct VerifyJob {
 // kernel, phase i lasting phase_ns[i], reporting the end time of each phase.
 struct ExecJob {
   BatchId batch = 0;
+  ModelId model = 0;
   int part = 0;
   std::vector<Extent> weights;  // what a real kernel would read
   std::vector<Nanos> phase_ns;

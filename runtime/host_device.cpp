@@ -46,6 +46,8 @@ void HostDevice::delay(Nanos ns) { jobs_.sleepUnlessStopped(ns); }
 void HostDevice::run() {
   Job job;
   while (jobs_.pop(job)) {
+    if (options_.stall)
+      if (const Nanos stall = options_.stall(gpu_); stall > 0) delay(stall);  // an injected stall
     std::visit(
         [this](const auto& j) {
           using T = std::decay_t<decltype(j)>;
@@ -141,6 +143,12 @@ void HostDevice::runExec(const ExecJob& job) {
     ev.step_end.push_back(clock_.now());
   }
   ev.time = clock_.now();
+  if (options_.fail_exec) {
+    if (auto failure = options_.fail_exec(job)) {
+      ev.ok = false;
+      ev.error = *failure;
+    }
+  }
   queue_.push(std::move(ev));
 }
 

@@ -22,6 +22,10 @@ struct HostDeviceOptions {
   std::function<std::optional<std::string>(const PathJob&)> fail_path;
   // Returns true to flip a byte of the path's first chunk after copying it (checksum mismatch).
   std::function<bool(const PathJob&)> corrupt_path;
+  // Returns an error message to make this batch part fail (after its run time).
+  std::function<std::optional<std::string>(const ExecJob&)> fail_exec;
+  // Called before each job the device's worker takes; returns how long the worker stalls first.
+  std::function<Nanos(GpuId)> stall;
   Nanos chunk_delay = 0;   // extra time per chunk, to stretch loads so tests see overlap
   int staging_slots = 2;   // relay staging buffers (each one chunk)
 };

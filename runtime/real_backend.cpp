@@ -427,6 +427,7 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
   for (std::size_t i = 0; i < keys.size(); ++i) {
     ExecJob job;
     job.batch = cmd.batch;
+    job.model = cmd.model;
     job.part = static_cast<int>(i);
     job.weights = {placements_[keys[i]].extent};
     job.phase_ns = phases;

@@ -16,11 +16,16 @@
 
 #include "common/json_reader.h"
 #include "common/scenario/cli_args.h"
+#include "common/scenario/interrupt.h"
+#include "common/scenario/output_files.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 
 namespace computron::sim {
 namespace {
+
+constexpr int kMaxSweepThreads = 1024;
+constexpr std::size_t kMaxSweepRuns = 1'000'000;
 
 constexpr const char* kPolicyChoiceKeys[] = {"eviction", "queue", "prefetch", "routing", "admission", "placement", "serial_loads", "layer_pipelined"};
 
@@ -99,13 +104,19 @@ const nlohmann::json& overall(const SweepResult& r) { return r.summary["overall"
 
 void scaleRates(nlohmann::json& scenario, double scale) {
   nlohmann::json& w = scenario["workload"];
-  std::string type = w.value("type", std::string());
+  if (!w.is_object()) throw ConfigError("rate_scale: the scenario's workload is not an object");
+  std::string type = w.contains("type") && w["type"].is_string() ? w["type"].get<std::string>() : std::string();
+  // A value of the wrong type is left for the scenario's validation to name.
+  auto scaled = [scale](nlohmann::json& v) {
+    if (v.is_number()) v = v.get<double>() * scale;
+  };
   if (type == "poisson" || type == "gamma") {
-    if (w.contains("rate")) w["rate"] = w["rate"].get<double>() * scale;
-    if (w.contains("rates"))
-      for (auto& r : w["rates"]) r = r.get<double>() * scale;
+    if (w.contains("rate")) scaled(w["rate"]);
+    if (w.contains("rates") && w["rates"].is_array())
+      for (auto& r : w["rates"]) scaled(r);
   } else if (type == "trace") {
-    w["time_scale"] = w.value("time_scale", 1.0) / scale;
+    const nlohmann::json& t = w.contains("time_scale") ? w["time_scale"] : nlohmann::json(1.0);
+    if (t.is_number()) w["time_scale"] = t.get<double>() / scale;
   } else {
     throw ConfigError("rate_scale: workload type '" + type + "' has no rate to scale");
   }
@@ -116,9 +127,10 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
   root.expectObject({"name", "description", "scenarios", "policies", "grid", "seeds", "set", "threads", "csv"});
   SweepSpec spec;
   spec.name = root.getString("name", "sweep");
+  if (root.has("name")) checkOutputName(root.at("name"));  // names out/sweeps/<name>.csv
   spec.csv = root.getString("csv", "out/sweeps/" + spec.name + ".csv");
-  spec.threads = static_cast<int>(root.getInt("threads", 0));
-  if (spec.threads < 0) root.at("threads").fail("must be 0 (all cores) or greater");
+  if (spec.csv.empty()) root.at("csv").fail("must not be empty");
+  spec.threads = static_cast<int>(root.getIntIn("threads", 0, 0, kMaxSweepThreads));
 
   auto scenarios = root.at("scenarios");
   if (!scenarios.isArray() || scenarios.size() == 0) scenarios.fail("expected a non-empty list of scenario files");
@@ -146,6 +158,11 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
       JsonReader v(it.value(), g->path() + "." + it.key());
       if (!v.isArray() || v.size() == 0) v.fail("expected a non-empty list of values");
       if (auto key = policyChoiceIn(it.key())) v.fail(policyChoiceError(*key));
+      if (it.key() == "rate_scale")
+        for (std::size_t j = 0; j < v.size(); ++j) {
+          const double scale = v.at(j).asDoubleIn(0, 1e6);
+          if (!(scale > 0)) v.at(j).fail("must be greater than 0");
+        }
       spec.grid_keys.push_back(it.key());
       values.emplace_back(it.value().begin(), it.value().end());
     }
@@ -161,9 +178,7 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
   std::vector<std::optional<std::uint64_t>> seeds;
   if (auto s = root.find("seeds")) {
     for (std::size_t i = 0; i < s->size(); ++i) {
-      std::int64_t seed = s->at(i).asInt();
-      if (seed < 0) s->at(i).fail("must be 0 or greater");
-      seeds.emplace_back(static_cast<std::uint64_t>(seed));
+      seeds.emplace_back(static_cast<std::uint64_t>(s->at(i).asIntIn(0, INT64_MAX)));
     }
   }
   if (seeds.empty()) seeds.emplace_back(std::nullopt);
@@ -171,7 +186,11 @@ SweepSpec parseSweep(const nlohmann::json& doc, const std::string& base_dir) {
   // Cartesian product of the grid, last key fastest.
   std::vector<nlohmann::json> points;
   std::size_t total = 1;
-  for (const auto& v : values) total *= v.size();
+  for (const auto& v : values) {
+    total *= v.size();
+    if (total * seeds.size() * policy_entries.size() * scenarios.size() > kMaxSweepRuns)
+      root.at("grid").fail("the sweep would have more than " + std::to_string(kMaxSweepRuns) + " runs");
+  }
   for (std::size_t n = 0; n < total; ++n) {
     nlohmann::json point = nlohmann::json::array();
     for (std::size_t k = 0; k < values.size(); ++k) point.push_back(nullptr);
@@ -375,13 +394,16 @@ int sweepMain(int argc, char** argv) {
                                    "The sweep file format is in docs/policies.md; examples in sweeps/.\n",
                                    {{"sweep", &path, "a sweep file is needed"}}, vm))
     return *done;
-  if (vm.count("threads") && threads < 0)
-    return usageError("computron sweep", "--threads: must be 0 (every core) or greater, got " + std::to_string(threads), opts);
+  if (vm.count("threads") && (threads < 0 || threads > kMaxSweepThreads))
+    return usageError("computron sweep", "--threads: must be between 0 (every core) and " + std::to_string(kMaxSweepThreads) +
+                      ", got " + std::to_string(threads), opts);
   if (progress_every_s < 0) return usageError("computron sweep", "--progress-every: must be 0 or greater", opts);
   const bool quiet = vm.count("quiet") > 0 || vm.count("no-progress") > 0;
   try {
     SweepSpec spec = loadSweep(path);
+    if (vm.count("csv") && csv.empty()) return usageError("computron sweep", "--csv: must not be empty", opts);
     if (!csv.empty()) spec.csv = csv;
+    checkOutputFilePath(spec.csv, "CSV");
     if (threads < 0) threads = spec.threads;
     ProgressReporter::Options shown;
     shown.label = "sweep";
@@ -390,11 +412,14 @@ int sweepMain(int argc, char** argv) {
     shown.line_interval_s = progress_every_s;
     ProgressReporter progress = ProgressReporter::forStderr(shown, quiet);
     std::vector<SweepResult> results = runSweep(spec, threads, &progress);
+    if (stopRequested()) {
+      std::cerr << "computron sweep: interrupted (signal " << stopSignal() << "); no CSV written\n";
+      return 128 + stopSignal();
+    }
     std::filesystem::path csv_path(spec.csv);
-    if (csv_path.has_parent_path()) std::filesystem::create_directories(csv_path.parent_path());
-    std::ofstream out(csv_path);
-    if (!out) throw ConfigError(spec.csv + ": cannot write");
-    writeSweepCsv(spec, results, out);
+    std::error_code ec;
+    if (csv_path.has_parent_path()) std::filesystem::create_directories(csv_path.parent_path(), ec);
+    writeFileWhole(csv_path, [&](std::ostream& out) { writeSweepCsv(spec, results, out); });
     printSweepTable(spec, results, std::cout);
     std::cout << spec.runs.size() << " runs; CSV in " << spec.csv << "\n";
     std::size_t errors = 0;

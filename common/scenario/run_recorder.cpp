@@ -12,6 +12,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/scenario/interrupt.h"
+#include "common/scenario/output_files.h"
+
 namespace computron {
 namespace {
 
@@ -147,7 +150,8 @@ struct RunRecorder::Impl {
   std::int64_t nvlink_bytes = 0;
   std::ofstream requests_csv, timeline;
   bool first_trace_event = true;
-  std::filesystem::path dir;
+  std::filesystem::path dir;                // the target folder
+  std::unique_ptr<StagedDir> staged;        // where the files are written until the run ends
 
   Impl(const Scenario& s, std::string b) : scenario(s), backend(std::move(b)) {}
 
@@ -267,16 +271,14 @@ RunRecorder::RunRecorder(const Scenario& scenario, std::string backend_name)
   im.link_bytes.assign(static_cast<std::size_t>(scenario.cluster.numGpus()), 0);
   if (scenario.outputs.dir.empty()) return;
   im.dir = scenario.outputs.dir;
-  std::filesystem::create_directories(im.dir);
+  im.staged = std::make_unique<StagedDir>(im.dir);
   if (scenario.outputs.requests_csv) {
-    im.requests_csv.open(im.dir / "requests.csv");
-    if (!im.requests_csv) throw ConfigError((im.dir / "requests.csv").string() + ": cannot write");
+    openChecked(im.requests_csv, im.staged->path() / "requests.csv");
     im.requests_csv << "id,model,arrival_s,start_s,first_token_s,finish_s,latency_s,prompt_tokens,output_tokens,"
                        "waited_for_load,ok,error\n";
   }
   if (scenario.outputs.timeline) {
-    im.timeline.open(im.dir / "timeline.json");
-    if (!im.timeline) throw ConfigError((im.dir / "timeline.json").string() + ": cannot write");
+    openChecked(im.timeline, im.staged->path() / "timeline.json");
     im.timeline << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
     for (int g = 0; g < scenario.cluster.numGpus(); ++g) {
       im.nameProcess(g, "GPU " + std::to_string(g));
@@ -418,6 +420,8 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
   nlohmann::json summary;
   summary["scenario"] = im.scenario.name;
   summary["backend"] = im.backend;
+  // Stopped by SIGINT or SIGTERM: what ran is complete and recorded, the rest never arrived.
+  if (stopRequested()) summary["interrupted"] = true;
   summary["duration_s"] = round6(toSeconds(end));
   nlohmann::json per_model = nlohmann::json::array();
   // Overall SLO attainment counts each request against its own model's objective.
@@ -444,15 +448,21 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
   for (auto it = extra.begin(); it != extra.end(); ++it) summary[it.key()] = it.value();
   summary["config"] = im.scenario.effective;
 
-  if (im.requests_csv.is_open()) im.requests_csv.close();
-  if (im.timeline.is_open()) {
-    im.writeExtraSpans();
-    im.timeline << "\n]}\n";
-    im.timeline.close();
-  }
-  if (!im.dir.empty() && im.scenario.outputs.summary) {
-    std::ofstream out(im.dir / "summary.json");
-    out << summary.dump(2) << "\n";
+  if (im.staged) {
+    // Every file is checked, then the folder renamed into place: whole or absent.
+    if (im.requests_csv.is_open()) closeChecked(im.requests_csv, im.dir / "requests.csv");
+    if (im.timeline.is_open()) {
+      im.writeExtraSpans();
+      im.timeline << "\n]}\n";
+      closeChecked(im.timeline, im.dir / "timeline.json");
+    }
+    if (im.scenario.outputs.summary) {
+      std::ofstream out;
+      openChecked(out, im.staged->path() / "summary.json");
+      out << summary.dump(2) << "\n";
+      closeChecked(out, im.dir / "summary.json");
+    }
+    im.staged->commit();
   }
   return summary;
 }

@@ -4,12 +4,37 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <unordered_map>
 
 #include "common/core/oracle.h"
 #include "common/core/placement.h"
 #include "common/core/policy.h"
+#include "common/scenario/interrupt.h"
 
 namespace computron {
+namespace {
+
+// Bounds of the scenario's own fields (docs/scenario.md lists them with the others).
+constexpr std::int64_t kMaxModels = 1'000'000;  // deployments in a scenario, copies included
+constexpr std::int64_t kMaxParallel = 1024;     // tp, pp
+constexpr std::int64_t kMaxBatch = 65'536;
+constexpr double kMaxMillis = kMaxInputSeconds * 1e3;
+constexpr std::size_t kMaxNameLength = 128;
+
+}  // namespace
+
+void checkOutputName(const JsonReader& node) {
+  const std::string name = node.asString();
+  const bool plain = !name.empty() && name.size() <= kMaxNameLength && name.front() != '.' &&
+                     std::all_of(name.begin(), name.end(), [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
+                     });
+  if (!plain)
+    node.fail("must be 1 to " + std::to_string(kMaxNameLength) +
+              " letters, digits, '-', '_' or '.', not starting with '.' (it names a file or folder under out/), got '" +
+              name + "'");
+}
+
 namespace {
 
 ModelSpec parseModelSpec(const JsonReader& node, const std::string& base_dir) {
@@ -110,8 +135,8 @@ PlacementConfig parsePlacementConfig(const JsonReader& node) {
   } else {
     node.expectObject({"policy", "group_gpus", "share_below"});
     if (auto policy = node.find("policy")) c.policy = parseChoice<PlacementPolicy>(*policy);
-    c.group_gpus = static_cast<int>(node.getInt("group_gpus", 0));
-    c.share_below = node.getDouble("share_below", 0);
+    c.group_gpus = static_cast<int>(node.getIntIn("group_gpus", 0, 0, 1 << 16));
+    c.share_below = node.getDoubleIn("share_below", 0, 0, 1);
   }
   return c;
 }
@@ -125,7 +150,8 @@ std::vector<std::string> Scenario::modelNames() const {
 }
 
 std::unique_ptr<RequestSource> Scenario::makeWorkload() const {
-  return computron::makeWorkload(JsonReader(workload, "$.workload"), modelNames(), seed, duration, base_dir);
+  // Ends early when SIGINT or SIGTERM asks the run to stop (interrupt.h).
+  return stoppable(computron::makeWorkload(JsonReader(workload, "$.workload"), modelNames(), seed, duration, base_dir));
 }
 
 Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
@@ -135,45 +161,44 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   Scenario s;
   s.base_dir = base_dir;
   s.name = root.getString("name", "scenario");
-  std::int64_t seed = root.getInt("seed", 1);
-  if (seed < 0) root.at("seed").fail("must be 0 or greater");
-  s.seed = static_cast<std::uint64_t>(seed);
-  double duration_s = root.getDouble("duration_s", 0);
-  if (duration_s < 0) root.at("duration_s").fail("must be 0 or greater");
+  if (root.has("name")) checkOutputName(root.at("name"));
+  s.seed = static_cast<std::uint64_t>(root.getIntIn("seed", 1, 0, INT64_MAX));
+  const double duration_s = root.getDoubleIn("duration_s", 0, 0, kMaxInputSeconds);
   s.duration = secondsToNanos(duration_s);
   s.cluster = clusterFromJson(root.at("cluster"));
   const int num_gpus = s.cluster.numGpus();
-  double default_slo_ms = root.getDouble("slo_ms", 0);
-  if (default_slo_ms < 0) root.at("slo_ms").fail("must be 0 or greater");
+  const double default_slo_ms = root.getDoubleIn("slo_ms", 0, 0, kMaxMillis);
 
   auto models = root.at("models");
   if (models.size() == 0) models.fail("at least one model is needed");
+  if (models.size() > static_cast<std::size_t>(kMaxModels)) models.fail("more than " + std::to_string(kMaxModels) + " entries");
   std::set<std::string> names;
+  std::unordered_map<std::string, std::size_t> weights_owner;  // weights name -> first model holding them
+  std::vector<std::int64_t> budgets;
+  for (const auto& gpu : s.cluster.gpus) budgets.push_back(gpu.weight_budget_bytes);
   for (std::size_t i = 0; i < models.size(); ++i) {
     auto m = models.at(i);
     m.expectObject({"name", "spec", "tp", "pp", "gpus", "max_batch", "slo_ms", "count", "fixed_batch_ms", "weights"});
     ModelDeployment d;
     d.spec = parseModelSpec(m.at("spec"), base_dir);
-    d.tp = static_cast<int>(m.positiveInt(m.getInt("tp", 1), "tp"));
-    d.pp = static_cast<int>(m.positiveInt(m.getInt("pp", 1), "pp"));
+    d.tp = static_cast<int>(m.getIntIn("tp", 1, 1, kMaxParallel));
+    d.pp = static_cast<int>(m.getIntIn("pp", 1, 1, kMaxParallel));
     d.spec.validateParallel(d.tp, d.pp, m.path());
     d.gpus = parsePlacement(m, d.tp * d.pp, num_gpus);
-    d.max_batch = static_cast<int>(m.positiveInt(m.getInt("max_batch", 8), "max_batch"));
-    double slo_ms = m.getDouble("slo_ms", default_slo_ms);
-    if (slo_ms < 0) m.at("slo_ms").fail("must be 0 or greater");
+    d.max_batch = static_cast<int>(m.getIntIn("max_batch", 8, 1, kMaxBatch));
+    const double slo_ms = m.getDoubleIn("slo_ms", default_slo_ms, 0, kMaxMillis);
     d.slo = secondsToNanos(slo_ms / 1e3);
-    double fixed_ms = m.getDouble("fixed_batch_ms", 0);
-    if (fixed_ms < 0) m.at("fixed_batch_ms").fail("must be 0 or greater");
+    const double fixed_ms = m.getDoubleIn("fixed_batch_ms", 0, 0, kMaxMillis);
     d.fixed_batch_time = secondsToNanos(fixed_ms / 1e3);
     // Every shard must fit its GPU's weight budget, else the model could never be served.
-    std::vector<std::int64_t> budgets;
-    for (const auto& gpu : s.cluster.gpus) budgets.push_back(gpu.weight_budget_bytes);
     if (const auto over = shardOverBudget(d.spec, d.tp, d.pp, d.gpus, budgets)) {
       m.fail("shard (tp " + std::to_string(over->shard % d.tp) + ", pp " + std::to_string(over->shard / d.tp) + ") holds " +
              std::to_string(over->bytes) + " bytes, more than GPU " + std::to_string(over->gpu) + "'s weight budget of " +
              std::to_string(over->budget) + " bytes; use more tensor or pipeline parallelism");
     }
-    std::int64_t count = m.positiveInt(m.getInt("count", 1), "count");
+    const std::int64_t count = m.getIntIn("count", 1, 1, kMaxModels);
+    if (static_cast<std::int64_t>(s.engine.models.size()) + count > kMaxModels)
+      m.at("count").fail("the scenario would have more than " + std::to_string(kMaxModels) + " models");
     std::string base_name = m.getString("name", d.spec.name);
     // `weights`: deployments naming the same weights hold identical parameters, so a shard can be
     // copied from one that is resident (load routing from a device).
@@ -183,9 +208,13 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       ModelDeployment copy = d;
       copy.name = count == 1 ? base_name : base_name + "-" + std::to_string(c);
       copy.weights = weights.empty() ? copy.name : weights;
-      for (const auto& other : s.engine.models)
-        if (other.weights == copy.weights && (other.spec.name != copy.spec.name || other.spec.totalBytes() != copy.spec.totalBytes()))
+      // Models sharing weights all match the first holder, so comparing with it covers every pair.
+      const auto [owner, first] = weights_owner.emplace(copy.weights, s.engine.models.size());
+      if (!first) {
+        const ModelDeployment& other = s.engine.models[owner->second];
+        if (other.spec.name != copy.spec.name || other.spec.totalBytes() != copy.spec.totalBytes())
           m.at("weights").fail("weights '" + copy.weights + "' are shared with model " + other.name + ", whose spec differs");
+      }
       if (!names.insert(copy.name).second) m.fail("model name '" + copy.name + "' is used twice");
       s.engine.models.push_back(std::move(copy));
     }
@@ -202,9 +231,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
                        "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined"});
       if (auto name = p->find("name")) policy.name = parseChoice<PolicySet>(*name);
-      std::int64_t cap = p->getInt("max_loaded_models", 0);
-      if (cap < 0) p->at("max_loaded_models").fail("must be 0 (no cap) or greater");
-      policy.max_loaded_models = static_cast<int>(cap);
+      policy.max_loaded_models = static_cast<int>(p->getIntIn("max_loaded_models", 0, 0, kMaxModels));
       applyPolicySet(policy);
       // Individual choices override the set's.
       if (auto v = p->find("eviction")) policy.eviction = parseChoice<EvictionPolicy>(*v);
@@ -214,16 +241,22 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       policy.admission = p->getBool("admission", policy.admission);
       policy.serial_loads = p->getBool("serial_loads", policy.serial_loads);
       policy.layer_pipelined = p->getBool("layer_pipelined", policy.layer_pipelined);
-      double half_life = p->getDouble("lfu_half_life_s", toSeconds(policy.lfu_half_life));
-      if (half_life < 0) p->at("lfu_half_life_s").fail("must be 0 (no decay) or greater");
+      const double half_life = p->getDoubleIn("lfu_half_life_s", toSeconds(policy.lfu_half_life), 0, kMaxInputSeconds);
       policy.lfu_half_life = secondsToNanos(half_life);
-      double window = p->getDouble("rate_window_s", toSeconds(policy.rate_window));
+      const double window = p->getDoubleIn("rate_window_s", toSeconds(policy.rate_window), 0, kMaxInputSeconds);
       if (window <= 0) p->at("rate_window_s").fail("must be greater than 0");
       policy.rate_window = secondsToNanos(window);
+
       if (auto pl = p->find("placement")) placement = parsePlacementConfig(*pl);
     }
   } else {
     applyPolicySet(policy);
+  }
+  // Found here rather than when the first load is routed: multipath forwards over NVLink.
+  if (policy.routing.name() == "multipath" && !s.cluster.hasNvlink()) {
+    const auto p = root.find("policy");
+    const std::string where = p && p->isObject() && p->has("routing") ? "$.policy.routing" : "$.policy";
+    throw ConfigError(where + ": multipath routing forwards shards over NVLink, and the cluster has none (nvlink_gbps is 0)");
   }
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
   s.engine.nvlink = s.cluster.hasNvlink();
@@ -254,6 +287,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   s.workload = root.at("workload").json();
   // Build the stream once now so a bad workload or trace fails before any output is written.
   s.makeWorkload();
+  checkWorkloadEnds(root.at("workload"), s.engine.models.size(), s.duration);
 
   s.outputs.dir = "out/" + s.name;
   if (auto o = root.find("outputs")) {

@@ -42,6 +42,9 @@ struct Scenario {
 Scenario loadScenario(const std::string& path, const std::vector<std::string>& overrides = {});
 // Validates an in-memory scenario document.
 Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir);
+// Refuses (ConfigError at the node's path) a name that is used as a file or folder name under
+// out/ and is not one plain path component (`../x`, `a/b`, empty, too long).
+void checkOutputName(const JsonReader& node);
 // The scenario embedded in the binary, run when `computron sim` gets no file.
 nlohmann::json defaultScenarioJson();
 

@@ -10,6 +10,7 @@
 #include "common/scenario/run_recorder.h"
 #include "common/scenario/scenario.h"
 #include "runtime/cli/cli.h"
+#include "runtime/cli/faults.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
@@ -52,7 +53,7 @@ int replayMain(int argc, char** argv) {
   std::int64_t chunk_mib = 64, pin_piece_mib = 1024;
   int threads = 0, max_context = 1024;
   std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
-  std::vector<std::string> checkpoints;
+  std::vector<std::string> checkpoints, injections;
   opts.add_options()("help,h", "show this help")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(),
       "override a scenario field, as for `computron sim`: --set cluster.preset=h200x2")(
@@ -80,6 +81,9 @@ int replayMain(int argc, char** argv) {
       "placeholder-ms", po::value<double>(&placeholder_ms)->default_value(-1),
       "placeholder execution: fixed kernel time per output token; default: the simulator's cost model's times")(
       "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long")(
+      "inject", po::value<std::vector<std::string>>(&injections)->composing(),
+      "host device: inject a fault, repeatable: fail-load=MODEL[@N], corrupt-load=MODEL[@N], fail-batch=MODEL[@N], "
+      "stall=GPU:MS[@N] (the Nth occurrence, 1-based; without @N every one, a stall the first)")(
       "quiet,q", "no notes on stderr (the table or --json still goes to stdout; warnings and errors still show)");
   std::string scenario_path;
   po::variables_map vm;
@@ -94,6 +98,22 @@ int replayMain(int argc, char** argv) {
                                     scenario_path, vm))
     return *done;
   if (scenario_path.empty()) return usageError("computron replay", "a scenario file is required", opts);
+  // Every number bounded, so nothing is truncated or overflows further on.
+  auto outside = [](double v, double lo, double hi) { return !(v >= lo && v <= hi); };
+  if (outside(static_cast<double>(chunk_mib), 1, 4096)) return usageError("computron replay", "--chunk-mib: must be 1 to 4096", opts);
+  if (outside(static_cast<double>(pin_piece_mib), 1, 1 << 20))
+    return usageError("computron replay", "--pin-piece-mib: must be 1 to 1048576", opts);
+  if (outside(threads, 0, 1024)) return usageError("computron replay", "--threads: must be 0 (all cores) to 1024", opts);
+  if (outside(host_memory_gib, 0, 1 << 20))
+    return usageError("computron replay", "--host-memory-gib: must be 0 (detect) to 1048576", opts);
+  if (outside(time_limit_s, 1e-3, kMaxInputSeconds))
+    return usageError("computron replay", "--time-limit-s: must be 0.001 to 1e7", opts);
+  if (placeholder_ms != -1 && outside(placeholder_ms, 0, 1e7))
+    return usageError("computron replay", "--placeholder-ms: must be 0 to 1e7", opts);
+  if (outside(max_context, 1, kMaxRequestTokens))
+    return usageError("computron replay", "--max-context: must be 1 to " + std::to_string(kMaxRequestTokens), opts);
+  if (!injections.empty() && device != "host")
+    return usageError("computron replay", "--inject: faults are injected on the host-memory device (--device host)", opts);
   const bool quiet = vm.count("quiet") > 0;
   Scenario scenario = loadScenario(scenario_path, overrides);
   if (vm.count("out")) scenario.outputs.dir = out_dir;
@@ -141,7 +161,29 @@ int replayMain(int argc, char** argv) {
   }
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
-  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+  std::unique_ptr<DeviceFactory> factory;
+  if (!injections.empty()) {
+    if (!options.verify_loads)
+      for (const auto& spec : injections)
+        if (spec.rfind("corrupt-load=", 0) == 0)
+          throw ConfigError("--inject " + spec + ": a corrupt load is found by the checksum, which --no-verify turns off");
+    factory = std::make_unique<HostDeviceFactory>(scenario.cluster.numGpus(),
+                                                  faultHooks(injections, scenario.modelNames(), scenario.cluster.numGpus()));
+  } else if (device == "cuda") {
+    // Without a usable GPU the CUDA error alone does not say what to do instead.
+    try {
+      factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw ConfigError(std::string("--device cuda: no usable GPU (") + e.what() +
+                        "); the host-memory device runs the same scenario: --device host");
+    }
+    if (factory->deviceCount() == 0)
+      throw ConfigError("--device cuda: this machine has no GPU; the host-memory device runs the same scenario: --device host");
+  } else {
+    factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+  }
   if (factory->deviceCount() < scenario.cluster.numGpus()) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
               << " GPUs, this machine " << factory->deviceCount() << "\n";
@@ -214,6 +256,13 @@ int replayMain(int argc, char** argv) {
          {{"bytes", hs.bytes}, {"fill_s", hs.fill_seconds}, {"pin_s", hs.pin_seconds}, {"threads", hs.threads}}},
         {"arrivals", stats.arrivals}}}};
   nlohmann::json summary = recorder.finish(stats.end_time, extra);
+  // Every request that arrived ended exactly once: served, or failed (or refused) with its reason.
+  const nlohmann::json& overall = summary["overall"];
+  if (overall["requests"].get<std::int64_t>() != stats.arrivals ||
+      overall["served"].get<std::int64_t>() + overall["failed"].get<std::int64_t>() != stats.arrivals)
+    throw std::logic_error("replay: " + std::to_string(stats.arrivals) + " requests arrived but " +
+                           overall["requests"].dump() + " ended (" + overall["served"].dump() + " served, " +
+                           overall["failed"].dump() + " failed)");
   if (vm.count("json")) {
     std::cout << summary.dump(2) << "\n";
   } else {
@@ -222,7 +271,8 @@ int replayMain(int argc, char** argv) {
               << failed << " failed), mean shard load " << extra["runtime"]["mean_shard_load_gbps"].get<double>()
               << " GB/s; " << execution_note << "\n";
   }
-  return failed == 0 ? 0 : 1;
+  // Injected faults are meant to fail loads; the run succeeds when every request was accounted for.
+  return failed == 0 || !injections.empty() ? 0 : 1;
 }
 
 }  // namespace computron::runtime

@@ -14,6 +14,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/json_reader.h"
+
 namespace computron::model {
 namespace {
 
@@ -121,8 +123,8 @@ void SafetensorsFile::parseHeader() {
 
   nlohmann::json root;
   try {
-    root = nlohmann::json::parse(header);
-  } catch (const nlohmann::json::exception& e) {
+    root = parseJsonText(header, "header");  // depth-limited, a tensor named twice refused
+  } catch (const ConfigError& e) {
     fail(path_, std::string("invalid header JSON: ") + e.what());
   }
   if (!root.is_object()) fail(path_, "invalid header: expected a JSON object");
@@ -221,11 +223,10 @@ Checkpoint Checkpoint::open(const std::string& path) {
     const fs::path index = fs::path(path) / "model.safetensors.index.json";
     const fs::path single = fs::path(path) / "model.safetensors";
     if (fs::exists(index)) {
-      std::ifstream in(index);
       nlohmann::json root;
       try {
-        root = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
+        root = readJsonFile(index.string());  // bounded in size and depth
+      } catch (const ConfigError& e) {
         fail(index.string(), std::string("invalid JSON: ") + e.what());
       }
       if (!root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object())

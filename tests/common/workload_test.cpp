@@ -407,11 +407,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadWorkload{R"({"type":"trace","format":"azure","path":"x.csv","time_scale":0})",
                     "$.workload.time_scale: must be greater than 0"},
         BadWorkload{R"({"type":"trace","format":"azure","path":"x.csv","max_requests":-1})",
-                    "$.workload.max_requests: must not be negative"},
+                    "$.workload.max_requests: must be between 0 and 1000000000, got -1"},
         BadWorkload{R"({"type":"trace","format":"azure","path":"x.csv","rate_scale":2})",
                     "$.workload.rate_scale: unknown key (allowed: type, format, path, assign, zipf_alpha, split, "
                     "time_scale, start_s, max_requests, prompt_tokens, output_tokens)"},
-        BadWorkload{R"({"type":"alternating","requests":0})", "$.workload.requests: must be at least 1"},
+        BadWorkload{R"({"type":"alternating","requests":0})", "$.workload.requests: must be between 1 and 1000000000, got 0"},
         BadWorkload{R"({"type":"alternating","requests":2,"think_time_ms":-1})",
                     "$.workload.think_time_ms: must not be negative"},
         BadWorkload{R"({"type":"alternating","requests":2,"rate":1})",
