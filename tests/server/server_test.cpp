@@ -152,7 +152,8 @@ std::string metricLine(const std::string& metrics, const std::string& prefix) {
 
 class ServeTest : public ::testing::Test {
  protected:
-  void start(ServerOptions options = {}, Nanos step = kNanosPerMilli) {
+  void start(const ServerOptions& given = ServerOptions(), Nanos step = kNanosPerMilli) {
+    ServerOptions options = given;
     factory_ = std::make_unique<runtime::HostDeviceFactory>(1);
     runtime::RuntimeOptions ro;
     ro.chunk_bytes = 16 * 1024;
