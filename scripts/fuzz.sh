@@ -18,7 +18,8 @@ if ! command -v clang++ >/dev/null; then
   echo "fuzz.sh: clang++ is needed (Debian: clang libclang-rt-dev)" >&2
   exit 1
 fi
-cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+# -O1 with line tables, as fuzzing builds usually are: quick to build, readable stacks.
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_FLAGS="-O1 -gline-tables-only" -DCMAKE_CXX_COMPILER=clang++ \
   -DCOMPUTRON_FUZZ=ON -DCOMPUTRON_CUDA=OFF -DCOMPUTRON_BUILD_TESTS=OFF -DCOMPUTRON_BUILD_BENCH=OFF \
   -DCOMPUTRON_RUNTIME_MODULE=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" --target "${harnesses[@]}"

@@ -2,7 +2,8 @@
 # Installs the Debian packages the build needs, only those missing (no network when all are there).
 set -euo pipefail
 packages=(g++ cmake make libboost-dev libboost-program-options-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-          libbenchmark-dev)
+          libbenchmark-dev
+          clang libclang-rt-dev)  # clang and its runtime: the fuzzing harnesses (scripts/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

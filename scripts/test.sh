@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the whole test suite: the normal build (with CUDA parts when nvcc is found), then
 # the runtime's tests under ThreadSanitizer and everything under AddressSanitizer + UBSan (both
-# without CUDA, on the host-memory device). Build folders: build/, build-tsan/, build-asan/.
+# without CUDA, on the host-memory device), then each libFuzzer harness for a bounded time. Build
+# folders: build/, build-tsan/, build-asan/, build-fuzz/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -26,4 +27,8 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMPUTRON_ASAN=ON -DCOMPUTRO
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   ctest --test-dir build-asan --output-on-failure -j"$jobs"
+
+echo "== fuzzing: every input reader for a bounded time (clang, libFuzzer, ASan + UBSan) =="
+# Seven harnesses x 10 s; the long recorded run is in bench/results/fuzzing-*.md.
+scripts/fuzz.sh "${COMPUTRON_FUZZ_SECONDS:-10}"
 echo "all tests passed"
