@@ -10,6 +10,7 @@
 #include "common/scenario/run_recorder.h"
 #include "common/scenario/scenario.h"
 #include "runtime/cli/cli.h"
+#include "runtime/cli/execution_choice.h"
 #include "runtime/cli/faults.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
@@ -126,22 +127,9 @@ int replayMain(int argc, char** argv) {
   options.host.pin_piece_bytes = pin_piece_mib * kMiB;
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
-  auto cost = std::make_shared<CostModel>(scenario.cluster);
-  if (vm["execution"].defaulted()) execution_kind = device == "cuda" ? "real" : "placeholder";
-  const bool real = execution_kind == "real";
-  if (!real && execution_kind != "placeholder")
-    throw ConfigError("--execution: expected real or placeholder, got '" + execution_kind + "'");
+  const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
   if (real) {
-    if (placeholder_ms >= 0) throw ConfigError("--placeholder-ms applies to --execution placeholder only");
-    RealExecutionOptions ro;
-    ro.max_context = max_context;
-    ro.seed = scenario.seed;
-    for (const auto& c : checkpoints) {
-      const auto eq = c.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == c.size())
-        throw ConfigError("--checkpoint '" + c + "': expected NAME=FOLDER");
-      ro.checkpoints[c.substr(0, eq)] = c.substr(eq + 1);
-    }
+    const RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     options.execution = makeModelExecution(device, ro);
     execution = "real models on CUDA (" + std::string(ro.checkpoints.empty() ? "random weights" : "checkpoints where given") +
                 ", max context " + std::to_string(max_context) + ")";
@@ -151,12 +139,7 @@ int replayMain(int argc, char** argv) {
     options.placeholder_step = static_cast<Nanos>(placeholder_ms * 1e6);
     execution = "placeholder fixed-cost kernel, " + std::to_string(placeholder_ms) + " ms per output token";
   } else {
-    const EngineConfig engine = scenario.engine;
-    options.placeholder_cost = [cost, engine](const ExecuteCommand& cmd) {
-      const BatchTimes t =
-          cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);
-      return PlaceholderTimes{t.first_token, t.finish};
-    };
+    options.placeholder_cost = costModelPlaceholder(scenario);
     execution = "placeholder fixed-cost kernel timed by the simulator's cost model";
   }
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";

@@ -10,6 +10,7 @@
 #include "common/scenario/cli_args.h"
 #include "common/scenario/scenario.h"
 #include "runtime/cli/cli.h"
+#include "runtime/cli/execution_choice.h"
 #include "runtime/device_factory.h"
 #include "runtime/real_backend.h"
 #include "runtime/server/server.h"
@@ -78,21 +79,9 @@ int serveMain(int argc, char** argv) {
   }
   RuntimeOptions options;
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
-  if (vm["execution"].defaulted()) execution_kind = device == "cuda" ? "real" : "placeholder";
-  if (execution_kind != "real" && execution_kind != "placeholder")
-    throw ConfigError("--execution: expected real or placeholder, got '" + execution_kind + "'");
   std::string execution;
-  if (execution_kind == "real") {
-    if (placeholder_ms >= 0) throw ConfigError("--placeholder-ms applies to --execution placeholder only");
-    RealExecutionOptions ro;
-    ro.max_context = max_context;
-    ro.seed = scenario.seed;
-    for (const auto& c : checkpoints) {
-      const auto eq = c.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == c.size())
-        throw ConfigError("--checkpoint '" + c + "': expected NAME=FOLDER");
-      ro.checkpoints[c.substr(0, eq)] = c.substr(eq + 1);
-    }
+  if (chooseRealExecution(execution_kind, vm["execution"].defaulted(), device)) {
+    const RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     options.execution = makeModelExecution(device, ro);
     execution = "real models (token ids are still placeholders: the decoders' ids are not returned yet)";
   } else {
@@ -107,12 +96,7 @@ int serveMain(int argc, char** argv) {
         return t;
       };
     } else {
-      auto cost = std::make_shared<CostModel>(scenario.cluster);
-      const EngineConfig engine = scenario.engine;
-      cost_fn = [cost, engine](const ExecuteCommand& cmd) {
-        const BatchTimes t = cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);
-        return PlaceholderTimes{t.first_token, t.finish};
-      };
+      cost_fn = costModelPlaceholder(scenario);
     }
     options.placeholder_cost = cost_fn;
     so.loop.predicted_times = cost_fn;

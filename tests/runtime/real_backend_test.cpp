@@ -19,24 +19,12 @@
 #include "runtime/weights.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
+#include "tests/support/tiny_model.h"
 
 namespace computron::runtime {
 namespace {
 
-// A small OPT-shaped model: a few hundred KiB per shard.
-ModelSpec tinySpec(int layers = 4) {
-  ModelSpec m = modelPreset("opt-125m");
-  m.name = "tiny-opt";
-  m.num_layers = layers;
-  m.hidden = 64;
-  m.num_heads = 4;
-  m.num_kv_heads = 4;
-  m.ffn_hidden = 256;
-  m.vocab = 500;
-  m.max_positions = 64;
-  m.word_embed_proj_dim = 0;
-  return m;
-}
+ModelSpec tinySpec(int layers = 4) { return fakes::tinyOptSpec(layers); }
 
 ModelDeployment deployment(const std::string& name, int tp, int pp, std::vector<GpuId> gpus, int layers = 4) {
   ModelDeployment d;

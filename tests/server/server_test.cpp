@@ -26,6 +26,7 @@
 #include "runtime/server/api.h"
 #include "runtime/server/load_generator.h"
 #include "runtime/server/server.h"
+#include "tests/support/tiny_model.h"
 
 namespace computron::server {
 namespace {
@@ -36,19 +37,7 @@ namespace http = beast::http;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 
-ModelSpec tinySpec() {
-  ModelSpec m = modelPreset("opt-125m");
-  m.name = "tiny-opt";
-  m.num_layers = 2;
-  m.hidden = 64;
-  m.num_heads = 4;
-  m.num_kv_heads = 4;
-  m.ffn_hidden = 256;
-  m.vocab = 500;
-  m.max_positions = 64;
-  m.word_embed_proj_dim = 0;
-  return m;
-}
+ModelSpec tinySpec() { return fakes::tinyOptSpec(2); }
 
 ModelDeployment deployment(const std::string& name) {
   ModelDeployment d;
