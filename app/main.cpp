@@ -19,6 +19,7 @@
 #include "common/core/policy.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "sim/compare.h"
 #include "sim/sweep.h"
 
 namespace po = boost::program_options;
@@ -42,6 +43,8 @@ void printUsage(std::ostream& out) {
       << "  replay SCENARIO.json   run a scenario on real GPUs (or the host-memory device)\n"
       << "  bench swap             measure model-parallel swapping on this machine's GPUs\n"
       << "  serve SCENARIO.json    an OpenAI-compatible HTTP server over the swapping runtime\n"
+      << "  calibrate [SCENARIO]   measure batch, decode and load times on this machine's GPUs into a profile\n"
+      << "  compare A B            relative error between two runs' outputs (e.g. GPU replay against sim)\n"
       << "  presets                list model and cluster presets and the registered policies\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
@@ -224,7 +227,8 @@ int dispatch(int argc, char** argv) {
   if (command == "sim") return simMain(argc - 1, argv + 1);
   if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
   if (command == "presets") return presetsCommand(argc - 1, argv + 1);
-  if (command == "replay" || command == "bench" || command == "serve") return runtimeMain(argc - 1, argv + 1);
+  if (command == "compare") return sim::compareMain(argc - 1, argv + 1);
+  if (command == "replay" || command == "bench" || command == "serve" || command == "calibrate") return runtimeMain(argc - 1, argv + 1);
   std::cerr << "computron: unknown command '" << command << "'\n\n";
   printUsage(std::cerr);
   return kExitUsage;

@@ -3,6 +3,7 @@
 //   computron replay SCENARIO.json [--set k=v] [--device cuda|host] [--out DIR] ...
 //   computron bench swap [...]
 //   computron bench serve --url URL SCENARIO.json [...]
+//   computron calibrate [SCENARIO.json] [--models ...] [--layouts ...] [--out PROFILE.json] ...
 //   computron serve SCENARIO.json [--host H] [--port N] [--device cuda|host] [--api-key K] ...
 // Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).
 #pragma once
@@ -14,5 +15,6 @@ int benchMain(int argc, char** argv);      // argv[0] is "bench"; dispatches "be
 int benchSwapMain(int argc, char** argv);  // argv[0] is "swap"
 int benchServeMain(int argc, char** argv); // argv[0] is "serve" (the load generator)
 int serveMain(int argc, char** argv);      // argv[0] is "serve" (runtime/server/, docs/serving.md)
+int calibrateMain(int argc, char** argv);  // argv[0] is "calibrate" (docs/specs.md, "Profiles")
 
 }  // namespace computron::runtime

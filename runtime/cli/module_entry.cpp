@@ -13,6 +13,7 @@ extern "C" __attribute__((visibility("default"))) int computron_runtime_main(int
     if (command == "replay") return computron::runtime::replayMain(argc, argv);
     if (command == "bench") return computron::runtime::benchMain(argc, argv);
     if (command == "serve") return computron::runtime::serveMain(argc, argv);
+    if (command == "calibrate") return computron::runtime::calibrateMain(argc, argv);
     std::cerr << "computron: the runtime module has no command '" << command << "'\n";
     return 2;
   } catch (const computron::ConfigError& e) {
