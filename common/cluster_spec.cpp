@@ -2,6 +2,7 @@
 #include "common/cluster_spec.h"
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -216,12 +217,36 @@ void readClusterScalars(const JsonReader& node, ClusterSpec& c) {
   if (auto v = node.find("evict_latency_us")) c.evict_latency = nanosFromMicros(nonNegative(*v));
 }
 
-ClusterSpec presetWithOverrides(const JsonReader& node) {
-  node.expectObject(joinKeys({{"preset"}, kClusterScalarKeys, kGpuScalarKeys}));
+// Reads the profile the node names, if any, and applies its link figures to every GPU of `c`
+// except where the node gives the key itself (an explicit figure wins over a measured one).
+void readProfileMember(const JsonReader& node, const std::string& base_dir, ClusterSpec& c) {
+  auto member = node.find("profile");
+  if (!member) return;
+  const std::string file = member->asString();
+  if (file.empty()) member->fail("expected the path of a profile file (computron calibrate writes one)");
+  std::filesystem::path path(file);
+  if (path.is_relative() && !base_dir.empty()) path = std::filesystem::path(base_dir) / path;
+  if (!std::filesystem::exists(path))
+    member->fail("no profile file " + path.string() + (base_dir.empty() ? "" : " (relative paths start at the scenario's folder)"));
+  c.profile = std::make_shared<const Profile>(readProfileFile(path.string()));
+  c.profile_file = file;
+  const LinkProfile& links = c.profile->links;
+  for (GpuSpec& gpu : c.gpus) {
+    if (links.host_link_gbps && !node.has("host_link_gbps")) gpu.host_link_bandwidth = *links.host_link_gbps * kGB;
+    if (links.host_link_latency_us && !node.has("host_link_latency_us"))
+      gpu.host_link_latency = nanosFromMicros(*links.host_link_latency_us);
+  }
+  if (links.nvlink_gbps && c.hasNvlink() && !node.has("nvlink_gbps")) c.nvlink_bandwidth = *links.nvlink_gbps * kGB;
+  if (links.evict_us && !node.has("evict_latency_us")) c.evict_latency = nanosFromMicros(*links.evict_us);
+}
+
+ClusterSpec presetWithOverrides(const JsonReader& node, const std::string& base_dir) {
+  node.expectObject(joinKeys({{"preset", "profile"}, kClusterScalarKeys, kGpuScalarKeys}));
   const JsonReader preset = node.at("preset");
   const std::string name = preset.asString();
   if (!isClusterPreset(name)) preset.fail("unknown cluster preset \"" + name + "\" (known: " + knownPresetList() + ")");
   ClusterSpec c = clusterPreset(name);
+  readProfileMember(node, base_dir, c);
   readClusterScalars(node, c);
   for (GpuSpec& gpu : c.gpus) readGpuScalars(node, /*require_all=*/false, gpu);
   return c;
@@ -255,8 +280,8 @@ void readUplinks(const JsonReader& list, ClusterSpec& c) {
   }
 }
 
-ClusterSpec fullDescription(const JsonReader& node) {
-  node.expectObject(joinKeys({kClusterScalarKeys, {"gpus", "uplinks", "gpus_per_node", "network"}}));
+ClusterSpec fullDescription(const JsonReader& node, const std::string& base_dir) {
+  node.expectObject(joinKeys({kClusterScalarKeys, {"gpus", "uplinks", "gpus_per_node", "network", "profile"}}));
   ClusterSpec c;
   c.name = "custom";
   c.nvlink_latency = kDefaultNvlinkLatency;
@@ -289,6 +314,13 @@ ClusterSpec fullDescription(const JsonReader& node) {
   }
   if (c.numNodes() > 1 && c.network.nic_bandwidth <= 0)
     node.fail("a cluster of " + std::to_string(c.numNodes()) + " nodes (gpus_per_node) needs a \"network\" with nic_gbps");
+  // The GPUs' own keys sit in their entries, so the profile's link figures replace only the
+  // cluster-level ones (NVLink, eviction) given nowhere; a full description states its links.
+  if (node.has("profile")) {
+    std::vector<GpuSpec> stated = c.gpus;
+    readProfileMember(node, base_dir, c);
+    c.gpus = std::move(stated);
+  }
   return c;
 }
 
@@ -330,14 +362,14 @@ ClusterSpec clusterPreset(const std::string& name) {
   return it->second();
 }
 
-ClusterSpec clusterFromJson(const JsonReader& node) {
+ClusterSpec clusterFromJson(const JsonReader& node, const std::string& base_dir) {
   if (node.isString()) {
     const std::string name = node.asString();
     if (!isClusterPreset(name)) node.fail("unknown cluster preset \"" + name + "\" (known: " + knownPresetList() + ")");
     return clusterPreset(name);
   }
-  if (node.isObject() && node.has("preset")) return presetWithOverrides(node);
-  return fullDescription(node);
+  if (node.isObject() && node.has("preset")) return presetWithOverrides(node, base_dir);
+  return fullDescription(node, base_dir);
 }
 
 nlohmann::json clusterToJson(const ClusterSpec& c) {
@@ -362,6 +394,7 @@ nlohmann::json clusterToJson(const ClusterSpec& c) {
       {"kernel_overhead_us", microsFromNanos(c.kernel_overhead)},
       {"evict_latency_us", microsFromNanos(c.evict_latency)},
   };
+  if (c.profile) out["profile"] = c.profile_file;
   // Nodes and the network only where there is more than one node (one-node results unchanged).
   if (c.gpus_per_node > 0) {
     out["gpus_per_node"] = c.gpus_per_node;

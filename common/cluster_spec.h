@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/json_reader.h"
+#include "common/profile.h"
 #include "common/types.h"
 
 namespace computron {
@@ -51,6 +53,10 @@ struct ClusterSpec {
   double memory_efficiency = 0.85;     // fraction of HBM bandwidth reached by decode
   Nanos kernel_overhead = 5 * kNanosPerMicro;  // per layer per step launch overhead
   Nanos evict_latency = 10 * kNanosPerMicro;   // releasing a shard's device blocks
+  // A measured profile (`"profile": "FILE"` in the cluster JSON): batches of the models it holds
+  // are timed from it, and its link figures replace the preset's. Null: the roofline alone.
+  std::shared_ptr<const Profile> profile;
+  std::string profile_file;  // as written in the JSON
 
   int numGpus() const { return static_cast<int>(gpus.size()); }
   bool hasNvlink() const { return nvlink_bandwidth > 0; }
@@ -70,7 +76,8 @@ std::vector<std::string> clusterPresetNames();
 bool isClusterPreset(const std::string& name);
 // {"preset": "...", overrides...}, a bare preset name, or a full description; see docs/specs.md.
 // Units in the JSON: GB (1e9 bytes), GB/s, TFLOP/s, microseconds. Errors name the JSON path.
-ClusterSpec clusterFromJson(const JsonReader& node);
+// A relative "profile" path is taken from `base_dir` (the scenario's folder).
+ClusterSpec clusterFromJson(const JsonReader& node, const std::string& base_dir = "");
 // The effective cluster as a full description (readable back by clusterFromJson).
 nlohmann::json clusterToJson(const ClusterSpec& c);
 

@@ -5,7 +5,7 @@
 
 namespace computron {
 
-Nanos CostModel::allReduceTime(double bytes, int tp, bool across_nodes) const {
+Nanos RooflineCostModel::allReduceTime(double bytes, int tp, bool across_nodes) const {
   if (tp <= 1) return 0;
   if (across_nodes) {
     // The ring's slowest hops cross the network: each GPU sends over its share of the NIC.
@@ -17,14 +17,14 @@ Nanos CostModel::allReduceTime(double bytes, int tp, bool across_nodes) const {
   return static_cast<Nanos>(std::ceil(seconds * 1e9)) + cluster_.nvlink_latency;
 }
 
-Nanos CostModel::stageSendTime(double bytes, bool across_nodes) const {
+Nanos RooflineCostModel::stageSendTime(double bytes, bool across_nodes) const {
   if (across_nodes)
     return static_cast<Nanos>(std::ceil(bytes / cluster_.nicShare() * 1e9)) + cluster_.network.nic_latency;
   double bw = cluster_.hasNvlink() ? cluster_.nvlink_bandwidth : cluster_.gpus.front().host_link_bandwidth;
   return static_cast<Nanos>(std::ceil(bytes / bw * 1e9)) + cluster_.nvlink_latency;
 }
 
-Nanos CostModel::stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
+Nanos RooflineCostModel::stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
                            double kv_read_tokens) const {
   const ModelSpec& spec = model.spec;
   ShardLayout layout = spec.shard(model.tp, model.pp, 0, stage);
@@ -49,7 +49,8 @@ Nanos CostModel::stageTime(const ModelDeployment& model, int stage, double token
   return t;
 }
 
-BatchTimes CostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests) const {
+BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                                         bool /*first_after_load*/) const {
   BatchTimes times;
   if (model.fixed_batch_time > 0) {
     times.first_token = model.fixed_batch_time;
@@ -92,6 +93,59 @@ BatchTimes CostModel::batchTimes(const ModelDeployment& model, const std::vector
   times.finish.reserve(requests.size());
   for (const auto& r : requests) times.finish.push_back(step_end[static_cast<std::size_t>(std::max(1, r.output_tokens) - 1)]);
   times.total = t;
+  return times;
+}
+
+namespace {
+
+Nanos nanosFromMillis(double ms) { return static_cast<Nanos>(std::llround(ms * 1e6)); }
+
+}  // namespace
+
+std::unique_ptr<CostModel> makeCostModel(const ClusterSpec& cluster) {
+  if (cluster.profile) return std::make_unique<ProfiledCostModel>(cluster, cluster.profile);
+  return std::make_unique<RooflineCostModel>(cluster);
+}
+
+const ModelProfile* ProfiledCostModel::entryFor(const ModelDeployment& model) const {
+  if (model.fixed_batch_time > 0) return nullptr;
+  return profile_->find(model.spec.name, model.tp, model.pp);
+}
+
+std::string ProfiledCostModel::sourceFor(const ModelDeployment& model) const {
+  if (model.fixed_batch_time > 0) return "fixed_batch_ms";
+  return entryFor(model) != nullptr ? "profile" : "roofline";
+}
+
+BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                                         bool first_after_load) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr || requests.empty()) return roofline_.batchTimes(model, requests, first_after_load);
+  BatchTimes times;
+  const double batch = static_cast<double>(requests.size());
+  double prompt_tokens = 0;
+  std::int32_t longest_output = 1;
+  for (const auto& r : requests) {
+    prompt_tokens += std::max(1, r.prompt_tokens);
+    longest_output = std::max(longest_output, r.output_tokens);
+  }
+  const double mean_prompt = prompt_tokens / batch;
+  const ProfileGrid::Lookup prefill = entry->prefill.at(batch, mean_prompt);
+  times.outside_profile = prefill.outside;
+  Nanos t = nanosFromMillis(prefill.ms);
+  if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
+  times.first_token = t;
+  // Step s makes token s + 1 of every sequence, over a context of its prompt and s tokens.
+  std::vector<Nanos> step_end(static_cast<std::size_t>(longest_output), t);
+  for (std::int32_t step = 1; step < longest_output; ++step) {
+    const ProfileGrid::Lookup decode = entry->decode.at(batch, mean_prompt + step);
+    times.outside_profile = times.outside_profile || decode.outside;
+    t += nanosFromMillis(decode.ms);
+    step_end[static_cast<std::size_t>(step)] = t;
+  }
+  times.finish.reserve(requests.size());
+  for (const auto& r : requests) times.finish.push_back(step_end[static_cast<std::size_t>(std::max(1, r.output_tokens) - 1)]);
+  times.total = t + nanosFromMillis(entry->batch_tail_ms);
   return times;
 }
 

@@ -4,8 +4,15 @@
 // activation send between pipeline stages (over the network where a group or a stage boundary
 // spans nodes). Prefill produces each request's first token; decode
 // steps then run for the whole batch until its longest request is done (request-level batching).
+//
+// Two sources implement one interface: the roofline (RooflineCostModel) and a profile measured on
+// GPUs by `computron calibrate` (ProfiledCostModel, docs/specs.md "Profiles"), chosen per model:
+// a model whose preset and layout the profile holds is timed by the profile, any other by the
+// roofline.
 #pragma once
 
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "common/cluster_spec.h"
@@ -18,12 +25,28 @@ struct BatchTimes {
   Nanos first_token = 0;       // offset from batch start
   std::vector<Nanos> finish;   // per request, offset from batch start
   Nanos total = 0;             // when the batch releases its GPUs
+  bool outside_profile = false;  // a profiled shape fell outside the measured grid (extrapolated)
 };
 
 class CostModel {
  public:
-  explicit CostModel(const ClusterSpec& cluster) : cluster_(cluster) {}
-  BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests) const;
+  virtual ~CostModel() = default;
+  // `first_after_load`: the model's first batch since a load of it (the profile's extra cost).
+  virtual BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                                bool first_after_load = false) const = 0;
+  // "profile" or "roofline": which source times this model's batches.
+  virtual std::string sourceFor(const ModelDeployment& model) const = 0;
+};
+
+// The cluster's profile when it names one (ClusterSpec::profile), else the roofline.
+std::unique_ptr<CostModel> makeCostModel(const ClusterSpec& cluster);
+
+class RooflineCostModel final : public CostModel {
+ public:
+  explicit RooflineCostModel(const ClusterSpec& cluster) : cluster_(cluster) {}
+  BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                        bool first_after_load = false) const override;
+  std::string sourceFor(const ModelDeployment&) const override { return "roofline"; }
   // One all-reduce of `bytes` over `tp` GPUs: over NVLink within a node, over each GPU's share of
   // its node's NIC (and the network's latency) when the group spans nodes.
   Nanos allReduceTime(double bytes, int tp, bool across_nodes = false) const;
@@ -36,6 +59,24 @@ class CostModel {
   Nanos stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
                   double kv_read_tokens) const;
   const ClusterSpec& cluster_;
+};
+
+// Times from the measured grids (ProfileGrid): prefill by batch size and mean prompt tokens per
+// request, each decode step by batch size and the mean context at that step, plus the batch's tail
+// and, for the first batch after a load, the measured extra. A model with a fixed_batch_time, or
+// without an entry for its preset and layout, falls back to the roofline.
+class ProfiledCostModel final : public CostModel {
+ public:
+  ProfiledCostModel(const ClusterSpec& cluster, std::shared_ptr<const Profile> profile)
+      : profile_(std::move(profile)), roofline_(cluster) {}
+  BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                        bool first_after_load = false) const override;
+  std::string sourceFor(const ModelDeployment& model) const override;
+
+ private:
+  const ModelProfile* entryFor(const ModelDeployment& model) const;
+  std::shared_ptr<const Profile> profile_;
+  RooflineCostModel roofline_;
 };
 
 }  // namespace computron

@@ -13,10 +13,15 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
     : cluster_(cluster),
       options_(options),
       links_(cluster),
-      cost_(cluster),
+      cost_(makeCostModel(cluster)),
       source_(std::move(source)),
       observer_(observer),
-      engine_(std::move(engine_config), *this, *this, this) {}
+      engine_(std::move(engine_config), *this, *this, this) {
+  const std::size_t models = engine_.config().models.size();
+  fresh_.assign(models, false);
+  batches_timed_.assign(models, 0);
+  batches_outside_.assign(models, 0);
+}
 
 Simulation::~Simulation() = default;
 
@@ -64,6 +69,7 @@ SimStats Simulation::run() {
           const auto& d = engine_.config().models[static_cast<std::size_t>(model)];
           loads.resize(static_cast<std::size_t>(d.numShards()), {0, 0});
           loads[static_cast<std::size_t>(info->second.shard)] = {info->second.start, now_};
+          fresh_[static_cast<std::size_t>(model)] = true;
           load_info_.erase(info);
         }
         engine_.onLoadDone(e.a);
@@ -160,7 +166,11 @@ void Simulation::execute(const ExecuteCommand& cmd) {
 void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
                            const std::vector<std::pair<Nanos, Nanos>>* arrivals) {
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
-  BatchTimes times = cost_.batchTimes(model, cmd.requests);
+  const auto m = static_cast<std::size_t>(cmd.model);
+  BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m]);
+  fresh_[m] = false;
+  ++batches_timed_[m];
+  if (times.outside_profile) ++batches_outside_[m];
   Nanos shift = 0;
   if (arrivals != nullptr) {
     const ModelSpec& spec = model.spec;
@@ -233,11 +243,40 @@ void Simulation::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
   if (observer_) observer_->onBatch(cmd, result);
 }
 
+nlohmann::json Simulation::timingReport() const {
+  nlohmann::json models = nlohmann::json::object();
+  const auto& config = engine_.config();
+  for (std::size_t m = 0; m < config.models.size(); ++m) {
+    const ModelDeployment& d = config.models[m];
+    models[d.name] = {{"source", cost_->sourceFor(d)},
+                      {"batches", batches_timed_[m]},
+                      {"batches_outside_profile", batches_outside_[m]}};
+  }
+  return models;
+}
+
 nlohmann::json runScenario(const Scenario& scenario, std::ostream* table_out, SimOptions options) {
   RunRecorder recorder(scenario, "sim");
   Simulation simulation(scenario.cluster, scenario.engine, scenario.makeWorkload(), &recorder, options);
   SimStats stats = simulation.run();
-  nlohmann::json summary = recorder.finish(stats.end_time, {{"simulator", {{"events", stats.events}}}});
+  nlohmann::json extra = {{"simulator", {{"events", stats.events}}}};
+  // Only with a profile, so that runs without one keep their summary byte for byte.
+  if (scenario.cluster.profile) {
+    nlohmann::json models = simulation.timingReport();
+    nlohmann::json warnings = nlohmann::json::array();
+    for (const auto& [name, t] : models.items()) {
+      if (t["source"] == "roofline")
+        warnings.push_back("model " + name + ": the profile has no entry for its preset and layout; the roofline timed it");
+      if (t["batches_outside_profile"].get<std::int64_t>() > 0)
+        warnings.push_back("model " + name + ": " + t["batches_outside_profile"].dump() + " of " + t["batches"].dump() +
+                           " batches had a shape outside the profile's measured grid (extrapolated)");
+    }
+    extra["timing"] = {{"profile", scenario.cluster.profile_file},
+                       {"provenance", scenario.cluster.profile->provenance},
+                       {"models", models},
+                       {"warnings", warnings}};
+  }
+  nlohmann::json summary = recorder.finish(stats.end_time, extra);
   if (table_out) recorder.printTable(summary, *table_out);
   return summary;
 }

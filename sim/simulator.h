@@ -50,6 +50,9 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
 
   SimStats run();
   const Engine& engine() const { return engine_; }
+  // Per model: which source timed its batches, how many batches, and how many of them had a
+  // shape outside the profile's measured grid (summary.json's "timing" with a profile).
+  nlohmann::json timingReport() const;
 
   // Clock
   Nanos now() const override { return now_; }
@@ -73,7 +76,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   Nanos now_ = 0;
   EventQueue events_;
   LinkModel links_;
-  CostModel cost_;
+  std::unique_ptr<CostModel> cost_;
   std::unique_ptr<RequestSource> source_;
   EngineObserver* observer_;
   Engine engine_;
@@ -99,6 +102,8 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::set<Nanos> wakes_;  // times of pending kWake events
   std::vector<GatedBatch> gated_;
   std::uint64_t link_generation_ = 0;
+  std::vector<bool> fresh_;  // per model: loaded since its last batch started
+  std::vector<std::int64_t> batches_timed_, batches_outside_;
   SimStats stats_;
   std::int64_t completed_ = 0;  // requests reported done, for progress only
 };

@@ -165,7 +165,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   s.seed = static_cast<std::uint64_t>(root.getIntIn("seed", 1, 0, INT64_MAX));
   const double duration_s = root.getDoubleIn("duration_s", 0, 0, kMaxInputSeconds);
   s.duration = secondsToNanos(duration_s);
-  s.cluster = clusterFromJson(root.at("cluster"));
+  s.cluster = clusterFromJson(root.at("cluster"), base_dir);
   const int num_gpus = s.cluster.numGpus();
   const double default_slo_ms = root.getDoubleIn("slo_ms", 0, 0, kMaxMillis);
 

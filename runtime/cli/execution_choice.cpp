@@ -29,7 +29,7 @@ RealExecutionOptions realExecutionOptions(const std::vector<std::string>& checkp
 }
 
 std::function<PlaceholderTimes(const ExecuteCommand&)> costModelPlaceholder(const Scenario& scenario) {
-  auto cost = std::make_shared<CostModel>(scenario.cluster);
+  std::shared_ptr<CostModel> cost = makeCostModel(scenario.cluster);
   const EngineConfig engine = scenario.engine;
   return [cost, engine](const ExecuteCommand& cmd) {
     const BatchTimes t = cost->batchTimes(engine.models[static_cast<std::size_t>(cmd.model)], cmd.requests);

@@ -118,7 +118,7 @@ TEST(NetworkModel, NvlinkDoesNotCrossNodesAndRemoteNeedsAnotherNode) {
 
 TEST(NetworkModel, CostModelPaysTheNetworkForGroupsAcrossNodes) {
   ClusterSpec c = nodesCluster(2, 2);
-  CostModel cost(c);
+  RooflineCostModel cost(c);
   // Ring all-reduce of 1 MB over 2 GPUs: 2 (2 - 1) / 2 x 1e6 bytes over one GPU's NIC share
   // (20 GB/s / 2 GPUs = 10 GB/s) = 100 us, plus 5 us of latency; inside a node over 100 GB/s
   // NVLink: 10 us plus NVLink's latency (0 here).

@@ -1,0 +1,165 @@
+#include "common/profile.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/model_spec.h"
+
+namespace computron {
+namespace {
+
+struct Interp {
+  double value = 0;
+  bool outside = false;
+};
+
+// Linear along one axis; below the first point the first value, above the last the last segment's
+// slope continued (a negative slope taken as flat). See ProfileGrid.
+Interp along(const std::vector<double>& axis, const std::vector<double>& values, double x) {
+  const std::size_t n = axis.size();
+  if (n == 1) return {values[0], x != axis[0]};
+  if (x <= axis[0]) return {values[0], x < axis[0]};
+  if (x >= axis[n - 1]) {
+    const double slope = std::max(0.0, (values[n - 1] - values[n - 2]) / (axis[n - 1] - axis[n - 2]));
+    return {values[n - 1] + slope * (x - axis[n - 1]), x > axis[n - 1]};
+  }
+  const std::size_t hi = static_cast<std::size_t>(std::upper_bound(axis.begin(), axis.end(), x) - axis.begin());
+  const std::size_t lo = hi - 1;
+  if (x == axis[lo]) return {values[lo], false};
+  const double w = (x - axis[lo]) / (axis[hi] - axis[lo]);
+  return {values[lo] + w * (values[hi] - values[lo]), false};
+}
+
+std::vector<double> readAxis(const JsonReader& node, double max_value) {
+  if (!node.isArray()) node.fail("expected an array of increasing integers");
+  if (node.size() == 0) node.fail("needs at least one point");
+  if (node.size() > 256) node.fail("at most 256 points");
+  std::vector<double> axis;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const JsonReader v = node.at(i);
+    const double x = static_cast<double>(v.asIntIn(1, static_cast<std::int64_t>(max_value)));
+    if (!axis.empty() && x <= axis.back())
+      v.fail("the grid must be strictly increasing (" + std::to_string(static_cast<std::int64_t>(x)) + " after " +
+             std::to_string(static_cast<std::int64_t>(axis.back())) + ")");
+    axis.push_back(x);
+  }
+  return axis;
+}
+
+ProfileGrid readGrid(const JsonReader& node, const char* tokens_key) {
+  node.expectObject({"batch", tokens_key, "ms"});
+  ProfileGrid g;
+  g.batch = readAxis(node.at("batch"), static_cast<double>(kMaxRequestTokens));
+  g.tokens = readAxis(node.at(tokens_key), static_cast<double>(kMaxRequestTokens));
+  const JsonReader rows = node.at("ms");
+  if (!rows.isArray()) rows.fail("expected an array with one row per batch size");
+  if (rows.size() != g.batch.size())
+    rows.fail("has " + std::to_string(rows.size()) + " rows but the grid has " + std::to_string(g.batch.size()) +
+              " batch sizes");
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const JsonReader row = rows.at(i);
+    if (!row.isArray()) row.fail("expected an array with one value per " + std::string(tokens_key) + " point");
+    if (row.size() != g.tokens.size())
+      row.fail("has " + std::to_string(row.size()) + " values but the grid has " + std::to_string(g.tokens.size()) +
+               " " + tokens_key + " points");
+    std::vector<double> values;
+    for (std::size_t j = 0; j < row.size(); ++j) {
+      const JsonReader v = row.at(j);
+      const double ms = v.asDouble();
+      if (!(ms > 0)) v.fail("a time must be greater than 0 ms");
+      if (ms > 1e7) v.fail("a time must be at most 1e7 ms");
+      values.push_back(ms);
+    }
+    g.ms.push_back(std::move(values));
+  }
+  return g;
+}
+
+double readMillis(const JsonReader& node, const std::string& key) {
+  const JsonReader v = node.at(key);
+  const double ms = v.asDouble();
+  if (!(ms >= 0)) v.fail("must not be negative");
+  if (ms > 1e7) v.fail("must be at most 1e7 ms");
+  return ms;
+}
+
+}  // namespace
+
+ProfileGrid::Lookup ProfileGrid::at(double batch_size, double token_count) const {
+  std::vector<double> column;
+  column.reserve(batch.size());
+  bool outside = false;
+  for (const auto& row : ms) {
+    const Interp r = along(tokens, row, token_count);
+    column.push_back(r.value);
+    outside = outside || r.outside;
+  }
+  const Interp c = along(batch, column, batch_size);
+  return {c.value, outside || c.outside};
+}
+
+const ModelProfile* Profile::find(const std::string& spec, int tp, int pp) const {
+  for (const auto& m : models)
+    if (m.spec == spec && m.tp == tp && m.pp == pp) return &m;
+  return nullptr;
+}
+
+Profile readProfile(const nlohmann::json& doc, const std::string& name) {
+  const JsonReader root(doc, name + ": $");
+  if (!root.isObject()) root.fail("a profile is a JSON object (docs/specs.md, \"Profiles\")");
+  root.expectObject({"format", "version", "provenance", "links", "models"});
+  const JsonReader format = root.at("format");
+  if (format.asString() != "computron-profile") format.fail("expected \"computron-profile\"");
+  const JsonReader version = root.at("version");
+  if (version.asInt() != 1) version.fail("this build reads profile version 1");
+  Profile p;
+  p.path = name;
+  const JsonReader provenance = root.at("provenance");
+  if (!provenance.isObject()) provenance.fail("expected an object (GPU, driver, build, date, grid)");
+  provenance.at("tool").asString();
+  provenance.at("date").asString();
+  p.provenance = provenance.json();
+  if (auto links = root.find("links")) {
+    links->expectObject({"host_link_gbps", "host_link_latency_us", "nvlink_gbps", "evict_us", "measurements"});
+    auto figure = [&](const char* key, double lo, double hi) -> std::optional<double> {
+      auto v = links->find(key);
+      if (!v) return std::nullopt;
+      return v->asDoubleIn(lo, hi);
+    };
+    p.links.host_link_gbps = figure("host_link_gbps", 1e-3, 1e6);
+    p.links.host_link_latency_us = figure("host_link_latency_us", 0, 1e9);
+    p.links.nvlink_gbps = figure("nvlink_gbps", 1e-3, 1e6);
+    p.links.evict_us = figure("evict_us", 0, 1e9);
+    if (auto m = links->find("measurements"))
+      if (!m->isArray()) m->fail("expected an array");
+  }
+  const JsonReader models = root.at("models");
+  if (!models.isArray()) models.fail("expected an array of model profiles");
+  if (models.size() == 0) models.fail("a profile needs at least one model");
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const JsonReader m = models.at(i);
+    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms"});
+    ModelProfile mp;
+    const JsonReader spec = m.at("spec");
+    mp.spec = spec.asString();
+    if (!isModelPreset(mp.spec)) {
+      std::string known;
+      for (const auto& n : modelPresetNames()) known += (known.empty() ? "" : ", ") + n;
+      spec.fail("unknown model \"" + mp.spec + "\" (known: " + known + ")");
+    }
+    mp.tp = static_cast<int>(m.at("tp").asIntIn(1, 1024));
+    mp.pp = static_cast<int>(m.at("pp").asIntIn(1, 1024));
+    if (p.find(mp.spec, mp.tp, mp.pp) != nullptr)
+      m.fail("a second profile of " + mp.spec + " at tp " + std::to_string(mp.tp) + ", pp " + std::to_string(mp.pp));
+    mp.prefill = readGrid(m.at("prefill"), "prompt_tokens");
+    mp.decode = readGrid(m.at("decode"), "context");
+    mp.batch_tail_ms = readMillis(m, "batch_tail_ms");
+    mp.first_batch_extra_ms = readMillis(m, "first_batch_extra_ms");
+    p.models.push_back(std::move(mp));
+  }
+  return p;
+}
+
+Profile readProfileFile(const std::string& path) { return readProfile(readJsonFile(path), path); }
+
+}  // namespace computron

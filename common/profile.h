@@ -1,0 +1,70 @@
+// A measured profile of batch, decode and load times (docs/specs.md, "Profiles"), written by
+// `computron calibrate` on GPUs and read by the simulator's profiled cost model. Per model and
+// (TP, PP) layout it holds two grids, each over batch size and a token count: prefill (time from
+// the engine issuing a batch to its first token, by prompt tokens per request) and one decode step
+// (by mean context per sequence), plus the realtime path's fixed costs. Optional link figures
+// (host link bandwidth and latency, NVLink, eviction) replace the cluster preset's.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/json_reader.h"
+#include "common/types.h"
+
+namespace computron {
+
+// Values over a grid of batch sizes (rows) and token counts (columns), in milliseconds.
+// Lookups interpolate linearly along each axis (bilinear): exact at grid points, and between two
+// neighbouring points within their values (monotone between them). Outside the grid, along each
+// axis: below the first point the first value holds; above the last point the last segment's slope
+// continues, never falling (a negative slope is taken as flat). A one-point axis is constant.
+struct ProfileGrid {
+  std::vector<double> batch;   // strictly increasing, >= 1
+  std::vector<double> tokens;  // strictly increasing, >= 1
+  std::vector<std::vector<double>> ms;  // [batch index][tokens index], finite, > 0
+
+  struct Lookup {
+    double ms = 0;
+    bool outside = false;  // the shape fell outside the measured range on either axis
+  };
+  Lookup at(double batch_size, double token_count) const;
+};
+
+struct ModelProfile {
+  std::string spec;  // model preset name
+  int tp = 1;
+  int pp = 1;
+  ProfileGrid prefill;  // tokens = prompt tokens per request
+  ProfileGrid decode;   // tokens = mean context per sequence (prompt + tokens so far)
+  double batch_tail_ms = 0;         // from a batch's last token to the engine seeing it end
+  double first_batch_extra_ms = 0;  // added to the first batch after a model's load
+};
+
+struct LinkProfile {
+  std::optional<double> host_link_gbps;
+  std::optional<double> host_link_latency_us;
+  std::optional<double> nvlink_gbps;
+  std::optional<double> evict_us;
+};
+
+struct Profile {
+  std::string path;            // where it was read from (for messages)
+  nlohmann::json provenance;   // as written by calibrate: GPU, driver, build, date, grid
+  LinkProfile links;
+  std::vector<ModelProfile> models;
+
+  // The entry for this model preset and layout, or null.
+  const ModelProfile* find(const std::string& spec, int tp, int pp) const;
+};
+
+// Reads and validates a profile document; errors are ConfigError naming `name` and the JSON path
+// (`profile.json: $.models[0].prefill.batch[2]: ...`).
+Profile readProfile(const nlohmann::json& doc, const std::string& name);
+Profile readProfileFile(const std::string& path);
+
+}  // namespace computron

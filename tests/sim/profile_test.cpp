@@ -1,0 +1,244 @@
+// Profiles (docs/specs.md, "Profiles"): the grid's interpolation, the reader's refusals (naming the
+// JSON path, exit code 2 from the command line), the profiled cost model's times worked out by
+// hand, and a simulation whose summary says which source timed each model.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/cost_model.h"
+#include "common/profile.h"
+#include "common/scenario/scenario.h"
+#include "sim/simulator.h"
+#include "sim_test_util.h"
+#include "tests/support/cli_runner.h"
+
+namespace computron {
+namespace {
+
+namespace fs = std::filesystem;
+using fakes::CommandResult;
+using fakes::ScratchDir;
+
+// opt-1.3b at TP 2, PP 2 (the small scenario's layout): prefill over batch {1, 4} x prompt {16, 64},
+// decode over batch {1, 4} x context {32, 128}.
+nlohmann::json profileDoc() {
+  return nlohmann::json::parse(R"({
+    "format": "computron-profile", "version": 1,
+    "provenance": {"tool": "test", "date": "2026-11-30T00:00:00Z", "gpu": "none"},
+    "links": {"host_link_gbps": 20, "host_link_latency_us": 100, "nvlink_gbps": 50, "evict_us": 30},
+    "models": [{
+      "spec": "opt-1.3b", "tp": 2, "pp": 2,
+      "prefill": {"batch": [1, 4], "prompt_tokens": [16, 64], "ms": [[2, 4], [5, 11]]},
+      "decode": {"batch": [1, 4], "context": [32, 128], "ms": [[1, 1.5], [2, 3]]},
+      "batch_tail_ms": 0.25,
+      "first_batch_extra_ms": 7
+    }]
+  })");
+}
+
+ProfileGrid grid() { return readProfile(profileDoc(), "p.json").models[0].prefill; }
+
+TEST(ProfileGrid, ExactAtEveryGridPoint) {
+  const ProfileGrid g = grid();
+  for (std::size_t i = 0; i < g.batch.size(); ++i)
+    for (std::size_t j = 0; j < g.tokens.size(); ++j) {
+      const auto v = g.at(g.batch[i], g.tokens[j]);
+      EXPECT_EQ(v.ms, g.ms[i][j]) << i << "," << j;
+      EXPECT_FALSE(v.outside);
+    }
+}
+
+TEST(ProfileGrid, MonotoneAndBoundedBetweenPoints) {
+  const ProfileGrid g = grid();
+  // Along each axis between two points, values rise from one end's value to the other's.
+  for (double b : {1.0, 2.0, 3.0, 4.0}) {
+    double last = 0;
+    for (double t = 16; t <= 64; t += 0.5) {
+      const auto v = g.at(b, t);
+      EXPECT_GE(v.ms, last) << b << " " << t;
+      EXPECT_GE(v.ms, g.at(b, 16).ms);
+      EXPECT_LE(v.ms, g.at(b, 64).ms);
+      EXPECT_FALSE(v.outside);
+      last = v.ms;
+    }
+  }
+  // Bilinear: the centre is the mean of the four corners.
+  EXPECT_DOUBLE_EQ(g.at(2.5, 40).ms, (2 + 4 + 5 + 11) / 4.0);
+  EXPECT_DOUBLE_EQ(g.at(1, 40).ms, 3.0);
+}
+
+TEST(ProfileGrid, ExtrapolatesFlatBelowAndAlongTheLastSlopeAbove) {
+  const ProfileGrid g = grid();
+  auto below = g.at(1, 8);
+  EXPECT_EQ(below.ms, 2.0);
+  EXPECT_TRUE(below.outside);
+  // Above 64 tokens at batch 1: slope (4 - 2) / 48 per token.
+  auto above = g.at(1, 112);
+  EXPECT_DOUBLE_EQ(above.ms, 4 + 2.0 / 48 * 48);
+  EXPECT_TRUE(above.outside);
+  // Above batch 4 at 16 tokens: slope (5 - 2) / 3 per request.
+  EXPECT_DOUBLE_EQ(g.at(8, 16).ms, 5 + 1.0 * 4);
+  // A falling last segment is taken as flat.
+  nlohmann::json doc = profileDoc();
+  doc["models"][0]["prefill"]["ms"] = {{2, 1}, {5, 11}};
+  const ProfileGrid falling = readProfile(doc, "p.json").models[0].prefill;
+  EXPECT_EQ(falling.at(1, 1000).ms, 1.0);
+}
+
+std::string refusal(const nlohmann::json& doc) {
+  try {
+    readProfile(doc, "p.json");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "accepted";
+}
+
+TEST(ProfileReader, RefusesMalformedProfilesNamingThePath) {
+  nlohmann::json missing = profileDoc();
+  missing["models"][0].erase("batch_tail_ms");
+  EXPECT_NE(refusal(missing).find("p.json: $.models[0]"), std::string::npos) << refusal(missing);
+  EXPECT_NE(refusal(missing).find("batch_tail_ms"), std::string::npos);
+
+  nlohmann::json unordered = profileDoc();
+  unordered["models"][0]["decode"]["context"] = {128, 32};
+  EXPECT_NE(refusal(unordered).find("p.json: $.models[0].decode.context[1]: the grid must be strictly increasing"),
+            std::string::npos)
+      << refusal(unordered);
+
+  nlohmann::json unknown = profileDoc();
+  unknown["models"][0]["spec"] = "opt-999b";
+  EXPECT_NE(refusal(unknown).find("p.json: $.models[0].spec: unknown model \"opt-999b\""), std::string::npos)
+      << refusal(unknown);
+
+  nlohmann::json ragged = profileDoc();
+  ragged["models"][0]["prefill"]["ms"][1] = {5};
+  EXPECT_NE(refusal(ragged).find("$.models[0].prefill.ms[1]: has 1 values but the grid has 2"), std::string::npos)
+      << refusal(ragged);
+
+  nlohmann::json zero = profileDoc();
+  zero["models"][0]["decode"]["ms"][0][1] = 0;
+  EXPECT_NE(refusal(zero).find("$.models[0].decode.ms[0][1]: a time must be greater than 0"), std::string::npos)
+      << refusal(zero);
+
+  nlohmann::json format = profileDoc();
+  format["format"] = "something";
+  EXPECT_NE(refusal(format).find("$.format"), std::string::npos);
+  nlohmann::json twice = profileDoc();
+  twice["models"].push_back(twice["models"][0]);
+  EXPECT_NE(refusal(twice).find("$.models[1]: a second profile of opt-1.3b"), std::string::npos) << refusal(twice);
+}
+
+ModelDeployment deployment(const std::string& spec, int tp, int pp) {
+  ModelDeployment d;
+  d.name = "m";
+  d.spec = modelPreset(spec);
+  d.tp = tp;
+  d.pp = pp;
+  for (int g = 0; g < tp * pp; ++g) d.gpus.push_back(g);
+  return d;
+}
+
+Request request(std::int32_t prompt, std::int32_t output) {
+  Request r;
+  r.prompt_tokens = prompt;
+  r.output_tokens = output;
+  return r;
+}
+
+TEST(ProfiledCostModel, TimesABatchFromTheGridsByHand) {
+  ClusterSpec cluster = clusterPreset("a100-40gb-x4");
+  auto profile = std::make_shared<const Profile>(readProfile(profileDoc(), "p.json"));
+  ProfiledCostModel cost(cluster, profile);
+  const ModelDeployment d = deployment("opt-1.3b", 2, 2);
+  // Two requests of prompts 16 and 48 (mean 32), outputs 1 and 3: prefill at batch 2, 32 tokens:
+  // rows at 16..64 give 2 + (4-2)*16/48 and 5 + 6*16/48 = 2.6667 and 7; batch 2 of 1..4: one third.
+  const BatchTimes t = cost.batchTimes(d, {request(16, 1), request(48, 3)});
+  const double row1 = 2 + 2.0 * 16 / 48, row4 = 5 + 6.0 * 16 / 48;
+  const double prefill = row1 + (row4 - row1) / 3;
+  EXPECT_EQ(t.first_token, static_cast<Nanos>(std::llround(prefill * 1e6)));
+  // Decode steps at contexts 33 and 34, batch 2: rows 1 + 0.5*(c-32)/96 and 2 + (c-32)/96.
+  auto step = [](double c) {
+    const double r1 = 1 + 0.5 * (c - 32) / 96, r4 = 2 + (c - 32) / 96;
+    return static_cast<Nanos>(std::llround((r1 + (r4 - r1) / 3) * 1e6));
+  };
+  ASSERT_EQ(t.finish.size(), 2u);
+  EXPECT_EQ(t.finish[0], t.first_token);
+  EXPECT_EQ(t.finish[1], t.first_token + step(33) + step(34));
+  EXPECT_EQ(t.total, t.finish[1] + 250'000);
+  EXPECT_FALSE(t.outside_profile);
+  // The first batch after a load pays the measured extra before its first token.
+  const BatchTimes cold = cost.batchTimes(d, {request(16, 1), request(48, 3)}, /*first_after_load=*/true);
+  EXPECT_EQ(cold.first_token, t.first_token + 7'000'000);
+  EXPECT_EQ(cold.total, t.total + 7'000'000);
+  // A prompt beyond the grid is extrapolated and says so.
+  EXPECT_TRUE(cost.batchTimes(d, {request(100, 1)}).outside_profile);
+  EXPECT_EQ(cost.sourceFor(d), "profile");
+}
+
+TEST(ProfiledCostModel, ModelsOutsideTheProfileKeepTheRoofline) {
+  ClusterSpec cluster = clusterPreset("a100-40gb-x4");
+  auto profile = std::make_shared<const Profile>(readProfile(profileDoc(), "p.json"));
+  ProfiledCostModel cost(cluster, profile);
+  RooflineCostModel roofline(cluster);
+  const ModelDeployment other = deployment("opt-1.3b", 1, 1);  // a layout the profile lacks
+  const std::vector<Request> batch = {request(64, 4), request(32, 8)};
+  const BatchTimes a = cost.batchTimes(other, batch), b = roofline.batchTimes(other, batch);
+  EXPECT_EQ(a.first_token, b.first_token);
+  EXPECT_EQ(a.finish, b.finish);
+  EXPECT_EQ(a.total, b.total);
+  EXPECT_EQ(cost.sourceFor(other), "roofline");
+}
+
+TEST(ProfiledSimulation, SummarySaysWhichSourceTimedEachModelAndLinksComeFromTheProfile) {
+  ScratchDir dir;
+  std::ofstream(dir.path() / "p.json") << profileDoc().dump();
+  nlohmann::json doc = testing::smallScenario();
+  doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", "p.json"}};
+  doc["models"].push_back(
+      {{"name", "big"}, {"spec", "opt-2.7b"}, {"tp", 2}, {"pp", 2}, {"gpus", "all"}, {"max_batch", 4}});
+  doc["workload"]["rates"] = {5, 2, 1, 1};
+  const Scenario s = parseScenario(doc, dir.path().string());
+  ASSERT_TRUE(s.cluster.profile);
+  EXPECT_DOUBLE_EQ(s.cluster.gpus[0].host_link_bandwidth, 20e9);
+  EXPECT_EQ(s.cluster.gpus[3].host_link_latency, 100'000);
+  EXPECT_DOUBLE_EQ(s.cluster.nvlink_bandwidth, 50e9);
+  EXPECT_EQ(s.cluster.evict_latency, 30'000);
+  const nlohmann::json summary = sim::runScenario(s, nullptr);
+  const nlohmann::json& timing = summary.at("timing");
+  EXPECT_EQ(timing["profile"], "p.json");
+  EXPECT_EQ(timing["models"]["m-0"]["source"], "profile") << timing.dump(2);
+  EXPECT_GT(timing["models"]["m-0"]["batches"].get<int>(), 0);
+  EXPECT_EQ(timing["models"]["big"]["source"], "roofline");
+  ASSERT_FALSE(timing["warnings"].empty());
+  EXPECT_NE(timing["warnings"][0].get<std::string>().find("model big"), std::string::npos);
+  // A key given in the cluster node wins over the profile's figure.
+  doc["cluster"]["host_link_gbps"] = 10;
+  EXPECT_DOUBLE_EQ(parseScenario(doc, dir.path().string()).cluster.gpus[0].host_link_bandwidth, 10e9);
+  // Without a profile there is no timing member (runs keep their summary byte for byte).
+  EXPECT_FALSE(sim::runScenario(parseScenario(testing::smallScenario(), ""), nullptr).contains("timing"));
+}
+
+TEST(ProfileCli, MalformedProfileExitsTwoNamingTheJsonPath) {
+  ScratchDir dir;
+  nlohmann::json bad = profileDoc();
+  bad["models"][0]["prefill"]["batch"] = {4, 1};
+  std::ofstream(dir.path() / "bad.json") << bad.dump();
+  nlohmann::json doc = testing::smallScenario();
+  const fs::path scenario = dir.path() / "s.json";
+  std::ofstream(scenario) << doc.dump(2);
+  const CommandResult r = fakes::runBinary(COMPUTRON_BINARY, "sim " + scenario.string() + " --set cluster.profile=bad.json --no-files");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("$.models[0].prefill.batch[1]: the grid must be strictly increasing"), std::string::npos) << r.err;
+  const CommandResult missing =
+      fakes::runBinary(COMPUTRON_BINARY, "sim " + scenario.string() + " --set cluster.profile=none.json --no-files");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("$.cluster.profile: no profile file"), std::string::npos) << missing.err;
+}
+
+}  // namespace
+}  // namespace computron
