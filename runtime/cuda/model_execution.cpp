@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <chrono>
 #include <cstring>
+#include <iostream>
+#include <mutex>
 #include <set>
 
 #if COMPUTRON_HAVE_NCCL
@@ -39,6 +42,29 @@ model::ExecutorLimits limitsFor(const ModelDeployment& d, int max_context) {
   limits.max_context = max_context;
   return limits;
 }
+
+// A stand-in for `real` in warm-up: the same family, dtype, head dimension and grouping of query
+// heads over kv heads, with one kv head per TP rank, one layer per stage, a small FFN and vocab.
+// Its passes launch the kernels (the same templates), library calls and collectives the real
+// model's do, on a few MiB.
+ModelSpec warmUpStandIn(const ModelSpec& real, int tp, int pp) {
+  ModelSpec m = real;
+  m.name = real.name + "-warm-up";
+  const int group = std::max(1, real.num_heads / std::max(1, real.num_kv_heads));
+  const int hd = real.headDim();
+  m.num_kv_heads = tp;
+  m.num_heads = tp * group;
+  m.hidden = m.num_heads * hd;
+  m.ffn_hidden = 2 * m.hidden;
+  m.num_layers = pp;
+  m.vocab = 512;
+  m.max_positions = std::max(64, std::min(real.max_positions, 2048));
+  m.word_embed_proj_dim = 0;
+  return m;
+}
+
+constexpr int kWarmUpPrompt = 24;  // above the skinny-product limit: prefill takes the cuBLAS path
+constexpr int kWarmUpContext = 32;
 
 #if COMPUTRON_HAVE_NCCL
 void ncclCheck(ncclResult_t r, const char* what) {
@@ -215,10 +241,12 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       model::ExecutorLimits limits = limitsFor(d, options_.max_context);
       limits.workspace = workspaces_[g];
       const auto& c = found->second[static_cast<std::size_t>(s)];
+      parallel_comms_[{static_cast<ModelId>(m), s}] = c;
       executors_[{static_cast<ModelId>(m), s}] = std::make_unique<model::ShardExecutor>(
           planFor(d, s), extras, limits, static_cast<int>(g), model::ParallelComms{c.first, c.second});
     }
   }
+  warmUp();
   for (std::size_t g = 0; g < gpus; ++g) {
     auto w = std::make_unique<Worker>();
     w->ordinal = static_cast<int>(g);
@@ -226,6 +254,93 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     w->thread = std::thread([this, raw] { run(*raw); });
     workers_.push_back(std::move(w));
   }
+}
+
+// What a first batch pays beyond a warm one (about 250 ms on H200 before this), paid here instead,
+// without any weights resident:
+//  * For every distinct placement (tp, pp, GPUs) and shape family (family, dtype, head dimension,
+//    query heads per kv head), a stand-in model (warmUpStandIn) with random weights of its own
+//    runs one prefill of kWarmUpPrompt tokens (cuBLAS products and batched attention) and one
+//    decode pass (the skinny products with fused epilogues, split decode attention, sampling) on
+//    every rank at once, over the placement's own NCCL communicators. That loads the decoder
+//    kernels (CUDA loads modules and functions lazily, at first launch) on each GPU, initialises
+//    cuBLAS/cuBLASLt in each GPU's context, and makes NCCL connect the channels of the all-reduce,
+//    all-gather, broadcast and send/recv the real passes use (NCCL connects at first use).
+//  * Every real executor runs its own matrix products once at a few prefill sizes over its
+//    workspace (ShardExecutor::warmProducts), so cuBLAS has chosen and loaded the kernels for the
+//    real shapes.
+// Not warmed: single-GPU decode graphs (captured per batch shape at first use; they hold the
+// weights' addresses) and cuBLAS kernels for row counts far from the sizes warmed.
+// COMPUTRON_WARMUP=0 turns it off (to measure what it saves).
+void CudaModelExecution::warmUp() {
+  const char* env = std::getenv("COMPUTRON_WARMUP");
+  if (env != nullptr && std::string(env) == "0") return;
+  const auto started = std::chrono::steady_clock::now();
+  std::set<std::tuple<int, int, std::vector<GpuId>, int, int, int, int>> done;
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const ModelDeployment& d = config_.models[m];
+    const int group = std::max(1, d.spec.num_heads / std::max(1, d.spec.num_kv_heads));
+    if (!done.insert({d.tp, d.pp, d.gpus, static_cast<int>(d.spec.arch), static_cast<int>(d.spec.dtype), d.spec.headDim(), group})
+             .second)
+      continue;
+    // Built first, all of them: a failure then leaves no rank waiting in a collective.
+    std::vector<std::unique_ptr<model::ShardExecutor>> stand_ins;
+    try {
+      const ModelSpec spec = warmUpStandIn(d.spec, d.tp, d.pp);
+      model::ExecutorLimits limits;
+      limits.max_batch = 1;
+      limits.max_context = kWarmUpContext;
+      for (int s = 0; s < d.numShards(); ++s) {
+        const int g = static_cast<int>(d.gpus[static_cast<std::size_t>(s)]);
+        const auto comms = parallel_comms_.at({static_cast<ModelId>(m), s});
+        CUDA_CHECK(cudaSetDevice(g));
+        auto ex = std::make_unique<model::ShardExecutor>(model::planShard(spec, d.tp, d.pp, s % d.tp, s / d.tp),
+                                                         model::archExtrasOf(d.spec), limits, g,
+                                                         model::ParallelComms{comms.first, comms.second});
+        ex->randomWeights(static_cast<std::uint64_t>(s) + 1);
+        stand_ins.push_back(std::move(ex));
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "model execution: warm-up of " << d.name << " skipped (" << e.what() << "); its first batch pays for it\n";
+      continue;
+    }
+    std::mutex mutex;
+    std::string failure;
+    std::vector<std::thread> threads;
+    for (auto& ex : stand_ins) {
+      threads.emplace_back([&, executor = ex.get()] {
+        try {
+          CUDA_CHECK(cudaSetDevice(executor->device()));
+          model::GenerationRequest request;
+          for (int i = 0; i < kWarmUpPrompt; ++i) request.prompt.push_back((7 * i + 1) % 512);
+          request.max_new_tokens = 2;
+          model::generate(*executor, {request}, model::SamplingOptions{});
+          executor->synchronize();
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (failure.empty()) failure = e.what();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    stand_ins.clear();
+    if (!failure.empty()) std::cerr << "model execution: warm-up of " << d.name << " failed (" << failure << ")\n";
+  }
+  // The real shapes' products, at a few prefill sizes, one executor at a time (they share their
+  // GPU's workspace); once per GPU and shape (cuBLAS loads its kernels per GPU context).
+  std::set<std::tuple<int, std::string, int, int, int>> shapes;
+  for (auto& [key, ex] : executors_) {
+    const ModelDeployment& d = config_.models[static_cast<std::size_t>(key.first)];
+    if (!shapes.insert({ex->device(), d.spec.name, d.tp, d.pp, key.second}).second) continue;
+    try {
+      CUDA_CHECK(cudaSetDevice(ex->device()));
+      ex->warmProducts({64, 256, 1024});
+    } catch (const std::exception& e) {
+      std::cerr << "model execution: warm-up of the products of " << config_.models[static_cast<std::size_t>(key.first)].name
+                << " failed (" << e.what() << ")\n";
+    }
+  }
+  warm_up_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 void CudaModelExecution::submit(ExecPart part) {

@@ -41,6 +41,8 @@ class CudaModelExecution final : public ModelExecution {
 
   // Device bytes of KV cache and activations each GPU sets aside (after start()).
   const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }
+  // Seconds start() spent warming up (0 when COMPUTRON_WARMUP=0).
+  double warmUpSeconds() const { return warm_up_seconds_; }
 
  private:
   struct Worker {
@@ -48,6 +50,8 @@ class CudaModelExecution final : public ModelExecution {
     JobQueue<ExecPart> jobs{"model execution"};
     std::thread thread;
   };
+  // Before the first request: runs what a first batch would otherwise pay for (model_execution.cpp).
+  void warmUp();
   void run(Worker& worker);
   void runPart(const ExecPart& part);
   std::string checkpointFor(const ModelDeployment& model) const;
@@ -57,11 +61,13 @@ class CudaModelExecution final : public ModelExecution {
   CompletionQueue* queue_ = nullptr;
   const Clock* clock_ = nullptr;
   std::map<std::pair<ModelId, int>, std::unique_ptr<model::ShardExecutor>> executors_;
+  std::map<std::pair<ModelId, int>, std::pair<void*, void*>> parallel_comms_;  // (tp, pp) ncclComm_t per shard
   std::vector<void*> workspaces_;  // one per GPU
   std::vector<std::int64_t> workspace_bytes_;
   std::vector<void*> comms_;       // ncclComm_t, destroyed at stop
   std::vector<std::unique_ptr<Worker>> workers_;
   bool stopped_ = false;
+  double warm_up_seconds_ = 0;
 };
 
 }  // namespace computron::runtime

@@ -239,6 +239,28 @@ void ShardExecutor::gemm(const void* x, const void* w, void* y, int rows, int ou
                             in_features, &beta, y, y_f32 ? CUDA_R_32F : t, out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void ShardExecutor::warmProducts(const std::vector<int>& rows) {
+  const int h = plan_.spec.hidden;
+  const std::int64_t elem = elementBytes(plan_.spec.dtype);
+  const int local_ffn = static_cast<int>(plan_.local_ffn), local_vocab = static_cast<int>(plan_.local_vocab);
+  const std::int64_t largest =
+      std::max({qkv_width_, q_width_, up_width_, static_cast<std::int64_t>(local_ffn), static_cast<std::int64_t>(local_vocab)}) * h * elem;
+  if (plan_.num_layers == 0 || plan_.num_layers * cache_layer_elems_ * elem < largest) return;
+  CUDA_CHECK(cudaSetDevice(device_));
+  const void* stand_in = k_cache_;
+  const void* down_input = plan_.spec.family().mlp == MlpKind::kSwiGlu ? activated_ : mlp_;
+  for (int r : rows) {
+    if (r <= skinny_rows_ || r > max_tokens_) continue;
+    gemm(normed_, stand_in, qkv_, r, static_cast<int>(qkv_width_), h, false);
+    gemm(attention_, stand_in, projection_, r, h, static_cast<int>(q_width_), true);
+    gemm(normed_, stand_in, mlp_, r, static_cast<int>(up_width_), h, false);
+    gemm(down_input, stand_in, projection_, r, h, local_ffn, true);
+    if (plan_.has_lm_head && r <= limits_.max_batch)
+      gemm(last_normed_, stand_in, plan_.tp == 1 ? logits_ : local_logits_, r, local_vocab, h, true);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 void ShardExecutor::allReduce(float* data, std::int64_t count) {
   if (plan_.tp == 1) return;
 #if COMPUTRON_HAVE_NCCL
