@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -174,17 +175,21 @@ std::string buildText() {
   return version;
 }
 
-// The NVIDIA kernel driver's version ("550.54.15"), from /proc; empty when not readable.
+// The NVIDIA kernel driver's version ("580.159.04"), from /proc ("NVRM version: NVIDIA UNIX Open
+// Kernel Module for x86_64  580.159.04  Release Build ..."); empty when not readable.
 std::string nvidiaDriverVersion() {
   std::ifstream in("/proc/driver/nvidia/version");
   std::string line;
   if (!std::getline(in, line)) return {};
   const auto at = line.find("Kernel Module");
   if (at == std::string::npos) return {};
-  std::stringstream ss(line.substr(at + 13));
-  std::string v;
-  ss >> v;
-  return v;
+  std::stringstream ss(line.substr(at));
+  for (std::string word; ss >> word;) {
+    const bool version = std::isdigit(static_cast<unsigned char>(word.front())) != 0 && word.find('.') != std::string::npos &&
+                         word.find_first_not_of("0123456789.") == std::string::npos;
+    if (version) return word;
+  }
+  return {};
 }
 
 // Completions as they reach the driver's thread, stamped with the backend clock.
