@@ -13,10 +13,11 @@
 #   4. REPLAYS=1: each scenario of $REPLAY_SCENARIOS (space separated paths) under each policy set
 #      of $REPLAY_POLICIES (default "computron best"): computron replay SCEN --set
 #      cluster.preset=h200x2 --set models[0].tp=2 --set models[0].pp=1 --set policy.name=POL
-#      $REPLAY_SETS -o $OUT/replay/NAME-POL -q
+#      $REPLAY_SETS -o $OUT/replay/NAME-POL -q; with REPLAY_AS_IS=1 each scenario as written
+#      (scenarios/fidelity/*), no --set, into $OUT/replay/NAME
 #
 # Usage: PREBUILT=dir scripts/calibrate-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./calibrate-out)
-# Settings: CALIBRATE_ARGS (extra calibrate options, e.g. "--repeats 3"), HOSTMEM_GIB (host
+# Settings: CALIBRATE_OPT13B=0 skips step 2; CALIBRATE_ARGS (extra calibrate options, e.g. "--repeats 3"), HOSTMEM_GIB (host
 # memory the weight store may assume, default 200; the lent machines start with a small
 # MemTotal), STEP_TIMEOUT_S (per step, default 570), WARMUP_COMPARE=1 (also a small calibrate of
 # OPT-13B TP 2 with COMPUTRON_WARMUP=0: what the executors' warm-up saves on the first batch).
@@ -65,11 +66,13 @@ echo "GPUs: $GPUS"
 LAYOUTS=1x1
 [ "$GPUS" -ge 2 ] && LAYOUTS=1x1,2x1
 
+if [ "${CALIBRATE_OPT13B:-1}" = 1 ]; then
 step "calibrate opt-13b ($LAYOUTS)"
 # shellcheck disable=SC2086
 run "calibrate opt-13b $LAYOUTS" "$OUTDIR/calibrate-opt13b.log" \
   "$BIN" calibrate --models opt-13b --layouts "$LAYOUTS" --host-memory-gib "$HOSTMEM" \
   --out "$OUTDIR/profile-opt13b.json" ${CALIBRATE_ARGS:-}
+fi
 
 if [ "${CALIBRATE_ALL:-0}" = 1 ]; then
   step "calibrate opt-6.7b, llama-3-8b, llama-2-13b ($LAYOUTS)"
@@ -94,6 +97,14 @@ if [ "${REPLAYS:-0}" = 1 ]; then
   mkdir -p "$OUTDIR/replay"
   for scen in ${REPLAY_SCENARIOS:-}; do
     name=$(basename "$scen" .json)
+    if [ "${REPLAY_AS_IS:-0}" = 1 ]; then
+      # The scenario as written (scenarios/fidelity/*: cluster, layout and policy set in the file).
+      step "replay $name"
+      # shellcheck disable=SC2086
+      run "replay $name" "$OUTDIR/replay/$name.log" \
+        "$BIN" replay "$scen" --device cuda --host-memory-gib "$HOSTMEM" ${REPLAY_SETS:-} -o "$OUTDIR/replay/$name" -q
+      continue
+    fi
     for pol in ${REPLAY_POLICIES:-computron best}; do
       step "replay $name, policy $pol"
       # shellcheck disable=SC2086
