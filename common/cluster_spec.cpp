@@ -238,6 +238,25 @@ void readProfileMember(const JsonReader& node, const std::string& base_dir, Clus
   }
   if (links.nvlink_gbps && c.hasNvlink() && !node.has("nvlink_gbps")) c.nvlink_bandwidth = *links.nvlink_gbps * kGB;
   if (links.evict_us && !node.has("evict_latency_us")) c.evict_latency = nanosFromMicros(*links.evict_us);
+  // The measured shared figure caps each node's host links together (where the preset has no
+  // uplinks of its own and the figure is below what the node's links add up to).
+  if (links.shared_host_gbps && c.uplinks.empty()) {
+    const double shared = *links.shared_host_gbps * kGB;
+    for (int n = 0; n < c.numNodes(); ++n) {
+      UplinkSpec uplink;
+      uplink.name = "host" + std::to_string(n) + " (profile)";
+      uplink.bandwidth = shared;
+      double sum = 0;
+      for (int g = 0; g < c.numGpus(); ++g)
+        if (c.nodeOf(g) == n) {
+          uplink.gpus.push_back(g);
+          sum += c.gpus[static_cast<std::size_t>(g)].host_link_bandwidth;
+        }
+      if (uplink.gpus.size() < 2 || shared >= sum) continue;
+      for (GpuId g : uplink.gpus) c.gpus[static_cast<std::size_t>(g)].uplink = static_cast<int>(c.uplinks.size());
+      c.uplinks.push_back(std::move(uplink));
+    }
+  }
 }
 
 ClusterSpec presetWithOverrides(const JsonReader& node, const std::string& base_dir) {

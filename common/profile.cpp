@@ -107,7 +107,7 @@ const ModelProfile* Profile::find(const std::string& spec, int tp, int pp) const
 Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   const JsonReader root(doc, name + ": $");
   if (!root.isObject()) root.fail("a profile is a JSON object (docs/specs.md, \"Profiles\")");
-  root.expectObject({"format", "version", "provenance", "links", "models"});
+  root.expectObject({"format", "version", "provenance", "links", "realtime", "models"});
   const JsonReader format = root.at("format");
   if (format.asString() != "computron-profile") format.fail("expected \"computron-profile\"");
   const JsonReader version = root.at("version");
@@ -120,7 +120,8 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   provenance.at("date").asString();
   p.provenance = provenance.json();
   if (auto links = root.find("links")) {
-    links->expectObject({"host_link_gbps", "host_link_latency_us", "nvlink_gbps", "evict_us", "measurements"});
+    links->expectObject(
+        {"host_link_gbps", "host_link_latency_us", "nvlink_gbps", "evict_us", "shared_host_gbps", "measurements"});
     auto figure = [&](const char* key, double lo, double hi) -> std::optional<double> {
       auto v = links->find(key);
       if (!v) return std::nullopt;
@@ -130,8 +131,13 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     p.links.host_link_latency_us = figure("host_link_latency_us", 0, 1e9);
     p.links.nvlink_gbps = figure("nvlink_gbps", 1e-3, 1e6);
     p.links.evict_us = figure("evict_us", 0, 1e9);
+    p.links.shared_host_gbps = figure("shared_host_gbps", 1e-3, 1e6);
     if (auto m = links->find("measurements"))
       if (!m->isArray()) m->fail("expected an array");
+  }
+  if (auto realtime = root.find("realtime")) {
+    realtime->expectObject({"wake_ms"});
+    if (auto wake = realtime->find("wake_ms")) p.wake_ms = wake->asDoubleIn(0, 1e4);
   }
   const JsonReader models = root.at("models");
   if (!models.isArray()) models.fail("expected an array of model profiles");

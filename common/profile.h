@@ -50,12 +50,18 @@ struct LinkProfile {
   std::optional<double> host_link_latency_us;
   std::optional<double> nvlink_gbps;
   std::optional<double> evict_us;
+  // Two GPUs of a node loading at once get this much together (less than twice one link): the
+  // node's GPUs then share one uplink of this bandwidth, unless the cluster names uplinks itself.
+  std::optional<double> shared_host_gbps;
 };
 
 struct Profile {
   std::string path;            // where it was read from (for messages)
   nlohmann::json provenance;   // as written by calibrate: GPU, driver, build, date, grid
   LinkProfile links;
+  // The realtime driver wakes this long after a request's arrival time (it sleeps until then),
+  // so the engine sees each request this much after it arrived.
+  double wake_ms = 0;
   std::vector<ModelProfile> models;
 
   // The entry for this model preset and layout, or null.

@@ -14,6 +14,7 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
       options_(options),
       links_(cluster),
       cost_(makeCostModel(cluster)),
+      wake_(cluster.profile ? static_cast<Nanos>(std::llround(cluster.profile->wake_ms * 1e6)) : 0),
       source_(std::move(source)),
       observer_(observer),
       engine_(std::move(engine_config), *this, *this, this) {
@@ -32,7 +33,8 @@ void Simulation::pullNextArrival() {
   // A closed-loop source may date a request at its predecessor's finish, which can be a moment
   // before the batch that finished it was reported.
   next_arrival_->arrival = std::max(next_arrival_->arrival, now_);
-  events_.push(next_arrival_->arrival, EventKind::kArrival);
+  // With a profile, the engine sees a request when the realtime driver would wake for it.
+  events_.push(next_arrival_->arrival + wake_, EventKind::kArrival);
 }
 
 SimStats Simulation::run() {

@@ -77,6 +77,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   EventQueue events_;
   LinkModel links_;
   std::unique_ptr<CostModel> cost_;
+  Nanos wake_;  // the profile's realtime wake-up lateness: arrivals reach the engine this late
   std::unique_ptr<RequestSource> source_;
   EngineObserver* observer_;
   Engine engine_;

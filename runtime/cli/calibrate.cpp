@@ -322,6 +322,18 @@ class Calibrator {
     return {millis(done.result.first_token - issued), millis(last - done.result.first_token), millis(done.at - last)};
   }
 
+  // How late the realtime driver's thread wakes for a deadline with nothing to deliver (it sleeps
+  // in dispatch() until the next arrival): the median lateness over `n` short waits.
+  double wakeLatenessMs(int n) {
+    std::vector<double> late;
+    for (int i = 0; i < n; ++i) {
+      const Nanos deadline = backend_.clock().now() + 2 * kNanosPerMilli;
+      while (backend_.clock().now() < deadline) backend_.dispatch(deadline, recorder_);
+      late.push_back(millis(backend_.clock().now() - deadline));
+    }
+    return median(late);
+  }
+
  private:
   template <typename Done>
   void waitFor(Done done, const std::string& what) {
@@ -473,11 +485,13 @@ nlohmann::json measureLinks(Calibrator& cal, ModelId big, ModelId small, int gpu
   }
 
   std::optional<double> nvlink_gbps;
+  std::vector<double> both_ms;  // two shards on two GPUs at once: the later one's time
   if (gpus >= 2) {
     for (int i = 0; i < repeats; ++i) {
       const std::vector<double> both = cal.load({big0, cal.command(big, 0, 1)});
       record("direct", 2, 0, big_bytes, both[0]);
       record("direct", 2, 1, big_bytes, both[1]);
+      both_ms.push_back(std::max(both[0], both[1]));
       evicts.emplace_back(cal.evict(big, 0, 0), big_bytes);
       evicts.emplace_back(cal.evict(big, 0, 1), big_bytes);
     }
@@ -534,6 +548,12 @@ nlohmann::json measureLinks(Calibrator& cal, ModelId big, ModelId small, int gpu
                           {"host_link_latency_us", latency * 1e6},
                           {"evict_us", median(evict_ms) * 1e3}};
   if (nvlink_gbps) links["nvlink_gbps"] = *nvlink_gbps;
+  // Two GPUs loading at once share what the host gives them: where that is less than twice one
+  // link, the profile says so (the simulator then caps the node's links together at this figure).
+  if (!both_ms.empty()) {
+    const double shared = 2.0 * static_cast<double>(big_bytes) / (median(both_ms) / 1e3 - latency) / kGB;
+    if (shared < 2.0 * bandwidth / kGB) links["shared_host_gbps"] = shared;
+  }
   links["measurements"] = measurements;
   return links;
 }
@@ -844,6 +864,8 @@ int calibrateMain(int argc, char** argv) try {
     results.push_back(calibrateLayout(cal, static_cast<ModelId>(m), layouts[m], s));
     models.push_back(results.back().profile);
   }
+  const double wake_ms = cal.wakeLatenessMs(200);
+  cal.note("realtime: the driver wakes " + fixed(wake_ms, 3) + " ms after a deadline (median of 200)");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
   nlohmann::json profile = {{"format", "computron-profile"}, {"version", 1}};
@@ -864,6 +886,7 @@ int calibrateMain(int argc, char** argv) try {
                            {"seconds", seconds},
                            {"cluster", scenario.cluster.name}};
   if (s.loads) profile["links"] = links;
+  profile["realtime"] = {{"wake_ms", wake_ms}};
   profile["models"] = models;
   const std::filesystem::path out_file(out_path);
   if (out_file.has_parent_path()) std::filesystem::create_directories(out_file.parent_path());

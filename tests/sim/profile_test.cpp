@@ -5,6 +5,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <cmath>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -221,6 +223,54 @@ TEST(ProfiledSimulation, SummarySaysWhichSourceTimedEachModelAndLinksComeFromThe
   EXPECT_DOUBLE_EQ(parseScenario(doc, dir.path().string()).cluster.gpus[0].host_link_bandwidth, 10e9);
   // Without a profile there is no timing member (runs keep their summary byte for byte).
   EXPECT_FALSE(sim::runScenario(parseScenario(testing::smallScenario(), ""), nullptr).contains("timing"));
+}
+
+TEST(ProfiledSimulation, EveryRequestWaitsTheDriversWakeAndTheSharedHostFigureCapsTheNode) {
+  ScratchDir dir;
+  nlohmann::json profile = profileDoc();
+  profile["links"]["shared_host_gbps"] = 30;  // below 4 x 20 GB/s
+  profile["realtime"] = {{"wake_ms", 0.25}};
+  std::ofstream(dir.path() / "p.json") << profile.dump();
+  nlohmann::json doc = testing::smallScenario();
+  doc["models"][0]["count"] = 1;
+  doc["workload"] = {{"type", "gamma"}, {"rates", {2}}, {"cv", 1}, {"prompt_tokens", 32}, {"output_tokens", 4}};
+  doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", "p.json"}};
+  Scenario with_wake = parseScenario(doc, dir.path().string());
+  ASSERT_EQ(with_wake.cluster.uplinks.size(), 1u);
+  EXPECT_DOUBLE_EQ(with_wake.cluster.uplinks[0].bandwidth, 30e9);
+  EXPECT_EQ(with_wake.cluster.uplinks[0].gpus.size(), 4u);
+  profile["realtime"]["wake_ms"] = 0;
+  std::ofstream(dir.path() / "p.json") << profile.dump();
+  Scenario without = parseScenario(doc, dir.path().string());
+  with_wake.outputs.dir = (dir.path() / "a").string();
+  without.outputs.dir = (dir.path() / "b").string();
+  sim::runScenario(with_wake, nullptr);
+  sim::runScenario(without, nullptr);
+  // One model, resident after its first load, requests far apart: each request's latency grows by
+  // exactly the wake-up (0.25 ms) and nothing else moves but the arrival order's timing.
+  auto latencies = [](const fs::path& csv) {
+    std::vector<std::string> out;
+    std::istringstream in(fakes::readWholeFile(csv));
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) out.push_back(line);
+    return out;
+  };
+  const auto a = latencies(dir.path() / "a" / "requests.csv"), b = latencies(dir.path() / "b" / "requests.csv");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GT(a.size(), 10u);
+  int shifted = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto field = [](const std::string& row, int k) {
+      std::size_t pos = 0;
+      for (int f = 0; f < k; ++f) pos = row.find(',', pos) + 1;
+      return std::stod(row.substr(pos, row.find(',', pos) - pos));
+    };
+    const double la = field(a[i], 6), lb = field(b[i], 6);  // latency_s
+    if (std::abs(la - lb - 0.00025) < 2e-9) ++shifted;
+    EXPECT_GE(la, lb + 0.00025 - 2e-9) << i;
+  }
+  EXPECT_GE(shifted, static_cast<int>(a.size()) * 9 / 10);
 }
 
 TEST(ProfileCli, MalformedProfileExitsTwoNamingTheJsonPath) {

@@ -33,8 +33,8 @@ TEST_P(RooflineGolden, OutputsMatchTheRecordedBytes) {
 INSTANTIATE_TEST_SUITE_P(Shipped, RooflineGolden,
                          ::testing::Values("random-3models-rates10-1-1-cv4", "coldstart-opt13b-h200",
                                            "random-6models-rates10-10-1-1-1-1-cv1"),
-                         [](const auto& info) {
-                           std::string n = info.param;
+                         [](const auto& param_info) {
+                           std::string n = param_info.param;
                            for (char& c : n)
                              if (!isalnum(static_cast<unsigned char>(c))) c = '_';
                            return n;
