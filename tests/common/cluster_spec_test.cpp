@@ -219,7 +219,7 @@ TEST(ClusterSpecTest, BrokenPresetForms) {
   EXPECT_EQ(errorOf(R"("h300")"), "$.cluster: unknown cluster preset \"h300\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x2, h200x4)");
   EXPECT_EQ(errorOf(R"({"preset": 2})"), "$.cluster.preset: expected a string, got integer");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "gpus": []})"),
-            "$.cluster.gpus: unknown key (allowed: preset, name, nvlink_gbps, nvlink_latency_us, "
+            "$.cluster.gpus: unknown key (allowed: preset, profile, name, nvlink_gbps, nvlink_latency_us, "
             "compute_efficiency, memory_efficiency, kernel_overhead_us, evict_latency_us, memory_gb, "
             "weight_budget_gb, peak_tflops, hbm_gbps, host_link_gbps, host_link_latency_us)");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "weight_budget_gb": 200})"),
@@ -269,7 +269,7 @@ TEST(ClusterSpecTest, BrokenFullDescriptions) {
   cluster_typo["nvlink"] = 396;
   EXPECT_EQ(errorOf(cluster_typo),
             "$.cluster.nvlink: unknown key (allowed: name, nvlink_gbps, nvlink_latency_us, compute_efficiency, "
-            "memory_efficiency, kernel_overhead_us, evict_latency_us, gpus, uplinks, gpus_per_node, network)");
+            "memory_efficiency, kernel_overhead_us, evict_latency_us, gpus, uplinks, gpus_per_node, network, profile)");
 }
 
 TEST(ClusterSpecTest, BrokenUplinks) {
