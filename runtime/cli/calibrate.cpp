@@ -885,6 +885,12 @@ int calibrateMain(int argc, char** argv) try {
                            {"max_context", s.max_context},
                            {"seconds", seconds},
                            {"cluster", scenario.cluster.name}};
+  // Set-up before the first request (not timed by the simulator, which starts with the store built).
+  const HostStoreStats& store = backend.store().stats();
+  profile["provenance"]["host_store"] = {{"bytes", store.bytes},
+                                         {"fill_s", store.fill_seconds},
+                                         {"pin_s", store.pin_seconds},
+                                         {"threads", store.threads}};
   if (s.loads) profile["links"] = links;
   profile["realtime"] = {{"wake_ms", wake_ms}};
   profile["models"] = models;

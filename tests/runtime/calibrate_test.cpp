@@ -90,6 +90,10 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
   EXPECT_EQ(prov["warmup"], 1);
   EXPECT_EQ(prov["decode_tokens"], 4);
   EXPECT_EQ(prov["max_context"], 33);  // the grids' largest request: 32 prompt tokens + 1
+  ASSERT_TRUE(prov.contains("host_store"));
+  EXPECT_GT(prov["host_store"]["bytes"].get<std::int64_t>(), 0);
+  ASSERT_TRUE(p.contains("realtime"));
+  EXPECT_GE(p["realtime"]["wake_ms"].get<double>(), 0.0);
 
   ASSERT_TRUE(p.contains("links"));
   const nlohmann::json& links = p["links"];
