@@ -173,6 +173,9 @@ int simMain(int argc, char** argv) {
   }
   nlohmann::json summary = sim::runScenario(scenario, vm.count("json") ? nullptr : &std::cout, options);
   if (vm.count("json")) std::cout << summary.dump(2) << "\n";
+  // A profile that did not cover a model, or a shape it extrapolated, is said where it is seen.
+  if (summary.contains("timing"))
+    for (const auto& warning : summary["timing"]["warnings"]) std::cerr << "warning: " << warning.get<std::string>() << "\n";
   if (stopRequested()) {
     std::cerr << "computron sim: interrupted (signal " << stopSignal() << "); the outputs hold what ran\n";
     return 128 + stopSignal();

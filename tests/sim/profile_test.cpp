@@ -288,6 +288,14 @@ TEST(ProfileCli, MalformedProfileExitsTwoNamingTheJsonPath) {
       fakes::runBinary(COMPUTRON_BINARY, "sim " + scenario.string() + " --set cluster.profile=none.json --no-files");
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.err.find("$.cluster.profile: no profile file"), std::string::npos) << missing.err;
+  // A model the profile does not hold is timed by the roofline, and the command says so.
+  std::ofstream(dir.path() / "good.json") << profileDoc().dump();
+  const CommandResult other = fakes::runBinary(
+      COMPUTRON_BINARY, "sim " + scenario.string() + " --set cluster.profile=good.json --set 'models[0].spec=opt-2.7b' --no-files");
+  EXPECT_EQ(other.exit_code, 0) << other.output;
+  EXPECT_NE(other.err.find("warning: model m-0: the profile has no entry for its preset and layout; the roofline timed it"),
+            std::string::npos)
+      << other.err;
 }
 
 }  // namespace
