@@ -50,7 +50,7 @@ Nanos RooflineCostModel::stageTime(const ModelDeployment& model, int stage, doub
 }
 
 BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                         bool /*first_after_load*/) const {
+                                         bool /*first_after_load*/, Nanos /*idle*/) const {
   BatchTimes times;
   if (model.fixed_batch_time > 0) {
     times.first_token = model.fixed_batch_time;
@@ -118,9 +118,9 @@ std::string ProfiledCostModel::sourceFor(const ModelDeployment& model) const {
 }
 
 BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                         bool first_after_load) const {
+                                         bool first_after_load, Nanos idle) const {
   const ModelProfile* entry = entryFor(model);
-  if (entry == nullptr || requests.empty()) return roofline_.batchTimes(model, requests, first_after_load);
+  if (entry == nullptr || requests.empty()) return roofline_.batchTimes(model, requests, first_after_load, idle);
   BatchTimes times;
   const double batch = static_cast<double>(requests.size());
   double prompt_tokens = 0;
@@ -134,6 +134,7 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
   times.outside_profile = prefill.outside;
   Nanos t = nanosFromMillis(prefill.ms);
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
+  t += nanosFromMillis(entry->idleExtraMs(static_cast<double>(idle) / 1e6));
   times.first_token = t;
   // Step s makes token s + 1 of every sequence, over a context of its prompt and s tokens.
   std::vector<Nanos> step_end(static_cast<std::size_t>(longest_output), t);

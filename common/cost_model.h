@@ -31,9 +31,10 @@ struct BatchTimes {
 class CostModel {
  public:
   virtual ~CostModel() = default;
-  // `first_after_load`: the model's first batch since a load of it (the profile's extra cost).
+  // `first_after_load`: the model's first batch since a load of it; `idle`: how long its GPUs sat
+  // without a batch before it (both add the profile's measured extra costs).
   virtual BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                bool first_after_load = false) const = 0;
+                                bool first_after_load = false, Nanos idle = 0) const = 0;
   // "profile" or "roofline": which source times this model's batches.
   virtual std::string sourceFor(const ModelDeployment& model) const = 0;
 };
@@ -45,7 +46,7 @@ class RooflineCostModel final : public CostModel {
  public:
   explicit RooflineCostModel(const ClusterSpec& cluster) : cluster_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                        bool first_after_load = false) const override;
+                        bool first_after_load = false, Nanos idle = 0) const override;
   std::string sourceFor(const ModelDeployment&) const override { return "roofline"; }
   // One all-reduce of `bytes` over `tp` GPUs: over NVLink within a node, over each GPU's share of
   // its node's NIC (and the network's latency) when the group spans nodes.
@@ -62,15 +63,15 @@ class RooflineCostModel final : public CostModel {
 };
 
 // Times from the measured grids (ProfileGrid): prefill by batch size and mean prompt tokens per
-// request, each decode step by batch size and the mean context at that step, plus the batch's tail
-// and, for the first batch after a load, the measured extra. A model with a fixed_batch_time, or
+// request, each decode step by batch size and the mean context at that step, plus the batch's tail,
+// for the first batch after a load the measured extra, and the extra after idle GPUs. A model with a fixed_batch_time, or
 // without an entry for its preset and layout, falls back to the roofline.
 class ProfiledCostModel final : public CostModel {
  public:
   ProfiledCostModel(const ClusterSpec& cluster, std::shared_ptr<const Profile> profile)
       : profile_(std::move(profile)), roofline_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                        bool first_after_load = false) const override;
+                        bool first_after_load = false, Nanos idle = 0) const override;
   std::string sourceFor(const ModelDeployment& model) const override;
 
  private:

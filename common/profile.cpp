@@ -98,6 +98,17 @@ ProfileGrid::Lookup ProfileGrid::at(double batch_size, double token_count) const
   return {c.value, outside || c.outside};
 }
 
+double ModelProfile::idleExtraMs(double gap_ms) const {
+  if (idle_gap_ms.empty() || gap_ms <= 0) return 0;
+  double x0 = 0, y0 = 0;
+  for (std::size_t i = 0; i < idle_gap_ms.size(); ++i) {
+    if (gap_ms <= idle_gap_ms[i]) return y0 + (idle_extra_ms[i] - y0) * (gap_ms - x0) / (idle_gap_ms[i] - x0);
+    x0 = idle_gap_ms[i];
+    y0 = idle_extra_ms[i];
+  }
+  return y0;
+}
+
 const ModelProfile* Profile::find(const std::string& spec, int tp, int pp) const {
   for (const auto& m : models)
     if (m.spec == spec && m.tp == tp && m.pp == pp) return &m;
@@ -144,7 +155,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   if (models.size() == 0) models.fail("a profile needs at least one model");
   for (std::size_t i = 0; i < models.size(); ++i) {
     const JsonReader m = models.at(i);
-    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms"});
+    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms", "idle"});
     ModelProfile mp;
     const JsonReader spec = m.at("spec");
     mp.spec = spec.asString();
@@ -161,6 +172,14 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     mp.decode = readGrid(m.at("decode"), "context");
     mp.batch_tail_ms = readMillis(m, "batch_tail_ms");
     mp.first_batch_extra_ms = readMillis(m, "first_batch_extra_ms");
+    if (auto idle = m.find("idle")) {
+      idle->expectObject({"gap_ms", "extra_ms"});
+      mp.idle_gap_ms = readAxis(idle->at("gap_ms"), 1e7);
+      const JsonReader extra = idle->at("extra_ms");
+      if (!extra.isArray() || extra.size() != mp.idle_gap_ms.size())
+        extra.fail("expected an array with one value per gap_ms point (" + std::to_string(mp.idle_gap_ms.size()) + ")");
+      for (std::size_t k = 0; k < extra.size(); ++k) mp.idle_extra_ms.push_back(extra.at(k).asDoubleIn(0, 1e7));
+    }
     p.models.push_back(std::move(mp));
   }
   return p;

@@ -43,6 +43,10 @@ struct ModelProfile {
   ProfileGrid decode;   // tokens = mean context per sequence (prompt + tokens so far)
   double batch_tail_ms = 0;         // from a batch's last token to the engine seeing it end
   double first_batch_extra_ms = 0;  // added to the first batch after a model's load
+  // Extra time of a batch whose GPUs sat idle this long before it (measured points; none: 0).
+  // Linear from (0, 0) through the points, flat after the last.
+  std::vector<double> idle_gap_ms, idle_extra_ms;
+  double idleExtraMs(double gap_ms) const;
 };
 
 struct LinkProfile {

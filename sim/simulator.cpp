@@ -22,6 +22,7 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   fresh_.assign(models, false);
   batches_timed_.assign(models, 0);
   batches_outside_.assign(models, 0);
+  gpu_free_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
 }
 
 Simulation::~Simulation() = default;
@@ -169,7 +170,9 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
                            const std::vector<std::pair<Nanos, Nanos>>* arrivals) {
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
   const auto m = static_cast<std::size_t>(cmd.model);
-  BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m]);
+  Nanos free_since = 0;
+  for (GpuId g : cmd.gpus) free_since = std::max(free_since, gpu_free_[static_cast<std::size_t>(g)]);
+  BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m], std::max<Nanos>(0, start - free_since));
   fresh_[m] = false;
   ++batches_timed_[m];
   if (times.outside_profile) ++batches_outside_[m];
@@ -213,6 +216,7 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
   result.finish.reserve(times.finish.size());
   for (Nanos f : times.finish) result.finish.push_back(start + f + shift);
   batches_.emplace(cmd.batch, std::move(result));
+  for (GpuId g : cmd.gpus) gpu_free_[static_cast<std::size_t>(g)] = start + times.total + shift;
   events_.push(start + times.total + shift, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
 }
 

@@ -104,6 +104,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::vector<GatedBatch> gated_;
   std::uint64_t link_generation_ = 0;
   std::vector<bool> fresh_;  // per model: loaded since its last batch started
+  std::vector<Nanos> gpu_free_;  // per GPU: when its last batch ended
   std::vector<std::int64_t> batches_timed_, batches_outside_;
   SimStats stats_;
   std::int64_t completed_ = 0;  // requests reported done, for progress only

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <thread>
 #include <cmath>
 #include <ctime>
 #include <filesystem>
@@ -427,6 +428,21 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
     decode_rows.push_back(row);
   }
 
+  // Batches after the GPUs sat idle (a request arriving at a quiet server): the reference shape
+  // after sleeping each gap, against the warm median, three times each.
+  nlohmann::json idle_gaps = nlohmann::json::array(), idle_extra = nlohmann::json::array();
+  for (int gap : {20, 200, 1000}) {
+    std::vector<double> after;
+    for (int i = 0; i < 3; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(gap));
+      after.push_back(cal.run(id, 1, reference_prompt, 1).prefill_ms);
+    }
+    idle_gaps.push_back(gap);
+    idle_extra.push_back(std::max(0.0, median(after) - warm));
+    cal.note(layout.label() + ": after " + std::to_string(gap) + " ms idle +" + fixed(idle_extra.back().get<double>(), 3) +
+             " ms");
+  }
+
   // The first batch right after a reload, against the warm median of the same shape. Three
   // reloads, one when a load is slow.
   const int reloads = out.load_ms > 15000 ? 1 : 3;
@@ -445,7 +461,8 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
                  {"prefill", {{"batch", batches}, {"prompt_tokens", s.prompts}, {"ms", prefill_rows}}},
                  {"decode", {{"batch", batches}, {"context", mean_context}, {"ms", decode_rows}}},
                  {"batch_tail_ms", positive(median(tails), layout.label() + " batch tail")},
-                 {"first_batch_extra_ms", median(extra)}};
+                 {"first_batch_extra_ms", median(extra)},
+                 {"idle", {{"gap_ms", idle_gaps}, {"extra_ms", idle_extra}}}};
   return out;
 }
 

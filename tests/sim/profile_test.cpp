@@ -182,6 +182,30 @@ TEST(ProfiledCostModel, TimesABatchFromTheGridsByHand) {
   EXPECT_EQ(cost.sourceFor(d), "profile");
 }
 
+TEST(ProfiledCostModel, BatchesAfterIdleGpusPayTheMeasuredExtra) {
+  nlohmann::json doc = profileDoc();
+  doc["models"][0]["idle"] = {{"gap_ms", {20, 200}}, {"extra_ms", {1, 3}}};
+  auto profile = std::make_shared<const Profile>(readProfile(doc, "p.json"));
+  const ModelProfile& m = profile->models[0];
+  EXPECT_DOUBLE_EQ(m.idleExtraMs(0), 0);
+  EXPECT_DOUBLE_EQ(m.idleExtraMs(10), 0.5);  // from (0, 0) to the first point
+  EXPECT_DOUBLE_EQ(m.idleExtraMs(20), 1);
+  EXPECT_DOUBLE_EQ(m.idleExtraMs(110), 2);
+  EXPECT_DOUBLE_EQ(m.idleExtraMs(5000), 3);  // flat after the last
+  ClusterSpec cluster = clusterPreset("a100-40gb-x4");
+  ProfiledCostModel cost(cluster, profile);
+  const ModelDeployment d = deployment("opt-1.3b", 2, 2);
+  const BatchTimes busy = cost.batchTimes(d, {request(16, 2)});
+  const BatchTimes idle = cost.batchTimes(d, {request(16, 2)}, false, 110 * kNanosPerMilli);
+  EXPECT_EQ(idle.first_token, busy.first_token + 2'000'000);
+  EXPECT_EQ(idle.total, busy.total + 2'000'000);
+  nlohmann::json bad = doc;
+  bad["models"][0]["idle"]["extra_ms"] = {1};
+  EXPECT_NE(refusal(bad).find("$.models[0].idle.extra_ms: expected an array with one value per gap_ms point"),
+            std::string::npos)
+      << refusal(bad);
+}
+
 TEST(ProfiledCostModel, ModelsOutsideTheProfileKeepTheRoofline) {
   ClusterSpec cluster = clusterPreset("a100-40gb-x4");
   auto profile = std::make_shared<const Profile>(readProfile(profileDoc(), "p.json"));
