@@ -629,8 +629,9 @@ int calibrateMain(int argc, char** argv) try {
           "\nMeasures a profile (docs/specs.md, \"Profiles\") through the real runtime: per model and TPxPP\n"
           "layout (on GPUs 0..tp*pp-1), warm prefill times over batch x prompt tokens and decode step times\n"
           "over batch x context (medians of --repeats after --warmup runs), the realtime path's completion\n"
-          "cost and the first batch after a load; once per run, load times (direct, two at once, multi-path,\n"
-          "from a resident copy) and evictions, with the host link's bandwidth and latency fitted. With a\n"
+          "cost, the first batch after a load and batches after 20, 200 and 1000 ms idle; once per run, load\n"
+          "times (direct, two at once, multi-path, from a resident copy) and evictions, with the host link's\n"
+          "bandwidth and latency fitted, and how late the realtime driver wakes for a deadline. With a\n"
           "scenario: its models' distinct (spec, tp, pp) and cluster; without: --models and --layouts on\n"
           "the h200x2 preset (or --set cluster.preset=...).\n",
           scenario_path, vm))
