@@ -12,7 +12,7 @@ import argparse
 import bisect
 import sys
 
-from plot_latency_cdf import load
+from plot_latency_cdf import finish_plot, load
 
 
 def ks(a, b):
@@ -73,15 +73,8 @@ def main():
         fa = bisect.bisect_right(samples[0], at) / len(samples[0])
         fb = bisect.bisect_right(samples[1], at) / len(samples[1])
         ax.vlines(at, min(fa, fb), max(fa, fb), colors="black", linestyles="dotted", label=f"KS {distance:.4f}")
-    ax.set_xlabel("time to first token (ms)" if args.ttft else "latency (ms)")
-    ax.set_ylabel("fraction of requests")
     ax.set_title(f"model {args.model}" if args.model else "all compared models", fontsize=10)
-    if args.log:
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=130)
+    finish_plot(fig, ax, args)
     print(f"wrote {args.output} (KS {distance:.4f})")
 
 

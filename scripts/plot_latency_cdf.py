@@ -35,6 +35,19 @@ def load(path):
     return p.parent.name or str(p), rows
 
 
+def finish_plot(fig, ax, args):
+    """Labels, scale, grid and legend of a latency CDF; saves it to args.output (shared with
+    plot_compare_cdf.py)."""
+    ax.set_xlabel("time to first token (ms)" if args.ttft else "latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    if args.log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=130)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
@@ -58,14 +71,7 @@ def main():
             values.sort()
             n = len(values)
             ax.step(values, [(i + 1) / n for i in range(n)], where="post", label=f"{key} (n={n})")
-    ax.set_xlabel("time to first token (ms)" if args.ttft else "latency (ms)")
-    ax.set_ylabel("fraction of requests")
-    if args.log:
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=130)
+    finish_plot(fig, ax, args)
     print(f"wrote {args.output}")
 
 

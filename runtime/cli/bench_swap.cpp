@@ -52,14 +52,6 @@ struct BenchOptions {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-[[maybe_unused]] std::string utcDate() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M UTC", &tm);
-  return buf;
-}
 
 #ifdef COMPUTRON_HAVE_CUDA
 
@@ -405,7 +397,7 @@ int benchSwapMain(int argc, char** argv) {
   const int num_gpus = std::min<int>(2, static_cast<int>(gpus.size()));
   nlohmann::json report;
   report["card"] = gpus[0].name;
-  report["date"] = utcDate();
+  report["date"] = utcNow("%Y-%m-%d %H:%M UTC");
   report["driver_version"] = gpus[0].driver_version;
   report["runtime_version"] = gpus[0].runtime_version;
   for (int g = 0; g < num_gpus; ++g) {

@@ -139,14 +139,6 @@ std::vector<std::string> splitNames(const std::string& text) {
   return out;
 }
 
-std::string isoDate() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string hostName() {
   char buf[256] = {};
@@ -888,7 +880,7 @@ int calibrateMain(int argc, char** argv) try {
 
   nlohmann::json profile = {{"format", "computron-profile"}, {"version", 1}};
   profile["provenance"] = {{"tool", "computron calibrate"},
-                           {"date", isoDate()},
+                           {"date", utcNow("%Y-%m-%dT%H:%M:%SZ")},
                            {"build", buildText()},
                            {"host", hostName()},
                            {"device", device},

@@ -8,6 +8,9 @@
 // Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).
 #pragma once
 
+#include <ctime>
+#include <string>
+
 namespace computron::runtime {
 
 int replayMain(int argc, char** argv);     // argv[0] is "replay"
@@ -16,5 +19,14 @@ int benchSwapMain(int argc, char** argv);  // argv[0] is "swap"
 int benchServeMain(int argc, char** argv); // argv[0] is "serve" (the load generator)
 int serveMain(int argc, char** argv);      // argv[0] is "serve" (runtime/server/, docs/serving.md)
 int calibrateMain(int argc, char** argv);  // argv[0] is "calibrate" (docs/specs.md, "Profiles")
+
+// The current time in UTC as strftime `format` writes it (results and profiles carry their date).
+inline std::string utcNow(const char* format) {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  return std::string(buf, std::strftime(buf, sizeof buf, format, &tm));
+}
 
 }  // namespace computron::runtime

@@ -6,17 +6,13 @@
 
 #include "common/json_reader.h"
 #include "common/types.h"
+#include "tests/support/config_error.h"
 
 namespace computron {
 namespace {
 
 std::string errorOf(const std::string& text) {
-  try {
-    parseJsonText(text, "f.json");
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
+  return fakes::configErrorOf([&] { parseJsonText(text, "f.json"); });
 }
 
 TEST(JsonLimits, NestingBeyondTheLimitIsRefusedWithItsPath) {

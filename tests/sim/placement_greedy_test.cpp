@@ -9,6 +9,7 @@
 #include "common/core/placement.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/support/config_error.h"
 #include "tests/support/engine_fakes.h"
 
 namespace computron {
@@ -134,12 +135,7 @@ TEST(PlacementGreedy, ComputronSetIsUnchanged) {
 }
 
 std::string errorOf(const nlohmann::json& doc) {
-  try {
-    parseScenario(doc, ".");
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
+  return fakes::configErrorOf([&] { parseScenario(doc, "."); });
 }
 
 TEST(PlacementValidation, ErrorsNameTheJsonPath) {

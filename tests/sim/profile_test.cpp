@@ -17,6 +17,7 @@
 #include "sim/simulator.h"
 #include "sim_test_util.h"
 #include "tests/support/cli_runner.h"
+#include "tests/support/config_error.h"
 
 namespace computron {
 namespace {
@@ -92,12 +93,7 @@ TEST(ProfileGrid, ExtrapolatesFlatBelowAndAlongTheLastSlopeAbove) {
 }
 
 std::string refusal(const nlohmann::json& doc) {
-  try {
-    readProfile(doc, "p.json");
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "accepted";
+  return fakes::configErrorOf([&] { readProfile(doc, "p.json"); }, "accepted");
 }
 
 TEST(ProfileReader, RefusesMalformedProfilesNamingThePath) {
