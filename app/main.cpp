@@ -53,10 +53,10 @@ void printUsage(std::ostream& out) {
 #if COMPUTRON_RUNTIME_LINKED
 }  // namespace
 // The runtime linked in (a static-Boost build, or COMPUTRON_RUNTIME_MODULE=OFF).
-extern "C" int computron_runtime_main(int argc, char** argv);
+extern "C" int computron_runtime_run(int argc, char** argv, computron::StopFlag* stop_flag);
 namespace {
 
-int runtimeMain(int argc, char** argv) { return computron_runtime_main(argc, argv); }
+int runtimeMain(int argc, char** argv) { return computron_runtime_run(argc, argv, stopFlag()); }
 #else
 // The folder of the running executable ("" when /proc/self/exe cannot be read).
 std::string executableDir() {
@@ -87,13 +87,14 @@ int runtimeMain(int argc, char** argv) {
       errors += "\n  " + std::string(dlerror());
       continue;
     }
-    using EntryPoint = int (*)(int, char**);
-    auto entry = reinterpret_cast<EntryPoint>(dlsym(handle, "computron_runtime_main"));
+    // The module reads this executable's stop flag (SIGINT/SIGTERM), not its own copy's.
+    using EntryPoint = int (*)(int, char**, StopFlag*);
+    auto entry = reinterpret_cast<EntryPoint>(dlsym(handle, "computron_runtime_run"));
     if (entry == nullptr) {
-      std::cerr << "computron " << argv[0] << ": " << path << " has no entry point computron_runtime_main\n";
+      std::cerr << "computron " << argv[0] << ": " << path << " has no entry point computron_runtime_run\n";
       return 1;
     }
-    return entry(argc, argv);  // the module stays loaded until exit: its worker threads end first
+    return entry(argc, argv, stopFlag());  // the module stays loaded until exit: its worker threads end first
   }
   std::cerr << "computron " << argv[0] << ": the GPU runtime module could not be loaded (set "
             << "COMPUTRON_RUNTIME_MODULE_PATH to its file):" << errors << "\n";
@@ -139,6 +140,10 @@ int simMain(int argc, char** argv) {
     scenario.outputs.dir = out_dir;
   }
   if (vm.count("no-files")) scenario.outputs.dir.clear();
+  // The simulator has no faults: a scenario shared with `replay` runs here without them.
+  if (!scenario.faults.empty())
+    std::cerr << "warning: $.faults: the simulator ignores the scenario's " << scenario.faults.size()
+              << " fault(s); they apply to `computron replay` and `computron serve` only\n";
   if (!write_workload.empty()) {
     checkOutputFilePath(write_workload, "--write-workload");
     std::int64_t rows = 0;

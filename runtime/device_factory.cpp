@@ -16,11 +16,18 @@ bool cudaBuiltIn() {
 #endif
 }
 
-std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices) {
-  if (kind == "host") return std::make_unique<HostDeviceFactory>(host_devices);
+std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices,
+                                                 std::shared_ptr<FaultPlan> faults) {
+  if (kind == "host") {
+    HostDeviceOptions options;
+    options.faults = std::move(faults);
+    return std::make_unique<HostDeviceFactory>(host_devices, std::move(options));
+  }
   if (kind == "cuda") {
 #ifdef COMPUTRON_HAVE_CUDA
-    return std::make_unique<CudaDeviceFactory>();
+    CudaDeviceOptions options;
+    options.faults = std::move(faults);
+    return std::make_unique<CudaDeviceFactory>(std::move(options));
 #else
     throw ConfigError(
         "--device cuda: CUDA is not built into this binary (configure with nvcc available, or "

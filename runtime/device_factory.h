@@ -6,12 +6,15 @@
 
 #include "runtime/device.h"
 #include "runtime/execution.h"
+#include "runtime/fault_plan.h"
 
 namespace computron::runtime {
 
 bool cudaBuiltIn();
 // Throws ConfigError for an unknown kind, or "cuda" in a build without CUDA (saying so).
-std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices = 0);
+// `faults` (may be null): injected faults, consulted by every device the factory makes.
+std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices = 0,
+                                                 std::shared_ptr<FaultPlan> faults = nullptr);
 // Real model execution for devices of `kind`: CUDA only (ConfigError elsewhere, saying why).
 std::shared_ptr<ModelExecution> makeModelExecution(const std::string& kind, const RealExecutionOptions& options);
 

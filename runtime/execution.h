@@ -25,6 +25,7 @@
 namespace computron::runtime {
 
 class Device;
+class FaultPlan;
 
 class SegmentGate {
  public:
@@ -81,6 +82,8 @@ struct RealExecutionOptions {
   // models get deterministic random weights of their shapes.
   std::map<std::string, std::string> checkpoints;
   std::uint64_t seed = 1;
+  // Injected faults (runtime/fault_plan.h): a failed batch fails its part 0 after the part ran.
+  std::shared_ptr<FaultPlan> faults;
 };
 
 // One GPU's part of a batch.

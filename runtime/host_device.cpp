@@ -46,8 +46,8 @@ void HostDevice::delay(Nanos ns) { jobs_.sleepUnlessStopped(ns); }
 void HostDevice::run() {
   Job job;
   while (jobs_.pop(job)) {
-    if (options_.stall)
-      if (const Nanos stall = options_.stall(gpu_); stall > 0) delay(stall);  // an injected stall
+    if (options_.faults)
+      if (const Nanos stall = options_.faults->stallBefore(gpu_); stall > 0) delay(stall);  // an injected stall
     std::visit(
         [this](const auto& j) {
           using T = std::decay_t<decltype(j)>;
@@ -68,6 +68,7 @@ void HostDevice::runPath(const PathJob& job) {
   ev.gpu = gpu_;
   std::optional<std::string> failure;
   if (options_.fail_path) failure = options_.fail_path(job);
+  if (options_.faults && !failure) failure = options_.faults->failPath(job);
   const bool corrupt = options_.corrupt_path && options_.corrupt_path(job);
   const std::size_t fail_after = failure ? job.chunks.size() / 2 : job.chunks.size();
   if (job.target < 0 || static_cast<std::size_t>(job.target) >= devices_.size()) {
@@ -126,6 +127,8 @@ void HostDevice::runVerify(const VerifyJob& job) {
   ev.kind = DeviceEvent::Kind::kVerifyDone;
   ev.op = job.op;
   ev.gpu = gpu_;
+  // An injected corrupt load: one byte of the extent flipped after the copy, before the check.
+  if (options_.faults && options_.faults->takeCorruption(job.op) && job.bytes > 0) pool_[job.offset] ^= std::byte{0x5A};
   ev.checksum = checksumRange(pool_ + job.offset, job.bytes);
   ev.time = clock_.now();
   queue_.push(std::move(ev));
@@ -143,8 +146,8 @@ void HostDevice::runExec(const ExecJob& job) {
     ev.step_end.push_back(clock_.now());
   }
   ev.time = clock_.now();
-  if (options_.fail_exec) {
-    if (auto failure = options_.fail_exec(job)) {
+  if (options_.faults) {
+    if (auto failure = options_.faults->failBatch(job.model, job.part)) {
       ev.ok = false;
       ev.error = *failure;
     }

@@ -1,18 +1,21 @@
 // The host-memory device: a "GPU" whose memory is a host mapping and whose copy engine is
 // memcpy on the device's own worker thread. It takes the same jobs as the CUDA device, so the
 // backend's bookkeeping, concurrency and error paths run in CI without a GPU (and under the
-// sanitizers). Failures and corruption can be injected per path.
+// sanitizers). Faults come from a FaultPlan (runtime/fault_plan.h), shared with the CUDA device;
+// tests may also fail or corrupt single paths through the hooks below.
 #pragma once
 
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <variant>
 
 #include "runtime/device.h"
+#include "runtime/fault_plan.h"
 #include "runtime/job_queue.h"
 
 namespace computron::runtime {
@@ -22,10 +25,9 @@ struct HostDeviceOptions {
   std::function<std::optional<std::string>(const PathJob&)> fail_path;
   // Returns true to flip a byte of the path's first chunk after copying it (checksum mismatch).
   std::function<bool(const PathJob&)> corrupt_path;
-  // Returns an error message to make this batch part fail (after its run time).
-  std::function<std::optional<std::string>(const ExecJob&)> fail_exec;
-  // Called before each job the device's worker takes; returns how long the worker stalls first.
-  std::function<Nanos(GpuId)> stall;
+  // Injected faults (replay --inject, a scenario's faults): failed and corrupt loads, failed
+  // batches, stalls. Shared by every device of the run.
+  std::shared_ptr<FaultPlan> faults;
   Nanos chunk_delay = 0;   // extra time per chunk, to stretch loads so tests see overlap
   int staging_slots = 2;   // relay staging buffers (each one chunk)
 };

@@ -27,7 +27,7 @@ RealtimeDriver::RealtimeDriver(RealBackend& backend, EngineConfig config, std::u
       time_limit_(time_limit), engine_(std::move(config), backend, backend.clock(), this) {}
 
 void RealtimeDriver::pullNext() {
-  if (!next_) next_ = source_->next();
+  if (!next_ && !stopping_) next_ = source_->next();
 }
 
 void RealtimeDriver::onRequestDone(const RequestRecord& record) {
@@ -53,7 +53,11 @@ DriverStats RealtimeDriver::run() {
   pullNext();
   for (;;) {
     const Nanos now = clock.now();
-    if (!next_ && source_->exhausted() && engine_.requestsInFlight() == 0 && backend_.idle()) break;
+    if (stop_ && !stopping_ && stop_()) {
+      stopping_ = true;  // no more arrivals; what was admitted drains
+      next_.reset();
+    }
+    if (!next_ && (stopping_ || source_->exhausted()) && engine_.requestsInFlight() == 0 && backend_.idle()) break;
     // Before the arrivals and wake-ups: while they keep coming the run still stops at its limit.
     if (now > time_limit_) {
       throw std::runtime_error("replay: not finished after " + std::to_string(toSeconds(time_limit_)) + " s (" +
@@ -74,6 +78,7 @@ DriverStats RealtimeDriver::run() {
     // Wait for a completion, but no longer than the next arrival, the engine's wake-up or the time limit.
     Nanos deadline = next_ ? next_->arrival : time_limit_ + kNanosPerMilli;
     if (auto wake = engine_.nextWake()) deadline = std::min(deadline, *wake);
+    if (stop_ && !stopping_) deadline = std::min(deadline, now + kStopCheckInterval);
     backend_.dispatch(deadline, listener);
   }
   stats_.end_time = clock.now();

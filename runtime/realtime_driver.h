@@ -4,6 +4,7 @@
 // happens on this one thread.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -26,6 +27,13 @@ class RealtimeDriver final : public EngineObserver {
   RealtimeDriver(RealBackend& backend, EngineConfig config, std::unique_ptr<RequestSource> source,
                  EngineObserver* downstream, Nanos time_limit, BackendListener* layers = nullptr);
 
+  // `stop` (checked between events, at least every kStopCheckInterval): once it returns true no
+  // further request arrives (the next one pulled from the source is dropped, uncounted) and the
+  // run drains what was admitted. For SIGINT/SIGTERM (common/scenario/interrupt.h's
+  // stopRequested); a signal handler cannot wake the completion queue, hence the bounded wait.
+  void stopWhen(std::function<bool()> stop) { stop_ = std::move(stop); }
+  static constexpr Nanos kStopCheckInterval = 50 * kNanosPerMilli;
+
   DriverStats run();
   Engine& engine() { return engine_; }
 
@@ -45,6 +53,8 @@ class RealtimeDriver final : public EngineObserver {
   Nanos time_limit_;
   Engine engine_;
   std::optional<Request> next_;
+  std::function<bool()> stop_;
+  bool stopping_ = false;
   DriverStats stats_;
 };
 

@@ -5,9 +5,11 @@
 namespace computron {
 namespace {
 
-volatile std::sig_atomic_t g_stop_signal = 0;
+StopFlag g_own_stop_signal = 0;
+// Set before any handler is installed (or by the module's entry point, before its command runs).
+StopFlag* g_stop_signal = &g_own_stop_signal;
 
-extern "C" void onStopSignal(int signal) { g_stop_signal = signal; }
+extern "C" void onStopSignal(int signal) { *g_stop_signal = signal; }
 
 class StoppableSource final : public RequestSource {
  public:
@@ -31,9 +33,11 @@ void installStopHandlers() {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-bool stopRequested() { return g_stop_signal != 0; }
-int stopSignal() { return static_cast<int>(g_stop_signal); }
-void requestStop(int signal) { g_stop_signal = signal; }
+bool stopRequested() { return *g_stop_signal != 0; }
+int stopSignal() { return static_cast<int>(*g_stop_signal); }
+void requestStop(int signal) { *g_stop_signal = signal; }
+StopFlag* stopFlag() { return g_stop_signal; }
+void shareStopFlag(StopFlag* flag) { g_stop_signal = flag != nullptr ? flag : &g_own_stop_signal; }
 
 std::unique_ptr<RequestSource> stoppable(std::unique_ptr<RequestSource> source) {
   return std::make_unique<StoppableSource>(std::move(source));

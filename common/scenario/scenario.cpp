@@ -154,10 +154,49 @@ std::unique_ptr<RequestSource> Scenario::makeWorkload() const {
   return stoppable(computron::makeWorkload(JsonReader(workload, "$.workload"), modelNames(), seed, duration, base_dir));
 }
 
+namespace {
+
+// `faults`: [{"kind": "fail-load", "model": "m0", "nth": 2}, {"kind": "stall", "gpu": 0, "ms": 50}].
+std::vector<FaultSpec> parseFaults(const JsonReader& node, const std::vector<std::string>& models, int num_gpus) {
+  if (!node.isArray()) node.fail("expected an array of faults");
+  if (node.size() > kMaxFaults) node.fail("more than " + std::to_string(kMaxFaults) + " faults");
+  std::unordered_map<std::string, int> model_ids;
+  for (std::size_t m = 0; m < models.size(); ++m) model_ids.emplace(models[m], static_cast<int>(m));
+  std::vector<FaultSpec> faults;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const JsonReader f = node.at(i);
+    f.expectObject({"kind", "model", "gpu", "ms", "nth"});
+    const JsonReader kind = f.at("kind");
+    const std::optional<FaultKind> parsed = faultKindFromName(kind.asString());
+    if (!parsed) kind.fail("unknown fault '" + kind.asString() + "' (expected fail-load, corrupt-load, fail-batch or stall)");
+    FaultSpec spec;
+    spec.kind = *parsed;
+    if (spec.kind == FaultKind::kStall) {
+      if (f.has("model")) f.at("model").fail("a stall names a GPU (\"gpu\"), not a model");
+      spec.target = static_cast<int>(f.at("gpu").asIntIn(0, num_gpus - 1));
+      spec.stall = f.at("ms").asIntIn(1, kMaxStallMillis) * kNanosPerMilli;
+      spec.nth = f.getIntIn("nth", 1, 1, kMaxFaultOccurrence);
+    } else {
+      for (const char* key : {"gpu", "ms"})
+        if (f.has(key)) f.at(key).fail(std::string("applies to stall faults only (this one is ") + kind.asString() + ")");
+      const JsonReader model = f.at("model");
+      const auto it = model_ids.find(model.asString());
+      if (it == model_ids.end()) model.fail("no model named '" + model.asString() + "' in the scenario");
+      spec.target = it->second;
+      spec.nth = f.getIntIn("nth", 0, 1, kMaxFaultOccurrence);
+    }
+    spec.label = faultLabel(spec, models);
+    faults.push_back(std::move(spec));
+  }
+  return faults;
+}
+
+}  // namespace
+
 Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
   JsonReader root(doc, "$");
   root.expectObject({"name", "description", "seed", "duration_s", "cluster", "models", "workload", "policy", "slo_ms",
-                     "outputs"});
+                     "outputs", "faults"});
   Scenario s;
   s.base_dir = base_dir;
   s.name = root.getString("name", "scenario");
@@ -283,6 +322,8 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       throw ConfigError(root.path() + ".policy: " + e.what());
     }
   }
+
+  if (auto f = root.find("faults")) s.faults = parseFaults(*f, s.modelNames(), num_gpus);
 
   s.workload = root.at("workload").json();
   // Build the stream once now so a bad workload or trace fails before any output is written.

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/cluster_spec.h"
+#include "common/fault_spec.h"
 #include "common/core/engine.h"
 #include "common/workload.h"
 
@@ -32,6 +33,9 @@ struct Scenario {
   EngineConfig engine;
   nlohmann::json workload;   // validated, built by makeWorkload()
   OutputOptions outputs;
+  // Faults to inject (`faults`): used by replay and serve on real devices; the simulator has no
+  // faults and runs without them (computron sim warns).
+  std::vector<FaultSpec> faults;
   nlohmann::json effective;  // the effective configuration, written into summary.json
 
   std::vector<std::string> modelNames() const;

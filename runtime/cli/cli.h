@@ -1,5 +1,5 @@
 // Command-line entry points of the runtime, reached through the runtime module's
-// computron_runtime_main (module_entry.cpp), which app/main.cpp loads on demand:
+// computron_runtime_run (module_entry.cpp), which app/main.cpp loads on demand:
 //   computron replay SCENARIO.json [--set k=v] [--device cuda|host] [--out DIR] ...
 //   computron bench swap [...]
 //   computron bench serve --url URL SCENARIO.json [...]

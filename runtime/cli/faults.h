@@ -1,7 +1,8 @@
-// Faults injected from the command line (`computron replay --inject SPEC`) into the host-memory
-// device, so the error paths of a real run (a failed or corrupt load, a failed batch, a stalled
-// worker) can be exercised on any machine and checked: every request still ends exactly once,
-// served or failed with its reason.
+// Faults injected from the command line (`computron replay --inject SPEC`), on the host-memory
+// device and on GPUs alike (runtime/fault_plan.h decides, each device applies), so the error paths
+// of a real run (a failed or corrupt load, a failed batch, a stalled worker) can be exercised and
+// checked: every request still ends exactly once, served or failed with its reason. A scenario's
+// `faults` section (docs/scenario.md) says the same in JSON; `--inject` adds to it.
 //
 //   fail-load=MODEL[@N]     the Nth load of MODEL (1-based; without @N every load) fails mid-copy
 //   corrupt-load=MODEL[@N]  the Nth load of MODEL arrives with a flipped byte (the checksum fails it)
@@ -12,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "runtime/host_device.h"
+#include "common/fault_spec.h"
 
 namespace computron::runtime {
 
-// The host-device hooks for `specs`; `models` are the scenario's model names (ModelId = index).
-// A malformed spec, an unknown model or GPU is a ConfigError naming `--inject SPEC`.
-HostDeviceOptions faultHooks(const std::vector<std::string>& specs, const std::vector<std::string>& models,
-                             int num_gpus);
+// The faults `specs` name; `models` are the scenario's model names (ModelId = index). A malformed
+// spec, an unknown model or GPU is a ConfigError naming `--inject SPEC`.
+std::vector<FaultSpec> parseInjections(const std::vector<std::string>& specs, const std::vector<std::string>& models,
+                                       int num_gpus);
 
 }  // namespace computron::runtime

@@ -1,13 +1,18 @@
 // The entry point of the runtime module (libcomputron-runtime.so) that `computron replay` and
 // `computron bench` load on demand, so the simulator's commands never load CUDA, cuBLAS or NCCL.
 // It is the module's only exported symbol; every exception ends here as an exit code.
+// `stop_flag` is the executable's SIGINT/SIGTERM flag: the module holds its own copy of
+// common/scenario/interrupt.cpp, whose flag no handler sets, so it reads the executable's instead.
 #include <iostream>
 #include <string>
 
+#include "common/scenario/interrupt.h"
 #include "common/types.h"
 #include "runtime/cli/cli.h"
 
-extern "C" __attribute__((visibility("default"))) int computron_runtime_main(int argc, char** argv) {
+extern "C" __attribute__((visibility("default"))) int computron_runtime_run(int argc, char** argv,
+                                                                            computron::StopFlag* stop_flag) {
+  computron::shareStopFlag(stop_flag);
   try {
     const std::string command = argc >= 1 ? argv[0] : "";
     if (command == "replay") return computron::runtime::replayMain(argc, argv);

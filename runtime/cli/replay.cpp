@@ -7,12 +7,14 @@
 #include <sstream>
 
 #include "common/scenario/cli_args.h"
+#include "common/scenario/interrupt.h"
 #include "common/scenario/run_recorder.h"
 #include "common/scenario/scenario.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/execution_choice.h"
 #include "runtime/cli/faults.h"
 #include "runtime/device_factory.h"
+#include "runtime/fault_plan.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
 #include "common/cost_model.h"
@@ -83,8 +85,9 @@ int replayMain(int argc, char** argv) {
       "placeholder execution: fixed kernel time per output token; default: the simulator's cost model's times")(
       "time-limit-s", po::value<double>(&time_limit_s)->default_value(time_limit_s), "give up after this long")(
       "inject", po::value<std::vector<std::string>>(&injections)->composing(),
-      "host device: inject a fault, repeatable: fail-load=MODEL[@N], corrupt-load=MODEL[@N], fail-batch=MODEL[@N], "
-      "stall=GPU:MS[@N] (the Nth occurrence, 1-based; without @N every one, a stall the first)")(
+      "inject a fault (either device), repeatable, added to the scenario's \"faults\": fail-load=MODEL[@N], "
+      "corrupt-load=MODEL[@N], fail-batch=MODEL[@N], stall=GPU:MS[@N] (the Nth occurrence, 1-based; without @N every "
+      "one, a stall the first)")(
       "quiet,q", "no notes on stderr (the table or --json still goes to stdout; warnings and errors still show)");
   std::string scenario_path;
   po::variables_map vm;
@@ -113,12 +116,24 @@ int replayMain(int argc, char** argv) {
     return usageError("computron replay", "--placeholder-ms: must be 0 to 1e7", opts);
   if (outside(max_context, 1, kMaxRequestTokens))
     return usageError("computron replay", "--max-context: must be 1 to " + std::to_string(kMaxRequestTokens), opts);
-  if (!injections.empty() && device != "host")
-    return usageError("computron replay", "--inject: faults are injected on the host-memory device (--device host)", opts);
   const bool quiet = vm.count("quiet") > 0;
   Scenario scenario = loadScenario(scenario_path, overrides);
   if (vm.count("out")) scenario.outputs.dir = out_dir;
   if (vm.count("no-files")) scenario.outputs.dir.clear();
+
+  // The scenario's faults, then --inject's; one plan decides for every device and the execution.
+  std::vector<FaultSpec> faults = scenario.faults;
+  const std::size_t scenario_faults = faults.size();
+  for (FaultSpec& f : parseInjections(injections, scenario.modelNames(), scenario.cluster.numGpus()))
+    faults.push_back(std::move(f));
+  if (faults.size() > kMaxFaults) throw ConfigError("--inject: more than " + std::to_string(kMaxFaults) + " faults in all");
+  if (vm.count("no-verify") > 0)
+    for (std::size_t i = 0; i < faults.size(); ++i)
+      if (faults[i].kind == FaultKind::kCorruptLoad)
+        throw ConfigError((i < scenario_faults ? "$.faults[" + std::to_string(i) + "] (" + faults[i].label + ")"
+                                               : "--inject " + faults[i].label) +
+                          ": a corrupt load is found by the checksum, which --no-verify turns off");
+  std::shared_ptr<FaultPlan> fault_plan = faults.empty() ? nullptr : std::make_shared<FaultPlan>(faults);
 
   RuntimeOptions options;
   options.chunk_bytes = chunk_mib * kMiB;
@@ -129,7 +144,8 @@ int replayMain(int argc, char** argv) {
   std::string execution;
   const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
   if (real) {
-    const RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
+    RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
+    ro.faults = fault_plan;
     options.execution = makeModelExecution(device, ro);
     execution = "real models on CUDA (" + std::string(ro.checkpoints.empty() ? "random weights" : "checkpoints where given") +
                 ", max context " + std::to_string(max_context) + ")";
@@ -145,17 +161,10 @@ int replayMain(int argc, char** argv) {
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
   std::unique_ptr<DeviceFactory> factory;
-  if (!injections.empty()) {
-    if (!options.verify_loads)
-      for (const auto& spec : injections)
-        if (spec.rfind("corrupt-load=", 0) == 0)
-          throw ConfigError("--inject " + spec + ": a corrupt load is found by the checksum, which --no-verify turns off");
-    factory = std::make_unique<HostDeviceFactory>(scenario.cluster.numGpus(),
-                                                  faultHooks(injections, scenario.modelNames(), scenario.cluster.numGpus()));
-  } else if (device == "cuda") {
+  if (device == "cuda") {
     // Without a usable GPU the CUDA error alone does not say what to do instead.
     try {
-      factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
     } catch (const ConfigError&) {
       throw;
     } catch (const std::exception& e) {
@@ -165,7 +174,7 @@ int replayMain(int argc, char** argv) {
     if (factory->deviceCount() == 0)
       throw ConfigError("--device cuda: this machine has no GPU; the host-memory device runs the same scenario: --device host");
   } else {
-    factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+    factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
   }
   if (factory->deviceCount() < scenario.cluster.numGpus()) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
@@ -184,6 +193,8 @@ int replayMain(int argc, char** argv) {
   LayerTimeline layers;
   RealtimeDriver driver(backend, scenario.engine, scenario.makeWorkload(), &recorder,
                         static_cast<Nanos>(time_limit_s * 1e9), &layers);
+  // SIGINT/SIGTERM: no more arrivals, what was admitted drains, the files hold what ran.
+  driver.stopWhen(stopRequested);
   const DriverStats stats = driver.run();
 
   // Per-path transfers and layer arrival onto the timeline; load statistics into the summary.
@@ -221,6 +232,8 @@ int replayMain(int argc, char** argv) {
                      {"verified", r.verified},
                      {"error", r.error}});
   }
+  std::vector<std::string> fault_labels;
+  for (const FaultSpec& f : faults) fault_labels.push_back(f.label);
   std::vector<std::string> devices;
   for (int g = 0; g < backend.numGpus(); ++g) devices.push_back(backend.device(g).describe());
   nlohmann::json extra = {
@@ -235,6 +248,7 @@ int replayMain(int argc, char** argv) {
         {"loads_failed", failed},
         {"mean_shard_load_gbps", copy_seconds > 0 ? bytes / copy_seconds / kGB : 0.0},
         {"compactions", backend.compactions()},
+        {"faults", fault_labels},
         {"host_store",
          {{"bytes", hs.bytes}, {"fill_s", hs.fill_seconds}, {"pin_s", hs.pin_seconds}, {"threads", hs.threads}}},
         {"arrivals", stats.arrivals}}}};
@@ -254,8 +268,12 @@ int replayMain(int argc, char** argv) {
               << failed << " failed), mean shard load " << extra["runtime"]["mean_shard_load_gbps"].get<double>()
               << " GB/s; " << execution_note << "\n";
   }
+  if (stopRequested()) {
+    std::cerr << "computron replay: interrupted (signal " << stopSignal() << "); the outputs hold what ran\n";
+    return 128 + stopSignal();
+  }
   // Injected faults are meant to fail loads; the run succeeds when every request was accounted for.
-  return failed == 0 || !injections.empty() ? 0 : 1;
+  return failed == 0 || !faults.empty() ? 0 : 1;
 }
 
 }  // namespace computron::runtime

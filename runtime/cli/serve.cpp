@@ -12,6 +12,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/execution_choice.h"
 #include "runtime/device_factory.h"
+#include "runtime/fault_plan.h"
 #include "runtime/real_backend.h"
 #include "runtime/server/server.h"
 
@@ -60,7 +61,7 @@ int serveMain(int argc, char** argv) {
                                     "\nServes the scenario's models over HTTP, OpenAI-compatible: POST /v1/completions and\n"
                                     "/v1/chat/completions (token ids; no tokenizer yet), GET /v1/models (with residency),\n"
                                     "GET /health, GET /metrics (Prometheus), POST /v1/models/NAME/load. SIGINT or SIGTERM\n"
-                                    "drains: accepted requests are answered, then the server exits 0. See docs/serving.md.\n",
+                                    "drains: accepted requests are answered, then the server exits 130 or 143. See docs/serving.md.\n",
                                     scenario_path, vm))
     return *done;
   if (scenario_path.empty()) return usageError("computron serve", "a scenario file is required", opts);
@@ -77,11 +78,15 @@ int serveMain(int argc, char** argv) {
     throw ConfigError("serve: the scenario's policy reads the future (belady eviction or oracle prefetch), which a "
                       "server does not know; choose an online policy with --set");
   }
+  // The scenario's faults (docs/scenario.md) act as in `replay`.
+  std::shared_ptr<runtime::FaultPlan> fault_plan =
+      scenario.faults.empty() ? nullptr : std::make_shared<runtime::FaultPlan>(scenario.faults);
   RuntimeOptions options;
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
   if (chooseRealExecution(execution_kind, vm["execution"].defaulted(), device)) {
-    const RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
+    RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
+    ro.faults = fault_plan;
     options.execution = makeModelExecution(device, ro);
     execution = "real models (token ids are still placeholders: the decoders' ids are not returned yet)";
   } else {
@@ -102,14 +107,20 @@ int serveMain(int argc, char** argv) {
     so.loop.predicted_times = cost_fn;
     execution = "PLACEHOLDER (fixed-cost stand-in; token ids are deterministic placeholders)";
   }
-  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus());
+  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
   if (!quiet) std::cerr << "serve: building the host weight store and device pools (" << device << ")...\n";
   RealBackend backend(scenario.engine, *factory, options);
   server::HttpServer http(scenario.engine, backend, so);
   // The port line goes to stdout, so a script can read the port chosen for --port 0.
   std::cout << "serve: listening on http://" << so.host << ":" << http.port() << " (" << scenario.engine.models.size()
             << " models, execution " << execution << ")" << std::endl;
+  if (!quiet && fault_plan) std::cerr << "serve: " << scenario.faults.size() << " injected faults (the scenario's faults)\n";
   http.run();
+  if (const int signal = http.stopSignal(); signal != 0) {
+    // Drained after SIGINT/SIGTERM: every accepted request was answered; the exit code says why it ended.
+    if (!quiet) std::cerr << "serve: drained after signal " << signal << ", exiting\n";
+    return 128 + signal;
+  }
   if (!quiet) std::cerr << "serve: drained, exiting\n";
   return 0;
 }

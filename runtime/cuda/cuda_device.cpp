@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <optional>
+#include <stdexcept>
 
 #include "runtime/model/cuda/cuda_check.h"
 #include "runtime/cuda/kernels.h"
@@ -151,6 +153,8 @@ void CudaDevice::run() {
   if (cudaSetDevice(ordinal_) != cudaSuccess) return;
   Job job;
   while (jobs_.pop(job)) {
+    if (options_.faults)
+      if (const Nanos stall = options_.faults->stallBefore(gpu_); stall > 0) jobs_.sleepUnlessStopped(stall);
     try {
       std::visit(
           [this](const auto& j) {
@@ -236,7 +240,12 @@ void CudaDevice::runPath(const PathJob& job) {
   const bool direct = job.kind == PathKind::kDirect;
   cudaStream_t copy_stream = direct ? load_ : relay_p2p_;
   cudaStream_t notify_stream = direct ? notify_load_ : notify_relay_;
-  for (std::size_t c = 0; c < job.chunks.size(); ++c) {
+  // An injected failed load: half of the chunks are issued, then the path fails as a copy error
+  // does (run() reports it through failJob, after the issued copies).
+  std::optional<std::string> injected;
+  if (options_.faults) injected = options_.faults->failPath(job);
+  const std::size_t issue = injected ? job.chunks.size() / 2 : job.chunks.size();
+  for (std::size_t c = 0; c < issue; ++c) {
     const PlanChunk& ch = job.chunks[c];
     const auto n = static_cast<std::size_t>(ch.bytes);
     switch (job.kind) {
@@ -268,6 +277,7 @@ void CudaDevice::runPath(const PathJob& job) {
       ++notify;
     }
   }
+  if (injected) throw std::runtime_error(*injected);
   if (job.chunks.empty()) {
     DeviceEvent ev = progress;
     ev.final = true;
@@ -281,6 +291,10 @@ void CudaDevice::runVerify(const VerifyJob& job) {
   next_checksum_ = (next_checksum_ + 1) % options_.checksum_slots;
   unsigned long long* dev = checksum_dev_ + slot;
   unsigned long long* host = checksum_host_ + slot;
+  // An injected corrupt load: one byte of the extent flipped in device memory after the copy,
+  // so the checksum below finds it as it would a real corruption.
+  if (options_.faults && options_.faults->takeCorruption(job.op) && job.bytes > 0)
+    CUDA_CHECK(launchFlipByte(pool_ + job.offset, verify_));
   CUDA_CHECK(cudaMemsetAsync(dev, 0, sizeof(unsigned long long), verify_));
   CUDA_CHECK(launchChecksum(pool_ + job.offset, job.bytes, dev, sm_count_, verify_));
   CUDA_CHECK(cudaMemcpyAsync(host, dev, sizeof(unsigned long long), cudaMemcpyDeviceToHost, verify_));
@@ -300,6 +314,13 @@ void CudaDevice::runExec(const ExecJob& job) {
   track->event.batch = job.batch;
   track->event.path = job.part;
   track->event.gpu = gpu_;
+  // An injected failed batch: the part runs, then reports failure (as the host device does).
+  if (options_.faults) {
+    if (auto failure = options_.faults->failBatch(job.model, job.part)) {
+      track->event.ok = false;
+      track->event.error = *failure;
+    }
+  }
   if (job.phase_ns.empty()) {
     track->event.start = track->event.time = clock_.now();
     queue_.push(std::move(track->event));

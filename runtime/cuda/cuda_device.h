@@ -14,11 +14,13 @@
 
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <variant>
 
 #include "runtime/device.h"
+#include "runtime/fault_plan.h"
 #include "runtime/job_queue.h"
 
 namespace computron::runtime {
@@ -26,6 +28,8 @@ namespace computron::runtime {
 struct CudaDeviceOptions {
   int staging_slots = 4;        // relay staging buffers, one chunk each
   int checksum_slots = 256;     // verifications in flight at most
+  // Injected faults (replay --inject, a scenario's faults), shared with the model execution.
+  std::shared_ptr<FaultPlan> faults;
 };
 
 class CudaDevice final : public Device {

@@ -36,6 +36,8 @@ __global__ void placeholderKernel(long long ns) {
   }
 }
 
+__global__ void flipByteKernel(unsigned char* byte) { *byte ^= 0x5Au; }
+
 }  // namespace
 
 cudaError_t launchChecksum(const void* data, std::int64_t bytes, unsigned long long* out, int sm_count,
@@ -55,6 +57,11 @@ cudaError_t launchChecksum(const void* data, std::int64_t bytes, unsigned long l
 
 cudaError_t launchPlaceholder(std::int64_t ns, cudaStream_t stream) {
   placeholderKernel<<<1, 32, 0, stream>>>(ns);
+  return cudaGetLastError();
+}
+
+cudaError_t launchFlipByte(void* byte, cudaStream_t stream) {
+  flipByteKernel<<<1, 1, 0, stream>>>(static_cast<unsigned char*>(byte));
   return cudaGetLastError();
 }
 

@@ -12,5 +12,7 @@ cudaError_t launchChecksum(const void* data, std::int64_t bytes, unsigned long l
                            cudaStream_t stream);
 // PLACEHOLDER execution: occupies the GPU (one warp) for `ns` nanoseconds of its global timer.
 cudaError_t launchPlaceholder(std::int64_t ns, cudaStream_t stream);
+// Injected corruption (runtime/fault_plan.h): flips bits of the byte at `byte` in device memory.
+cudaError_t launchFlipByte(void* byte, cudaStream_t stream);
 
 }  // namespace computron::runtime

@@ -16,6 +16,7 @@
 #endif
 
 #include "runtime/device.h"
+#include "runtime/fault_plan.h"
 #include "runtime/model/cuda/generation.h"
 #include "runtime/model/cuda/kernels.h"
 #include "runtime/model/cuda/shard_executor.h"
@@ -410,6 +411,14 @@ void CudaModelExecution::runPart(const ExecPart& part) {
     if (gate_failed) {
       ev.ok = false;
       ev.error = "its weights did not all arrive: " + part.gate->error();
+    }
+    // An injected failed batch: the part ran (the ranks of a group keep issuing the same
+    // collectives), then reports failure, as on the host device.
+    if (options_.faults) {
+      if (auto failure = options_.faults->failBatch(part.model, part.part); failure && ev.ok) {
+        ev.ok = false;
+        ev.error = *failure;
+      }
     }
   } catch (const std::exception& e) {
     ev.ok = false;

@@ -44,6 +44,7 @@ class HttpServer::Impl {
   unsigned short port() const { return port_; }
 
   const ServerOptions& options() const { return options_; }
+  int stopSignal() const { return stop_signal_.load(); }
   ServingLoop& loop() { return loop_; }
   const std::vector<ModelInfo>& models() const { return models_; }
   std::uint64_t nextCompletionNumber() { return ++completions_; }
@@ -60,6 +61,7 @@ class HttpServer::Impl {
   net::io_context ioc_;
   tcp::acceptor acceptor_;
   net::signal_set signals_;
+  std::atomic<int> stop_signal_{0};  // the signal that drained the server
   unsigned short port_ = 0;
   std::atomic<std::uint64_t> completions_{0};
   std::mutex sessions_mutex_;
@@ -421,8 +423,10 @@ void HttpServer::Impl::run() {
   if (options_.handle_signals) {
     signals_.add(SIGINT);
     signals_.add(SIGTERM);
-    signals_.async_wait([this](beast::error_code ec, int) {
-      if (!ec) loop_.drain();
+    signals_.async_wait([this](beast::error_code ec, int signal) {
+      if (ec) return;
+      stop_signal_ = signal;
+      loop_.drain();
     });
   }
   auto work = net::make_work_guard(ioc_);
@@ -586,5 +590,6 @@ HttpServer::~HttpServer() = default;
 unsigned short HttpServer::port() const { return impl_->port(); }
 void HttpServer::run() { impl_->run(); }
 void HttpServer::shutdown() { impl_->shutdown(); }
+int HttpServer::stopSignal() const { return impl_->stopSignal(); }
 
 }  // namespace computron::server

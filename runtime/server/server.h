@@ -41,6 +41,8 @@ class HttpServer {
   void run();
   // Any thread: stop accepting requests (new ones get 503), answer the accepted ones, return from run().
   void shutdown();
+  // The signal (SIGINT, SIGTERM) that drained the server with handle_signals; 0 if none did.
+  int stopSignal() const;
 
  private:
   class Impl;

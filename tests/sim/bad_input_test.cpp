@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -189,23 +190,26 @@ TEST(WholeOrAbsent, FailedRunKeepsOldOutputsAndLeavesNoTemporaries) {
   EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"out"});
 }
 
-// SIGINT and SIGTERM: exit 128 + signal, files whole, the summary marked interrupted.
-void expectCleanStop(int signal) {
-  ScratchDir dir;
+// SIGINT and SIGTERM: exit 128 + signal, files whole, the summary marked interrupted. `args`
+// follow the binary; "OUT" stands for the output folder.
+void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir& dir) {
   const fs::path out = dir.path() / "out";
+  for (auto& a : args)
+    if (a == "OUT") a = out.string();
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    const std::string out_arg = out.string();
+    std::vector<char*> argv{const_cast<char*>(COMPUTRON_BINARY)};
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     const int devnull = ::open("/dev/null", O_WRONLY);
     dup2(devnull, 1);
     dup2(devnull, 2);
-    execl(COMPUTRON_BINARY, COMPUTRON_BINARY, "sim", "-q", "--set", "duration_s=1000000", "--out", out_arg.c_str(),
-          static_cast<char*>(nullptr));
+    execv(COMPUTRON_BINARY, argv.data());
     _exit(127);
   }
   // Wait until the run has started writing (its staged folder exists), then stop it.
-  for (int i = 0; i < 500; ++i) {
+  for (int i = 0; i < 1000; ++i) {
     bool started = false;
     for (const auto& e : fs::directory_iterator(dir.path())) started |= e.path().filename().string().rfind("out.tmp-", 0) == 0;
     if (started) break;
@@ -219,20 +223,91 @@ void expectCleanStop(int signal) {
   EXPECT_EQ(WEXITSTATUS(status), 128 + signal);
   const nlohmann::json summary = nlohmann::json::parse(fakes::readWholeFile(out / "summary.json"));
   EXPECT_EQ(summary.value("interrupted", false), true);
+  EXPECT_GT(summary["overall"]["requests"].get<std::int64_t>(), 0) << "stopped before any request";
   EXPECT_TRUE(nlohmann::json::accept(fakes::readWholeFile(out / "timeline.json")));
-  std::istringstream csv(fakes::readWholeFile(out / "requests.csv"));
+  const std::string text = fakes::readWholeFile(out / "requests.csv");
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.back(), '\n') << "a row cut short";
+  std::istringstream csv(text);
   std::string line;
   std::int64_t rows = -1;  // the header
+  std::set<std::string> ids;
   while (std::getline(csv, line)) {
     EXPECT_EQ(std::count(line.begin(), line.end(), ','), 11) << line;
+    if (rows >= 0) {
+      EXPECT_TRUE(ids.insert(line.substr(0, line.find(','))).second) << "twice: " << line;
+    }
     ++rows;
   }
   EXPECT_EQ(rows, summary["overall"]["requests"].get<std::int64_t>());
+}
+
+void expectSimStops(int signal) {
+  ScratchDir dir;
+  expectCleanStop(signal, {"sim", "-q", "--set", "duration_s=1000000", "--out", "OUT"}, dir);
   EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"out"});
 }
 
-TEST(Signals, SigintFinishesTheFilesAndExits130) { expectCleanStop(SIGINT); }
-TEST(Signals, SigtermFinishesTheFilesAndExits143) { expectCleanStop(SIGTERM); }
+TEST(Signals, SigintFinishesTheFilesAndExits130) { expectSimStops(SIGINT); }
+TEST(Signals, SigtermFinishesTheFilesAndExits143) { expectSimStops(SIGTERM); }
+
+// replay runs in the runtime module (where built as one), which holds its own copy of the stop
+// flag: the signal must still stop the replay loop, and every request that arrived ends once.
+void expectReplayStops(int signal) {
+  ScratchDir dir;
+  const nlohmann::json doc = nlohmann::json::parse(R"({
+    "name": "stop", "seed": 1, "duration_s": 1000, "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "m", "spec": "opt-125m", "count": 3, "gpus": [0], "max_batch": 4}],
+    "workload": {"type": "gamma", "rates": [20, 5, 5], "cv": 1, "prompt_tokens": 8, "output_tokens": 4},
+    "policy": {"name": "computron", "max_loaded_models": 2}})");
+  std::ofstream(dir.path() / "s.json") << doc.dump();
+  expectCleanStop(signal,
+                  {"replay", (dir.path() / "s.json").string(), "--device", "host", "-q", "--placeholder-ms", "1",
+                   "--out", "OUT"},
+                  dir);
+  EXPECT_EQ(entries(dir.path()), (std::vector<std::string>{"out", "s.json"}));
+}
+
+TEST(Signals, ReplaySigintFinishesTheFilesAndExits130) { expectReplayStops(SIGINT); }
+TEST(Signals, ReplaySigtermFinishesTheFilesAndExits143) { expectReplayStops(SIGTERM); }
+
+// serve drains on SIGINT/SIGTERM (it writes no files) and says why it ended in its exit code.
+void expectServeStops(int signal) {
+  ScratchDir dir;
+  std::ofstream(dir.path() / "s.json") << R"({"name": "serve", "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "m", "spec": "opt-125m", "count": 2, "gpus": [0]}],
+    "workload": {"type": "alternating", "requests": 1}})";
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const std::string scenario = (dir.path() / "s.json").string();
+    dup2(out[1], 1);
+    close(out[0]);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(COMPUTRON_BINARY, COMPUTRON_BINARY, "serve", scenario.c_str(), "--device", "host", "--port", "0", "-q",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  // The port line says the server listens (and its signal handling is set up right after).
+  std::string line;
+  char c = 0;
+  while (line.find('\n') == std::string::npos && read(out[0], &c, 1) == 1) line += c;
+  close(out[0]);
+  EXPECT_NE(line.find("serve: listening on http://"), std::string::npos) << line;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(child, signal);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 128 + signal);
+}
+
+TEST(Signals, ServeSigintDrainsAndExits130) { expectServeStops(SIGINT); }
+TEST(Signals, ServeSigtermDrainsAndExits143) { expectServeStops(SIGTERM); }
 
 // Sweeps: numbers that are not numbers, threads above 2^32, and a full disk.
 TEST(BadSweep, RatesThreadsAndCsvWrites) {
@@ -325,6 +400,142 @@ TEST(ReplayFaults, BadInjectionsAndOptionsAreUsageErrors) {
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
     EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
   }
+}
+
+// The outcome of a replay under injected faults: every request once, and how many failed for
+// each reason (substrings of requests.csv rows).
+struct FaultOutcome {
+  int arrivals = -1;
+  std::map<std::string, int> failures;
+};
+
+FaultOutcome replayWithFaults(const nlohmann::json& doc, const std::string& args, const std::vector<std::string>& reasons) {
+  ScratchDir dir;
+  const fs::path scenario = dir.path() / "s.json";
+  std::ofstream(scenario) << doc.dump();
+  const fs::path out = dir.path() / "out";
+  const CommandResult r = run("replay " + scenario.string() + " --device host -q --out " + out.string() + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  FaultOutcome outcome;
+  if (r.exit_code != 0) return outcome;
+  const nlohmann::json summary = nlohmann::json::parse(fakes::readWholeFile(out / "summary.json"));
+  outcome.arrivals = summary["runtime"]["arrivals"].get<int>();
+  EXPECT_EQ(summary["overall"]["requests"].get<int>(), outcome.arrivals);
+  EXPECT_EQ(summary["overall"]["served"].get<int>() + summary["overall"]["failed"].get<int>(), outcome.arrivals);
+  std::istringstream csv(fakes::readWholeFile(out / "requests.csv"));
+  std::string line;
+  std::getline(csv, line);  // header
+  std::set<std::string> ids;
+  while (std::getline(csv, line)) {
+    EXPECT_TRUE(ids.insert(line.substr(0, line.find(','))).second) << "twice: " << line;
+    for (const std::string& reason : reasons) outcome.failures[reason] += line.find(reason) != std::string::npos;
+  }
+  EXPECT_EQ(static_cast<int>(ids.size()), outcome.arrivals);
+  return outcome;
+}
+
+nlohmann::json faultScenario() {
+  return nlohmann::json::parse(R"({
+    "name": "faults", "seed": 1, "cluster": {"preset": "a100-40gb-x4"},
+    "models": [{"name": "m", "spec": "opt-125m", "count": 3, "tp": 2, "gpus": [0, 1], "max_batch": 2}],
+    "workload": {"type": "alternating", "requests": 9, "prompt_tokens": 8, "output_tokens": 2},
+    "policy": {"name": "computron", "max_loaded_models": 1}})");
+}
+
+// A scenario's `faults` section acts as --inject does, and --inject adds to it.
+TEST(ScenarioFaults, SectionAndInjectionsTogetherAccountForEveryRequestOnce) {
+  nlohmann::json doc = faultScenario();
+  doc["faults"] = nlohmann::json::parse(R"([
+    {"kind": "fail-load", "model": "m-1", "nth": 1},
+    {"kind": "corrupt-load", "model": "m-2"},
+    {"kind": "stall", "gpu": 0, "ms": 20}])");
+  const std::vector<std::string> reasons = {"injected fault (fail-load=m-1@1)", "checksum",
+                                            "injected fault (fail-batch=m-0@2)"};
+  const FaultOutcome o = replayWithFaults(doc, "--inject fail-batch=m-0@2", reasons);
+  EXPECT_EQ(o.arrivals, 9);
+  EXPECT_EQ(o.failures.at(reasons[0]), 1);
+  EXPECT_EQ(o.failures.at(reasons[1]), 3);  // every load of m-2 arrives corrupt
+  EXPECT_EQ(o.failures.at(reasons[2]), 1);
+
+  // The same faults from the command line alone give the same outcome.
+  const FaultOutcome same = replayWithFaults(
+      faultScenario(),
+      "--inject fail-load=m-1@1 --inject corrupt-load=m-2 --inject stall=0:20 --inject fail-batch=m-0@2",
+      {"failed on its", "checksum", "injected fault (fail-batch=m-0@2)"});
+  EXPECT_EQ(same.arrivals, 9);
+  EXPECT_EQ(same.failures.at("failed on its"), 1);
+  EXPECT_EQ(same.failures.at("checksum"), 3);
+  EXPECT_EQ(same.failures.at("injected fault (fail-batch=m-0@2)"), 1);
+}
+
+// Without faults nothing fails; the Nth occurrence counts per model.
+TEST(ScenarioFaults, NthLoadOfOneModelOnly) {
+  nlohmann::json doc = faultScenario();
+  const FaultOutcome clean = replayWithFaults(doc, "", {"injected"});
+  EXPECT_EQ(clean.arrivals, 9);
+  EXPECT_EQ(clean.failures.at("injected"), 0);
+  doc["faults"] = nlohmann::json::parse(R"([{"kind": "fail-load", "model": "m-0", "nth": 2}])");
+  const FaultOutcome o = replayWithFaults(doc, "", {"injected fault (fail-load=m-0@2)", "injected"});
+  EXPECT_EQ(o.failures.at("injected fault (fail-load=m-0@2)"), 1);
+  EXPECT_EQ(o.failures.at("injected"), 1);
+}
+
+TEST(ScenarioFaults, BadSectionsExitTwoNamingThePath) {
+  for (const auto& [faults, message] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"kind": "fail-load"})", "$.faults: expected an array"},
+           {R"([{"kind": "explode", "model": "m-0"}])", "$.faults[0].kind: unknown fault 'explode'"},
+           {R"([{"kind": "fail-load", "model": "nope"}])", "$.faults[0].model: no model named 'nope'"},
+           {R"([{"kind": "fail-batch"}])", "$.faults[0].model: required key is missing"},
+           {R"([{"kind": "fail-load", "model": "m-0", "nth": 0}])", "$.faults[0].nth: must be between 1 and"},
+           {R"([{"kind": "fail-load", "model": "m-0", "ms": 5}])", "$.faults[0].ms: applies to stall faults only"},
+           {R"([{"kind": "stall", "gpu": 4, "ms": 5}])", "$.faults[0].gpu: must be between 0 and 3"},
+           {R"([{"kind": "stall", "gpu": 0, "ms": 0}])", "$.faults[0].ms: must be between 1 and 3600000"},
+           {R"([{"kind": "stall", "gpu": 0, "ms": 5, "model": "m-0"}])", "$.faults[0].model: a stall names a GPU"},
+           {R"([{"kind": "stall", "gpu": 0, "ms": 5, "when": 1}])", "$.faults[0].when: unknown key"}}) {
+    ScratchDir dir;
+    nlohmann::json doc = faultScenario();
+    doc["faults"] = nlohmann::json::parse(faults);
+    doc["outputs"] = {{"dir", (dir.path() / "out").string()}};
+    std::ofstream(dir.path() / "s.json") << doc.dump();
+    for (const char* command : {"replay", "sim"}) {
+      const std::string extra = std::string(command) == "replay" ? " --device host" : "";
+      const CommandResult r = run(std::string(command) + " " + (dir.path() / "s.json").string() + extra + " -q");
+      EXPECT_EQ(r.exit_code, 2) << command << " " << faults << ": " << r.output;
+      EXPECT_NE(r.err.find(message), std::string::npos) << command << " " << faults << ": " << r.err;
+      EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"s.json"}) << "no output files";
+    }
+  }
+  // A corrupt load needs the checksum.
+  ScratchDir dir;
+  nlohmann::json doc = faultScenario();
+  doc["faults"] = nlohmann::json::parse(R"([{"kind": "corrupt-load", "model": "m-1"}])");
+  std::ofstream(dir.path() / "s.json") << doc.dump();
+  const CommandResult r = run("replay " + (dir.path() / "s.json").string() + " --device host --no-files --no-verify");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.err.find("$.faults[0] (corrupt-load=m-1): a corrupt load is found by the checksum, which --no-verify turns off"),
+            std::string::npos)
+      << r.err;
+}
+
+// The simulator has no faults: it runs the scenario without them, says so, and writes the same
+// files as without the section (but the effective configuration in summary.json).
+TEST(ScenarioFaults, SimWarnsAndRunsWithoutThem) {
+  ScratchDir dir;
+  nlohmann::json doc = faultScenario();
+  const fs::path plain = dir.path() / "plain.json";
+  std::ofstream(plain) << doc.dump();
+  doc["faults"] = nlohmann::json::parse(R"([{"kind": "fail-batch", "model": "m-0"}, {"kind": "stall", "gpu": 1, "ms": 9}])");
+  const fs::path faulty = dir.path() / "faulty.json";
+  std::ofstream(faulty) << doc.dump();
+  CommandResult r = run("sim -q " + plain.string() + " --out " + (dir.path() / "a").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.err, "");
+  r = run("sim -q " + faulty.string() + " --out " + (dir.path() / "b").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.err,
+            "warning: $.faults: the simulator ignores the scenario's 2 fault(s); they apply to `computron replay` and "
+            "`computron serve` only\n");
+  EXPECT_EQ(fakes::readWholeFile(dir.path() / "a" / "requests.csv"), fakes::readWholeFile(dir.path() / "b" / "requests.csv"));
 }
 
 }  // namespace
