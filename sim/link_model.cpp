@@ -77,6 +77,8 @@ std::vector<int> LinkModel::remotePath(int from_node, GpuId target) const {
 }
 
 FlowId LinkModel::start(Nanos now, double bytes, std::vector<int> path, Nanos latency) {
+  for (int r : path)
+    if (r < 0 || r >= numResources()) throw std::invalid_argument("LinkModel: no resource " + std::to_string(r));
   advance(now);
   FlowId id = next_id_++;
   auto [it, inserted] = flows_.emplace(id, Flow{});
@@ -87,17 +89,18 @@ FlowId LinkModel::start(Nanos now, double bytes, std::vector<int> path, Nanos la
   const bool moves = bytes > kDoneBytes;
   if (!moves) {
     f.drained_at = now;
-    drained_.push_back(id);
+    completions_.emplace(addSaturating(now, latency), id);
   } else {
-    f.slot = moving_.size();
-    moving_.push_back(Moving{bytes, 0, id, &f});
+    f.base_remaining = bytes;
+    f.base_time = now;
+    ++moving_;
   }
   for (int r : f.path) {
-    if (r < 0 || r >= numResources()) throw std::invalid_argument("LinkModel: no resource " + std::to_string(r));
     if (moves) active_on_[static_cast<std::size_t>(r)].push_back(id);  // ids only grow: stays sorted
     changed_.push_back(r);
   }
   recomputeRates();
+  dropStaleDrains();
   return id;
 }
 
@@ -111,24 +114,42 @@ void LinkModel::detach(FlowId id, const Flow& f) {
 
 void LinkModel::advance(Nanos now) {
   if (now < now_) throw std::logic_error("LinkModel: time went backwards");
-  double dt = static_cast<double>(now - now_) / 1e9;
   now_ = now;
-  if (dt == 0) return;
-  for (std::size_t i = moving_.size(); i-- > 0;) {
-    Moving& m = moving_[i];
-    m.remaining -= m.rate * dt;
-    if (m.remaining > kDoneBytes) continue;
-    // Drained: off its resources, out of the packed list (the last one takes its slot).
-    Flow& f = *m.flow;
+  while (!drains_.empty() && drains_.top().at <= now) {
+    const DrainEntry e = drains_.top();
+    drains_.pop();
+    const auto it = flows_.find(e.id);
+    if (it == flows_.end()) continue;  // completed since; a stale entry
+    Flow& f = it->second;
+    if (e.version != f.version || f.drained_at >= 0) continue;  // superseded by a later rate
     f.drained_at = now;
-    drained_.push_back(m.id);
-    detach(m.id, f);
-    if (i + 1 != moving_.size()) {
-      moving_[i] = moving_.back();
-      moving_[i].flow->slot = i;
-    }
-    moving_.pop_back();
+    f.rate = 0;
+    --moving_;
+    completions_.emplace(addSaturating(now, f.latency), e.id);
+    detach(e.id, f);
   }
+}
+
+// The flow's bytes at now_ at its old rate become its new base; its drain time follows from the
+// new rate, rounded up to the nanosecond once.
+void LinkModel::setRate(FlowId id, Flow& f, double rate) {
+  if (rate == f.rate && f.version != 0) return;  // unchanged: its drain time stands
+  if (f.version != 0 && now_ != f.base_time) {
+    f.base_remaining -= f.rate * (static_cast<double>(now_ - f.base_time) / 1e9);
+    f.base_time = now_;
+  }
+  f.rate = rate;
+  ++f.version;
+  if (f.base_remaining <= kDoneBytes) {
+    f.drain_at = now_;
+  } else if (rate <= 0) {
+    f.drain_at = kMaxNanos;
+    return;
+  } else {
+    const double ns = std::ceil(f.base_remaining / rate * 1e9);
+    f.drain_at = ns >= static_cast<double>(kMaxNanos) ? kMaxNanos : addSaturating(now_, static_cast<Nanos>(ns));
+  }
+  drains_.push(DrainEntry{f.drain_at, id, f.version});
 }
 
 // Max-min fair shares by progressive filling: repeatedly saturate the resource whose equal
@@ -170,9 +191,8 @@ void LinkModel::recomputeRates() {
   }
   for (FlowId id : group_flows_) {
     Flow& f = flows_.find(id)->second;
-    Moving& m = moving_[f.slot];
-    m.rate = 0;
-    group_active_.push_back(&m);
+    f.new_rate = 0;
+    group_active_.push_back(&f);
     for (int r : f.path) ++unfixed_[static_cast<std::size_t>(r)];
   }
   fixed_.assign(group_active_.size(), false);
@@ -192,9 +212,9 @@ void LinkModel::recomputeRates() {
     if (bottleneck < 0) break;
     for (std::size_t i = 0; i < group_active_.size(); ++i) {
       if (fixed_[i]) continue;
-      const auto& path = group_active_[i]->flow->path;
+      const auto& path = group_active_[i]->path;
       if (std::find(path.begin(), path.end(), bottleneck) == path.end()) continue;
-      group_active_[i]->rate = share;
+      group_active_[i]->new_rate = share;
       fixed_[i] = true;
       --remaining;
       for (int r : path) {
@@ -203,52 +223,54 @@ void LinkModel::recomputeRates() {
       }
     }
   }
+  for (std::size_t i = 0; i < group_active_.size(); ++i)
+    setRate(group_flows_[i], *group_active_[i], group_active_[i]->new_rate);
+  dropStaleDrains();
+}
+
+// Keeps the drain heap's top current (so nextCompletion reads it as is) and its stale entries
+// bounded.
+void LinkModel::dropStaleDrains() {
+  auto stale = [this](const DrainEntry& e) {
+    const auto it = flows_.find(e.id);
+    return it == flows_.end() || it->second.version != e.version || it->second.drained_at >= 0;
+  };
+  while (!drains_.empty() && stale(drains_.top())) drains_.pop();
+  if (drains_.size() > 2 * moving_ + 64) {
+    std::vector<DrainEntry> live;
+    live.reserve(moving_);
+    while (!drains_.empty()) {
+      if (!stale(drains_.top())) live.push_back(drains_.top());
+      drains_.pop();
+    }
+    drains_ = decltype(drains_)(std::greater<>(), std::move(live));
+  }
 }
 
 std::optional<Nanos> LinkModel::nextCompletion() const {
   std::optional<Nanos> best;
-  for (FlowId id : drained_) {
-    const Flow& f = flows_.find(id)->second;
-    const Nanos t = f.drained_at + f.latency;
-    if (!best || t < *best) best = t;
-  }
-  // A moving flow's bytes drain at now + ceil(remaining / rate * 1e9); the rates of the others
-  // change at that moment. That time only grows with remaining / rate, so the soonest is the
-  // flow with the least of it: one rounding instead of one per flow.
-  double soonest = std::numeric_limits<double>::infinity();
-  for (const Moving& m : moving_) {
-    if (m.rate <= 0) continue;
-    soonest = std::min(soonest, m.remaining / m.rate);
-  }
-  if (soonest != std::numeric_limits<double>::infinity()) {
-    const Nanos t = now_ + static_cast<Nanos>(std::ceil(soonest * 1e9));
-    if (!best || t < *best) best = t;
-  }
+  if (!completions_.empty()) best = completions_.top().first;
+  if (!drains_.empty() && drains_.top().at < kMaxNanos && (!best || drains_.top().at < *best)) best = drains_.top().at;
   return best;
 }
 
 std::vector<FlowId> LinkModel::takeCompleted(Nanos now) {
   advance(now);
   std::vector<FlowId> done;
-  for (std::size_t i = 0; i < drained_.size();) {
-    const auto it = flows_.find(drained_[i]);
-    if (it->second.drained_at + it->second.latency <= now) {
-      done.push_back(drained_[i]);
-      flows_.erase(it);
-      drained_[i] = drained_.back();
-      drained_.pop_back();
-    } else {
-      ++i;
-    }
+  while (!completions_.empty() && completions_.top().first <= now) {
+    done.push_back(completions_.top().second);
+    flows_.erase(completions_.top().second);
+    completions_.pop();
   }
   std::sort(done.begin(), done.end());
   recomputeRates();  // the flows connected to those that drained, if any
+  dropStaleDrains();
   return done;
 }
 
 double LinkModel::rateOf(FlowId id) const {
   const Flow& f = flows_.at(id);
-  return f.drained_at >= 0 ? 0.0 : moving_[f.slot].rate;
+  return f.drained_at >= 0 ? 0.0 : f.rate;
 }
 
 }  // namespace computron::sim

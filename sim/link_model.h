@@ -5,10 +5,16 @@
 // flows it can affect: those connected to it through shared resources (max-min shares of one
 // connected group do not depend on any other), so its cost follows the contention around the
 // change, not the size of the cluster.
+//
+// Each flow's progress is kept from its last rate change (bytes left then, and when), and its
+// drain time is computed once per rate change and kept in a heap. So a flow whose rate does not
+// change is never touched, and its drain time does not depend on events elsewhere in the cluster
+// (no rounding from unrelated events); the next completion is the heap's top.
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <queue>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,34 +57,46 @@ class LinkModel {
 
  private:
   struct Flow {
-    std::size_t slot = 0;  // index in moving_ while its bytes move
     std::vector<int> path;
     Nanos latency = 0;
     Nanos drained_at = -1;  // when its bytes finished; completes at drained_at + latency
     std::uint32_t mark = 0;  // visit stamp of recomputeRates
+    // While its bytes move: bytes left at base_time, the rate since then and the drain time it
+    // gives; version tells a current drain-heap entry from a stale one.
+    double base_remaining = 0;
+    Nanos base_time = 0;
+    double rate = 0;  // bytes/s
+    Nanos drain_at = kMaxNanos;
+    std::uint32_t version = 0;
+    double new_rate = 0;  // scratch of recomputeRates
   };
-  // Moves every flow on to `now`; flows that drain there are taken off their resources and
-  // their resources are added to changed_.
+  struct DrainEntry {
+    Nanos at;
+    FlowId id;
+    std::uint32_t version;
+    bool operator>(const DrainEntry& o) const { return at != o.at ? at > o.at : id > o.id; }
+  };
+  // Takes off their resources the flows whose bytes drained by `now` (their resources go to
+  // changed_) and moves the clock there.
   void advance(Nanos now);
-  // Progressive filling over the flows connected to changed_ (then cleared).
+  // Progressive filling over the flows connected to changed_ (then cleared); flows whose rate
+  // changed are rebased at now_ and get a new drain time.
   void recomputeRates();
   void detach(FlowId id, const Flow& f);  // off the resources' active lists
+  void setRate(FlowId id, Flow& f, double rate);
+  void dropStaleDrains();
 
   std::vector<double> capacity_;
   std::vector<std::string> names_;
   std::vector<int> host_link_, uplink_of_gpu_, nv_out_, nv_in_;
   std::vector<int> nic_out_, nic_in_, node_of_gpu_;
   int spine_ = -1;
-  std::map<FlowId, Flow> flows_;
-  // The flows still moving bytes, packed so that advancing them all is one pass over memory.
-  struct Moving {
-    double remaining = 0;  // bytes
-    double rate = 0;       // bytes/s
-    FlowId id = 0;
-    Flow* flow = nullptr;
-  };
-  std::vector<Moving> moving_;
-  std::vector<FlowId> drained_;  // drained, completing after their latency
+  std::unordered_map<FlowId, Flow> flows_;
+  std::size_t moving_ = 0;  // flows whose bytes still move
+  // Drain times of moving flows, soonest first (entries of an older version are skipped).
+  std::priority_queue<DrainEntry, std::vector<DrainEntry>, std::greater<>> drains_;
+  // Drained flows by completion time (drained_at + latency), soonest first.
+  std::priority_queue<std::pair<Nanos, FlowId>, std::vector<std::pair<Nanos, FlowId>>, std::greater<>> completions_;
   // Per resource: the flows still moving bytes over it, in id order.
   std::vector<std::vector<FlowId>> active_on_;
   // Resources whose flows changed since the last recomputation.
@@ -91,7 +109,7 @@ class LinkModel {
   std::uint32_t stamp_ = 0;
   std::vector<int> group_resources_;
   std::vector<FlowId> group_flows_;
-  std::vector<Moving*> group_active_;
+  std::vector<Flow*> group_active_;
   std::vector<bool> fixed_;
   FlowId next_id_ = 1;
   Nanos now_ = 0;

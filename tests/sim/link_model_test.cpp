@@ -118,5 +118,55 @@ TEST(LinkModel, PeerRouteWithoutNvlinkIsRefused) {
   EXPECT_THROW(links.peerPath(1, 0, false), std::invalid_argument);
 }
 
+// A transfer's completion does not depend on events elsewhere: the same odd-sized copy on GPU 0
+// ends at the same nanosecond whether or not GPU 1's link is busy with many short transfers that
+// start and end at unrelated times meanwhile.
+TEST(LinkModel, ATransferIsNotMovedByEventsOnUnconnectedLinks) {
+  ClusterSpec c = twoGpus(25);  // 25 bytes per nanosecond
+  for (int trial = 0; trial < 40; ++trial) {
+    // Sizes that drain exactly on a nanosecond, where rounding residue would show as a late one.
+    const double bytes = 25.0 * (524'288'017 + 7'919'113 * trial);
+    LinkModel alone(c);
+    FlowId solo = alone.start(0, bytes, alone.hostPath(0), 0);
+    const Nanos expected = drain(alone).at(solo);
+
+    LinkModel links(c);
+    FlowId a = links.start(0, bytes, links.hostPath(0), 0);
+    std::map<FlowId, Nanos> done;
+    Nanos now = 0;
+    for (int i = 0; i < 200; ++i) {
+      now += 1'234'567 + 7 * i + 131 * trial;  // unrelated times, some while others still move
+      while (auto t = links.nextCompletion()) {
+        if (*t > now) break;
+        for (FlowId f : links.takeCompleted(*t)) done[f] = *t;
+      }
+      links.start(now, 1.0e7 + 12345.0 * i, links.hostPath(1), 3 * kNanosPerMicro);
+    }
+    for (auto& [f, t] : drain(links)) done[f] = t;
+    EXPECT_LE(std::abs(expected - static_cast<Nanos>(bytes / 25)), 1);  // one rounding up at most
+    EXPECT_EQ(done.at(a), expected) << "trial " << trial;
+    EXPECT_EQ(done.size(), 201u);  // every transfer completed exactly once
+  }
+}
+
+// Many concurrent transfers on one link complete in the order of their sizes, each at the time
+// the fair shares give (hand-computed: with n equal shares the k-th smallest of sizes s_1..s_n
+// ends when the work s_1 + ... + s_(k-1) + (n - k + 1) * s_k has crossed the link).
+TEST(LinkModel, ManyConcurrentTransfersEndAtTheirFairShareTimes) {
+  ClusterSpec c = twoGpus(10);  // 10 GB/s: 10 bytes per nanosecond
+  LinkModel links(c);
+  std::vector<FlowId> ids;
+  const int n = 50;
+  for (int k = 1; k <= n; ++k) ids.push_back(links.start(0, 1e9 * k, links.hostPath(0), 0));
+  auto done = drain(links);
+  ASSERT_EQ(done.size(), static_cast<std::size_t>(n));
+  double work = 0;
+  for (int k = 1; k <= n; ++k) {
+    const double expected_ns = (work + (n - k + 1) * 1e9 * k) / 10.0;
+    EXPECT_NEAR(static_cast<double>(done.at(ids[static_cast<std::size_t>(k - 1)])), expected_ns, 2.0) << k;
+    work += 1e9 * k;
+  }
+}
+
 }  // namespace
 }  // namespace computron::sim
