@@ -80,23 +80,34 @@ FlowId LinkModel::start(Nanos now, double bytes, std::vector<int> path, Nanos la
   for (int r : path)
     if (r < 0 || r >= numResources()) throw std::invalid_argument("LinkModel: no resource " + std::to_string(r));
   advance(now);
-  FlowId id = next_id_++;
-  auto [it, inserted] = flows_.emplace(id, Flow{});
-  (void)inserted;
-  Flow& f = it->second;
+  const FlowId id = next_id_++;
+  std::uint32_t slot = 0;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<std::uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  slot_of_.emplace(id, slot);
+  Flow& f = slots_[slot];
+  const std::uint32_t mark = f.mark;  // visit stamps stay valid across reuse
+  f = Flow{};
+  f.mark = mark;
+  f.id = id;
   f.path = std::move(path);
   f.latency = latency;
   const bool moves = bytes > kDoneBytes;
   if (!moves) {
     f.drained_at = now;
-    completions_.emplace(addSaturating(now, latency), id);
+    completions_.push(Completion{addSaturating(now, latency), id, slot});
   } else {
     f.base_remaining = bytes;
     f.base_time = now;
     ++moving_;
   }
   for (int r : f.path) {
-    if (moves) active_on_[static_cast<std::size_t>(r)].push_back(id);  // ids only grow: stays sorted
+    if (moves) active_on_[static_cast<std::size_t>(r)].emplace_back(id, slot);  // ids only grow: stays sorted
     changed_.push_back(r);
   }
   recomputeRates();
@@ -104,12 +115,17 @@ FlowId LinkModel::start(Nanos now, double bytes, std::vector<int> path, Nanos la
   return id;
 }
 
-void LinkModel::detach(FlowId id, const Flow& f) {
+void LinkModel::detach(const Flow& f) {
   for (int r : f.path) {
     auto& on = active_on_[static_cast<std::size_t>(r)];
-    on.erase(std::lower_bound(on.begin(), on.end(), id));
+    on.erase(std::lower_bound(on.begin(), on.end(), f.id, [](const auto& e, FlowId key) { return e.first < key; }));
     changed_.push_back(r);
   }
+}
+
+bool LinkModel::stale(const DrainEntry& e) const {
+  const Flow& f = slots_[e.slot];
+  return f.id != e.id || f.version != e.version || f.drained_at >= 0;
 }
 
 void LinkModel::advance(Nanos now) {
@@ -118,21 +134,20 @@ void LinkModel::advance(Nanos now) {
   while (!drains_.empty() && drains_.top().at <= now) {
     const DrainEntry e = drains_.top();
     drains_.pop();
-    const auto it = flows_.find(e.id);
-    if (it == flows_.end()) continue;  // completed since; a stale entry
-    Flow& f = it->second;
-    if (e.version != f.version || f.drained_at >= 0) continue;  // superseded by a later rate
+    if (stale(e)) continue;  // completed since, or superseded by a later rate
+    Flow& f = slots_[e.slot];
     f.drained_at = now;
     f.rate = 0;
     --moving_;
-    completions_.emplace(addSaturating(now, f.latency), e.id);
-    detach(e.id, f);
+    completions_.push(Completion{addSaturating(now, f.latency), e.id, e.slot});
+    detach(f);
   }
 }
 
 // The flow's bytes at now_ at its old rate become its new base; its drain time follows from the
 // new rate, rounded up to the nanosecond once.
-void LinkModel::setRate(FlowId id, Flow& f, double rate) {
+void LinkModel::setRate(std::uint32_t slot, double rate) {
+  Flow& f = slots_[slot];
   if (rate == f.rate && f.version != 0) return;  // unchanged: its drain time stands
   if (f.version != 0 && now_ != f.base_time) {
     f.base_remaining -= f.rate * (static_cast<double>(now_ - f.base_time) / 1e9);
@@ -149,7 +164,7 @@ void LinkModel::setRate(FlowId id, Flow& f, double rate) {
     const double ns = std::ceil(f.base_remaining / rate * 1e9);
     f.drain_at = ns >= static_cast<double>(kMaxNanos) ? kMaxNanos : addSaturating(now_, static_cast<Nanos>(ns));
   }
-  drains_.push(DrainEntry{f.drain_at, id, f.version});
+  drains_.push(DrainEntry{f.drain_at, f.id, slot, f.version});
 }
 
 // Max-min fair shares by progressive filling: repeatedly saturate the resource whose equal
@@ -160,7 +175,7 @@ void LinkModel::recomputeRates() {
   if (changed_.empty()) return;
   if (++stamp_ == 0) {
     std::fill(mark_.begin(), mark_.end(), 0);
-    for (auto& entry : flows_) entry.second.mark = 0;
+    for (Flow& f : slots_) f.mark = 0;
     stamp_ = 1;
   }
   group_resources_.clear();
@@ -173,11 +188,11 @@ void LinkModel::recomputeRates() {
     if (mark_[static_cast<std::size_t>(r)] == stamp_) continue;
     mark_[static_cast<std::size_t>(r)] = stamp_;
     group_resources_.push_back(r);
-    for (FlowId id : active_on_[static_cast<std::size_t>(r)]) {
-      Flow& f = flows_.find(id)->second;
+    for (const auto& [id, slot] : active_on_[static_cast<std::size_t>(r)]) {
+      Flow& f = slots_[slot];
       if (f.mark == stamp_) continue;
       f.mark = stamp_;
-      group_flows_.push_back(id);
+      group_flows_.emplace_back(id, slot);
       for (int next : f.path)
         if (mark_[static_cast<std::size_t>(next)] != stamp_) frontier.push_back(next);
     }
@@ -189,8 +204,8 @@ void LinkModel::recomputeRates() {
     left_[static_cast<std::size_t>(r)] = capacity_[static_cast<std::size_t>(r)];
     unfixed_[static_cast<std::size_t>(r)] = 0;
   }
-  for (FlowId id : group_flows_) {
-    Flow& f = flows_.find(id)->second;
+  for (const auto& entry : group_flows_) {
+    Flow& f = slots_[entry.second];
     f.new_rate = 0;
     group_active_.push_back(&f);
     for (int r : f.path) ++unfixed_[static_cast<std::size_t>(r)];
@@ -223,18 +238,13 @@ void LinkModel::recomputeRates() {
       }
     }
   }
-  for (std::size_t i = 0; i < group_active_.size(); ++i)
-    setRate(group_flows_[i], *group_active_[i], group_active_[i]->new_rate);
+  for (std::size_t i = 0; i < group_active_.size(); ++i) setRate(group_flows_[i].second, group_active_[i]->new_rate);
   dropStaleDrains();
 }
 
 // Keeps the drain heap's top current (so nextCompletion reads it as is) and its stale entries
 // bounded.
 void LinkModel::dropStaleDrains() {
-  auto stale = [this](const DrainEntry& e) {
-    const auto it = flows_.find(e.id);
-    return it == flows_.end() || it->second.version != e.version || it->second.drained_at >= 0;
-  };
   while (!drains_.empty() && stale(drains_.top())) drains_.pop();
   if (drains_.size() > 2 * moving_ + 64) {
     std::vector<DrainEntry> live;
@@ -249,7 +259,7 @@ void LinkModel::dropStaleDrains() {
 
 std::optional<Nanos> LinkModel::nextCompletion() const {
   std::optional<Nanos> best;
-  if (!completions_.empty()) best = completions_.top().first;
+  if (!completions_.empty()) best = completions_.top().at;
   if (!drains_.empty() && drains_.top().at < kMaxNanos && (!best || drains_.top().at < *best)) best = drains_.top().at;
   return best;
 }
@@ -257,10 +267,15 @@ std::optional<Nanos> LinkModel::nextCompletion() const {
 std::vector<FlowId> LinkModel::takeCompleted(Nanos now) {
   advance(now);
   std::vector<FlowId> done;
-  while (!completions_.empty() && completions_.top().first <= now) {
-    done.push_back(completions_.top().second);
-    flows_.erase(completions_.top().second);
+  while (!completions_.empty() && completions_.top().at <= now) {
+    const Completion c = completions_.top();
     completions_.pop();
+    done.push_back(c.id);
+    slot_of_.erase(c.id);
+    Flow& f = slots_[c.slot];
+    f.id = 0;
+    f.path.clear();
+    free_slots_.push_back(c.slot);
   }
   std::sort(done.begin(), done.end());
   recomputeRates();  // the flows connected to those that drained, if any
@@ -268,8 +283,10 @@ std::vector<FlowId> LinkModel::takeCompleted(Nanos now) {
   return done;
 }
 
+const LinkModel::Flow& LinkModel::flowOf(FlowId id) const { return slots_[slot_of_.at(id)]; }
+
 double LinkModel::rateOf(FlowId id) const {
-  const Flow& f = flows_.at(id);
+  const Flow& f = flowOf(id);
   return f.drained_at >= 0 ? 0.0 : f.rate;
 }
 

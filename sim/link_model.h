@@ -51,12 +51,13 @@ class LinkModel {
   std::vector<FlowId> takeCompleted(Nanos now);
 
   double rateOf(FlowId id) const;  // bytes/s, for tests
-  std::size_t activeFlows() const { return flows_.size(); }
+  std::size_t activeFlows() const { return slot_of_.size(); }
   int numResources() const { return static_cast<int>(capacity_.size()); }
   const std::string& resourceName(int r) const { return names_[static_cast<std::size_t>(r)]; }
 
  private:
   struct Flow {
+    FlowId id = 0;  // 0: a free slot
     std::vector<int> path;
     Nanos latency = 0;
     Nanos drained_at = -1;  // when its bytes finished; completes at drained_at + latency
@@ -73,6 +74,7 @@ class LinkModel {
   struct DrainEntry {
     Nanos at;
     FlowId id;
+    std::uint32_t slot;
     std::uint32_t version;
     bool operator>(const DrainEntry& o) const { return at != o.at ? at > o.at : id > o.id; }
   };
@@ -82,23 +84,35 @@ class LinkModel {
   // Progressive filling over the flows connected to changed_ (then cleared); flows whose rate
   // changed are rebased at now_ and get a new drain time.
   void recomputeRates();
-  void detach(FlowId id, const Flow& f);  // off the resources' active lists
-  void setRate(FlowId id, Flow& f, double rate);
+  void detach(const Flow& f);  // off the resources' active lists
+  void setRate(std::uint32_t slot, double rate);
+  bool stale(const DrainEntry& e) const;
   void dropStaleDrains();
+  const Flow& flowOf(FlowId id) const;
 
   std::vector<double> capacity_;
   std::vector<std::string> names_;
   std::vector<int> host_link_, uplink_of_gpu_, nv_out_, nv_in_;
   std::vector<int> nic_out_, nic_in_, node_of_gpu_;
   int spine_ = -1;
-  std::unordered_map<FlowId, Flow> flows_;
+  // Flows in slots reused after completion (the id tells a slot's current flow); the id -> slot
+  // map serves only the callers' look-ups.
+  std::vector<Flow> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  std::unordered_map<FlowId, std::uint32_t> slot_of_;
   std::size_t moving_ = 0;  // flows whose bytes still move
   // Drain times of moving flows, soonest first (entries of an older version are skipped).
   std::priority_queue<DrainEntry, std::vector<DrainEntry>, std::greater<>> drains_;
-  // Drained flows by completion time (drained_at + latency), soonest first.
-  std::priority_queue<std::pair<Nanos, FlowId>, std::vector<std::pair<Nanos, FlowId>>, std::greater<>> completions_;
-  // Per resource: the flows still moving bytes over it, in id order.
-  std::vector<std::vector<FlowId>> active_on_;
+  // Drained flows by completion time (drained_at + latency), then id, with their slots.
+  struct Completion {
+    Nanos at;
+    FlowId id;
+    std::uint32_t slot;
+    bool operator>(const Completion& o) const { return at != o.at ? at > o.at : id > o.id; }
+  };
+  std::priority_queue<Completion, std::vector<Completion>, std::greater<>> completions_;
+  // Per resource: the flows still moving bytes over it (id, slot), in id order.
+  std::vector<std::vector<std::pair<FlowId, std::uint32_t>>> active_on_;
   // Resources whose flows changed since the last recomputation.
   std::vector<int> changed_;
   // Scratch for recomputeRates, sized once: per resource, its remaining capacity, unfixed flow
@@ -108,7 +122,7 @@ class LinkModel {
   std::vector<std::uint32_t> mark_;
   std::uint32_t stamp_ = 0;
   std::vector<int> group_resources_;
-  std::vector<FlowId> group_flows_;
+  std::vector<std::pair<FlowId, std::uint32_t>> group_flows_;
   std::vector<Flow*> group_active_;
   std::vector<bool> fixed_;
   FlowId next_id_ = 1;

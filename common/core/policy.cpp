@@ -14,7 +14,7 @@ template <typename Key>
 void rankBy(std::vector<ModelId>& candidates, const Engine& engine, Key key) {
   std::vector<std::pair<ModelId, decltype(key(ModelId{}))>> keyed;
   for (ModelId m : candidates) keyed.emplace_back(m, key(m));
-  std::stable_sort(keyed.begin(), keyed.end(), [&](const auto& a, const auto& b) {
+  std::sort(keyed.begin(), keyed.end(), [&](const auto& a, const auto& b) {  // total: ends with the id
     if (a.second != b.second) return a.second < b.second;
     const auto& ma = engine.model(a.first);
     const auto& mb = engine.model(b.first);
@@ -79,7 +79,7 @@ class BeladyEviction final : public EvictionPolicy {
 class FcfsQueue final : public QueuePolicy {
  public:
   void order(std::vector<ModelId>& models, const Engine& engine) const override {
-    std::stable_sort(models.begin(), models.end(), [&](ModelId a, ModelId b) {
+    std::sort(models.begin(), models.end(), [&](ModelId a, ModelId b) {  // a total order: no ties
       const auto& ha = engine.model(a).queue.front().request;
       const auto& hb = engine.model(b).queue.front().request;
       if (ha.arrival != hb.arrival) return ha.arrival < hb.arrival;
@@ -92,7 +92,7 @@ class FcfsQueue final : public QueuePolicy {
 class EdfQueue : public QueuePolicy {
  public:
   void order(std::vector<ModelId>& models, const Engine& engine) const override {
-    std::stable_sort(models.begin(), models.end(), [&](ModelId a, ModelId b) {
+    std::sort(models.begin(), models.end(), [&](ModelId a, ModelId b) {  // a total order: no ties
       const auto& ha = engine.model(a).queue.front().request;
       const auto& hb = engine.model(b).queue.front().request;
       Nanos da = engine.deadline(a, ha.arrival), db = engine.deadline(b, hb.arrival);

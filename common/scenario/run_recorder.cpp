@@ -97,13 +97,33 @@ Nanos LatencyHistogram::bucketValue(int b) {
   return static_cast<Nanos>(lo + width / 2);
 }
 
-void LatencyHistogram::add(Nanos value) {
-  const int b = bucketOf(value);
+void LatencyHistogram::addToBlocks(int b, std::int64_t n) {
   const std::size_t block = b < kExactBuckets ? 0 : static_cast<std::size_t>(1 + (b - kExactBuckets) / kSubBuckets);
   if (blocks_.size() <= block) blocks_.resize(block + 1);
   auto& counts = blocks_[block];
   if (counts.empty()) counts.assign(block == 0 ? kExactBuckets : kSubBuckets, 0);
-  ++counts[static_cast<std::size_t>(block == 0 ? b : (b - kExactBuckets) % kSubBuckets)];
+  counts[static_cast<std::size_t>(block == 0 ? b : (b - kExactBuckets) % kSubBuckets)] += n;
+}
+
+void LatencyHistogram::add(Nanos value) {
+  const int b = bucketOf(value);
+  if (dense_) {
+    addToBlocks(b, 1);
+  } else {
+    const auto it = std::lower_bound(sparse_.begin(), sparse_.end(), b,
+                                     [](const std::pair<int, std::int64_t>& e, int key) { return e.first < key; });
+    if (it != sparse_.end() && it->first == b) {
+      ++it->second;
+    } else if (sparse_.size() < kSparseLimit) {
+      sparse_.insert(it, {b, 1});
+    } else {
+      dense_ = true;
+      for (const auto& [bucket, n] : sparse_) addToBlocks(bucket, n);
+      sparse_.clear();
+      sparse_.shrink_to_fit();
+      addToBlocks(b, 1);
+    }
+  }
   ++count_;
   sum_ += value;
   max_ = std::max(max_, value);
@@ -116,6 +136,10 @@ Nanos LatencyHistogram::quantile(double q) const {
   auto rank = static_cast<std::int64_t>(std::ceil(q * static_cast<double>(count_)));
   rank = std::clamp<std::int64_t>(rank, 1, count_);
   std::int64_t seen = 0;
+  for (const auto& [bucket, n] : sparse_) {
+    seen += n;
+    if (seen >= rank) return std::min(bucketValue(bucket), max_);
+  }
   for (std::size_t block = 0; block < blocks_.size(); ++block) {
     const auto& counts = blocks_[block];
     const int first = block == 0 ? 0 : kExactBuckets + static_cast<int>(block - 1) * kSubBuckets;

@@ -33,8 +33,14 @@ class LatencyHistogram {
  private:
   static int bucketOf(Nanos v);
   static Nanos bucketValue(int b);
-  // blocks_[0]: exact buckets of values below 256 ns; blocks_[k]: exponent k + 7. Empty until used.
+  void addToBlocks(int bucket, std::int64_t n);
+  // Until kSparseLimit distinct buckets are used, (bucket, count) pairs in bucket order (a model
+  // with few requests costs a few hundred bytes); then blocks: blocks_[0] holds the exact buckets
+  // of values below 256 ns, blocks_[k] exponent k + 7, each empty until used.
+  static constexpr std::size_t kSparseLimit = 32;
+  std::vector<std::pair<int, std::int64_t>> sparse_;
   std::vector<std::vector<std::int64_t>> blocks_;
+  bool dense_ = false;
   std::int64_t count_ = 0;
   long double sum_ = 0;
   Nanos max_ = 0;

@@ -4,8 +4,14 @@
 // with check_invariants). Also the shipped fleet scenario under every invariant check.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <vector>
+
 #include "common/scenario/run_recorder.h"
 #include "common/scenario/scenario.h"
+#include "common/workload.h"
 #include "sim/simulator.h"
 
 namespace computron {
@@ -77,6 +83,47 @@ TEST(FleetScale, ShippedFleetScenarioKeepsEveryInvariant) {
   const sim::SimStats stats = runChecked(fleet, &local);
   EXPECT_TRUE(local);
   EXPECT_GT(stats.arrivals, 0);
+}
+
+}  // namespace
+}  // namespace computron
+
+namespace computron {
+namespace {
+
+// The reference: sort the values, take the rank-th (rank = ceil(q * n), at least 1) and report the
+// midpoint of its log-linear bucket (256 exact buckets, then 128 per power of two), capped at the
+// maximum.
+Nanos referenceQuantile(std::vector<Nanos> values, double q) {
+  std::sort(values.begin(), values.end());
+  const auto n = static_cast<std::int64_t>(values.size());
+  const std::int64_t rank = std::clamp<std::int64_t>(static_cast<std::int64_t>(std::ceil(q * static_cast<double>(n))), 1, n);
+  const Nanos v = values[static_cast<std::size_t>(rank - 1)];
+  if (v < 256) return v;
+  const int e = 63 - std::countl_zero(static_cast<std::uint64_t>(v));
+  const std::uint64_t width = 1ULL << (e - 7);
+  const std::uint64_t lo = static_cast<std::uint64_t>(v) / width * width;
+  return std::min<Nanos>(static_cast<Nanos>(lo + width / 2), values.back());
+}
+
+// A model with few distinct latencies keeps (bucket, count) pairs; past 32 buckets the histogram
+// turns dense. Both give the reference's quantiles exactly, before and after the switch.
+TEST(LatencyHistogramTest, SparseAndDenseGiveTheSameQuantiles) {
+  Rng rng(5);
+  LatencyHistogram h;
+  std::vector<Nanos> values;
+  for (int i = 0; i < 5000; ++i) {
+    const Nanos v = i % 7 == 0 ? static_cast<Nanos>(rng.uniform01() * 300)
+                               : static_cast<Nanos>(std::exp(rng.uniform01() * 25.0));  // up to ~7e10 ns
+    h.add(v);
+    values.push_back(v);
+    if (i < 60 || i % 500 == 0) {
+      for (double q : {0.0, 0.01, 0.5, 0.9, 0.99, 1.0})
+        ASSERT_EQ(h.quantile(q), referenceQuantile(values, q)) << "after " << i + 1 << " values, q " << q;
+    }
+  }
+  EXPECT_EQ(h.count(), 5000);
+  EXPECT_EQ(h.max(), *std::max_element(values.begin(), values.end()));
 }
 
 }  // namespace
