@@ -311,7 +311,8 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     } catch (const ConfigError&) {
       std::fill(loads.begin(), loads.end(), 1.0);  // a bad workload fails below, with its own path
     }
-    s.engine.models = placeModels(s.engine.models, loads, s.engine.gpu_weight_budget, placement, "$.policy.placement");
+    s.engine.models =
+        placeModels(s.engine.models, loads, s.engine.gpu_weight_budget, placement, "$.policy.placement", s.engine.gpu_node);
   }
   if (policy.needsFuture()) {
     // The offline policies read the whole request stream ahead (one time stamp a request).

@@ -110,6 +110,45 @@ TEST(PlacementGreedy, LargeModelGrowsToTheFewestGpusItFits) {
   expectGroups(s, {{4, 1, {0, 1, 2, 3}}});
 }
 
+// Two nodes of 8 H100 (h100x8-x2), OPT-6.7B (32 heads) at the given rates and placement.
+nlohmann::json twoNodes(const std::vector<double>& rates, const nlohmann::json& placement) {
+  nlohmann::json doc = seedLike(rates, placement);
+  doc["cluster"] = {{"preset", "h100x8-x2"}};
+  doc["models"][0]["spec"] = "opt-6.7b";
+  doc["models"][0]["tp"] = 1;
+  doc["models"][0]["pp"] = 1;
+  doc["models"][0]["gpus"] = {0};
+  return doc;
+}
+
+std::vector<GpuId> range(GpuId first, int n) {
+  std::vector<GpuId> g;
+  for (int i = 0; i < n; ++i) g.push_back(first + i);
+  return g;
+}
+
+// A group of 16 GPUs spans both nodes: TP stays within a node (8) and the nodes are pipeline
+// stages, although 32 heads would allow TP 16 on one node of 16.
+TEST(PlacementGreedy, GroupAcrossNodesKeepsTensorParallelismWithinANode) {
+  auto s = parseScenario(twoNodes({5}, nlohmann::json{{"policy", "greedy"}, {"group_gpus", 16}}), ".");
+  expectGroups(s, {{8, 2, range(0, 16)}});
+}
+
+// At equal GPU load the node with less expected load wins: the second hot model (9 req/s) goes to
+// the other node (GPUs 8-11), not next to the first (10) on node 0 (GPUs 4-7); the third (8)
+// again to node 1 (9 against 10), the fourth (7) to node 0 (10 against 17).
+TEST(PlacementGreedy, HotModelsSpreadOverTheNodes) {
+  auto s = parseScenario(twoNodes({10, 9, 8, 7}, nlohmann::json{{"policy", "greedy"}, {"group_gpus", 4}}), ".");
+  expectGroups(s, {{4, 1, range(0, 4)}, {4, 1, range(8, 4)}, {4, 1, range(12, 4)}, {4, 1, range(4, 4)}});
+}
+
+// Without a group size each model takes one GPU, on the node with less expected load so far:
+// 4 on node 0; 3 on node 1; 2 on node 1 (3 < 4); 1 on node 0 (4 < 5).
+TEST(PlacementGreedy, SingleGpuGroupsBalanceTheNodes) {
+  auto s = parseScenario(twoNodes({4, 3, 2, 1}, "greedy"), ".");
+  expectGroups(s, {{1, 1, {0}}, {1, 1, {8}}, {1, 1, {9}}, {1, 1, {1}}});
+}
+
 TEST(PlacementGreedy, SameInputSamePlacement) {
   auto a = parseScenario(seedLike({5, 5, 5, 5, 5, 5}, "greedy"), ".");
   auto b = parseScenario(seedLike({5, 5, 5, 5, 5, 5}, "greedy"), ".");
