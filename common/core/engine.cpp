@@ -566,6 +566,9 @@ bool Engine::tryRunBatch(ModelId m) {
   batch.cmd.tp = d.tp;
   batch.cmd.pp = d.pp;
   batch.cmd.gpus = d.gpus;
+  const auto size = std::min(state.queue.size(), static_cast<std::size_t>(std::max(d.max_batch, 0)));
+  batch.cmd.requests.reserve(size);  // one allocation each, not one per doubling
+  batch.waited.reserve(size);
   while (!state.queue.empty() && static_cast<int>(batch.cmd.requests.size()) < d.max_batch) {
     batch.cmd.requests.push_back(state.queue.front().request);
     batch.waited.push_back(state.queue.front().waited_for_load);
