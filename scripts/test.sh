@@ -11,7 +11,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 echo "== build and test (RelWithDebInfo) =="
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPUTRON_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
-ctest --test-dir build --output-on-failure -j"$jobs"
+# A test that runs past its timeout fails instead of holding CI (or filling the disk).
+ctest --test-dir build --output-on-failure --timeout 600 -j"$jobs"
 
 echo "== runtime tests under ThreadSanitizer =="
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPUTRON_TSAN=ON -DCOMPUTRON_CUDA=OFF \
@@ -26,7 +27,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMPUTRON_ASAN=ON -DCOMPUTRO
   -DCOMPUTRON_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+  ctest --test-dir build-asan --output-on-failure --timeout 900 -j"$jobs"
 
 echo "== fuzzing: every input reader for a bounded time (clang, libFuzzer, ASan + UBSan) =="
 # Seven harnesses x 10 s; the long recorded run is in bench/results/fuzzing-*.md.
