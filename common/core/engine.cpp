@@ -780,6 +780,25 @@ ModelId Engine::twinHolding(ModelId m, int shard, GpuId target) const {
   return -1;
 }
 
+std::optional<std::string> Engine::evictOnDemand(ModelId m) {
+  if (m < 0 || static_cast<std::size_t>(m) >= models_.size()) return "no model " + std::to_string(m);
+  const auto& state = models_[static_cast<std::size_t>(m)];
+  const std::string& name = config_.models[static_cast<std::size_t>(m)].name;
+  switch (state.residency) {
+    case Residency::kOffloaded: return "model " + name + " is not resident (offloaded)";
+    case Residency::kLoading: return "model " + name + " is loading";
+    case Residency::kEvicting: return "model " + name + " is already being evicted";
+    case Residency::kResident: break;
+  }
+  if (state.running) return "model " + name + " is running a batch";
+  if (!state.queue.empty())
+    return "model " + name + " has " + std::to_string(state.queue.size()) + " requests queued";
+  if (copySource(m)) return "model " + name + " is the source of a copy in flight";
+  startEvict(m);
+  schedule(m);
+  return std::nullopt;
+}
+
 void Engine::startEvict(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];

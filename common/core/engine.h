@@ -140,6 +140,11 @@ class Engine {
   // due to start behind a load), if any; possibly already past. Drivers call onTimer() then.
   std::optional<Nanos> nextWake() const;
   void onTimer();
+  // An operator's eviction (serve's POST /v1/models/NAME/evict): starts evicting model m now,
+  // followed by a scheduling pass, and returns nothing; or returns why it cannot, changing
+  // nothing: not resident (offloaded, loading or already evicting), running a batch, requests
+  // queued (they would only load it again), or the source of a copy in flight.
+  std::optional<std::string> evictOnDemand(ModelId m);
 
   // Introspection (tests, outputs).
   const EngineConfig& config() const { return config_; }

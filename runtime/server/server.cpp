@@ -8,6 +8,7 @@
 #include <atomic>
 #include <deque>
 #include <chrono>
+#include <future>
 #include <ctime>
 #include <cstdio>
 #include <mutex>
@@ -572,12 +573,24 @@ void HttpServer::Impl::route(const std::shared_ptr<Session>& session, http::requ
     }
     if (action == "evict") {
       if (method != http::verb::post) return notAllowed("POST");
-      ApiError e;
-      e.status = 501;
-      e.type = "not_implemented";
-      e.message = "evicting on demand is not implemented yet: the scheduling core evicts by its eviction policy when "
-                  "another model needs the room";
-      return session->respondError(e);
+      // The engine's thread answers within one turn of its loop; it wakes for the request.
+      auto answer = loop_.requestEvict(static_cast<ModelId>(m));
+      if (answer.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        ApiError e;
+        e.status = 503;
+        e.type = "server_unavailable";
+        e.message = "the engine did not answer the eviction of model '" + models_[m].name + "' within 10 s";
+        return session->respondError(e);
+      }
+      if (const std::optional<std::string> refused = answer.get()) {
+        ApiError e;
+        e.status = *refused == "the server is shutting down" ? 503 : 409;
+        e.type = e.status == 503 ? "server_unavailable" : "invalid_request_error";
+        e.code = e.status == 503 ? "" : "model_busy";
+        e.message = *refused;
+        return session->respondError(e);
+      }
+      return session->respond(202, json{{"model", models_[m].name}, {"evict", "started"}}.dump());
     }
     return notFound("no endpoint " + target + " (models have /load and /evict)");
   }

@@ -62,6 +62,21 @@ ServingLoop::Submit ServingLoop::requestLoad(ModelId model) {
   return enqueue(std::move(in), nullptr);
 }
 
+std::future<std::optional<std::string>> ServingLoop::requestEvict(ModelId model) {
+  std::promise<std::optional<std::string>> answer;
+  auto future = answer.get_future();
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    if (draining_.load()) {
+      answer.set_value("the server is shutting down");
+      return future;
+    }
+    evicts_.emplace_back(model, std::move(answer));
+  }
+  backend_.wakeDispatch();
+  return future;
+}
+
 void ServingLoop::cancel(std::uint64_t ticket) {
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
@@ -217,6 +232,7 @@ void ServingLoop::run() {
   runtime::EngineListener listener(engine);
   std::deque<Incoming> incoming;
   std::vector<std::uint64_t> cancelled;
+  std::vector<std::pair<ModelId, std::promise<std::optional<std::string>>>> evicts;
   publish(engine);
   for (;;) {
     bool drained = false;
@@ -224,6 +240,7 @@ void ServingLoop::run() {
       std::lock_guard<std::mutex> lock(inbox_mutex_);
       incoming.swap(inbox_);
       cancelled.swap(cancelled_);
+      evicts.swap(evicts_);
       drained = draining_.load() && incoming.empty();
     }
     // A cancel finds its request in this batch of the inbox, or already in the engine.
@@ -259,6 +276,9 @@ void ServingLoop::run() {
       engine.onArrival(in.request);
     }
     incoming.clear();
+    // Admin evicts after the arrivals of this round: a request that came first keeps its model.
+    for (auto& [model, answer] : evicts) answer.set_value(engine.evictOnDemand(model));
+    evicts.clear();
     const Nanos now = clock.now();
     if (auto wake = engine.nextWake(); wake && *wake <= now) {
       engine.onTimer();
@@ -266,7 +286,12 @@ void ServingLoop::run() {
     }
     fireTokens(now);
     publish(engine);
-    if (drained && active_.empty() && engine.requestsInFlight() == 0 && backend_.idle()) break;
+    if (drained && active_.empty() && engine.requestsInFlight() == 0 && backend_.idle()) {
+      std::lock_guard<std::mutex> lock(inbox_mutex_);  // none can arrive once draining; answer any left
+      for (auto& [model, answer] : evicts_) answer.set_value("the server is shutting down");
+      evicts_.clear();
+      break;
+    }
     Nanos deadline = now + kNanosPerSecond;
     if (!timers_.empty()) deadline = std::min(deadline, timers_.begin()->first);
     if (auto wake = engine.nextWake()) deadline = std::min(deadline, *wake);

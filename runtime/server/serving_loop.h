@@ -15,9 +15,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +67,10 @@ class ServingLoop final : public EngineObserver {
   void cancel(std::uint64_t ticket);
   // Any thread: an internal one-token request that makes the model resident (admin load).
   Submit requestLoad(ModelId model);
+  // Any thread: asks the engine to evict the model now (admin evict). The future holds nothing
+  // when the eviction started, else why not (Engine::evictOnDemand; "the server is shutting down"
+  // once draining).
+  std::future<std::optional<std::string>> requestEvict(ModelId model);
   // Any thread: stop taking requests; run() returns once every accepted one is answered.
   void drain();
   bool draining() const { return draining_.load(); }
@@ -118,6 +124,7 @@ class ServingLoop final : public EngineObserver {
   std::deque<Incoming> inbox_;
   std::vector<std::int64_t> pending_;       // per model
   std::vector<std::uint64_t> cancelled_;    // tickets cancelled, for the engine's thread
+  std::vector<std::pair<ModelId, std::promise<std::optional<std::string>>>> evicts_;  // admin evicts
   RequestId next_id_ = 1;
 
   // The engine's thread only.

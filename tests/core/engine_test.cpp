@@ -341,6 +341,54 @@ class ExactlyOnce : public EngineObserver {
 // Random clusters, placements, caps and bursty arrivals over many seeds: every request is served
 // exactly once, and after every event memory is within budget, nothing runs unless resident and
 // no GPU runs two batches (Engine::checkInvariants); evicting a loading or running model throws.
+// An operator's eviction: refused with the reason while the model is not resident, runs a batch
+// or has requests queued; accepted when it sits idle, and its memory is free once the eviction is
+// done. The next request loads it again.
+TEST(Engine, EvictOnDemandOnlyWhenResidentAndIdle) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 1, {0}, 1)};
+  config.gpu_weight_budget = {kGiB};
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+  EXPECT_EQ(engine.evictOnDemand(0), "model a is not resident (offloaded)");
+  EXPECT_EQ(engine.evictOnDemand(7), "no model 7");
+  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(request(1, 0, 0));
+  EXPECT_EQ(engine.evictOnDemand(0), "model a is loading");
+  clock.t = 10;
+  engine.onLoadDone(backend.loads[0].op);
+  ASSERT_EQ(backend.runs.size(), 1u);  // max_batch 1: request 1 stays queued
+  EXPECT_EQ(engine.evictOnDemand(0), "model a is running a batch");
+  clock.t = 20;
+  engine.onBatchDone(done(backend.runs[0], 10, 20));
+  ASSERT_EQ(backend.runs.size(), 2u);
+  clock.t = 30;
+  engine.onArrival(request(2, 0, 30));
+  engine.onBatchDone(done(backend.runs[1], 20, 30));  // request 2 now runs
+  ASSERT_EQ(backend.runs.size(), 3u);
+  engine.onArrival(request(3, 0, 31));
+  engine.onBatchDone(done(backend.runs[2], 30, 32));
+  engine.onArrival(request(4, 0, 33));  // queued behind request 3's batch
+  EXPECT_EQ(engine.evictOnDemand(0), "model a is running a batch");
+  engine.onBatchDone(done(backend.runs[3], 32, 34));
+  engine.onBatchDone(done(backend.runs[4], 34, 35));
+  EXPECT_EQ(engine.requestsInFlight(), 0);
+  const std::int64_t used = engine.gpuBytesUsed(0);
+  EXPECT_GT(used, 0);
+  EXPECT_EQ(engine.evictOnDemand(0), std::nullopt);
+  EXPECT_EQ(engine.model(0).residency, Residency::kEvicting);
+  EXPECT_EQ(backend.log.back(), "evict 0/0");
+  EXPECT_EQ(engine.evictOnDemand(0), "model a is already being evicted");
+  engine.onEvictDone(backend.evicts[0].op);
+  EXPECT_EQ(engine.model(0).residency, Residency::kOffloaded);
+  EXPECT_EQ(engine.gpuBytesUsed(0), 0);
+  engine.onArrival(request(5, 0, 40));
+  EXPECT_EQ(backend.log.back(), "load 0/0");
+  engine.checkInvariants();
+}
+
 TEST(EngineProperty, RandomWorkloadsKeepEveryInvariant) {
   const char* presets[] = {"opt-125m", "opt-350m", "opt-1.3b"};
   for (std::uint64_t seed = 1; seed <= 150; ++seed) {

@@ -302,15 +302,39 @@ TEST_F(ServeTest, RequestForOffloadedModelSwapsItIn) {
   EXPECT_EQ(bytes, "computron_loaded_bytes_total{model=\"beta\"} " + std::to_string(tinySpec().shard(1, 1, 0, 0).bytes));
 }
 
-TEST_F(ServeTest, AdminLoadSwapsInAndEvictIsRefused) {
+// Admin load then evict: the eviction starts (202) once the model sits resident and idle, it goes
+// offloaded and frees its GPU memory; evicting it again is refused (409) naming why; the next
+// request loads it again.
+TEST_F(ServeTest, AdminLoadAndEvictOnDemand) {
   start();
+  Reply refused = client_->post("/v1/models/beta/evict", "");
+  EXPECT_EQ(refused.status, 409) << refused.body;
+  EXPECT_EQ(refused.doc()["error"]["message"], "model beta is not resident (offloaded)");
+  EXPECT_EQ(refused.doc()["error"]["code"], "model_busy");
   Reply load = client_->post("/v1/models/beta/load", "");
   EXPECT_EQ(load.status, 202) << load.body;
   EXPECT_TRUE(eventually([&] { return model("beta")["residency"] == "resident"; }));
-  Reply evict = client_->post("/v1/models/beta/evict", "");
-  EXPECT_EQ(evict.status, 501);
+  // The admin load's one-token request may still be finishing: wait until beta is idle.
+  Reply evict;
+  EXPECT_TRUE(eventually([&] {
+    evict = client_->post("/v1/models/beta/evict", "");
+    return evict.status != 409 || evict.doc()["error"]["message"] != "model beta is running a batch";
+  }));
+  EXPECT_EQ(evict.status, 202) << evict.body;
+  EXPECT_EQ(evict.doc()["evict"], "started");
+  EXPECT_TRUE(eventually([&] { return model("beta")["residency"] == "offloaded"; }));
+  const std::string metrics = client_->get("/metrics").body;
+  EXPECT_EQ(metricLine(metrics, "computron_model_evictions_total{model=\"beta\"}"),
+            "computron_model_evictions_total{model=\"beta\"} 1");
+  Reply again = client_->post("/v1/models/beta/evict", "");
+  EXPECT_EQ(again.status, 409);
+  Reply r = client_->post("/v1/completions", R"({"model":"beta","prompt":[9],"max_tokens":2})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(model("beta")["loads"], 2);
   EXPECT_EQ(client_->post("/v1/models/gamma/load", "").status, 404);
+  EXPECT_EQ(client_->post("/v1/models/gamma/evict", "").status, 404);
   EXPECT_EQ(client_->get("/v1/models/beta/load").status, 405);
+  EXPECT_EQ(client_->get("/v1/models/beta/evict").status, 405);
 }
 
 struct BadCase {
