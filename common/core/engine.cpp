@@ -799,6 +799,25 @@ std::optional<std::string> Engine::evictOnDemand(ModelId m) {
   return std::nullopt;
 }
 
+bool Engine::cancelQueued(ModelId m, RequestId id) {
+  if (m < 0 || static_cast<std::size_t>(m) >= models_.size()) return false;
+  auto& state = models_[static_cast<std::size_t>(m)];
+  const auto it = std::find_if(state.queue.begin(), state.queue.end(),
+                               [id](const QueuedRequest& q) { return q.request.id == id; });
+  if (it == state.queue.end()) return false;
+  RequestRecord record;
+  record.request = it->request;
+  record.waited_for_load = it->waited_for_load;
+  record.start = record.first_token = record.finish = clock_.now();
+  record.ok = false;
+  record.error = "cancelled";
+  state.queue.erase(it);
+  queueChanged(m);
+  finishRequest(record);
+  schedule(m);
+  return true;
+}
+
 void Engine::startEvict(ModelId m) {
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];

@@ -145,6 +145,10 @@ class Engine {
   // nothing: not resident (offloaded, loading or already evicting), running a batch, requests
   // queued (they would only load it again), or the source of a copy in flight.
   std::optional<std::string> evictOnDemand(ModelId m);
+  // A client gave up on request `id` of model m: if it is still queued, it leaves the queue and
+  // ends failed with the error "cancelled" (reported to the observer), followed by a scheduling
+  // pass, and the result is true; a request already in a batch, done or unknown is left alone.
+  bool cancelQueued(ModelId m, RequestId id);
 
   // Introspection (tests, outputs).
   const EngineConfig& config() const { return config_; }

@@ -261,7 +261,12 @@ void ServingLoop::run() {
       }
       if (!found) {
         auto it = active_.find(id);
-        if (it != active_.end()) it->second.cancelled = true;
+        if (it != active_.end()) {
+          it->second.cancelled = true;
+          // Still queued: it leaves the engine now (onRequestDone counts it cancelled); in a
+          // batch already: it is served and nothing more is sent.
+          engine.cancelQueued(it->second.model, id);
+        }
       }
     }
     cancelled.clear();

@@ -63,7 +63,8 @@ class ServingLoop final : public EngineObserver {
   // tokens and exactly one kDone or kError.
   Submit submit(CompletionRequest request, std::vector<std::int32_t> tokens, EmitFn emit, std::uint64_t* ticket);
   // Any thread: the owner has gone. A request still in the inbox never reaches the engine; one
-  // the engine holds is served, but nothing more is emitted (the core has no cancel yet).
+  // queued in the engine leaves its queue (Engine::cancelQueued); one already in a batch is
+  // served, but nothing more is emitted.
   void cancel(std::uint64_t ticket);
   // Any thread: an internal one-token request that makes the model resident (admin load).
   Submit requestLoad(ModelId model);

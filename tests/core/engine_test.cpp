@@ -389,6 +389,37 @@ TEST(Engine, EvictOnDemandOnlyWhenResidentAndIdle) {
   engine.checkInvariants();
 }
 
+// A queued request cancelled by its client ends at once with "cancelled" and its model, with
+// nothing else queued, is not loaded for it; a request already in a batch is left alone.
+TEST(Engine, CancelQueuedRemovesOnlyAQueuedRequest) {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 1, {0}, 1), deployment("b", "opt-125m", 1, 1, {0}, 1)};
+  config.gpu_weight_budget = {modelPreset("opt-125m").shard(1, 1, 0, 0).bytes * 3 / 2};  // one at a time
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector collector;
+  Engine engine(config, backend, clock, &collector);
+  engine.onArrival(request(0, 0, 0));
+  engine.onLoadDone(backend.loads[0].op);
+  ASSERT_EQ(backend.runs.size(), 1u);
+  engine.onArrival(request(1, 1, 1));  // b waits for a's batch to end before a can be evicted
+  EXPECT_FALSE(engine.cancelQueued(0, 0));  // in a batch
+  EXPECT_FALSE(engine.cancelQueued(1, 9));  // unknown
+  clock.t = 5;
+  EXPECT_TRUE(engine.cancelQueued(1, 1));
+  EXPECT_FALSE(engine.cancelQueued(1, 1));  // once
+  ASSERT_EQ(collector.records.size(), 1u);
+  EXPECT_EQ(collector.records[0].request.id, 1);
+  EXPECT_FALSE(collector.records[0].ok);
+  EXPECT_EQ(collector.records[0].error, "cancelled");
+  EXPECT_EQ(collector.records[0].finish, 5);
+  engine.onBatchDone(done(backend.runs[0], 0, 10));
+  EXPECT_EQ(engine.requestsInFlight(), 0);
+  EXPECT_EQ(backend.loads.size(), 1u);  // b never loaded
+  EXPECT_TRUE(backend.evicts.empty());
+  engine.checkInvariants();
+}
+
 TEST(EngineProperty, RandomWorkloadsKeepEveryInvariant) {
   const char* presets[] = {"opt-125m", "opt-350m", "opt-1.3b"};
   for (std::uint64_t seed = 1; seed <= 150; ++seed) {

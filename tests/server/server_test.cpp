@@ -467,6 +467,41 @@ TEST_F(ServeTest, ClientThatGoesAwayCancelsItsRequest) {
   EXPECT_EQ(client_->post("/v1/completions", kValid).status, 200);
 }
 
+// A request still queued in the engine when its client goes leaves the queue at once: beta's
+// request waits behind alpha's long batch (one GPU slot), its client closes, and beta is never
+// loaded; without the core's cancel it would be served (and beta loaded) once alpha finished.
+TEST_F(ServeTest, ClientThatGoesAwayTakesItsQueuedRequestOutOfTheEngine) {
+  start({}, 50 * kNanosPerMilli);
+  Reply first;
+  // 60 tokens of 50 ms: 3 s in its batch (the tiny model holds 64 positions). Joined on any exit.
+  std::jthread long_one([&] { first = client_->post("/v1/completions", R"({"model":"alpha","prompt":[1],"max_tokens":60})"); });
+  ASSERT_TRUE(eventually([&] { return model("alpha")["pending"] == 1 && model("alpha")["queued"] == 0; }));
+  {
+    net::io_context ioc;
+    beast::tcp_stream stream(ioc);
+    stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+    http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.body() = R"({"model":"beta","prompt":[1],"max_tokens":2,"stream":true})";
+    req.prepare_payload();
+    http::write(stream, req);
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    http::read_header(stream, buffer, parser);
+    EXPECT_TRUE(eventually([&] { return model("beta")["queued"] == 1; }));
+  }  // closed while queued
+  EXPECT_TRUE(eventually([&] {
+    const std::string m = client_->get("/metrics").body;
+    return metricLine(m, "computron_requests_total{model=\"beta\",outcome=\"cancelled\"}") ==
+           "computron_requests_total{model=\"beta\",outcome=\"cancelled\"} 1";
+  }));
+  EXPECT_EQ(model("beta")["queued"], 0);
+  long_one.join();
+  EXPECT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(model("beta")["loads"], 0);  // never loaded for a request nobody waits for
+  EXPECT_EQ(model("beta")["residency"], "offloaded");
+}
+
 TEST_F(ServeTest, ShutdownAnswersAcceptedRequestsThenReturns) {
   start({}, 10 * kNanosPerMilli);
   Reply inflight;
