@@ -171,6 +171,25 @@ class ServeTest : public ::testing::Test {
     }
     return {};
   }
+  // A streamed completion on a connection of its own, its response headers read; the connection
+  // closes when the returned object goes.
+  struct OpenConnection {
+    net::io_context ioc;
+    beast::tcp_stream stream{ioc};
+  };
+  std::unique_ptr<OpenConnection> openStream(const std::string& body) const {
+    auto c = std::make_unique<OpenConnection>();
+    c->stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+    http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.body() = body;
+    req.prepare_payload();
+    http::write(c->stream, req);
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    http::read_header(c->stream, buffer, parser);
+    return c;
+  }
   // Polls until `done` holds; false after `tries` looks (a test failure, not a timing assertion).
   template <typename Pred>
   static bool eventually(Pred done, int tries = 2000) {
@@ -445,19 +464,7 @@ TEST_F(ServeTest, QueueCapAnswers429WithRetryAfter) {
 
 TEST_F(ServeTest, ClientThatGoesAwayCancelsItsRequest) {
   start({}, 20 * kNanosPerMilli);
-  {
-    net::io_context ioc;
-    beast::tcp_stream stream(ioc);
-    stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
-    http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.body() = R"({"model":"alpha","prompt":[1],"max_tokens":20,"stream":true})";
-    req.prepare_payload();
-    http::write(stream, req);
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    http::read_header(stream, buffer, parser);
-  }  // closed
+  openStream(R"({"model":"alpha","prompt":[1],"max_tokens":20,"stream":true})");  // closed at once
   EXPECT_TRUE(eventually([&] {
     const std::string m = client_->get("/metrics").body;
     return metricLine(m, "computron_requests_total{model=\"alpha\",outcome=\"cancelled\"}") ==
@@ -477,17 +484,7 @@ TEST_F(ServeTest, ClientThatGoesAwayTakesItsQueuedRequestOutOfTheEngine) {
   std::jthread long_one([&] { first = client_->post("/v1/completions", R"({"model":"alpha","prompt":[1],"max_tokens":60})"); });
   ASSERT_TRUE(eventually([&] { return model("alpha")["pending"] == 1 && model("alpha")["queued"] == 0; }));
   {
-    net::io_context ioc;
-    beast::tcp_stream stream(ioc);
-    stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
-    http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.body() = R"({"model":"beta","prompt":[1],"max_tokens":2,"stream":true})";
-    req.prepare_payload();
-    http::write(stream, req);
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    http::read_header(stream, buffer, parser);
+    auto open = openStream(R"({"model":"beta","prompt":[1],"max_tokens":2,"stream":true})");
     EXPECT_TRUE(eventually([&] { return model("beta")["queued"] == 1; }));
   }  // closed while queued
   EXPECT_TRUE(eventually([&] {
