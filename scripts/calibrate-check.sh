@@ -24,16 +24,9 @@
 # Outputs in OUT_DIR: calibrate-check.log, the profiles, calibrate-*.log, replay.tar.gz. A failing
 # step is reported and the script goes on; the summary at the end lists every step.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT" || exit 1
-OUTDIR=${1:-${OUT:-$ROOT/calibrate-out}}
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
-LOG=$OUTDIR/calibrate-check.log
-: "${PREBUILT:?set PREBUILT to the folder with the carried computron (static Boost, runtime linked in)}"
-BIN=$PREBUILT/computron
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
+NAME=calibrate
+# shellcheck source=scripts/device-common.sh
+source "$(dirname "$0")/device-common.sh"
 HOSTMEM=${HOSTMEM_GIB:-200}
 STEP_TIMEOUT=${STEP_TIMEOUT_S:-570}
 SUMMARY=()

@@ -25,16 +25,10 @@
 # a dry run of the script without a GPU). Outputs in OUT_DIR: inject-check.log, one log per case, runs.tar.gz
 # (each case's summary.json, requests.csv, timeline.json). Exit 0 when every case passed.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT" || exit 1
-OUTDIR=${1:-${OUT:-$ROOT/inject-out}}
+NAME=inject
+# shellcheck source=scripts/device-common.sh
+source "$(dirname "$0")/device-common.sh"
 mkdir -p "$OUTDIR/runs"
-OUTDIR=$(cd "$OUTDIR" && pwd)
-LOG=$OUTDIR/inject-check.log
-: "${PREBUILT:?set PREBUILT to the folder with the carried computron (static Boost, runtime linked in)}"
-BIN=$PREBUILT/computron
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 HOSTMEM=${HOSTMEM_GIB:-16}
 STEP_TIMEOUT=${STEP_TIMEOUT_S:-120}
 DEVICE=${DEVICE:-cuda}

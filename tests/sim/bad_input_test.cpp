@@ -190,6 +190,17 @@ TEST(WholeOrAbsent, FailedRunKeepsOldOutputsAndLeavesNoTemporaries) {
   EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"out"});
 }
 
+// Lets the child run 300 ms more, sends it `signal` and expects it to exit on its own with
+// 128 + signal (not to be killed by it).
+void stopAndExpectExit(pid_t child, int signal) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(child, signal);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 128 + signal);
+}
+
 // SIGINT and SIGTERM: exit 128 + signal, files whole, the summary marked interrupted. `args`
 // follow the binary; "OUT" stands for the output folder.
 void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir& dir) {
@@ -215,12 +226,8 @@ void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir
     if (started) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  kill(child, signal);
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  EXPECT_EQ(WEXITSTATUS(status), 128 + signal);
+  stopAndExpectExit(child, signal);
+  if (::testing::Test::HasFatalFailure()) return;
   const nlohmann::json summary = nlohmann::json::parse(fakes::readWholeFile(out / "summary.json"));
   EXPECT_EQ(summary.value("interrupted", false), true);
   EXPECT_GT(summary["overall"]["requests"].get<std::int64_t>(), 0) << "stopped before any request";
@@ -298,12 +305,7 @@ void expectServeStops(int signal) {
   while (line.find('\n') == std::string::npos && read(out[0], &c, 1) == 1) line += c;
   close(out[0]);
   EXPECT_NE(line.find("serve: listening on http://"), std::string::npos) << line;
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  kill(child, signal);
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  EXPECT_EQ(WEXITSTATUS(status), 128 + signal);
+  stopAndExpectExit(child, signal);
 }
 
 TEST(Signals, ServeSigintDrainsAndExits130) { expectServeStops(SIGINT); }
