@@ -21,6 +21,7 @@
 
 #include "common/core/engine.h"
 #include "runtime/completion_queue.h"
+#include "runtime/token_channel.h"
 
 namespace computron::runtime {
 
@@ -84,6 +85,9 @@ struct RealExecutionOptions {
   std::uint64_t seed = 1;
   // Injected faults (runtime/fault_plan.h): a failed batch fails its part 0 after the part ran.
   std::shared_ptr<FaultPlan> faults;
+  // Served requests' prompts and sampling, and where their tokens go (`computron serve`); null:
+  // synthetic prompts, greedy, tokens kept inside the executor.
+  std::shared_ptr<TokenChannel> tokens;
 };
 
 // One GPU's part of a batch.

@@ -59,7 +59,7 @@ int serveMain(int argc, char** argv) {
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron serve",
                                     "\nServes the scenario's models over HTTP, OpenAI-compatible: POST /v1/completions and\n"
-                                    "/v1/chat/completions (token ids; no tokenizer yet), GET /v1/models (with residency),\n"
+                                    "/v1/chat/completions (token ids), GET /v1/models (with residency),\n"
                                     "GET /health, GET /metrics (Prometheus), POST /v1/models/NAME/load. SIGINT or SIGTERM\n"
                                     "drains: accepted requests are answered, then the server exits 130 or 143. See docs/serving.md.\n",
                                     scenario_path, vm))
@@ -87,8 +87,11 @@ int serveMain(int argc, char** argv) {
   if (chooseRealExecution(execution_kind, vm["execution"].defaulted(), device)) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;
+    ro.tokens = std::make_shared<TokenChannel>();
+    so.loop.tokens = ro.tokens;
+    so.loop.max_context = max_context;
     options.execution = makeModelExecution(device, ro);
-    execution = "real models (token ids are still placeholders: the decoders' ids are not returned yet)";
+    execution = "real models (the decoders' own tokens, streamed per decode step)";
   } else {
     if (!checkpoints.empty()) throw ConfigError("--checkpoint applies to --execution real only");
     std::function<PlaceholderTimes(const ExecuteCommand&)> cost_fn;

@@ -398,15 +398,43 @@ void CudaModelExecution::runPart(const ExecPart& part) {
     std::vector<model::GenerationRequest> requests;
     for (const Request& r : part.requests) {
       model::GenerationRequest g;
-      const int prompt = std::max(1, r.prompt_tokens);
-      for (int i = 0; i < prompt; ++i)
-        g.prompt.push_back(static_cast<int>(mix(static_cast<std::uint64_t>(r.id) * 1000003ull + static_cast<std::uint64_t>(i)) %
-                                            static_cast<std::uint64_t>(vocab)));
       g.max_new_tokens = std::max(1, r.output_tokens);
+      // A served request brings its prompt and sampling; a replayed one gets a synthetic prompt
+      // of its length and greedy decoding.
+      if (auto payload = options_.tokens ? options_.tokens->find(r.id) : nullptr) {
+        g.prompt.assign(payload->prompt.begin(), payload->prompt.end());
+        model::SamplingOptions own;
+        own.temperature = payload->temperature;
+        own.top_k = payload->top_k;
+        own.top_p = payload->top_p;
+        own.seed = payload->seed;
+        g.sampling = own;
+        g.stop_tokens.assign(payload->stop_ids.begin(), payload->stop_ids.end());
+      }
+      if (g.prompt.empty()) {
+        const int prompt = std::max(1, r.prompt_tokens);
+        for (int i = 0; i < prompt; ++i)
+          g.prompt.push_back(static_cast<int>(mix(static_cast<std::uint64_t>(r.id) * 1000003ull + static_cast<std::uint64_t>(i)) %
+                                              static_cast<std::uint64_t>(vocab)));
+      }
       requests.push_back(std::move(g));
     }
+    model::TokenObserver deliver;
+    if (options_.tokens) {
+      deliver = [&](int step, const std::vector<int>& active, const std::vector<int>& next) {
+        const Nanos now = clock_->now();
+        std::vector<TokenDelivery> out;
+        out.reserve(active.size());
+        for (std::size_t i = 0; i < active.size(); ++i) {
+          const auto r = static_cast<std::size_t>(active[i]);
+          const auto& stops = requests[r].stop_tokens;
+          out.push_back({part.requests[r].id, step, next[i], std::find(stops.begin(), stops.end(), next[i]) != stops.end(), now});
+        }
+        options_.tokens->deliver(std::move(out));
+      };
+    }
     model::SamplingOptions sampling;  // greedy, no end-of-sequence stop
-    model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); });
+    model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); }, deliver);
     ex.setSegmentWait(nullptr);
     if (gate_failed) {
       ev.ok = false;

@@ -1,5 +1,6 @@
 #include "runtime/server/api.h"
 
+#include <algorithm>
 #include <limits>
 #include <set>
 
@@ -76,10 +77,11 @@ ParsedCompletion parseCompletion(const std::string& body, bool chat, const std::
   // Fields a client may send. Sampling fields are read and checked; the placeholder execution
   // ignores them (docs/serving.md).
   static const std::set<std::string> completion_fields = {
-      "model", "prompt", "max_tokens", "stream", "stream_options", "temperature", "top_p", "seed", "stop", "n", "user"};
-  static const std::set<std::string> chat_fields = {"model", "messages", "max_tokens", "max_completion_tokens", "stream",
-                                                    "stream_options", "temperature", "top_p", "seed", "stop", "n",
-                                                    "user"};
+      "model", "prompt", "max_tokens", "stream", "stream_options", "temperature", "top_p", "top_k", "seed", "stop",
+      "stop_token_ids", "ignore_eos", "n", "user"};
+  static const std::set<std::string> chat_fields = {
+      "model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "temperature", "top_p",
+      "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n", "user"};
   const auto& known = chat ? chat_fields : completion_fields;
   for (const auto& [key, value] : doc.items()) {
     (void)value;
@@ -228,6 +230,36 @@ ParsedCompletion parseCompletion(const std::string& body, bool chat, const std::
     out.error = invalid("top_p", "top_p: must be in (0, 1]");
     return out;
   }
+  if (doc.contains("temperature") && doc["temperature"].is_number()) r.temperature = doc["temperature"].get<float>();
+  if (doc.contains("top_p") && doc["top_p"].is_number()) r.top_p = doc["top_p"].get<float>();
+  if (doc.contains("top_k") && !doc["top_k"].is_null()) {
+    const json& v = doc["top_k"];
+    if (!v.is_number_integer() || v.get<std::int64_t>() < -1 || v.get<std::int64_t>() > model->vocab) {
+      out.error = invalid("top_k", "top_k: expected an integer from -1 (no limit) to the vocabulary size");
+      return out;
+    }
+    r.top_k = std::max(0, static_cast<int>(v.get<std::int64_t>()));
+  }
+  if (doc.contains("stop_token_ids") && !doc["stop_token_ids"].is_null()) {
+    const json& v = doc["stop_token_ids"];
+    if (!v.is_array()) {
+      out.error = invalid("stop_token_ids", std::string("stop_token_ids: expected a list of token ids, got ") + typeName(v));
+      return out;
+    }
+    if (!v.empty()) {
+      if (auto e = readTokenIds(v, "stop_token_ids", *model, r.stop_token_ids)) {
+        out.error = *e;
+        return out;
+      }
+    }
+  }
+  if (doc.contains("ignore_eos") && !doc["ignore_eos"].is_null()) {
+    if (!doc["ignore_eos"].is_boolean()) {
+      out.error = invalid("ignore_eos", std::string("ignore_eos: expected a boolean, got ") + typeName(doc["ignore_eos"]));
+      return out;
+    }
+    r.ignore_eos = doc["ignore_eos"].get<bool>();
+  }
   if (doc.contains("seed") && !doc["seed"].is_null()) {
     if (!doc["seed"].is_number_integer()) {
       out.error = invalid("seed", std::string("seed: expected an integer, got ") + typeName(doc["seed"]));
@@ -274,8 +306,8 @@ json usageJson(const CompletionRequest& request, int completion_tokens) {
 
 // Outputs carry token ids (vLLM's `token_ids`); text is empty until a tokenizer decodes them.
 json completionResponse(const CompletionRequest& request, const std::string& id, const std::string& model,
-                        std::int64_t created, const std::vector<std::int32_t>& tokens) {
-  json choice = {{"index", 0}, {"finish_reason", "length"}, {"logprobs", nullptr}};
+                        std::int64_t created, const std::vector<std::int32_t>& tokens, const std::string& finish_reason) {
+  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
   if (request.chat) {
     choice["message"] = {{"role", "assistant"}, {"content", ""}, {"token_ids", tokens}};
   } else {
@@ -291,8 +323,9 @@ json completionResponse(const CompletionRequest& request, const std::string& id,
 }
 
 json completionChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
-                     std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish) {
-  json choice = {{"index", 0}, {"finish_reason", finish ? json("length") : json(nullptr)}, {"logprobs", nullptr}};
+                     std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish,
+                     const std::string& finish_reason) {
+  json choice = {{"index", 0}, {"finish_reason", finish ? json(finish_reason) : json(nullptr)}, {"logprobs", nullptr}};
   if (request.chat) {
     choice["delta"] = {{"content", ""}, {"token_ids", tokens}};
   } else {

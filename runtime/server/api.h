@@ -39,7 +39,12 @@ struct CompletionRequest {
   int max_tokens = 16;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
-  std::uint64_t seed = 0;      // placeholder token ids are drawn from it and the prompt
+  std::uint64_t seed = 0;      // the sampler's stream (placeholder ids are drawn from it and the prompt)
+  float temperature = 1.f;     // OpenAI's default; 0: greedy
+  float top_p = 1.f;
+  int top_k = 0;                            // vLLM's extension; 0: no limit
+  std::vector<std::int32_t> stop_token_ids;  // vLLM's extension: sampling one ends the request
+  bool ignore_eos = false;                   // vLLM's extension: do not stop at the model's end-of-sequence id
 };
 
 struct ParsedCompletion {
@@ -62,10 +67,12 @@ struct Usage {
 
 // Whole (non-streamed) response.
 nlohmann::json completionResponse(const CompletionRequest& request, const std::string& id, const std::string& model,
-                                  std::int64_t created, const std::vector<std::int32_t>& tokens);
+                                  std::int64_t created, const std::vector<std::int32_t>& tokens,
+                                  const std::string& finish_reason = "length");
 // One server-sent event chunk carrying `tokens` (finish: the last one, with finish_reason).
 nlohmann::json completionChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
-                               std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish);
+                               std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish,
+                               const std::string& finish_reason = "length");
 // The usage-only chunk sent last when stream_options.include_usage is set.
 nlohmann::json usageChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
                           std::int64_t created, int completion_tokens);

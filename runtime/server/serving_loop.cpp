@@ -37,6 +37,8 @@ ServingLoop::Submit ServingLoop::enqueue(Incoming in, std::uint64_t* ticket) {
     ++pending;
     in.request.id = next_id_++;
     if (ticket != nullptr) *ticket = static_cast<std::uint64_t>(in.request.id);
+    // Filed before the engine can see the request, so its batch always finds it.
+    if (in.payload && options_.tokens) options_.tokens->put(in.request.id, in.payload);
     inbox_.push_back(std::move(in));
   }
   backend_.wakeDispatch();
@@ -51,6 +53,20 @@ ServingLoop::Submit ServingLoop::submit(CompletionRequest request, std::vector<s
   in.request.output_tokens = static_cast<std::int32_t>(tokens.size());
   in.tokens = std::move(tokens);
   in.emit = std::move(emit);
+  if (options_.tokens) {
+    auto payload = std::make_shared<runtime::RequestPayload>();
+    payload->prompt = request.prompt;
+    payload->temperature = request.temperature;
+    payload->top_p = request.top_p;
+    payload->top_k = request.top_k;
+    payload->seed = request.seed;
+    payload->stop_ids = request.stop_token_ids;
+    const auto m = static_cast<std::size_t>(request.model);
+    if (!request.ignore_eos && m < options_.eos_ids.size())
+      payload->stop_ids.insert(payload->stop_ids.end(), options_.eos_ids[m].begin(), options_.eos_ids[m].end());
+    in.payload = std::move(payload);
+    in.tokens.clear();
+  }
   return enqueue(std::move(in), ticket);
 }
 
@@ -107,7 +123,7 @@ void ServingLoop::onExecute(const ExecuteCommand& cmd) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     metrics_[static_cast<std::size_t>(cmd.model)].batch_size.observe(static_cast<double>(cmd.requests.size()));
   }
-  if (!predicted) return;
+  if (!predicted || options_.tokens) return;
   for (std::size_t i = 0; i < cmd.requests.size(); ++i) {
     auto it = active_.find(cmd.requests[i].id);
     if (it == active_.end()) continue;
@@ -138,11 +154,34 @@ void ServingLoop::fireTokens(Nanos now) {
   }
 }
 
+void ServingLoop::takeDelivered() {
+  if (!options_.tokens) return;
+  for (const runtime::TokenDelivery& d : options_.tokens->take()) {
+    auto it = active_.find(d.request);
+    if (it == active_.end()) continue;
+    Active& a = it->second;
+    if (a.stopped || static_cast<int>(a.tokens.size()) >= a.max_tokens) continue;
+    a.tokens.push_back(d.token);
+    a.stopped = d.stop;
+    if (a.cancelled || !a.emit) {
+      a.sent = a.tokens.size();
+      continue;
+    }
+    StreamEvent ev;
+    ev.tokens.push_back(d.token);
+    a.sent = a.tokens.size();
+    a.emit(std::move(ev));
+  }
+}
+
 void ServingLoop::onRequestDone(const RequestRecord& record) {
+  // The executor delivered every token of a batch before it reported the batch done.
+  takeDelivered();
   auto it = active_.find(record.request.id);
   if (it == active_.end()) return;
   Active a = std::move(it->second);
   active_.erase(it);
+  if (options_.tokens) options_.tokens->erase(record.request.id);
   if (!a.emit) ++answered_internal_;
   std::string outcome = record.ok ? "ok" : (record.rejected ? "rejected" : "error");
   if (a.cancelled) outcome = "cancelled";
@@ -167,6 +206,7 @@ void ServingLoop::onRequestDone(const RequestRecord& record) {
     if (!rest.tokens.empty()) a.emit(std::move(rest));
     StreamEvent done;
     done.kind = StreamEvent::Kind::kDone;
+    done.finish_reason = a.stopped ? "stop" : "length";
     a.emit(std::move(done));
   } else {
     StreamEvent err;
@@ -226,6 +266,7 @@ void ServingLoop::countHttpResponse(int status) {
 }
 
 void ServingLoop::run() {
+  if (options_.tokens) options_.tokens->setWake([this] { backend_.wakeDispatch(); });
   TimedBackend timed(backend_, *this);
   const runtime::SteadyClock& clock = backend_.clock();
   Engine engine(config_, timed, clock, this);
@@ -256,6 +297,7 @@ void ServingLoop::run() {
             ++metrics_[static_cast<std::size_t>(in.request.model)].requests["cancelled"];
           }
           finished(in.request.model);
+          if (options_.tokens) options_.tokens->erase(in.request.id);
           in.request.id = -1;
         }
       }
@@ -275,6 +317,8 @@ void ServingLoop::run() {
       in.request.arrival = clock.now();
       Active a;
       a.model = in.request.model;
+      a.real = static_cast<bool>(in.payload);
+      a.max_tokens = in.request.output_tokens;
       a.tokens = std::move(in.tokens);
       a.emit = std::move(in.emit);
       active_.emplace(in.request.id, std::move(a));
@@ -290,6 +334,7 @@ void ServingLoop::run() {
       continue;
     }
     fireTokens(now);
+    takeDelivered();
     publish(engine);
     if (drained && active_.empty() && engine.requestsInFlight() == 0 && backend_.idle()) {
       std::lock_guard<std::mutex> lock(inbox_mutex_);  // none can arrive once draining; answer any left
@@ -302,6 +347,7 @@ void ServingLoop::run() {
     if (auto wake = engine.nextWake()) deadline = std::min(deadline, *wake);
     backend_.dispatch(deadline, listener);
   }
+  if (options_.tokens) options_.tokens->setWake(nullptr);
 }
 
 std::string ServingLoop::metricsText() const {

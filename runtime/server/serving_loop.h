@@ -3,12 +3,17 @@
 // the engine as arrivals, streams each request's tokens back through the request's own callback,
 // and publishes what /v1/models and /metrics show (residency, queues, counters, histograms).
 //
-// Tokens: the backend reports a batch once, when it is done (first token time and per-request
-// finish). So the loop predicts each request's token times when its batch starts, from the same
-// placeholder cost the backend runs (`LoopOptions::predicted_times`): the first token at the end
-// of the prefill, the rest evenly up to the finish; the last token is held until the engine
-// reports the request done, so a stream never ends before its request does. Without a
-// prediction every token goes out when the request is done.
+// Tokens, two ways:
+// - Real execution (`LoopOptions::tokens` set): each request's prompt ids and sampling go to the
+//   executors through the TokenChannel, and the tokens come back from it as each decode step
+//   ends; the loop streams them as they arrive. A stop id ends the request's stream early
+//   (finish reason `stop`); its batch runs on for the others.
+// - Placeholder execution: the backend reports a batch once, when it is done (first token time
+//   and per-request finish). So the loop predicts each request's token times when its batch
+//   starts, from the same placeholder cost the backend runs (`LoopOptions::predicted_times`): the
+//   first token at the end of the prefill, the rest evenly up to the finish; the last token is
+//   held until the engine reports the request done, so a stream never ends before its request
+//   does. Without a prediction every token goes out when the request is done.
 #pragma once
 
 #include <atomic>
@@ -25,6 +30,7 @@
 
 #include "common/core/engine.h"
 #include "runtime/real_backend.h"
+#include "runtime/token_channel.h"
 #include "runtime/server/api.h"
 #include "runtime/server/metrics.h"
 
@@ -36,6 +42,7 @@ struct StreamEvent {
   Kind kind = Kind::kTokens;
   std::vector<std::int32_t> tokens;  // kTokens: the next tokens, in order
   ApiError error;                    // kError
+  std::string finish_reason;         // kDone: "length" (max_tokens reached) or "stop" (a stop id)
 };
 using EmitFn = std::function<void(StreamEvent)>;
 
@@ -44,6 +51,15 @@ struct LoopOptions {
   int max_pending_per_model = 256;
   // Predicted batch times (offsets from the batch's start), for streaming; unset: none.
   std::function<runtime::PlaceholderTimes(const ExecuteCommand&)> predicted_times;
+  // Real execution: the channel shared with the executors (RealExecutionOptions::tokens). Set, the
+  // tokens a client receives are the model's own, and predicted_times is not used.
+  std::shared_ptr<runtime::TokenChannel> tokens;
+  // Per model (indexed by ModelId; may be shorter): the ids that end a request unless it asks
+  // `ignore_eos` (the tokenizer's or config's end-of-sequence ids).
+  std::vector<std::vector<std::int32_t>> eos_ids;
+  // Real execution: prompt + max_tokens at most this many (the executors' --max-context); 0: the
+  // models' own positions only.
+  int max_context = 0;
 };
 
 struct ModelStatus {
@@ -96,13 +112,17 @@ class ServingLoop final : public EngineObserver {
     Request request;
     std::vector<std::int32_t> tokens;
     EmitFn emit;  // empty: internal (admin load)
+    std::shared_ptr<const runtime::RequestPayload> payload;  // real execution: filed in the channel
   };
   struct Active {
     ModelId model = 0;
-    std::vector<std::int32_t> tokens;
+    std::vector<std::int32_t> tokens;  // placeholder: all of them; real: those delivered so far
     std::size_t sent = 0;
     EmitFn emit;
     bool cancelled = false;
+    bool real = false;      // tokens come from the TokenChannel
+    bool stopped = false;   // real: a stop id was delivered; nothing more is sent
+    int max_tokens = 0;
     bool timed = false;  // token times predicted (its batch started)
     Nanos first = 0;
     Nanos finish = 0;
@@ -112,6 +132,8 @@ class ServingLoop final : public EngineObserver {
   // When token `k` of `a` is due (only for k < tokens - 1: the last waits for the request's end).
   static Nanos tokenTime(const Active& a, std::size_t k);
   void fireTokens(Nanos now);
+  // Real execution: streams what the executors delivered since the last call.
+  void takeDelivered();
   void publish(const Engine& engine);
   Submit enqueue(Incoming in, std::uint64_t* ticket);
   void finished(ModelId model);

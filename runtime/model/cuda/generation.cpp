@@ -1,5 +1,6 @@
 #include "runtime/model/cuda/generation.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <exception>
@@ -41,7 +42,8 @@ ArchExtras presetArchExtras(const std::string& preset) {
 }
 
 GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationRequest>& requests,
-                          const SamplingOptions& sampling, const LogitsObserver& observer, const StepObserver& step_done) {
+                          const SamplingOptions& sampling, const LogitsObserver& observer, const StepObserver& step_done,
+                          const TokenObserver& tokens_out) {
   const ShardPlan& plan = executor.plan();
   const bool reports = plan.has_lm_head && plan.tp_rank == 0;
   const int count = static_cast<int>(requests.size());
@@ -58,6 +60,9 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
   result.tokens.assign(static_cast<std::size_t>(count), {});
   std::vector<int> length(static_cast<std::size_t>(count));  // tokens in the cache after the pass
   std::vector<int> active;                                   // requests still generating, in order
+  bool per_row = false;  // some request brings its own sampling
+  for (const auto& req : requests) per_row = per_row || req.sampling.has_value();
+  std::vector<RowSampling> rows;
   using Clock = std::chrono::steady_clock;
 
   StepBatch batch;
@@ -82,8 +87,19 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
     const auto start = Clock::now();
     executor.forward(batch);
     if (observer && reports) observer(step, active, executor.logitsToHost(static_cast<int>(active.size())));
-    const std::vector<int> next =
-        executor.sampleAndShare(static_cast<int>(active.size()), sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed, step);
+    std::vector<int> next;
+    if (per_row) {
+      rows.clear();
+      for (int r : active) {
+        const SamplingOptions& s = requests[static_cast<std::size_t>(r)].sampling.value_or(sampling);
+        rows.push_back({s.temperature, s.top_k, s.top_p, s.seed});
+      }
+      next = executor.sampleRowsAndShare(rows, step);
+    } else {
+      next = executor.sampleAndShare(static_cast<int>(active.size()), sampling.temperature, sampling.top_k, sampling.top_p,
+                                     sampling.seed, step);
+    }
+    if (tokens_out && reports) tokens_out(step, active, next);
     if (step_done) step_done(step);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (step == 0) result.prefill_seconds = seconds; else result.decode_step_seconds.push_back(seconds);
@@ -94,8 +110,10 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
       const int r = active[i];
       auto& out = result.tokens[static_cast<std::size_t>(r)];
       out.push_back(next[i]);
-      const bool done = next[i] == sampling.eos_token ||
-                        static_cast<int>(out.size()) >= requests[static_cast<std::size_t>(r)].max_new_tokens;
+      const GenerationRequest& req = requests[static_cast<std::size_t>(r)];
+      const int eos = req.sampling ? req.sampling->eos_token : sampling.eos_token;
+      const bool done = next[i] == eos || static_cast<int>(out.size()) >= req.max_new_tokens ||
+                        std::find(req.stop_tokens.begin(), req.stop_tokens.end(), next[i]) != req.stop_tokens.end();
       if (done) continue;
       still.push_back(r);
       decode.tokens.push_back(next[i]);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,17 +14,22 @@
 
 namespace computron::model {
 
-struct GenerationRequest {
-  std::vector<int> prompt;
-  int max_new_tokens = 16;
-};
-
 struct SamplingOptions {
   float temperature = 0.f;  // 0: greedy
   int top_k = 0;            // 0: no limit
   float top_p = 1.f;        // 1: no limit
   std::uint64_t seed = 0;
   int eos_token = -1;  // -1: never stop early
+};
+
+struct GenerationRequest {
+  std::vector<int> prompt;
+  int max_new_tokens = 16;
+  // The request's own sampling (a served request's temperature, top_p, seed): its row is sampled
+  // alone, with its seed and its own step count, so its tokens do not depend on the batch it is
+  // in. Unset: the call's SamplingOptions, all rows in one launch.
+  std::optional<SamplingOptions> sampling;
+  std::vector<int> stop_tokens;  // sampling one of these ends the request (the token is kept)
 };
 
 struct GenerationResult {
@@ -40,10 +46,14 @@ using LogitsObserver = std::function<void(int step, const std::vector<int>& requ
 // done on this GPU): step 0 is the prefill.
 using StepObserver = std::function<void(int step)>;
 
+// Called on the last stage's TP rank 0 after every pass, before StepObserver: the requests still
+// running (indices into the call's requests, in order) and the token each just sampled.
+using TokenObserver = std::function<void(int step, const std::vector<int>& request_ids, const std::vector<int>& tokens)>;
+
 // Runs on one rank (all ranks call it with the same arguments).
 GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationRequest>& requests,
                           const SamplingOptions& sampling, const LogitsObserver& observer = nullptr,
-                          const StepObserver& step_done = nullptr);
+                          const StepObserver& step_done = nullptr, const TokenObserver& tokens_out = nullptr);
 
 // The executor's numbers (norm epsilon, rope theta) of a spec, as modelFromHfConfig or the preset
 // set them; from a model folder's config.json (which must be of the spec's family; rope scaling

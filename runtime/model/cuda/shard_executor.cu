@@ -568,6 +568,27 @@ std::vector<int> ShardExecutor::sampleAndShare(int sequences, float temperature,
   return out;
 }
 
+std::vector<int> ShardExecutor::sampleRowsAndShare(const std::vector<RowSampling>& rows, int step) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  const int sequences = static_cast<int>(rows.size());
+  if (plan_.has_lm_head) {
+    for (int i = 0; i < sequences; ++i) {
+      const RowSampling& r = rows[static_cast<std::size_t>(i)];
+      kernels::sampleTokens(logits_ + static_cast<std::int64_t>(i) * plan_.spec.vocab, 1, plan_.spec.vocab, r.temperature,
+                            r.top_k, r.top_p, r.seed, step, sampled_ + i, stream_);
+    }
+  }
+#if COMPUTRON_HAVE_NCCL
+  if (plan_.pp > 1)
+    NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
+                             static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+#endif
+  std::vector<int> out(static_cast<std::size_t>(sequences));
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return out;
+}
+
 std::vector<float> ShardExecutor::logitsToHost(int sequences) const {
   std::vector<float> out(static_cast<std::size_t>(sequences) * plan_.spec.vocab);
   if (!plan_.has_lm_head) return out;

@@ -65,6 +65,14 @@ struct StepBatch {
   std::vector<int> seq_slot;
 };
 
+// One sequence's sampling: temperature 0 is greedy.
+struct RowSampling {
+  float temperature = 0.f;
+  int top_k = 0;
+  float top_p = 1.f;
+  std::uint64_t seed = 0;
+};
+
 class ShardExecutor {
  public:
   ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, const ExecutorLimits& limits, int device,
@@ -96,6 +104,9 @@ class ShardExecutor {
   // Last stage: picks the next token of each sequence into device memory; then shares them with
   // every stage (pp > 1) and returns them on the host.
   std::vector<int> sampleAndShare(int sequences, float temperature, int top_k, float top_p, std::uint64_t seed, int step);
+  // As sampleAndShare, but each row with its own sampling: one launch per row, each drawing from
+  // its own (seed, step) stream as if it were alone in the batch.
+  std::vector<int> sampleRowsAndShare(const std::vector<RowSampling>& rows, int step);
   // Copies logits of the last forward to the host (last stage only).
   std::vector<float> logitsToHost(int sequences) const;
 

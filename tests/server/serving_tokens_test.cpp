@@ -1,0 +1,191 @@
+// The served-token path of `computron serve` with real execution: each request's prompt and
+// sampling reach the executor through the TokenChannel, and the tokens it delivers per step are
+// streamed to their request, in order, ending at max_tokens or at a stop id. The executor here is
+// a test stand-in (tests/support/token_execution.h) beside the host-memory device; the CUDA
+// executor uses the same channel (checked on GPUs by scripts/serve-check.sh).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "runtime/host_device.h"
+#include "runtime/server/serving_loop.h"
+#include "tests/support/tiny_model.h"
+#include "tests/support/token_execution.h"
+
+namespace computron::server {
+namespace {
+
+ModelDeployment deployment(const std::string& name) {
+  ModelDeployment d;
+  d.name = name;
+  d.spec = fakes::tinyOptSpec(2);
+  d.gpus = {0};
+  d.max_batch = 4;
+  return d;
+}
+
+EngineConfig twoModelsOneSlot() {
+  EngineConfig c;
+  c.models = {deployment("alpha"), deployment("beta")};
+  const std::int64_t shard = c.models[0].spec.shard(1, 1, 0, 0).bytes;
+  c.gpu_weight_budget = {shard + shard / 2};
+  return c;
+}
+
+// What one request received.
+struct Received {
+  std::vector<StreamEvent> events;
+  bool done = false;
+};
+
+class ServedTokens : public ::testing::Test {
+ protected:
+  void start(std::vector<std::vector<std::int32_t>> eos = {}) {
+    channel_ = std::make_shared<runtime::TokenChannel>();
+    factory_ = std::make_unique<runtime::HostDeviceFactory>(1);
+    runtime::RuntimeOptions ro;
+    ro.chunk_bytes = 16 * 1024;
+    ro.granule = 64 * 1024;
+    ro.host.pin_piece_bytes = 64 * 1024;
+    ro.host.threads = 2;
+    ro.execution = std::make_shared<fakes::TokenExecution>(channel_, std::chrono::microseconds(300));
+    backend_ = std::make_unique<runtime::RealBackend>(twoModelsOneSlot(), *factory_, ro);
+    LoopOptions lo;
+    lo.tokens = channel_;
+    lo.eos_ids = std::move(eos);
+    loop_ = std::make_unique<ServingLoop>(twoModelsOneSlot(), *backend_, lo);
+    thread_ = std::thread([this] { loop_->run(); });
+  }
+  void TearDown() override {
+    if (loop_) loop_->drain();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Submits and returns the index of its record in received_.
+  std::size_t submit(const CompletionRequest& request) {
+    std::size_t slot;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      slot = received_.size();
+      received_.emplace_back();
+    }
+    std::uint64_t ticket = 0;
+    EmitFn emit = [this, slot](StreamEvent ev) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const bool end = ev.kind != StreamEvent::Kind::kTokens;
+      received_[slot].events.push_back(std::move(ev));
+      if (end) received_[slot].done = true;
+      cv_.notify_all();
+    };
+    EXPECT_EQ(loop_->submit(request, {}, emit, &ticket), ServingLoop::Submit::kAccepted);
+    return slot;
+  }
+  Received wait(std::size_t slot) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return received_[slot].done; });
+    return received_[slot];
+  }
+  static std::vector<std::int32_t> tokensOf(const Received& r) {
+    std::vector<std::int32_t> out;
+    for (const auto& ev : r.events)
+      if (ev.kind == StreamEvent::Kind::kTokens) out.insert(out.end(), ev.tokens.begin(), ev.tokens.end());
+    return out;
+  }
+  static runtime::RequestPayload payloadOf(const CompletionRequest& r) {
+    runtime::RequestPayload p;
+    p.prompt = r.prompt;
+    p.temperature = r.temperature;
+    p.seed = r.seed;
+    return p;
+  }
+
+  std::shared_ptr<runtime::TokenChannel> channel_;
+  std::unique_ptr<runtime::HostDeviceFactory> factory_;
+  std::unique_ptr<runtime::RealBackend> backend_;
+  std::unique_ptr<ServingLoop> loop_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<Received> received_;
+};
+
+CompletionRequest request(ModelId model, std::vector<std::int32_t> prompt, int max_tokens, float temperature = 0.f,
+                          std::uint64_t seed = 0) {
+  CompletionRequest r;
+  r.model = model;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.temperature = temperature;
+  r.seed = seed;
+  return r;
+}
+
+TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
+  start();
+  const int vocab = fakes::tinyOptSpec(2).vocab;
+  std::vector<CompletionRequest> reqs = {request(0, {5, 6, 7}, 6), request(0, {100}, 3, 0.8f, 42),
+                                         request(1, {9, 9}, 5, 0.8f, 7), request(0, {100}, 3, 0.8f, 43)};
+  std::vector<std::size_t> slots;
+  for (const auto& r : reqs) slots.push_back(submit(r));
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    const Received got = wait(slots[i]);
+    std::vector<std::int32_t> want;
+    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(payloadOf(reqs[i]), k, vocab));
+    EXPECT_EQ(tokensOf(got), want) << "request " << i;
+    ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
+    EXPECT_EQ(got.events.back().finish_reason, "length");
+    // Streamed as delivered: one token per event.
+    for (const auto& ev : got.events) {
+      if (ev.kind == StreamEvent::Kind::kTokens) {
+        EXPECT_EQ(ev.tokens.size(), 1u);
+      }
+    }
+  }
+  // Seeds matter when sampling: the two requests that differ only in seed got different tokens.
+  EXPECT_NE(tokensOf(wait(slots[1])), tokensOf(wait(slots[3])));
+  // Every payload left the channel with its request.
+  EXPECT_EQ(channel_->payloads(), 0u);
+}
+
+TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {
+  const int vocab = fakes::tinyOptSpec(2).vocab;
+  CompletionRequest r = request(0, {20}, 8);
+  const std::int32_t third = fakes::fakeToken(payloadOf(r), 2, vocab);
+  start({{third}});  // model 0's end-of-sequence id
+  const Received got = wait(submit(r));
+  std::vector<std::int32_t> want;
+  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(payloadOf(r), k, vocab));
+  EXPECT_EQ(tokensOf(got), want);  // the stop id itself is delivered, nothing after it
+  ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
+  EXPECT_EQ(got.events.back().finish_reason, "stop");
+
+  // The same request asking ignore_eos runs to max_tokens; its own stop_token_ids still apply.
+  r.ignore_eos = true;
+  const Received all = wait(submit(r));
+  EXPECT_EQ(tokensOf(all).size(), 8u);
+  EXPECT_EQ(all.events.back().finish_reason, "length");
+  r.stop_token_ids = {fakes::fakeToken(payloadOf(r), 0, vocab)};
+  const Received first = wait(submit(r));
+  EXPECT_EQ(tokensOf(first).size(), 1u);
+  EXPECT_EQ(first.events.back().finish_reason, "stop");
+}
+
+TEST_F(ServedTokens, ACancelledRequestInTheInboxLeavesNoPayloadBehind) {
+  start();
+  std::vector<std::size_t> slots;
+  for (int i = 0; i < 6; ++i) slots.push_back(submit(request(i % 2, {1, 2, 3}, 4)));
+  std::uint64_t ticket = 0;
+  ASSERT_EQ(loop_->submit(request(1, {4}, 4), {}, [](StreamEvent) {}, &ticket), ServingLoop::Submit::kAccepted);
+  loop_->cancel(ticket);
+  for (auto s : slots) EXPECT_EQ(wait(s).events.back().kind, StreamEvent::Kind::kDone);
+  loop_->drain();
+  thread_.join();
+  EXPECT_EQ(channel_->payloads(), 0u);
+}
+
+}  // namespace
+}  // namespace computron::server
