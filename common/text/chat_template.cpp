@@ -1377,8 +1377,10 @@ class Parser {
 
   void parseArgs(Expr& call) {
     expectOp("(");
+    bool first = true;
     while (!isOp(")")) {
-      if (!call.args.empty() || !call.kwargs.empty()) expectOp(",");
+      if (!first) expectOp(",");
+      first = false;
       if (isOp(")")) break;
       if (cur().type == Tok::Name && peek().type == Tok::Op && peek().text == "=") {
         std::string key = cur().text;
@@ -1393,7 +1395,7 @@ class Parser {
   }
 
   ExprPtr parseCall(ExprPtr callee) {
-    auto e = make(Expr::Kind::Call, cur().offset);
+    auto e = make(Expr::Kind::Call, callee->offset);  // errors name the callee
     e->args.push_back(std::move(callee));
     parseArgs(*e);
     return e;
