@@ -337,6 +337,9 @@ struct AddedToken {
   std::int32_t id;
   std::string content;
   bool special, normalized, lstrip, rstrip, single_word;
+  // What decode() reads for this id: as Hugging Face (0.23), the normalized content for a
+  // normalized token (`▁<s>` under a Prepend("▁") normalizer), else the content.
+  std::string decode_text;
 };
 
 // A piece of input text on its way through the pipeline; at_start: it begins at offset 0 of the
@@ -437,6 +440,7 @@ struct Tokenizer::Impl {
   std::vector<std::int32_t> encode(std::string_view text, bool add_special_tokens, bool parse_special) const;
   std::optional<std::string> idToToken(std::int32_t id) const;
   bool isSpecialId(std::int32_t id) const;
+  bool isSpecialText(const std::string& token) const;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -470,7 +474,7 @@ void Tokenizer::Impl::readAddedTokens(const JsonReader& r) {
     const std::int64_t id = t.at("id").asIntIn(0, INT32_MAX);
     AddedToken token{static_cast<std::int32_t>(id), t.requireString("content"), t.getBool("special", false),
                      t.getBool("normalized", true), t.getBool("lstrip", false), t.getBool("rstrip", false),
-                     t.getBool("single_word", false)};
+                     t.getBool("single_word", false), {}};
     if (token.content.empty()) t.at("content").fail("empty added token");
     if (!isValidUtf8(token.content)) t.at("content").fail("not valid UTF-8");
     added_by_id[token.id] = added.size();
@@ -554,8 +558,13 @@ void Tokenizer::Impl::readModel(const JsonReader& r) {
   }
   const JsonReader v = r.at("vocab");
   if (!v.isObject()) v.fail("expected an object of token: id");
+  vocab.reserve(v.json().size());
+  vocab_r.reserve(v.json().size());
   for (auto it = v.json().begin(); it != v.json().end(); ++it) {
-    const std::int64_t id = v.at(it.key()).asIntIn(0, INT32_MAX);
+    const nlohmann::json& value = it.value();
+    const std::int64_t id = value.is_number_unsigned() && value.get<std::uint64_t>() <= INT32_MAX
+                                ? value.get<std::int64_t>()
+                                : v.at(it.key()).asIntIn(0, INT32_MAX);  // the error, with its path
     vocab[it.key()] = static_cast<std::int32_t>(id);
     vocab_r[static_cast<std::int32_t>(id)] = it.key();
   }
@@ -693,8 +702,10 @@ void Tokenizer::Impl::readDecoder(const JsonReader& r, bool& fused) {
 void Tokenizer::Impl::finishLoading() {
   for (std::size_t i = 0; i < added.size(); ++i) {
     if (added[i].normalized) {
-      normalized_matcher.add(normalize(added[i].content), i);
+      added[i].decode_text = normalize(added[i].content);
+      normalized_matcher.add(added[i].decode_text, i);
     } else {
+      added[i].decode_text = added[i].content;
       raw_matcher.add(added[i].content, i);
     }
   }
@@ -977,7 +988,7 @@ std::vector<std::int32_t> Tokenizer::Impl::encode(std::string_view text, bool ad
 }
 
 std::optional<std::string> Tokenizer::Impl::idToToken(std::int32_t id) const {
-  if (const auto it = added_by_id.find(id); it != added_by_id.end()) return added[it->second].content;
+  if (const auto it = added_by_id.find(id); it != added_by_id.end()) return added[it->second].decode_text;
   if (const auto it = vocab_r.find(id); it != vocab_r.end()) return it->second;
   return std::nullopt;
 }
@@ -1159,6 +1170,12 @@ std::shared_ptr<Tokenizer::Impl> loadImpl(const nlohmann::json& root, const std:
 
 }  // namespace
 
+// Hugging Face skips a token in decode when its text is the content of a special token.
+bool Tokenizer::Impl::isSpecialText(const std::string& token) const {
+  const auto it = added_by_content.find(token);
+  return it != added_by_content.end() && added[it->second].special;
+}
+
 bool Tokenizer::Impl::isSpecialId(std::int32_t id) const {
   const auto it = added_by_id.find(id);
   return it != added_by_id.end() && added[it->second].special;
@@ -1193,7 +1210,10 @@ std::optional<std::int32_t> Tokenizer::tokenId(std::string_view token) const {
   return std::nullopt;
 }
 
-std::optional<std::string> Tokenizer::tokenString(std::int32_t id) const { return impl_->idToToken(id); }
+std::optional<std::string> Tokenizer::tokenString(std::int32_t id) const {
+  if (const auto it = impl_->added_by_id.find(id); it != impl_->added_by_id.end()) return impl_->added[it->second].content;
+  return impl_->idToToken(id);
+}
 bool Tokenizer::isSpecial(std::int32_t id) const { return impl_->isSpecialId(id); }
 std::optional<std::int32_t> Tokenizer::bosId() const { return impl_->bos; }
 std::optional<std::int32_t> Tokenizer::eosId() const { return impl_->eos; }
@@ -1257,7 +1277,7 @@ StreamDecoder& StreamDecoder::operator=(StreamDecoder&&) noexcept = default;
 
 std::string StreamDecoder::push(std::int32_t id) {
   const auto token = impl_->idToToken(id);
-  if (!token || (skip_special_tokens_ && impl_->isSpecialId(id))) return {};
+  if (!token || (skip_special_tokens_ && impl_->isSpecialText(*token))) return {};
   state_->feed(0, *token);
   return std::exchange(state_->out, {});
 }

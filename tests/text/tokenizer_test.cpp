@@ -419,6 +419,17 @@ TEST(TokenizerLlama2, StreamStripsOnlyTheFirstSpace) {
   }
 }
 
+TEST(TokenizerLlama2, NormalizedSpecialTokenAsHuggingFace) {
+  // <s> with normalized true (as in some converted files) is matched in the normalized text as
+  // "▁<s>", and decodes as "▁<s>", which is not the text of a special token, so it is kept.
+  json j = llama2Style();
+  j["added_tokens"][1]["normalized"] = true;
+  const Tokenizer t = load(j);
+  EXPECT_EQ(t.encode("<s>hello", false), (Ids{1, 260, 261, 270}));
+  EXPECT_EQ(t.decode(Ids{1, 271}), "<s> hello");
+  EXPECT_EQ(t.tokenString(1), "<s>");
+}
+
 TEST(TokenizerLlama2, MetaspaceFirst) {
   const Tokenizer t = load(llama2Metaspace());
   EXPECT_EQ(t.encode("hello world", false), (Ids{271, 259, 264, 263, 265, 262, 266}));
