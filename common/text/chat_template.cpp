@@ -1321,7 +1321,11 @@ class Parser {
         if (cur().type == Tok::Int) {
           auto e = make(Expr::Kind::Subscript, offset);
           e->args.push_back(std::move(node));
-          e->args.push_back(literal(Value::of(static_cast<std::int64_t>(std::stoll(cur().text))), cur().offset));
+          std::int64_t index = 0;
+          const std::string& digits = cur().text;
+          if (std::from_chars(digits.data(), digits.data() + digits.size(), index).ec != std::errc())
+            fail("integer literal out of range");
+          e->args.push_back(literal(Value::of(index), cur().offset));
           ++pos_;
           node = std::move(e);
           continue;

@@ -210,6 +210,7 @@ TEST(ChatTemplateSyntax, MalformedTemplatesNameLineAndColumn) {
       {"{{ a $ b }}", 1, 6, "unexpected character '$'"},
       {"\u00e9\u00e9 {{ x | nope }}", 1, 11, "unknown filter 'nope'"},  // columns count characters
       {"{% set %}", 1, 8, "expected a name"},
+      {"{{ xs.99999999999999999999 }}", 1, 7, "integer literal out of range"},
       {"{% for in x %}{% endfor %}", 1, 11, "expected 'in' in the for loop, got 'x'"},
   };
   for (const auto& c : cases) {
