@@ -60,6 +60,13 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   resident_pos_.assign(config_.models.size(), kNone);
   waiting_pos_.assign(config_.models.size(), kNone);
   seen_.assign(config_.models.size(), 0);
+  pinned_.assign(config_.models.size(), 0);
+  for (ModelId m : config_.policy.pinned) {
+    if (m < 0 || static_cast<std::size_t>(m) >= config_.models.size())
+      throw std::invalid_argument("pinned model " + std::to_string(m) + " does not exist");
+    pinned_[static_cast<std::size_t>(m)] = 1;
+  }
+  started_ = config_.policy.pinned.empty();
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const auto& d = config_.models[m];
     if (static_cast<int>(d.gpus.size()) != d.numShards())
@@ -335,7 +342,33 @@ void Engine::failQueued(ModelId m, const std::string& error) {
   queueChanged(m);
 }
 
+void Engine::start() {
+  if (started_) return;
+  started_ = true;
+  // The scenario parser checked that the pinned models fit together; at the first pass nothing
+  // else holds their room, so each loads now (in the order listed).
+  for (ModelId m : config_.policy.pinned) {
+    const auto mi = static_cast<std::size_t>(m);
+    if (models_[mi].residency != Residency::kOffloaded) continue;
+    bool fits = true;
+    for (GpuId g : model_gpus_[mi]) {
+      const auto gi = static_cast<std::size_t>(g);
+      if (gpu_used_[gi] + gpu_bytes_[mi][gi] > config_.gpu_weight_budget[gi]) fits = false;
+    }
+    const int cap = config_.policy.max_loaded_models;
+    if (cap > 0 && loadedModels() + 1 > cap) fits = false;
+    if (!fits) continue;  // loaded on demand later, evicting unpinned models as needed
+    startLoad(m);
+    const auto group = static_cast<std::size_t>(group_of_model_[mi]);
+    if (local_passes_ && !group_unsettled_[group]) {
+      group_unsettled_[group] = 1;
+      unsettled_.push_back(static_cast<int>(group));
+    }
+  }
+}
+
 void Engine::schedule(ModelId touched) {
+  if (!started_) start();
   if (config_.policy.admission) rejectLate();
   // The models with queued requests come from their index; the queue policies order by a total
   // key (head request's arrival or deadline, then its id), so the index's order does not matter.
@@ -529,7 +562,7 @@ void Engine::tryPrefetch() {
   std::vector<ModelId> victims;
   for (std::size_t v = 0; v < models_.size(); ++v) {
     const auto& sv = models_[v];
-    if (sv.residency != Residency::kResident || sv.running || !sv.queue.empty()) continue;
+    if (sv.residency != Residency::kResident || sv.running || !sv.queue.empty() || pinned_[v]) continue;
     if (copySource(static_cast<ModelId>(v))) continue;
     if (prefetchScore(static_cast<ModelId>(v)) >= threshold) continue;
     victims.push_back(static_cast<ModelId>(v));
@@ -686,7 +719,7 @@ void Engine::gatherCandidates(ModelId m, bool any_gpu) {
     if (seen_[vi] == seen_stamp_) return;
     seen_[vi] = seen_stamp_;
     const auto& sv = models_[vi];
-    if (v == m || sv.residency != Residency::kResident || doomed_[vi]) return;
+    if (v == m || sv.residency != Residency::kResident || doomed_[vi] || pinned_[vi]) return;
     if (copySource(v)) return;
     if (!sv.served_since_load && !sv.queue.empty()) return;
     if (protectedFromSwap(v, m)) return;
@@ -790,6 +823,7 @@ std::optional<std::string> Engine::evictOnDemand(ModelId m) {
     case Residency::kEvicting: return "model " + name + " is already being evicted";
     case Residency::kResident: break;
   }
+  if (pinned_[static_cast<std::size_t>(m)]) return "model " + name + " is pinned (policy.pinned)";
   if (state.running) return "model " + name + " is running a batch";
   if (!state.queue.empty())
     return "model " + name + " has " + std::to_string(state.queue.size()) + " requests queued";

@@ -43,6 +43,10 @@ struct PolicyConfig {
   bool layer_pipelined = false;
   Nanos lfu_half_life = 60 * kNanosPerSecond;  // lfu: an access counts half after this long
   Nanos rate_window = 10 * kNanosPerSecond;    // prefetch rate: EWMA time constant
+  // Models pinned resident: never an eviction candidate of any policy (nor of prefetch, nor of an
+  // operator's evictOnDemand), loaded by the engine's first scheduling pass (Engine::start) and
+  // kept. The scenario parser checks they fit together and leave room for every other model.
+  std::vector<ModelId> pinned;
 
   // An eviction or prefetch policy reads the future (EngineConfig::future must be given).
   bool needsFuture() const;
@@ -145,6 +149,12 @@ class Engine {
   // nothing: not resident (offloaded, loading or already evicting), running a batch, requests
   // queued (they would only load it again), or the source of a copy in flight.
   std::optional<std::string> evictOnDemand(ModelId m);
+  // Starts loading the pinned models (PolicyConfig::pinned) that are offloaded and not yet tried.
+  // Each is tried once: the first scheduling pass calls this, so drivers need not, but a driver
+  // that wants them loaded before the first request calls it once its backend takes commands. A
+  // pinned model whose load failed is loaded again on demand, like any other, and then kept.
+  void start();
+  bool pinned(ModelId m) const { return pinned_.at(static_cast<std::size_t>(m)) != 0; }
   // A client gave up on request `id` of model m: if it is still queued, it leaves the queue and
   // ends failed with the error "cancelled" (reported to the observer), followed by a scheduling
   // pass, and the result is true; a request already in a batch, done or unknown is left alone.
@@ -273,6 +283,8 @@ class Engine {
   bool copySource(ModelId m) const { return copies_out_[static_cast<std::size_t>(m)] > 0; }
   double gdsf_inflation_ = 0;
   bool load_blocked_ = false;    // this pass, a demand load waits for room
+  std::vector<char> pinned_;     // per model: PolicyConfig::pinned
+  bool started_ = false;         // start() has issued the pinned models' loads
 
   // Indexes that keep a scheduling pass's cost independent of the fleet's size (each updated
   // where the state it mirrors changes; checkInvariants recomputes them from scratch).

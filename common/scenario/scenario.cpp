@@ -191,6 +191,64 @@ std::vector<FaultSpec> parseFaults(const JsonReader& node, const std::vector<std
   return faults;
 }
 
+// `policy.pinned`: ["name", ...], each a model of the scenario, once.
+std::vector<ModelId> parsePinned(const JsonReader& node, const std::vector<ModelDeployment>& models) {
+  if (!node.isArray()) node.fail("expected an array of model names");
+  std::vector<ModelId> pinned;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const JsonReader name = node.at(i);
+    const std::string wanted = name.asString();
+    const auto it = std::find_if(models.begin(), models.end(), [&](const ModelDeployment& d) { return d.name == wanted; });
+    if (it == models.end()) name.fail("no model named '" + wanted + "' in the scenario");
+    const auto id = static_cast<ModelId>(it - models.begin());
+    if (std::find(pinned.begin(), pinned.end(), id) != pinned.end()) name.fail("model '" + wanted + "' is pinned twice");
+    pinned.push_back(id);
+  }
+  return pinned;
+}
+
+// Pinned models hold their room for good: together they must fit each GPU's weight budget, and
+// every other model must still fit beside them (else it could never be served), within the count
+// cap too. Checked after placement, which may move models.
+void checkPinnedRoom(const PolicyConfig& policy, const std::vector<ModelDeployment>& models,
+                     const std::vector<std::int64_t>& budgets) {
+  const std::string where = "$.policy.pinned";
+  auto bytesPerGpu = [&](const ModelDeployment& d) {
+    std::vector<std::int64_t> need(budgets.size(), 0);
+    for (int shard = 0; shard < d.numShards(); ++shard)
+      need[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(shard)])] +=
+          d.spec.shard(d.tp, d.pp, shard % d.tp, shard / d.tp).bytes;
+    return need;
+  };
+  std::vector<std::int64_t> held(budgets.size(), 0);
+  std::vector<bool> is_pinned(models.size(), false);
+  for (ModelId m : policy.pinned) {
+    is_pinned[static_cast<std::size_t>(m)] = true;
+    const auto need = bytesPerGpu(models[static_cast<std::size_t>(m)]);
+    for (std::size_t g = 0; g < budgets.size(); ++g) {
+      held[g] += need[g];
+      if (held[g] > budgets[g])
+        throw ConfigError(where + ": the pinned models need " + std::to_string(held[g]) + " bytes on GPU " +
+                          std::to_string(g) + " (with " + models[static_cast<std::size_t>(m)].name +
+                          "), more than its weight budget of " + std::to_string(budgets[g]) + " bytes");
+    }
+  }
+  for (std::size_t m = 0; m < models.size(); ++m) {
+    if (is_pinned[m]) continue;
+    const auto need = bytesPerGpu(models[m]);
+    for (std::size_t g = 0; g < budgets.size(); ++g)
+      if (need[g] > 0 && held[g] + need[g] > budgets[g])
+        throw ConfigError(where + ": model " + models[m].name + " needs " + std::to_string(need[g]) + " bytes on GPU " +
+                          std::to_string(g) + ", and the pinned models leave only " + std::to_string(budgets[g] - held[g]) +
+                          " of its weight budget: it could never be loaded");
+  }
+  const auto pinned = static_cast<int>(policy.pinned.size());
+  const int cap = policy.max_loaded_models;
+  if (cap > 0 && (pinned > cap || (pinned == cap && models.size() > policy.pinned.size())))
+    throw ConfigError(where + ": " + std::to_string(pinned) + " pinned models leave no room under max_loaded_models " +
+                      std::to_string(cap) + " for the others");
+}
+
 }  // namespace
 
 Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
@@ -268,7 +326,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       applyPolicySet(policy);
     } else {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
-                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined"});
+                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined", "pinned"});
       if (auto name = p->find("name")) policy.name = parseChoice<PolicySet>(*name);
       policy.max_loaded_models = static_cast<int>(p->getIntIn("max_loaded_models", 0, 0, kMaxModels));
       applyPolicySet(policy);
@@ -287,6 +345,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
       policy.rate_window = secondsToNanos(window);
 
       if (auto pl = p->find("placement")) placement = parsePlacementConfig(*pl);
+      if (auto pins = p->find("pinned")) policy.pinned = parsePinned(*pins, s.engine.models);
     }
   } else {
     applyPolicySet(policy);
@@ -314,6 +373,7 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     s.engine.models =
         placeModels(s.engine.models, loads, s.engine.gpu_weight_budget, placement, "$.policy.placement", s.engine.gpu_node);
   }
+  if (!policy.pinned.empty()) checkPinnedRoom(policy, s.engine.models, s.engine.gpu_weight_budget);
   if (policy.needsFuture()) {
     // The offline policies read the whole request stream ahead (one time stamp a request).
     try {
@@ -354,6 +414,12 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
                            {"lfu_half_life_s", toSeconds(policy.lfu_half_life)},
                            {"rate_window_s", toSeconds(policy.rate_window)},
                            {"placement", placementToJson(placement, s.engine.models, loads)}};
+  // Only when given, so that the effective policy of every scenario without pins reads as before.
+  if (!policy.pinned.empty()) {
+    nlohmann::json pinned = nlohmann::json::array();
+    for (ModelId m : policy.pinned) pinned.push_back(s.engine.models[static_cast<std::size_t>(m)].name);
+    s.effective["policy"]["pinned"] = pinned;
+  }
   s.effective["seed"] = s.seed;
   return s;
 }

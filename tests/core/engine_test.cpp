@@ -420,6 +420,144 @@ TEST(Engine, CancelQueuedRemovesOnlyAQueuedRequest) {
   engine.checkInvariants();
 }
 
+// Pinning (PolicyConfig::pinned): under every online eviction policy, the model that would be
+// the victim when unpinned (a, used once, long ago) stays when pinned, and the next most evictable
+// one (b) goes instead. A pinned model loads at the first pass, before the request that started it.
+TEST(Engine, APinnedModelIsNeverAnEvictionCandidate) {
+  const ModelSpec spec = modelPreset("opt-125m");
+  for (const char* eviction : {"lru", "lfu", "gdsf", "demand"}) {
+    for (bool pin : {false, true}) {
+      SCOPED_TRACE(std::string(eviction) + (pin ? " pinned" : " unpinned"));
+      EngineConfig config;
+      config.models = {deployment("a", "opt-125m", 1, 1, {0}), deployment("b", "opt-125m", 1, 1, {0}),
+                       deployment("c", "opt-125m", 1, 1, {0})};
+      config.gpu_weight_budget = {2 * spec.totalBytes() + 1};  // two of the three
+      config.policy.name = "lru-bytes";
+      applyPolicySet(config.policy);
+      config.policy.eviction = EvictionChoice(eviction);
+      if (pin) config.policy.pinned = {0};
+      RecordingBackend backend;
+      ManualClock clock;
+      Engine engine(config, backend, clock);
+      // Completes every load and eviction issued, then every batch, until nothing is left.
+      std::size_t loads = 0, evicts = 0, runs = 0;  // commands completed so far
+      auto settle = [&]() {
+        while (loads < backend.loads.size() || evicts < backend.evicts.size() || runs < backend.runs.size()) {
+          ++clock.t;
+          if (evicts < backend.evicts.size()) {
+            engine.onEvictDone(backend.evicts[evicts++].op);
+          } else if (loads < backend.loads.size()) {
+            engine.onLoadDone(backend.loads[loads++].op);
+          } else {
+            engine.onBatchDone(done(backend.runs[runs], clock.t - 1, clock.t));
+            ++runs;
+          }
+          engine.checkInvariants();
+        }
+      };
+      RequestId id = 0;
+      engine.onArrival(request(id++, 0, clock.t));
+      if (pin) ASSERT_EQ(backend.log.front(), "load 0/0");
+      settle();
+      for (int i = 0; i < 5; ++i) {
+        engine.onArrival(request(id++, 1, clock.t));
+        settle();
+      }
+      // a: one access, least recent, no work queued: the first victim of every policy.
+      engine.onArrival(request(id++, 2, clock.t));
+      settle();
+      ASSERT_EQ(backend.evicts.size(), 1u);
+      EXPECT_EQ(backend.evicts[0].model, pin ? 1 : 0);
+      EXPECT_EQ(engine.model(0).residency, pin ? Residency::kResident : Residency::kOffloaded);
+      EXPECT_EQ(engine.model(0).loads, 1);
+      if (pin) EXPECT_EQ(engine.evictOnDemand(0), "model a is pinned (policy.pinned)");
+      EXPECT_EQ(engine.requestsInFlight(), 0);
+    }
+  }
+}
+
+// Engine::start loads the pinned models before any request; a second call does nothing.
+TEST(Engine, StartLoadsThePinnedModelsOnce) {
+  const ModelSpec spec = modelPreset("opt-125m");
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", 1, 1, {0}), deployment("b", "opt-125m", 1, 1, {1}),
+                   deployment("c", "opt-125m", 1, 1, {0})};
+  config.gpu_weight_budget = {spec.totalBytes() * 3 / 2, spec.totalBytes() * 3 / 2};
+  config.policy.pinned = {1, 0};
+  RecordingBackend backend;
+  ManualClock clock;
+  Engine engine(config, backend, clock);
+  EXPECT_TRUE(engine.pinned(0));
+  EXPECT_FALSE(engine.pinned(2));
+  engine.start();
+  engine.start();
+  EXPECT_EQ(backend.log, (std::vector<std::string>{"load 1/0", "load 0/0"}));
+  engine.checkInvariants();
+}
+
+// The scenario's policy.pinned: names become model ids; unknown names, pins that do not fit
+// together, pins that leave another model no room, and pins filling the count cap are refused with
+// the JSON path.
+TEST(Scenario, PinnedModelsAreCheckedWhenRead) {
+  nlohmann::json doc = defaultScenarioJson();
+  doc["policy"]["pinned"] = {"opt-13b-1"};
+  Scenario s = parseScenario(doc, ".");
+  EXPECT_EQ(s.engine.policy.pinned, std::vector<ModelId>{1});
+  EXPECT_EQ(s.effective["policy"]["pinned"], nlohmann::json::array({"opt-13b-1"}));
+  EXPECT_FALSE(parseScenario(defaultScenarioJson(), ".").effective["policy"].contains("pinned"));
+  auto refused = [&](nlohmann::json pinned, const std::string& where) {
+    nlohmann::json d = defaultScenarioJson();
+    d["policy"]["pinned"] = pinned;
+    try {
+      parseScenario(d, ".");
+      ADD_FAILURE() << "accepted " << pinned.dump();
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(where), std::string::npos) << e.what();
+    }
+  };
+  refused({"opt-13b-9"}, "$.policy.pinned[0]: no model named 'opt-13b-9'");
+  refused({"opt-13b-0", "opt-13b-0"}, "$.policy.pinned[1]: model 'opt-13b-0' is pinned twice");
+  refused({"opt-13b-0", "opt-13b-1"}, "$.policy.pinned: 2 pinned models leave no room under max_loaded_models 2");
+  refused("opt-13b-0", "$.policy.pinned: expected an array");
+  nlohmann::json bytes = defaultScenarioJson();
+  bytes["policy"] = {{"name", "lru-bytes"}, {"pinned", {"opt-13b-0", "opt-13b-1", "opt-13b-2"}}};
+  bytes["cluster"] = {{"preset", "a100-40gb-x4"}, {"weight_budget_gb", 15}};
+  try {
+    parseScenario(bytes, ".");
+    ADD_FAILURE() << "three pinned opt-13b in 4 x 15 GB accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("$.policy.pinned: the pinned models need"), std::string::npos) << e.what();
+  }
+}
+
+// The simulator honours pins: the cold model opt-13b-1 (1 req/s beside 10), pinned, is loaded
+// once and never evicted, while unpinned it is swapped out; every request is still served.
+TEST(Engine, SimulatedPinnedModelStaysResident) {
+  for (bool pin : {false, true}) {
+    nlohmann::json doc = defaultScenarioJson();
+    doc["duration_s"] = 10;
+    if (pin) doc["policy"]["pinned"] = {"opt-13b-1"};
+    Scenario s = parseScenario(doc, ".");
+    class Counter : public ExactlyOnce {
+     public:
+      void onEvict(const EvictCommand& cmd, Nanos, Nanos) override { evictions[cmd.model] += cmd.shard == 0; }
+      std::map<ModelId, int> evictions;
+    } counter;
+    sim::SimOptions options;
+    options.check_invariants = true;
+    sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &counter, options);
+    simulation.run();
+    EXPECT_EQ(simulation.engine().requestsInFlight(), 0);
+    if (pin) {
+      EXPECT_EQ(counter.evictions[1], 0);
+      EXPECT_EQ(simulation.engine().model(1).loads, 1);
+      EXPECT_EQ(simulation.engine().model(1).residency, Residency::kResident);
+    } else {
+      EXPECT_GT(counter.evictions[1], 0);
+    }
+  }
+}
+
 TEST(EngineProperty, RandomWorkloadsKeepEveryInvariant) {
   const char* presets[] = {"opt-125m", "opt-350m", "opt-1.3b"};
   for (std::uint64_t seed = 1; seed <= 150; ++seed) {
