@@ -795,7 +795,8 @@ std::vector<std::string> Tokenizer::Impl::preTokenize(Piece piece) const {
           break;
         }
         case PreTokenizerStep::ByteLevel: {
-          if (step.add_prefix_space && p.text.rfind(' ', 0) != 0) p.text.insert(0, 1, ' ');
+          // Prepending to an empty text does nothing (NormalizedString::prepend).
+          if (step.add_prefix_space && !p.text.empty() && p.text[0] != ' ') p.text.insert(0, 1, ' ');
           std::vector<std::string> parts;
           if (step.use_regex) parts = splitPattern(p.text, SplitPattern::Gpt2);
           else parts.push_back(std::move(p.text));
@@ -810,7 +811,7 @@ std::vector<std::string> Tokenizer::Impl::preTokenize(Piece piece) const {
         case PreTokenizerStep::Metaspace: {
           std::string s = replaceAll(p.text, " ", step.replacement);
           const bool starts = s.rfind(step.replacement, 0) == 0;
-          if (!starts && (step.prepend == PreTokenizerStep::Always ||
+          if (!starts && !s.empty() && (step.prepend == PreTokenizerStep::Always ||
                           (step.prepend == PreTokenizerStep::First && p.at_start))) {
             s = step.replacement + s;
           }

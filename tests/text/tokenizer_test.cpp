@@ -242,6 +242,32 @@ TEST(TokenizerOpt, SpecialTokensSplitOnlyWhenParsed) {
   EXPECT_FALSE(t.isSpecial(267));
 }
 
+TEST(TokenizerOpt, RobertaProcessingWrapsTheText) {
+  json j = optStyle();
+  j["post_processor"] = {{"type", "RobertaProcessing"}, {"sep", {"</s>", 2}}, {"cls", {"<s>", 0}},
+                         {"trim_offsets", true}, {"add_prefix_space", false}};
+  const Tokenizer t = load(j);
+  EXPECT_EQ(t.encode("the"), (Ids{0, 264, 2}));
+  EXPECT_EQ(t.bosId(), 0);
+}
+
+TEST(TokenizerOpt, AddedTokenStripAndSingleWord) {
+  json j = optStyle();
+  json mask = specialToken(268, "<mask>");
+  mask["lstrip"] = true;
+  mask["rstrip"] = true;
+  json hell = specialToken(269, "hell", /*special=*/false);
+  hell["single_word"] = true;
+  j["added_tokens"].push_back(mask);
+  j["added_tokens"].push_back(hell);
+  const Tokenizer t = load(j);
+  // The spaces around <mask> belong to it: "the", <mask>, "the" (not "Ġthe").
+  EXPECT_EQ(t.encode("the  <mask> the", false), (Ids{264, 268, 264}));
+  // "hell" alone is the added token; inside "hello" it is not.
+  EXPECT_EQ(t.encode("hell o", false), (Ids{269, 36, 115}));
+  EXPECT_EQ(t.encode("hello", false), (Ids{265, 115}));
+}
+
 TEST(TokenizerOpt, DecodeSkipsSpecialTokensOnRequest) {
   const Tokenizer t = load(optStyle());
   const Ids ids{2, 264, 36, 265, 115, 267};
