@@ -309,7 +309,7 @@ char32_t singleCodePoint(const JsonReader& where, const std::string& s) {
 // Pipeline components
 
 struct NormalizerStep {
-  enum Kind { Prepend, Replace } kind;
+  enum Kind { Prepend, Replace, ByteLevel } kind;
   std::string text;     // Prepend: the prefix; Replace: the pattern
   std::string content;  // Replace: the replacement
 };
@@ -494,8 +494,10 @@ void Tokenizer::Impl::readNormalizer(const JsonReader& r) {
     const JsonReader pattern = r.at("pattern");
     if (!pattern.has("String")) pattern.fail("unsupported pattern (only {\"String\": ...} is supported)");
     normalizer.push_back({NormalizerStep::Replace, pattern.requireString("String"), r.requireString("content")});
+  } else if (type == "ByteLevel") {
+    normalizer.push_back({NormalizerStep::ByteLevel, {}, {}});
   } else {
-    unsupportedType(r, type, "Sequence, Prepend, Replace");
+    unsupportedType(r, type, "Sequence, Prepend, Replace, ByteLevel");
   }
 }
 
@@ -732,6 +734,10 @@ std::string Tokenizer::Impl::normalize(std::string_view s) const {
   for (const NormalizerStep& step : normalizer) {
     if (step.kind == NormalizerStep::Prepend) {
       if (!out.empty()) out = step.text + out;
+    } else if (step.kind == NormalizerStep::ByteLevel) {
+      std::string mapped;
+      for (const char ch : out) mapped += byteLevelMap().byte_to_text[static_cast<unsigned char>(ch)];
+      out = std::move(mapped);
     } else {
       out = replaceAll(out, step.text, step.content);
     }

@@ -3,13 +3,17 @@
 // Supported (everything else is refused when the file is read, naming the JSON path):
 //   model          BPE (vocab; merges as "a b" strings or ["a", "b"] pairs; unk_token, fuse_unk,
 //                  byte_fallback, ignore_merges; dropout null or 0; no subword prefix or suffix)
-//   normalizer     null, Sequence, Prepend, Replace (String pattern)
+//   normalizer     null, Sequence, Prepend, Replace (String pattern), ByteLevel
 //   pre_tokenizer  null, Sequence, ByteLevel (use_regex: the GPT-2 pattern), Metaspace,
 //                  Split (Regex: the GPT-2 or the Llama 3 pattern, behavior Isolated, not inverted)
 //   post_processor null, Sequence, ByteLevel, TemplateProcessing (single), RobertaProcessing,
 //                  BertProcessing
 //   decoder        null, Sequence, ByteLevel, ByteFallback, Fuse, Replace (String), Strip, Metaspace
-//   added_tokens   special and not, normalized, lstrip, rstrip, single_word
+//   added_tokens   special and not, normalized, lstrip, rstrip, single_word (a word character:
+//                  a letter, a number or `_`)
+// Quirks of `tokenizers` 0.23 kept on purpose: decode reads a normalized added token as its
+// normalized text (`▁<s>` under Prepend("▁")), which is then not skipped as special; the
+// normalizer runs on each piece between added tokens (each gets its own Prepend).
 // `truncation` and `padding` are ignored: the server bounds prompts itself and never pads.
 //
 // The results are those of Hugging Face `tokenizers` (checked against its output by

@@ -380,6 +380,17 @@ TEST(TokenizerLlama3, SpecialTokens) {
   EXPECT_EQ(t.decode(Ids{400, 401, 104, 105}, false), "<|begin_of_text|><|eot_id|>hi");
 }
 
+TEST(TokenizerLlama3, ByteLevelNormalizer) {
+  // Bytes mapped by the normalizer, then the Split pattern over the mapped text (where the space's
+  // "Ġ" is a letter), as in tokenizers' own tests.
+  json j = llama3Style();
+  j["normalizer"] = {{"type", "ByteLevel"}};
+  j["pre_tokenizer"] = j["pre_tokenizer"]["pretokenizers"][0];
+  const Tokenizer t = load(j);
+  EXPECT_EQ(t.encode(" hello", false), (Ids{300}));
+  for (const std::string& s : roundTripTexts()) EXPECT_EQ(t.decode(t.encode(s)), s);
+}
+
 TEST(TokenizerLlama3, RoundTripsAndStreams) {
   const Tokenizer t = load(llama3Style());
   for (const std::string& s : roundTripTexts()) {
