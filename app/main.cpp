@@ -2,6 +2,8 @@
 #include <boost/program_options.hpp>
 
 #include <dlfcn.h>
+#include <execinfo.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -244,7 +246,29 @@ int dispatch(int argc, char** argv) {
 
 }  // namespace
 
+// A crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) prints the stack before the process dies by
+// the same signal: frames as `binary(+offset)`, for addr2line on an unstripped copy of the same
+// build. Left to the sanitizers in sanitized builds.
+static void onCrash(int sig) {
+  static const char head[] = "computron: fatal signal; stack (addr2line -f -C -e BINARY OFFSET):\n";
+  (void)!write(STDERR_FILENO, head, sizeof head - 1);
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void installCrashHandlers() {
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  void* warm[1];
+  backtrace(warm, 1);  // loads libgcc's unwinder now, not inside the handler
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) signal(sig, onCrash);
+#endif
+}
+
 int main(int argc, char** argv) {
+  installCrashHandlers();
   installStopHandlers();
   try {
     return dispatch(argc, argv);

@@ -3,7 +3,9 @@
 // come from clients.
 #include <boost/program_options.hpp>
 
+#include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 
 #include "common/cost_model.h"
@@ -22,7 +24,7 @@ namespace computron::runtime {
 
 int serveMain(int argc, char** argv) {
   po::options_description opts("computron serve SCENARIO.json [options]");
-  std::vector<std::string> overrides, checkpoints;
+  std::vector<std::string> overrides, checkpoints, tokenizers;
   std::string device = cudaBuiltIn() ? "cuda" : "host";
   std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
   server::ServerOptions so;
@@ -48,18 +50,25 @@ int serveMain(int argc, char** argv) {
       "real execution: prompt + output tokens per request; sizes each GPU's KV cache")(
       "checkpoint", po::value<std::vector<std::string>>(&checkpoints)->composing(),
       "real execution: NAME=FOLDER, a Hugging Face model folder for the model or weights label NAME")(
+      "tokenizer", po::value<std::vector<std::string>>(&tokenizers)->composing(),
+      "NAME=FOLDER: the tokenizer (tokenizer.json, tokenizer_config.json, chat template) of the model or weights "
+      "label NAME, for text prompts and outputs; a --checkpoint folder with a tokenizer.json gives its own")(
       "host-memory-gib", po::value<double>(&host_memory_gib)->default_value(0),
       "host memory the weight store may assume (0: detect)")(
       "max-body-bytes", po::value<std::size_t>(&max_body)->default_value(max_body), "largest request body (413 beyond)")(
       "max-queued", po::value<int>(&so.loop.max_pending_per_model)->default_value(so.loop.max_pending_per_model),
       "requests accepted and not yet answered, per model (429 with Retry-After beyond)")(
       "http-threads", po::value<int>(&so.http_threads)->default_value(so.http_threads), "threads serving connections")(
+      "max-connections", po::value<int>(&so.max_connections)->default_value(so.max_connections),
+      "open connections at most (503 and closed beyond)")(
+      "request-timeout-s", po::value<int>(&so.request_timeout_s)->default_value(so.request_timeout_s),
+      "a completion not finished this long is cancelled and answered 504 (0: no limit)")(
       "quiet,q", "no notes on stderr");
   std::string scenario_path;
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron serve",
                                     "\nServes the scenario's models over HTTP, OpenAI-compatible: POST /v1/completions and\n"
-                                    "/v1/chat/completions (token ids), GET /v1/models (with residency),\n"
+                                    "/v1/chat/completions (token ids, or text with a tokenizer), GET /v1/models (with residency),\n"
                                     "GET /health, GET /metrics (Prometheus), POST /v1/models/NAME/load. SIGINT or SIGTERM\n"
                                     "drains: accepted requests are answered, then the server exits 130 or 143. See docs/serving.md.\n",
                                     scenario_path, vm))
@@ -68,12 +77,57 @@ int serveMain(int argc, char** argv) {
   if (port < 0 || port > 65535) return usageError("computron serve", "--port: expected 0..65535", opts);
   if (so.loop.max_pending_per_model < 1) return usageError("computron serve", "--max-queued: at least 1", opts);
   if (so.http_threads < 1) return usageError("computron serve", "--http-threads: at least 1", opts);
+  if (so.max_connections < 1) return usageError("computron serve", "--max-connections: at least 1", opts);
+  if (so.request_timeout_s < 0) return usageError("computron serve", "--request-timeout-s: 0 or more", opts);
   so.port = static_cast<unsigned short>(port);
   so.max_body_bytes = max_body;
   so.handle_signals = true;
   const bool quiet = vm.count("quiet") > 0;
 
   Scenario scenario = loadScenario(scenario_path, overrides);
+  // Text: each model's tokenizer folder, from --tokenizer, else its --checkpoint folder when that
+  // has a tokenizer.json. NAME is a model name or a weights label, as for --checkpoint.
+  {
+    std::map<std::string, std::string> folders;
+    auto split = [](const std::string& option, const std::string& value) {
+      const auto eq = value.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == value.size())
+        throw ConfigError("--" + option + " '" + value + "': expected NAME=FOLDER");
+      return std::make_pair(value.substr(0, eq), value.substr(eq + 1));
+    };
+    for (const auto& c : checkpoints) {
+      auto [name, folder] = split("checkpoint", c);
+      if (std::filesystem::exists(folder + "/tokenizer.json")) folders[name] = folder;
+    }
+    for (const auto& t : tokenizers) {
+      auto [name, folder] = split("tokenizer", t);
+      if (!std::filesystem::exists(folder + "/tokenizer.json"))
+        throw ConfigError("--tokenizer " + t + ": " + folder + "/tokenizer.json does not exist");
+      folders[name] = folder;
+    }
+    std::map<std::string, std::shared_ptr<const server::TextModel>> loaded;
+    for (const auto& [name, folder] : folders) {
+      bool used = false;
+      for (const ModelDeployment& d : scenario.engine.models) used = used || d.name == name || d.weights == name;
+      if (!used) throw ConfigError("--tokenizer/--checkpoint " + name + ": no model or weights label of that name in the scenario");
+      loaded[name] = server::loadTextModel(folder);
+    }
+    so.loop.eos_ids.assign(scenario.engine.models.size(), {});
+    for (std::size_t m = 0; m < scenario.engine.models.size(); ++m) {
+      const ModelDeployment& d = scenario.engine.models[m];
+      auto it = loaded.find(d.name);
+      if (it == loaded.end()) it = loaded.find(d.weights);
+      if (it == loaded.end()) continue;
+      if (it->second->tokenizer.vocabSize() > d.spec.vocab && !quiet)
+        std::cerr << "serve: the tokenizer of " << d.name << " has " << it->second->tokenizer.vocabSize()
+                  << " ids, the model " << d.spec.vocab << "; prompts with ids beyond the model's are refused\n";
+      so.text[d.name] = it->second;
+      if (auto eos = it->second->tokenizer.eosId()) so.loop.eos_ids[m].push_back(*eos);
+      if (!quiet)
+        std::cerr << "serve: " << d.name << ": tokenizer " << it->second->folder << ", chat template "
+                  << (it->second->chat_template ? "the model's" : "plain") << "\n";
+    }
+  }
   if (scenario.engine.policy.needsFuture()) {
     throw ConfigError("serve: the scenario's policy reads the future (belady eviction or oracle prefetch), which a "
                       "server does not know; choose an online policy with --set");

@@ -22,14 +22,38 @@ ApiError invalid(const std::string& param, const std::string& message, int statu
 
 const char* typeName(const json& v) { return v.type_name(); }
 
-// Token ids from a JSON array; the error names `field`.
+ApiError noTokenizer(const std::string& field, const ModelInfo& model) {
+  return invalid(field, field + ": text needs a tokenizer, and model '" + model.name +
+                            "' has none (serve --tokenizer NAME=FOLDER, or a --checkpoint folder with tokenizer.json); "
+                            "send token ids (a list of integers)",
+                 400, "tokenizer_unavailable");
+}
+
+// Ids of `text` by the model's tokenizer, each checked against the model's vocabulary.
+std::optional<ApiError> encodeText(const std::string& text, const std::string& field, const ModelInfo& model,
+                                   bool add_special_tokens, std::vector<std::int32_t>& out) {
+  if (!model.text) return noTokenizer(field, model);
+  std::vector<std::int32_t> ids;
+  try {
+    ids = model.text->tokenizer.encode(text, add_special_tokens);
+  } catch (const std::exception& e) {
+    return invalid(field, field + ": " + e.what());
+  }
+  if (ids.empty()) return invalid(field, field + ": the text gives no tokens");
+  for (std::int32_t id : ids) {
+    if (id < 0 || id >= model.vocab) {
+      return invalid(field, field + ": the tokenizer gave id " + std::to_string(id) + ", outside the vocabulary of model '" +
+                                model.name + "' (0.." + std::to_string(model.vocab - 1) + ")");
+    }
+  }
+  out.insert(out.end(), ids.begin(), ids.end());
+  return std::nullopt;
+}
+
+// Token ids from a JSON array, or a text by the model's tokenizer; the error names `field`.
 std::optional<ApiError> readTokenIds(const json& v, const std::string& field, const ModelInfo& model,
                                      std::vector<std::int32_t>& out) {
-  if (v.is_string()) {
-    return invalid(field, field + ": text prompts need a tokenizer, and none is loaded for model '" + model.name +
-                              "' yet; send token ids (a list of integers)",
-                   400, "tokenizer_unavailable");
-  }
+  if (v.is_string()) return encodeText(v.get<std::string>(), field, model, true, out);
   if (!v.is_array()) return invalid(field, field + ": expected a list of token ids, got " + typeName(v));
   if (v.empty()) return invalid(field, field + ": the list of token ids is empty");
   for (std::size_t i = 0; i < v.size(); ++i) {
@@ -119,6 +143,8 @@ ParsedCompletion parseCompletion(const std::string& body, bool chat, const std::
       return out;
     }
     const json& msgs = doc["messages"];
+    bool chat_text = false;
+    std::vector<text::ChatMessage> conversation;
     if (!msgs.is_array() || msgs.empty()) {
       out.error = invalid("messages", "messages: expected a non-empty list of messages");
       return out;
@@ -150,7 +176,54 @@ ParsedCompletion parseCompletion(const std::string& body, bool chat, const std::
         out.error = invalid(at + ".content", at + ".content: required");
         return out;
       }
-      if (auto e = readTokenIds(msg["content"], at + ".content", *model, r.prompt)) {
+      // Content: text (a string, or a list of {"type": "text", "text": ...} parts) rendered with
+      // the chat template, or token ids (a list of integers) concatenated as given.
+      const json& content = msg["content"];
+      std::optional<std::string> text;
+      if (content.is_string()) {
+        text = content.get<std::string>();
+      } else if (content.is_array() && !content.empty() && content[0].is_object()) {
+        std::string joined;
+        for (std::size_t k = 0; k < content.size(); ++k) {
+          const json& part = content[k];
+          const std::string pat = at + ".content[" + std::to_string(k) + "]";
+          if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+              !part["text"].is_string()) {
+            out.error = invalid(pat, pat + ": expected {\"type\": \"text\", \"text\": STRING} (only text parts are supported)");
+            return out;
+          }
+          joined += part["text"].get<std::string>();
+        }
+        text = joined;
+      }
+      const bool as_text = text.has_value();
+      if (i == 0) chat_text = as_text;
+      if (as_text != chat_text) {
+        out.error = invalid(at + ".content", at + ".content: every message must be text, or every message token ids; not both");
+        return out;
+      }
+      if (as_text) {
+        if (!model->text) {
+          out.error = noTokenizer(at + ".content", *model);
+          return out;
+        }
+        conversation.push_back({role, *text});
+      } else if (auto e = readTokenIds(content, at + ".content", *model, r.prompt)) {
+        out.error = *e;
+        return out;
+      }
+    }
+    if (chat_text) {
+      std::string rendered;
+      try {
+        rendered = text::renderChat(model->text->chat_template, conversation, model->text->special);
+      } catch (const std::exception& e) {
+        out.error = invalid("messages", std::string("messages: the chat template refused them: ") + e.what(), 400,
+                            "chat_template_error");
+        return out;
+      }
+      // A model's own template writes its special tokens (BOS) itself; the plain one does not.
+      if (auto e = encodeText(rendered, "messages", *model, !model->text->chat_template.has_value(), r.prompt)) {
         out.error = *e;
         return out;
       }
@@ -267,9 +340,29 @@ ParsedCompletion parseCompletion(const std::string& body, bool chat, const std::
     }
     r.seed = static_cast<std::uint64_t>(doc["seed"].get<std::int64_t>());
   }
-  if (doc.contains("stop") && !doc["stop"].is_null() && !doc["stop"].is_string() && !doc["stop"].is_array()) {
-    out.error = invalid("stop", std::string("stop: expected a string or a list of strings, got ") + typeName(doc["stop"]));
-    return out;
+  if (doc.contains("stop") && !doc["stop"].is_null()) {
+    const json& v = doc["stop"];
+    if (!v.is_string() && !v.is_array()) {
+      out.error = invalid("stop", std::string("stop: expected a string or a list of strings, got ") + typeName(v));
+      return out;
+    }
+    const json list = v.is_string() ? json::array({v}) : v;
+    if (list.size() > 4) {
+      out.error = invalid("stop", "stop: at most 4 stop strings");
+      return out;
+    }
+    for (std::size_t k = 0; k < list.size(); ++k) {
+      const std::string at = "stop[" + std::to_string(k) + "]";
+      if (!list[k].is_string() || list[k].get<std::string>().empty()) {
+        out.error = invalid("stop", at + ": expected a non-empty string");
+        return out;
+      }
+      r.stop.push_back(list[k].get<std::string>());
+    }
+    if (!r.stop.empty() && !model->text) {
+      out.error = noTokenizer("stop", *model);
+      return out;
+    }
   }
   if (doc.contains("n") && !doc["n"].is_null()) {
     if (!doc["n"].is_number_integer() || doc["n"].get<std::int64_t>() != 1) {
@@ -304,14 +397,15 @@ json usageJson(const CompletionRequest& request, int completion_tokens) {
 }
 }  // namespace
 
-// Outputs carry token ids (vLLM's `token_ids`); text is empty until a tokenizer decodes them.
+// Outputs carry token ids (vLLM's `token_ids`) and, where the model has a tokenizer, their text.
 json completionResponse(const CompletionRequest& request, const std::string& id, const std::string& model,
-                        std::int64_t created, const std::vector<std::int32_t>& tokens, const std::string& finish_reason) {
+                        std::int64_t created, const std::vector<std::int32_t>& tokens, const std::string& finish_reason,
+                        const std::string& text) {
   json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
   if (request.chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", ""}, {"token_ids", tokens}};
+    choice["message"] = {{"role", "assistant"}, {"content", text}, {"token_ids", tokens}};
   } else {
-    choice["text"] = "";
+    choice["text"] = text;
     choice["token_ids"] = tokens;
   }
   return {{"id", id},
@@ -324,12 +418,12 @@ json completionResponse(const CompletionRequest& request, const std::string& id,
 
 json completionChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
                      std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish,
-                     const std::string& finish_reason) {
+                     const std::string& finish_reason, const std::string& text) {
   json choice = {{"index", 0}, {"finish_reason", finish ? json(finish_reason) : json(nullptr)}, {"logprobs", nullptr}};
   if (request.chat) {
-    choice["delta"] = {{"content", ""}, {"token_ids", tokens}};
+    choice["delta"] = {{"content", text}, {"token_ids", tokens}};
   } else {
-    choice["text"] = "";
+    choice["text"] = text;
     choice["token_ids"] = tokens;
   }
   return {{"id", id},
@@ -347,6 +441,64 @@ json usageChunk(const CompletionRequest& request, const std::string& id, const s
           {"model", model},
           {"choices", json::array()},
           {"usage", usageJson(request, completion_tokens)}};
+}
+
+std::shared_ptr<const TextModel> loadTextModel(const std::string& folder) {
+  auto model = std::make_shared<TextModel>(TextModel{text::loadTokenizerFolder(folder), std::nullopt, {}, folder});
+  try {
+    if (auto source = text::findChatTemplate(folder)) model->chat_template = text::ChatTemplate::parse(*source);
+    model->special = text::findSpecialTokens(folder);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ConfigError(folder + ": chat template: " + e.what());
+  }
+  return model;
+}
+
+OutputText::OutputText(std::shared_ptr<const TextModel> text, std::vector<std::string> stop)
+    : text_(std::move(text)), stop_(std::move(stop)) {
+  if (text_) decoder_.emplace(text_->tokenizer);
+}
+
+std::string OutputText::push(std::int32_t id) {
+  if (!text_ || stopped_) return "";
+  pending_ += decoder_->push(id);
+  std::size_t cut = std::string::npos;
+  for (const auto& s : stop_) cut = std::min(cut, pending_.find(s));
+  if (cut != std::string::npos) {
+    stopped_ = true;
+    std::string out = pending_.substr(0, cut);
+    pending_.clear();
+    return out;
+  }
+  // Hold back the longest tail that could still begin a stop string.
+  std::size_t hold = 0;
+  for (const auto& s : stop_) {
+    for (std::size_t n = std::min(s.size() - 1, pending_.size()); n > hold; --n) {
+      if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string OutputText::finish() {
+  if (!text_ || stopped_) return "";
+  pending_ += decoder_->finish();
+  std::size_t cut = std::string::npos;
+  for (const auto& s : stop_) cut = std::min(cut, pending_.find(s));
+  if (cut != std::string::npos) {
+    stopped_ = true;
+    pending_.resize(cut);
+  }
+  std::string out;
+  out.swap(pending_);
+  return out;
 }
 
 }  // namespace computron::server

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/deployment.h"
+#include "common/text/chat_template.h"
+#include "common/text/tokenizer.h"
 #include "common/types.h"
 
 namespace computron::server {
@@ -25,17 +28,30 @@ struct ApiError {
 };
 std::string errorBody(const ApiError& error);
 
+// A model's text side, read from its folder: the tokenizer (tokenizer.json), its chat template
+// (absent: the documented plain template) and the special tokens the template uses.
+struct TextModel {
+  text::Tokenizer tokenizer;
+  std::optional<text::ChatTemplate> chat_template;
+  text::SpecialTokens special;
+  std::string folder;
+};
+// Reads `folder` (tokenizer.json, tokenizer_config.json, chat_template.jinja); ConfigError naming
+// the file on anything malformed.
+std::shared_ptr<const TextModel> loadTextModel(const std::string& folder);
+
 // What the server knows of a model to check a request against it.
 struct ModelInfo {
   std::string name;
   int vocab = 0;
   int max_positions = 0;  // prompt + output tokens at most this many (0: no limit)
+  std::shared_ptr<const TextModel> text;  // null: token ids only
 };
 
 struct CompletionRequest {
   bool chat = false;
   ModelId model = 0;
-  std::vector<std::int32_t> prompt;  // token ids (chat: the messages' ids, concatenated)
+  std::vector<std::int32_t> prompt;  // token ids (text: tokenized; chat: rendered with the template, then tokenized)
   int max_tokens = 16;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
@@ -45,6 +61,7 @@ struct CompletionRequest {
   int top_k = 0;                            // vLLM's extension; 0: no limit
   std::vector<std::int32_t> stop_token_ids;  // vLLM's extension: sampling one ends the request
   bool ignore_eos = false;                   // vLLM's extension: do not stop at the model's end-of-sequence id
+  std::vector<std::string> stop;             // text that ends the output (not included); needs a tokenizer
 };
 
 struct ParsedCompletion {
@@ -65,14 +82,35 @@ struct Usage {
   int completion_tokens = 0;
 };
 
-// Whole (non-streamed) response.
+// Whole (non-streamed) response; `text` is the decoded output ("" without a tokenizer).
 nlohmann::json completionResponse(const CompletionRequest& request, const std::string& id, const std::string& model,
                                   std::int64_t created, const std::vector<std::int32_t>& tokens,
-                                  const std::string& finish_reason = "length");
-// One server-sent event chunk carrying `tokens` (finish: the last one, with finish_reason).
+                                  const std::string& finish_reason = "length", const std::string& text = "");
+// One server-sent event chunk carrying `tokens` and their `text` (finish: the last one, with
+// finish_reason).
 nlohmann::json completionChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
                                std::int64_t created, const std::vector<std::int32_t>& tokens, bool finish,
-                               const std::string& finish_reason = "length");
+                               const std::string& finish_reason = "length", const std::string& text = "");
+
+// The output text of a request as tokens arrive: decodes incrementally and ends it at the first
+// of the request's stop strings (the stop string itself is not part of the output).
+class OutputText {
+ public:
+  OutputText(std::shared_ptr<const TextModel> text, std::vector<std::string> stop);
+  // The text `id` adds that is certain not to be part of a stop string; sets stopped().
+  std::string push(std::int32_t id);
+  // What is held back, at the end of the output (empty once stopped).
+  std::string finish();
+  bool stopped() const { return stopped_; }
+  bool enabled() const { return text_ != nullptr; }
+
+ private:
+  std::shared_ptr<const TextModel> text_;
+  std::optional<text::StreamDecoder> decoder_;
+  std::vector<std::string> stop_;
+  std::string pending_;  // decoded, not yet released: may be the start of a stop string
+  bool stopped_ = false;
+};
 // The usage-only chunk sent last when stream_options.include_usage is set.
 nlohmann::json usageChunk(const CompletionRequest& request, const std::string& id, const std::string& model,
                           std::int64_t created, int completion_tokens);

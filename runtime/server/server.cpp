@@ -4,7 +4,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <iostream>
 #include <atomic>
 #include <deque>
 #include <chrono>
@@ -32,7 +37,28 @@ bool isHttpParseError(const beast::error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_method).category();
 }
 
+double millisSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
 }  // namespace
+
+std::string raiseOpenFileLimit(std::size_t wanted) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return "cannot read the open-file limit (RLIMIT_NOFILE)";
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  // Beyond the connections: the listener, the engine's and the log's descriptors.
+  const std::size_t needed = wanted + 64;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed)
+    return "the open-file limit is " + std::to_string(limit.rlim_cur) + " (hard limit " + std::to_string(limit.rlim_max) +
+           "), below the " + std::to_string(needed) + " that " + std::to_string(wanted) +
+           " connections need: connections beyond it fail to be accepted";
+  return "";
+}
 
 class Session;
 
@@ -51,11 +77,16 @@ class HttpServer::Impl {
   std::uint64_t nextCompletionNumber() { return ++completions_; }
   // Routes one request; called on the session's strand.
   void route(const std::shared_ptr<Session>& session, http::request<http::string_body>& req);
+  void connectionClosed() { --open_connections_; }
 
  private:
   void accept();
+  // Over --max-connections: 503 and close, without a session (nothing of it can hang).
+  void refuseConnection(tcp::socket socket);
   json modelJson(std::size_t m, const ModelStatus& status) const;
 
+  // First, so that it outlives the sessions that the io_context may still hold when it goes.
+  std::atomic<int> open_connections_{0};
   ServerOptions options_;
   std::vector<ModelInfo> models_;
   ServingLoop loop_;
@@ -74,7 +105,8 @@ class HttpServer::Impl {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, HttpServer::Impl& server)
-      : strand_(socket.get_executor()), stream_(std::move(socket)), server_(server) {}
+      : strand_(socket.get_executor()), stream_(std::move(socket)), server_(server), request_timer_(strand_) {}
+  ~Session() { server_.connectionClosed(); }
 
   void start() {
     net::dispatch(strand_, [self = shared_from_this()] { self->readRequest(); });
@@ -117,6 +149,8 @@ class Session : public std::enable_shared_from_this<Session> {
     completion_id_ = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(server_.nextCompletionNumber());
     created_ = static_cast<std::int64_t>(std::time(nullptr));
     collected_.clear();
+    collected_text_.clear();
+    output_.emplace(model.text, request_.stop);
     sent_ = 0;
     std::vector<std::int32_t> tokens = placeholderTokens(request_, request_.max_tokens, model.vocab);
     std::weak_ptr<Session> weak = weak_from_this();
@@ -150,6 +184,13 @@ class Session : public std::enable_shared_from_this<Session> {
         break;
     }
     request_open_ = true;
+    accepted_at_ = std::chrono::steady_clock::now();
+    if (const int limit = server_.options().request_timeout_s; limit > 0) {
+      request_timer_.expires_after(std::chrono::seconds(limit));
+      request_timer_.async_wait([self = shared_from_this(), ticket = ticket_](beast::error_code ec) {
+        if (!ec) self->onRequestTimeout(ticket);
+      });
+    }
     if (request_.stream) {
       server_.loop().countHttpResponse(200);
       std::string head = "HTTP/1.1 200 OK\r\nServer: computron\r\nContent-Type: text/event-stream\r\n"
@@ -230,29 +271,71 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec) close();  // the client went away: close() cancels its request
   }
 
+  // --request-timeout-s: the request is cancelled in the engine (counted `cancelled`) and answered
+  // 504, or its stream ends with the error event and [DONE].
+  void onRequestTimeout(std::uint64_t ticket) {
+    if (!request_open_ || closed_ || ticket != ticket_) return;
+    request_open_ = false;
+    server_.loop().cancel(ticket_);
+    ApiError e;
+    e.status = 504;
+    e.type = "timeout";
+    e.code = "request_timeout";
+    e.message = "the request did not finish within " + std::to_string(server_.options().request_timeout_s) +
+                " s (--request-timeout-s); it was cancelled";
+    if (request_.stream) {
+      server_.loop().countHttpResponse(504);
+      sendEvent(errorBody(e));
+      endStream();
+    } else {
+      respondError(e);
+    }
+  }
+
+  // The server's own time for the request: accepted (read and checked) to its last token written
+  // out, in ms; clients subtract it from what they measure (docs/serving.md).
+  json timing() const { return {{"latency_ms", std::round(millisSince(accepted_at_) * 1000) / 1000}}; }
+
   void onStreamEvent(StreamEvent ev) {
     if (!request_open_ || closed_) return;
+    if (ev.kind != StreamEvent::Kind::kTokens) request_timer_.cancel();
     const std::string& model = server_.models()[static_cast<std::size_t>(request_.model)].name;
     switch (ev.kind) {
       case StreamEvent::Kind::kTokens:
         for (std::int32_t t : ev.tokens) {
           ++sent_;
+          std::string piece = output_->push(t);
+          const bool stopped = output_->stopped();  // a stop string: the output ends here
+          const bool last = stopped || sent_ == request_.max_tokens;
+          if (last && !stopped) piece += output_->finish();
           if (request_.stream) {
-            const bool last = sent_ == request_.max_tokens;
-            sendEvent(completionChunk(request_, completion_id_, model, created_, {t}, last).dump());
+            json chunk = completionChunk(request_, completion_id_, model, created_, {t}, last, stopped ? "stop" : "length", piece);
+            if (last) chunk["computron"] = timing();
+            sendEvent(chunk.dump());
           } else {
             collected_.push_back(t);
+            collected_text_ += piece;
+          }
+          if (stopped) {
+            // The rest of the request's tokens are dropped (it counts as served); answered now.
+            request_timer_.cancel();
+            request_open_ = false;
+            server_.loop().cancel(ticket_, true);
+            finishResponse(model, "stop");
+            return;
           }
         }
         return;
       case StreamEvent::Kind::kDone:
         request_open_ = false;
         if (request_.stream) {
-          if (request_.include_usage) sendEvent(usageChunk(request_, completion_id_, model, created_, sent_).dump());
-          endStream();
+          // Ended before max_tokens (a stop id): the finish reason goes in a chunk of its own.
+          if (sent_ < request_.max_tokens)
+            sendEvent(completionChunk(request_, completion_id_, model, created_, {}, true, ev.finish_reason, output_->finish()).dump());
         } else {
-          respond(200, completionResponse(request_, completion_id_, model, created_, collected_).dump());
+          collected_text_ += output_->finish();
         }
+        finishResponse(model, ev.finish_reason.empty() ? "length" : ev.finish_reason);
         return;
       case StreamEvent::Kind::kError:
         request_open_ = false;
@@ -263,6 +346,18 @@ class Session : public std::enable_shared_from_this<Session> {
           respondError(ev.error);
         }
         return;
+    }
+  }
+
+  // The end of a served request: the usage chunk and [DONE], or the whole response.
+  void finishResponse(const std::string& model, const std::string& finish_reason) {
+    if (request_.stream) {
+      if (request_.include_usage) sendEvent(usageChunk(request_, completion_id_, model, created_, sent_).dump());
+      endStream();
+    } else {
+      json body = completionResponse(request_, completion_id_, model, created_, collected_, finish_reason, collected_text_);
+      body["computron"] = timing();
+      respond(200, body.dump());
     }
   }
 
@@ -346,6 +441,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void close() {
     if (closed_) return;
     closed_ = true;
+    request_timer_.cancel();
     if (request_open_) {
       request_open_ = false;
       server_.loop().cancel(ticket_);
@@ -379,12 +475,24 @@ class Session : public std::enable_shared_from_this<Session> {
   std::int64_t created_ = 0;
   int sent_ = 0;
   std::vector<std::int32_t> collected_;
+  std::string collected_text_;
+  std::optional<OutputText> output_;  // the output's text (empty without a tokenizer) and stop strings
+  std::chrono::steady_clock::time_point accepted_at_;
+  net::steady_timer request_timer_;  // --request-timeout-s
 };
 
 HttpServer::Impl::Impl(EngineConfig config, runtime::RealBackend& backend, ServerOptions options)
     : options_(std::move(options)), loop_(config, backend, options_.loop), acceptor_(ioc_), signals_(ioc_) {
+  if (const std::string warning = raiseOpenFileLimit(static_cast<std::size_t>(std::max(0, options_.max_connections)));
+      !warning.empty())
+    std::cerr << "serve: " << warning << "\n";
   for (const ModelDeployment& d : config.models) {
-    models_.push_back(ModelInfo{d.name, d.spec.vocab, d.spec.max_positions});
+    // Real execution sizes each request's KV cache to --max-context: a longer request is refused here.
+    const int limit = options_.loop.max_context > 0 && (d.spec.max_positions <= 0 || options_.loop.max_context < d.spec.max_positions)
+                          ? options_.loop.max_context
+                          : d.spec.max_positions;
+    auto text = options_.text.find(d.name);
+    models_.push_back(ModelInfo{d.name, d.spec.vocab, limit, text == options_.text.end() ? nullptr : text->second});
   }
   beast::error_code ec;
   const auto address = net::ip::make_address(options_.host, ec);
@@ -408,6 +516,12 @@ void HttpServer::Impl::accept() {
       accept();  // a failed accept (out of descriptors...) does not stop the server
       return;
     }
+    if (open_connections_.load() >= options_.max_connections) {
+      refuseConnection(std::move(socket));
+      accept();
+      return;
+    }
+    ++open_connections_;
     auto session = std::make_shared<Session>(std::move(socket), *this);
     {
       std::lock_guard<std::mutex> lock(sessions_mutex_);
@@ -419,8 +533,53 @@ void HttpServer::Impl::accept() {
   });
 }
 
+void HttpServer::Impl::refuseConnection(tcp::socket socket) {
+  ApiError e;
+  e.status = 503;
+  e.type = "server_unavailable";
+  e.code = "too_many_connections";
+  e.message = "the server has " + std::to_string(options_.max_connections) +
+              " connections open (--max-connections); retry later";
+  const std::string body = errorBody(e);
+  struct Refusal {
+    beast::tcp_stream stream;
+    std::string text;
+    std::array<char, 1024> sink{};
+  };
+  auto r = std::make_shared<Refusal>(Refusal{beast::tcp_stream(std::move(socket)), {}});
+  r->text = "HTTP/1.1 503 Service Unavailable\r\nServer: computron\r\nContent-Type: application/json\r\n"
+            "Retry-After: 1\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  loop_.countHttpResponse(503);
+  // Written, half-closed, then whatever the client sent is read and dropped (so that it reads the
+  // 503 rather than a reset) until it closes or 2 s pass: bounded either way.
+  r->stream.expires_after(std::chrono::seconds(2));
+  net::async_write(r->stream, net::buffer(r->text), [r](beast::error_code ec, std::size_t) {
+    beast::error_code ignored;
+    if (ec) {
+      r->stream.socket().close(ignored);
+      return;
+    }
+    r->stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    auto drain = std::make_shared<std::function<void()>>();
+    *drain = [r, drain] {
+      r->stream.async_read_some(net::buffer(r->sink), [r, drain](beast::error_code ec2, std::size_t) {
+        if (ec2) {
+          beast::error_code ignored2;
+          r->stream.socket().close(ignored2);
+          *drain = nullptr;  // breaks the cycle
+          return;
+        }
+        (*drain)();
+      });
+    };
+    (*drain)();
+  });
+}
+
 void HttpServer::Impl::run() {
   accept();
+  // Pinned models load at start (an internal request each; the engine's first pass loads them all).
+  for (ModelId m : loop_.config().policy.pinned) loop_.requestLoad(m);
   if (options_.handle_signals) {
     signals_.add(SIGINT);
     signals_.add(SIGTERM);
@@ -472,10 +631,14 @@ json HttpServer::Impl::modelJson(std::size_t m, const ModelStatus& status) const
           {"pp", d.pp},
           {"parallelism", std::to_string(d.tp) + "x" + std::to_string(d.pp)},
           {"gpus", d.gpus},
-          {"max_model_len", d.spec.max_positions},
+          {"max_model_len", models_[m].max_positions},
+          {"tokenizer", models_[m].text ? json(models_[m].text->folder) : json(nullptr)},
+          {"chat_template", models_[m].text && models_[m].text->chat_template ? "model" : (models_[m].text ? "plain" : "none")},
           {"queued", status.queued},
           {"pending", status.pending},
-          {"loads", status.loads}};
+          {"loads", status.loads},
+          {"pinned", std::find(loop_.config().policy.pinned.begin(), loop_.config().policy.pinned.end(),
+                               static_cast<ModelId>(m)) != loop_.config().policy.pinned.end()}};
 }
 
 void HttpServer::Impl::route(const std::shared_ptr<Session>& session, http::request<http::string_body>& req) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -21,9 +22,22 @@ struct ServerOptions {
   std::size_t max_body_bytes = 1 << 20;
   int http_threads = 2;
   int idle_timeout_s = 60;     // a connection that sends no request this long is closed
+  // Open connections at most; one more is answered 503 (`Retry-After: 1`) and closed at once.
+  int max_connections = 2048;
+  // A completion not finished this long after it was accepted is cancelled (ServingLoop::cancel)
+  // and answered 504, or for a stream ended with an error event and [DONE]. 0: no limit.
+  int request_timeout_s = 600;
   bool handle_signals = false; // SIGINT / SIGTERM drain the server (the command line sets it)
   LoopOptions loop;
+  // Tokenizers and chat templates by model name (serve --tokenizer, or a --checkpoint folder with
+  // tokenizer.json); a model without one takes token ids only.
+  std::map<std::string, std::shared_ptr<const TextModel>> text;
 };
+
+// Raises this process' soft limit on open files (RLIMIT_NOFILE) to its hard limit, as a server of
+// `wanted` connections needs one descriptor each. Returns a line to log when the limit stays below
+// `wanted`, else an empty string. `computron serve` and `bench serve` call it at start.
+std::string raiseOpenFileLimit(std::size_t wanted);
 
 class HttpServer {
  public:

@@ -50,7 +50,7 @@ ServingLoop::Submit ServingLoop::submit(CompletionRequest request, std::vector<s
   Incoming in;
   in.request.model = request.model;
   in.request.prompt_tokens = static_cast<std::int32_t>(request.prompt.size());
-  in.request.output_tokens = static_cast<std::int32_t>(tokens.size());
+  in.request.output_tokens = static_cast<std::int32_t>(request.max_tokens);
   in.tokens = std::move(tokens);
   in.emit = std::move(emit);
   if (options_.tokens) {
@@ -93,10 +93,10 @@ std::future<std::optional<std::string>> ServingLoop::requestEvict(ModelId model)
   return future;
 }
 
-void ServingLoop::cancel(std::uint64_t ticket) {
+void ServingLoop::cancel(std::uint64_t ticket, bool served) {
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
-    cancelled_.push_back(ticket);
+    cancelled_.emplace_back(ticket, served);
   }
   backend_.wakeDispatch();
 }
@@ -184,7 +184,7 @@ void ServingLoop::onRequestDone(const RequestRecord& record) {
   if (options_.tokens) options_.tokens->erase(record.request.id);
   if (!a.emit) ++answered_internal_;
   std::string outcome = record.ok ? "ok" : (record.rejected ? "rejected" : "error");
-  if (a.cancelled) outcome = "cancelled";
+  if (a.cancelled && !(a.served && record.ok)) outcome = "cancelled";
   if (a.emit) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     ModelMetrics& m = metrics_[static_cast<std::size_t>(a.model)];
@@ -272,7 +272,7 @@ void ServingLoop::run() {
   Engine engine(config_, timed, clock, this);
   runtime::EngineListener listener(engine);
   std::deque<Incoming> incoming;
-  std::vector<std::uint64_t> cancelled;
+  std::vector<std::pair<std::uint64_t, bool>> cancelled;
   std::vector<std::pair<ModelId, std::promise<std::optional<std::string>>>> evicts;
   publish(engine);
   for (;;) {
@@ -285,7 +285,7 @@ void ServingLoop::run() {
       drained = draining_.load() && incoming.empty();
     }
     // A cancel finds its request in this batch of the inbox, or already in the engine.
-    for (std::uint64_t ticket : cancelled) {
+    for (const auto& [ticket, served] : cancelled) {
       const auto id = static_cast<RequestId>(ticket);
       bool found = false;
       for (auto& in : incoming) {
@@ -305,6 +305,7 @@ void ServingLoop::run() {
         auto it = active_.find(id);
         if (it != active_.end()) {
           it->second.cancelled = true;
+          it->second.served = served;
           // Still queued: it leaves the engine now (onRequestDone counts it cancelled); in a
           // batch already: it is served and nothing more is sent.
           engine.cancelQueued(it->second.model, id);

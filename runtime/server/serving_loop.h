@@ -81,7 +81,9 @@ class ServingLoop final : public EngineObserver {
   // Any thread: the owner has gone. A request still in the inbox never reaches the engine; one
   // queued in the engine leaves its queue (Engine::cancelQueued); one already in a batch is
   // served, but nothing more is emitted.
-  void cancel(std::uint64_t ticket);
+  // served: the owner ended the request itself (a stop string) and it counts as `ok`, not
+  // `cancelled`.
+  void cancel(std::uint64_t ticket, bool served = false);
   // Any thread: an internal one-token request that makes the model resident (admin load).
   Submit requestLoad(ModelId model);
   // Any thread: asks the engine to evict the model now (admin evict). The future holds nothing
@@ -120,6 +122,7 @@ class ServingLoop final : public EngineObserver {
     std::size_t sent = 0;
     EmitFn emit;
     bool cancelled = false;
+    bool served = false;    // cancelled by its owner after it got what it wanted (counted ok)
     bool real = false;      // tokens come from the TokenChannel
     bool stopped = false;   // real: a stop id was delivered; nothing more is sent
     int max_tokens = 0;
@@ -146,7 +149,7 @@ class ServingLoop final : public EngineObserver {
   mutable std::mutex inbox_mutex_;  // inbox_, pending_, cancelled_, next_id_
   std::deque<Incoming> inbox_;
   std::vector<std::int64_t> pending_;       // per model
-  std::vector<std::uint64_t> cancelled_;    // tickets cancelled, for the engine's thread
+  std::vector<std::pair<std::uint64_t, bool>> cancelled_;  // (ticket, served), for the engine's thread
   std::vector<std::pair<ModelId, std::promise<std::optional<std::string>>>> evicts_;  // admin evicts
   RequestId next_id_ = 1;
 

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `computron serve` on GPUs, one call (2 x H200: device kind nvidia-h200-x2). Carried binary:
+# PREBUILT=dir holding computron built with -DCOMPUTRON_STATIC_BOOST=ON (the runtime linked in).
+#
+#   1. machine
+#   2. tokenizer fixtures: scripts/make_tokenizer_fixtures.py with the `tokenizers` library
+#      (tokenizer.json files of the OPT, Llama 3 and Llama 2 kinds, and the ids it gives for a
+#      fixed list of strings) -> $OUT/tokenizers; `computron tokenize` on the same files beside it
+#      when the build has it
+#   3. real tokens: a small OPT checkpoint (scripts/hf_reference.py make), served with real
+#      execution; scripts/serve_reference.py compares greedy ids (plain and streamed) with
+#      transformers fp32, checks seeded sampling repeats and stop_token_ids
+#   4. serve against replay: SERVE_SCENARIO (default the 3-model OPT-13B TP 2, CV 1, 32-token
+#      fidelity case) replayed with `computron replay`, then served by `computron serve` and
+#      driven by `computron bench serve` at the same arrival times; `computron compare` of the two
+#
+# Usage: PREBUILT=dir scripts/serve-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./serve-out)
+# Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIO.
+set -u
+NAME=serve
+# shellcheck source=scripts/device-common.sh
+source "$(dirname "$0")/device-common.sh"
+HOSTMEM=${HOSTMEM_GIB:-200}
+STEP_TIMEOUT=${STEP_TIMEOUT_S:-300}
+SCEN=${SERVE_SCENARIO:-scenarios/fidelity/fidelity-3m-cv1-32tok-computron.json}
+WORK=/tmp/serve-check
+rm -rf "$WORK"; mkdir -p "$WORK"
+SUMMARY=()
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+note() { SUMMARY+=("$1"); echo "--- $1"; }
+
+# Starts `computron serve` in the background on a free port; sets SERVE_PID and URL.
+start_server() {
+  local log=$1; shift
+  "$BIN" serve "$@" --port 0 --device cuda --host-memory-gib "$HOSTMEM" > "$log.out" 2> "$log.err" &
+  SERVE_PID=$!
+  URL=""
+  for _ in $(seq 1 600); do
+    URL=$(grep -o 'http://[0-9.]*:[0-9]*' "$log.out" 2>/dev/null | head -1)
+    [ -n "$URL" ] && break
+    kill -0 $SERVE_PID 2>/dev/null || break
+    sleep 0.5
+  done
+  for _ in $(seq 1 100); do
+    curl -sf "$URL/health" > /dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "serve did not come up:"; cat "$log.out" "$log.err"
+  return 1
+}
+stop_server() {
+  kill -INT "$SERVE_PID" 2>/dev/null
+  for _ in $(seq 1 120); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$SERVE_PID" 2>/dev/null
+  wait "$SERVE_PID" 2>/dev/null
+  echo "serve exit: $?"
+}
+
+{
+step machine
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv || echo "nvidia-smi failed"
+echo "cores: $(nproc)"; free -g | head -2
+git rev-parse --short HEAD 2>/dev/null || true
+
+step "tokenizer fixtures (HF tokenizers)"
+if [ -f scripts/make_tokenizer_fixtures.py ]; then
+  if timeout "$STEP_TIMEOUT" python3 scripts/make_tokenizer_fixtures.py "$OUTDIR/tokenizers"; then
+    note "ok      tokenizer fixtures in $OUTDIR/tokenizers"
+  else
+    note "FAILED  tokenizer fixtures"
+  fi
+else
+  note "skipped tokenizer fixtures (no scripts/make_tokenizer_fixtures.py)"
+fi
+
+step "real tokens against transformers"
+python3 scripts/hf_reference.py make --arch opt --layers 4 --hidden 1024 --heads 16 --kv-heads 16 --ffn 4096 \
+  --vocab 32000 --out "$WORK/opt4" --seed 3 > "$OUTDIR/make-opt4.log" 2>&1 || echo "make failed: $(tail -3 "$OUTDIR/make-opt4.log")"
+if start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" \
+     --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1'; then
+  if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
+       > "$OUTDIR/serve-reference.log" 2>&1; then
+    note "ok      real tokens: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-reference.log") checks"
+  else
+    note "FAILED  real tokens: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/serve-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/serve-reference.log") checks failed"
+  fi
+  cat "$OUTDIR/serve-reference.log" | tail -30
+  curl -s "$URL/metrics" | grep -E "^computron_(requests_total|generation_tokens_total)" | head -8
+  stop_server
+else
+  note "FAILED  real tokens: server did not start"
+fi
+
+step "serve against replay: $SCEN"
+base=$(basename "$SCEN" .json)
+if timeout "$STEP_TIMEOUT" "$BIN" replay "$SCEN" --device cuda --execution real --host-memory-gib "$HOSTMEM" \
+     -o "$WORK/replay" -q > "$OUTDIR/replay.log" 2>&1; then
+  note "ok      replay $base"
+else
+  note "FAILED  replay $base (exit $?): $(tail -2 "$OUTDIR/replay.log")"
+fi
+if start_server "$OUTDIR/serve-bench" "$SCEN" --execution real; then
+  if timeout "$STEP_TIMEOUT" "$BIN" bench serve --url "$URL" "$SCEN" --out "$WORK/bench-serve" > "$OUTDIR/bench-serve.log" 2>&1; then
+    note "ok      bench serve $base"
+  else
+    note "FAILED  bench serve $base: $(tail -2 "$OUTDIR/bench-serve.log")"
+  fi
+  curl -s "$URL/metrics" | grep -E "^computron_(requests_total|model_loads_total)" > "$OUTDIR/serve-metrics.txt"
+  stop_server
+fi
+r=$(ls -d "$WORK"/replay/*/ 2>/dev/null | head -1); b=$(ls -d "$WORK"/bench-serve/*/ 2>/dev/null | head -1)
+[ -z "$r" ] && r=$WORK/replay; [ -z "$b" ] && b=$WORK/bench-serve
+"$BIN" compare "$r" "$b" > "$OUTDIR/compare.txt" 2>&1; echo "compare exit $?"
+cat "$OUTDIR/compare.txt"
+tar czf "$OUTDIR/serve-runs.tar.gz" -C "$WORK" replay bench-serve 2>/dev/null
+
+step summary
+printf '%s\n' "${SUMMARY[@]}"
+} 2>&1 | tee "$LOG"
