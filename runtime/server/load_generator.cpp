@@ -13,6 +13,8 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -65,16 +67,25 @@ struct Outcome {
   RequestRecord record;
   int status = 0;
   std::int64_t tokens = 0;
+  std::int64_t done_events = 0;   // [DONE] events in the response
+  std::string completion_id;      // the response's "id"
+  Nanos server_latency = -1;      // computron.latency_ms of the last event, if any
 };
 
-// One streamed completion on its own connection. Lives on its strand; reports once through `report`.
-class Call : public std::enable_shared_from_this<Call> {
+class Connection;
+using Report = std::function<void(Outcome, const std::shared_ptr<Connection>&)>;
+
+// One connection, sending streamed completions one after another (keep-alive), or one only.
+// Lives on its strand; each request's outcome goes to `report` once, with the connection, which
+// is then ready for the next send() if `reusable()`.
+class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Call(net::io_context& ioc, const tcp::resolver::results_type& endpoints, Clock::time_point epoch,
-       std::function<void(Outcome)> report)
-      : stream_(net::make_strand(ioc)), endpoints_(endpoints), epoch_(epoch), report_(std::move(report)) {
+  Connection(net::io_context& ioc, const tcp::resolver::results_type& endpoints, Clock::time_point epoch,
+             const LoadTarget& target, bool keep_alive, Report report)
+      : stream_(net::make_strand(ioc)), endpoints_(endpoints), epoch_(epoch), target_(target),
+        keep_alive_(keep_alive), report_(std::move(report)) {
     // The parser keeps a reference to this callback; it captures `this`, not a shared pointer,
-    // so the call does not keep itself alive.
+    // so the connection does not keep itself alive.
     on_chunk_ = [this](std::uint64_t, beast::string_view data, beast::error_code&) -> std::size_t {
       events_.append(data.data(), data.size());
       scanEvents();
@@ -82,39 +93,58 @@ class Call : public std::enable_shared_from_this<Call> {
     };
   }
 
-  void start(const LoadTarget& target, const Request& request, const std::string& body, Nanos timeout) {
-    out_.record.request = request;
-    req_ = {http::verb::post, target.path_prefix + "/v1/completions", 11};
-    req_.set(http::field::host, target.host);
-    req_.set(http::field::content_type, "application/json");
-    req_.set(http::field::accept, "text/event-stream");
-    if (!target.api_key.empty()) req_.set(http::field::authorization, "Bearer " + target.api_key);
-    req_.keep_alive(false);
-    req_.body() = body;
-    req_.prepare_payload();
-    stream_.expires_after(std::chrono::nanoseconds(timeout));
-    out_.record.start = now();
-    stream_.async_connect(endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
-      if (ec) return self->fail("connect: " + ec.message());
-      http::async_write(self->stream_, self->req_, [self](beast::error_code ec2, std::size_t) {
-        if (ec2) return self->fail("write: " + ec2.message());
-        self->readHeader();
-      });
+  bool reusable() const { return keep_alive_ && connected_; }
+
+  // Any thread.
+  void send(const Request& request, std::string body, Nanos timeout) {
+    net::post(stream_.get_executor(), [self = shared_from_this(), request, body = std::move(body), timeout]() mutable {
+      self->begin(request, std::move(body), timeout);
     });
   }
 
  private:
   Nanos now() const { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch_).count(); }
 
+  void begin(const Request& request, std::string body, Nanos timeout) {
+    out_ = Outcome{};
+    out_.record.request = request;
+    events_.clear();
+    error_.clear();
+    req_ = {http::verb::post, target_.path_prefix + "/v1/completions", 11};
+    req_.set(http::field::host, target_.host);
+    req_.set(http::field::content_type, "application/json");
+    req_.set(http::field::accept, "text/event-stream");
+    if (!target_.api_key.empty()) req_.set(http::field::authorization, "Bearer " + target_.api_key);
+    req_.keep_alive(keep_alive_);
+    req_.body() = std::move(body);
+    req_.prepare_payload();
+    stream_.expires_after(std::chrono::nanoseconds(timeout));
+    out_.record.start = now();
+    if (connected_) return write();
+    stream_.async_connect(endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
+      if (ec) return self->fail("connect: " + ec.message());
+      self->connected_ = true;
+      self->write();
+    });
+  }
+
+  void write() {
+    http::async_write(stream_, req_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->fail("write: " + ec.message());
+      self->readHeader();
+    });
+  }
+
   void readHeader() {
-    parser_.body_limit(boost::none);
-    http::async_read_header(stream_, buffer_, parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+    parser_.emplace();
+    parser_->body_limit(boost::none);
+    http::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) return self->fail("read: " + ec.message());
-      self->out_.status = static_cast<int>(self->parser_.get().result_int());
-      self->parser_.on_chunk_body(self->on_chunk_);
-      http::async_read(self->stream_, self->buffer_, self->parser_, [self](beast::error_code ec2, std::size_t) {
+      self->out_.status = static_cast<int>(self->parser_->get().result_int());
+      self->parser_->on_chunk_body(self->on_chunk_);
+      http::async_read(self->stream_, self->buffer_, *self->parser_, [self](beast::error_code ec2, std::size_t) {
         if (ec2) return self->fail("read: " + ec2.message());
-        self->events_ += self->parser_.get().body();  // a body that was not chunked
+        self->events_ += self->parser_->get().body();  // a body that was not chunked
         self->scanEvents();
         self->finish();
       });
@@ -129,15 +159,19 @@ class Call : public std::enable_shared_from_this<Call> {
       if (event.rfind("data: ", 0) != 0) continue;
       event.erase(0, 6);
       if (event == "[DONE]") {
-        done_ = true;
+        ++out_.done_events;
         continue;
       }
       const json doc = json::parse(event, nullptr, false);
       if (!doc.is_object()) continue;
       if (doc.contains("error")) {
-        error_ = doc["error"].value("message", std::string("error event"));
+        error_ = doc["error"].is_object() ? doc["error"].value("message", std::string("error event")) : "error event";
         continue;
       }
+      if (doc.contains("id") && doc["id"].is_string()) out_.completion_id = doc["id"].get<std::string>();
+      if (doc.contains("computron") && doc["computron"].is_object() && doc["computron"].contains("latency_ms") &&
+          doc["computron"]["latency_ms"].is_number())
+        out_.server_latency = static_cast<Nanos>(doc["computron"]["latency_ms"].get<double>() * 1e6);
       std::int64_t tokens = 0;
       if (doc.contains("choices") && doc["choices"].is_array() && !doc["choices"].empty()) {
         const json& c = doc["choices"][0];
@@ -158,40 +192,51 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void finish() {
-    beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    const bool server_keeps = parser_->get().keep_alive();
+    if (!keep_alive_ || !server_keeps) close();
     if (out_.status != 200) {
-      const json doc = json::parse(parser_.get().body(), nullptr, false);
+      const json doc = json::parse(parser_->get().body(), nullptr, false);
       std::string message = "HTTP " + std::to_string(out_.status);
       if (doc.is_object() && doc.contains("error") && doc["error"].is_object())
         message += ": " + doc["error"].value("message", std::string());
-      return fail(message);
+      return fail(message, false);
     }
-    if (!error_.empty()) return fail(error_);
-    if (!done_) return fail("the stream ended without [DONE]");
-    if (out_.tokens == 0) return fail("no tokens");
+    if (!error_.empty()) return fail(error_, false);
+    if (out_.done_events == 0) return fail("the stream ended without [DONE]", false);
+    if (out_.tokens == 0) return fail("no tokens", false);
     out_.record.ok = true;
-    report_(std::move(out_));
+    report_(std::move(out_), shared_from_this());
   }
 
-  void fail(const std::string& error) {
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+    connected_ = false;
+  }
+
+  // `broken`: the connection is in an unknown state (a transport error): it is not reused.
+  void fail(const std::string& error, bool broken = true) {
+    if (broken) close();
     out_.record.ok = false;
     out_.record.error = error;
     out_.record.finish = now();
     if (out_.record.first_token == 0) out_.record.first_token = out_.record.finish;
-    report_(std::move(out_));
+    report_(std::move(out_), shared_from_this());
   }
 
   beast::tcp_stream stream_;
   tcp::resolver::results_type endpoints_;
   Clock::time_point epoch_;
-  std::function<void(Outcome)> report_;
+  const LoadTarget& target_;
+  bool keep_alive_ = false;
+  bool connected_ = false;
+  Report report_;
   http::request<http::string_body> req_;
   beast::flat_buffer buffer_;
   std::function<std::size_t(std::uint64_t, beast::string_view, beast::error_code&)> on_chunk_;
-  http::response_parser<http::string_body> parser_;
+  std::optional<http::response_parser<http::string_body>> parser_;
   std::string events_;
-  bool done_ = false;
   std::string error_;
   Outcome out_;
 };
@@ -206,14 +251,34 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
   const auto endpoints = resolver.resolve(target.host, std::to_string(target.port), ec);
   if (ec) throw ConfigError("cannot resolve '" + target.host + "': " + ec.message());
 
-  std::mutex mutex;
+  std::mutex mutex;  // finished, backlog, idle
   std::condition_variable cv;
   std::deque<Outcome> finished;
-  auto report = [&](Outcome o) {
+  struct Pending {
+    Request request;
+    std::string body;
+  };
+  std::deque<Pending> backlog;                    // due, waiting for a free pooled connection
+  std::vector<std::shared_ptr<Connection>> idle;  // pooled connections free to send
+  const bool pooled = options.connections > 0;
+  std::int64_t max_backlog = 0;
+  // On a connection's strand: the outcome goes to the main thread; a pooled connection takes the
+  // next waiting request, or waits in `idle` (a broken one reconnects on its next send).
+  Report report = [&](Outcome o, const std::shared_ptr<Connection>& conn) {
+    std::optional<Pending> next_pending;
     {
       std::lock_guard<std::mutex> lock(mutex);
       finished.push_back(std::move(o));
+      if (pooled) {
+        if (!backlog.empty()) {
+          next_pending = std::move(backlog.front());
+          backlog.pop_front();
+        } else {
+          idle.push_back(conn);
+        }
+      }
     }
+    if (next_pending) conn->send(next_pending->request, std::move(next_pending->body), options.time_limit);
     cv.notify_one();
   };
 
@@ -224,9 +289,18 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
   LoadStats stats;
   const Clock::time_point epoch = Clock::now();
   auto now = [&] { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count(); };
+  for (int i = 0; i < options.connections; ++i)
+    idle.push_back(std::make_shared<Connection>(ioc, endpoints, epoch, target, true, report));
   std::optional<Request> next = source.next();
   std::int64_t in_flight = 0;
-  std::string failure;
+  std::unordered_map<RequestId, int> outcomes;  // per request sent: outcomes seen
+  std::unordered_set<std::string> completion_ids;
+  auto stopThreads = [&] {
+    ioc.stop();
+    for (auto& th : threads) th.join();
+    std::lock_guard<std::mutex> lock(mutex);
+    idle.clear();  // the connections hold `report`, which refers to this frame
+  };
   try {
     for (;;) {
       if (!next && source.exhausted() && in_flight == 0) break;
@@ -247,8 +321,23 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
                            {"prompt", prompt},
                            {"max_tokens", std::max(1, r.output_tokens)},
                            {"stream", true}};
-        auto call = std::make_shared<Call>(ioc, endpoints, epoch, report);
-        call->start(target, r, body.dump(), options.time_limit);
+        if (!outcomes.emplace(r.id, 0).second) throw std::runtime_error("bench serve: request id " + std::to_string(r.id) + " sent twice");
+        if (pooled) {
+          std::shared_ptr<Connection> conn;
+          {
+            std::lock_guard<std::mutex> lock(mutex);
+            if (!idle.empty()) {
+              conn = std::move(idle.back());
+              idle.pop_back();
+            } else {
+              backlog.push_back(Pending{r, body.dump()});
+              max_backlog = std::max<std::int64_t>(max_backlog, static_cast<std::int64_t>(backlog.size()));
+            }
+          }
+          if (conn) conn->send(r, body.dump(), options.time_limit);
+        } else {
+          std::make_shared<Connection>(ioc, endpoints, epoch, target, false, report)->send(r, body.dump(), options.time_limit);
+        }
         ++stats.sent;
         ++in_flight;
         next = source.next();
@@ -262,21 +351,38 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
         batch.swap(finished);
       }
       for (Outcome& o : batch) {
+        const auto seen = outcomes.find(o.record.request.id);
+        if (seen == outcomes.end() || ++seen->second > 1) {
+          ++stats.answered_twice;
+          continue;
+        }
+        const std::int64_t max_tokens = std::max(1, o.record.request.output_tokens);
+        if (o.done_events > 1 || o.tokens > max_tokens ||
+            (!o.completion_id.empty() && !completion_ids.insert(o.completion_id).second))
+          ++stats.answered_twice;
         --in_flight;
         ++stats.statuses[o.status];
         stats.tokens += o.tokens;
         ++(o.record.ok ? stats.ok : stats.failed);
+        if (o.record.ok && o.server_latency >= 0)
+          stats.added_latency.push_back(o.record.finish - o.record.start - o.server_latency);
         done(o.record);
         source.onRequestDone(o.record.request, o.record.finish);
         if (!next) next = source.next();
       }
     }
   } catch (...) {
-    ioc.stop();
-    for (auto& th : threads) th.join();
+    stopThreads();
     throw;
   }
+  for (const auto& [id, count] : outcomes)
+    if (count == 0) ++stats.unanswered;
+  stats.max_backlog = max_backlog;
   stats.end = now();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    idle.clear();  // closes the pooled connections
+  }
   work.reset();
   for (auto& th : threads) th.join();
   return stats;

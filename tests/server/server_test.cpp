@@ -141,7 +141,8 @@ std::string metricLine(const std::string& metrics, const std::string& prefix) {
 
 class ServeTest : public ::testing::Test {
  protected:
-  void start(const ServerOptions& given = ServerOptions(), Nanos step = kNanosPerMilli) {
+  void start(const ServerOptions& given = ServerOptions(), Nanos step = kNanosPerMilli,
+             const EngineConfig& config = twoModelsOneSlot()) {
     ServerOptions options = given;
     factory_ = std::make_unique<runtime::HostDeviceFactory>(1);
     runtime::RuntimeOptions ro;
@@ -150,10 +151,10 @@ class ServeTest : public ::testing::Test {
     ro.host.pin_piece_bytes = 64 * 1024;
     ro.host.threads = 2;
     ro.placeholder_cost = [step](const ExecuteCommand& cmd) { return stepTimes(cmd, step); };
-    backend_ = std::make_unique<runtime::RealBackend>(twoModelsOneSlot(), *factory_, ro);
+    backend_ = std::make_unique<runtime::RealBackend>(config, *factory_, ro);
     options.port = 0;
     options.loop.predicted_times = ro.placeholder_cost;
-    server_ = std::make_unique<HttpServer>(twoModelsOneSlot(), *backend_, options);
+    server_ = std::make_unique<HttpServer>(config, *backend_, options);
     thread_ = std::thread([this] { server_->run(); });
     client_ = std::make_unique<Client>(server_->port());
   }
@@ -558,6 +559,137 @@ TEST_F(ServeTest, LoadGeneratorGetsEveryRequestAnsweredOnce) {
   EXPECT_EQ(stats.tokens, tokens);
   ASSERT_EQ(answered.size(), 30u);
   for (RequestId id = 0; id < 30; ++id) EXPECT_EQ(answered.count(id), 1u) << id;
+}
+
+// The same with 500 requests over a pool of 100 keep-alive connections: each answered once
+// (the generator's own check, and the server's count of ok requests).
+TEST_F(ServeTest, LoadGeneratorPoolAnswersEveryRequestOnce) {
+  start();
+  std::vector<Request> requests;
+  for (int i = 0; i < 500; ++i) {
+    Request r;
+    r.id = i;
+    r.model = i % 5 == 0 ? 1 : 0;
+    r.arrival = 0;
+    r.prompt_tokens = 3;
+    r.output_tokens = 1 + i % 3;
+    requests.push_back(r);
+  }
+  ListSource source(requests);
+  LoadOptions lo;
+  lo.model_names = {"alpha", "beta"};
+  lo.vocab = {500, 500};
+  lo.connections = 100;
+  lo.time_limit = 300 * kNanosPerSecond;
+  LoadTarget target = parseUrl("http://127.0.0.1:" + std::to_string(server_->port()));
+  std::multiset<RequestId> answered;
+  const LoadStats stats = runLoad(target, source, lo, [&](const RequestRecord& r) {
+    EXPECT_TRUE(r.ok) << r.error;
+    answered.insert(r.request.id);
+  });
+  EXPECT_EQ(stats.sent, 500);
+  EXPECT_EQ(stats.ok, 500);
+  EXPECT_TRUE(stats.exactlyOnce()) << stats.unanswered << " unanswered, " << stats.answered_twice << " twice";
+  EXPECT_EQ(stats.added_latency.size(), 500u);  // every last event carried computron.latency_ms
+  ASSERT_EQ(answered.size(), 500u);
+  for (RequestId id = 0; id < 500; ++id) EXPECT_EQ(answered.count(id), 1u) << id;
+  const std::string metrics = client_->get("/metrics").body;
+  EXPECT_EQ(metricLine(metrics, "computron_requests_total{model=\"alpha\",outcome=\"ok\"}"),
+            "computron_requests_total{model=\"alpha\",outcome=\"ok\"} 400");
+  EXPECT_EQ(metricLine(metrics, "computron_requests_total{model=\"beta\",outcome=\"ok\"}"),
+            "computron_requests_total{model=\"beta\",outcome=\"ok\"} 100");
+}
+
+// --max-connections: with 2 open, a third connection gets 503 (Retry-After, OpenAI error shape)
+// and is closed; once one of the two goes, a new one is served.
+TEST_F(ServeTest, ConnectionsBeyondTheCapAre503AndClosed) {
+  ServerOptions options;
+  options.max_connections = 2;
+  start(options);
+  net::io_context ioc;
+  auto open = [&] {
+    auto s = std::make_unique<tcp::socket>(ioc);
+    s->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+    return s;
+  };
+  auto first = open();
+  auto second = open();
+  // The two are counted once accepted: a third is refused as soon as they are.
+  Reply refused;
+  ASSERT_TRUE(eventually([&] {
+    refused = client_->get("/health");
+    return refused.status == 503;
+  }));
+  EXPECT_EQ(refused.message["Retry-After"], "1");
+  EXPECT_FALSE(refused.message.keep_alive());
+  EXPECT_EQ(refused.doc()["error"]["code"], "too_many_connections");
+  first->close();
+  EXPECT_TRUE(eventually([&] { return client_->get("/health").status == 200; }));
+  second->close();
+  EXPECT_NE(metricLine(client_->get("/metrics").body, "computron_http_responses_total{code=\"503\"}"), "");
+}
+
+// --request-timeout-s: a request that outlasts it is answered 504 (a stream: an error event, then
+// [DONE]) and counted cancelled. Tokens take 1.5 s each here, against a 1 s limit.
+TEST_F(ServeTest, RequestTimeoutAnswers504AndCancels) {
+  ServerOptions options;
+  options.request_timeout_s = 1;
+  start(options, 1500 * kNanosPerMilli);
+  const Reply plain = client_->post("/v1/completions", R"({"model":"alpha","prompt":[1,2],"max_tokens":2})");
+  EXPECT_EQ(plain.status, 504);
+  EXPECT_EQ(plain.doc()["error"]["code"], "request_timeout");
+  EXPECT_EQ(plain.doc()["error"]["type"], "timeout");
+  const Reply streamed =
+      client_->post("/v1/completions", R"({"model":"alpha","prompt":[1,2],"max_tokens":2,"stream":true})");
+  EXPECT_EQ(streamed.status, 200);
+  const std::vector<std::string> events = sseData(streamed.body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(json::parse(events[events.size() - 2])["error"]["code"], "request_timeout");
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_TRUE(eventually([&] {
+    return metricLine(client_->get("/metrics").body, "computron_requests_total{model=\"alpha\",outcome=\"cancelled\"}") ==
+           "computron_requests_total{model=\"alpha\",outcome=\"cancelled\"} 2";
+  }));
+}
+
+// Every answer carries the server's own latency for the client to subtract: the last event of a
+// stream, and the body of a plain response.
+TEST_F(ServeTest, AnswersCarryTheServersLatency) {
+  start();
+  const Reply plain = client_->post("/v1/completions", kValid);
+  ASSERT_EQ(plain.status, 200);
+  EXPECT_GE(plain.doc()["computron"]["latency_ms"].get<double>(), 0.0);
+  const Reply streamed =
+      client_->post("/v1/completions", R"({"model":"alpha","prompt":[1,2,3],"max_tokens":3,"stream":true})");
+  const std::vector<std::string> events = sseData(streamed.body);
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_FALSE(json::parse(events[0]).contains("computron"));
+  EXPECT_GE(json::parse(events[2])["computron"]["latency_ms"].get<double>(), 0.0);
+}
+
+// policy.pinned: the pinned model loads at start, without a request, shows "pinned": true, is not
+// evicted when the others swap through the remaining room, and an admin evict of it answers 409.
+TEST_F(ServeTest, PinnedModelLoadsAtStartAndStays) {
+  EngineConfig config;
+  config.models = {deployment("alpha"), deployment("beta"), deployment("gamma")};
+  const std::int64_t shard = tinySpec().shard(1, 1, 0, 0).bytes;
+  config.gpu_weight_budget = {2 * shard + shard / 2};  // alpha and one other
+  config.policy.pinned = {0};
+  start(ServerOptions(), kNanosPerMilli, config);
+  EXPECT_TRUE(eventually([&] { return model("alpha")["residency"] == "resident"; }));
+  EXPECT_EQ(model("alpha")["pinned"], true);
+  EXPECT_EQ(model("beta")["pinned"], false);
+  for (const char* name : {"beta", "gamma", "beta", "gamma"}) {
+    const Reply r = client_->post("/v1/completions", std::string(R"({"model":")") + name + R"(","prompt":[1],"max_tokens":1})");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(model("alpha")["residency"], "resident");
+  EXPECT_EQ(model("alpha")["loads"], 1);
+  EXPECT_GE(model("beta")["loads"].get<int>(), 2);
+  const Reply evict = client_->post("/v1/models/alpha/evict", "");
+  EXPECT_EQ(evict.status, 409);
+  EXPECT_EQ(evict.doc()["error"]["code"], "model_busy");
+  EXPECT_NE(evict.doc()["error"]["message"].get<std::string>().find("pinned"), std::string::npos);
 }
 
 TEST(ServeApi, ParseUrl) {
