@@ -9,6 +9,7 @@
 // length and greedy decoding, as before.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -28,6 +29,10 @@ struct RequestPayload {
   int top_k = 0;                       // 0: no limit
   std::uint64_t seed = 0;              // the sampler's stream: the same request repeats exactly
   std::vector<std::int32_t> stop_ids;  // sampling one of these ends the request (it is delivered)
+  // Set by the server when the request's client has gone: an executor that runs the model on one
+  // GPU drops the request at its next step (a tensor- or pipeline-parallel group runs it to the
+  // end: its ranks must take the same steps).
+  mutable std::atomic<bool> cancelled{false};
 };
 
 struct TokenDelivery {

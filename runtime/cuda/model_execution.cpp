@@ -396,6 +396,7 @@ void CudaModelExecution::runPart(const ExecPart& part) {
     }
     const int vocab = config_.models[static_cast<std::size_t>(part.model)].spec.vocab;
     std::vector<model::GenerationRequest> requests;
+    std::vector<std::shared_ptr<const RequestPayload>> payloads;
     for (const Request& r : part.requests) {
       model::GenerationRequest g;
       g.max_new_tokens = std::max(1, r.output_tokens);
@@ -410,6 +411,8 @@ void CudaModelExecution::runPart(const ExecPart& part) {
         own.seed = payload->seed;
         g.sampling = own;
         g.stop_tokens.assign(payload->stop_ids.begin(), payload->stop_ids.end());
+        g.cancelled = &payload->cancelled;
+        payloads.push_back(std::move(payload));  // keeps the flag alive while the part runs
       }
       if (g.prompt.empty()) {
         const int prompt = std::max(1, r.prompt_tokens);

@@ -306,6 +306,7 @@ void ServingLoop::run() {
         if (it != active_.end()) {
           it->second.cancelled = true;
           it->second.served = served;
+          if (it->second.payload) it->second.payload->cancelled.store(true);
           // Still queued: it leaves the engine now (onRequestDone counts it cancelled); in a
           // batch already: it is served and nothing more is sent.
           engine.cancelQueued(it->second.model, id);
@@ -319,6 +320,7 @@ void ServingLoop::run() {
       Active a;
       a.model = in.request.model;
       a.real = static_cast<bool>(in.payload);
+      a.payload = in.payload;
       a.max_tokens = in.request.output_tokens;
       a.tokens = std::move(in.tokens);
       a.emit = std::move(in.emit);

@@ -80,7 +80,8 @@ class ServingLoop final : public EngineObserver {
   Submit submit(CompletionRequest request, std::vector<std::int32_t> tokens, EmitFn emit, std::uint64_t* ticket);
   // Any thread: the owner has gone. A request still in the inbox never reaches the engine; one
   // queued in the engine leaves its queue (Engine::cancelQueued); one already in a batch is
-  // served, but nothing more is emitted.
+  // served, but nothing more is emitted (with real execution on one GPU the executor drops it at
+  // its next decode step).
   // served: the owner ended the request itself (a stop string) and it counts as `ok`, not
   // `cancelled`.
   void cancel(std::uint64_t ticket, bool served = false);
@@ -125,6 +126,7 @@ class ServingLoop final : public EngineObserver {
     bool served = false;    // cancelled by its owner after it got what it wanted (counted ok)
     bool real = false;      // tokens come from the TokenChannel
     bool stopped = false;   // real: a stop id was delivered; nothing more is sent
+    std::shared_ptr<const runtime::RequestPayload> payload;  // real: its cancelled flag reaches the executor
     int max_tokens = 0;
     bool timed = false;  // token times predicted (its batch started)
     Nanos first = 0;

@@ -52,7 +52,8 @@ class ServedTokens : public ::testing::Test {
     ro.granule = 64 * 1024;
     ro.host.pin_piece_bytes = 64 * 1024;
     ro.host.threads = 2;
-    ro.execution = std::make_shared<fakes::TokenExecution>(channel_, std::chrono::microseconds(300));
+    execution_ = std::make_shared<fakes::TokenExecution>(channel_, std::chrono::microseconds(300));
+    ro.execution = execution_;
     backend_ = std::make_unique<runtime::RealBackend>(twoModelsOneSlot(), *factory_, ro);
     LoopOptions lo;
     lo.tokens = channel_;
@@ -95,15 +96,16 @@ class ServedTokens : public ::testing::Test {
       if (ev.kind == StreamEvent::Kind::kTokens) out.insert(out.end(), ev.tokens.begin(), ev.tokens.end());
     return out;
   }
-  static runtime::RequestPayload payloadOf(const CompletionRequest& r) {
-    runtime::RequestPayload p;
-    p.prompt = r.prompt;
-    p.temperature = r.temperature;
-    p.seed = r.seed;
+  static std::shared_ptr<runtime::RequestPayload> payloadOf(const CompletionRequest& r) {
+    auto p = std::make_shared<runtime::RequestPayload>();
+    p->prompt = r.prompt;
+    p->temperature = r.temperature;
+    p->seed = r.seed;
     return p;
   }
 
   std::shared_ptr<runtime::TokenChannel> channel_;
+  std::shared_ptr<runtime::ModelExecution> execution_;
   std::unique_ptr<runtime::HostDeviceFactory> factory_;
   std::unique_ptr<runtime::RealBackend> backend_;
   std::unique_ptr<ServingLoop> loop_;
@@ -134,7 +136,7 @@ TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
   for (std::size_t i = 0; i < reqs.size(); ++i) {
     const Received got = wait(slots[i]);
     std::vector<std::int32_t> want;
-    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(payloadOf(reqs[i]), k, vocab));
+    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(*payloadOf(reqs[i]), k, vocab));
     EXPECT_EQ(tokensOf(got), want) << "request " << i;
     ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
     EXPECT_EQ(got.events.back().finish_reason, "length");
@@ -154,11 +156,11 @@ TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
 TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {
   const int vocab = fakes::tinyOptSpec(2).vocab;
   CompletionRequest r = request(0, {20}, 8);
-  const std::int32_t third = fakes::fakeToken(payloadOf(r), 2, vocab);
+  const std::int32_t third = fakes::fakeToken(*payloadOf(r), 2, vocab);
   start({{third}});  // model 0's end-of-sequence id
   const Received got = wait(submit(r));
   std::vector<std::int32_t> want;
-  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(payloadOf(r), k, vocab));
+  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(r), k, vocab));
   EXPECT_EQ(tokensOf(got), want);  // the stop id itself is delivered, nothing after it
   ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
   EXPECT_EQ(got.events.back().finish_reason, "stop");
@@ -168,10 +170,39 @@ TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {
   const Received all = wait(submit(r));
   EXPECT_EQ(tokensOf(all).size(), 8u);
   EXPECT_EQ(all.events.back().finish_reason, "length");
-  r.stop_token_ids = {fakes::fakeToken(payloadOf(r), 0, vocab)};
+  r.stop_token_ids = {fakes::fakeToken(*payloadOf(r), 0, vocab)};
   const Received first = wait(submit(r));
   EXPECT_EQ(tokensOf(first).size(), 1u);
   EXPECT_EQ(first.events.back().finish_reason, "stop");
+}
+
+TEST_F(ServedTokens, ACancelInsideABatchStopsTheExecutorAtItsNextStep) {
+  start();
+  std::mutex m;
+  std::condition_variable cv;
+  int received = 0;
+  std::uint64_t ticket = 0;
+  const CompletionRequest long_one = request(0, {3}, 1000);
+  ASSERT_EQ(loop_->submit(long_one, {},
+                          [&](StreamEvent ev) {
+                            std::lock_guard<std::mutex> lock(m);
+                            received += static_cast<int>(ev.tokens.size());
+                            cv.notify_all();
+                          },
+                          &ticket),
+            ServingLoop::Submit::kAccepted);
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return received > 0; });
+  }
+  loop_->cancel(ticket);
+  // A request behind it on the same model is served once the executor has let the first go.
+  const Received next = wait(submit(request(0, {4}, 2)));
+  EXPECT_EQ(next.events.back().kind, StreamEvent::Kind::kDone);
+  const auto* fake = static_cast<const fakes::TokenExecution*>(execution_.get());
+  EXPECT_LT(fake->produced(ticket), 1000);  // dropped long before its 1,000 steps
+  EXPECT_NE(loop_->metricsText().find("computron_requests_total{model=\"alpha\",outcome=\"cancelled\"} 1"),
+            std::string::npos);
 }
 
 TEST_F(ServedTokens, ACancelledRequestInTheInboxLeavesNoPayloadBehind) {

@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -46,6 +48,12 @@ class TokenExecution final : public runtime::ModelExecution {
     });
   }
   void submit(runtime::ExecPart part) override { jobs_.push(std::move(part)); }
+  // Tokens made so far for request `id` (every part counted once: part 0's).
+  int produced(RequestId id) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = produced_.find(id);
+    return it == produced_.end() ? 0 : it->second;
+  }
   void stop() override {
     jobs_.stop();
     if (worker_.joinable()) worker_.join();
@@ -69,7 +77,8 @@ class TokenExecution final : public runtime::ModelExecution {
     for (int step = 0;; ++step) {
       std::vector<runtime::TokenDelivery> out;
       for (std::size_t i = 0; i < part.requests.size(); ++i) {
-        if (!running[i] || step >= std::max(1, part.requests[i].output_tokens)) {
+        if (!running[i] || step >= std::max(1, part.requests[i].output_tokens) ||
+            (payloads[i] && payloads[i]->cancelled.load())) {
           running[i] = false;
           continue;
         }
@@ -83,6 +92,10 @@ class TokenExecution final : public runtime::ModelExecution {
           if (d.stop) running[i] = false;
         }
         out.push_back(d);
+        if (part.part == 0) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          ++produced_[d.request];
+        }
       }
       if (out.empty()) break;
       std::this_thread::sleep_for(step_);
@@ -102,6 +115,8 @@ class TokenExecution final : public runtime::ModelExecution {
   const Clock* clock_ = nullptr;
   runtime::JobQueue<runtime::ExecPart> jobs_{"test token execution"};
   std::thread worker_;
+  mutable std::mutex mutex_;
+  std::map<RequestId, int> produced_;
 };
 
 }  // namespace computron::fakes

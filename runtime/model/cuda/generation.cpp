@@ -46,6 +46,7 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
                           const TokenObserver& tokens_out) {
   const ShardPlan& plan = executor.plan();
   const bool reports = plan.has_lm_head && plan.tp_rank == 0;
+  const bool alone = plan.tp == 1 && plan.pp == 1;  // no other rank must take the same steps
   const int count = static_cast<int>(requests.size());
   if (count == 0) return {};
   for (int r = 0; r < count; ++r) {
@@ -113,7 +114,8 @@ GenerationResult generate(ShardExecutor& executor, const std::vector<GenerationR
       const GenerationRequest& req = requests[static_cast<std::size_t>(r)];
       const int eos = req.sampling ? req.sampling->eos_token : sampling.eos_token;
       const bool done = next[i] == eos || static_cast<int>(out.size()) >= req.max_new_tokens ||
-                        std::find(req.stop_tokens.begin(), req.stop_tokens.end(), next[i]) != req.stop_tokens.end();
+                        std::find(req.stop_tokens.begin(), req.stop_tokens.end(), next[i]) != req.stop_tokens.end() ||
+                        (alone && req.cancelled != nullptr && req.cancelled->load(std::memory_order_relaxed));
       if (done) continue;
       still.push_back(r);
       decode.tokens.push_back(next[i]);

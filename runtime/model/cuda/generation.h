@@ -3,6 +3,7 @@
 // generation loop on the same host-side state (prompt lengths, positions, finished flags).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -30,6 +31,9 @@ struct GenerationRequest {
   // in. Unset: the call's SamplingOptions, all rows in one launch.
   std::optional<SamplingOptions> sampling;
   std::vector<int> stop_tokens;  // sampling one of these ends the request (the token is kept)
+  // Set by another thread: the request is dropped before the next step. Read only when the
+  // executor is the whole group (tp = pp = 1), where no other rank must take the same steps.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 struct GenerationResult {
