@@ -10,19 +10,19 @@
 #   3. real tokens: a small OPT checkpoint (scripts/hf_reference.py make), served with real
 #      execution; scripts/serve_reference.py compares greedy ids (plain and streamed) with
 #      transformers fp32, checks seeded sampling repeats and stop_token_ids
-#   4. serve against replay: SERVE_SCENARIO (default the 3-model OPT-13B TP 2, CV 1, 32-token
-#      fidelity case) replayed with `computron replay`, then served by `computron serve` and
-#      driven by `computron bench serve` at the same arrival times; `computron compare` of the two
+#   4. serve against replay: each of SERVE_SCENARIOS (default the 3-model OPT-13B TP 2, CV 1,
+#      32-token fidelity case) replayed with `computron replay`, then served by `computron serve`
+#      and driven by `computron bench serve` at the same arrival times; `computron compare` of the two
 #
 # Usage: PREBUILT=dir scripts/serve-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./serve-out)
-# Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIO.
+# Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIOS (space separated).
 set -u
 NAME=serve
 # shellcheck source=scripts/device-common.sh
 source "$(dirname "$0")/device-common.sh"
 HOSTMEM=${HOSTMEM_GIB:-200}
 STEP_TIMEOUT=${STEP_TIMEOUT_S:-300}
-SCEN=${SERVE_SCENARIO:-scenarios/fidelity/fidelity-3m-cv1-32tok-computron.json}
+SCENARIOS=${SERVE_SCENARIOS:-scenarios/fidelity/fidelity-3m-cv1-32tok-computron.json}
 WORK=/tmp/serve-check
 rm -rf "$WORK"; mkdir -p "$WORK"
 SUMMARY=()
@@ -66,6 +66,7 @@ step "tokenizer fixtures (HF tokenizers)"
 if [ -f scripts/make_tokenizer_fixtures.py ]; then
   if timeout "$STEP_TIMEOUT" python3 scripts/make_tokenizer_fixtures.py "$OUTDIR/tokenizers"; then
     note "ok      tokenizer fixtures in $OUTDIR/tokenizers"
+    tar czf "$OUTDIR/tokenizers.tar.gz" -C "$OUTDIR" tokenizers
   else
     note "FAILED  tokenizer fixtures"
   fi
@@ -76,44 +77,54 @@ fi
 step "real tokens against transformers"
 python3 scripts/hf_reference.py make --arch opt --layers 4 --hidden 1024 --heads 16 --kv-heads 16 --ffn 4096 \
   --vocab 32000 --out "$WORK/opt4" --seed 3 > "$OUTDIR/make-opt4.log" 2>&1 || echo "make failed: $(tail -3 "$OUTDIR/make-opt4.log")"
+# The OPT-style tokenizer made in step 2 goes into the checkpoint folder: text prompts and outputs.
+TOKFOLDER=""
+if [ -f "$OUTDIR/tokenizers/opt-style/tokenizer.json" ]; then
+  cp "$OUTDIR/tokenizers/opt-style/tokenizer.json" "$WORK/opt4/" && TOKFOLDER=$WORK/opt4
+fi
 if start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" \
      --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1'; then
   if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
-       > "$OUTDIR/serve-reference.log" 2>&1; then
+       ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-reference.log" 2>&1; then
     note "ok      real tokens: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-reference.log") checks"
   else
     note "FAILED  real tokens: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/serve-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/serve-reference.log") checks failed"
   fi
-  cat "$OUTDIR/serve-reference.log" | tail -30
+  tail -30 "$OUTDIR/serve-reference.log"
   curl -s "$URL/metrics" | grep -E "^computron_(requests_total|generation_tokens_total)" | head -8
   stop_server
+  tail -25 "$OUTDIR/serve-ref.err"
 else
   note "FAILED  real tokens: server did not start"
 fi
 
-step "serve against replay: $SCEN"
+for SCEN in $SCENARIOS; do
 base=$(basename "$SCEN" .json)
+step "serve against replay: $base"
 if timeout "$STEP_TIMEOUT" "$BIN" replay "$SCEN" --device cuda --execution real --host-memory-gib "$HOSTMEM" \
-     -o "$WORK/replay" -q > "$OUTDIR/replay.log" 2>&1; then
+     -o "$WORK/$base/replay" -q > "$OUTDIR/$base-replay.log" 2>&1; then
   note "ok      replay $base"
 else
-  note "FAILED  replay $base (exit $?): $(tail -2 "$OUTDIR/replay.log")"
+  note "FAILED  replay $base (exit $?): $(tail -2 "$OUTDIR/$base-replay.log")"
 fi
-if start_server "$OUTDIR/serve-bench" "$SCEN" --execution real; then
-  if timeout "$STEP_TIMEOUT" "$BIN" bench serve --url "$URL" "$SCEN" --out "$WORK/bench-serve" > "$OUTDIR/bench-serve.log" 2>&1; then
+if start_server "$OUTDIR/$base-serve" "$SCEN" --execution real; then
+  if timeout "$STEP_TIMEOUT" "$BIN" bench serve --url "$URL" "$SCEN" --out "$WORK/$base/bench-serve" > "$OUTDIR/$base-bench-serve.log" 2>&1; then
     note "ok      bench serve $base"
   else
-    note "FAILED  bench serve $base: $(tail -2 "$OUTDIR/bench-serve.log")"
+    note "FAILED  bench serve $base: $(tail -2 "$OUTDIR/$base-bench-serve.log")"
   fi
-  curl -s "$URL/metrics" | grep -E "^computron_(requests_total|model_loads_total)" > "$OUTDIR/serve-metrics.txt"
+  curl -s "$URL/metrics" | grep -E "^computron_(requests_total|model_loads_total)" > "$OUTDIR/$base-serve-metrics.txt"
   stop_server
+  tail -25 "$OUTDIR/$base-serve.err"
 fi
-r=$(ls -d "$WORK"/replay/*/ 2>/dev/null | head -1); b=$(ls -d "$WORK"/bench-serve/*/ 2>/dev/null | head -1)
-[ -z "$r" ] && r=$WORK/replay; [ -z "$b" ] && b=$WORK/bench-serve
-"$BIN" compare "$r" "$b" > "$OUTDIR/compare.txt" 2>&1; echo "compare exit $?"
-cat "$OUTDIR/compare.txt"
-tar czf "$OUTDIR/serve-runs.tar.gz" -C "$WORK" replay bench-serve 2>/dev/null
+"$BIN" compare "$WORK/$base/replay" "$WORK/$base/bench-serve" > "$OUTDIR/$base-compare.txt" 2>&1; echo "compare exit $?"
+grep -E "^all" "$OUTDIR/$base-compare.txt"
+done
+(cd "$WORK" && tar czf "$OUTDIR/serve-runs.tar.gz" --exclude=opt4 . 2>/dev/null)
 
 step summary
 printf '%s\n' "${SUMMARY[@]}"
 } 2>&1 | tee "$LOG"
+# Two files come back: the log and one archive of everything else (the device returns few files).
+(cd "$OUTDIR" && tar czf /tmp/serve-files.tar.gz --exclude=serve-check.log . && \
+  find . -mindepth 1 ! -name serve-check.log -exec rm -rf {} + && mv /tmp/serve-files.tar.gz .)

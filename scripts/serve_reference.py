@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--new", type=int, default=16)
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--tokenizer-folder", help="the folder whose tokenizer.json the server uses for this model")
     args = ap.parse_args()
 
     import torch
@@ -99,6 +100,36 @@ def main():
     ok = r["token_ids"] == full[:first + 1] and r["finish_reason"] == "stop"
     failures += 0 if ok else 1
     print(f"SERVE-REF {'ok' if ok else 'FAIL'} stop_token_ids: {len(r['token_ids'])} tokens, finish {r['finish_reason']}")
+    if args.tokenizer_folder:
+        # Text in and out: the server's tokenizer (the folder's tokenizer.json) against the
+        # `tokenizers` library on the same file.
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(args.tokenizer_folder + "/tokenizer.json")
+        text = "Hello world, it's 2026! Ünïcödé and 1234567 digits."
+        r = complete(args.url, {"model": args.model, "prompt": text, "max_tokens": args.new, "temperature": 0,
+                                "ignore_eos": True})
+        want_prompt = len(tok.encode(text).ids)
+        choice = r["choices"][0]
+        decoded = tok.decode(choice["token_ids"], skip_special_tokens=True)
+        ok = r["usage"]["prompt_tokens"] == want_prompt and choice["text"] == decoded
+        failures += 0 if ok else 1
+        print(f"SERVE-REF {'ok' if ok else 'FAIL'} text prompt: {r['usage']['prompt_tokens']} prompt tokens "
+              f"(tokenizers: {want_prompt}); output text equals tokenizers' decode of its ids: {choice['text'] == decoded}")
+        body = {"model": args.model, "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": args.new,
+                "temperature": 0, "ignore_eos": True, "stream": True}
+        raw = post(args.url + "/v1/chat/completions", body)
+        pieces, ids = [], []
+        for line in raw.splitlines():
+            if line.startswith("data: ") and line[6:] != "[DONE]":
+                for c in json.loads(line[6:]).get("choices", []):
+                    pieces.append(c["delta"].get("content", ""))
+                    ids.extend(c["delta"].get("token_ids", []))
+        plain = "user: Hi there\n\nassistant: "
+        streamed = "".join(pieces)
+        ok = streamed == tok.decode(ids, skip_special_tokens=True) and len(ids) == args.new
+        failures += 0 if ok else 1
+        print(f"SERVE-REF {'ok' if ok else 'FAIL'} chat (plain template '{plain!r}'), streamed: {len(ids)} tokens, "
+              f"streamed text equals tokenizers' decode: {streamed == tok.decode(ids, skip_special_tokens=True)}")
     return 1 if failures else 0
 
 
