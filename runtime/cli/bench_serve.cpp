@@ -86,6 +86,7 @@ int benchServeMain(int argc, char** argv) {
                                   {"http_statuses", statuses},
                                   {"connections", connections},
                                   {"max_backlog", stats.max_backlog},
+                                  {"connects", stats.connects},
                                   {"unanswered", stats.unanswered},
                                   {"answered_twice", stats.answered_twice},
                                   {"exactly_once", stats.exactlyOnce()},

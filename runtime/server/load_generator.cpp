@@ -4,6 +4,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -81,9 +82,9 @@ using Report = std::function<void(Outcome, const std::shared_ptr<Connection>&)>;
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(net::io_context& ioc, const tcp::resolver::results_type& endpoints, Clock::time_point epoch,
-             const LoadTarget& target, bool keep_alive, Report report)
+             const LoadTarget& target, bool keep_alive, Report report, std::atomic<std::int64_t>& connects)
       : stream_(net::make_strand(ioc)), endpoints_(endpoints), epoch_(epoch), target_(target),
-        keep_alive_(keep_alive), report_(std::move(report)) {
+        keep_alive_(keep_alive), report_(std::move(report)), connects_(connects) {
     // The parser keeps a reference to this callback; it captures `this`, not a shared pointer,
     // so the connection does not keep itself alive.
     on_chunk_ = [this](std::uint64_t, beast::string_view data, beast::error_code&) -> std::size_t {
@@ -124,6 +125,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     stream_.async_connect(endpoints_, [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
       if (ec) return self->fail("connect: " + ec.message());
       self->connected_ = true;
+      ++self->connects_;
       self->write();
     });
   }
@@ -232,6 +234,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool keep_alive_ = false;
   bool connected_ = false;
   Report report_;
+  std::atomic<std::int64_t>& connects_;
   http::request<http::string_body> req_;
   beast::flat_buffer buffer_;
   std::function<std::size_t(std::uint64_t, beast::string_view, beast::error_code&)> on_chunk_;
@@ -259,8 +262,11 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
     std::string body;
   };
   std::deque<Pending> backlog;                    // due, waiting for a free pooled connection
-  std::vector<std::shared_ptr<Connection>> idle;  // pooled connections free to send
+  // Pooled connections free to send, least recently used first: every one of them is used (and
+  // stays open) before any is used twice, so N connections are open at once once N requests went.
+  std::deque<std::shared_ptr<Connection>> idle;
   const bool pooled = options.connections > 0;
+  std::atomic<std::int64_t> connects{0};
   std::int64_t max_backlog = 0;
   // On a connection's strand: the outcome goes to the main thread; a pooled connection takes the
   // next waiting request, or waits in `idle` (a broken one reconnects on its next send).
@@ -290,7 +296,7 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
   const Clock::time_point epoch = Clock::now();
   auto now = [&] { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count(); };
   for (int i = 0; i < options.connections; ++i)
-    idle.push_back(std::make_shared<Connection>(ioc, endpoints, epoch, target, true, report));
+    idle.push_back(std::make_shared<Connection>(ioc, endpoints, epoch, target, true, report, connects));
   std::optional<Request> next = source.next();
   std::int64_t in_flight = 0;
   std::unordered_map<RequestId, int> outcomes;  // per request sent: outcomes seen
@@ -327,8 +333,8 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
           {
             std::lock_guard<std::mutex> lock(mutex);
             if (!idle.empty()) {
-              conn = std::move(idle.back());
-              idle.pop_back();
+              conn = std::move(idle.front());
+              idle.pop_front();
             } else {
               backlog.push_back(Pending{r, body.dump()});
               max_backlog = std::max<std::int64_t>(max_backlog, static_cast<std::int64_t>(backlog.size()));
@@ -336,7 +342,8 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
           }
           if (conn) conn->send(r, body.dump(), options.time_limit);
         } else {
-          std::make_shared<Connection>(ioc, endpoints, epoch, target, false, report)->send(r, body.dump(), options.time_limit);
+          std::make_shared<Connection>(ioc, endpoints, epoch, target, false, report, connects)
+              ->send(r, body.dump(), options.time_limit);
         }
         ++stats.sent;
         ++in_flight;
@@ -378,6 +385,7 @@ LoadStats runLoad(const LoadTarget& target, RequestSource& source, const LoadOpt
   for (const auto& [id, count] : outcomes)
     if (count == 0) ++stats.unanswered;
   stats.max_backlog = max_backlog;
+  stats.connects = connects.load();
   stats.end = now();
   {
     std::lock_guard<std::mutex> lock(mutex);

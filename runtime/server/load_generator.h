@@ -57,6 +57,7 @@ struct LoadStats {
   // docs/serving.md): the client's latency minus the server's, in ns, in completion order.
   std::vector<Nanos> added_latency;
   std::int64_t max_backlog = 0;  // with a pool: most requests waiting for a free connection
+  std::int64_t connects = 0;     // connections opened (a pool opens each once, unless one breaks)
 };
 
 // Runs `source` against the server; `done` gets every request's record on the calling thread, in

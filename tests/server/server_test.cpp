@@ -591,6 +591,7 @@ TEST_F(ServeTest, LoadGeneratorPoolAnswersEveryRequestOnce) {
   EXPECT_EQ(stats.ok, 500);
   EXPECT_TRUE(stats.exactlyOnce()) << stats.unanswered << " unanswered, " << stats.answered_twice << " twice";
   EXPECT_EQ(stats.added_latency.size(), 500u);  // every last event carried computron.latency_ms
+  EXPECT_EQ(stats.connects, 100);  // each pooled connection opened once, and used
   ASSERT_EQ(answered.size(), 500u);
   for (RequestId id = 0; id < 500; ++id) EXPECT_EQ(answered.count(id), 1u) << id;
   const std::string metrics = client_->get("/metrics").body;
