@@ -294,7 +294,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The server's own time for the request: accepted (read and checked) to its last token written
   // out, in ms; clients subtract it from what they measure (docs/serving.md).
-  json timing() const { return {{"latency_ms", std::round(millisSince(accepted_at_) * 1000) / 1000}}; }
+  // engine_ms: the engine's own latency (arrival at the engine to the request's finish), when known.
+  json timing(Nanos engine_latency = -1) const {
+    json t = {{"latency_ms", std::round(millisSince(accepted_at_) * 1000) / 1000}};
+    if (engine_latency >= 0) t["engine_ms"] = std::round(static_cast<double>(engine_latency) / 1e3) / 1000;
+    return t;
+  }
 
   void onStreamEvent(StreamEvent ev) {
     if (!request_open_ || closed_) return;
@@ -335,7 +340,7 @@ class Session : public std::enable_shared_from_this<Session> {
         } else {
           collected_text_ += output_->finish();
         }
-        finishResponse(model, ev.finish_reason.empty() ? "length" : ev.finish_reason);
+        finishResponse(model, ev.finish_reason.empty() ? "length" : ev.finish_reason, ev.engine_latency);
         return;
       case StreamEvent::Kind::kError:
         request_open_ = false;
@@ -350,13 +355,17 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // The end of a served request: the usage chunk and [DONE], or the whole response.
-  void finishResponse(const std::string& model, const std::string& finish_reason) {
+  void finishResponse(const std::string& model, const std::string& finish_reason, Nanos engine_latency = -1) {
     if (request_.stream) {
-      if (request_.include_usage) sendEvent(usageChunk(request_, completion_id_, model, created_, sent_).dump());
+      if (request_.include_usage) {
+        json usage = usageChunk(request_, completion_id_, model, created_, sent_);
+        usage["computron"] = timing(engine_latency);
+        sendEvent(usage.dump());
+      }
       endStream();
     } else {
       json body = completionResponse(request_, completion_id_, model, created_, collected_, finish_reason, collected_text_);
-      body["computron"] = timing();
+      body["computron"] = timing(engine_latency);
       respond(200, body.dump());
     }
   }

@@ -207,6 +207,7 @@ void ServingLoop::onRequestDone(const RequestRecord& record) {
     StreamEvent done;
     done.kind = StreamEvent::Kind::kDone;
     done.finish_reason = a.stopped ? "stop" : "length";
+    done.engine_latency = record.finish - record.request.arrival;
     a.emit(std::move(done));
   } else {
     StreamEvent err;

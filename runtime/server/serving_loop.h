@@ -43,6 +43,7 @@ struct StreamEvent {
   std::vector<std::int32_t> tokens;  // kTokens: the next tokens, in order
   ApiError error;                    // kError
   std::string finish_reason;         // kDone: "length" (max_tokens reached) or "stop" (a stop id)
+  Nanos engine_latency = -1;         // kDone: the engine's own, arrival at the engine to finish
 };
 using EmitFn = std::function<void(StreamEvent)>;
 
