@@ -18,6 +18,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/text/utf8.h"
+
 namespace computron::text {
 
 ChatTemplateError::ChatTemplateError(Kind kind, const std::string& message, int line, int column)
@@ -57,23 +59,6 @@ std::uint32_t decodeUtf8(const std::string& s, std::size_t& pos) {
   return cp;
 }
 
-void appendUtf8(std::uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 // Byte offsets where each code point starts, plus the end.
 std::vector<std::size_t> codePointOffsets(const std::string& s) {
@@ -566,7 +551,7 @@ std::string unescape(const std::string& raw) {
         if (!std::isxdigit(static_cast<unsigned char>(h))) return false;
         cp = cp * 16 + static_cast<std::uint32_t>(std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
       }
-      appendUtf8(cp, out);
+      appendUtf8(out, static_cast<char32_t>(cp));
       i += digits;
       return true;
     };
@@ -596,7 +581,7 @@ std::string unescape(const std::string& raw) {
           std::uint32_t cp = static_cast<std::uint32_t>(c - '0');
           for (int k = 0; k < 2 && i + 1 < raw.size() && raw[i + 1] >= '0' && raw[i + 1] <= '7'; ++k)
             cp = cp * 8 + static_cast<std::uint32_t>(raw[++i] - '0');
-          appendUtf8(cp, out);
+          appendUtf8(out, static_cast<char32_t>(cp));
         } else {
           out += '\\';
           out += c;

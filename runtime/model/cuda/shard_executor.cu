@@ -552,11 +552,7 @@ void ShardExecutor::attentionPrefill(int li, const StepBatch& batch) {
   }
 }
 
-std::vector<int> ShardExecutor::sampleAndShare(int sequences, float temperature, int top_k, float top_p, std::uint64_t seed,
-                                               int step) {
-  CUDA_CHECK(cudaSetDevice(device_));
-  if (plan_.has_lm_head)
-    kernels::sampleTokens(logits_, sequences, plan_.spec.vocab, temperature, top_k, top_p, seed, step, sampled_, stream_);
+std::vector<int> ShardExecutor::shareSampled(int sequences) {
 #if COMPUTRON_HAVE_NCCL
   if (plan_.pp > 1)
     NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
@@ -566,6 +562,14 @@ std::vector<int> ShardExecutor::sampleAndShare(int sequences, float temperature,
   CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   return out;
+}
+
+std::vector<int> ShardExecutor::sampleAndShare(int sequences, float temperature, int top_k, float top_p, std::uint64_t seed,
+                                               int step) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (plan_.has_lm_head)
+    kernels::sampleTokens(logits_, sequences, plan_.spec.vocab, temperature, top_k, top_p, seed, step, sampled_, stream_);
+  return shareSampled(sequences);
 }
 
 std::vector<int> ShardExecutor::sampleRowsAndShare(const std::vector<RowSampling>& rows, int step) {
@@ -578,15 +582,7 @@ std::vector<int> ShardExecutor::sampleRowsAndShare(const std::vector<RowSampling
                             r.top_k, r.top_p, r.seed, step, sampled_ + i, stream_);
     }
   }
-#if COMPUTRON_HAVE_NCCL
-  if (plan_.pp > 1)
-    NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
-                             static_cast<ncclComm_t>(comms_.pp_comm), stream_));
-#endif
-  std::vector<int> out(static_cast<std::size_t>(sequences));
-  CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return out;
+  return shareSampled(sequences);
 }
 
 std::vector<float> ShardExecutor::logitsToHost(int sequences) const {

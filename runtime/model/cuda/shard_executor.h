@@ -124,6 +124,8 @@ class ShardExecutor {
   void synchronize() const;
 
  private:
+  // The sampled tokens (in sampled_) to every pipeline stage, then to the host.
+  std::vector<int> shareSampled(int sequences);
   // Runs the layers, final norm and head of a pass whose metadata is on the device.
   void forwardBody(const StepBatch& batch, int tokens, int sequences);
   // One layer; `input_normed`: normed_ already holds its input norm (fused into the previous
