@@ -457,7 +457,9 @@ TEST(Engine, APinnedModelIsNeverAnEvictionCandidate) {
       };
       RequestId id = 0;
       engine.onArrival(request(id++, 0, clock.t));
-      if (pin) ASSERT_EQ(backend.log.front(), "load 0/0");
+      if (pin) {
+        ASSERT_EQ(backend.log.front(), "load 0/0");
+      }
       settle();
       for (int i = 0; i < 5; ++i) {
         engine.onArrival(request(id++, 1, clock.t));
@@ -470,7 +472,9 @@ TEST(Engine, APinnedModelIsNeverAnEvictionCandidate) {
       EXPECT_EQ(backend.evicts[0].model, pin ? 1 : 0);
       EXPECT_EQ(engine.model(0).residency, pin ? Residency::kResident : Residency::kOffloaded);
       EXPECT_EQ(engine.model(0).loads, 1);
-      if (pin) EXPECT_EQ(engine.evictOnDemand(0), "model a is pinned (policy.pinned)");
+      if (pin) {
+        EXPECT_EQ(engine.evictOnDemand(0), "model a is pinned (policy.pinned)");
+      }
       EXPECT_EQ(engine.requestsInFlight(), 0);
     }
   }
