@@ -32,6 +32,9 @@ struct PathJob {
   const std::byte* host = nullptr; // shard image in the host store (direct, relay)
   std::vector<PlanChunk> chunks;
   std::vector<PlanNotify> notify;
+  // A device may issue a path's copies in windows: the rest of the path comes back as a job
+  // that starts at this chunk (0: the path's first job).
+  std::size_t first_chunk = 0;
 };
 
 // Checksum of [offset, offset + bytes) of this device's pool, reported as kVerifyDone.

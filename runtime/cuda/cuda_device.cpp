@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 
@@ -69,6 +71,7 @@ CudaDevice::CudaDevice(GpuId gpu, int ordinal, std::int64_t pool_bytes, std::int
                        CompletionQueue& queue, const Clock& clock, CudaDeviceOptions options)
     : gpu_(gpu), ordinal_(ordinal), pool_bytes_(pool_bytes), chunk_bytes_(chunk_bytes), queue_(queue), clock_(clock),
       options_(options) {
+  if (const char* window = std::getenv("COMPUTRON_LOAD_WINDOW")) options_.load_window_chunks = std::atoi(window);
   CUDA_CHECK(cudaSetDevice(ordinal_));
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, ordinal_));
@@ -224,6 +227,16 @@ void CudaDevice::notifyAfter(cudaStream_t stream, cudaStream_t notify, DeviceEve
   CUDA_CHECK(e);
 }
 
+// A host callback (no CUDA calls allowed): the rest of a windowed path goes back on the worker's
+// queue. A device that is stopping takes no more jobs; its load is abandoned with it.
+void CUDART_CB CudaDevice::queueResume(void* data) {
+  std::unique_ptr<Resume> resume(static_cast<Resume*>(data));
+  try {
+    resume->device->jobs_.push(std::move(resume->job));
+  } catch (const std::exception&) {
+  }
+}
+
 void CudaDevice::runPath(const PathJob& job) {
   if (job.target < 0 || static_cast<std::size_t>(job.target) >= peers_.size() ||
       peers_[static_cast<std::size_t>(job.target)] == nullptr) {
@@ -243,14 +256,31 @@ void CudaDevice::runPath(const PathJob& job) {
   // An injected failed load: half of the chunks are issued, then the path fails as a copy error
   // does (run() reports it through failJob, after the issued copies).
   std::optional<std::string> injected;
-  if (options_.faults) injected = options_.faults->failPath(job);
-  const std::size_t issue = injected ? job.chunks.size() / 2 : job.chunks.size();
-  for (std::size_t c = 0; c < issue; ++c) {
+  if (job.first_chunk == 0 && options_.faults) injected = options_.faults->failPath(job);
+  std::size_t issue = injected ? job.chunks.size() / 2 : job.chunks.size();
+  // Windowed issue (direct loads): this job issues `window` chunks; a host callback placed after
+  // the first half of them queues the rest of the path as a new job once that half is copied, so
+  // the copy engine always has half a window to a window queued and the worker never blocks.
+  const std::size_t window = static_cast<std::size_t>(std::max(0, options_.load_window_chunks));
+  std::size_t resume_after = issue;  // the chunk after which the continuation is queued
+  if (direct && !injected && window >= 2 && issue - job.first_chunk > window) {
+    resume_after = job.first_chunk + window / 2 - 1;
+    issue = job.first_chunk + window;
+  }
+  while (notify < job.notify.size() && job.notify[notify].after_chunk < static_cast<int>(job.first_chunk)) ++notify;
+  for (std::size_t c = job.first_chunk; c < issue; ++c) {
     const PlanChunk& ch = job.chunks[c];
     const auto n = static_cast<std::size_t>(ch.bytes);
     switch (job.kind) {
       case PathKind::kDirect:
         CUDA_CHECK(cudaMemcpyAsync(dst + ch.offset, job.host + ch.offset, n, cudaMemcpyHostToDevice, load_));
+        if (c == resume_after && issue < job.chunks.size()) {
+          auto* resume = new Resume{this, job};
+          resume->job.first_chunk = issue;
+          const cudaError_t e = cudaLaunchHostFunc(load_, queueResume, resume);
+          if (e != cudaSuccess) delete resume;
+          CUDA_CHECK(e);
+        }
         break;
       case PathKind::kRelay: {
         const int k = next_slot_;
@@ -278,7 +308,7 @@ void CudaDevice::runPath(const PathJob& job) {
     }
   }
   if (injected) throw std::runtime_error(*injected);
-  if (job.chunks.empty()) {
+  if (job.chunks.empty() && job.first_chunk == 0) {
     DeviceEvent ev = progress;
     ev.final = true;
     notifyAfter(copy_stream, notify_stream, std::move(ev));

@@ -28,6 +28,13 @@ namespace computron::runtime {
 struct CudaDeviceOptions {
   int staging_slots = 4;        // relay staging buffers, one chunk each
   int checksum_slots = 256;     // verifications in flight at most
+  // A direct load's copies are issued this many chunks ahead of the copy engine, the rest as
+  // those complete (a host callback queues the next window as a job). Issuing a whole
+  // multi-gigabyte load at once holds up other threads' kernel launches on the GPU until the
+  // copies drain: a batch that starts during another model's load waits for that load
+  // (bench/results/fidelity-stall-2026-12-01.md). 0: the whole load at once.
+  // COMPUTRON_LOAD_WINDOW overrides it.
+  int load_window_chunks = 16;
   // Injected faults (replay --inject, a scenario's faults), shared with the model execution.
   std::shared_ptr<FaultPlan> faults;
 };
@@ -54,6 +61,12 @@ class CudaDevice final : public Device {
   void enqueue(Job job);
   void run();
   void runPath(const PathJob& job);
+  // The rest of a path issued in windows (load_window_chunks), queued by a host callback.
+  struct Resume {
+    CudaDevice* device;
+    PathJob job;
+  };
+  static void CUDART_CB queueResume(void* data);
   void runVerify(const VerifyJob& job);
   void runExec(const ExecJob& job);
   void runRelocate(const RelocateJob& job);
