@@ -28,13 +28,14 @@ namespace computron::runtime {
 struct CudaDeviceOptions {
   int staging_slots = 4;        // relay staging buffers, one chunk each
   int checksum_slots = 256;     // verifications in flight at most
-  // A direct load's copies are issued this many chunks ahead of the copy engine, the rest as
-  // those complete (a host callback queues the next window as a job). Issuing a whole
-  // multi-gigabyte load at once holds up other threads' kernel launches on the GPU until the
-  // copies drain: a batch that starts during another model's load waits for that load
-  // (bench/results/fidelity-stall-2026-12-01.md). 0: the whole load at once.
-  // COMPUTRON_LOAD_WINDOW overrides it.
-  int load_window_chunks = 16;
+  // Chunks a direct load's copies are issued ahead of the copy engine, the rest as those
+  // complete (a host callback queues the next window as a job). Issuing a whole multi-gigabyte
+  // load at once holds up other threads' kernel launches on the GPU until the copies drain: a
+  // batch that starts during another model's load waits for that load
+  // (bench/results/fidelity-stall-2026-12-01.md); 16 removes that wait. 0 (the default until it
+  // is measured on two GPUs and against the simulator): the whole load at once.
+  // COMPUTRON_LOAD_WINDOW sets it.
+  int load_window_chunks = 0;
   // Injected faults (replay --inject, a scenario's faults), shared with the model execution.
   std::shared_ptr<FaultPlan> faults;
 };
