@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
@@ -45,6 +46,15 @@ std::string csvField(const std::string& s) {
 }
 
 double round6(double v) { return std::round(v * 1e6) / 1e6; }
+
+// Time per output token after the first, (finish - first_token) / (output_tokens - 1) rounded to
+// the nanosecond, of a served request with more than one output token; none otherwise.
+std::optional<Nanos> timePerOutputToken(const RequestRecord& r) {
+  if (!r.ok || r.request.output_tokens <= 1) return std::nullopt;
+  const Nanos decode = std::max<Nanos>(r.finish - r.first_token, 0);
+  const Nanos tokens = static_cast<Nanos>(r.request.output_tokens) - 1;
+  return (decode + tokens / 2) / tokens;
+}
 
 // "gpu2 ..." before "gpu10 ...": digit runs compare as numbers.
 struct NaturalLess {
@@ -105,27 +115,32 @@ void LatencyHistogram::addToBlocks(int b, std::int64_t n) {
   counts[static_cast<std::size_t>(block == 0 ? b : (b - kExactBuckets) % kSubBuckets)] += n;
 }
 
-void LatencyHistogram::add(Nanos value) {
+void LatencyHistogram::add(Nanos value) { add(value, 1); }
+
+void LatencyHistogram::add(Nanos value, std::int64_t count) {
+  if (count <= 0) return;
   const int b = bucketOf(value);
   if (dense_) {
-    addToBlocks(b, 1);
+    addToBlocks(b, count);
   } else {
     const auto it = std::lower_bound(sparse_.begin(), sparse_.end(), b,
                                      [](const std::pair<int, std::int64_t>& e, int key) { return e.first < key; });
     if (it != sparse_.end() && it->first == b) {
-      ++it->second;
+      it->second += count;
     } else if (sparse_.size() < kSparseLimit) {
-      sparse_.insert(it, {b, 1});
+      sparse_.insert(it, {b, count});
     } else {
       dense_ = true;
       for (const auto& [bucket, n] : sparse_) addToBlocks(bucket, n);
       sparse_.clear();
       sparse_.shrink_to_fit();
-      addToBlocks(b, 1);
+      addToBlocks(b, count);
     }
   }
-  ++count_;
-  sum_ += value;
+  count_ += count;
+  // value * count is an integer below 2^64 (about 584 years of nanoseconds), exact in the sum as
+  // `count` additions of value would be.
+  sum_ += static_cast<long double>(value) * static_cast<long double>(count);
   max_ = std::max(max_, value);
 }
 
@@ -154,11 +169,15 @@ Nanos LatencyHistogram::quantile(double q) const {
 struct RunRecorder::Impl {
   struct ModelStats {
     LatencyHistogram latency, ttft;
+    // Time per output token of served requests with more than one output token (after the first),
+    // and inter-token gaps as the engine reports them (onTokenGaps).
+    LatencyHistogram tpot, itl;
     std::int64_t served = 0, failed = 0, met_slo = 0, waited = 0;
     // Requests whose model has an SLO, and those of them served within it: slo_attainment.
     // (met_slo, for goodput, also counts served requests of models without one.)
     std::int64_t slo_requests = 0, slo_met = 0;
     std::int64_t rejected = 0;  // failed because admission control refused them
+    std::int64_t refused = 0;   // failed on arrival: too long for the model or its KV budget
     std::int64_t prompt_tokens = 0, output_tokens = 0;
     std::int64_t loads = 0, evictions = 0, bytes_loaded = 0;
     Nanos load_time = 0;
@@ -299,7 +318,7 @@ RunRecorder::RunRecorder(const Scenario& scenario, std::string backend_name)
   if (scenario.outputs.requests_csv) {
     openChecked(im.requests_csv, im.staged->path() / "requests.csv");
     im.requests_csv << "id,model,arrival_s,start_s,first_token_s,finish_s,latency_s,prompt_tokens,output_tokens,"
-                       "waited_for_load,ok,error\n";
+                       "waited_for_load,ok,error,tpot_s,preemptions\n";
   }
   if (scenario.outputs.timeline) {
     openChecked(im.timeline, im.staged->path() / "timeline.json");
@@ -318,16 +337,19 @@ RunRecorder::~RunRecorder() = default;
 void RunRecorder::onRequestDone(const RequestRecord& r) {
   auto& im = *impl_;
   auto& m = im.models[static_cast<std::size_t>(r.request.model)];
+  const std::optional<Nanos> tpot = timePerOutputToken(r);
   for (Impl::ModelStats* s : {&m, &im.all}) {
     if (m.slo > 0) ++s->slo_requests;
     if (!r.ok) {
       ++s->failed;
       if (r.rejected) ++s->rejected;
+      if (r.refused) ++s->refused;
       continue;
     }
     Nanos latency = r.finish - r.request.arrival;
     s->latency.add(latency);
     s->ttft.add(r.first_token - r.request.arrival);
+    if (tpot) s->tpot.add(*tpot);
     ++s->served;
     if (r.waited_for_load) ++s->waited;
     if (m.slo == 0 || latency <= m.slo) ++s->met_slo;
@@ -341,7 +363,8 @@ void RunRecorder::onRequestDone(const RequestRecord& r) {
                     << secondsText(r.first_token) << ',' << secondsText(r.finish) << ','
                     << secondsText(r.finish - r.request.arrival) << ',' << r.request.prompt_tokens << ','
                     << r.request.output_tokens << ',' << (r.waited_for_load ? 1 : 0) << ',' << (r.ok ? 1 : 0) << ','
-                    << csvField(r.error) << '\n';
+                    << csvField(r.error) << ',' << (tpot ? secondsText(*tpot) : std::string()) << ','
+                    << r.preemptions << '\n';
   }
 }
 
@@ -401,6 +424,12 @@ void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) 
   }
 }
 
+void RunRecorder::onTokenGaps(ModelId m, Nanos gap, std::int64_t count) {
+  auto& im = *impl_;
+  im.models[static_cast<std::size_t>(m)].itl.add(gap, count);
+  im.all.itl.add(gap, count);
+}
+
 void RunRecorder::addTimelineSpan(const std::string& track, const std::string& name, Nanos start, Nanos end,
                                   const nlohmann::json& args) {
   if (!impl_->timeline.is_open()) return;
@@ -418,6 +447,7 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
     j["served"] = s.served;
     j["failed"] = s.failed;
     j["rejected"] = s.rejected;
+    j["refused"] = s.refused;
     j["waited_for_load"] = s.waited;
     j["latency_ms"] = {{"mean", ms(s.latency.mean())},
                        {"p50", ms(static_cast<double>(s.latency.quantile(0.5)))},
@@ -426,7 +456,17 @@ nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
                        {"max", ms(static_cast<double>(s.latency.max()))}};
     j["ttft_ms"] = {{"mean", ms(s.ttft.mean())},
                     {"p50", ms(static_cast<double>(s.ttft.quantile(0.5)))},
+                    {"p90", ms(static_cast<double>(s.ttft.quantile(0.9)))},
                     {"p99", ms(static_cast<double>(s.ttft.quantile(0.99)))}};
+    // Per output token: 0 throughout where no sample came (like an empty histogram above).
+    auto perToken = [&](const LatencyHistogram& h) {
+      return nlohmann::json{{"mean", ms(h.mean())},
+                            {"p50", ms(static_cast<double>(h.quantile(0.5)))},
+                            {"p90", ms(static_cast<double>(h.quantile(0.9)))},
+                            {"p99", ms(static_cast<double>(h.quantile(0.99)))}};
+    };
+    j["tpot_ms"] = perToken(s.tpot);
+    j["itl_ms"] = perToken(s.itl);
     j["slo_ms"] = slo > 0 ? nlohmann::json(toMillis(slo)) : nlohmann::json(nullptr);
     // null when no request had an objective (an SLO of 0 is none, not one always met).
     j["slo_attainment"] = s.slo_requests > 0
@@ -500,18 +540,18 @@ void RunRecorder::printTable(const nlohmann::json& summary, std::ostream& out) c
       std::snprintf(slo, sizeof slo, "%9s", "-");  // no objective
     }
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%-22s %9lld %10.1f %10.1f %10.1f %10.1f %s %7lld %9.1f\n", name.c_str(),
+    std::snprintf(buf, sizeof buf, "%-22s %9lld %10.1f %10.1f %10.1f %10.1f %8.2f %s %7lld %9.1f\n", name.c_str(),
                   static_cast<long long>(j["requests"].get<std::int64_t>()), j["latency_ms"]["mean"].get<double>(),
                   j["latency_ms"]["p50"].get<double>(), j["latency_ms"]["p99"].get<double>(),
-                  j["ttft_ms"]["mean"].get<double>(), slo, static_cast<long long>(j["swaps"].get<std::int64_t>()),
+                  j["ttft_ms"]["mean"].get<double>(), j["tpot_ms"]["mean"].get<double>(), slo, static_cast<long long>(j["swaps"].get<std::int64_t>()),
                   static_cast<double>(j["bytes_loaded"].get<std::int64_t>()) / 1e9);
     out << buf;
   };
   out << "scenario " << summary["scenario"].get<std::string>() << " (" << summary["backend"].get<std::string>()
       << "), ran " << summary["duration_s"].get<double>() << " s\n";
   char head[256];
-  std::snprintf(head, sizeof head, "%-22s %9s %10s %10s %10s %10s %9s %7s %9s\n", "model", "requests", "mean ms",
-                "p50 ms", "p99 ms", "ttft ms", "SLO met", "swaps", "GB moved");
+  std::snprintf(head, sizeof head, "%-22s %9s %10s %10s %10s %10s %8s %9s %7s %9s\n", "model", "requests", "mean ms",
+                "p50 ms", "p99 ms", "ttft ms", "tpot ms", "SLO met", "swaps", "GB moved");
   out << head;
   for (const auto& m : summary["models"]) row(m["name"].get<std::string>(), m);
   row("all", summary["overall"]);

@@ -25,6 +25,9 @@ class LatencyHistogram {
  public:
   LatencyHistogram();
   void add(Nanos value);
+  // `count` samples of `value` at once: exactly as `count` calls of add(value), the mean and the
+  // quantiles included (a count of 0 or less adds nothing).
+  void add(Nanos value, std::int64_t count);
   std::int64_t count() const { return count_; }
   double mean() const;
   Nanos max() const { return max_; }
@@ -56,6 +59,7 @@ class RunRecorder : public EngineObserver {
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  void onTokenGaps(ModelId m, Nanos gap, std::int64_t count) override;
   // Extra timeline spans a backend wants drawn (e.g. per-path transfers): each on the track
   // named `track` (with further lanes where they overlap), on a process after the GPUs' ones;
   // written when the run finishes, tracks sorted by name.

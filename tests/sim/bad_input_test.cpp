@@ -24,6 +24,7 @@
 
 #include "sim_test_util.h"
 #include "tests/support/cli_runner.h"
+#include "tests/support/requests_csv.h"
 
 namespace computron {
 namespace {
@@ -235,18 +236,11 @@ void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir
   const std::string text = fakes::readWholeFile(out / "requests.csv");
   ASSERT_FALSE(text.empty());
   EXPECT_EQ(text.back(), '\n') << "a row cut short";
-  std::istringstream csv(text);
-  std::string line;
-  std::int64_t rows = -1;  // the header
+  fakes::RequestsCsv csv;
+  ASSERT_NO_THROW(csv = fakes::parseRequestsCsv(text)) << "every row as wide as the header";
   std::set<std::string> ids;
-  while (std::getline(csv, line)) {
-    EXPECT_EQ(std::count(line.begin(), line.end(), ','), 11) << line;
-    if (rows >= 0) {
-      EXPECT_TRUE(ids.insert(line.substr(0, line.find(','))).second) << "twice: " << line;
-    }
-    ++rows;
-  }
-  EXPECT_EQ(rows, summary["overall"]["requests"].get<std::int64_t>());
+  for (std::size_t i = 0; i < csv.rows.size(); ++i) EXPECT_TRUE(ids.insert(csv.at(i, "id")).second) << "twice: " << csv.at(i, "id");
+  EXPECT_EQ(static_cast<std::int64_t>(csv.rows.size()), summary["overall"]["requests"].get<std::int64_t>());
 }
 
 void expectSimStops(int signal) {
@@ -367,17 +361,18 @@ TEST(ReplayFaults, EveryRequestAccountedForExactlyOnce) {
   EXPECT_EQ(summary["runtime"]["arrivals"], 9);
   EXPECT_EQ(summary["overall"]["requests"], 9);
   EXPECT_EQ(summary["overall"]["served"].get<int>() + summary["overall"]["failed"].get<int>(), 9);
-  std::istringstream csv(fakes::readWholeFile(out / "requests.csv"));
-  std::string line;
-  std::getline(csv, line);  // header
+  fakes::RequestsCsv csv;
+  ASSERT_NO_THROW(csv = fakes::parseRequestsCsv(fakes::readWholeFile(out / "requests.csv")));
   std::set<std::string> ids;
   int failed_load = 0, corrupt = 0, failed_batch = 0;
-  while (std::getline(csv, line)) {
-    EXPECT_TRUE(ids.insert(line.substr(0, line.find(','))).second) << "twice: " << line;
-    failed_load += line.find("failed on its") != std::string::npos;
-    corrupt += line.find("checksum") != std::string::npos;
-    failed_batch += line.find("injected fault (fail-batch=m-0@2)") != std::string::npos;
-    if (line.find(",0,") != std::string::npos && line.back() == ',') ADD_FAILURE() << "a failure without a reason: " << line;
+  for (std::size_t i = 0; i < csv.rows.size(); ++i) {
+    const std::string& id = csv.at(i, "id");
+    const std::string& error = csv.at(i, "error");
+    EXPECT_TRUE(ids.insert(id).second) << "twice: " << id;
+    failed_load += error.find("failed on its") != std::string::npos;
+    corrupt += error.find("checksum") != std::string::npos;
+    failed_batch += error.find("injected fault (fail-batch=m-0@2)") != std::string::npos;
+    if (csv.at(i, "ok") == "0" && error.empty()) ADD_FAILURE() << "a failure without a reason: request " << id;
   }
   EXPECT_EQ(ids.size(), 9u);
   EXPECT_EQ(failed_load, 1);
@@ -424,13 +419,18 @@ FaultOutcome replayWithFaults(const nlohmann::json& doc, const std::string& args
   outcome.arrivals = summary["runtime"]["arrivals"].get<int>();
   EXPECT_EQ(summary["overall"]["requests"].get<int>(), outcome.arrivals);
   EXPECT_EQ(summary["overall"]["served"].get<int>() + summary["overall"]["failed"].get<int>(), outcome.arrivals);
-  std::istringstream csv(fakes::readWholeFile(out / "requests.csv"));
-  std::string line;
-  std::getline(csv, line);  // header
+  fakes::RequestsCsv csv;
+  try {
+    csv = fakes::parseRequestsCsv(fakes::readWholeFile(out / "requests.csv"));
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+    return outcome;
+  }
   std::set<std::string> ids;
-  while (std::getline(csv, line)) {
-    EXPECT_TRUE(ids.insert(line.substr(0, line.find(','))).second) << "twice: " << line;
-    for (const std::string& reason : reasons) outcome.failures[reason] += line.find(reason) != std::string::npos;
+  for (std::size_t i = 0; i < csv.rows.size(); ++i) {
+    EXPECT_TRUE(ids.insert(csv.at(i, "id")).second) << "twice: " << csv.at(i, "id");
+    const std::string& error = csv.at(i, "error");
+    for (const std::string& reason : reasons) outcome.failures[reason] += error.find(reason) != std::string::npos;
   }
   EXPECT_EQ(static_cast<int>(ids.size()), outcome.arrivals);
   return outcome;

@@ -72,17 +72,25 @@ void scaleLatencies(const fs::path& dir) {
   std::string line, out;
   std::getline(in, line);
   out += line + "\n";
+  // The latency column by name (the fields here are never quoted).
+  std::size_t latency_col = 0;
+  {
+    std::stringstream header(line);
+    std::string name;
+    for (std::size_t i = 0; std::getline(header, name, ','); ++i)
+      if (name == "latency_s") latency_col = i;
+  }
   while (std::getline(in, line)) {
     std::vector<std::string> f;
     std::stringstream ss(line);
     std::string field;
     while (std::getline(ss, field, ',')) f.push_back(field);
     if (line.back() == ',') f.emplace_back();
-    const auto ns = *sim::parseSecondsText(f[6]);
+    const auto ns = *sim::parseSecondsText(f[latency_col]);
     const long long scaled = static_cast<long long>(std::llround(static_cast<double>(ns) * 1.2));
     char buf[40];
     std::snprintf(buf, sizeof buf, "%lld.%09lld", scaled / 1'000'000'000, scaled % 1'000'000'000);
-    f[6] = buf;
+    f[latency_col] = buf;
     for (std::size_t i = 0; i < f.size(); ++i) out += (i ? "," : "") + f[i];
     out += "\n";
   }

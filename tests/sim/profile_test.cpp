@@ -18,6 +18,7 @@
 #include "sim_test_util.h"
 #include "tests/support/cli_runner.h"
 #include "tests/support/config_error.h"
+#include "tests/support/requests_csv.h"
 
 namespace computron {
 namespace {
@@ -269,11 +270,9 @@ TEST(ProfiledSimulation, EveryRequestWaitsTheDriversWakeAndTheSharedHostFigureCa
   // One model, resident after its first load, requests far apart: each request's latency grows by
   // exactly the wake-up (0.25 ms) and nothing else moves but the arrival order's timing.
   auto latencies = [](const fs::path& csv) {
-    std::vector<std::string> out;
-    std::istringstream in(fakes::readWholeFile(csv));
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) out.push_back(line);
+    std::vector<double> out;
+    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(csv));
+    for (std::size_t i = 0; i < rows.rows.size(); ++i) out.push_back(std::stod(rows.at(i, "latency_s")));
     return out;
   };
   const auto a = latencies(dir.path() / "a" / "requests.csv"), b = latencies(dir.path() / "b" / "requests.csv");
@@ -281,12 +280,7 @@ TEST(ProfiledSimulation, EveryRequestWaitsTheDriversWakeAndTheSharedHostFigureCa
   ASSERT_GT(a.size(), 10u);
   int shifted = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    auto field = [](const std::string& row, int k) {
-      std::size_t pos = 0;
-      for (int f = 0; f < k; ++f) pos = row.find(',', pos) + 1;
-      return std::stod(row.substr(pos, row.find(',', pos) - pos));
-    };
-    const double la = field(a[i], 6), lb = field(b[i], 6);  // latency_s
+    const double la = a[i], lb = b[i];
     if (std::abs(la - lb - 0.00025) < 2e-9) ++shifted;
     EXPECT_GE(la, lb + 0.00025 - 2e-9) << i;
   }

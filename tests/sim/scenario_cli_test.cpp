@@ -245,8 +245,8 @@ TEST(ScenarioCli, SloMetIsADashWithoutAnSlo) {
     ++rows;
     std::istringstream fields(line);
     std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
-    ASSERT_EQ(f.size(), 9u) << line;
-    EXPECT_EQ(f[6], "-") << line;  // name, requests, mean, p50, p99, ttft, SLO met, swaps, GB
+    ASSERT_EQ(f.size(), 10u) << line;
+    EXPECT_EQ(f[7], "-") << line;  // name, requests, mean, p50, p99, ttft, tpot, SLO met, swaps, GB
   }
   EXPECT_EQ(rows, 4) << r.out;
   r = runCommand("sim " + scenario.string() + " --no-files --json --quiet");
