@@ -49,6 +49,38 @@ Nanos RooflineCostModel::stageTime(const ModelDeployment& model, int stage, doub
   return t;
 }
 
+Nanos RooflineCostModel::passTime(const ModelDeployment& model, double tokens, double attended,
+                                  double kv_read) const {
+  const double dtype = dtypeBytes(model.spec.dtype);
+  Nanos t = 0;
+  for (int s = 0; s < model.pp; ++s) {
+    t += stageTime(model, s, tokens, attended, kv_read);
+    if (s + 1 < model.pp) {
+      const bool across = !cluster_.sameNode(model.gpus[static_cast<std::size_t>(s * model.tp)],
+                                             model.gpus[static_cast<std::size_t>((s + 1) * model.tp)]);
+      t += stageSendTime(tokens * model.spec.hidden * dtype, across);
+    }
+  }
+  return t;
+}
+
+StepTime RooflineCostModel::prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
+                                        bool /*first_after_load*/, Nanos /*idle*/) const {
+  if (model.fixed_batch_time > 0) return {model.fixed_batch_time, false};
+  double tokens = 0, causal_pairs = 0;
+  for (std::int32_t c : contexts) {
+    tokens += c;
+    causal_pairs += 0.5 * static_cast<double>(c) * (c + 1);
+  }
+  return {passTime(model, tokens, causal_pairs, 0), false};
+}
+
+StepTime RooflineCostModel::decodeStep(const ModelDeployment& model, int batch, double total_context) const {
+  if (model.fixed_batch_time > 0) return {model.fixed_batch_time, false};
+  // As a request-level batch's decode step s: the contexts hold each prompt and s tokens.
+  return {passTime(model, batch, total_context, total_context), false};
+}
+
 BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
                                          bool /*first_after_load*/, Nanos /*idle*/) const {
   BatchTimes times;
@@ -58,7 +90,6 @@ BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std
     times.total = model.fixed_batch_time;
     return times;
   }
-  const double dtype = dtypeBytes(model.spec.dtype);
   double prompt_tokens = 0, causal_pairs = 0;
   std::int32_t longest_output = 1;
   for (const auto& r : requests) {
@@ -66,18 +97,7 @@ BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std
     causal_pairs += 0.5 * static_cast<double>(r.prompt_tokens) * (r.prompt_tokens + 1);
     longest_output = std::max(longest_output, r.output_tokens);
   }
-  auto pass = [&](double tokens, double attended, double kv_read) {
-    Nanos t = 0;
-    for (int s = 0; s < model.pp; ++s) {
-      t += stageTime(model, s, tokens, attended, kv_read);
-      if (s + 1 < model.pp) {
-        const bool across = !cluster_.sameNode(model.gpus[static_cast<std::size_t>(s * model.tp)],
-                                               model.gpus[static_cast<std::size_t>((s + 1) * model.tp)]);
-        t += stageSendTime(tokens * model.spec.hidden * dtype, across);
-      }
-    }
-    return t;
-  };
+  auto pass = [&](double tokens, double attended, double kv_read) { return passTime(model, tokens, attended, kv_read); };
   // Prefill: every prompt token once, each attending causally over its own prompt.
   Nanos t = pass(prompt_tokens, causal_pairs, 0);
   times.first_token = t;
@@ -148,6 +168,27 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
   for (const auto& r : requests) times.finish.push_back(step_end[static_cast<std::size_t>(std::max(1, r.output_tokens) - 1)]);
   times.total = t + nanosFromMillis(entry->batch_tail_ms);
   return times;
+}
+
+StepTime ProfiledCostModel::prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
+                                        bool first_after_load, Nanos idle) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr || contexts.empty()) return roofline_.prefillStep(model, contexts, first_after_load, idle);
+  double tokens = 0;
+  for (std::int32_t c : contexts) tokens += std::max(1, c);
+  const double batch = static_cast<double>(contexts.size());
+  const ProfileGrid::Lookup prefill = entry->prefill.at(batch, tokens / batch);
+  Nanos t = nanosFromMillis(prefill.ms) + nanosFromMillis(entry->batch_tail_ms);
+  if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
+  t += nanosFromMillis(entry->idleExtraMs(static_cast<double>(idle) / 1e6));
+  return {t, prefill.outside};
+}
+
+StepTime ProfiledCostModel::decodeStep(const ModelDeployment& model, int batch, double total_context) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr || batch <= 0) return roofline_.decodeStep(model, batch, total_context);
+  const ProfileGrid::Lookup decode = entry->decode.at(batch, total_context / batch);
+  return {nanosFromMillis(decode.ms) + nanosFromMillis(entry->batch_tail_ms), decode.outside};
 }
 
 }  // namespace computron

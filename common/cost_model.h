@@ -28,6 +28,11 @@ struct BatchTimes {
   bool outside_profile = false;  // a profiled shape fell outside the measured grid (extrapolated)
 };
 
+struct StepTime {
+  Nanos time = 0;
+  bool outside_profile = false;
+};
+
 class CostModel {
  public:
   virtual ~CostModel() = default;
@@ -35,6 +40,13 @@ class CostModel {
   // without a batch before it (both add the profile's measured extra costs).
   virtual BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
                                 bool first_after_load = false, Nanos idle = 0) const = 0;
+  // Iteration-level batching, one step of a session. A prefill step over sequences whose KV
+  // caches fill `contexts[i]` tokens each (a prompt, or a preempted sequence's prompt and tokens
+  // so far); a decode step makes one token of each of `batch` sequences whose contexts hold
+  // `total_context` tokens together (before the step). Both include what a batch's end costs.
+  virtual StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
+                               bool first_after_load = false, Nanos idle = 0) const = 0;
+  virtual StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const = 0;
   // "profile" or "roofline": which source times this model's batches.
   virtual std::string sourceFor(const ModelDeployment& model) const = 0;
 };
@@ -47,6 +59,9 @@ class RooflineCostModel final : public CostModel {
   explicit RooflineCostModel(const ClusterSpec& cluster) : cluster_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
                         bool first_after_load = false, Nanos idle = 0) const override;
+  StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
+                       bool first_after_load = false, Nanos idle = 0) const override;
+  StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const override;
   std::string sourceFor(const ModelDeployment&) const override { return "roofline"; }
   // One all-reduce of `bytes` over `tp` GPUs: over NVLink within a node, over each GPU's share of
   // its node's NIC (and the network's latency) when the group spans nodes.
@@ -59,6 +74,8 @@ class RooflineCostModel final : public CostModel {
   // (query, key) pairs of attention; `kv_read_tokens` the cached tokens whose K and V are read.
   Nanos stageTime(const ModelDeployment& model, int stage, double tokens, double attended,
                   double kv_read_tokens) const;
+  // One pass over every stage, with the activation sends between them.
+  Nanos passTime(const ModelDeployment& model, double tokens, double attended, double kv_read_tokens) const;
   const ClusterSpec& cluster_;
 };
 
@@ -72,6 +89,9 @@ class ProfiledCostModel final : public CostModel {
       : profile_(std::move(profile)), roofline_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
                         bool first_after_load = false, Nanos idle = 0) const override;
+  StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
+                       bool first_after_load = false, Nanos idle = 0) const override;
+  StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const override;
   std::string sourceFor(const ModelDeployment& model) const override;
 
  private:

@@ -45,6 +45,9 @@ void RealtimeDriver::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
 void RealtimeDriver::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
   if (downstream_ != nullptr) downstream_->onBatch(cmd, result);
 }
+void RealtimeDriver::onTokenGaps(ModelId m, Nanos gap, std::int64_t count) {
+  if (downstream_ != nullptr) downstream_->onTokenGaps(m, gap, count);
+}
 
 DriverStats RealtimeDriver::run() {
   Listener listener(engine_, layers_);

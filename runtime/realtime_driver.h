@@ -41,6 +41,7 @@ class RealtimeDriver final : public EngineObserver {
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  void onTokenGaps(ModelId m, Nanos gap, std::int64_t count) override;
 
  private:
   class Listener;

@@ -88,6 +88,13 @@ SimStats Simulation::run() {
         break;
       }
       case EventKind::kWake: engine_.onTimer(); break;
+      case EventKind::kStepDone: {
+        auto it = steps_.find(static_cast<BatchId>(e.a));
+        StepResult result = std::move(it->second);
+        steps_.erase(it);
+        engine_.onStepDone(result);
+        break;
+      }
     }
     // The engine's wake-up (a batch due to start behind a load), once per distinct time.
     if (auto wake = engine_.nextWake()) {
@@ -159,6 +166,37 @@ void Simulation::execute(const ExecuteCommand& cmd) {
     return;
   }
   timeBatch(cmd, now_, nullptr);
+}
+
+// A session's step: a prefill step over its joining sequences' contexts, or a decode step over
+// every decoding sequence, timed by the cost model (a profile's grids where it has one).
+void Simulation::step(const StepCommand& cmd) {
+  const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
+  const auto m = static_cast<std::size_t>(cmd.model);
+  StepTime t;
+  if (!cmd.prefill.empty()) {
+    Nanos free_since = 0;
+    for (GpuId g : cmd.gpus) free_since = std::max(free_since, gpu_free_[static_cast<std::size_t>(g)]);
+    std::vector<std::int32_t> contexts;
+    contexts.reserve(cmd.prefill.size());
+    for (const auto& s : cmd.prefill) contexts.push_back(s.context);
+    t = cost_->prefillStep(model, contexts, fresh_[m], cmd.step == 0 ? std::max<Nanos>(0, now_ - free_since) : 0);
+  } else {
+    double context = 0;
+    for (const auto& s : cmd.decode) context += s.context;
+    t = cost_->decodeStep(model, static_cast<int>(cmd.decode.size()), context);
+  }
+  fresh_[m] = false;
+  ++batches_timed_[m];
+  if (t.outside_profile) ++batches_outside_[m];
+  StepResult result;
+  result.batch = cmd.batch;
+  result.step = cmd.step;
+  result.start = now_;
+  result.end = now_ + t.time;
+  for (GpuId g : cmd.gpus) gpu_free_[static_cast<std::size_t>(g)] = result.end;
+  steps_[cmd.batch] = result;
+  events_.push(result.end, EventKind::kStepDone, static_cast<std::uint64_t>(cmd.batch));
 }
 
 // Layer-pipelined timing: the prefill is spread evenly over the model's decoder layers and its head, walked in
@@ -247,6 +285,12 @@ void Simulation::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
 }
 void Simulation::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
   if (observer_) observer_->onBatch(cmd, result);
+}
+void Simulation::onStep(const StepCommand& cmd, const StepResult& result) {
+  if (observer_) observer_->onStep(cmd, result);
+}
+void Simulation::onTokenGaps(ModelId m, Nanos gap, std::int64_t count) {
+  if (observer_) observer_->onTokenGaps(m, gap, count);
 }
 
 nlohmann::json Simulation::timingReport() const {

@@ -60,11 +60,15 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   void load(const LoadCommand& cmd) override;
   void evict(const EvictCommand& cmd) override;
   void execute(const ExecuteCommand& cmd) override;
+  bool supportsSteps() const override { return true; }
+  void step(const StepCommand& cmd) override;
   // EngineObserver: forwards to the user's observer; completions also feed closed-loop sources.
   void onRequestDone(const RequestRecord& record) override;
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  void onStep(const StepCommand& cmd, const StepResult& result) override;
+  void onTokenGaps(ModelId m, Nanos gap, std::int64_t count) override;
 
  private:
   void pullNextArrival();
@@ -85,6 +89,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::unordered_map<FlowId, OpId> flow_load_;
   std::unordered_map<OpId, int> load_parts_left_;
   std::unordered_map<BatchId, BatchResult> batches_;
+  std::unordered_map<BatchId, StepResult> steps_;  // the step in flight of each session
   // Layer-pipelined batches started while their model loads: timed when its last shard arrives.
   struct ShardLoad {
     ModelId model = 0;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -66,12 +67,53 @@ struct BatchResult {
   std::string error;
 };
 
+// Iteration-level batching (policy.batching "iteration"): a model's session runs one step at a
+// time, and the engine decides between steps which sequences join and which leave.
+struct StepSequence {
+  Request request;
+  // Tokens in the sequence's KV cache before this step: its prompt plus the tokens it has made
+  // (a prefill step after a preemption recomputes all of them).
+  std::int32_t context = 0;
+  std::int32_t generated = 0;  // output tokens made so far
+};
+
+struct StepCommand {
+  BatchId batch = 0;      // the session (one per model at a time)
+  std::int64_t step = 0;  // 0, 1, ... within the session
+  ModelId model = 0;
+  int tp = 1;
+  int pp = 1;
+  std::vector<GpuId> gpus;  // shard i runs on gpus[i]
+  // A prefill step fills the KV cache of the joining sequences (`prefill`, each over `context`
+  // tokens) and makes each one's next token; sequences already decoding wait that step. A decode
+  // step (`prefill` empty) makes one token of every sequence in `decode`.
+  std::vector<StepSequence> prefill;
+  std::vector<StepSequence> decode;
+  // Sequences that ended after the previous step: their KV cache may be released.
+  std::vector<RequestId> retired;
+};
+
+struct StepResult {
+  BatchId batch = 0;
+  std::int64_t step = 0;
+  Nanos start = 0;
+  Nanos end = 0;  // every sequence of the step has its new token
+  bool ok = true;
+  std::string error;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual void load(const LoadCommand& cmd) = 0;
   virtual void evict(const EvictCommand& cmd) = 0;
   virtual void execute(const ExecuteCommand& cmd) = 0;
+  // Runs one step of a session; completion through Engine::onStepDone. A backend that runs
+  // request-level batches only keeps this default, and the scenario is refused before it starts.
+  virtual bool supportsSteps() const { return false; }
+  virtual void step(const StepCommand& /*cmd*/) {
+    throw std::logic_error("this backend runs request-level batches only");
+  }
 };
 
 // Time enters the core only through this interface.

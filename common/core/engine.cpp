@@ -126,6 +126,26 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   group_waiting_.assign(static_cast<std::size_t>(groups), {});
   group_waiting_pos_.assign(config_.models.size(), kNone);
   group_unsettled_.assign(static_cast<std::size_t>(groups), 0);
+  // KV cache per token on each GPU: a shard holds its stage's layers and 1/tp of the KV heads.
+  gpu_kv_used_.assign(num_gpus, 0);
+  gpu_runner_.assign(num_gpus, -1);
+  gpu_epoch_.assign(num_gpus, 0);
+  session_of_.assign(config_.models.size(), 0);
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const auto& d = config_.models[m];
+    std::vector<std::int64_t> per_gpu(num_gpus, 0);
+    const std::int64_t per_layer = d.spec.num_layers > 0 ? d.spec.kvBytesPerToken() / d.spec.num_layers : 0;
+    for (int shard = 0; shard < d.numShards(); ++shard) {
+      const std::int64_t layers = layouts_[m][static_cast<std::size_t>(shard)].num_layers;
+      per_gpu[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(shard)])] += (per_layer * layers + d.tp - 1) / d.tp;
+    }
+    kv_per_token_.push_back(std::move(per_gpu));
+  }
+  if (config_.policy.batching == Batching::kIteration && !backend_.supportsSteps())
+    throw ConfigError("$.policy.batching: \"iteration\" runs in the simulator only so far; replay and serve run "
+                      "request-level batches (\"request\")");
+  if (!config_.gpu_kv_budget.empty() && config_.gpu_kv_budget.size() != num_gpus)
+    throw std::invalid_argument("gpu_kv_budget must list one budget per GPU");
   local_passes_ = config_.policy.max_loaded_models <= 0 && !config_.policy.admission && !prefetch_.active() &&
                   !config_.policy.layer_pipelined && !queue_policy_.drainsBeforeSwap() && routing_.readsOnlyOwnGpus();
 }
@@ -202,6 +222,18 @@ void Engine::onArrival(const Request& request) {
   if (request.model < 0 || static_cast<std::size_t>(request.model) >= models_.size())
     throw std::invalid_argument("request " + std::to_string(request.id) + " names unknown model " +
                                 std::to_string(request.model));
+  if (std::string why = refusal(request); !why.empty()) {
+    RequestRecord record;
+    record.request = request;
+    record.start = record.first_token = record.finish = clock_.now();
+    record.ok = false;
+    record.refused = true;
+    record.error = std::move(why);
+    ++in_flight_requests_;
+    ++refused_requests_;
+    finishRequest(record);
+    return;
+  }
   auto& state = models_[static_cast<std::size_t>(request.model)];
   state.queue.push_back({request, state.residency != Residency::kResident});
   queueChanged(request.model);
@@ -291,6 +323,7 @@ void Engine::onBatchDone(const BatchResult& result) {
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
   state.running = false;
   for (GpuId g : cmd.gpus) gpu_busy_[static_cast<std::size_t>(g)] = false;
+  kvAdd(cmd.model, -batch.kv_tokens);
   if (state.evict_when_idle) {
     state.evict_when_idle = false;
     startEvict(cmd.model);
@@ -315,6 +348,10 @@ void Engine::onBatchDone(const BatchResult& result) {
     record.waited_for_load = batch.waited[i];
     record.ok = result.ok;
     record.error = result.error;
+    if (observer_ && record.ok && record.request.output_tokens > 1 && record.finish > record.first_token) {
+      const std::int64_t gaps = record.request.output_tokens - 1;
+      observer_->onTokenGaps(cmd.model, (record.finish - record.first_token) / gaps, gaps);
+    }
     finishRequest(record);
   }
   schedule(cmd.model);
@@ -398,6 +435,10 @@ void Engine::runPass(std::vector<ModelId>& order) {
   load_blocked_ = false;
   if (!order.empty()) {
     queue_policy_.order(order, *this);
+    // Iteration batching: a model preempted for others goes after them until something else
+    // has started on its GPUs (it cannot be protected from swaps and block them forever).
+    if (config_.policy.batching == Batching::kIteration)
+      std::stable_partition(order.begin(), order.end(), [&](ModelId m) { return !yielding(m); });
     // Claims and doom marks of the previous pass were set only on the GPUs and victims of the
     // models it visited; clear those rather than every GPU and model of the fleet.
     for (GpuId g : claimed_list_) gpu_claimed_[static_cast<std::size_t>(g)] = false;
@@ -587,6 +628,7 @@ void Engine::tryPrefetch() {
 }
 
 bool Engine::tryRunBatch(ModelId m) {
+  if (config_.policy.batching == Batching::kIteration) return tryStartSession(m);
   auto& state = models_[static_cast<std::size_t>(m)];
   const auto& d = config_.models[static_cast<std::size_t>(m)];
   if (state.running || doomed_[static_cast<std::size_t>(m)] || state.queue.empty()) return false;
@@ -602,7 +644,14 @@ bool Engine::tryRunBatch(ModelId m) {
   const auto size = std::min(state.queue.size(), static_cast<std::size_t>(std::max(d.max_batch, 0)));
   batch.cmd.requests.reserve(size);  // one allocation each, not one per doubling
   batch.waited.reserve(size);
+  // The batch reserves every request's whole KV cache (prompt + output) up front; a request that
+  // would overflow the budget waits for the next batch (the first always fits: see refusal()).
+  std::int64_t kv_tokens = 0;
   while (!state.queue.empty() && static_cast<int>(batch.cmd.requests.size()) < d.max_batch) {
+    const Request& next = state.queue.front().request;
+    const std::int64_t tokens = static_cast<std::int64_t>(next.prompt_tokens) + next.output_tokens;
+    if (!batch.cmd.requests.empty() && !kvFits(m, kv_tokens, tokens)) break;
+    kv_tokens += tokens;
     batch.cmd.requests.push_back(state.queue.front().request);
     batch.waited.push_back(state.queue.front().waited_for_load);
     state.queue.pop_front();
@@ -612,6 +661,9 @@ bool Engine::tryRunBatch(ModelId m) {
   state.served_since_load = true;
   state.last_used = clock_.now();
   for (GpuId g : d.gpus) gpu_busy_[static_cast<std::size_t>(g)] = true;
+  for (GpuId g : model_gpus_[static_cast<std::size_t>(m)]) ++gpu_epoch_[static_cast<std::size_t>(g)];
+  batch.kv_tokens = kv_tokens;
+  kvAdd(m, kv_tokens);
   BatchId id = batch.cmd.batch;
   auto [it, inserted] = batches_.emplace(id, std::move(batch));
   (void)inserted;
@@ -694,6 +746,7 @@ bool Engine::tryLoad(ModelId m) {
   if (satisfied()) {
     for (ModelId v : plan) {
       if (models_[static_cast<std::size_t>(v)].running) {
+        for (GpuId g : model_gpus_[static_cast<std::size_t>(v)]) requestDrain(g);
         if (!doomed_[static_cast<std::size_t>(v)]) doomed_list_.push_back(v);
         doomed_[static_cast<std::size_t>(v)] = true;
       } else {
@@ -738,6 +791,7 @@ void Engine::startLoad(ModelId m) {
   const auto& d = config_.models[static_cast<std::size_t>(m)];
   setResidency(m, Residency::kLoading);
   state.load_issued = clock_.now();
+  for (GpuId g : model_gpus_[static_cast<std::size_t>(m)]) ++gpu_epoch_[static_cast<std::size_t>(g)];
   if (config_.policy.layer_pipelined) {
     // Start a batch behind this load about one prefill before its expected end (see pipelinedReady).
     // The longer of the link-speed estimate and the model's last load (links may be shared).
@@ -971,6 +1025,322 @@ void Engine::checkInvariants() const {
     if (resident_on[g] != resident_on_gpu_[g].size())
       throw std::logic_error("GPU " + std::to_string(g) + " resident index holds stale models");
   }
+  // KV cache: what runs reserves its sequences' prompt + output tokens, within the budget.
+  std::vector<std::int64_t> kv(gpu_used_.size(), 0);
+  auto addKv = [&](ModelId m, std::int64_t tokens) {
+    for (GpuId g : model_gpus_[static_cast<std::size_t>(m)])
+      kv[static_cast<std::size_t>(g)] += tokens * kv_per_token_[static_cast<std::size_t>(m)][static_cast<std::size_t>(g)];
+  };
+  for (const auto& [id, batch] : batches_) addKv(batch.cmd.model, batch.kv_tokens);
+  for (const auto& [id, session] : sessions_) {
+    const auto mi = static_cast<std::size_t>(session.model);
+    const auto& s = models_[mi];
+    if (session_of_[mi] != id || !s.running || s.residency != Residency::kResident)
+      throw std::logic_error("session of model " + config_.models[mi].name + " is not its running batch");
+    std::int64_t tokens = 0;
+    for (const auto* list : {&session.decoding, &session.joining})
+      for (const auto& seq : *list) tokens += static_cast<std::int64_t>(seq.q.request.prompt_tokens) + seq.q.request.output_tokens;
+    if (tokens != session.kv_tokens) throw std::logic_error("session KV reservation disagrees with its sequences");
+    if (static_cast<int>(session.decoding.size() + session.joining.size()) > config_.models[mi].max_batch)
+      throw std::logic_error("session of model " + config_.models[mi].name + " holds more than max_batch sequences");
+    for (GpuId g : model_gpus_[mi])
+      if (gpu_runner_[static_cast<std::size_t>(g)] != session.model) throw std::logic_error("GPU runner index wrong");
+    addKv(session.model, tokens);
+  }
+  for (std::size_t g = 0; g < gpu_used_.size(); ++g) {
+    if (kv[g] != gpu_kv_used_[g]) throw std::logic_error("GPU " + std::to_string(g) + " KV count disagrees with what runs");
+    if (!config_.gpu_kv_budget.empty() && kv[g] > config_.gpu_kv_budget[g])
+      throw std::logic_error("GPU " + std::to_string(g) + " over its KV budget");
+  }
+}
+
+}  // namespace computron
+
+namespace computron {
+
+// ---- KV budget and refusals ------------------------------------------------------------------
+
+std::string Engine::refusal(const Request& request) const {
+  const auto m = static_cast<std::size_t>(request.model);
+  const auto& d = config_.models[m];
+  const std::int64_t tokens = static_cast<std::int64_t>(request.prompt_tokens) + request.output_tokens;
+  if (d.spec.max_positions > 0 && tokens > d.spec.max_positions)
+    return "refused: prompt + output tokens (" + std::to_string(tokens) + ") exceed the maximum positions of " +
+           d.name + " (" + std::to_string(d.spec.max_positions) + ")";
+  if (!config_.gpu_kv_budget.empty()) {
+    for (GpuId g : model_gpus_[m]) {
+      const auto gi = static_cast<std::size_t>(g);
+      const std::int64_t need = tokens * kv_per_token_[m][gi];
+      if (need > config_.gpu_kv_budget[gi])
+        return "refused: its KV cache (" + std::to_string(tokens) + " tokens, " + std::to_string(need) +
+               " bytes on GPU " + std::to_string(g) + ") exceeds the KV budget (" +
+               std::to_string(config_.gpu_kv_budget[gi]) + " bytes)";
+    }
+  }
+  return {};
+}
+
+bool Engine::kvFits(ModelId m, std::int64_t used_tokens, std::int64_t more_tokens) const {
+  if (config_.gpu_kv_budget.empty()) return true;
+  const auto mi = static_cast<std::size_t>(m);
+  for (GpuId g : model_gpus_[mi]) {
+    const auto gi = static_cast<std::size_t>(g);
+    if ((used_tokens + more_tokens) * kv_per_token_[mi][gi] > config_.gpu_kv_budget[gi]) return false;
+  }
+  return true;
+}
+
+void Engine::kvAdd(ModelId m, std::int64_t tokens) {
+  const auto mi = static_cast<std::size_t>(m);
+  for (GpuId g : model_gpus_[mi]) gpu_kv_used_[static_cast<std::size_t>(g)] += tokens * kv_per_token_[mi][static_cast<std::size_t>(g)];
+}
+
+// ---- Iteration-level batching ----------------------------------------------------------------
+//
+// A resident model with queued requests and free GPUs starts a session: the queue's head requests
+// join (up to max_batch sequences and the KV budget, each reserving its prompt + output tokens)
+// and run a prefill step; then decode steps make one token of every sequence. Between steps,
+// sequences that made their last token leave, and, while no other model waits for the session's
+// GPUs, queued requests join with a prefill step of their own (the sequences already decoding
+// wait that step). Once another model waits (a load whose eviction plan needs this model, or a
+// batch blocked by its GPUs), the session admits nobody and drains; what is still in flight
+// after policy.max_drain is preempted at the next step boundary: requeued at the head of the queue
+// with its tokens so far, recomputed by a prefill when it rejoins. A preempted model comes last in
+// the scheduling passes while another model waits for its GPUs and nothing else has started there.
+
+int Engine::sessionSequences(ModelId m) const {
+  const BatchId id = session_of_.at(static_cast<std::size_t>(m));
+  if (id == 0) return 0;
+  const Session& s = sessions_.at(id);
+  return static_cast<int>(s.decoding.size() + s.joining.size());
+}
+
+bool Engine::sessionDraining(ModelId m) const {
+  const BatchId id = session_of_.at(static_cast<std::size_t>(m));
+  if (id == 0) return false;
+  const Session& s = sessions_.at(id);
+  return s.drain_requested && clock_.now() >= std::max(s.drain_since, s.started + config_.policy.session_quantum);
+}
+
+void Engine::requestDrain(GpuId g) {
+  const ModelId runner = gpu_runner_[static_cast<std::size_t>(g)];
+  if (runner < 0) return;
+  Session& s = sessions_.at(session_of_[static_cast<std::size_t>(runner)]);
+  if (!s.drain_requested) {
+    s.drain_requested = true;
+    s.drain_since = clock_.now();
+  }
+}
+
+std::int64_t Engine::gpuEpochSum(ModelId m) const {
+  std::int64_t sum = 0;
+  for (GpuId g : model_gpus_[static_cast<std::size_t>(m)]) sum += gpu_epoch_[static_cast<std::size_t>(g)];
+  return sum;
+}
+
+bool Engine::yielding(ModelId m) const {
+  const auto& state = models_[static_cast<std::size_t>(m)];
+  if (state.yield_epoch < 0 || gpuEpochSum(m) != state.yield_epoch) return false;
+  for (ModelId o : waiting_)
+    if (o != m && sharesGpu(m, o)) return true;
+  return false;
+}
+
+bool Engine::tryStartSession(ModelId m) {
+  const auto mi = static_cast<std::size_t>(m);
+  auto& state = models_[mi];
+  const auto& d = config_.models[mi];
+  if (state.running || doomed_[mi] || state.queue.empty()) return false;
+  if (state.residency != Residency::kResident) return false;  // sessions start on resident models only
+  bool busy = false;
+  for (GpuId g : model_gpus_[mi]) {
+    if (gpu_busy_[static_cast<std::size_t>(g)]) {
+      requestDrain(g);
+      busy = true;
+    }
+  }
+  if (busy) return false;
+  state.yield_epoch = -1;
+  Session session;
+  session.id = next_batch_++;
+  session.model = m;
+  session.started = clock_.now();
+  state.running = true;
+  state.served_since_load = true;
+  for (GpuId g : d.gpus) gpu_busy_[static_cast<std::size_t>(g)] = true;
+  for (GpuId g : model_gpus_[mi]) {
+    ++gpu_epoch_[static_cast<std::size_t>(g)];
+    gpu_runner_[static_cast<std::size_t>(g)] = m;
+  }
+  session_of_[mi] = session.id;
+  Session& s = sessions_.emplace(session.id, std::move(session)).first->second;
+  advanceSession(s);
+  return true;
+}
+
+void Engine::advanceSession(Session& s) {
+  const ModelId m = s.model;
+  const auto mi = static_cast<std::size_t>(m);
+  auto& state = models_[mi];
+  const auto& d = config_.models[mi];
+  const Nanos now = clock_.now();
+  const Nanos drain_from = std::max(s.drain_since, s.started + config_.policy.session_quantum);
+  const bool draining = s.drain_requested && now >= drain_from;
+  if (draining && !s.decoding.empty() && now - drain_from >= config_.policy.max_drain) {
+    // Preempt: back to the head of the queue in their order, with the tokens they made.
+    for (auto it = s.decoding.rbegin(); it != s.decoding.rend(); ++it) {
+      QueuedRequest q = it->q;
+      ++q.preemptions;
+      const std::int64_t tokens = static_cast<std::int64_t>(q.request.prompt_tokens) + q.request.output_tokens;
+      s.kv_tokens -= tokens;
+      kvAdd(m, -tokens);
+      s.retired.push_back(q.request.id);
+      state.queue.push_front(std::move(q));
+    }
+    s.decoding.clear();
+    queueChanged(m);
+    state.yield_epoch = gpuEpochSum(m);
+  }
+  if (!draining) {
+    bool admitted = false;
+    while (!state.queue.empty() && static_cast<int>(s.decoding.size() + s.joining.size()) < d.max_batch) {
+      const Request& next = state.queue.front().request;
+      const std::int64_t tokens = static_cast<std::int64_t>(next.prompt_tokens) + next.output_tokens;
+      if (!kvFits(m, s.kv_tokens, tokens)) break;  // admission waits for sequences to leave
+      s.kv_tokens += tokens;
+      kvAdd(m, tokens);
+      Sequence seq{state.queue.front(), 0};
+      if (seq.q.start < 0) seq.q.start = now;
+      s.joining.push_back(std::move(seq));
+      state.queue.pop_front();
+      admitted = true;
+    }
+    if (admitted) queueChanged(m);
+  }
+  if (s.joining.empty() && s.decoding.empty()) {
+    endSession(m);
+    return;
+  }
+  state.last_used = now;
+  issueStep(s);
+}
+
+void Engine::issueStep(Session& s) {
+  const auto& d = config_.models[static_cast<std::size_t>(s.model)];
+  StepCommand& cmd = s.cmd;
+  cmd.batch = s.id;
+  cmd.step = s.step++;
+  cmd.model = s.model;
+  cmd.tp = d.tp;
+  cmd.pp = d.pp;
+  cmd.gpus = d.gpus;
+  cmd.prefill.clear();
+  cmd.decode.clear();
+  auto entry = [](const Sequence& seq) {
+    return StepSequence{seq.q.request, seq.q.request.prompt_tokens + seq.q.generated, seq.q.generated};
+  };
+  if (!s.joining.empty()) {
+    for (const auto& seq : s.joining) cmd.prefill.push_back(entry(seq));
+  } else {
+    for (const auto& seq : s.decoding) cmd.decode.push_back(entry(seq));
+  }
+  cmd.retired = std::move(s.retired);
+  s.retired.clear();
+  backend_.step(cmd);
+}
+
+void Engine::endSession(ModelId m) {
+  const auto mi = static_cast<std::size_t>(m);
+  auto& state = models_[mi];
+  const auto& d = config_.models[mi];
+  const BatchId id = session_of_[mi];
+  {
+    const Session& s = sessions_.at(id);
+    kvAdd(m, -s.kv_tokens);
+  }
+  sessions_.erase(id);
+  session_of_[mi] = 0;
+  state.running = false;
+  for (GpuId g : d.gpus) gpu_busy_[static_cast<std::size_t>(g)] = false;
+  for (GpuId g : model_gpus_[mi]) gpu_runner_[static_cast<std::size_t>(g)] = -1;
+  if (state.evict_when_idle) {
+    state.evict_when_idle = false;
+    startEvict(m);
+  }
+}
+
+void Engine::onStepDone(const StepResult& result) {
+  auto it = sessions_.find(result.batch);
+  if (it == sessions_.end() || it->second.cmd.step != result.step)
+    throw std::logic_error("onStepDone: unknown step " + std::to_string(result.step) + " of session " +
+                           std::to_string(result.batch));
+  Session& s = it->second;
+  const ModelId m = s.model;
+  auto& state = models_[static_cast<std::size_t>(m)];
+  if (observer_) observer_->onStep(s.cmd, result);
+  const Nanos end = result.end;
+  auto report = [&](const Sequence& seq, bool ok, const std::string& error) {
+    RequestRecord record;
+    record.request = seq.q.request;
+    record.batch = s.id;
+    record.start = seq.q.start >= 0 ? seq.q.start : result.start;
+    record.first_token = seq.q.first_token >= 0 ? seq.q.first_token : end;
+    record.finish = end;
+    record.waited_for_load = seq.q.waited_for_load;
+    record.preemptions = seq.q.preemptions;
+    record.ok = ok;
+    record.error = error;
+    finishRequest(record);
+  };
+  if (!result.ok) {
+    // A failed step fails every sequence of the session; the model stays resident.
+    for (const auto& seq : s.decoding) report(seq, false, result.error);
+    for (const auto& seq : s.joining) report(seq, false, result.error);
+    endSession(m);
+    schedule(m);
+    return;
+  }
+  const bool prefill = !s.cmd.prefill.empty();
+  if (prefill) {
+    const Nanos took = end - result.start;
+    if (took > 0 && (state.min_prefill_time == 0 || took < state.min_prefill_time)) state.min_prefill_time = took;
+    if (took > 0 && (state.min_batch_time == 0 || took < state.min_batch_time)) state.min_batch_time = took;
+    for (auto& seq : s.joining) {
+      ++seq.q.generated;
+      if (seq.q.first_token < 0) {
+        seq.q.first_token = end;
+      } else if (observer_) {
+        observer_->onTokenGaps(m, end - seq.last_token, 1);  // a rejoin after preemption
+      }
+      seq.last_token = end;
+      s.decoding.push_back(std::move(seq));
+    }
+    s.joining.clear();
+  } else {
+    for (auto& seq : s.decoding) {
+      ++seq.q.generated;
+      if (observer_) observer_->onTokenGaps(m, end - seq.last_token, 1);
+      seq.last_token = end;
+    }
+  }
+  // Sequences that made their last token leave, in order.
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < s.decoding.size(); ++i) {
+    Sequence& seq = s.decoding[i];
+    if (seq.q.generated >= std::max(1, seq.q.request.output_tokens)) {
+      const std::int64_t tokens = static_cast<std::int64_t>(seq.q.request.prompt_tokens) + seq.q.request.output_tokens;
+      s.kv_tokens -= tokens;
+      kvAdd(m, -tokens);
+      s.retired.push_back(seq.q.request.id);
+      report(seq, true, {});
+    } else {
+      if (kept != i) s.decoding[kept] = std::move(seq);
+      ++kept;
+    }
+  }
+  s.decoding.resize(kept);
+  advanceSession(s);
+  schedule(m);
 }
 
 }  // namespace computron

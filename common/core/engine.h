@@ -22,6 +22,12 @@
 namespace computron {
 
 enum class Residency { kOffloaded, kLoading, kResident, kEvicting };
+
+// How requests are grouped into work (docs/policies.md "Batching").
+enum class Batching {
+  kRequest,    // the seed's: a batch runs prefill, then decode steps until its longest request ends
+  kIteration,  // sequences join and leave a model's session between steps, within the KV budget
+};
 std::string residencyName(Residency r);
 
 // The policy choices. Each is a handle to a registered policy (policy.h, registry.h), made from
@@ -47,6 +53,14 @@ struct PolicyConfig {
   // operator's evictOnDemand), loaded by the engine's first scheduling pass (Engine::start) and
   // kept. The scenario parser checks they fit together and leave room for every other model.
   std::vector<ModelId> pinned;
+  Batching batching = Batching::kRequest;
+  // Iteration batching: once another model waits for a session's GPUs, the session admits no more
+  // sequences; those in flight that have not ended after this long are preempted and requeued
+  // (their tokens so far recomputed by a prefill when they rejoin).
+  Nanos max_drain = 2 * kNanosPerSecond;
+  // Iteration batching: a session keeps admitting for at least this long after it starts, even
+  // while other models wait for its GPUs (its drain starts then).
+  Nanos session_quantum = 2 * kNanosPerSecond;
 
   // An eviction or prefetch policy reads the future (EngineConfig::future must be given).
   bool needsFuture() const;
@@ -66,6 +80,9 @@ struct EngineConfig {
   // in bytes/s (routes from another node's host memory).
   std::vector<int> gpu_node;
   double nic_share_bandwidth = 0;
+  // Per GPU: bytes of KV cache a batch or session may hold there (empty: no limit). A request
+  // whose prompt + output tokens need more than this alone is refused on arrival.
+  std::vector<std::int64_t> gpu_kv_budget;
   // The future, for the offline policies (belady eviction, oracle prefetch); null otherwise.
   std::shared_ptr<const ArrivalOracle> future;
 };
@@ -79,6 +96,10 @@ struct RequestRecord {
   bool waited_for_load = false;  // its model was not resident when it arrived
   bool ok = true;
   bool rejected = false;  // refused by admission control: it could no longer meet its SLO (ok is false)
+  // Refused on arrival, never queued (ok is false, error says why): its prompt + output tokens
+  // exceed the model's maximum positions, or its KV cache alone exceeds the KV budget.
+  bool refused = false;
+  std::int32_t preemptions = 0;  // iteration batching: times it was preempted and requeued
   std::string error;
 };
 
@@ -91,11 +112,24 @@ class EngineObserver {
   virtual void onLoad(const LoadCommand& /*cmd*/, Nanos /*start*/, Nanos /*end*/, bool /*ok*/) {}
   virtual void onEvict(const EvictCommand& /*cmd*/, Nanos /*start*/, Nanos /*end*/) {}
   virtual void onBatch(const ExecuteCommand& /*cmd*/, const BatchResult& /*result*/) {}
+  // One step of an iteration-level session ended.
+  virtual void onStep(const StepCommand& /*cmd*/, const StepResult& /*result*/) {}
+  // Output tokens of served requests of model m came `gap` after the request's previous token,
+  // `count` of them (inter-token latency). Request-level batches report each served request's
+  // decode time spread evenly over its tokens after the first, once, when the batch ends;
+  // iteration-level batching reports every decoding sequence's gap at every step.
+  virtual void onTokenGaps(ModelId /*m*/, Nanos /*gap*/, std::int64_t /*count*/) {}
 };
 
 struct QueuedRequest {
   Request request;
   bool waited_for_load = false;
+  // Iteration batching, a request preempted from a session: the tokens it made before (a
+  // rejoin recomputes them), its first token's time and its first step's start.
+  std::int32_t generated = 0;
+  Nanos first_token = -1;
+  Nanos start = -1;
+  std::int32_t preemptions = 0;
 };
 
 // Scheduler-visible state of one model, shared with policies.
@@ -126,6 +160,9 @@ struct ModelRuntimeState {
   Nanos load_issued = 0;     // when its current (or last) load was issued
   Nanos last_load_time = 0;  // issue to done of its last successful load
   bool pipelined_due = false;
+  // Iteration batching: preempted from its session, it comes last in scheduling passes while
+  // another model waits for its GPUs and nothing else has started there since (-1: not yielding).
+  std::int64_t yield_epoch = -1;
 };
 
 class Engine {
@@ -140,6 +177,7 @@ class Engine {
   void onLoadDone(OpId op, bool ok = true, const std::string& error = {});
   void onEvictDone(OpId op);
   void onBatchDone(const BatchResult& result);
+  void onStepDone(const StepResult& result);
   // layer_pipelined: the time at which the engine wants to run its scheduling pass again (a batch
   // due to start behind a load), if any; possibly already past. Drivers call onTimer() then.
   std::optional<Nanos> nextWake() const;
@@ -193,6 +231,16 @@ class Engine {
   }
   int numNodes() const { return num_nodes_; }
   std::int64_t requestsRejected() const { return rejected_requests_; }
+  std::int64_t requestsRefused() const { return refused_requests_; }
+  // KV cache bytes one token of model m takes on GPU g (0 where m has no shard), and the bytes a
+  // running batch or session of a model holds on g now.
+  std::int64_t kvBytesPerToken(ModelId m, GpuId g) const {
+    return kv_per_token_[static_cast<std::size_t>(m)][static_cast<std::size_t>(g)];
+  }
+  std::int64_t gpuKvUsed(GpuId g) const { return gpu_kv_used_.at(static_cast<std::size_t>(g)); }
+  // Iteration batching: sequences in model m's session now (0: none), and whether it is draining.
+  int sessionSequences(ModelId m) const;
+  bool sessionDraining(ModelId m) const;
   // Throws std::logic_error when an invariant is broken (memory over budget, a running model not
   // resident, a GPU running two batches...). Cheap enough to call after every event in tests.
   void checkInvariants() const;
@@ -216,6 +264,26 @@ class Engine {
     ExecuteCommand cmd;
     std::vector<bool> waited;  // per request: its model was not resident when it arrived
     bool behind_load = false;  // started while its model was loading (layer_pipelined)
+    std::int64_t kv_bytes_per_gpu_token = 0;  // tokens reserved (prompt + output), for the KV count
+    std::int64_t kv_tokens = 0;
+  };
+  // Iteration batching: a model's session and its sequences.
+  struct Sequence {
+    QueuedRequest q;
+    Nanos last_token = 0;
+  };
+  struct Session {
+    BatchId id = 0;
+    ModelId model = 0;
+    std::int64_t step = 0;
+    StepCommand cmd;                 // the step in flight
+    std::vector<Sequence> decoding;  // have their first token
+    std::vector<Sequence> joining;   // in the prefill step in flight
+    std::vector<RequestId> retired;  // ended since the last step was issued
+    std::int64_t kv_tokens = 0;      // reserved by every sequence (prompt + output)
+    bool drain_requested = false;    // another model waits for its GPUs
+    Nanos drain_since = -1;          // when it was asked to drain (it drains from its quantum's end)
+    Nanos started = 0;
   };
 
   // One scheduling pass. With local passes and `touched` >= 0, over the models with queued
@@ -247,6 +315,21 @@ class Engine {
   // resident model when the count cap must also shrink (any victim helps then).
   void gatherCandidates(ModelId m, bool any_gpu);
   void failQueued(ModelId m, const std::string& error);
+  // Iteration batching: starts a session for m (like tryRunBatch), issues its next step or ends it.
+  bool tryStartSession(ModelId m);
+  void advanceSession(Session& session);
+  void issueStep(Session& session);
+  void endSession(ModelId m);
+  // Another model needs GPU g (blocked by a batch there, or claimed for a load): a session
+  // running there stops admitting.
+  void requestDrain(GpuId g);
+  bool yielding(ModelId m) const;
+  std::int64_t gpuEpochSum(ModelId m) const;
+  // The KV tokens a request reserves (prompt + output) and whether `tokens` more fit m's GPUs.
+  bool kvFits(ModelId m, std::int64_t used_tokens, std::int64_t more_tokens) const;
+  // Why a request cannot ever be served (max positions, KV budget), or empty.
+  std::string refusal(const Request& request) const;
+  void kvAdd(ModelId m, std::int64_t tokens);
   void finishRequest(const RequestRecord& record);
 
   EngineConfig config_;
@@ -276,6 +359,13 @@ class Engine {
   std::int64_t in_flight_requests_ = 0;
   std::int64_t completed_requests_ = 0;
   std::int64_t rejected_requests_ = 0;
+  std::int64_t refused_requests_ = 0;
+  std::unordered_map<BatchId, Session> sessions_;
+  std::vector<BatchId> session_of_;             // per model: its session (0: none)
+  std::vector<ModelId> gpu_runner_;             // per GPU: the model whose session runs there (-1)
+  std::vector<std::int64_t> gpu_epoch_;         // per GPU: loads and batches started there
+  std::vector<std::vector<std::int64_t>> kv_per_token_;  // per model, per GPU
+  std::vector<std::int64_t> gpu_kv_used_;       // per GPU: KV bytes reserved by what runs there
   std::vector<double> reload_seconds_;
   std::vector<std::int64_t> model_bytes_;
   std::vector<int> link_loads_;  // per GPU: load parts in flight over its host link

@@ -198,6 +198,26 @@ struct RunRecorder::Impl {
 
   Impl(const Scenario& s, std::string b) : scenario(s), backend(std::move(b)) {}
 
+  // Iteration batching: the session drawn on each GPU's compute track until its last step.
+  struct OpenSession {
+    BatchId id = -1;
+    ModelId model = 0;
+    Nanos start = 0, end = 0;
+    int steps = 0, max_sequences = 0;
+    bool ok = true;
+  };
+  std::vector<OpenSession> open_sessions;
+  void flushSession(GpuId g) {
+    const auto gi = static_cast<std::size_t>(g);
+    if (gi >= open_sessions.size() || open_sessions[gi].id < 0) return;
+    const OpenSession& o = open_sessions[gi];
+    const std::string args = "{\"session\":" + std::to_string(o.id) + ",\"steps\":" + std::to_string(o.steps) +
+                             ",\"max_sequences\":" + std::to_string(o.max_sequences) + ",\"ok\":" + (o.ok ? "true" : "false") + "}";
+    span(g, lane(g, kComputeTrack, o.start, o.end), scenario.engine.models[static_cast<std::size_t>(o.model)].name, "session",
+         o.start, o.end, args);
+    open_sessions[gi].id = -1;
+  }
+
   void traceEvent(const std::string& json) {
     if (!timeline.is_open()) return;
     timeline << (first_trace_event ? "\n" : ",\n") << json;
@@ -424,6 +444,26 @@ void RunRecorder::onBatch(const ExecuteCommand& cmd, const BatchResult& result) 
   }
 }
 
+void RunRecorder::onStep(const StepCommand& cmd, const StepResult& result) {
+  auto& im = *impl_;
+  const int sequences = static_cast<int>(cmd.prefill.size() + cmd.decode.size());
+  for (GpuId g : cmd.gpus) {
+    const auto gi = static_cast<std::size_t>(g);
+    im.gpu_busy[gi] += result.end - result.start;
+    if (!im.timeline.is_open()) continue;
+    if (im.open_sessions.size() <= gi) im.open_sessions.resize(gi + 1);
+    Impl::OpenSession& open = im.open_sessions[gi];
+    if (open.id != cmd.batch) {
+      im.flushSession(g);
+      open = Impl::OpenSession{cmd.batch, cmd.model, result.start, result.end, 0, 0, true};
+    }
+    open.end = result.end;
+    ++open.steps;
+    open.max_sequences = std::max(open.max_sequences, sequences);
+    open.ok = open.ok && result.ok;
+  }
+}
+
 void RunRecorder::onTokenGaps(ModelId m, Nanos gap, std::int64_t count) {
   auto& im = *impl_;
   im.models[static_cast<std::size_t>(m)].itl.add(gap, count);
@@ -438,6 +478,7 @@ void RunRecorder::addTimelineSpan(const std::string& track, const std::string& n
 
 nlohmann::json RunRecorder::finish(Nanos end, const nlohmann::json& extra) {
   auto& im = *impl_;
+  for (std::size_t g = 0; g < im.open_sessions.size(); ++g) im.flushSession(static_cast<GpuId>(g));
   const double seconds = std::max(toSeconds(end), 1e-9);
   auto stats = [&](Impl::ModelStats& s, Nanos slo) {
     im.flushEpisode(s);

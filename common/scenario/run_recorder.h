@@ -59,6 +59,9 @@ class RunRecorder : public EngineObserver {
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  // Iteration batching: each step counts as busy time; the timeline draws one span per session
+  // on each of its GPUs (its first step's start to its last step's end).
+  void onStep(const StepCommand& cmd, const StepResult& result) override;
   void onTokenGaps(ModelId m, Nanos gap, std::int64_t count) override;
   // Extra timeline spans a backend wants drawn (e.g. per-path transfers): each on the track
   // named `track` (with further lanes where they overlap), on a process after the GPUs' ones;

@@ -320,13 +320,15 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
 
   PolicyConfig& policy = s.engine.policy;
   PlacementConfig placement;
+  std::int64_t kv_budget_override = 0;
   if (auto p = root.find("policy")) {
     if (p->isString()) {
       policy.name = parseChoice<PolicySet>(*p);
       applyPolicySet(policy);
     } else {
       p->expectObject({"name", "max_loaded_models", "eviction", "queue", "prefetch", "routing", "admission",
-                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined", "pinned"});
+                       "lfu_half_life_s", "rate_window_s", "placement", "serial_loads", "layer_pipelined", "pinned",
+                       "batching", "max_drain_ms", "session_quantum_ms", "kv_budget_gb"});
       if (auto name = p->find("name")) policy.name = parseChoice<PolicySet>(*name);
       policy.max_loaded_models = static_cast<int>(p->getIntIn("max_loaded_models", 0, 0, kMaxModels));
       applyPolicySet(policy);
@@ -346,6 +348,26 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
 
       if (auto pl = p->find("placement")) placement = parsePlacementConfig(*pl);
       if (auto pins = p->find("pinned")) policy.pinned = parsePinned(*pins, s.engine.models);
+      if (auto b = p->find("batching")) {
+        const std::string mode = b->asString();
+        if (mode == "request") {
+          policy.batching = Batching::kRequest;
+        } else if (mode == "iteration") {
+          policy.batching = Batching::kIteration;
+        } else {
+          b->fail("must be \"request\" or \"iteration\", not \"" + mode + "\"");
+        }
+      }
+      const double drain_ms = p->getDoubleIn("max_drain_ms", static_cast<double>(policy.max_drain) / 1e6, 0, kMaxInputSeconds * 1e3);
+      policy.max_drain = static_cast<Nanos>(std::llround(drain_ms * 1e6));
+      const double quantum_ms =
+          p->getDoubleIn("session_quantum_ms", static_cast<double>(policy.session_quantum) / 1e6, 0, kMaxInputSeconds * 1e3);
+      policy.session_quantum = static_cast<Nanos>(std::llround(quantum_ms * 1e6));
+      if (auto kv = p->find("kv_budget_gb")) {
+        const double gb = kv->asDouble();
+        if (!(gb > 0) || gb > 1e6) kv->fail("must be greater than 0 and at most 1e6");
+        kv_budget_override = static_cast<std::int64_t>(std::llround(gb * 1e9));
+      }
     }
   } else {
     applyPolicySet(policy);
@@ -356,6 +378,9 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     const std::string where = p && p->isObject() && p->has("routing") ? "$.policy.routing" : "$.policy";
     throw ConfigError(where + ": multipath routing forwards shards over NVLink, and the cluster has none (nvlink_gbps is 0)");
   }
+  // The KV budget of each GPU: what its weight budget leaves of its memory, or policy.kv_budget_gb.
+  for (const auto& g : s.cluster.gpus)
+    s.engine.gpu_kv_budget.push_back(kv_budget_override > 0 ? kv_budget_override : g.memory_bytes - g.weight_budget_bytes);
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
   s.engine.nvlink = s.cluster.hasNvlink();
   if (s.cluster.numNodes() > 1) {
@@ -419,6 +444,12 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     nlohmann::json pinned = nlohmann::json::array();
     for (ModelId m : policy.pinned) pinned.push_back(s.engine.models[static_cast<std::size_t>(m)].name);
     s.effective["policy"]["pinned"] = pinned;
+  }
+  // Likewise only for iteration batching, so request-level scenarios read as before.
+  if (policy.batching == Batching::kIteration) {
+    s.effective["policy"]["batching"] = "iteration";
+    s.effective["policy"]["max_drain_ms"] = static_cast<double>(policy.max_drain) / 1e6;
+    s.effective["policy"]["session_quantum_ms"] = static_cast<double>(policy.session_quantum) / 1e6;
   }
   s.effective["seed"] = s.seed;
   return s;

@@ -12,7 +12,7 @@
 namespace computron::fakes {
 
 // Records commands, in order, both as values and as one readable log line each
-// ("load M/S", "evict M/S", "run M xN").
+// ("load M/S", "evict M/S", "run M xN", "step M prefill xN" / "step M decode xN").
 class RecordingBackend : public Backend {
  public:
   void load(const LoadCommand& cmd) override {
@@ -27,7 +27,14 @@ class RecordingBackend : public Backend {
     log.push_back("run " + std::to_string(cmd.model) + " x" + std::to_string(cmd.requests.size()));
     runs.push_back(cmd);
   }
+  bool supportsSteps() const override { return true; }
+  void step(const StepCommand& cmd) override {
+    log.push_back("step " + std::to_string(cmd.model) + (cmd.prefill.empty() ? " decode x" + std::to_string(cmd.decode.size())
+                                                                              : " prefill x" + std::to_string(cmd.prefill.size())));
+    steps.push_back(cmd);
+  }
   std::vector<std::string> log;
+  std::vector<StepCommand> steps;
   std::vector<LoadCommand> loads;
   std::vector<EvictCommand> evicts;
   std::vector<ExecuteCommand> runs;
