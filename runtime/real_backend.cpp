@@ -140,6 +140,7 @@ std::vector<LoadRecord> RealBackend::takeLoadRecords() {
 
 bool RealBackend::idle() const {
   return loads_.empty() && batches_.empty() && deferred_loads_.empty() && deferred_execs_.empty() &&
+         deferred_steps_.empty() &&
          relocations_.empty() && undelivered_internal_ == 0;
 }
 
@@ -357,7 +358,22 @@ void RealBackend::execute(const ExecuteCommand& cmd) {
   if (!tryStartExecute(cmd)) deferred_execs_.push_back(cmd);
 }
 
-bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
+void RealBackend::step(const StepCommand& cmd) {
+  if (options_.execution != nullptr) throw std::logic_error("runtime: real execution runs no iteration steps");
+  if (!tryStartExecute(stepAsBatch(cmd), &cmd)) deferred_steps_.push_back(cmd);
+}
+
+ExecuteCommand RealBackend::stepAsBatch(const StepCommand& cmd) {
+  ExecuteCommand batch;
+  batch.batch = cmd.batch;
+  batch.model = cmd.model;
+  batch.tp = cmd.tp;
+  batch.pp = cmd.pp;
+  batch.gpus = cmd.gpus;
+  return batch;
+}
+
+bool RealBackend::tryStartExecute(const ExecuteCommand& cmd, const StepCommand* step) {
   std::string error;
   std::vector<Key> keys;
   const bool real = options_.execution != nullptr;
@@ -384,6 +400,8 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
   }
   BatchOp op;
   op.cmd = cmd;
+  op.is_step = step != nullptr;
+  op.step = step != nullptr ? step->step : 0;
   const Nanos now = clock_.now();
   if (!error.empty() || cmd.gpus.empty()) {
     if (error.empty()) error = "batch " + std::to_string(cmd.batch) + ": no GPUs";
@@ -403,7 +421,9 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd) {
     return true;
   }
   PlaceholderTimes times;
-  if (options_.placeholder_cost) {
+  if (step != nullptr) {
+    times.first_token = options_.placeholder_step_cost ? options_.placeholder_step_cost(*step) : options_.placeholder_step;
+  } else if (options_.placeholder_cost) {
     times = options_.placeholder_cost(cmd);
   } else {
     times.first_token = options_.placeholder_step;
@@ -489,6 +509,11 @@ void RealBackend::retryDeferred() {
     ExecuteCommand cmd = deferred_execs_.front();
     deferred_execs_.pop_front();
     if (!tryStartExecute(cmd)) deferred_execs_.push_back(cmd);
+  }
+  for (std::size_t n = deferred_steps_.size(); n > 0; --n) {
+    StepCommand cmd = deferred_steps_.front();
+    deferred_steps_.pop_front();
+    if (!tryStartExecute(stepAsBatch(cmd), &cmd)) deferred_steps_.push_back(cmd);
   }
 }
 
@@ -632,6 +657,22 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
       BatchOp done = std::move(op);
       batches_.erase(it);
       for (const auto& key : done.held) dropReader(key);
+      if (done.is_step) {
+        StepResult result;
+        result.batch = done.cmd.batch;
+        result.step = done.step;
+        result.ok = done.ok;
+        result.error = done.error;
+        result.start = done.parts.front().start;
+        result.end = done.parts.front().time;
+        for (const auto& part : done.parts) {
+          result.start = std::min(result.start, part.start);
+          result.end = std::max(result.end, part.time);
+        }
+        ++delivered;
+        listener.stepDone(result);
+        return;
+      }
       BatchResult result;
       result.batch = done.cmd.batch;
       result.ok = done.ok;

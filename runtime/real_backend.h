@@ -41,6 +41,8 @@ struct RuntimeOptions {
   // times (replay takes them from the cost model). Unset: each output token costs
   // placeholder_step. Real execution (cuda/model_execution.*) ignores both.
   std::function<PlaceholderTimes(const ExecuteCommand&)> placeholder_cost;
+  // Placeholder execution of iteration batching: the time of one step (unset: placeholder_step).
+  std::function<Nanos(const StepCommand&)> placeholder_step_cost;
   Nanos placeholder_step = kNanosPerMilli;
   std::int64_t granule = DevicePool::kDefaultGranule;
   HostStoreOptions host;                 // pinner comes from the device factory
@@ -87,6 +89,7 @@ class BackendListener {
   virtual void loadDone(OpId op, bool ok, const std::string& error) = 0;
   virtual void evictDone(OpId op) = 0;
   virtual void batchDone(const BatchResult& result) = 0;
+  virtual void stepDone(const StepResult& /*result*/) {}
   virtual void layerReady(const LayerReady& /*ready*/) {}
 };
 
@@ -96,6 +99,7 @@ class EngineListener : public BackendListener {
   void loadDone(OpId op, bool ok, const std::string& error) override { engine_.onLoadDone(op, ok, error); }
   void evictDone(OpId op) override { engine_.onEvictDone(op); }
   void batchDone(const BatchResult& result) override { engine_.onBatchDone(result); }
+  void stepDone(const StepResult& result) override { engine_.onStepDone(result); }
 
  private:
   Engine& engine_;
@@ -114,6 +118,10 @@ class RealBackend final : public Backend {
   void load(const LoadCommand& cmd) override;
   void evict(const EvictCommand& cmd) override;
   void execute(const ExecuteCommand& cmd) override;
+  // Iteration batching runs on the placeholder execution; real model execution runs
+  // request-level batches only so far (the engine refuses the scenario then).
+  bool supportsSteps() const override { return options_.execution == nullptr; }
+  void step(const StepCommand& cmd) override;
 
   // Blocks until a device reports or `deadline` passes, then delivers everything reported.
   // Returns the number of completions delivered to `listener`.
@@ -172,6 +180,8 @@ class RealBackend final : public Backend {
     std::vector<Key> held;
     std::vector<DeviceEvent> parts;
     std::vector<int> request_phase;  // request i finishes with phase request_phase[i]
+    bool is_step = false;            // a session's step (StepCommand), not a whole batch
+    std::int64_t step = 0;
     bool ok = true;
     std::string error;
   };
@@ -180,8 +190,10 @@ class RealBackend final : public Backend {
   void refuseLoad(const LoadCommand& cmd, const std::string& error);
   // Starts `cmd` if its GPU has room now; false when it must wait.
   bool tryStartLoad(const LoadCommand& cmd, Nanos issued);
-  bool tryStartExecute(const ExecuteCommand& cmd);
+  // `step`: the command is a session's step (placeholder execution, one phase of `step_ns`).
+  bool tryStartExecute(const ExecuteCommand& cmd, const StepCommand* step = nullptr);
   void startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys);
+  static ExecuteCommand stepAsBatch(const StepCommand& cmd);
   void retryDeferred();
   void handle(DeviceEvent& ev, BackendListener& listener, int& delivered);
   // `error` by value: callers pass the op's own message, which this moves out of the table.
@@ -202,6 +214,7 @@ class RealBackend final : public Backend {
   std::map<BatchId, BatchOp> batches_;
   std::deque<std::pair<LoadCommand, Nanos>> deferred_loads_;
   std::deque<ExecuteCommand> deferred_execs_;
+  std::deque<StepCommand> deferred_steps_;
   std::map<OpId, std::pair<GpuId, std::vector<Key>>> relocations_;
   std::vector<bool> compacting_;
   std::vector<LoadRecord> records_;

@@ -12,6 +12,7 @@ class RealtimeDriver::Listener final : public BackendListener {
   void loadDone(OpId op, bool ok, const std::string& error) override { engine_.onLoadDone(op, ok, error); }
   void evictDone(OpId op) override { engine_.onEvictDone(op); }
   void batchDone(const BatchResult& result) override { engine_.onBatchDone(result); }
+  void stepDone(const StepResult& result) override { engine_.onStepDone(result); }
   void layerReady(const LayerReady& ready) override {
     if (layers_ != nullptr) layers_->layerReady(ready);
   }
@@ -44,6 +45,9 @@ void RealtimeDriver::onEvict(const EvictCommand& cmd, Nanos start, Nanos end) {
 }
 void RealtimeDriver::onBatch(const ExecuteCommand& cmd, const BatchResult& result) {
   if (downstream_ != nullptr) downstream_->onBatch(cmd, result);
+}
+void RealtimeDriver::onStep(const StepCommand& cmd, const StepResult& result) {
+  if (downstream_ != nullptr) downstream_->onStep(cmd, result);
 }
 void RealtimeDriver::onTokenGaps(ModelId m, Nanos gap, std::int64_t count) {
   if (downstream_ != nullptr) downstream_->onTokenGaps(m, gap, count);

@@ -42,6 +42,7 @@ class RealtimeDriver final : public EngineObserver {
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
   void onTokenGaps(ModelId m, Nanos gap, std::int64_t count) override;
+  void onStep(const StepCommand& cmd, const StepResult& result) override;
 
  private:
   class Listener;

@@ -89,7 +89,9 @@ struct StepCommand {
   // step (`prefill` empty) makes one token of every sequence in `decode`.
   std::vector<StepSequence> prefill;
   std::vector<StepSequence> decode;
-  // Sequences that ended after the previous step: their KV cache may be released.
+  // Sequences that ended after the previous step: their KV cache may be released. A session
+  // ends without a further command when its last sequence leaves (or is preempted, or a step
+  // fails): its end releases every sequence's cache.
   std::vector<RequestId> retired;
 };
 

@@ -142,8 +142,8 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
     kv_per_token_.push_back(std::move(per_gpu));
   }
   if (config_.policy.batching == Batching::kIteration && !backend_.supportsSteps())
-    throw ConfigError("$.policy.batching: \"iteration\" runs in the simulator only so far; replay and serve run "
-                      "request-level batches (\"request\")");
+    throw ConfigError("$.policy.batching: \"iteration\" is not supported here: real model execution and serve run "
+                      "request-level batches so far (the simulator and replay's placeholder execution run both)");
   if (!config_.gpu_kv_budget.empty() && config_.gpu_kv_budget.size() != num_gpus)
     throw std::invalid_argument("gpu_kv_budget must list one budget per GPU");
   local_passes_ = config_.policy.max_loaded_models <= 0 && !config_.policy.admission && !prefetch_.active() &&
@@ -1184,6 +1184,16 @@ void Engine::advanceSession(Session& s) {
   auto& state = models_[mi];
   const auto& d = config_.models[mi];
   const Nanos now = clock_.now();
+  if (s.drain_requested) {
+    // Withdrawn when no other model waits for the session's GPUs any more (its requests were
+    // served elsewhere, rejected or cancelled, or its load failed).
+    bool still_wanted = false;
+    for (ModelId o : waiting_) still_wanted = still_wanted || (o != m && sharesGpu(m, o));
+    if (!still_wanted) {
+      s.drain_requested = false;
+      s.drain_since = -1;
+    }
+  }
   const Nanos drain_from = std::max(s.drain_since, s.started + config_.policy.session_quantum);
   const bool draining = s.drain_requested && now >= drain_from;
   if (draining && !s.decoding.empty() && now - drain_from >= config_.policy.max_drain) {
@@ -1191,6 +1201,7 @@ void Engine::advanceSession(Session& s) {
     for (auto it = s.decoding.rbegin(); it != s.decoding.rend(); ++it) {
       QueuedRequest q = it->q;
       ++q.preemptions;
+      q.last_token = it->last_token;
       const std::int64_t tokens = static_cast<std::int64_t>(q.request.prompt_tokens) + q.request.output_tokens;
       s.kv_tokens -= tokens;
       kvAdd(m, -tokens);
@@ -1209,7 +1220,7 @@ void Engine::advanceSession(Session& s) {
       if (!kvFits(m, s.kv_tokens, tokens)) break;  // admission waits for sequences to leave
       s.kv_tokens += tokens;
       kvAdd(m, tokens);
-      Sequence seq{state.queue.front(), 0};
+      Sequence seq{state.queue.front(), state.queue.front().last_token};
       if (seq.q.start < 0) seq.q.start = now;
       s.joining.push_back(std::move(seq));
       state.queue.pop_front();

@@ -125,10 +125,11 @@ struct QueuedRequest {
   Request request;
   bool waited_for_load = false;
   // Iteration batching, a request preempted from a session: the tokens it made before (a
-  // rejoin recomputes them), its first token's time and its first step's start.
+  // rejoin recomputes them), its first and last tokens' times and its first step's start.
   std::int32_t generated = 0;
   Nanos first_token = -1;
   Nanos start = -1;
+  Nanos last_token = -1;
   std::int32_t preemptions = 0;
 };
 

@@ -379,8 +379,13 @@ Scenario parseScenario(const nlohmann::json& doc, const std::string& base_dir) {
     throw ConfigError(where + ": multipath routing forwards shards over NVLink, and the cluster has none (nvlink_gbps is 0)");
   }
   // The KV budget of each GPU: what its weight budget leaves of its memory, or policy.kv_budget_gb.
-  for (const auto& g : s.cluster.gpus)
-    s.engine.gpu_kv_budget.push_back(kv_budget_override > 0 ? kv_budget_override : g.memory_bytes - g.weight_budget_bytes);
+  // A cluster that gives its whole memory to weights (a queueing experiment) sets no KV limit.
+  bool kv_limited = kv_budget_override > 0;
+  for (const auto& g : s.cluster.gpus) kv_limited = kv_limited || g.memory_bytes > g.weight_budget_bytes;
+  if (kv_limited)
+    for (const auto& g : s.cluster.gpus)
+      s.engine.gpu_kv_budget.push_back(kv_budget_override > 0 ? kv_budget_override
+                                                              : std::max<std::int64_t>(0, g.memory_bytes - g.weight_budget_bytes));
   for (const auto& g : s.cluster.gpus) s.engine.gpu_link_bandwidth.push_back(g.host_link_bandwidth);
   s.engine.nvlink = s.cluster.hasNvlink();
   if (s.cluster.numNodes() > 1) {

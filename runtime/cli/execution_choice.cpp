@@ -37,4 +37,20 @@ std::function<PlaceholderTimes(const ExecuteCommand&)> costModelPlaceholder(cons
   };
 }
 
+std::function<Nanos(const StepCommand&)> costModelStepPlaceholder(const Scenario& scenario) {
+  std::shared_ptr<CostModel> cost = makeCostModel(scenario.cluster);
+  const EngineConfig engine = scenario.engine;
+  return [cost, engine](const StepCommand& cmd) {
+    const ModelDeployment& model = engine.models[static_cast<std::size_t>(cmd.model)];
+    if (!cmd.prefill.empty()) {
+      std::vector<std::int32_t> contexts;
+      for (const auto& s : cmd.prefill) contexts.push_back(s.context);
+      return cost->prefillStep(model, contexts).time;
+    }
+    double context = 0;
+    for (const auto& s : cmd.decode) context += s.context;
+    return cost->decodeStep(model, static_cast<int>(cmd.decode.size()), context).time;
+  };
+}
+
 }  // namespace computron::runtime

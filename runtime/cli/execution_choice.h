@@ -24,5 +24,7 @@ RealExecutionOptions realExecutionOptions(const std::vector<std::string>& checkp
 
 // Placeholder batch times from the cost model of the scenario's cluster.
 std::function<PlaceholderTimes(const ExecuteCommand&)> costModelPlaceholder(const Scenario& scenario);
+// The same cost model's time of one iteration-batching step (prefill of joiners or a decode step).
+std::function<Nanos(const StepCommand&)> costModelStepPlaceholder(const Scenario& scenario);
 
 }  // namespace computron::runtime

@@ -156,6 +156,7 @@ int replayMain(int argc, char** argv) {
     execution = "placeholder fixed-cost kernel, " + std::to_string(placeholder_ms) + " ms per output token";
   } else {
     options.placeholder_cost = costModelPlaceholder(scenario);
+    options.placeholder_step_cost = costModelStepPlaceholder(scenario);
     execution = "placeholder fixed-cost kernel timed by the simulator's cost model";
   }
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";

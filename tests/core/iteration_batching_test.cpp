@@ -315,6 +315,8 @@ TEST(IterationBatching, DrainPreemptsAfterMaxDrainAndRecomputesProgress) {
   // r0's 10 tokens: 3 before, the rejoin's prefill makes the 4th at 80, then 6 decode steps.
   EXPECT_EQ(by_id[0].finish, 140);
   EXPECT_EQ(by_id[2].first_token, 80);
+  // r0's gaps: 10, 10, then 40 from its last token before the preemption to the rejoin's, then 10s.
+  EXPECT_EQ(observer.gaps, (std::vector<Nanos>{10, 10, 40, 10, 10, 10, 10, 10, 10}));
   EXPECT_EQ(engine.requestsInFlight(), 0);
   engine.checkInvariants();
 }

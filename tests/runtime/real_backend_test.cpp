@@ -790,3 +790,92 @@ TEST(RealBackendPipelined, TheDriverWakesTheEngineToStartABatchOnePrefillBeforeI
 
 }  // namespace
 }  // namespace computron::runtime
+
+namespace computron::runtime {
+namespace {
+
+// Requests fixed in advance, released at their arrival times.
+class ListSource : public RequestSource {
+ public:
+  explicit ListSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
+  std::optional<Request> next() override {
+    if (next_ >= requests_.size()) return std::nullopt;
+    return requests_[next_++];
+  }
+  bool exhausted() const override { return next_ >= requests_.size(); }
+
+ private:
+  std::vector<Request> requests_;
+  std::size_t next_ = 0;
+};
+
+struct StepLog : RequestLog {
+  void onStep(const StepCommand& cmd, const StepResult& r) override {
+    ++steps;
+    if (!cmd.prefill.empty()) ++prefill_steps;
+    max_sequences = std::max(max_sequences, static_cast<int>(cmd.prefill.size() + cmd.decode.size()));
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_GE(r.end, r.start);
+  }
+  int steps = 0, prefill_steps = 0, max_sequences = 0;
+};
+
+// Iteration batching over the real backend's placeholder execution: two models swapping on two
+// GPUs, multi-token requests in bursts; every request answered once, the over-long one refused
+// with its reason as in the simulator, the sessions' steps run on the devices.
+TEST(RealBackendHost, IterationBatchingServesEveryRequestOnceAndRefusesOverLongOnes) {
+  HostDeviceFactory factory(2);
+  std::vector<ModelDeployment> models{deployment("a", 2, 1, {0, 1}), deployment("b", 2, 1, {0, 1})};
+  EngineConfig config = configOf(models, 2, 64 * kMiB);
+  config.policy.max_loaded_models = 1;
+  config.policy.batching = Batching::kIteration;
+  config.policy.session_quantum = 5 * kNanosPerMilli;
+  config.policy.max_drain = 5 * kNanosPerMilli;
+  RuntimeOptions o = smallOptions();
+  o.placeholder_step = 0;
+  o.placeholder_step_cost = [](const StepCommand& cmd) { return (cmd.prefill.empty() ? 1 : 2) * kNanosPerMilli; };
+  RealBackend backend(config, factory, o);
+  ASSERT_TRUE(backend.supportsSteps());
+  std::vector<Request> requests;
+  for (int i = 0; i < 24; ++i) {
+    Request r;
+    r.id = i;
+    r.model = (i / 4) % 2;  // bursts of four per model
+    r.arrival = (i / 4) * 15 * kNanosPerMilli;
+    r.prompt_tokens = 8;
+    r.output_tokens = 3 + i % 5;
+    requests.push_back(r);
+  }
+  Request too_long;
+  too_long.id = 24;
+  too_long.model = 0;
+  too_long.arrival = 100 * kNanosPerMilli;
+  too_long.prompt_tokens = 60;
+  too_long.output_tokens = 5;  // 65 > the tiny spec's 64 positions
+  requests.push_back(too_long);
+  StepLog log;
+  RealtimeDriver driver(backend, config, std::make_unique<ListSource>(requests), &log, 20 * kNanosPerSecond);
+  driver.run();
+  ASSERT_EQ(log.records.size(), requests.size());
+  std::set<RequestId> seen;
+  for (const auto& r : log.records) {
+    EXPECT_TRUE(seen.insert(r.request.id).second) << "request " << r.request.id << " answered twice";
+    if (r.request.id == 24) {
+      EXPECT_FALSE(r.ok);
+      EXPECT_TRUE(r.refused);
+      EXPECT_EQ(r.error, "refused: prompt + output tokens (65) exceed the maximum positions of a (64)");
+      continue;
+    }
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_GE(r.first_token, r.start);
+    EXPECT_GE(r.finish, r.first_token);
+  }
+  EXPECT_EQ(driver.engine().requestsRefused(), 1);
+  EXPECT_GT(log.steps, log.prefill_steps);
+  EXPECT_GT(log.max_sequences, 1);
+  EXPECT_TRUE(backend.idle());
+  driver.engine().checkInvariants();
+}
+
+}  // namespace
+}  // namespace computron::runtime
