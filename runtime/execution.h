@@ -100,6 +100,9 @@ struct ExecPart {
   const std::byte* weights = nullptr;  // the shard image in this GPU's pool
   std::vector<Request> requests;
   std::shared_ptr<SegmentGate> gate;   // null: the shard is resident
+  // Iteration batching: this part is one step of a session (requests is then empty); its
+  // completion carries only `start` and `time`.
+  std::shared_ptr<const StepCommand> step;
 };
 
 class ModelExecution {
@@ -119,6 +122,8 @@ class ModelExecution {
   virtual void submit(ExecPart part) = 0;
   // Finishes queued parts and joins the workers. Idempotent.
   virtual void stop() = 0;
+  // Runs session steps (ExecPart::step) for iteration batching.
+  virtual bool supportsSteps() const { return false; }
 };
 
 }  // namespace computron::runtime

@@ -359,7 +359,7 @@ void RealBackend::execute(const ExecuteCommand& cmd) {
 }
 
 void RealBackend::step(const StepCommand& cmd) {
-  if (options_.execution != nullptr) throw std::logic_error("runtime: real execution runs no iteration steps");
+  if (!supportsSteps()) throw std::logic_error("runtime: this execution runs no iteration steps");
   if (!tryStartExecute(stepAsBatch(cmd), &cmd)) deferred_steps_.push_back(cmd);
 }
 
@@ -417,7 +417,7 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd, const StepCommand* 
     return true;
   }
   if (real) {
-    startRealExecute(cmd, keys);
+    startRealExecute(cmd, keys, step);
     return true;
   }
   PlaceholderTimes times;
@@ -456,9 +456,12 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd, const StepCommand* 
   return true;
 }
 
-void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys) {
+void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys, const StepCommand* step) {
   BatchOp op;
   op.cmd = cmd;
+  op.is_step = step != nullptr;
+  op.step = step != nullptr ? step->step : 0;
+  const std::shared_ptr<const StepCommand> shared_step = step != nullptr ? std::make_shared<const StepCommand>(*step) : nullptr;
   // Pass 0 is the prefill (each request's first token), pass k its (k+1)-th token.
   for (const auto& r : cmd.requests) op.request_phase.push_back(std::max(0, r.output_tokens - 1));
   op.held = keys;
@@ -475,6 +478,7 @@ void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<
     part.gpu = std::get<2>(keys[i]);
     part.weights = devices_[static_cast<std::size_t>(part.gpu)]->poolBase() + pl.extent.offset;
     part.requests = cmd.requests;
+    part.step = shared_step;
     if (pl.loading) {
       LoadOp& load = loads_.at(pl.loading_op);
       if (!load.gate) {

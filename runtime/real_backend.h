@@ -118,9 +118,9 @@ class RealBackend final : public Backend {
   void load(const LoadCommand& cmd) override;
   void evict(const EvictCommand& cmd) override;
   void execute(const ExecuteCommand& cmd) override;
-  // Iteration batching runs on the placeholder execution; real model execution runs
-  // request-level batches only so far (the engine refuses the scenario then).
-  bool supportsSteps() const override { return options_.execution == nullptr; }
+  // Iteration batching: on the placeholder execution, and on a real execution that runs steps
+  // (ModelExecution::supportsSteps; the engine refuses the scenario otherwise).
+  bool supportsSteps() const override { return options_.execution == nullptr || options_.execution->supportsSteps(); }
   void step(const StepCommand& cmd) override;
 
   // Blocks until a device reports or `deadline` passes, then delivers everything reported.
@@ -192,7 +192,7 @@ class RealBackend final : public Backend {
   bool tryStartLoad(const LoadCommand& cmd, Nanos issued);
   // `step`: the command is a session's step (placeholder execution, one phase of `step_ns`).
   bool tryStartExecute(const ExecuteCommand& cmd, const StepCommand* step = nullptr);
-  void startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys);
+  void startRealExecute(const ExecuteCommand& cmd, const std::vector<Key>& keys, const StepCommand* step = nullptr);
   static ExecuteCommand stepAsBatch(const StepCommand& cmd);
   void retryDeferred();
   void handle(DeviceEvent& ev, BackendListener& listener, int& delivered);

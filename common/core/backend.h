@@ -71,8 +71,9 @@ struct BatchResult {
 // time, and the engine decides between steps which sequences join and which leave.
 struct StepSequence {
   Request request;
-  // Tokens in the sequence's KV cache before this step: its prompt plus the tokens it has made
-  // (a prefill step after a preemption recomputes all of them).
+  // The sequence's history as this step reads it: its prompt plus the tokens it has made (a
+  // decode step feeds the last of them in, at position context - 1; a prefill step after a
+  // preemption recomputes all of them).
   std::int32_t context = 0;
   std::int32_t generated = 0;  // output tokens made so far
 };

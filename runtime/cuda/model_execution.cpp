@@ -243,6 +243,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       limits.workspace = workspaces_[g];
       const auto& c = found->second[static_cast<std::size_t>(s)];
       parallel_comms_[{static_cast<ModelId>(m), s}] = c;
+      sessions_[{static_cast<ModelId>(m), s}] = SessionState{};
       executors_[{static_cast<ModelId>(m), s}] = std::make_unique<model::ShardExecutor>(
           planFor(d, s), extras, limits, static_cast<int>(g), model::ParallelComms{c.first, c.second});
     }
@@ -384,6 +385,12 @@ void CudaModelExecution::runPart(const ExecPart& part) {
   ev.gpu = part.gpu;
   ev.start = clock_->now();
   bool gate_failed = false;
+  if (part.step) {
+    runStep(part, ev);
+    ev.time = clock_->now();
+    queue_->push(std::move(ev));
+    return;
+  }
   try {
     model::ShardExecutor& ex = *executors_.at({part.model, part.shard});
     ex.useDeviceWeights(part.weights);
@@ -458,6 +465,101 @@ void CudaModelExecution::runPart(const ExecPart& part) {
   }
   ev.time = clock_->now();
   queue_->push(std::move(ev));
+}
+
+// A session's step: a prefill of the joining sequences into free KV-cache slots (a rejoin after
+// preemption recomputes its prompt and the tokens it had made), or one decode pass over the
+// sequences named, each at its own slot and position; greedy sampling, shared with every rank.
+// Every rank of the model runs the same step, assigning slots in the same order.
+void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
+  const StepCommand& cmd = *part.step;
+  const ModelDeployment& d = config_.models[static_cast<std::size_t>(part.model)];
+  try {
+    model::ShardExecutor& ex = *executors_.at({part.model, part.shard});
+    SessionState& ss = sessions_.at({part.model, part.shard});
+    if (ss.id != cmd.batch) {
+      // A new session: the cache of the previous one (another model may have used the
+      // workspace since) holds nothing this one reads.
+      ss.id = cmd.batch;
+      ss.seqs.clear();
+      ss.free_slots.clear();
+      for (int slot = std::max(1, d.max_batch) - 1; slot >= 0; --slot) ss.free_slots.push_back(slot);
+    }
+    for (RequestId id : cmd.retired) {
+      auto it = ss.seqs.find(id);
+      if (it == ss.seqs.end()) continue;
+      ss.free_slots.push_back(it->second.slot);
+      ss.seqs.erase(it);
+    }
+    ex.useDeviceWeights(part.weights);
+    ex.setSegmentWait(nullptr);
+    const int vocab = d.spec.vocab;
+    model::StepBatch batch;
+    std::vector<RequestId> order;
+    if (!cmd.prefill.empty()) {
+      batch.prefill = true;
+      for (const StepSequence& s : cmd.prefill) {
+        if (ss.free_slots.empty())
+          throw model::CapacityError("no free KV-cache slot for request " + std::to_string(s.request.id) + " (max_batch " +
+                                     std::to_string(d.max_batch) + ")");
+        if (s.context + (s.request.output_tokens - s.generated) > options_.max_context)
+          throw model::CapacityError("request " + std::to_string(s.request.id) + " needs " +
+                                     std::to_string(s.context + s.request.output_tokens - s.generated) +
+                                     " tokens of context, over --max-context " + std::to_string(options_.max_context));
+        const int slot = ss.free_slots.back();
+        ss.free_slots.pop_back();
+        std::vector<int>& tokens = ss.history[s.request.id];
+        if (tokens.empty()) {
+          const int prompt = std::max(1, s.request.prompt_tokens);
+          for (int i = 0; i < prompt; ++i)
+            tokens.push_back(static_cast<int>(mix(static_cast<std::uint64_t>(s.request.id) * 1000003ull + static_cast<std::uint64_t>(i)) %
+                                              static_cast<std::uint64_t>(vocab)));
+        }
+        // The engine's context counts the prompt and every token made; what this rank kept of
+        // them (all, unless it never saw the sequence before) is recomputed.
+        tokens.resize(static_cast<std::size_t>(std::max(1, s.context)), tokens.back());
+        batch.seq_begin.push_back(static_cast<int>(batch.tokens.size()));
+        batch.seq_len.push_back(static_cast<int>(tokens.size()));
+        batch.seq_slot.push_back(slot);
+        for (std::size_t i = 0; i < tokens.size(); ++i) {
+          batch.tokens.push_back(tokens[i]);
+          batch.slots.push_back(slot);
+          batch.positions.push_back(static_cast<int>(i));
+        }
+        batch.last_token.push_back(static_cast<int>(batch.tokens.size()) - 1);
+        ss.seqs[s.request.id] = SessionState::Seq{slot, 0};
+        order.push_back(s.request.id);
+      }
+    } else {
+      for (const StepSequence& s : cmd.decode) {
+        auto it = ss.seqs.find(s.request.id);
+        if (it == ss.seqs.end())
+          throw std::logic_error("decode step names request " + std::to_string(s.request.id) + ", which is not in the session");
+        batch.tokens.push_back(it->second.next);
+        batch.slots.push_back(it->second.slot);
+        batch.positions.push_back(std::max(0, s.context - 1));  // the token made last is fed in now
+        batch.last_token.push_back(static_cast<int>(batch.tokens.size()) - 1);
+        order.push_back(s.request.id);
+      }
+    }
+    ex.forward(batch);
+    const std::vector<int> next =
+        ex.sampleAndShare(static_cast<int>(order.size()), 0.f, 0, 1.f, 0, static_cast<int>(cmd.step));
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      const RequestId id = order[i];
+      ss.seqs[id].next = next[i];
+      std::vector<int>& tokens = ss.history[id];
+      tokens.push_back(next[i]);
+      // A sequence whose last token this was leaves the session: forget its tokens now (the
+      // session may end without naming it as retired).
+      const StepSequence& s = cmd.prefill.empty() ? cmd.decode[i] : cmd.prefill[i];
+      if (s.generated + 1 >= std::max(1, s.request.output_tokens)) ss.history.erase(id);
+    }
+  } catch (const std::exception& e) {
+    ev.ok = false;
+    ev.error = "model " + d.name + " shard " + std::to_string(part.shard) + " on GPU " + std::to_string(part.gpu) +
+               ", step " + std::to_string(cmd.step) + ": " + e.what();
+  }
 }
 
 }  // namespace computron::runtime

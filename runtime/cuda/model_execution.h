@@ -38,6 +38,7 @@ class CudaModelExecution final : public ModelExecution {
              const Clock& clock) override;
   void submit(ExecPart part) override;
   void stop() override;
+  bool supportsSteps() const override { return true; }
 
   // Device bytes of KV cache and activations each GPU sets aside (after start()).
   const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }
@@ -54,6 +55,22 @@ class CudaModelExecution final : public ModelExecution {
   void warmUp();
   void run(Worker& worker);
   void runPart(const ExecPart& part);
+  // One step of a session (iteration batching) on this part's executor.
+  void runStep(const ExecPart& part, DeviceEvent& ev);
+  // Per executor: the session whose sequences its KV cache holds (slot per request), and each
+  // unfinished request's tokens so far (a rejoin after preemption recomputes them). Entries are
+  // made in start(); each is touched only by the worker of its GPU.
+  struct SessionState {
+    BatchId id = -1;
+    struct Seq {
+      int slot = 0;
+      int next = 0;  // the token the next decode step feeds in
+    };
+    std::map<RequestId, Seq> seqs;
+    std::vector<int> free_slots;
+    std::map<RequestId, std::vector<int>> history;  // prompt + generated tokens
+  };
+  std::map<std::pair<ModelId, int>, SessionState> sessions_;
   std::string checkpointFor(const ModelDeployment& model) const;
 
   RealExecutionOptions options_;

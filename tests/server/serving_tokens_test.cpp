@@ -23,6 +23,8 @@ ModelDeployment deployment(const std::string& name) {
   ModelDeployment d;
   d.name = name;
   d.spec = fakes::tinyOptSpec(2);
+  // Room for the long requests below: the engine refuses prompt + output over max_positions.
+  d.spec.max_positions = 2048;
   d.gpus = {0};
   d.max_batch = 4;
   return d;

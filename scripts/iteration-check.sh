@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Iteration-level batching on real GPUs, one call (device machine, one GPU is enough):
+#  1. a smoke run: OPT-1.3B at TP 1, bursts of multi-token requests, iteration batching, every
+#     request served;
+#  2. the Azure conversation trace on one Llama-3-8B at TP 1 (scenarios/azure-conv-iteration-h200x2.json
+#     with overrides), request-level against iteration-level batching, replayed on the GPU (real
+#     decoders, random weights) and simulated beside it.
+# Usage: OUT=dir BIN=build-prebuilt/computron scripts/iteration-check.sh
+# ITER_DURATION (default 90) and ITER_SCALE (default 0.35) set the trace's length and time scale.
+set -u
+export NCCL_NVLS_ENABLE=0
+OUT=${OUT:-$PWD/iteration-out}
+BIN=${BIN:-build-prebuilt/computron}
+DUR=${ITER_DURATION:-90}
+SCALE=${ITER_SCALE:-0.35}
+mkdir -p "$OUT"
+LOG=$OUT/iteration-check.log
+exec > >(tee -a "$LOG") 2>&1
+step() { echo "=== $(date +%T) $*"; }
+step machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$BIN --version 2>/dev/null | head -1
+
+step "smoke: OPT-1.3B, iteration batching, real execution"
+cat > /tmp/iter-smoke.json <<JSON
+{"name": "iter-smoke", "seed": 3, "duration_s": 4, "cluster": {"preset": "h200x2", "weight_budget_gb": 40},
+ "models": [{"name": "m", "spec": "opt-1.3b", "count": 2, "tp": 1, "gpus": [0], "max_batch": 8}],
+ "workload": {"type": "gamma", "rates": [6, 3], "cv": 3, "prompt_tokens": 128, "output_tokens": 24},
+ "policy": {"name": "lru-bytes", "max_loaded_models": 1, "batching": "iteration", "session_quantum_ms": 50, "max_drain_ms": 50},
+ "outputs": {"dir": "$OUT/smoke"}}
+JSON
+timeout 120 $BIN replay /tmp/iter-smoke.json --device cuda --max-context 1024 --host-memory-gib 20 2>&1 | tail -8 || echo "FAILED smoke"
+python3 - "$OUT/smoke" <<'PY' || echo "FAILED smoke check"
+import csv, json, sys
+d = sys.argv[1]
+s = json.load(open(d + "/summary.json"))
+rows = list(csv.DictReader(open(d + "/requests.csv")))
+ids = [r["id"] for r in rows]
+bad = [r for r in rows if r["ok"] != "1"]
+print("SMOKE", json.dumps({"requests": len(rows), "unique": len(set(ids)), "failed": len(bad),
+      "preempted": sum(1 for r in rows if r["preemptions"] not in ("", "0")), "served": s["overall"]["served"],
+      "errors": sorted({r["error"] for r in bad})[:3]}))
+PY
+
+SC=scenarios/azure-conv-iteration-h200x2.json
+SETS=(--set 'models[0].count=1' --set 'models[0].tp=1' --set 'models[0].gpus=[0]' --set "duration_s=$DUR"
+      --set "workload.time_scale=$SCALE" --set cluster.weight_budget_gb=40)
+for b in request iteration; do
+  step "azure conv, llama-3-8b TP 1, $b batching: replay"
+  timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib 40 "${SETS[@]}" --set "policy.batching=\"$b\"" \
+    --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
+  step "azure conv, $b batching: simulator"
+  $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "outputs.dir=\"$OUT/sim-$b\"" 2>&1 | tail -3
+done
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+for run in ["replay-request", "replay-iteration", "sim-request", "sim-iteration"]:
+    p = os.path.join(out, run, "summary.json")
+    if not os.path.exists(p):
+        print("RESULT", run, "missing"); continue
+    s = json.load(open(p)); o = s["overall"]
+    print("RESULT", json.dumps({"run": run, "served": o["served"], "failed": o["failed"], "refused": o.get("refused"),
+          "duration_s": s["duration_s"], "output_tokens_per_s": o["output_tokens_per_s"], "ttft_ms": o["ttft_ms"],
+          "tpot_ms": o.get("tpot_ms"), "itl_ms": o.get("itl_ms"), "latency_ms": o["latency_ms"]}))
+PY
+step done
+tar -C "$OUT" -czf "$OUT/iteration-results.tgz" --exclude='*.tgz' --exclude='timeline.json' . 2>/dev/null
