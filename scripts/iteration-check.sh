@@ -6,13 +6,18 @@
 #     with overrides), request-level against iteration-level batching, replayed on the GPU (real
 #     decoders, random weights) and simulated beside it.
 # Usage: OUT=dir BIN=build-prebuilt/computron scripts/iteration-check.sh
-# ITER_DURATION (default 90) and ITER_SCALE (default 0.35) set the trace's length and time scale.
+# ITER_DURATION (default 90) and ITER_SCALE (default 0.35) set the trace's length and time scale,
+# ITER_MODELS (default 1) how many Llama-3-8B models share the GPU (weight budget 40 GB: two fit,
+# so three or more swap and drain each other's sessions); ITER_SKIP_SMOKE=1 skips step 1;
+# ITER_BATCHINGS (default "request iteration") the modes compared; ITER_SET one more --set
+# (e.g. ITER_SET='policy.max_drain_ms=10000').
 set -u
 export NCCL_NVLS_ENABLE=0
 OUT=${OUT:-$PWD/iteration-out}
 BIN=${BIN:-build-prebuilt/computron}
 DUR=${ITER_DURATION:-90}
 SCALE=${ITER_SCALE:-0.35}
+MODELS=${ITER_MODELS:-1}
 mkdir -p "$OUT"
 LOG=$OUT/iteration-check.log
 exec > >(tee -a "$LOG") 2>&1
@@ -21,6 +26,7 @@ step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $BIN --version 2>/dev/null | head -1
 
+if [ "${ITER_SKIP_SMOKE:-0}" != 1 ]; then
 step "smoke: OPT-1.3B, iteration batching, real execution"
 cat > /tmp/iter-smoke.json <<JSON
 {"name": "iter-smoke", "seed": 3, "duration_s": 4, "cluster": {"preset": "h200x2", "weight_budget_gb": 40},
@@ -41,13 +47,15 @@ print("SMOKE", json.dumps({"requests": len(rows), "unique": len(set(ids)), "fail
       "preempted": sum(1 for r in rows if r["preemptions"] not in ("", "0")), "served": s["overall"]["served"],
       "errors": sorted({r["error"] for r in bad})[:3]}))
 PY
+fi
 
 SC=scenarios/azure-conv-iteration-h200x2.json
-SETS=(--set 'models[0].count=1' --set 'models[0].tp=1' --set 'models[0].gpus=[0]' --set "duration_s=$DUR"
+SETS=(--set "models[0].count=$MODELS" --set 'models[0].tp=1' --set 'models[0].gpus=[0]' --set "duration_s=$DUR"
       --set "workload.time_scale=$SCALE" --set cluster.weight_budget_gb=40)
-for b in request iteration; do
+[ -n "${ITER_SET:-}" ] && SETS+=(--set "$ITER_SET")
+for b in ${ITER_BATCHINGS:-request iteration}; do
   step "azure conv, llama-3-8b TP 1, $b batching: replay"
-  timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib 40 "${SETS[@]}" --set "policy.batching=\"$b\"" \
+  timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib $((20 * MODELS + 10)) "${SETS[@]}" --set "policy.batching=\"$b\"" \
     --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
   step "azure conv, $b batching: simulator"
   $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "outputs.dir=\"$OUT/sim-$b\"" 2>&1 | tail -3

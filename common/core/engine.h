@@ -57,7 +57,9 @@ struct PolicyConfig {
   // Iteration batching: once another model waits for a session's GPUs, the session admits no more
   // sequences; those in flight that have not ended after this long are preempted and requeued
   // (their tokens so far recomputed by a prefill when they rejoin).
-  Nanos max_drain = 2 * kNanosPerSecond;
+  // The default is long: a preempted sequence recomputes its prompt and tokens, which on GPUs
+  // costs more than waiting (bench/results/iteration-h200-2026-12-01.md).
+  Nanos max_drain = 30 * kNanosPerSecond;
   // Iteration batching: a session keeps admitting for at least this long after it starts, even
   // while other models wait for its GPUs (its drain starts then).
   Nanos session_quantum = 2 * kNanosPerSecond;
