@@ -133,7 +133,7 @@ def cmd_bench(a):
         cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                                        num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=8192,
                                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = a.attn
     with torch.device(dev):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float16).eval()
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -167,7 +167,7 @@ def cmd_bench(a):
         torch.cuda.synchronize()
         total = time.perf_counter() - t0
         step = (total - prefill) / (a.new - 1)
-        print("HFBENCH " + json.dumps({"arch": a.arch, "batch": batch, "prompt": a.prompt, "new_tokens": a.new,
+        print("HFBENCH " + json.dumps({"arch": a.arch, "attn": a.attn, "batch": batch, "prompt": a.prompt, "new_tokens": a.new,
                                        "prefill_seconds": prefill, "prefill_tokens_per_s": batch * a.prompt / prefill,
                                        "prefill_median5_tokens_per_s": batch * a.prompt / prefill_all,
                                        "prefill_last_logits_median5_tokens_per_s": batch * a.prompt / prefill_last,
@@ -204,6 +204,7 @@ def main():
     b.add_argument("--batch", default="1,8,32")
     b.add_argument("--prompt", type=int, default=512)
     b.add_argument("--new", type=int, default=128)
+    b.add_argument("--attn", default="eager", help="attention implementation: eager (default), sdpa")
     a = p.parse_args()
     {"make": cmd_make, "compare": cmd_compare, "same": cmd_same, "bench": cmd_bench}[a.cmd](a)
 

@@ -150,6 +150,8 @@ double measureD2dBandwidth() {
   return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);  // read + write
 }
 
+constexpr int kBenchWarmUpTokens = 4;
+
 int runBench(const std::map<std::string, std::string>& f) {
   const std::string preset = flag(f, "preset", "opt-6.7b");
   ModelSpec spec = modelPreset(preset);
@@ -170,7 +172,7 @@ int runBench(const std::map<std::string, std::string>& f) {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ExecutorLimits limits;
   limits.max_batch = max_batch;
-  limits.max_context = prompt + new_tokens;
+  limits.max_context = prompt + std::max(new_tokens, kBenchWarmUpTokens);  // the warm-up makes 4 tokens
   limits.max_prefill_tokens = max_batch * prompt;
   ModelGroup group(spec, extras, 1, 1, {0}, limits, WeightSource{"", 1234});
   const std::int64_t weight_bytes = group.weightBytesPerGpu(0);
@@ -183,7 +185,7 @@ int runBench(const std::map<std::string, std::string>& f) {
     }
     return requests;
   };
-  group.generate(makeRequests(max_batch, 4), SamplingOptions{});  // warm-up: cuBLAS heuristics, module load
+  group.generate(makeRequests(max_batch, kBenchWarmUpTokens), SamplingOptions{});  // warm-up: cuBLAS heuristics, module load
   for (int batch : batches) {
     const GenerationResult r = group.generate(makeRequests(batch, new_tokens), SamplingOptions{});
     std::vector<double> steps = r.decode_step_seconds;
