@@ -8,6 +8,7 @@
 #include "common/core/policy.h"
 #include "sim/simulator.h"
 #include "tests/support/engine_fakes.h"
+#include "tests/support/vector_source.h"
 
 namespace computron {
 namespace {
@@ -307,20 +308,7 @@ TEST(Engine, RefusesAModelLargerThanItsGpuBudget) {
   EXPECT_THROW(Engine(config, backend, clock), std::invalid_argument);
 }
 
-// A request stream fixed in advance.
-class VectorSource : public RequestSource {
- public:
-  explicit VectorSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
-  std::optional<Request> next() override {
-    if (next_ >= requests_.size()) return std::nullopt;
-    return requests_[next_++];
-  }
-  bool exhausted() const override { return next_ >= requests_.size(); }
-
- private:
-  std::vector<Request> requests_;
-  std::size_t next_ = 0;
-};
+using fakes::VectorSource;
 
 class ExactlyOnce : public EngineObserver {
  public:

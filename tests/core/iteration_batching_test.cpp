@@ -12,6 +12,7 @@
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 #include "tests/support/engine_fakes.h"
+#include "tests/support/vector_source.h"
 
 namespace computron {
 namespace {
@@ -53,6 +54,16 @@ EngineConfig oneModel(int max_batch) {
   EngineConfig config;
   config.models = {deployment("a", "opt-125m", {0}, max_batch)};
   config.gpu_weight_budget = {kGiB};
+  config.policy.batching = Batching::kIteration;
+  return config;
+}
+
+// Models a and b on GPU 0, room for one of them at a time: b's arrival makes a's session drain.
+EngineConfig twoModelsOneFits() {
+  EngineConfig config;
+  config.models = {deployment("a", "opt-125m", {0}, 4), deployment("b", "opt-125m", {0}, 4)};
+  const std::int64_t bytes = config.models[0].spec.shard(1, 1, 0, 0).bytes;
+  config.gpu_weight_budget = {bytes + bytes / 2};
   config.policy.batching = Batching::kIteration;
   return config;
 }
@@ -251,11 +262,7 @@ TEST(IterationBatching, RequestLevelBatchesStopAtTheKvBudget) {
 // a's sequence is preempted at the next boundary, a is evicted, b runs, and a's request rejoins
 // later with its tokens recomputed, its first token's time kept.
 TEST(IterationBatching, DrainPreemptsAfterMaxDrainAndRecomputesProgress) {
-  EngineConfig config;
-  config.models = {deployment("a", "opt-125m", {0}, 4), deployment("b", "opt-125m", {0}, 4)};
-  const std::int64_t bytes = config.models[0].spec.shard(1, 1, 0, 0).bytes;
-  config.gpu_weight_budget = {bytes + bytes / 2};
-  config.policy.batching = Batching::kIteration;
+  EngineConfig config = twoModelsOneFits();
   config.policy.max_drain = 15;
   config.policy.session_quantum = 0;
   RecordingBackend backend;
@@ -323,11 +330,7 @@ TEST(IterationBatching, DrainPreemptsAfterMaxDrainAndRecomputesProgress) {
 
 // Within its quantum a session keeps admitting although another model waits; then it drains.
 TEST(IterationBatching, SessionQuantumDefersTheDrain) {
-  EngineConfig config;
-  config.models = {deployment("a", "opt-125m", {0}, 4), deployment("b", "opt-125m", {0}, 4)};
-  const std::int64_t bytes = config.models[0].spec.shard(1, 1, 0, 0).bytes;
-  config.gpu_weight_budget = {bytes + bytes / 2};
-  config.policy.batching = Batching::kIteration;
+  EngineConfig config = twoModelsOneFits();
   config.policy.session_quantum = 100;
   RecordingBackend backend;
   ManualClock clock;
@@ -367,20 +370,7 @@ TEST(IterationBatching, RuntimeWithoutStepsRefusesTheScenario) {
   }
 }
 
-// The simulator with fixed step times: exact times of joins and leaves.
-class VectorSource : public RequestSource {
- public:
-  explicit VectorSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
-  std::optional<Request> next() override {
-    if (next_ >= requests_.size()) return std::nullopt;
-    return requests_[next_++];
-  }
-  bool exhausted() const override { return next_ >= requests_.size(); }
-
- private:
-  std::vector<Request> requests_;
-  std::size_t next_ = 0;
-};
+using fakes::VectorSource;
 
 TEST(IterationBatching, SimulatorStepsTakeTheCostModelsTimesExactly) {
   ClusterSpec cluster = clusterPreset("h200x2");

@@ -20,6 +20,7 @@
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
 #include "tests/support/tiny_model.h"
+#include "tests/support/vector_source.h"
 
 namespace computron::runtime {
 namespace {
@@ -794,20 +795,7 @@ TEST(RealBackendPipelined, TheDriverWakesTheEngineToStartABatchOnePrefillBeforeI
 namespace computron::runtime {
 namespace {
 
-// Requests fixed in advance, released at their arrival times.
-class ListSource : public RequestSource {
- public:
-  explicit ListSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
-  std::optional<Request> next() override {
-    if (next_ >= requests_.size()) return std::nullopt;
-    return requests_[next_++];
-  }
-  bool exhausted() const override { return next_ >= requests_.size(); }
-
- private:
-  std::vector<Request> requests_;
-  std::size_t next_ = 0;
-};
+using ListSource = fakes::VectorSource;
 
 struct StepLog : RequestLog {
   void onStep(const StepCommand& cmd, const StepResult& r) override {

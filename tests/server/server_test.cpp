@@ -27,6 +27,7 @@
 #include "runtime/server/load_generator.h"
 #include "runtime/server/server.h"
 #include "tests/support/tiny_model.h"
+#include "tests/support/vector_source.h"
 
 namespace computron::server {
 namespace {
@@ -512,20 +513,7 @@ TEST_F(ServeTest, ShutdownAnswersAcceptedRequestsThenReturns) {
   thread_.join();  // run() returned: every accepted request answered
 }
 
-// A fixed list of requests, open loop.
-class ListSource final : public RequestSource {
- public:
-  explicit ListSource(std::vector<Request> requests) : requests_(std::move(requests)) {}
-  std::optional<Request> next() override {
-    if (at_ == requests_.size()) return std::nullopt;
-    return requests_[at_++];
-  }
-  bool exhausted() const override { return at_ == requests_.size(); }
-
- private:
-  std::vector<Request> requests_;
-  std::size_t at_ = 0;
-};
+using ListSource = fakes::VectorSource;
 
 TEST_F(ServeTest, LoadGeneratorGetsEveryRequestAnsweredOnce) {
   start();
