@@ -10,7 +10,9 @@
 # ITER_MODELS (default 1) how many Llama-3-8B models share the GPU (weight budget 40 GB: two fit,
 # so three or more swap and drain each other's sessions); ITER_SKIP_SMOKE=1 skips step 1;
 # ITER_BATCHINGS (default "request iteration") the modes compared; ITER_SET one more --set
-# (e.g. ITER_SET='policy.max_drain_ms=10000').
+# (e.g. ITER_SET='policy.max_drain_ms=10000'); ITER_TP (default 1) the models' tensor-parallel
+# degree (2: each model over GPUs 0 and 1; the smoke run then uses TP 2 as well);
+# ITER_WEIGHT_BUDGET (default 40) the weight budget per GPU in GB.
 set -u
 export NCCL_NVLS_ENABLE=0
 OUT=${OUT:-$PWD/iteration-out}
@@ -18,6 +20,9 @@ BIN=${BIN:-build-prebuilt/computron}
 DUR=${ITER_DURATION:-90}
 SCALE=${ITER_SCALE:-0.35}
 MODELS=${ITER_MODELS:-1}
+TP=${ITER_TP:-1}
+WB=${ITER_WEIGHT_BUDGET:-40}
+if [ "$TP" = 1 ]; then GPUSET='[0]'; else GPUSET='"all"'; fi
 mkdir -p "$OUT"
 LOG=$OUT/iteration-check.log
 exec > >(tee -a "$LOG") 2>&1
@@ -27,10 +32,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $BIN --version 2>/dev/null | head -1
 
 if [ "${ITER_SKIP_SMOKE:-0}" != 1 ]; then
-step "smoke: OPT-1.3B, iteration batching, real execution"
+step "smoke: OPT-1.3B at TP $TP, iteration batching, real execution"
 cat > /tmp/iter-smoke.json <<JSON
 {"name": "iter-smoke", "seed": 3, "duration_s": 4, "cluster": {"preset": "h200x2", "weight_budget_gb": 40},
- "models": [{"name": "m", "spec": "opt-1.3b", "count": 2, "tp": 1, "gpus": [0], "max_batch": 8}],
+ "models": [{"name": "m", "spec": "opt-1.3b", "count": 2, "tp": $TP, "gpus": $GPUSET, "max_batch": 8}],
  "workload": {"type": "gamma", "rates": [6, 3], "cv": 3, "prompt_tokens": 128, "output_tokens": 24},
  "policy": {"name": "lru-bytes", "max_loaded_models": 1, "batching": "iteration", "session_quantum_ms": 50, "max_drain_ms": 50},
  "outputs": {"dir": "$OUT/smoke"}}
@@ -50,11 +55,11 @@ PY
 fi
 
 SC=scenarios/azure-conv-iteration-h200x2.json
-SETS=(--set "models[0].count=$MODELS" --set 'models[0].tp=1' --set 'models[0].gpus=[0]' --set "duration_s=$DUR"
-      --set "workload.time_scale=$SCALE" --set cluster.weight_budget_gb=40)
+SETS=(--set "models[0].count=$MODELS" --set "models[0].tp=$TP" --set "models[0].gpus=$GPUSET" --set "duration_s=$DUR"
+      --set "workload.time_scale=$SCALE" --set "cluster.weight_budget_gb=$WB")
 [ -n "${ITER_SET:-}" ] && SETS+=(--set "$ITER_SET")
 for b in ${ITER_BATCHINGS:-request iteration}; do
-  step "azure conv, llama-3-8b TP 1, $b batching: replay"
+  step "azure conv, $MODELS x llama-3-8b TP $TP, $b batching: replay"
   timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib $((20 * MODELS + 10)) "${SETS[@]}" --set "policy.batching=\"$b\"" \
     --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
   step "azure conv, $b batching: simulator"
