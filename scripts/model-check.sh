@@ -4,7 +4,7 @@
 # seeded sampling, the KV budget refusal, and speed against transformers eager and against the
 # bandwidth bound. Logs go to $OUT (or ./model-check-out); the summary lines are printed last.
 # MODEL_CHECK_QUICK=1: a shorter call for decode work: six small models (OPT, Llama, Qwen2, Mistral)
-# against transformers, TP=2 runs of Llama and Qwen2 and a PP=2 run of OPT where two GPUs exist,
+# against transformers, TP=2 runs of Llama, Qwen2 and OPT and a PP=2 run of OPT where two GPUs exist,
 # Mistral's sliding-window refusal, the kernel check and timings, and our speed
 # table under the decode settings (COMPUTRON_PDL, COMPUTRON_DECODE_GRAPH, COMPUTRON_SKINNY_ROWS); no sampling,
 # refusal or transformers speed runs. MODEL_CHECK_SKIP_SPEED=1 (with QUICK): correctness only.
@@ -96,7 +96,7 @@ if [ "${MODEL_CHECK_QUICK:-0}" = 1 ]; then
            --logits $WORK/$m.tp1.bin --label "$m tp1" || echo "FAILED $m tp1"
   done
   if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-    for run in "llama8 2 1" "qwen8 2 1" "opt8 1 2"; do
+    for run in "llama8 2 1" "qwen8 2 1" "opt8 2 1" "opt8 1 2"; do
       set -- $run
       timeout 120 $BIN generate --model $WORK/$1 --requests $WORK/$1/requests.json --tp $2 --pp $3 --out $WORK/$1.tp$2pp$3.json \
         --logits $WORK/$1.tp$2pp$3.bin \

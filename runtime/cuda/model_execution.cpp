@@ -195,6 +195,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
   // Communicators: one set per distinct (tp, pp, GPUs) group, shared by the models placed alike
   // (a GPU runs one batch at a time, so their collectives never interleave).
   std::map<std::tuple<int, int, std::vector<GpuId>>, std::vector<std::pair<void*, void*>>> groups;
+  std::map<std::pair<std::tuple<int, int, std::vector<GpuId>>, int>, std::shared_ptr<model::PeerGroup>> peers;
 #if COMPUTRON_HAVE_NCCL
   setenv("NCCL_NVLS_ENABLE", "0", 1);  // NVLink multicast stays off on shared machines
 #endif
@@ -232,6 +233,18 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       }
 #endif
       found = groups.emplace(key, std::move(comms)).first;
+      // The group's TP collectives over peer access, sized for every model placed alike.
+      if (d.tp > 1 && model::peerCollectivesEnabled()) {
+        for (int stage = 0; stage < d.pp; ++stage) {
+          std::int64_t bytes = 0;
+          std::vector<int> devs;
+          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          for (const ModelDeployment& other : config_.models)
+            if (other.tp == d.tp && other.pp == d.pp && other.gpus == d.gpus)
+              bytes = std::max(bytes, model::peerGroupBytes(planFor(other, stage * d.tp), limitsFor(other, options_.max_context)));
+          peers[{key, stage}] = model::PeerGroup::create(devs, bytes);
+        }
+      }
     }
     const model::ArchExtras extras = [&] {
       const std::string folder = checkpointFor(d);
@@ -242,10 +255,13 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       model::ExecutorLimits limits = limitsFor(d, options_.max_context);
       limits.workspace = workspaces_[g];
       const auto& c = found->second[static_cast<std::size_t>(s)];
+      const auto peer = peers.find({key, s / d.tp});
+      const model::ParallelComms comms{c.first, c.second, peer == peers.end() ? nullptr : peer->second};
       parallel_comms_[{static_cast<ModelId>(m), s}] = c;
+      tp_peers_[{static_cast<ModelId>(m), s}] = comms.tp_peer;
       sessions_[{static_cast<ModelId>(m), s}] = SessionState{};
-      executors_[{static_cast<ModelId>(m), s}] = std::make_unique<model::ShardExecutor>(
-          planFor(d, s), extras, limits, static_cast<int>(g), model::ParallelComms{c.first, c.second});
+      executors_[{static_cast<ModelId>(m), s}] =
+          std::make_unique<model::ShardExecutor>(planFor(d, s), extras, limits, static_cast<int>(g), comms);
     }
   }
   warmUp();
@@ -294,11 +310,12 @@ void CudaModelExecution::warmUp() {
       limits.max_context = kWarmUpContext;
       for (int s = 0; s < d.numShards(); ++s) {
         const int g = static_cast<int>(d.gpus[static_cast<std::size_t>(s)]);
-        const auto comms = parallel_comms_.at({static_cast<ModelId>(m), s});
+        const auto nccl = parallel_comms_.at({static_cast<ModelId>(m), s});
+        const model::ParallelComms comms{nccl.first, nccl.second, tp_peers_.at({static_cast<ModelId>(m), s})};
         CUDA_CHECK(cudaSetDevice(g));
         auto ex = std::make_unique<model::ShardExecutor>(model::planShard(spec, d.tp, d.pp, s % d.tp, s / d.tp),
                                                          model::archExtrasOf(d.spec), limits, g,
-                                                         model::ParallelComms{comms.first, comms.second});
+                                                         comms);
         ex->randomWeights(static_cast<std::uint64_t>(s) + 1);
         stand_ins.push_back(std::move(ex));
       }
@@ -359,6 +376,7 @@ void CudaModelExecution::stop() {
     if (w->thread.joinable()) w->thread.join();
   workers_.clear();
   executors_.clear();
+  tp_peers_.clear();
 #if COMPUTRON_HAVE_NCCL
   for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
 #endif

@@ -22,6 +22,7 @@
 
 namespace computron::model {
 class ShardExecutor;
+class PeerGroup;
 }
 
 namespace computron::runtime {
@@ -79,6 +80,7 @@ class CudaModelExecution final : public ModelExecution {
   const Clock* clock_ = nullptr;
   std::map<std::pair<ModelId, int>, std::unique_ptr<model::ShardExecutor>> executors_;
   std::map<std::pair<ModelId, int>, std::pair<void*, void*>> parallel_comms_;  // (tp, pp) ncclComm_t per shard
+  std::map<std::pair<ModelId, int>, std::shared_ptr<model::PeerGroup>> tp_peers_;  // per shard: its TP group over peer access
   std::vector<void*> workspaces_;  // one per GPU
   std::vector<std::int64_t> workspace_bytes_;
   std::vector<void*> comms_;       // ncclComm_t, destroyed at stop

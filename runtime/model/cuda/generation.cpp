@@ -164,6 +164,16 @@ ModelGroup::ModelGroup(const ModelSpec& spec, const ArchExtras& extras, int tp, 
 #else
   if (n > 1) throw CapacityError("this build has no NCCL: only one GPU per model");
 #endif
+  // Each stage's TP group over peer access where every pair has it (NVLink): decode-sized
+  // all-reduces and the logits' all-gather, and whole-pass CUDA graphs at pp = 1.
+  std::vector<std::shared_ptr<PeerGroup>> stage_peers(static_cast<std::size_t>(pp));
+  if (tp > 1 && peerCollectivesEnabled()) {
+    for (int stage = 0; stage < pp; ++stage) {
+      std::vector<int> devs;
+      for (int r = 0; r < tp; ++r) devs.push_back(devices[static_cast<std::size_t>(stage * tp + r)]);
+      stage_peers[static_cast<std::size_t>(stage)] = PeerGroup::create(devs, peerGroupBytes(planShard(spec, tp, pp, 0, stage), limits));
+    }
+  }
   executors_.resize(static_cast<std::size_t>(n));
   std::unique_ptr<Checkpoint> checkpoint;
   if (!weights.checkpoint.empty()) checkpoint = std::make_unique<Checkpoint>(Checkpoint::open(weights.checkpoint));
@@ -171,7 +181,8 @@ ModelGroup::ModelGroup(const ModelSpec& spec, const ArchExtras& extras, int tp, 
     for (int r = 0; r < tp; ++r) {
       const std::size_t i = static_cast<std::size_t>(stage * tp + r);
       const ShardPlan plan = planShard(spec, tp, pp, r, stage);
-      executors_[i] = std::make_unique<ShardExecutor>(plan, extras, limits, devices[i], ParallelComms{tp_comms_[i], pp_comms_[i]});
+      executors_[i] = std::make_unique<ShardExecutor>(plan, extras, limits, devices[i],
+                                                      ParallelComms{tp_comms_[i], pp_comms_[i], stage_peers[static_cast<std::size_t>(stage)]});
       if (checkpoint) {
         // Pinned staging so the upload runs at PCIe rate; the runtime's host store plays this role.
         void* host = nullptr;

@@ -85,6 +85,13 @@ std::int64_t ShardExecutor::workspaceBytes(const ShardPlan& plan, const Executor
   return layoutFor(plan, limits).total;
 }
 
+std::int64_t peerGroupBytes(const ShardPlan& plan, const ExecutorLimits& limits) {
+  const WorkspaceLayout layout = layoutFor(plan, limits);
+  const std::int64_t all_reduce = std::min(peerAllReduceLimit(), layout.max_tokens * plan.spec.hidden * 4);
+  const std::int64_t gather = plan.has_lm_head ? static_cast<std::int64_t>(limits.max_batch) * plan.local_vocab * 4 : 0;
+  return std::max(all_reduce, gather);
+}
+
 ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, const ExecutorLimits& limits, int device,
                              ParallelComms comms)
     : plan_(plan), extras_(extras), limits_(limits), device_(device), comms_(comms) {
@@ -167,6 +174,9 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
   skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
   fuse_epilogues_ = envInt("COMPUTRON_DECODE_FUSE", 1) != 0;
+  peer_limit_ = peerAllReduceLimit();
+  if (comms_.tp_peer && (comms_.tp_peer->size() != plan_.tp || comms_.tp_peer->device(plan_.tp_rank) != device_))
+    throw std::logic_error("shard executor: the peer group does not match this shard's TP group");
   // Pinned and mapped: uploads run as kernels reading host memory (kernels::uploadMapped).
   CUDA_CHECK(cudaHostAlloc(&host_meta_, static_cast<std::size_t>(layout.sizes[16]), cudaHostAllocMapped | cudaHostAllocPortable));
   CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_meta_), host_meta_, 0));
@@ -200,6 +210,7 @@ void ShardExecutor::dropGraphs() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
+  graphs_use_peers_ = false;
 }
 
 void ShardExecutor::uploadWeights(const void* host_weights) {
@@ -263,6 +274,10 @@ void ShardExecutor::warmProducts(const std::vector<int>& rows) {
 
 void ShardExecutor::allReduce(float* data, std::int64_t count) {
   if (plan_.tp == 1) return;
+  if (peerAllReduce(count)) {
+    comms_.tp_peer->allReduceSum(plan_.tp_rank, data, count, stream_);
+    return;
+  }
 #if COMPUTRON_HAVE_NCCL
   NCCL_CHECK(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum,
                            static_cast<ncclComm_t>(comms_.tp_comm), stream_));
@@ -307,6 +322,26 @@ void ShardExecutor::forward(const StepBatch& batch) {
       if (len > max_prompt_) throw CapacityError("a prompt of " + std::to_string(len) + " tokens exceeds " + std::to_string(max_prompt_));
 
   CUDA_CHECK(cudaSetDevice(device_));
+  // The peer group serves this pass unless it has failed (then NCCL, and no graphs hold it).
+  peer_active_ = comms_.tp_peer && comms_.tp_peer->usable();
+  if (graphs_use_peers_ && !peer_active_) dropGraphs();
+  try {
+    forwardIssue(batch, tokens, sequences);
+  } catch (...) {
+    // Ranks that wait for this one in a peer collective give up now instead of at the timeout.
+    if (peer_active_) comms_.tp_peer->abort();
+    throw;
+  }
+}
+
+void ShardExecutor::checkPeers() const {
+  if (peer_active_ && comms_.tp_peer->failed())
+    throw DeviceError("a tensor-parallel peer collective of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
+                      ", tp rank " + std::to_string(plan_.tp_rank) +
+                      ") gave up: another rank of the group failed or did not arrive in time; the group now uses NCCL");
+}
+
+void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequences) {
   // Meta: tokens | slots | positions | context | last_token, in one upload.
   CUDA_CHECK(cudaEventSynchronize(meta_uploaded_));  // the previous upload has left the staging buffer
   int* host_tokens = host_meta_;
@@ -357,8 +392,11 @@ void ShardExecutor::forward(const StepBatch& batch) {
     CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
   }
 
-  // Decode on one GPU: replay the pass captured for this batch size (no NCCL inside graphs).
-  if (!batch.prefill && use_graphs_ && plan_.tp == 1 && plan_.pp == 1) {
+  // Decode: replay the pass captured for this batch size, on one GPU, or on every rank of a TP
+  // group whose collectives all run over peer access (no NCCL inside graphs).
+  const bool peer_pass = plan_.tp > 1 && peer_active_ && peerAllReduce(static_cast<std::int64_t>(tokens) * plan_.spec.hidden) &&
+                         static_cast<std::int64_t>(sequences) * plan_.local_vocab * 4 <= comms_.tp_peer->maxBytes();
+  if (!batch.prefill && use_graphs_ && plan_.pp == 1 && (plan_.tp == 1 || peer_pass)) {
     const auto key = std::make_pair(tokens, sequences);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
@@ -377,6 +415,7 @@ void ShardExecutor::forward(const StepBatch& batch) {
       cudaGraphDestroy(graph);
       CUDA_CHECK(status);
       it = graphs_.emplace(key, exec).first;
+      graphs_use_peers_ = graphs_use_peers_ || plan_.tp > 1;
     }
     CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
     return;
@@ -436,10 +475,15 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
     gemm(last_normed_, weight(plan_.lm_head), logits_, sequences, local_vocab, h, true);
   } else {
     gemm(last_normed_, weight(plan_.lm_head), local_logits_, sequences, local_vocab, h, true);
+    const std::int64_t gather = static_cast<std::int64_t>(sequences) * local_vocab;
+    if (peer_active_ && gather * 4 <= comms_.tp_peer->maxBytes()) {
+      comms_.tp_peer->allGather(plan_.tp_rank, local_logits_, gathered_logits_, gather, stream_);
+    } else {
 #if COMPUTRON_HAVE_NCCL
-    NCCL_CHECK(ncclAllGather(local_logits_, gathered_logits_, static_cast<std::size_t>(sequences) * local_vocab, ncclFloat,
-                             static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+      NCCL_CHECK(ncclAllGather(local_logits_, gathered_logits_, static_cast<std::size_t>(gather), ncclFloat,
+                               static_cast<ncclComm_t>(comms_.tp_comm), stream_));
 #endif
+    }
     kernels::interleaveVocab(gathered_logits_, logits_, plan_.tp, sequences, local_vocab, stream_);
   }
 }
@@ -561,6 +605,7 @@ std::vector<int> ShardExecutor::shareSampled(int sequences) {
   std::vector<int> out(static_cast<std::size_t>(sequences));
   CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+  checkPeers();
   return out;
 }
 
@@ -591,6 +636,7 @@ std::vector<float> ShardExecutor::logitsToHost(int sequences) const {
   CUDA_CHECK(cudaSetDevice(device_));
   CUDA_CHECK(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+  checkPeers();
   return out;
 }
 

@@ -11,12 +11,14 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "runtime/model/cuda/cuda_check.h"
+#include "runtime/model/cuda/peer_collectives.h"
 #include "runtime/model/shard_plan.h"
 
 namespace computron::model {
@@ -49,7 +51,15 @@ struct ExecutorLimits {
 struct ParallelComms {
   void* tp_comm = nullptr;  // ncclComm_t of this stage's TP group (tp > 1)
   void* pp_comm = nullptr;  // ncclComm_t of this TP rank's pipeline (pp > 1); rank = stage
+  // This stage's TP group over peer access (null: NCCL only); this executor is rank tp_rank.
+  // Decode-sized all-reduces and the logits' all-gather run there, and with pp = 1 the whole
+  // decode pass is then captured as a CUDA graph on every rank.
+  std::shared_ptr<PeerGroup> tp_peer;
 };
+
+// Bytes per rank the TP group's peer collectives need for these limits: the all-gather of a
+// decode pass's logits, and all-reduces up to peerAllReduceLimit().
+std::int64_t peerGroupBytes(const ShardPlan& plan, const ExecutorLimits& limits);
 
 // What one forward pass processes. Host-side; identical on every rank of a model.
 struct StepBatch {
@@ -126,6 +136,8 @@ class ShardExecutor {
  private:
   // The sampled tokens (in sampled_) to every pipeline stage, then to the host.
   std::vector<int> shareSampled(int sequences);
+  // The uploads and launches of forward() after its checks.
+  void forwardIssue(const StepBatch& batch, int tokens, int sequences);
   // Runs the layers, final norm and head of a pass whose metadata is on the device.
   void forwardBody(const StepBatch& batch, int tokens, int sequences);
   // One layer; `input_normed`: normed_ already holds its input norm (fused into the previous
@@ -135,6 +147,12 @@ class ShardExecutor {
   // Products of up to skinny_rows_ rows (decode) run on kernels::skinnyGemm, larger ones on cuBLAS.
   void gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32);
   void allReduce(float* data, std::int64_t count);
+  // Whether an all-reduce of `count` floats goes over the peer group in this pass.
+  bool peerAllReduce(std::int64_t count) const {
+    return peer_active_ && count * 4 <= peer_limit_ && count * 4 <= comms_.tp_peer->maxBytes();
+  }
+  // Throws when a peer collective of the last pass timed out or was aborted.
+  void checkPeers() const;
   const std::byte* weight(std::int64_t offset) const { return weights_ + offset; }
 
   ShardPlan plan_;
@@ -188,6 +206,10 @@ class ShardExecutor {
   // their epilogues (separate kernels after them).
   bool fuse_epilogues_ = true;
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
+  // The peer group serves this pass (set at the start of forward(); false once it failed).
+  bool peer_active_ = false;
+  bool graphs_use_peers_ = false;  // graphs_ were captured with peer collectives inside
+  std::int64_t peer_limit_ = 0;
   bool owns_workspace_ = true;
   SegmentWait segment_wait_;
   void waitSegment(int segment) const {

@@ -6,9 +6,13 @@
 //       Loads a Hugging Face safetensors folder split for tp x pp, generates for the requests
 //       ({"prompts": [[ids...], ...], "max_new_tokens": N}) and writes the tokens as JSON; with
 //       --logits, the fp32 logits of every pass ([rows, vocab] per pass, back to back).
-//   bench --preset NAME --batch B [--prompt 512 --new 128]
-//       Random weights of a preset's shapes on GPU 0: prefill and decode speed against the
-//       bandwidth bound (weights + KV cache bytes over the measured device-to-device copy rate).
+//   bench --preset NAME --batch B [--prompt 512 --new 128] [--tp N --pp N]
+//       Random weights of a preset's shapes on GPUs 0..tp*pp-1: prefill and decode speed against
+//       the bandwidth bound (one GPU's weights + KV cache bytes over the measured device-to-device
+//       copy rate).
+//   collectives [--tp 2]
+//       The TP group's peer all-reduce and all-gather checked against a host sum (odd sizes,
+//       repeated calls), then timed against NCCL's all-reduce (lines CCHECK, COLL).
 //   d2d
 //       Device-to-device copy bandwidth (bytes read + bytes written per second).
 //   kernels
@@ -168,14 +172,18 @@ int runBench(const std::map<std::string, std::string>& f) {
       start = comma + 1;
     }
   }
+  const int tp = std::stoi(flag(f, "tp", "1")), pp = std::stoi(flag(f, "pp", "1"));
+  if (tp < 1 || pp < 1) throw ConfigError("--tp and --pp must be at least 1");
   const double bandwidth = measureD2dBandwidth();
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ExecutorLimits limits;
   limits.max_batch = max_batch;
   limits.max_context = prompt + std::max(new_tokens, kBenchWarmUpTokens);  // the warm-up makes 4 tokens
   limits.max_prefill_tokens = max_batch * prompt;
-  ModelGroup group(spec, extras, 1, 1, {0}, limits, WeightSource{"", 1234});
-  const std::int64_t weight_bytes = group.weightBytesPerGpu(0);
+  ModelGroup group(spec, extras, tp, pp, devicesFor(tp * pp), limits, WeightSource{"", 1234});
+  // The bound is set by the GPU that holds the most bytes.
+  std::int64_t weight_bytes = 0;
+  for (int i = 0; i < tp * pp; ++i) weight_bytes = std::max(weight_bytes, group.weightBytesPerGpu(i));
   std::mt19937 rng(5);
   auto makeRequests = [&](int batch, int new_count) {
     std::vector<GenerationRequest> requests(static_cast<std::size_t>(batch));
@@ -192,11 +200,14 @@ int runBench(const std::map<std::string, std::string>& f) {
     std::sort(steps.begin(), steps.end());
     const double median = steps[steps.size() / 2];
     const int mid_context = prompt + new_tokens / 2;
+    // Per GPU: its stage's layers and 1/tp of the kv heads.
     const double kv_bytes = static_cast<double>(spec.num_layers) * batch * mid_context * spec.num_kv_heads * spec.headDim() * 2 *
-                            elementBytes(spec.dtype);
+                            elementBytes(spec.dtype) / (tp * pp);
     const double bound = (static_cast<double>(weight_bytes) + kv_bytes) / bandwidth;
     nlohmann::json out;
     out["preset"] = preset;
+    out["tp"] = tp;
+    out["pp"] = pp;
     out["batch"] = batch;
     out["prompt"] = prompt;
     out["new_tokens"] = new_tokens;
@@ -218,11 +229,154 @@ int runBench(const std::map<std::string, std::string>& f) {
     const char* skinny_env = std::getenv("COMPUTRON_SKINNY_ROWS");
     out["decode_graph"] = graph_env && *graph_env ? std::string(graph_env) : std::string("default");
     out["skinny_rows"] = skinny_env && *skinny_env ? std::string(skinny_env) : std::string("default");
+    const char* peer_env = std::getenv("COMPUTRON_PEER_COLLECTIVES");
+    out["peer_collectives"] = tp == 1 ? std::string("n/a") : peer_env && *peer_env ? std::string(peer_env) : std::string("default");
     const char* fuse_env = std::getenv("COMPUTRON_DECODE_FUSE");
     out["decode_fuse"] = fuse_env && *fuse_env ? std::string(fuse_env) : std::string("default");
     std::cout << "BENCH " << out.dump() << std::endl;
   }
   return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// collectives: the TP group's peer all-reduce and all-gather against a host reference, then
+// their time against NCCL's for the same sizes.
+
+int runCollectives(const std::map<std::string, std::string>& f) {
+#if !COMPUTRON_HAVE_NCCL
+  (void)f;
+  throw CapacityError("this build has no NCCL");
+#else
+  const int tp = std::stoi(flag(f, "tp", "2"));
+  const std::vector<int> devs = devicesFor(tp);
+  const std::int64_t max_bytes = 16LL << 20;
+  const std::shared_ptr<PeerGroup> group = PeerGroup::create(devs, max_bytes);
+  if (!group) throw CapacityError("the GPUs cannot all reach each other by peer access");
+  std::vector<ncclComm_t> comms(static_cast<std::size_t>(tp));
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
+  NCCL_CHECK(ncclCommInitAll(comms.data(), tp, devs.data()));
+  std::vector<cudaStream_t> streams(static_cast<std::size_t>(tp));
+  std::vector<float*> data(static_cast<std::size_t>(tp)), out(static_cast<std::size_t>(tp));
+  for (int r = 0; r < tp; ++r) {
+    CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&streams[static_cast<std::size_t>(r)], cudaStreamNonBlocking));
+    CUDA_CHECK(cudaMalloc(&data[static_cast<std::size_t>(r)], static_cast<std::size_t>(max_bytes)));
+    CUDA_CHECK(cudaMalloc(&out[static_cast<std::size_t>(r)], static_cast<std::size_t>(max_bytes) * static_cast<std::size_t>(tp)));
+  }
+  auto value = [](int r, std::int64_t i) { return static_cast<float>(((i * 7919 + r * 104729) % 2001) - 1000) / 64.f; };
+  bool all_ok = true;
+  // Odd and even sizes (vector and scalar kernels), several calls in a row (both staging halves).
+  for (std::int64_t count : std::vector<std::int64_t>{1, 3, 4, 1023, 1025, 5120, 20481, 163840, 1048579}) {
+    for (int rep = 0; rep < 3; ++rep) {
+      for (bool gather : {false, true}) {
+        std::vector<std::vector<float>> host(static_cast<std::size_t>(tp), std::vector<float>(static_cast<std::size_t>(count)));
+        for (int r = 0; r < tp; ++r) {
+          for (std::int64_t i = 0; i < count; ++i) host[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)] = value(r + rep, i);
+          CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+          CUDA_CHECK(cudaMemcpy(data[static_cast<std::size_t>(r)], host[static_cast<std::size_t>(r)].data(), static_cast<std::size_t>(count) * 4,
+                                cudaMemcpyHostToDevice));
+        }
+        for (int r = 0; r < tp; ++r) {
+          CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+          if (gather) group->allGather(r, data[static_cast<std::size_t>(r)], out[static_cast<std::size_t>(r)], count, streams[static_cast<std::size_t>(r)]);
+          else group->allReduceSum(r, data[static_cast<std::size_t>(r)], count, streams[static_cast<std::size_t>(r)]);
+        }
+        bool ok = true;
+        for (int r = 0; r < tp; ++r) {
+          CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+          CUDA_CHECK(cudaStreamSynchronize(streams[static_cast<std::size_t>(r)]));
+          const std::int64_t n = gather ? count * tp : count;
+          std::vector<float> got(static_cast<std::size_t>(n));
+          CUDA_CHECK(cudaMemcpy(got.data(), gather ? out[static_cast<std::size_t>(r)] : data[static_cast<std::size_t>(r)],
+                                static_cast<std::size_t>(n) * 4, cudaMemcpyDeviceToHost));
+          for (std::int64_t i = 0; i < n && ok; ++i) {
+            float want = 0.f;
+            if (gather) {
+              want = host[static_cast<std::size_t>(i / count)][static_cast<std::size_t>(i % count)];
+            } else {
+              for (int q = 0; q < tp; ++q) want += host[static_cast<std::size_t>(q)][static_cast<std::size_t>(i)];  // rank order
+            }
+            if (got[static_cast<std::size_t>(i)] != want) {
+              ok = false;
+              std::printf("CCHECK %s count %lld rank %d element %lld: got %g want %g FAIL\n", gather ? "all-gather" : "all-reduce",
+                          static_cast<long long>(count), r, static_cast<long long>(i), got[static_cast<std::size_t>(i)], want);
+            }
+          }
+        }
+        if (rep == 0) std::printf("CCHECK %s count %lld %s\n", gather ? "all-gather" : "all-reduce", static_cast<long long>(count), ok ? "ok" : "FAIL");
+        all_ok = all_ok && ok;
+      }
+    }
+  }
+  std::printf("CCHECK peer collectives overall %s%s\n", all_ok ? "ok" : "FAIL", group->failed() ? " (a call gave up)" : "");
+  // Time: back-to-back all-reduces on every rank, events on rank 0, median of 5 rounds.
+  std::vector<cudaEvent_t> start(static_cast<std::size_t>(tp)), stop(static_cast<std::size_t>(tp));
+  for (int r = 0; r < tp; ++r) {
+    CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+    CUDA_CHECK(cudaEventCreate(&start[static_cast<std::size_t>(r)]));
+    CUDA_CHECK(cudaEventCreate(&stop[static_cast<std::size_t>(r)]));
+  }
+  for (std::int64_t bytes : std::vector<std::int64_t>{4096, 10240, 20480, 81920, 163840, 327680, 655360, 1048576, 2097152, 4194304, 8388608}) {
+    const std::int64_t count = bytes / 4;
+    double us[2] = {0, 0};
+    for (int which = 0; which < 2; ++which) {
+      auto round = [&](int calls) {
+        if (which == 0) {
+          for (int c = 0; c < calls; ++c)
+            for (int r = 0; r < tp; ++r) {
+              CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+              group->allReduceSum(r, data[static_cast<std::size_t>(r)], count, streams[static_cast<std::size_t>(r)]);
+            }
+        } else {
+          for (int c = 0; c < calls; ++c) {
+            NCCL_CHECK(ncclGroupStart());
+            for (int r = 0; r < tp; ++r)
+              NCCL_CHECK(ncclAllReduce(data[static_cast<std::size_t>(r)], data[static_cast<std::size_t>(r)], static_cast<std::size_t>(count), ncclFloat,
+                                       ncclSum, comms[static_cast<std::size_t>(r)], streams[static_cast<std::size_t>(r)]));
+            NCCL_CHECK(ncclGroupEnd());
+          }
+        }
+      };
+      round(20);
+      std::vector<double> samples;
+      for (int rep = 0; rep < 5; ++rep) {
+        const int calls = 100;
+        CUDA_CHECK(cudaSetDevice(devs[0]));
+        CUDA_CHECK(cudaEventRecord(start[0], streams[0]));
+        round(calls);
+        CUDA_CHECK(cudaSetDevice(devs[0]));
+        CUDA_CHECK(cudaEventRecord(stop[0], streams[0]));
+        CUDA_CHECK(cudaEventSynchronize(stop[0]));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, start[0], stop[0]));
+        samples.push_back(ms * 1e3 / calls);
+      }
+      for (int r = 0; r < tp; ++r) {
+        CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+        CUDA_CHECK(cudaStreamSynchronize(streams[static_cast<std::size_t>(r)]));
+      }
+      std::sort(samples.begin(), samples.end());
+      us[which] = samples[2];
+    }
+    nlohmann::json line;
+    line["tp"] = tp;
+    line["bytes"] = bytes;
+    line["peer_us"] = us[0];
+    line["nccl_us"] = us[1];
+    line["peer_vs_nccl"] = us[0] / us[1];
+    std::cout << "COLL " << line.dump() << std::endl;
+  }
+  for (int r = 0; r < tp; ++r) {
+    CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
+    CUDA_CHECK(cudaFree(data[static_cast<std::size_t>(r)]));
+    CUDA_CHECK(cudaFree(out[static_cast<std::size_t>(r)]));
+    cudaEventDestroy(start[static_cast<std::size_t>(r)]);
+    cudaEventDestroy(stop[static_cast<std::size_t>(r)]);
+    cudaStreamDestroy(streams[static_cast<std::size_t>(r)]);
+    ncclCommDestroy(comms[static_cast<std::size_t>(r)]);
+  }
+  return all_ok && !group->failed() ? 0 : 4;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,9 +732,12 @@ constexpr const char* kUsage =
     "           [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G] [--max-context N]\n"
     "      generate for the requests ({\"prompts\": [[ids...]], \"max_new_tokens\": N}) from a Hugging Face\n"
     "      safetensors folder split TP x PP; tokens as JSON, with --logits the fp32 logits of every pass\n"
-    "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128]\n"
-    "      prefill and decode speed of a preset's shapes with random weights on GPU 0, against the\n"
-    "      bandwidth bound\n"
+    "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128] [--tp N --pp N]\n"
+    "      prefill and decode speed of a preset's shapes with random weights on GPUs 0..tp*pp-1,\n"
+    "      against the bandwidth bound (the bytes of the GPU holding most over the copy rate)\n"
+    "  collectives [--tp 2]\n"
+    "      the TP group's peer all-reduce and all-gather against a host reference (CCHECK lines),\n"
+    "      then their time against NCCL's (COLL lines)\n"
     "  d2d       device-to-device copy bandwidth\n"
     "  kernels   the decode kernels against cuBLAS and a host reference (lines KCHECK, KGEMM, KATTN)\n"
     "\n"
@@ -601,6 +758,7 @@ int main(int argc, char** argv) {
     if (command == "generate") return runGenerate(flags);
     if (command == "bench") return runBench(flags);
     if (command == "kernels") return runKernels();
+    if (command == "collectives") return runCollectives(flags);
     if (command == "d2d") {
       std::printf("d2d %.1f GB/s (read + write)\n", measureD2dBandwidth() / 1e9);
       return 0;
