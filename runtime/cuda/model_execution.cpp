@@ -234,7 +234,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
 #endif
       found = groups.emplace(key, std::move(comms)).first;
       // The group's TP collectives over peer access, sized for every model placed alike.
-      if (d.tp > 1 && model::peerCollectivesEnabled()) {
+      if (d.tp > 1 && model::peerCollectivesEnabled(/*by_default=*/false)) {
         for (int stage = 0; stage < d.pp; ++stage) {
           std::int64_t bytes = 0;
           std::vector<int> devs;

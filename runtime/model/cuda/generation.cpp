@@ -167,7 +167,7 @@ ModelGroup::ModelGroup(const ModelSpec& spec, const ArchExtras& extras, int tp, 
   // Each stage's TP group over peer access where every pair has it (NVLink): decode-sized
   // all-reduces and the logits' all-gather, and whole-pass CUDA graphs at pp = 1.
   std::vector<std::shared_ptr<PeerGroup>> stage_peers(static_cast<std::size_t>(pp));
-  if (tp > 1 && peerCollectivesEnabled()) {
+  if (tp > 1 && peerCollectivesEnabled(/*by_default=*/true)) {
     for (int stage = 0; stage < pp; ++stage) {
       std::vector<int> devs;
       for (int r = 0; r < tp; ++r) devs.push_back(devices[static_cast<std::size_t>(stage * tp + r)]);

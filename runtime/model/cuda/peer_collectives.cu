@@ -128,9 +128,10 @@ __global__ void __launch_bounds__(kThreads) peerKernel(PeerArgs a, const float* 
 
 }  // namespace
 
-bool peerCollectivesEnabled() {
+bool peerCollectivesEnabled(bool by_default) {
   const char* v = std::getenv("COMPUTRON_PEER_COLLECTIVES");
-  return v == nullptr || *v == '\0' || std::strcmp(v, "0") != 0;
+  if (v == nullptr || *v == '\0') return by_default;
+  return std::strcmp(v, "0") != 0;
 }
 
 std::int64_t peerAllReduceLimit() {

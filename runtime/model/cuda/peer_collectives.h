@@ -26,12 +26,16 @@
 
 namespace computron::model {
 
-// COMPUTRON_PEER_COLLECTIVES=0 turns the peer path off (NCCL for everything).
-bool peerCollectivesEnabled();
+// COMPUTRON_PEER_COLLECTIVES=0 turns the peer path off (NCCL for everything), =1 on; unset:
+// `by_default`. The model library (ModelGroup) uses it by default; the serving runtime does not:
+// on 2 x H200, replays of the seed's swapping workloads ran 4-9% slower in mean latency with it
+// (bench/results/tp-decode-h200x2-2026-12-01.md).
+bool peerCollectivesEnabled(bool by_default);
 // All-reduces up to this many bytes run over peer access, larger ones on NCCL
-// (COMPUTRON_PEER_MAX_BYTES; default kDefaultPeerAllReduceBytes, chosen by measurement on 2 x H200:
+// (COMPUTRON_PEER_MAX_BYTES; default kDefaultPeerAllReduceBytes: on 2 x H200 the peer all-reduce
+// takes 0.51-0.83x NCCL's time up to 4 MiB and the same at 8 MiB,
 // bench/results/tp-decode-h200x2-2026-12-01.md).
-inline constexpr std::int64_t kDefaultPeerAllReduceBytes = 2 << 20;
+inline constexpr std::int64_t kDefaultPeerAllReduceBytes = 4 << 20;
 std::int64_t peerAllReduceLimit();
 
 class PeerGroup {

@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +36,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -308,6 +310,7 @@ int runCollectives(const std::map<std::string, std::string>& f) {
       }
     }
   }
+  if (group->failed()) all_ok = false;
   std::printf("CCHECK peer collectives overall %s%s\n", all_ok ? "ok" : "FAIL", group->failed() ? " (a call gave up)" : "");
   // Time: back-to-back all-reduces on every rank, events on rank 0, median of 5 rounds.
   std::vector<cudaEvent_t> start(static_cast<std::size_t>(tp)), stop(static_cast<std::size_t>(tp));
@@ -366,6 +369,25 @@ int runCollectives(const std::map<std::string, std::string>& f) {
     line["peer_vs_nccl"] = us[0] / us[1];
     std::cout << "COLL " << line.dump() << std::endl;
   }
+  // A rank that never arrives: the others give up at the timeout (1 s here), or at once on
+  // abort(), instead of hanging; the group then reports failed().
+  for (bool use_abort : {false, true}) {
+    const std::shared_ptr<PeerGroup> lone = PeerGroup::create(devs, 1 << 20, 1.0);
+    CUDA_CHECK(cudaSetDevice(devs[0]));
+    const auto t0 = std::chrono::steady_clock::now();
+    lone->allReduceSum(0, data[0], 5120, streams[0]);  // rank 0 only
+    if (use_abort) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      lone->abort();
+    }
+    CUDA_CHECK(cudaStreamSynchronize(streams[0]));
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool ok = lone->failed() && !lone->usable() && (use_abort ? waited < 0.9 : waited > 0.9 && waited < 5.0);
+    all_ok = all_ok && ok;
+    std::printf("CCHECK a missing rank, %s: rank 0 gave up after %.3f s, failed() %d %s\n", use_abort ? "abort() after 0.1 s" : "timeout 1 s",
+                waited, lone->failed() ? 1 : 0, ok ? "ok" : "FAIL");
+  }
+  std::printf("CCHECK failure paths overall %s\n", all_ok ? "ok" : "FAIL");
   for (int r = 0; r < tp; ++r) {
     CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
     CUDA_CHECK(cudaFree(data[static_cast<std::size_t>(r)]));
@@ -375,7 +397,7 @@ int runCollectives(const std::map<std::string, std::string>& f) {
     cudaStreamDestroy(streams[static_cast<std::size_t>(r)]);
     ncclCommDestroy(comms[static_cast<std::size_t>(r)]);
   }
-  return all_ok && !group->failed() ? 0 : 4;
+  return all_ok ? 0 : 4;
 #endif
 }
 
