@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common/splitmix.h"
@@ -259,6 +260,69 @@ __global__ void splitQkvKernel(const T* qkv, const T* bias, const int* slots, co
   const T* row = qkv + static_cast<std::int64_t>(n) * total_heads * hd;
   storeQkvPair<T>(toFloat(row[head * hd + i]), toFloat(row[head * hd + i + half]), bias, n, head, i, slots, positions, layout, q,
                   k_cache, v_cache);
+}
+
+// The same split, four consecutive rotate-half pairs (i..i+3, i+hd/2..i+hd/2+3) of one head per
+// thread with 8-byte loads and stores, over a flat grid of (token, head, quad): the kernel above
+// runs one 64-thread block of 2-byte accesses per (token, head), which measured about 10x slower
+// than its bytes in prefill (bench/results/prefill-breakdown-2026-12-01.md). Same arithmetic per
+// pair as storeQkvPair.
+template <typename T>
+struct alignas(8) Quad {
+  T v[4];
+};
+
+template <typename T>
+__global__ void splitQkvQuadKernel(const T* qkv, const T* bias, const int* slots, const int* positions, QkvLayout layout,
+                                   T* q, T* k_cache, T* v_cache, int num_tokens) {
+  pdlTrigger();
+  pdlWait();
+  const int hd = layout.head_dim, half = hd / 2, quads = half / 4;
+  const int total_heads = layout.heads + 2 * layout.kv_heads;
+  const std::int64_t units = static_cast<std::int64_t>(total_heads) * quads;
+  const std::int64_t total = units * num_tokens;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int n = static_cast<int>(idx / units);
+    const int u = static_cast<int>(idx % units);
+    const int head = u / quads, i = (u % quads) * 4;
+    const T* row = qkv + static_cast<std::int64_t>(n) * total_heads * hd + static_cast<std::int64_t>(head) * hd;
+    const Quad<T> a = *reinterpret_cast<const Quad<T>*>(row + i);
+    const Quad<T> b = *reinterpret_cast<const Quad<T>*>(row + i + half);
+    const int pos = positions[n];
+    const bool is_q = head < layout.heads;
+    const bool is_k = !is_q && head < layout.heads + layout.kv_heads;
+    Quad<T> out1, out2;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      float x1 = toFloat(a.v[k]), x2 = toFloat(b.v[k]);
+      const int c1 = head * hd + i + k, c2 = c1 + half;
+      if (bias) {
+        x1 = toFloat(fromFloat<T>(x1 + toFloat(bias[c1])));
+        x2 = toFloat(fromFloat<T>(x2 + toFloat(bias[c2])));
+      }
+      if (layout.rotary && (is_q || is_k)) {
+        const float inv_freq = 1.0f / powf(layout.rope_theta, static_cast<float>(2 * (i + k)) / static_cast<float>(hd));
+        const float angle = static_cast<float>(pos) * inv_freq;
+        const float c = cosf(angle), sn = sinf(angle);
+        const float r1 = x1 * c - x2 * sn, r2 = x2 * c + x1 * sn;
+        x1 = r1;
+        x2 = r2;
+      }
+      out1.v[k] = fromFloat<T>(x1);
+      out2.v[k] = fromFloat<T>(x2);
+    }
+    T* dst;
+    if (is_q) {
+      dst = q + (static_cast<std::int64_t>(n) * layout.heads + head) * hd;
+    } else {
+      const std::int64_t cache_row = (static_cast<std::int64_t>(slots[n]) * layout.max_seq + pos) * layout.kv_heads * hd;
+      const int kv_head = is_k ? head - layout.heads : head - layout.heads - layout.kv_heads;
+      dst = (is_k ? k_cache : v_cache) + cache_row + static_cast<std::int64_t>(kv_head) * hd;
+    }
+    *reinterpret_cast<Quad<T>*>(dst + i) = out1;
+    *reinterpret_cast<Quad<T>*>(dst + i + half) = out2;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -941,12 +1005,29 @@ void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int wid
   CUDA_CHECK_LAUNCH("swiGlu");
 }
 
+// COMPUTRON_SPLIT_QUAD=0: the one-pair-per-thread split kernel (for comparison).
+static bool quadSplitEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("COMPUTRON_SPLIT_QUAD");
+    return v == nullptr || *v == '\0' || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
 void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, const int* positions, int num_tokens,
-              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream) {
+              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream, bool per_pair) {
   dispatch(dtype, [&]<typename T>() {
     const int total_heads = layout.heads + 2 * layout.kv_heads;
-    launchPdl(splitQkvKernel<T>, dim3(num_tokens, total_heads), dim3(layout.head_dim / 2), 0, stream, static_cast<const T*>(qkv), static_cast<const T*>(bias), slots, positions,
-                                                      layout, static_cast<T*>(q), static_cast<T*>(k_cache), static_cast<T*>(v_cache));
+    if ((layout.head_dim / 2) % 4 == 0 && quadSplitEnabled() && !per_pair) {
+      const std::int64_t total = static_cast<std::int64_t>(num_tokens) * total_heads * (layout.head_dim / 8);
+      launchPdl(splitQkvQuadKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, static_cast<const T*>(qkv),
+                static_cast<const T*>(bias), slots, positions, layout, static_cast<T*>(q), static_cast<T*>(k_cache),
+                static_cast<T*>(v_cache), num_tokens);
+    } else {
+      launchPdl(splitQkvKernel<T>, dim3(num_tokens, total_heads), dim3(layout.head_dim / 2), 0, stream, static_cast<const T*>(qkv),
+                static_cast<const T*>(bias), slots, positions, layout, static_cast<T*>(q), static_cast<T*>(k_cache),
+                static_cast<T*>(v_cache));
+    }
   });
   CUDA_CHECK_LAUNCH("splitQkv");
 }

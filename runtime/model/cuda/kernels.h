@@ -38,8 +38,9 @@ struct QkvLayout {
   bool rotary = false;
   float rope_theta = 10000.f;
 };
+// per_pair: the older one-pair-per-thread kernel (checks compare the two).
 void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, const int* positions, int num_tokens,
-              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream);
+              const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream, bool per_pair = false);
 // Causal softmax of scores [rows, len, len] (fp32) into probs (model dtype), zeros above the diagonal.
 void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, int len, cudaStream_t stream);
 // Decode attention: one query token per sequence over its cached keys [0, context[n]). The

@@ -553,6 +553,47 @@ int runKernels() {
       }
     }
   }
+  // The prefill q/k/v split (four pairs per thread) against the one-pair-per-thread kernel, at
+  // prefill sizes: bit-identical q and cache rows.
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    for (int hd : {64, 128}) {
+      kernels::QkvLayout layout;
+      layout.heads = 16;
+      layout.kv_heads = hd == 128 ? 4 : 16;
+      layout.head_dim = hd;
+      layout.max_seq = 4104;
+      layout.rotary = hd == 128;
+      layout.rope_theta = 500000.f;
+      const int tokens = 4099, width = (layout.heads + 2 * layout.kv_heads) * hd;
+      const std::size_t q_elems = static_cast<std::size_t>(tokens) * layout.heads * hd;
+      const std::size_t cache_elems = static_cast<std::size_t>(layout.max_seq) * layout.kv_heads * hd;  // one slot
+      std::byte* qkv = pool;
+      std::byte* bias = pool + (64ull << 20);
+      std::byte* a = pool + (96ull << 20);
+      std::byte* b = pool + (416ull << 20);
+      int* meta = reinterpret_cast<int*>(pool + (1000ull << 20));
+      kernels::fillUniform(d, qkv, static_cast<std::int64_t>(tokens) * width, 51 + hd, 1.f, 0.f, stream);
+      kernels::fillUniform(d, bias, width, 52 + hd, 0.5f, 0.f, stream);
+      std::vector<int> host(2 * static_cast<std::size_t>(tokens));
+      for (int n = 0; n < tokens; ++n) { host[static_cast<std::size_t>(n)] = 0; host[static_cast<std::size_t>(tokens + n)] = n; }
+      CUDA_CHECK(cudaMemcpyAsync(meta, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice, stream));
+      const std::size_t bytes = (q_elems + 2 * cache_elems) * 2;
+      for (std::byte* out : {a, b}) {
+        CUDA_CHECK(cudaMemsetAsync(out, 0, bytes, stream));
+        kernels::splitQkv(d, qkv, hd == 64 ? bias : nullptr, meta, meta + tokens, tokens, layout, out, out + q_elems * 2,
+                          out + (q_elems + cache_elems) * 2, stream, /*per_pair=*/out == b);
+      }
+      std::vector<std::uint16_t> ha(bytes / 2), hb(bytes / 2);
+      CUDA_CHECK(cudaMemcpyAsync(ha.data(), a, bytes, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaMemcpyAsync(hb.data(), b, bytes, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      const bool ok = ha == hb;
+      all_ok = all_ok && ok;
+      std::printf("KCHECK %s prefill q/k/v split (4 pairs per thread vs 1) hd %d tokens %d rotary %d bias %d: %s\n",
+                  d == DType::kF16 ? "f16" : "bf16", hd, tokens, layout.rotary ? 1 : 0, hd == 64 ? 1 : 0,
+                  ok ? "bit-identical ok" : "FAIL");
+    }
+  }
   // Decode attention against a host reference in double: uneven contexts (1, a chunk's edge,
   // the whole cache), shuffled slots, GQA groups 1..8, both kernel shapes, chunks of one round and
   // of several; each case launched twice.
