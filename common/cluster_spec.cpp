@@ -148,7 +148,7 @@ const std::vector<std::string> kGpuScalarKeys = {
     "memory_gb", "weight_budget_gb", "peak_tflops", "hbm_gbps", "host_link_gbps", "host_link_latency_us"};
 const std::vector<std::string> kClusterScalarKeys = {
     "name", "nvlink_gbps", "nvlink_latency_us", "compute_efficiency", "memory_efficiency", "kernel_overhead_us",
-    "evict_latency_us"};
+    "evict_latency_us", "batches_wait_for_loads"};
 
 std::vector<std::string> joinKeys(std::initializer_list<std::vector<std::string>> groups) {
   std::vector<std::string> keys;
@@ -215,6 +215,7 @@ void readClusterScalars(const JsonReader& node, ClusterSpec& c) {
   if (auto v = node.find("memory_efficiency")) c.memory_efficiency = fraction(*v);
   if (auto v = node.find("kernel_overhead_us")) c.kernel_overhead = nanosFromMicros(nonNegative(*v));
   if (auto v = node.find("evict_latency_us")) c.evict_latency = nanosFromMicros(nonNegative(*v));
+  if (auto v = node.find("batches_wait_for_loads")) c.batches_wait_for_loads = v->asBool();
 }
 
 // Reads the profile the node names, if any, and applies its link figures to every GPU of `c`
@@ -414,6 +415,7 @@ nlohmann::json clusterToJson(const ClusterSpec& c) {
       {"evict_latency_us", microsFromNanos(c.evict_latency)},
   };
   if (c.profile) out["profile"] = c.profile_file;
+  if (c.batches_wait_for_loads) out["batches_wait_for_loads"] = true;  // absent when false (outputs unchanged)
   // Nodes and the network only where there is more than one node (one-node results unchanged).
   if (c.gpus_per_node > 0) {
     out["gpus_per_node"] = c.gpus_per_node;

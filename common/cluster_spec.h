@@ -53,6 +53,11 @@ struct ClusterSpec {
   double memory_efficiency = 0.85;     // fraction of HBM bandwidth reached by decode
   Nanos kernel_overhead = 5 * kNanosPerMicro;  // per layer per step launch overhead
   Nanos evict_latency = 10 * kNanosPerMicro;   // releasing a shard's device blocks
+  // A batch that starts while another model's load is copying onto one of its GPUs runs only
+  // once that load has ended: the CUDA runtime issues a direct load's copies whole, and kernel
+  // launches on that GPU wait behind them (bench/results/fidelity-stall-2026-12-01.md). The
+  // simulator models it where this is true (`"batches_wait_for_loads": true`).
+  bool batches_wait_for_loads = false;
   // A measured profile (`"profile": "FILE"` in the cluster JSON): batches of the models it holds
   // are timed from it, and its link figures replace the preset's. Null: the roofline alone.
   std::shared_ptr<const Profile> profile;

@@ -2,6 +2,7 @@
 """Simulator fidelity against GPU replays (docs/specs.md, "Profiles").
 
 usage: scripts/fidelity_report.py REPLAY_ROOT --computron BIN [--scenarios DIR] [--profile PROFILE.json] [--out DIR]
+                                   [--set PATH=VALUE]...
 
 REPLAY_ROOT holds one output folder per `computron replay` run (summary.json, requests.csv). For
 each, the simulator runs the same scenario (DIR/<scenario name>.json, default scenarios/fidelity)
@@ -48,9 +49,11 @@ def stats(folder):
             "swaps": o["swaps"], "served": o["served"], "lat": latencies(folder)}, s
 
 
-def simulate(binary, scenario, profile, workdir, tag):
+def simulate(binary, scenario, profile, workdir, tag, sets=()):
     out = os.path.join(workdir, tag)
     cmd = [binary, "sim", scenario, "-o", out, "-q"]
+    for s in sets:
+        cmd += ["--set", s]
     if profile:
         cmd += ["--set", "cluster.profile=" + os.path.abspath(profile)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -68,6 +71,7 @@ def main():
     ap.add_argument("--profile")
     ap.add_argument("--scenarios", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scenarios", "fidelity"))
     ap.add_argument("--out", help="keep the simulations' folders here")
+    ap.add_argument("--set", action="append", default=[], help="one more --set for every simulation (repeatable)")
     args = ap.parse_args()
     workdir = args.out or tempfile.mkdtemp(prefix="fidelity-")
     os.makedirs(workdir, exist_ok=True)
@@ -78,9 +82,9 @@ def main():
             continue
         gpu, summary = stats(folder)
         scenario = os.path.join(args.scenarios, summary["config"]["name"] + ".json")
-        res = {"gpu": gpu, "roofline": simulate(args.computron, scenario, None, workdir, name + "-roofline")}
+        res = {"gpu": gpu, "roofline": simulate(args.computron, scenario, None, workdir, name + "-roofline", args.set)}
         if args.profile:
-            res["profile"] = simulate(args.computron, scenario, args.profile, workdir, name + "-profile")
+            res["profile"] = simulate(args.computron, scenario, args.profile, workdir, name + "-profile", args.set)
         rows[name] = res
     sources = ["roofline"] + (["profile"] if args.profile else [])
     print("| case | GPU mean / p50 / p99 ms, swaps | " + " | ".join(

@@ -77,6 +77,7 @@ SimStats Simulation::run() {
         }
         engine_.onLoadDone(e.a);
         if (model >= 0) releaseGated(model);
+        releaseLoadBlocked(e.a);
         break;
       }
       case EventKind::kEvictDone: engine_.onEvictDone(e.a); break;
@@ -117,7 +118,7 @@ SimStats Simulation::run() {
 }
 
 void Simulation::load(const LoadCommand& cmd) {
-  load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, now_};
+  load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, now_, cmd.gpu};
   int parts = 0;
   for (const auto& part : cmd.route) {
     std::vector<int> path = part.from_node >= 0 ? links_.remotePath(part.from_node, cmd.gpu)
@@ -165,7 +166,33 @@ void Simulation::execute(const ExecuteCommand& cmd) {
     gated_.push_back({cmd, now_});
     return;
   }
+  if (cluster_.batches_wait_for_loads) {
+    std::vector<OpId> loads;
+    for (const auto& [op, info] : load_info_) {
+      if (info.model == cmd.model) continue;
+      if (std::find(cmd.gpus.begin(), cmd.gpus.end(), info.gpu) != cmd.gpus.end()) loads.push_back(op);
+    }
+    if (!loads.empty()) {
+      std::sort(loads.begin(), loads.end());
+      load_blocked_.push_back({cmd, std::move(loads)});
+      return;
+    }
+  }
   timeBatch(cmd, now_, nullptr);
+}
+
+void Simulation::releaseLoadBlocked(OpId finished) {
+  for (std::size_t i = 0; i < load_blocked_.size();) {
+    auto& loads = load_blocked_[i].loads;
+    loads.erase(std::remove(loads.begin(), loads.end(), finished), loads.end());
+    if (!loads.empty()) {
+      ++i;
+      continue;
+    }
+    const ExecuteCommand cmd = std::move(load_blocked_[i].cmd);
+    load_blocked_.erase(load_blocked_.begin() + static_cast<std::ptrdiff_t>(i));
+    timeBatch(cmd, now_, nullptr);
+  }
 }
 
 // A session's step: a prefill step over its joining sequences' contexts, or a decode step over

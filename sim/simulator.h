@@ -95,7 +95,15 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
     ModelId model = 0;
     int shard = 0;
     Nanos start = 0;
+    GpuId gpu = 0;
   };
+  // A batch held back by other models' loads on its GPUs (ClusterSpec::batches_wait_for_loads).
+  struct LoadBlockedBatch {
+    ExecuteCommand cmd;
+    std::vector<OpId> loads;  // still copying
+  };
+  std::vector<LoadBlockedBatch> load_blocked_;
+  void releaseLoadBlocked(OpId finished);
   struct GatedBatch {
     ExecuteCommand cmd;
     Nanos start = 0;
