@@ -220,7 +220,7 @@ TEST(ClusterSpecTest, BrokenPresetForms) {
   EXPECT_EQ(errorOf(R"({"preset": 2})"), "$.cluster.preset: expected a string, got integer");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "gpus": []})"),
             "$.cluster.gpus: unknown key (allowed: preset, profile, name, nvlink_gbps, nvlink_latency_us, "
-            "compute_efficiency, memory_efficiency, kernel_overhead_us, evict_latency_us, memory_gb, "
+            "compute_efficiency, memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, memory_gb, "
             "weight_budget_gb, peak_tflops, hbm_gbps, host_link_gbps, host_link_latency_us)");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "weight_budget_gb": 200})"),
             "$.cluster.weight_budget_gb: weight budget (200 GB) exceeds GPU memory (150.755 GB)");
@@ -269,7 +269,7 @@ TEST(ClusterSpecTest, BrokenFullDescriptions) {
   cluster_typo["nvlink"] = 396;
   EXPECT_EQ(errorOf(cluster_typo),
             "$.cluster.nvlink: unknown key (allowed: name, nvlink_gbps, nvlink_latency_us, compute_efficiency, "
-            "memory_efficiency, kernel_overhead_us, evict_latency_us, gpus, uplinks, gpus_per_node, network, profile)");
+            "memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, gpus, uplinks, gpus_per_node, network, profile)");
 }
 
 TEST(ClusterSpecTest, BrokenUplinks) {
