@@ -166,7 +166,8 @@ ModelGroup::ModelGroup(const ModelSpec& spec, const ArchExtras& extras, int tp, 
 #endif
   // Each stage's TP group over peer access where every pair has it (NVLink): decode-sized
   // all-reduces and the logits' all-gather, and whole-pass CUDA graphs at pp = 1.
-  std::vector<std::shared_ptr<PeerGroup>> stage_peers(static_cast<std::size_t>(pp));
+  std::vector<std::shared_ptr<PeerGroup>>& stage_peers = peers_;
+  stage_peers.assign(static_cast<std::size_t>(pp), nullptr);
   if (tp > 1 && peerCollectivesEnabled(/*by_default=*/true)) {
     for (int stage = 0; stage < pp; ++stage) {
       std::vector<int> devs;
@@ -235,6 +236,9 @@ void ModelGroup::onEveryRank(const std::function<void(ShardExecutor&)>& fn) {
 
 GenerationResult ModelGroup::generate(const std::vector<GenerationRequest>& requests, const SamplingOptions& sampling,
                                       const LogitsObserver& observer) {
+  // Every rank's thread of the last call has joined: a peer group that failed then can be reset.
+  for (auto& peer : peers_)
+    if (peer && !peer->usable()) peer->reset();
   std::vector<GenerationResult> results(executors_.size());
   std::vector<ShardExecutor*> order;
   for (auto& e : executors_) order.push_back(e.get());

@@ -92,6 +92,7 @@ class ModelGroup {
  private:
   int tp_, pp_;
   std::vector<void*> tp_comms_, pp_comms_;  // ncclComm_t, one per GPU
+  std::vector<std::shared_ptr<PeerGroup>> peers_;  // per stage: its TP group over peer access, or null
   std::vector<std::unique_ptr<ShardExecutor>> executors_;
 };
 

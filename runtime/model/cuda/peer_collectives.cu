@@ -1,6 +1,7 @@
 #include "runtime/model/cuda/peer_collectives.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -71,16 +72,17 @@ __global__ void __launch_bounds__(kThreads) peerKernel(PeerArgs a, const float* 
     storeRelease(a.flags[peer] + blockIdx.x * PeerGroup::kMaxRanks + a.rank, arrived);
     const unsigned long long* flag = a.flags[a.rank] + blockIdx.x * PeerGroup::kMaxRanks + peer;
     const long long start = globalTimer();
+    volatile int* words = a.words;
+    // A group that has already given up (error) or was aborted waits for nobody: every later
+    // call of a failed pass returns at once instead of waiting out its own timeout.
     unsigned spins = 0;
-    while (loadAcquire(flag) < arrived) {
-      if ((++spins & 255u) == 0) {
-        const volatile int* words = a.words;
-        if (words[1] != 0 || globalTimer() - start > a.timeout_ns) {
-          give_up = 1;
-          const_cast<volatile int*>(words)[0] = 1;
-          break;
-        }
-      }
+    bool stop = words[0] != 0 || words[1] != 0;
+    while (!stop && loadAcquire(flag) < arrived) {
+      if ((++spins & 255u) == 0) stop = words[0] != 0 || words[1] != 0 || globalTimer() - start > a.timeout_ns;
+    }
+    if (stop) {
+      give_up = 1;
+      words[0] = 1;
     }
   }
   __syncthreads();
@@ -142,7 +144,16 @@ std::int64_t peerAllReduceLimit() {
   return end != v && n >= 0 ? n : kDefaultPeerAllReduceBytes;
 }
 
+double peerTimeoutSeconds() {
+  const char* v = std::getenv("COMPUTRON_PEER_TIMEOUT_S");
+  if (v == nullptr || *v == '\0') return kDefaultPeerTimeoutSeconds;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  return end != v && s > 0 ? s : kDefaultPeerTimeoutSeconds;
+}
+
 std::shared_ptr<PeerGroup> PeerGroup::create(const std::vector<int>& devices, std::int64_t max_bytes, double timeout_seconds) {
+  if (timeout_seconds <= 0) timeout_seconds = peerTimeoutSeconds();
   const int n = static_cast<int>(devices.size());
   if (n < 2 || n > kMaxRanks || max_bytes <= 0) return nullptr;
   for (int a : devices)
@@ -187,9 +198,11 @@ std::shared_ptr<PeerGroup> PeerGroup::create(const std::vector<int>& devices, st
       g->ticket_.push_back(reinterpret_cast<unsigned int*>(base + 2 * g->max_bytes_ + flag_bytes + 64));
       CUDA_CHECK(cudaDeviceSynchronize());
     }
-  } catch (...) {
+  } catch (const DeviceError& e) {
+    // Out of memory, say: the group's users fall back to NCCL.
+    std::fprintf(stderr, "peer collectives: not available (%s); NCCL does the work\n", e.what());
     cudaSetDevice(previous);
-    throw;
+    return nullptr;  // g's destructor frees what was allocated
   }
   CUDA_CHECK(cudaSetDevice(previous));
   return g;
@@ -224,8 +237,11 @@ void PeerGroup::launch(int rank, const float* in, float* out, std::int64_t count
   a.timeout_ns = timeout_ns_;
   a.rank = rank;
   a.size = size();
-  const bool vector = count % 4 == 0 && reinterpret_cast<std::uintptr_t>(in) % 16 == 0 &&
-                      reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  // Every rank must take the same kernel and block count, so the choice depends on `count` only;
+  // whole vectors need 16-byte aligned buffers (the executors' are).
+  const bool vector = count % 4 == 0;
+  if (vector && (reinterpret_cast<std::uintptr_t>(in) % 16 != 0 || reinterpret_cast<std::uintptr_t>(out) % 16 != 0))
+    throw std::logic_error("peer collective: buffers of a multiple of 4 floats must be 16-byte aligned");
   const std::int64_t units = vector ? count / 4 : count;
   // About 2,048 elements per block (so a decode step's message uses a few blocks), at most kMaxBlocks.
   const int blocks = static_cast<int>(std::clamp<std::int64_t>((units + 2047) / 2048, 1, kMaxBlocks));
@@ -257,6 +273,22 @@ void PeerGroup::abort() {
 bool PeerGroup::usable() {
   if (failed()) broken_ = true;
   return !broken_;
+}
+
+void PeerGroup::reset() {
+  int previous = 0;
+  CUDA_CHECK(cudaGetDevice(&previous));
+  const std::size_t flag_bytes = static_cast<std::size_t>(kMaxBlocks) * kMaxRanks * sizeof(unsigned long long);
+  for (std::size_t r = 0; r < memory_.size(); ++r) {
+    CUDA_CHECK(cudaSetDevice(devices_[r]));
+    CUDA_CHECK(cudaDeviceSynchronize());  // calls that gave up have returned
+    CUDA_CHECK(cudaMemset(flags_[r], 0, flag_bytes + 256));  // flags, counter and ticket
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  CUDA_CHECK(cudaSetDevice(previous));
+  const_cast<volatile int*>(host_words_)[0] = 0;
+  const_cast<volatile int*>(host_words_)[1] = 0;
+  broken_ = false;
 }
 
 }  // namespace computron::model

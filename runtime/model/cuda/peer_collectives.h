@@ -11,9 +11,11 @@
 // buffer two calls later knows every peer has left it (the peer reached the call in between).
 //
 // Failure: a rank that never arrives makes the waiting ranks give up after a timeout (or at once
-// when any rank calls abort()); they set the group's error word, skip their reduction and return.
-// The host sees failed() after synchronising and reports the pass as failed; the group is not
-// used again (its ranks' counters may differ), and the executors fall back to NCCL.
+// when any rank calls abort()); they set the group's error word, skip their reduction and return,
+// and every later call returns at once. The host sees failed() after synchronising and reports
+// the pass as failed. The ranks' counters may then differ, so the group is not used again until
+// reset() at a point where every rank is idle; until then the executors refuse passes (a rank
+// switching to NCCL alone would wait for peers that never call it).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -37,6 +39,11 @@ bool peerCollectivesEnabled(bool by_default);
 // bench/results/tp-decode-h200x2-2026-12-01.md).
 inline constexpr std::int64_t kDefaultPeerAllReduceBytes = 4 << 20;
 std::int64_t peerAllReduceLimit();
+// How long a rank waits in a collective for the others (COMPUTRON_PEER_TIMEOUT_S, default 300 s).
+// It covers the ranks' skew on the host too: in the serving runtime a GPU's worker may still be
+// busy with another model's batch when its peer starts this one.
+inline constexpr double kDefaultPeerTimeoutSeconds = 300.0;
+double peerTimeoutSeconds();
 
 class PeerGroup {
  public:
@@ -46,8 +53,9 @@ class PeerGroup {
   // Null when the devices cannot all reach each other by peer access (then NCCL does the work),
   // or when there is only one. Enables peer access between every pair. `max_bytes`: the largest
   // message of one call (per rank's input).
+  // timeout_seconds <= 0: peerTimeoutSeconds(). Null also when the memory cannot be allocated.
   static std::shared_ptr<PeerGroup> create(const std::vector<int>& devices, std::int64_t max_bytes,
-                                           double timeout_seconds = 30.0);
+                                           double timeout_seconds = 0);
   ~PeerGroup();
   PeerGroup(const PeerGroup&) = delete;
   PeerGroup& operator=(const PeerGroup&) = delete;
@@ -67,6 +75,9 @@ class PeerGroup {
   void abort();
   // Whether this group may still be used: false once failed() was seen by usable() or abort().
   bool usable();
+  // Makes a failed group usable again: waits for every rank's device, clears the flags, the call
+  // counters and the error. Only while no rank has a call queued or running.
+  void reset();
 
  private:
   PeerGroup() = default;

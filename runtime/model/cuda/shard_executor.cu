@@ -210,7 +210,6 @@ void ShardExecutor::dropGraphs() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
-  graphs_use_peers_ = false;
 }
 
 void ShardExecutor::uploadWeights(const void* host_weights) {
@@ -322,9 +321,12 @@ void ShardExecutor::forward(const StepBatch& batch) {
       if (len > max_prompt_) throw CapacityError("a prompt of " + std::to_string(len) + " tokens exceeds " + std::to_string(max_prompt_));
 
   CUDA_CHECK(cudaSetDevice(device_));
-  // The peer group serves this pass unless it has failed (then NCCL, and no graphs hold it).
-  peer_active_ = comms_.tp_peer && comms_.tp_peer->usable();
-  if (graphs_use_peers_ && !peer_active_) dropGraphs();
+  // A failed peer group is refused, not replaced by NCCL: another rank may already be waiting in
+  // a peer call of this pass, and a rank on NCCL alone would wait for peers that never join it.
+  if (comms_.tp_peer && !comms_.tp_peer->usable())
+    throw DeviceError("the tensor-parallel peer collectives of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
+                      ") failed in an earlier pass; the group must be reset while every rank is idle before it runs again");
+  peer_active_ = comms_.tp_peer != nullptr;
   try {
     forwardIssue(batch, tokens, sequences);
   } catch (...) {
@@ -338,7 +340,7 @@ void ShardExecutor::checkPeers() const {
   if (peer_active_ && comms_.tp_peer->failed())
     throw DeviceError("a tensor-parallel peer collective of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
                       ", tp rank " + std::to_string(plan_.tp_rank) +
-                      ") gave up: another rank of the group failed or did not arrive in time; the group now uses NCCL");
+                      ") gave up: another rank of the group failed or did not arrive in time");
 }
 
 void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequences) {
@@ -415,7 +417,6 @@ void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequenc
       cudaGraphDestroy(graph);
       CUDA_CHECK(status);
       it = graphs_.emplace(key, exec).first;
-      graphs_use_peers_ = graphs_use_peers_ || plan_.tp > 1;
     }
     CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
     return;

@@ -206,9 +206,8 @@ class ShardExecutor {
   // their epilogues (separate kernels after them).
   bool fuse_epilogues_ = true;
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
-  // The peer group serves this pass (set at the start of forward(); false once it failed).
+  // The peer group serves this pass (set at the start of forward()).
   bool peer_active_ = false;
-  bool graphs_use_peers_ = false;  // graphs_ were captured with peer collectives inside
   std::int64_t peer_limit_ = 0;
   bool owns_workspace_ = true;
   SegmentWait segment_wait_;

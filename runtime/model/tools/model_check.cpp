@@ -265,7 +265,10 @@ int runCollectives(const std::map<std::string, std::string>& f) {
     CUDA_CHECK(cudaMalloc(&data[static_cast<std::size_t>(r)], static_cast<std::size_t>(max_bytes)));
     CUDA_CHECK(cudaMalloc(&out[static_cast<std::size_t>(r)], static_cast<std::size_t>(max_bytes) * static_cast<std::size_t>(tp)));
   }
-  auto value = [](int r, std::int64_t i) { return static_cast<float>(((i * 7919 + r * 104729) % 2001) - 1000) / 64.f; };
+  // Values whose sums round: the ranks must still agree bit for bit (each sums in rank order).
+  auto value = [](int r, std::int64_t i) {
+    return static_cast<float>(((i * 7919 + r * 104729) % 2001) - 1000) / 7.f + 1e-3f * static_cast<float>(r + 1);
+  };
   bool all_ok = true;
   // Odd and even sizes (vector and scalar kernels), several calls in a row (both staging halves).
   for (std::int64_t count : std::vector<std::int64_t>{1, 3, 4, 1023, 1025, 5120, 20481, 163840, 1048579}) {
@@ -277,6 +280,7 @@ int runCollectives(const std::map<std::string, std::string>& f) {
           CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
           CUDA_CHECK(cudaMemcpy(data[static_cast<std::size_t>(r)], host[static_cast<std::size_t>(r)].data(), static_cast<std::size_t>(count) * 4,
                                 cudaMemcpyHostToDevice));
+          CUDA_CHECK(cudaDeviceSynchronize());  // a pageable copy may return before its last bytes land
         }
         for (int r = 0; r < tp; ++r) {
           CUDA_CHECK(cudaSetDevice(devs[static_cast<std::size_t>(r)]));
@@ -360,6 +364,7 @@ int runCollectives(const std::map<std::string, std::string>& f) {
       }
       std::sort(samples.begin(), samples.end());
       us[which] = samples[2];
+      if (group->failed()) all_ok = false;
     }
     nlohmann::json line;
     line["tp"] = tp;
@@ -375,7 +380,9 @@ int runCollectives(const std::map<std::string, std::string>& f) {
     const std::shared_ptr<PeerGroup> lone = PeerGroup::create(devs, 1 << 20, 1.0);
     CUDA_CHECK(cudaSetDevice(devs[0]));
     const auto t0 = std::chrono::steady_clock::now();
-    lone->allReduceSum(0, data[0], 5120, streams[0]);  // rank 0 only
+    lone->allReduceSum(0, data[0], 5120, streams[0]);  // rank 0 only, three calls of a pass:
+    lone->allReduceSum(0, data[0], 5120, streams[0]);  // after the first gives up, the others
+    lone->allReduceSum(0, data[0], 5120, streams[0]);  // return at once
     if (use_abort) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       lone->abort();
@@ -384,7 +391,7 @@ int runCollectives(const std::map<std::string, std::string>& f) {
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool ok = lone->failed() && !lone->usable() && (use_abort ? waited < 0.9 : waited > 0.9 && waited < 5.0);
     all_ok = all_ok && ok;
-    std::printf("CCHECK a missing rank, %s: rank 0 gave up after %.3f s, failed() %d %s\n", use_abort ? "abort() after 0.1 s" : "timeout 1 s",
+    std::printf("CCHECK a missing rank, three calls, %s: rank 0 gave up after %.3f s, failed() %d %s\n", use_abort ? "abort() after 0.1 s" : "timeout 1 s",
                 waited, lone->failed() ? 1 : 0, ok ? "ok" : "FAIL");
   }
   std::printf("CCHECK failure paths overall %s\n", all_ok ? "ok" : "FAIL");
