@@ -809,11 +809,12 @@ struct StepLog : RequestLog {
 };
 
 // Iteration batching over the real backend's placeholder execution: two models swapping on two
-// GPUs, multi-token requests in bursts; every request answered once, the over-long one refused
-// with its reason as in the simulator, the sessions' steps run on the devices.
-TEST(RealBackendHost, IterationBatchingServesEveryRequestOnceAndRefusesOverLongOnes) {
+// GPUs (TP 2, or PP 2), multi-token requests in bursts; every request answered once, the
+// over-long one refused with its reason as in the simulator, the sessions' steps run on the
+// devices.
+void iterationBatchingOnTwoGpus(int tp, int pp) {
   HostDeviceFactory factory(2);
-  std::vector<ModelDeployment> models{deployment("a", 2, 1, {0, 1}), deployment("b", 2, 1, {0, 1})};
+  std::vector<ModelDeployment> models{deployment("a", tp, pp, {0, 1}), deployment("b", tp, pp, {0, 1})};
   EngineConfig config = configOf(models, 2, 64 * kMiB);
   config.policy.max_loaded_models = 1;
   config.policy.batching = Batching::kIteration;
@@ -864,6 +865,10 @@ TEST(RealBackendHost, IterationBatchingServesEveryRequestOnceAndRefusesOverLongO
   EXPECT_TRUE(backend.idle());
   driver.engine().checkInvariants();
 }
+
+TEST(RealBackendHost, IterationBatchingServesEveryRequestOnceAndRefusesOverLongOnes) { iterationBatchingOnTwoGpus(2, 1); }
+
+TEST(RealBackendHost, IterationBatchingWithPipelineStagesServesEveryRequestOnce) { iterationBatchingOnTwoGpus(1, 2); }
 
 }  // namespace
 }  // namespace computron::runtime
