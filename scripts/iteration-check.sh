@@ -4,7 +4,8 @@
 #     request served;
 #  2. the Azure conversation trace on one Llama-3-8B at TP 1 (scenarios/azure-conv-iteration-h200x2.json
 #     with overrides), request-level against iteration-level batching, replayed on the GPU (real
-#     decoders, random weights) and simulated beside it.
+#     decoders, random weights) and simulated beside it (roofline, and the shipped profile
+#     scenarios/profiles/h200x2.json).
 # Usage: OUT=dir BIN=build-prebuilt/computron scripts/iteration-check.sh
 # ITER_DURATION (default 90) and ITER_SCALE (default 0.35) set the trace's length and time scale,
 # ITER_MODELS (default 1) how many Llama-3-8B models share the GPU (weight budget 40 GB: two fit,
@@ -64,11 +65,14 @@ for b in ${ITER_BATCHINGS:-request iteration}; do
     --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
   step "azure conv, $b batching: simulator"
   $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "outputs.dir=\"$OUT/sim-$b\"" 2>&1 | tail -3
+  step "azure conv, $b batching: simulator with the shipped profile"
+  $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "cluster.profile=\"$PWD/scenarios/profiles/h200x2.json\"" \
+    --set "outputs.dir=\"$OUT/simprofile-$b\"" 2>&1 | tail -3
 done
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
-for run in ["replay-request", "replay-iteration", "sim-request", "sim-iteration"]:
+for run in ["replay-request", "replay-iteration", "sim-request", "sim-iteration", "simprofile-request", "simprofile-iteration"]:
     p = os.path.join(out, run, "summary.json")
     if not os.path.exists(p):
         print("RESULT", run, "missing"); continue
