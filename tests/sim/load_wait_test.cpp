@@ -12,6 +12,7 @@
 #include "common/json_reader.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/sim/sim_test_util.h"
 
 namespace computron {
 namespace {
@@ -71,17 +72,12 @@ TEST(BatchesWaitForLoads, ABatchIssuedDuringAnotherModelsLoadStartsWhenItEnds) {
 }
 
 TEST(BatchesWaitForLoads, TheKeyMustBeABoolean) {
-  nlohmann::json doc = nlohmann::json::parse(R"({
-    "name": "x", "seed": 1, "duration_s": 1, "cluster": {"preset": "a100-40gb-x4", "batches_wait_for_loads": 1},
-    "models": [{"name": "m", "spec": "opt-6.7b", "count": 1, "tp": 1, "gpus": [0]}],
-    "workload": {"type": "gamma", "rate": 1, "cv": 1}, "policy": {"name": "lru-bytes"}, "outputs": {"dir": ""}
-  })");
-  try {
-    parseScenario(doc, ".");
-    FAIL() << "accepted a number";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("$.cluster.batches_wait_for_loads"), std::string::npos) << e.what();
-  }
+  nlohmann::json doc = testing::smallScenario();
+  doc["cluster"]["batches_wait_for_loads"] = true;
+  EXPECT_TRUE(parseScenario(doc, ".").cluster.batches_wait_for_loads);
+  doc["cluster"]["batches_wait_for_loads"] = 1;
+  const std::string error = testing::parseErrorOf(doc);
+  EXPECT_NE(error.find("$.cluster.batches_wait_for_loads"), std::string::npos) << error;
 }
 
 }  // namespace

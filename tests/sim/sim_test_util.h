@@ -5,6 +5,9 @@
 
 #include <string>
 
+#include "common/scenario/scenario.h"
+#include "common/types.h"
+
 namespace computron::testing {
 
 inline nlohmann::json smallScenario() {
@@ -19,6 +22,16 @@ inline nlohmann::json smallScenario() {
     "slo_ms": 500,
     "outputs": {"dir": ""}
   })");
+}
+
+// The message parseScenario refuses `doc` with, or "accepted" when it parses.
+inline std::string parseErrorOf(const nlohmann::json& doc) {
+  try {
+    parseScenario(doc, ".");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "accepted";
 }
 
 }  // namespace computron::testing
