@@ -25,6 +25,7 @@ struct DeviceEvent {
     kRelocateDone,  // a compaction finished on `gpu`
     kEvictDone,     // backend-internal: an eviction completed at once
     kLoadRefused,   // backend-internal: a load failed before any copy was issued
+    kGpuLost,       // the GPU is gone for good (`error` says why): its rank died or stopped answering
   };
   Kind kind = Kind::kPathProgress;
   OpId op = 0;          // load / evict op, relocate token
@@ -95,15 +96,19 @@ class SteadyClock : public Clock {
   SteadyClock() { restart(); }
   Nanos now() const override { return steadyNanos() - epoch_.load(std::memory_order_relaxed); }
   void restart() { epoch_.store(steadyNanos(), std::memory_order_relaxed); }
+  // The steady_clock reading (ns since its epoch) at which now() was 0.
+  Nanos epoch() const { return epoch_.load(std::memory_order_relaxed); }
   std::chrono::steady_clock::time_point at(Nanos t) const {
     return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(epoch_.load(std::memory_order_relaxed) + t));
   }
 
- private:
+  // steady_clock's reading in ns (CLOCK_MONOTONIC: one clock for every process of a host).
   static Nanos steadyNanos() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
   }
+
+ private:
   std::atomic<Nanos> epoch_{0};
 };
 

@@ -6,8 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/core/backend.h"
@@ -30,6 +32,9 @@ struct PathJob {
   std::int64_t dst_offset = 0;     // extent start in the target's pool
   std::int64_t src_offset = 0;     // extent start in this device's pool (from-device)
   const std::byte* host = nullptr; // shard image in the host store (direct, relay)
+  // The host store's model whose shard `host` points into (twins share one): a rank that owns
+  // the mover resolves `host` in its own store from it (runtime/mpi/).
+  ModelId host_model = 0;
   std::vector<PlanChunk> chunks;
   std::vector<PlanNotify> notify;
   // A device may issue a path's copies in windows: the rest of the path comes back as a job
@@ -74,8 +79,12 @@ class Device {
   virtual void submit(RelocateJob job) = 0;
   // Finishes queued work and joins the device's threads. Idempotent.
   virtual void stop() = 0;
-  // Base address of the pool (device pointer on CUDA); for peers' copies.
+  // Base address of the pool (device pointer on CUDA); for peers' copies. Null for a device of
+  // another process (runtime/mpi/remote_device.h).
   virtual std::byte* poolBase() = 0;
+  // The process whose memory the device's pool is in (its MPI rank; 0 in a one-process run).
+  // Relay and from-device paths join devices of one process only.
+  virtual int process() const { return 0; }
 };
 
 // Creates the devices of one kind. The backend asks for each GPU's pool size once, at start.
@@ -88,6 +97,11 @@ class DeviceFactory {
   virtual HostMemoryPinner* pinner() = 0;
   virtual std::unique_ptr<Device> create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes,
                                          CompletionQueue& queue, const Clock& clock) = 0;
+  // Several processes (runtime/mpi/): whether this process holds GPU g's host shards (the rank
+  // that owns g does), and, once this process's store is built, the checksums of the shards
+  // other ranks hold, keyed by (store model, shard). One process: every GPU, nothing.
+  virtual bool holdsShardsOf(GpuId /*gpu*/) const { return true; }
+  virtual std::map<std::pair<ModelId, int>, std::uint64_t> remoteChecksums() { return {}; }
 };
 
 }  // namespace computron::runtime

@@ -17,7 +17,7 @@ bool cudaBuiltIn() {
 }
 
 std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int host_devices,
-                                                 std::shared_ptr<FaultPlan> faults) {
+                                                 std::shared_ptr<FaultPlan> faults, int cuda_ordinal_shift) {
   if (kind == "host") {
     HostDeviceOptions options;
     options.faults = std::move(faults);
@@ -27,8 +27,10 @@ std::unique_ptr<DeviceFactory> makeDeviceFactory(const std::string& kind, int ho
 #ifdef COMPUTRON_HAVE_CUDA
     CudaDeviceOptions options;
     options.faults = std::move(faults);
+    options.ordinal_shift = cuda_ordinal_shift;
     return std::make_unique<CudaDeviceFactory>(std::move(options));
 #else
+    (void)cuda_ordinal_shift;
     throw ConfigError(
         "--device cuda: CUDA is not built into this binary (configure with nvcc available, or "
         "-DCOMPUTRON_CUDA=ON); the host-memory device works: --device host");

@@ -74,7 +74,8 @@ HostWeightStore::HostWeightStore(const std::vector<ShardRequest>& requests, Host
 
   // Refuse before touching any memory.
   std::int64_t need = 0;
-  for (const auto& r : requests) need += (r.layout.bytes + page - 1) / page * page;
+  for (const auto& r : requests)
+    if (r.held) need += (r.layout.bytes + page - 1) / page * page;
   const auto [limit, source] = hostMemoryLimit(options_.host_memory_limit);
   const auto usable = static_cast<std::int64_t>(static_cast<double>(limit) * (1.0 - options_.reserve_fraction));
   if (limit > 0 && need > usable) {
@@ -99,6 +100,11 @@ HostWeightStore::HostWeightStore(const std::vector<ShardRequest>& requests, Host
       s.segments = shardSegments(r.layout);
       s.dtype = r.dtype;
       s.bytes = r.layout.bytes;
+      s.held = r.held;
+      if (!r.held) {
+        shards_.emplace(key, s);
+        continue;
+      }
       s.mapped_bytes = (s.bytes + page - 1) / page * page;
       void* p = ::mmap(nullptr, static_cast<std::size_t>(s.mapped_bytes), PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -171,6 +177,7 @@ HostWeightStore::HostWeightStore(const std::vector<ShardRequest>& requests, Host
     throw;
   }
   for (const auto& [key, s] : shards_) {
+    if (!s.held) continue;
     ++stats_.shards;
     stats_.bytes += s.bytes;
   }
@@ -206,6 +213,16 @@ const HostShard& HostWeightStore::at(ModelId model, int shard) const {
                             std::to_string(model));
   }
   return *s;
+}
+
+void HostWeightStore::setRemoteChecksum(ModelId model, int shard, std::uint64_t checksum) {
+  auto it = shards_.find({model, shard});
+  if (it == shards_.end()) {
+    throw std::out_of_range("host weight store: no shard " + std::to_string(shard) + " of model " +
+                            std::to_string(model));
+  }
+  if (it->second.held) throw std::logic_error("host weight store: the checksum of a held shard is computed here");
+  it->second.checksum = checksum;
 }
 
 std::vector<const HostShard*> HostWeightStore::shards() const {

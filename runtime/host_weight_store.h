@@ -43,6 +43,9 @@ struct ShardRequest {
   ShardLayout layout;
   DType dtype = DType::kF16;
   std::uint64_t model_seed = 1;
+  // False: another process holds the shard's bytes (runtime/mpi/); this store keeps its layout
+  // and, once setRemoteChecksum gives it, its checksum, but no memory (data stays null).
+  bool held = true;
 };
 
 struct HostShard {
@@ -55,6 +58,7 @@ struct HostShard {
   std::int64_t bytes = 0;          // shard image bytes
   std::int64_t mapped_bytes = 0;   // rounded up to pages
   std::uint64_t checksum = 0;      // checksumRange over the image
+  bool held = true;                // false: metadata only, the bytes are in another process
 };
 
 struct HostStoreOptions {
@@ -89,6 +93,8 @@ class HostWeightStore {
   const HostShard* find(ModelId model, int shard) const;
   const HostShard& at(ModelId model, int shard) const;  // throws std::out_of_range
   std::vector<const HostShard*> shards() const;
+  // The checksum of a shard another process holds (throws std::logic_error for a held one).
+  void setRemoteChecksum(ModelId model, int shard, std::uint64_t checksum);
   // Copies never cross a multiple of this offset inside a shard: each piece is pinned by its own
   // cudaHostRegister call, and one copy must come from one registration.
   std::int64_t pinPieceBytes() const { return options_.pin_piece_bytes; }

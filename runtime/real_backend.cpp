@@ -53,36 +53,8 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
   validate(config_, gpus);
   if (options_.chunk_bytes <= 0) throw ConfigError("runtime: chunk size must be positive");
 
-  std::vector<ShardRequest> requests;
-  std::vector<int> shards_on(static_cast<std::size_t>(gpus), 0);
-  // Twins (same `weights`, same split) hold identical parameters: one host copy serves them all,
-  // and a shard copied from a resident twin over NVLink checks against the same checksum.
-  auto twins = [&](const ModelDeployment& a, const ModelDeployment& b) {
-    return !a.weights.empty() && a.weights == b.weights && a.tp == b.tp && a.pp == b.pp &&
-           a.spec.totalBytes() == b.spec.totalBytes();
-  };
-  for (std::size_t m = 0; m < config_.models.size(); ++m) {
-    const ModelDeployment& d = config_.models[m];
-    ModelId canonical = static_cast<ModelId>(m);
-    for (std::size_t o = 0; o < m; ++o) {
-      if (twins(config_.models[o], d)) {
-        canonical = store_model_[o];
-        break;
-      }
-    }
-    store_model_.push_back(canonical);
-    for (int s = 0; s < d.numShards(); ++s) ++shards_on[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)])];
-    if (canonical != static_cast<ModelId>(m)) continue;
-    for (int s = 0; s < d.numShards(); ++s) {
-      ShardRequest r;
-      r.model = static_cast<ModelId>(m);
-      r.shard = s;
-      r.layout = shardLayout(d, s);
-      r.dtype = d.spec.dtype;
-      r.model_seed = m + 1;
-      requests.push_back(r);
-    }
-  }
+  StorePlan store_plan = planStore(config_, [&](GpuId g) { return factory.holdsShardsOf(g); });
+  store_model_ = store_plan.store_model;
   HostStoreOptions host = options_.host;
   host.pinner = factory.pinner();
   if (options_.execution) {
@@ -91,18 +63,20 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
       options_.execution->fillShard(config_.models[static_cast<std::size_t>(r.model)], r.model, r.shard, image);
     };
   }
-  store_ = std::make_unique<HostWeightStore>(requests, host);
-
-  // Each GPU's region: its weight budget plus one granule per shard it may hold, so rounding
-  // extents up to the granule never makes a load the engine accepted fail for lack of bytes.
-  const std::size_t n_gpus = static_cast<std::size_t>(gpus);
-  const std::size_t used_gpus = std::min(n_gpus, config_.gpu_weight_budget.size());
-  for (std::size_t g = 0; g < used_gpus; ++g) {
-    const std::int64_t budget = config_.gpu_weight_budget[g];
-    const std::int64_t region = (budget + options_.granule - 1) / options_.granule * options_.granule +
-                                static_cast<std::int64_t>(shards_on[g]) * options_.granule;
-    pools_.emplace_back(region, options_.granule);
+  store_ = std::make_unique<HostWeightStore>(store_plan.requests, host);
+  // Shards other processes hold: their checksums, once those processes have built their stores.
+  const auto remote = factory.remoteChecksums();
+  for (const ShardRequest& r : store_plan.requests) {
+    if (r.held) continue;
+    auto it = remote.find({r.model, r.shard});
+    if (it == remote.end())
+      throw ConfigError("runtime: no process holds shard " + std::to_string(r.shard) + " of model " +
+                        config_.models[static_cast<std::size_t>(r.model)].name);
+    store_->setRemoteChecksum(r.model, r.shard, it->second);
   }
+
+  for (std::int64_t region : poolRegions(config_, options_.granule, gpus)) pools_.emplace_back(region, options_.granule);
+  lost_.assign(pools_.size(), std::string());
   compacting_.assign(pools_.size(), false);
   for (std::size_t g = 0; g < pools_.size(); ++g) {
     devices_.push_back(factory.create(static_cast<GpuId>(g), pools_[g].capacity(), options_.chunk_bytes, queue_, clock_));
@@ -111,6 +85,65 @@ RealBackend::RealBackend(const EngineConfig& config, DeviceFactory& factory, Run
   for (auto& d : devices_) all.push_back(d.get());
   for (auto& d : devices_) d->connect(all);
   if (options_.execution) options_.execution->start(config_, all, queue_, clock_);
+}
+
+RealBackend::StorePlan RealBackend::planStore(const EngineConfig& config, const std::function<bool(GpuId)>& holds) {
+  StorePlan plan;
+  // Twins (same `weights`, same split) hold identical parameters: one host copy serves them all,
+  // and a shard copied from a resident twin over NVLink checks against the same checksum.
+  auto twins = [&](const ModelDeployment& a, const ModelDeployment& b) {
+    return !a.weights.empty() && a.weights == b.weights && a.tp == b.tp && a.pp == b.pp &&
+           a.spec.totalBytes() == b.spec.totalBytes();
+  };
+  for (std::size_t m = 0; m < config.models.size(); ++m) {
+    const ModelDeployment& d = config.models[m];
+    ModelId canonical = static_cast<ModelId>(m);
+    for (std::size_t o = 0; o < m; ++o) {
+      if (twins(config.models[o], d)) {
+        canonical = plan.store_model[o];
+        break;
+      }
+    }
+    plan.store_model.push_back(canonical);
+    if (canonical != static_cast<ModelId>(m)) continue;
+    for (int s = 0; s < d.numShards(); ++s) {
+      ShardRequest r;
+      r.model = static_cast<ModelId>(m);
+      r.shard = s;
+      r.layout = shardLayout(d, s);
+      r.dtype = d.spec.dtype;
+      r.model_seed = m + 1;
+      r.held = false;
+      plan.requests.push_back(r);
+    }
+  }
+  // A process holds a store shard when any deployment using it places that shard on a GPU of
+  // the process (its loads read the host copy there).
+  for (std::size_t m = 0; m < config.models.size(); ++m) {
+    const ModelDeployment& d = config.models[m];
+    for (int s = 0; s < d.numShards(); ++s) {
+      if (!holds(d.gpus[static_cast<std::size_t>(s)])) continue;
+      for (ShardRequest& r : plan.requests)
+        if (r.model == plan.store_model[m] && r.shard == s) r.held = true;
+    }
+  }
+  return plan;
+}
+
+std::vector<std::int64_t> RealBackend::poolRegions(const EngineConfig& config, std::int64_t granule, int gpus) {
+  // Each GPU's region: its weight budget plus one granule per shard it may hold, so rounding
+  // extents up to the granule never makes a load the engine accepted fail for lack of bytes.
+  std::vector<int> shards_on(static_cast<std::size_t>(gpus), 0);
+  for (const ModelDeployment& d : config.models)
+    for (GpuId g : d.gpus)
+      if (g >= 0 && g < gpus) ++shards_on[static_cast<std::size_t>(g)];
+  std::vector<std::int64_t> regions;
+  const std::size_t used = std::min(static_cast<std::size_t>(gpus), config.gpu_weight_budget.size());
+  for (std::size_t g = 0; g < used; ++g) {
+    const std::int64_t budget = config.gpu_weight_budget[g];
+    regions.push_back((budget + granule - 1) / granule * granule + static_cast<std::int64_t>(shards_on[g]) * granule);
+  }
+  return regions;
 }
 
 RealBackend::~RealBackend() {
@@ -174,6 +207,13 @@ void RealBackend::refuseLoad(const LoadCommand& cmd, const std::string& error) {
 
 void RealBackend::load(const LoadCommand& cmd) {
   const Nanos now = clock_.now();
+  if (command_log_ != nullptr) {
+    *command_log_ << "load model=" << cmd.model << " shard=" << cmd.shard << " gpu=" << cmd.gpu << " route=";
+    for (std::size_t i = 0; i < cmd.route.size(); ++i)
+      *command_log_ << (i > 0 ? "," : "") << (cmd.route[i].from_device ? "copy:" : "link:") << cmd.route[i].via << ":"
+                    << cmd.route[i].bytes;
+    *command_log_ << "\n";
+  }
   const std::string what = "load of model " + std::to_string(cmd.model) + " shard " + std::to_string(cmd.shard) +
                            " on GPU " + std::to_string(cmd.gpu);
   if (cmd.gpu < 0 || static_cast<std::size_t>(cmd.gpu) >= devices_.size()) {
@@ -194,6 +234,10 @@ void RealBackend::load(const LoadCommand& cmd) {
   }
   if (placements_.count({cmd.model, cmd.shard, cmd.gpu}) != 0) {
     refuseLoad(cmd, what + ": the shard is already on that GPU");
+    return;
+  }
+  if (!lost_[static_cast<std::size_t>(cmd.gpu)].empty()) {
+    refuseLoad(cmd, what + ": the GPU was lost (" + lost_[static_cast<std::size_t>(cmd.gpu)] + ")");
     return;
   }
   if (!tryStartLoad(cmd, now)) deferred_loads_.emplace_back(cmd, now);
@@ -218,6 +262,13 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
   for (const auto& path : plan.paths) {
     if (path.via < 0 || static_cast<std::size_t>(path.via) >= devices_.size()) {
       refuseLoad(cmd, what + ": route goes through GPU " + std::to_string(path.via) + ", which does not exist");
+      return true;
+    }
+    if (path.kind != PathKind::kDirect &&
+        devices_[static_cast<std::size_t>(path.via)]->process() != devices_[static_cast<std::size_t>(cmd.gpu)]->process()) {
+      refuseLoad(cmd, what + ": route goes through GPU " + std::to_string(path.via) + " of rank " +
+                          std::to_string(devices_[static_cast<std::size_t>(path.via)]->process()) +
+                          ", but NVLink copies join GPUs of one rank only");
       return true;
     }
     if (path.kind == PathKind::kFromDevice) {
@@ -318,6 +369,7 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
     job.kind = path.kind;
     job.dst_offset = extent->offset;
     job.host = host.data;
+    job.host_model = store_model_[static_cast<std::size_t>(cmd.model)];
     if (path.kind == PathKind::kFromDevice) {
       for (const auto& key : sources) {
         if (std::get<2>(key) == path.via) job.src_offset = placements_.at(key).extent.offset;
@@ -332,6 +384,8 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
 }
 
 void RealBackend::evict(const EvictCommand& cmd) {
+  if (command_log_ != nullptr)
+    *command_log_ << "evict model=" << cmd.model << " shard=" << cmd.shard << " gpu=" << cmd.gpu << "\n";
   auto it = placements_.find({cmd.model, cmd.shard, cmd.gpu});
   if (it != placements_.end()) {
     if (it->second.loading) {
@@ -355,11 +409,23 @@ void RealBackend::evict(const EvictCommand& cmd) {
 }
 
 void RealBackend::execute(const ExecuteCommand& cmd) {
+  if (command_log_ != nullptr) {
+    *command_log_ << "execute batch=" << cmd.batch << " model=" << cmd.model << " requests=";
+    for (std::size_t i = 0; i < cmd.requests.size(); ++i) *command_log_ << (i > 0 ? "," : "") << cmd.requests[i].id;
+    *command_log_ << "\n";
+  }
   if (!tryStartExecute(cmd)) deferred_execs_.push_back(cmd);
 }
 
 void RealBackend::step(const StepCommand& cmd) {
   if (!supportsSteps()) throw std::logic_error("runtime: this execution runs no iteration steps");
+  if (command_log_ != nullptr) {
+    *command_log_ << "step batch=" << cmd.batch << " step=" << cmd.step << " model=" << cmd.model << " prefill=";
+    for (std::size_t i = 0; i < cmd.prefill.size(); ++i) *command_log_ << (i > 0 ? "," : "") << cmd.prefill[i].request.id;
+    *command_log_ << " decode=";
+    for (std::size_t i = 0; i < cmd.decode.size(); ++i) *command_log_ << (i > 0 ? "," : "") << cmd.decode[i].request.id;
+    *command_log_ << "\n";
+  }
   if (!tryStartExecute(stepAsBatch(cmd), &cmd)) deferred_steps_.push_back(cmd);
 }
 
@@ -573,6 +639,14 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
     case Kind::kLoadRefused:
       ++delivered;
       listener.loadDone(ev.op, false, ev.error);
+      return;
+    case Kind::kGpuLost:
+      // The device's jobs in flight were failed before this (runtime/mpi/remote_device.h); later
+      // loads onto the GPU are refused here, its batches fail on the device.
+      if (ev.gpu < 0 || static_cast<std::size_t>(ev.gpu) >= lost_.size() || !lost_[static_cast<std::size_t>(ev.gpu)].empty()) return;
+      lost_[static_cast<std::size_t>(ev.gpu)] = ev.error.empty() ? "lost" : ev.error;
+      ++delivered;
+      listener.gpuLost(ev.gpu, lost_[static_cast<std::size_t>(ev.gpu)]);
       return;
     case Kind::kPathProgress: {
       auto it = loads_.find(ev.op);

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -91,6 +92,8 @@ class BackendListener {
   virtual void batchDone(const BatchResult& result) = 0;
   virtual void stepDone(const StepResult& /*result*/) {}
   virtual void layerReady(const LayerReady& /*ready*/) {}
+  // A GPU is gone for good (the rank that owns it died or stopped answering), with the reason.
+  virtual void gpuLost(GpuId /*gpu*/, const std::string& /*reason*/) {}
 };
 
 class EngineListener : public BackendListener {
@@ -100,6 +103,7 @@ class EngineListener : public BackendListener {
   void evictDone(OpId op) override { engine_.onEvictDone(op); }
   void batchDone(const BatchResult& result) override { engine_.onBatchDone(result); }
   void stepDone(const StepResult& result) override { engine_.onStepDone(result); }
+  void gpuLost(GpuId gpu, const std::string& reason) override { engine_.onGpuLost(gpu, reason); }
 
  private:
   Engine& engine_;
@@ -142,15 +146,30 @@ class RealBackend final : public Backend {
   int numGpus() const { return static_cast<int>(devices_.size()); }
   Device& device(GpuId gpu) { return *devices_.at(static_cast<std::size_t>(gpu)); }
   const DevicePool& pool(GpuId gpu) const { return pools_.at(static_cast<std::size_t>(gpu)); }
+  // Why GPU g was lost (its rank died or stopped answering); empty while it serves.
+  const std::string& lostReason(GpuId gpu) const { return lost_.at(static_cast<std::size_t>(gpu)); }
   std::optional<Extent> residentExtent(ModelId model, int shard, GpuId gpu) const;
   std::vector<LoadRecord> takeLoadRecords();
   std::int64_t compactions() const { return compactions_; }
+  // Writes each command as it arrives, one line, no times (replay --command-log): two runs that
+  // made the same decisions write the same file. Null: off.
+  void setCommandLog(std::ostream* log) { command_log_ = log; }
   const RuntimeOptions& options() const { return options_; }
 
   // The layout the backend uses for shard `shard` of a deployment.
   static ShardLayout shardLayout(const ModelDeployment& model, int shard);
   // Checks the registration rules alone (used by the constructor; ConfigError on failure).
   static void validate(const EngineConfig& config, int device_count);
+  // The host store's shards for `config` (twins share one: store_model[m] is the model whose
+  // shards model m uses), each held when `holds` says so of a GPU that shard is placed on. A rank
+  // of a multi-process run builds its part of the store from the same plan (runtime/mpi/).
+  struct StorePlan {
+    std::vector<ShardRequest> requests;
+    std::vector<ModelId> store_model;
+  };
+  static StorePlan planStore(const EngineConfig& config, const std::function<bool(GpuId)>& holds);
+  // The pool size of each GPU (of the first `gpus`) that has a weight budget.
+  static std::vector<std::int64_t> poolRegions(const EngineConfig& config, std::int64_t granule, int gpus);
 
  private:
   using Key = std::tuple<ModelId, int, GpuId>;
@@ -217,9 +236,11 @@ class RealBackend final : public Backend {
   std::deque<StepCommand> deferred_steps_;
   std::map<OpId, std::pair<GpuId, std::vector<Key>>> relocations_;
   std::vector<bool> compacting_;
+  std::vector<std::string> lost_;  // per GPU: why it was lost; empty while it serves
   std::vector<LoadRecord> records_;
   std::vector<ModelId> store_model_;  // model -> the model whose host shards it uses
   std::int64_t undelivered_internal_ = 0;
+  std::ostream* command_log_ = nullptr;
   OpId next_token_ = 1;
   std::int64_t compactions_ = 0;
 };

@@ -13,6 +13,7 @@ class RealtimeDriver::Listener final : public BackendListener {
   void evictDone(OpId op) override { engine_.onEvictDone(op); }
   void batchDone(const BatchResult& result) override { engine_.onBatchDone(result); }
   void stepDone(const StepResult& result) override { engine_.onStepDone(result); }
+  void gpuLost(GpuId gpu, const std::string& reason) override { engine_.onGpuLost(gpu, reason); }
   void layerReady(const LayerReady& ready) override {
     if (layers_ != nullptr) layers_->layerReady(ready);
   }

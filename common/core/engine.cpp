@@ -51,6 +51,7 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   resident_on_gpu_.assign(num_gpus, {});
   evicting_bytes_.assign(num_gpus, 0);
   still_short_.assign(num_gpus, 0);
+  gpu_lost_.assign(num_gpus, 0);
   if (config_.policy.needsFuture() && !config_.future)
     throw ConfigError("policy " + config_.policy.eviction.name() + "/" + config_.policy.prefetch.name() +
                       " needs the future (EngineConfig::future): an oracle read from the workload");
@@ -61,6 +62,7 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
   waiting_pos_.assign(config_.models.size(), kNone);
   seen_.assign(config_.models.size(), 0);
   pinned_.assign(config_.models.size(), 0);
+  unavailable_.assign(config_.models.size(), {});
   for (ModelId m : config_.policy.pinned) {
     if (m < 0 || static_cast<std::size_t>(m) >= config_.models.size())
       throw std::invalid_argument("pinned model " + std::to_string(m) + " does not exist");
@@ -222,6 +224,17 @@ void Engine::onArrival(const Request& request) {
   if (request.model < 0 || static_cast<std::size_t>(request.model) >= models_.size())
     throw std::invalid_argument("request " + std::to_string(request.id) + " names unknown model " +
                                 std::to_string(request.model));
+  if (const std::string& lost = unavailable_[static_cast<std::size_t>(request.model)]; !lost.empty()) {
+    // Ends at once, as a refusal does, but it is no refusal: the request itself was fine.
+    RequestRecord record;
+    record.request = request;
+    record.start = record.first_token = record.finish = clock_.now();
+    record.ok = false;
+    record.error = lost;
+    ++in_flight_requests_;
+    finishRequest(record);
+    return;
+  }
   if (std::string why = refusal(request); !why.empty()) {
     RequestRecord record;
     record.request = request;
@@ -259,7 +272,10 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
   auto& state = models_[static_cast<std::size_t>(cmd.model)];
   for (const auto& part : cmd.route)
     if (!part.from_device) --link_loads_[static_cast<std::size_t>(part.via)];
-  if (pending.copy_from >= 0) --copies_out_[static_cast<std::size_t>(pending.copy_from)];
+  if (pending.copy_from >= 0) {
+    --copies_out_[static_cast<std::size_t>(pending.copy_from)];
+    evictIfUnavailable(pending.copy_from);  // it was kept for this copy
+  }
   if (observer_) observer_->onLoad(cmd, pending.start, clock_.now(), ok);
   if (ok) {
     state.shard_state[static_cast<std::size_t>(cmd.shard)] = Residency::kResident;
@@ -295,6 +311,8 @@ void Engine::onLoadDone(OpId op, bool ok, const std::string& error) {
       state.served_since_load = state.running;  // a pipelined batch is serving it already
       state.last_used = clock_.now();
       state.last_load_time = clock_.now() - state.load_issued;
+      // Its GPU was lost after that shard arrived: the load succeeded, but nothing may run on it.
+      evictIfUnavailable(cmd.model);
     }
   }
   schedule(cmd.model);
@@ -328,6 +346,7 @@ void Engine::onBatchDone(const BatchResult& result) {
     state.evict_when_idle = false;
     startEvict(cmd.model);
   }
+  evictIfUnavailable(cmd.model);  // the backend failed its batch on a lost GPU
   {
     Nanos end = result.start;
     for (Nanos f : result.finish) end = std::max(end, f);
@@ -386,7 +405,7 @@ void Engine::start() {
   // else holds their room, so each loads now (in the order listed).
   for (ModelId m : config_.policy.pinned) {
     const auto mi = static_cast<std::size_t>(m);
-    if (models_[mi].residency != Residency::kOffloaded) continue;
+    if (models_[mi].residency != Residency::kOffloaded || !unavailable_[mi].empty()) continue;
     bool fits = true;
     for (GpuId g : model_gpus_[mi]) {
       const auto gi = static_cast<std::size_t>(g);
@@ -574,7 +593,7 @@ bool Engine::protectedFromSwap(ModelId victim, ModelId needing) const {
 void Engine::tryPrefetch() {
   const PrefetchPolicy::Pick pick = prefetch_.pick(*this);
   const ModelId best = pick.model;
-  if (best < 0) return;
+  if (best < 0 || !unavailable_[static_cast<std::size_t>(best)].empty()) return;
   const auto& d = config_.models[static_cast<std::size_t>(best)];
   for (GpuId g : d.gpus)
     if (link_loads_[static_cast<std::size_t>(g)] > 0) return;
@@ -673,6 +692,11 @@ bool Engine::tryRunBatch(ModelId m) {
 
 bool Engine::tryLoad(ModelId m) {
   const auto mi = static_cast<std::size_t>(m);
+  if (!unavailable_[mi].empty()) {
+    // Not reached: its requests end on arrival. Should one be queued anyway, it ends here.
+    failQueued(m, unavailable_[mi]);
+    return true;
+  }
   const std::vector<GpuId>& gpus = model_gpus_[mi];
   auto claimGpus = [&]() {
     for (GpuId g : gpus) {
@@ -813,6 +837,13 @@ void Engine::startLoad(ModelId m) {
     throw std::logic_error("routing policy " + config_.policy.routing.name() + " planned " +
                            std::to_string(routes.size()) + " routes for model " + d.name + "'s " +
                            std::to_string(d.numShards()) + " shards");
+  if (!unavailable_[static_cast<std::size_t>(m)].empty())
+    throw std::logic_error("loading model " + d.name + ", which is unavailable: " + unavailable_[static_cast<std::size_t>(m)]);
+  for (const ShardRoute& route : routes)
+    for (const RoutePart& part : route.parts)
+      if (gpu_lost_[static_cast<std::size_t>(part.via)])
+        throw std::logic_error("routing policy " + config_.policy.routing.name() + " planned a part of model " + d.name +
+                               " via GPU " + std::to_string(part.via) + ", which was lost");
   // Issue every shard before any completion can arrive: all shards of a model load at once.
   std::vector<LoadCommand> cmds;
   for (int pp = 0; pp < d.pp; ++pp) {
@@ -858,9 +889,10 @@ ModelId Engine::twinHolding(ModelId m, int shard, GpuId target) const {
     if (static_cast<ModelId>(o) == m || od.weights != d.weights || od.tp != d.tp || od.pp != d.pp) continue;
     const auto& os = models_[o];
     // Only a fully resident twin that is not planned for eviction this pass.
-    if (os.residency != Residency::kResident || doomed_[o]) continue;
+    if (os.residency != Residency::kResident || doomed_[o] || !unavailable_[o].empty()) continue;
     if (os.shard_state[static_cast<std::size_t>(shard)] != Residency::kResident) continue;
     if (od.gpus[static_cast<std::size_t>(shard)] == target) continue;
+    if (gpu_lost_[static_cast<std::size_t>(od.gpus[static_cast<std::size_t>(shard)])]) continue;
     if (nodeOf(od.gpus[static_cast<std::size_t>(shard)]) != nodeOf(target)) continue;  // NVLink stays in a node
     return static_cast<ModelId>(o);
   }
@@ -904,6 +936,31 @@ bool Engine::cancelQueued(ModelId m, RequestId id) {
   finishRequest(record);
   schedule(m);
   return true;
+}
+
+void Engine::onGpuLost(GpuId g, const std::string& reason) {
+  if (g < 0 || static_cast<std::size_t>(g) >= gpu_lost_.size())
+    throw std::invalid_argument("onGpuLost: no GPU " + std::to_string(g));
+  if (gpu_lost_[static_cast<std::size_t>(g)]) return;
+  gpu_lost_[static_cast<std::size_t>(g)] = 1;
+  for (std::size_t m = 0; m < models_.size(); ++m) {
+    const auto& gpus = model_gpus_[m];
+    if (!unavailable_[m].empty() || !std::binary_search(gpus.begin(), gpus.end(), g)) continue;
+    unavailable_[m] = "model " + config_.models[m].name + " needs GPU " + std::to_string(g) +
+                      ", which was lost: " + reason;
+    failQueued(static_cast<ModelId>(m), unavailable_[m]);
+    // Loading: the backend fails the loads on g, and the failed-load path evicts what arrived.
+    // Running: the backend fails the batch or step, and its end evicts the model.
+    evictIfUnavailable(static_cast<ModelId>(m));
+  }
+  schedule();
+}
+
+void Engine::evictIfUnavailable(ModelId m) {
+  const auto mi = static_cast<std::size_t>(m);
+  const auto& state = models_[mi];
+  if (unavailable_[mi].empty() || state.residency != Residency::kResident || state.running || copySource(m)) return;
+  startEvict(m);
 }
 
 void Engine::startEvict(ModelId m) {
@@ -979,6 +1036,8 @@ void Engine::checkInvariants() const {
       for (Residency r : s.shard_state)
         if (r != Residency::kResident) throw std::logic_error("model " + d.name + " resident with a shard not resident");
     if (s.residency == Residency::kLoading || s.residency == Residency::kResident) ++loaded;
+    if (!unavailable_[m].empty() && !s.queue.empty())
+      throw std::logic_error("model " + d.name + " is unavailable with requests queued");
   }
   for (std::size_t g = 0; g < used.size(); ++g) {
     if (used[g] != gpu_used_[g])
@@ -1278,6 +1337,7 @@ void Engine::endSession(ModelId m) {
     state.evict_when_idle = false;
     startEvict(m);
   }
+  evictIfUnavailable(m);  // the backend failed its step on a lost GPU
 }
 
 void Engine::onStepDone(const StepResult& result) {

@@ -200,6 +200,18 @@ class Engine {
   // ends failed with the error "cancelled" (reported to the observer), followed by a scheduling
   // pass, and the result is true; a request already in a batch, done or unknown is left alone.
   bool cancelQueued(ModelId m, RequestId id);
+  // GPU g is gone for good (the runtime's rank for it died or stopped answering), followed by a
+  // scheduling pass. Every model with a shard on g becomes unavailable: its queued requests end
+  // failed now, and so does each later arrival for it (ok false, not refused); it is never loaded
+  // again, and no load is routed through g (helper links, twin copies). Its memory is released:
+  // evicted now if resident and idle, after its batch or session if one runs (the backend fails
+  // it), through the failed-load path if loading (the backend fails the loads on g). The backend
+  // completes evictions of shards on g at once. Calling it again for the same GPU does nothing.
+  void onGpuLost(GpuId g, const std::string& reason);
+  bool gpuLost(GpuId g) const { return gpu_lost_.at(static_cast<std::size_t>(g)) != 0; }
+  // Whether model m can still be served; if not, why (the error its requests end with).
+  bool modelAvailable(ModelId m) const { return unavailable_.at(static_cast<std::size_t>(m)).empty(); }
+  const std::string& unavailableReason(ModelId m) const { return unavailable_.at(static_cast<std::size_t>(m)); }
 
   // Introspection (tests, outputs).
   const EngineConfig& config() const { return config_; }
@@ -222,7 +234,8 @@ class Engine {
   // For routing policies: load parts in flight over GPU g's host link, that link's bandwidth in
   // bytes/s (1 GB/s when unknown), the bytes of one shard, and a twin to copy a shard from: a
   // resident model with the same weights and split, not planned for eviction, whose shard `shard`
-  // lies on a GPU other than `target` (-1: none, or no NVLink).
+  // lies on a GPU other than `target` (-1: none, or no NVLink). A routing policy sends no bytes
+  // via a lost GPU (gpuLost); twinHolding never names a twin on one.
   int hostLinkLoads(GpuId g) const { return link_loads_.at(static_cast<std::size_t>(g)); }
   double hostLinkBandwidth(GpuId g) const;
   std::int64_t shardBytes(ModelId m, int shard) const {
@@ -318,6 +331,9 @@ class Engine {
   // resident model when the count cap must also shrink (any victim helps then).
   void gatherCandidates(ModelId m, bool any_gpu);
   void failQueued(ModelId m, const std::string& error);
+  // A model made unavailable by a lost GPU: starts evicting it once it is resident, idle and no
+  // copy reads from it (called wherever one of those conditions may have just become true).
+  void evictIfUnavailable(ModelId m);
   // Iteration batching: starts a session for m (like tryRunBatch), issues its next step or ends it.
   bool tryStartSession(ModelId m);
   void advanceSession(Session& session);
@@ -378,6 +394,8 @@ class Engine {
   bool load_blocked_ = false;    // this pass, a demand load waits for room
   std::vector<char> pinned_;     // per model: PolicyConfig::pinned
   bool started_ = false;         // start() has issued the pinned models' loads
+  std::vector<char> gpu_lost_;          // per GPU: reported lost (onGpuLost)
+  std::vector<std::string> unavailable_;  // per model: why it cannot be served (empty: it can)
 
   // Indexes that keep a scheduling pass's cost independent of the fleet's size (each updated
   // where the state it mirrors changes; checkInvariants recomputes them from scratch).

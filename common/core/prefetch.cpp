@@ -44,7 +44,7 @@ PrefetchPolicy::Pick PrefetchPolicy::pick(const Engine& engine) const {
   const auto num_models = static_cast<ModelId>(engine.config().models.size());
   for (ModelId m = 0; m < num_models; ++m) {
     const auto& s = engine.model(m);
-    if (s.residency != Residency::kOffloaded || !s.queue.empty()) continue;
+    if (s.residency != Residency::kOffloaded || !s.queue.empty() || !engine.modelAvailable(m)) continue;
     const double score = this->score(m, engine);
     if (score > best.score) best = {m, score};
   }

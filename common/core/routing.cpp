@@ -36,7 +36,7 @@ std::vector<ShardRoute> planRoutes(ModelId m, const Engine& engine, bool copy_tw
   if (idle_helpers) {
     const auto num_gpus = static_cast<GpuId>(engine.config().gpu_weight_budget.size());
     for (GpuId g = 0; g < num_gpus; ++g) {
-      if (engine.hostLinkLoads(g) > 0) continue;
+      if (engine.hostLinkLoads(g) > 0 || engine.gpuLost(g)) continue;
       if (std::find(d.gpus.begin(), d.gpus.end(), g) != d.gpus.end()) continue;
       // NVLink joins only one node's GPUs: a helper must share a node with the model.
       if (std::none_of(d.gpus.begin(), d.gpus.end(), [&](GpuId own) { return engine.nodeOf(own) == engine.nodeOf(g); }))

@@ -3,6 +3,7 @@
 // compare directly.
 #include <boost/program_options.hpp>
 
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -13,6 +14,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/execution_choice.h"
 #include "runtime/cli/faults.h"
+#include "runtime/cli/ranks.h"
 #include "runtime/device_factory.h"
 #include "runtime/fault_plan.h"
 #include "runtime/real_backend.h"
@@ -57,6 +59,8 @@ int replayMain(int argc, char** argv) {
   int threads = 0, max_context = 1024;
   std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
   std::vector<std::string> checkpoints, injections;
+  std::string command_log_path;
+  RankOptions rank_options;
   opts.add_options()("help,h", "show this help")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(),
       "override a scenario field, as for `computron sim`: --set cluster.preset=h200x2")(
@@ -88,7 +92,11 @@ int replayMain(int argc, char** argv) {
       "inject a fault (either device), repeatable, added to the scenario's \"faults\": fail-load=MODEL[@N], "
       "corrupt-load=MODEL[@N], fail-batch=MODEL[@N], stall=GPU:MS[@N] (the Nth occurrence, 1-based; without @N every "
       "one, a stall the first)")(
+      "command-log", po::value<std::string>(&command_log_path),
+      "write every command the engine gives the backend (load, evict, execute, step), one line each in issue order, "
+      "to this file: two runs of one scenario compare line by line")(
       "quiet,q", "no notes on stderr (the table or --json still goes to stdout; warnings and errors still show)");
+  addRankOptions(opts, rank_options);
   std::string scenario_path;
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron replay",
@@ -116,8 +124,11 @@ int replayMain(int argc, char** argv) {
     return usageError("computron replay", "--placeholder-ms: must be 0 to 1e7", opts);
   if (outside(max_context, 1, kMaxRequestTokens))
     return usageError("computron replay", "--max-context: must be 1 to " + std::to_string(kMaxRequestTokens), opts);
-  const bool quiet = vm.count("quiet") > 0;
+  bool quiet = vm.count("quiet") > 0;
   Scenario scenario = loadScenario(scenario_path, overrides);
+  // Under mpirun: rank 0 runs the engine, the others serve their GPUs (docs/runtime.md).
+  RankSession ranks(rank_options, scenario.cluster.numGpus(), device);
+  if (ranks.rank() != 0) quiet = true;
   if (vm.count("out")) scenario.outputs.dir = out_dir;
   if (vm.count("no-files")) scenario.outputs.dir.clear();
 
@@ -143,6 +154,12 @@ int replayMain(int argc, char** argv) {
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
   const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
+  if (ranks.multi()) {
+    if (real)
+      throw ConfigError("--execution real does not run across ranks yet (its TP and PP groups are one process's); "
+                        "under mpirun use --execution placeholder, which swaps for real and times batches by the cost model");
+    ranks.applyToConfig(scenario.engine);
+  }
   if (real) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;
@@ -165,7 +182,7 @@ int replayMain(int argc, char** argv) {
   if (device == "cuda") {
     // Without a usable GPU the CUDA error alone does not say what to do instead.
     try {
-      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
+      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan, ranks.cudaOrdinalShift());
     } catch (const ConfigError&) {
       throw;
     } catch (const std::exception& e) {
@@ -177,12 +194,30 @@ int replayMain(int argc, char** argv) {
   } else {
     factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
   }
-  if (factory->deviceCount() < scenario.cluster.numGpus()) {
+  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options);
+  if (!ranks.multi() && factory->deviceCount() < scenario.cluster.numGpus()) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
               << " GPUs, this machine " << factory->deviceCount() << "\n";
   }
   if (!quiet) std::cerr << "replay: building the host weight store and device pools (" << device << ")...\n";
-  RealBackend backend(scenario.engine, *factory, options);
+  if (!quiet && ranks.multi())
+    std::cerr << "replay: " << ranks.layout().ranks << " ranks, " << ranks.layout().gpus_per_rank
+              << " GPU(s) each; waiting for every rank's host store\n";
+  std::unique_ptr<RealBackend> backend_owner;
+  try {
+    backend_owner = std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory(*factory) : *factory,
+                                                  options);
+  } catch (...) {
+    ranks.abort();
+    throw;
+  }
+  RealBackend& backend = *backend_owner;
+  std::ofstream command_log;
+  if (!command_log_path.empty()) {
+    command_log.open(command_log_path);
+    if (!command_log) throw ConfigError("--command-log: cannot write " + command_log_path);
+    backend.setCommandLog(&command_log);
+  }
   const HostStoreStats& hs = backend.store().stats();
   if (!quiet)
     std::cerr << "replay: " << hs.shards << " shards, " << static_cast<double>(hs.bytes) / kGB << " GB filled in "
@@ -253,6 +288,7 @@ int replayMain(int argc, char** argv) {
         {"host_store",
          {{"bytes", hs.bytes}, {"fill_s", hs.fill_seconds}, {"pin_s", hs.pin_seconds}, {"threads", hs.threads}}},
         {"arrivals", stats.arrivals}}}};
+  if (ranks.multi()) extra["runtime"]["ranks"] = ranks.summary();
   nlohmann::json summary = recorder.finish(stats.end_time, extra);
   // Every request that arrived ended exactly once: served, or failed (or refused) with its reason.
   const nlohmann::json& overall = summary["overall"];
@@ -273,6 +309,17 @@ int replayMain(int argc, char** argv) {
     std::cerr << "computron replay: interrupted (signal " << stopSignal() << "); the outputs hold what ran\n";
     return 128 + stopSignal();
   }
+  // A lost rank: every request was answered (the check above), but the run lost GPUs.
+  bool rank_lost = false;
+  if (ranks.multi()) {
+    for (const auto& r : extra["runtime"]["ranks"]) {
+      if (!r["lost"].get<bool>()) continue;
+      rank_lost = true;
+      std::cerr << "computron replay: " << r["reason"].get<std::string>()
+                << "; requests that needed its GPUs failed with that reason, the other ranks served on\n";
+    }
+  }
+  if (rank_lost) return 1;
   // Injected faults are meant to fail loads; the run succeeds when every request was accounted for.
   return failed == 0 || !faults.empty() ? 0 : 1;
 }

@@ -397,7 +397,7 @@ CudaDeviceFactory::CudaDeviceFactory(CudaDeviceOptions options) : options_(optio
 
 std::unique_ptr<Device> CudaDeviceFactory::create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes,
                                                   CompletionQueue& queue, const Clock& clock) {
-  return std::make_unique<CudaDevice>(gpu, static_cast<int>(gpu), pool_bytes, chunk_bytes, queue, clock, options_);
+  return std::make_unique<CudaDevice>(gpu, static_cast<int>(gpu) + options_.ordinal_shift, pool_bytes, chunk_bytes, queue, clock, options_);
 }
 
 }  // namespace computron::runtime

@@ -38,6 +38,8 @@ struct CudaDeviceOptions {
   int load_window_chunks = 0;
   // Injected faults (replay --inject, a scenario's faults), shared with the model execution.
   std::shared_ptr<FaultPlan> faults;
+  // GPU g is CUDA device g + ordinal_shift (a rank of a multi-process run, runtime/mpi/).
+  int ordinal_shift = 0;
 };
 
 class CudaDevice final : public Device {

@@ -1,0 +1,111 @@
+#include "runtime/cli/ranks.h"
+
+#include <cstdlib>
+#include <iostream>
+
+#include "runtime/mpi/rank_worker.h"
+#ifdef COMPUTRON_HAVE_MPI
+#include "runtime/mpi/mpi_transport.h"
+#endif
+
+namespace po = boost::program_options;
+
+namespace computron::runtime {
+
+void addRankOptions(po::options_description& opts, RankOptions& options) {
+  opts.add_options()(
+      "gpus-per-rank", po::value<int>(&options.gpus_per_rank)->default_value(0),
+      "under mpirun: GPUs each rank owns, rank r the scenario's GPUs [r*N, (r+1)*N) (0: the scenario's GPUs over the "
+      "ranks, rounded up)")(
+      "rank-timeout-s", po::value<double>(&options.rank_timeout_s)->default_value(options.rank_timeout_s),
+      "under mpirun: a rank not heard from this long is lost; its GPUs' work fails with the reason and the rest "
+      "serves on (launch with mpirun --enable-recovery, or Open MPI ends every rank when one dies)");
+}
+
+RankSession::RankSession(const RankOptions& options, int scenario_gpus, const std::string& device) {
+  layout_.total_gpus = scenario_gpus;
+  layout_.gpus_per_rank = scenario_gpus;
+#ifdef COMPUTRON_HAVE_MPI
+  if (!rank::MpiTransport::launched()) return;
+  if (options.rank_timeout_s < 0.05 || options.rank_timeout_s > 1e6)
+    throw ConfigError("--rank-timeout-s: must be 0.05 to 1e6");
+  if (options.gpus_per_rank < 0 || options.gpus_per_rank > 4096) throw ConfigError("--gpus-per-rank: must be 0 to 4096");
+  rank::MpiTransportOptions mo;
+  mo.timeout = static_cast<Nanos>(options.rank_timeout_s * 1e9);
+  mo.heartbeat = std::min<Nanos>(200 * kNanosPerMilli, mo.timeout / 5);
+  auto transport = std::make_unique<rank::MpiTransport>(mo);
+  rank_ = transport->rank();
+  layout_.ranks = transport->size();
+  if (layout_.ranks == 1) return;  // one rank: the one-process runtime
+  layout_.gpus_per_rank =
+      options.gpus_per_rank > 0 ? options.gpus_per_rank : (scenario_gpus + layout_.ranks - 1) / layout_.ranks;
+  if (static_cast<std::int64_t>(layout_.gpus_per_rank) * layout_.ranks < scenario_gpus)
+    throw ConfigError("--gpus-per-rank " + std::to_string(layout_.gpus_per_rank) + " x " + std::to_string(layout_.ranks) +
+                      " ranks hold fewer than the scenario's " + std::to_string(scenario_gpus) + " GPUs");
+  transport_ = std::move(transport);
+  (void)device;
+#else
+  (void)options;
+  (void)device;
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr && std::atoi(std::getenv("OMPI_COMM_WORLD_SIZE")) > 1)
+    throw ConfigError("started by mpirun with several ranks, but this build has no MPI (install libopenmpi-dev and "
+                      "rebuild; CMake reports 'computron: MPI ON')");
+#endif
+}
+
+RankSession::~RankSession() {
+  factory_.reset();  // stops the transport before it goes
+}
+
+int RankSession::cudaOrdinalShift() const {
+  if (!multi()) return 0;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int local_rank = local != nullptr ? std::atoi(local) : 0;
+  return (local_rank - rank_) * layout_.gpus_per_rank;
+}
+
+void RankSession::applyToConfig(EngineConfig& config) const {
+  if (!multi()) return;
+  config.gpu_node.assign(static_cast<std::size_t>(layout_.total_gpus), 0);
+  for (int g = 0; g < layout_.total_gpus; ++g) config.gpu_node[static_cast<std::size_t>(g)] = layout_.owner(g);
+}
+
+rank::RankDeviceFactory& RankSession::engineFactory(DeviceFactory& local) {
+  if (!multi() || rank_ != 0) throw std::logic_error("RankSession: the engine's factory is rank 0's");
+  factory_ = std::make_unique<rank::RankDeviceFactory>(local, *transport_, layout_);
+  return *factory_;
+}
+
+int RankSession::runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options) {
+  if (!multi() || rank_ == 0) throw std::logic_error("RankSession: rank 0 runs the engine");
+  return rank::runRankWorker(config, local, options, *transport_, layout_, std::cerr);
+}
+
+void RankSession::abort() {
+  if (!multi() || rank_ != 0) return;
+  if (factory_) {
+    factory_->abortRanks();
+    return;
+  }
+  // Before the devices' factory started the transport: start it only to say so.
+  transport_->start([](int, std::string) {}, [](int, const std::string&) {});
+  for (int r = 1; r < layout_.ranks; ++r) transport_->send(r, rank::encodeSignal(rank::MsgType::kAbort));
+  transport_->stop();
+}
+
+nlohmann::json RankSession::summary() const {
+  nlohmann::json out = nlohmann::json::array();
+  if (!factory_) return out;
+  for (const rank::RankStatus& st : factory_->status()) {
+    out.push_back({{"rank", st.rank},
+                   {"gpus", st.gpus},
+                   {"host", st.host},
+                   {"lost", st.lost},
+                   {"reason", st.reason},
+                   {"jobs", st.jobs},
+                   {"jobs_failed_on_loss", st.failed_on_loss}});
+  }
+  return out;
+}
+
+}  // namespace computron::runtime

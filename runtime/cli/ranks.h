@@ -1,0 +1,59 @@
+// `mpirun -np N computron replay|serve ...`: every rank parses the same command line and
+// scenario; rank 0 runs the engine (and the front end) over its own GPUs and the other ranks'
+// GPUs, the other ranks only serve their GPUs (runtime/mpi/). Outside mpirun, with one rank, or
+// in a build without MPI, nothing changes: one process.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "runtime/device.h"
+#include "runtime/mpi/rank_devices.h"
+#include "runtime/mpi/transport.h"
+#include "runtime/real_backend.h"
+
+namespace computron::runtime {
+
+struct RankOptions {
+  int gpus_per_rank = 0;      // 0: the scenario's GPUs spread evenly (rounded up) over the ranks
+  double rank_timeout_s = 10; // a rank silent this long is lost
+};
+void addRankOptions(boost::program_options::options_description& opts, RankOptions& options);
+
+class RankSession {
+ public:
+  // Joins the MPI job when launched by mpirun (built with MPI); ConfigError when the ranks
+  // cannot hold the scenario's GPUs. `scenario_gpus`: the cluster's GPU count.
+  RankSession(const RankOptions& options, int scenario_gpus, const std::string& device);
+  ~RankSession();
+
+  bool multi() const { return layout_.ranks > 1; }
+  int rank() const { return rank_; }
+  const rank::RankLayout& layout() const { return layout_; }
+  // CUDA: this rank's first GPU in the scenario's numbering is its node-local device
+  // (local rank x GPUs per rank); add this to a GpuId to get the device ordinal.
+  int cudaOrdinalShift() const;
+  // Ranks > 1 only: the routing of loads keeps NVLink paths inside one rank (each rank is its own
+  // node for the engine), since copies between processes' GPUs are not made.
+  void applyToConfig(EngineConfig& config) const;
+
+  // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
+  // others through their ranks). Kept alive by the session, which it must not outlive.
+  rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
+  // Ranks >= 1: serves the GPUs until rank 0 says stop; returns the exit code.
+  int runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options);
+  // Rank 0: set-up failed here, tell the other ranks to leave.
+  void abort();
+  // For summary.json's runtime member: the ranks, their GPUs and hosts, and what was lost.
+  nlohmann::json summary() const;
+
+ private:
+  rank::RankLayout layout_;
+  int rank_ = 0;
+  std::unique_ptr<rank::Transport> transport_;
+  std::unique_ptr<rank::RankDeviceFactory> factory_;
+};
+
+}  // namespace computron::runtime

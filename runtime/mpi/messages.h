@@ -1,0 +1,73 @@
+// What travels between the engine's rank (0) and the ranks that own GPUs, as bytes (wire.h):
+// device jobs one way, device events back, and the set-up exchange. No MPI here: the transport
+// (transport.h) moves the bytes, so the encoding is tested without mpirun.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/completion_queue.h"
+#include "runtime/device.h"
+#include "runtime/mpi/wire.h"
+
+namespace computron::runtime::rank {
+
+enum class MsgType : std::uint8_t {
+  kHello = 1,  // rank -> 0: its GPUs are up, the checksums of the host shards it holds
+  kPathJob,    // 0 -> rank: a load path for one of its GPUs
+  kVerifyJob,
+  kExecJob,
+  kRelocateJob,
+  kEvent,      // rank -> 0: a device event
+  kStop,       // 0 -> rank: finish queued work, stop the devices, say kStopped
+  kStopped,
+  kPing,       // 0 -> rank, answered by kPong: the clock offset between the two
+  kPong,
+  kAbort,      // 0 -> rank: set-up failed elsewhere; exit without serving
+};
+
+MsgType peekType(const std::string& message);
+
+struct HelloShard {
+  ModelId model = 0;  // the host store's model (twins share one)
+  int shard = 0;
+  std::int64_t bytes = 0;
+  std::uint64_t checksum = 0;
+};
+
+struct Hello {
+  std::vector<GpuId> gpus;
+  std::vector<std::string> describe;  // per GPU
+  std::vector<HelloShard> shards;
+  std::string host;   // host name: ranks on one host share its monotonic clock
+  std::string error;  // set-up failed on the rank (the run stops with this message)
+};
+
+std::string encodeHello(const Hello& hello);
+Hello decodeHello(const std::string& message);
+
+// Jobs name the GPU (global id) whose device runs them.
+std::string encodeJob(GpuId device, const PathJob& job);
+std::string encodeJob(GpuId device, const VerifyJob& job);
+std::string encodeJob(GpuId device, const ExecJob& job);
+std::string encodeJob(GpuId device, const RelocateJob& job);
+
+struct DecodedJob {
+  MsgType type = MsgType::kPathJob;
+  GpuId device = 0;
+  PathJob path;
+  VerifyJob verify;
+  ExecJob exec;
+  RelocateJob relocate;
+};
+DecodedJob decodeJob(const std::string& message);
+
+std::string encodeEvent(const DeviceEvent& event);
+DeviceEvent decodeEvent(const std::string& message);
+
+// A message of only its type (kStop, kStopped, kAbort), or a type and one time (kPing, kPong).
+std::string encodeSignal(MsgType type, std::int64_t value = 0);
+std::int64_t decodeSignal(const std::string& message, MsgType expected);
+
+}  // namespace computron::runtime::rank

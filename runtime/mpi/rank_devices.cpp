@@ -1,0 +1,307 @@
+#include "runtime/mpi/rank_devices.h"
+
+#include <chrono>
+#include <limits>
+#include <stdexcept>
+
+#include "common/types.h"
+
+namespace computron::runtime::rank {
+namespace {
+
+// A device of another rank: jobs travel there, events come back through the factory.
+class RemoteDevice final : public Device {
+ public:
+  RemoteDevice(RankDeviceFactory& owner, GpuId gpu, int rank) : owner_(owner), gpu_(gpu), rank_(rank) {}
+  GpuId id() const override { return gpu_; }
+  std::string describe() const override { return owner_.describe(gpu_); }
+  void connect(const std::vector<Device*>& /*devices*/) override {}
+  void submit(PathJob job) override {
+    DeviceEvent f;
+    f.kind = DeviceEvent::Kind::kPathProgress;
+    f.op = job.op;
+    f.path = job.path;
+    f.final = true;
+    owner_.sendJob(gpu_, encodeJob(gpu_, job), f);
+  }
+  void submit(VerifyJob job) override {
+    DeviceEvent f;
+    f.kind = DeviceEvent::Kind::kVerifyDone;
+    f.op = job.op;
+    owner_.sendJob(gpu_, encodeJob(gpu_, job), f);
+  }
+  void submit(ExecJob job) override {
+    DeviceEvent f;
+    f.kind = DeviceEvent::Kind::kExecDone;
+    f.batch = job.batch;
+    f.path = job.part;
+    owner_.sendJob(gpu_, encodeJob(gpu_, job), f);
+  }
+  void submit(RelocateJob job) override {
+    DeviceEvent f;
+    f.kind = DeviceEvent::Kind::kRelocateDone;
+    f.op = job.token;
+    f.ok = true;  // the moves are moot on a lost GPU; the backend only needs the pool unlocked
+    owner_.sendJob(gpu_, encodeJob(gpu_, job), f);
+  }
+  void stop() override { owner_.stopRanks(); }
+  std::byte* poolBase() override { return nullptr; }
+  int process() const override { return rank_; }
+
+ private:
+  RankDeviceFactory& owner_;
+  GpuId gpu_;
+  int rank_;
+};
+
+constexpr int kPings = 8;
+
+}  // namespace
+
+RankDeviceFactory::RankDeviceFactory(DeviceFactory& local, Transport& transport, RankLayout layout,
+                                     RankDevicesOptions options)
+    : local_(local), transport_(transport), layout_(layout), options_(options) {
+  if (transport_.rank() != 0) throw std::logic_error("RankDeviceFactory: the engine runs on rank 0");
+  const auto n = static_cast<std::size_t>(layout_.ranks);
+  ranks_.resize(n);
+  for (int r = 0; r < layout_.ranks; ++r) {
+    ranks_[static_cast<std::size_t>(r)].rank = r;
+    for (int g = r * layout_.gpus_per_rank; g < std::min(layout_.total_gpus, (r + 1) * layout_.gpus_per_rank); ++g)
+      ranks_[static_cast<std::size_t>(r)].gpus.push_back(g);
+  }
+  ranks_[0].host = transport_.hostName();
+  hello_.assign(n, false);
+  hello_[0] = true;
+  stopped_.assign(n, false);
+  stopped_[0] = true;
+  hellos_.resize(n);
+  outstanding_.resize(n);
+  offset_.assign(n, 0);
+  pong_.assign(n, -1);
+  pong_at_.assign(n, 0);
+  transport_.start([this](int source, std::string message) { onMessage(source, std::move(message)); },
+                   [this](int r, const std::string& reason) { onLost(r, reason); });
+}
+
+RankDeviceFactory::~RankDeviceFactory() { transport_.stop(); }
+
+std::unique_ptr<Device> RankDeviceFactory::create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes,
+                                                  CompletionQueue& queue, const Clock& clock) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto* steady = dynamic_cast<const SteadyClock*>(&clock);
+    if (steady == nullptr) throw std::logic_error("RankDeviceFactory: devices need the backend's SteadyClock");
+    queue_ = &queue;
+    clock_ = steady;
+  }
+  const int r = layout_.owner(gpu);
+  if (r == 0) return local_.create(gpu, pool_bytes, chunk_bytes, queue, clock);
+  if (r >= layout_.ranks) throw ConfigError("GPU " + std::to_string(gpu) + " belongs to no rank");
+  return std::make_unique<RemoteDevice>(*this, gpu, r);
+}
+
+std::map<std::pair<ModelId, int>, std::uint64_t> RankDeviceFactory::remoteChecksums() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(options_.setup_timeout);
+  auto all = [&] {
+    for (int r = 0; r < layout_.ranks; ++r)
+      if (!hello_[static_cast<std::size_t>(r)] && !ranks_[static_cast<std::size_t>(r)].lost) return false;
+    return true;
+  };
+  cv_.wait_until(lock, deadline, all);
+  std::string missing;
+  for (int r = 1; r < layout_.ranks; ++r) {
+    const auto& st = ranks_[static_cast<std::size_t>(r)];
+    if (st.lost) throw ConfigError("rank " + std::to_string(r) + " was lost while setting up: " + st.reason);
+    if (!hello_[static_cast<std::size_t>(r)]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    const std::string& error = hellos_[static_cast<std::size_t>(r)].error;
+    if (!error.empty()) throw ConfigError("rank " + std::to_string(r) + " could not set up: " + error);
+  }
+  if (!missing.empty())
+    throw ConfigError("ranks " + missing + " did not finish setting up within " +
+                      std::to_string(options_.setup_timeout / kNanosPerSecond) + " s");
+  std::map<std::pair<ModelId, int>, std::uint64_t> sums;
+  for (int r = 1; r < layout_.ranks; ++r) {
+    for (const HelloShard& s : hellos_[static_cast<std::size_t>(r)].shards) {
+      auto [it, inserted] = sums.emplace(std::make_pair(s.model, s.shard), s.checksum);
+      if (!inserted && it->second != s.checksum)
+        throw ConfigError("ranks disagree on the checksum of model " + std::to_string(s.model) + " shard " +
+                          std::to_string(s.shard) + ": are they running the same build and scenario?");
+    }
+  }
+  // Clock offsets of ranks on other hosts (on this host they share the monotonic clock): the
+  // ping with the shortest round trip, assuming the two directions take as long.
+  for (int r = 1; r < layout_.ranks; ++r) {
+    if (hellos_[static_cast<std::size_t>(r)].host == ranks_[0].host) continue;
+    Nanos best_rtt = std::numeric_limits<Nanos>::max();
+    for (int i = 0; i < kPings; ++i) {
+      pong_[static_cast<std::size_t>(r)] = -1;
+      const Nanos t0 = SteadyClock::steadyNanos();
+      transport_.send(r, encodeSignal(MsgType::kPing, t0));
+      if (!cv_.wait_for(lock, std::chrono::seconds(5), [&] {
+            return pong_[static_cast<std::size_t>(r)] >= 0 || ranks_[static_cast<std::size_t>(r)].lost;
+          }) ||
+          ranks_[static_cast<std::size_t>(r)].lost)
+        throw ConfigError("rank " + std::to_string(r) + " did not answer the clock ping");
+      const Nanos t1 = pong_at_[static_cast<std::size_t>(r)];
+      if (t1 - t0 < best_rtt) {
+        best_rtt = t1 - t0;
+        offset_[static_cast<std::size_t>(r)] = t0 + (t1 - t0) / 2 - pong_[static_cast<std::size_t>(r)];
+      }
+    }
+  }
+  return sums;
+}
+
+std::string RankDeviceFactory::describe(GpuId gpu) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int r = layout_.owner(gpu);
+  const Hello& h = hellos_.at(static_cast<std::size_t>(r));
+  for (std::size_t i = 0; i < h.gpus.size() && i < h.describe.size(); ++i)
+    if (h.gpus[i] == gpu) return "rank " + std::to_string(r) + " (" + h.host + "): " + h.describe[i];
+  return "rank " + std::to_string(r) + ": GPU " + std::to_string(gpu);
+}
+
+RankDeviceFactory::JobKey RankDeviceFactory::keyOf(const DeviceEvent& ev) {
+  using Kind = DeviceEvent::Kind;
+  switch (ev.kind) {
+    case Kind::kPathProgress:
+      return {static_cast<int>(ev.kind), ev.op, ev.path};
+    case Kind::kExecDone:
+      return {static_cast<int>(ev.kind), static_cast<std::uint64_t>(ev.batch), ev.path};
+    default:
+      return {static_cast<int>(ev.kind), ev.op, 0};
+  }
+}
+
+void RankDeviceFactory::pushLocked(DeviceEvent ev) {
+  // Null before the devices exist and once the ranks stopped (the backend is going away).
+  if (queue_ != nullptr) queue_->push(std::move(ev));
+}
+
+void RankDeviceFactory::sendJob(GpuId gpu, std::string message, DeviceEvent failure) {
+  const int r = layout_.owner(gpu);
+  std::lock_guard<std::mutex> lock(mutex_);
+  RankStatus& st = ranks_.at(static_cast<std::size_t>(r));
+  failure.gpu = gpu;
+  failure.ok = failure.kind == DeviceEvent::Kind::kRelocateDone;
+  if (st.lost || stopping_) {
+    failure.error = "GPU " + std::to_string(gpu) + " is gone: " + (st.lost ? st.reason : "the run is stopping");
+    failure.time = failure.start = clock_ != nullptr ? clock_->now() : 0;
+    pushLocked(std::move(failure));
+    return;
+  }
+  ++st.jobs;
+  const JobKey key = keyOf(failure);
+  outstanding_[static_cast<std::size_t>(r)][key] = Outstanding{std::move(failure)};
+  transport_.send(r, std::move(message));
+}
+
+Nanos RankDeviceFactory::toLocal(int r, Nanos remote) const {
+  return remote + offset_[static_cast<std::size_t>(r)] - clock_->epoch();
+}
+
+void RankDeviceFactory::onMessage(int source, std::string message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (source <= 0 || source >= layout_.ranks) return;
+  const auto s = static_cast<std::size_t>(source);
+  if (ranks_[s].lost) return;
+  try {
+    switch (peekType(message)) {
+      case MsgType::kHello:
+        hellos_[s] = decodeHello(message);
+        ranks_[s].host = hellos_[s].host;
+        hello_[s] = true;
+        cv_.notify_all();
+        return;
+      case MsgType::kPong:
+        pong_[s] = decodeSignal(message, MsgType::kPong);
+        pong_at_[s] = SteadyClock::steadyNanos();
+        cv_.notify_all();
+        return;
+      case MsgType::kStopped:
+        stopped_[s] = true;
+        cv_.notify_all();
+        return;
+      case MsgType::kEvent: {
+        DeviceEvent ev = decodeEvent(message);
+        if (layout_.owner(ev.gpu) != source) throw wire::WireError("an event for GPU " + std::to_string(ev.gpu) + ", which it does not own");
+        ev.time = toLocal(source, ev.time);
+        if (ev.start != 0) ev.start = toLocal(source, ev.start);
+        for (Nanos& t : ev.step_end) t = toLocal(source, t);
+        const bool completes = ev.kind != DeviceEvent::Kind::kPathProgress || ev.final;
+        if (completes) outstanding_[s].erase(keyOf(ev));
+        pushLocked(std::move(ev));
+        return;
+      }
+      default:
+        throw wire::WireError("an unexpected message type");
+    }
+  } catch (const std::exception& e) {
+    // A rank that speaks nonsense is treated as lost: nothing it says can be trusted.
+    failRankLocked(source, std::string("sent a bad message: ") + e.what());
+  }
+}
+
+void RankDeviceFactory::onLost(int r, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (r <= 0 || r >= layout_.ranks) return;
+  failRankLocked(r, reason);
+}
+
+void RankDeviceFactory::failRankLocked(int r, const std::string& reason) {
+  const auto s = static_cast<std::size_t>(r);
+  RankStatus& st = ranks_[s];
+  if (st.lost) return;
+  st.lost = true;
+  st.reason = "rank " + std::to_string(r) + " lost: " + reason;
+  cv_.notify_all();
+  if (queue_ == nullptr) return;  // still setting up: remoteChecksums() reports it
+  const Nanos now = clock_->now();
+  for (auto& [key, out] : outstanding_[s]) {
+    DeviceEvent ev = std::move(out.failure);
+    ev.error = st.reason;
+    ev.time = ev.start = now;
+    ++st.failed_on_loss;
+    pushLocked(std::move(ev));
+  }
+  outstanding_[s].clear();
+  for (GpuId g : st.gpus) {
+    DeviceEvent ev;
+    ev.kind = DeviceEvent::Kind::kGpuLost;
+    ev.gpu = g;
+    ev.error = st.reason;
+    ev.time = now;
+    pushLocked(std::move(ev));
+  }
+}
+
+void RankDeviceFactory::stopRanks() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (stopping_) return;
+  stopping_ = true;
+  for (int r = 1; r < layout_.ranks; ++r)
+    if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kStop));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(options_.stop_timeout);
+  cv_.wait_until(lock, deadline, [&] {
+    for (int r = 1; r < layout_.ranks; ++r)
+      if (!stopped_[static_cast<std::size_t>(r)] && !ranks_[static_cast<std::size_t>(r)].lost) return false;
+    return true;
+  });
+  // Each rank sent its last events before kStopped; nothing later reaches the backend.
+  queue_ = nullptr;
+}
+
+void RankDeviceFactory::abortRanks() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stopping_ = true;
+  for (int r = 1; r < layout_.ranks; ++r)
+    if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kAbort));
+}
+
+std::vector<RankStatus> RankDeviceFactory::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return ranks_;
+}
+
+}  // namespace computron::runtime::rank

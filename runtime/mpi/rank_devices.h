@@ -1,0 +1,107 @@
+// The engine's rank (0) of a multi-process run: a DeviceFactory whose devices are this
+// process's own GPUs (from the local factory) and, for GPUs other ranks own, RemoteDevices that
+// forward every job to the owning rank and hand its events to the backend's completion queue.
+// RealBackend and the engine cannot tell the difference: the core does not know how many
+// processes there are.
+//
+// Rank loss: when the transport reports a rank lost (dead, or silent past the heartbeat
+// timeout), every job still out on that rank completes here as failed, with the reason, then one
+// kGpuLost event per GPU of the rank follows; jobs submitted later fail at once. Nothing from
+// that rank is delivered afterwards, so each job completes exactly once.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "runtime/device.h"
+#include "runtime/mpi/messages.h"
+#include "runtime/mpi/transport.h"
+
+namespace computron::runtime::rank {
+
+struct RankDevicesOptions {
+  Nanos setup_timeout = 600 * kNanosPerSecond;  // every rank's hello (its host store is built first)
+  Nanos stop_timeout = 60 * kNanosPerSecond;    // every rank's kStopped at the end
+};
+
+// What became of one rank, for the run's summary.
+struct RankStatus {
+  int rank = 0;
+  std::vector<GpuId> gpus;
+  std::string host;
+  bool lost = false;
+  std::string reason;
+  std::int64_t jobs = 0;          // jobs sent to it
+  std::int64_t failed_on_loss = 0;  // jobs that were out on it when it was lost
+};
+
+class RankDeviceFactory final : public DeviceFactory {
+ public:
+  // Starts the transport. `local` makes this rank's own GPUs (rank 0's part of the layout).
+  RankDeviceFactory(DeviceFactory& local, Transport& transport, RankLayout layout, RankDevicesOptions options = {});
+  ~RankDeviceFactory() override;  // stops the transport: no handler runs afterwards
+
+  std::string name() const override { return local_.name(); }
+  int deviceCount() const override { return layout_.total_gpus; }
+  HostMemoryPinner* pinner() override { return local_.pinner(); }
+  std::unique_ptr<Device> create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes, CompletionQueue& queue,
+                                 const Clock& clock) override;
+  bool holdsShardsOf(GpuId gpu) const override { return layout_.owner(gpu) == 0; }
+  // Waits for every rank's hello: ConfigError with a rank's own set-up error, or past the
+  // timeout naming the ranks that did not answer.
+  std::map<std::pair<ModelId, int>, std::uint64_t> remoteChecksums() override;
+
+  // Asks every live rank to finish its queued work and stop, and waits for them (bounded).
+  // Idempotent; the RemoteDevices' stop() calls it.
+  void stopRanks();
+  // Tells every rank to exit without serving (set-up failed on this rank).
+  void abortRanks();
+  std::vector<RankStatus> status() const;
+  const RankLayout& layout() const { return layout_; }
+
+  // For RemoteDevice.
+  void sendJob(GpuId gpu, std::string message, DeviceEvent failure);
+  std::string describe(GpuId gpu) const;
+
+ private:
+  struct Outstanding {
+    DeviceEvent failure;  // delivered if the rank is lost first
+  };
+  using JobKey = std::tuple<int, std::uint64_t, int>;  // event kind, op or batch, path or part
+  static JobKey keyOf(const DeviceEvent& ev);
+
+  void onMessage(int source, std::string message);
+  void onLost(int rank, const std::string& reason);
+  // Under mutex_: fail what is out on `rank` and report its GPUs lost.
+  void failRankLocked(int rank, const std::string& reason);
+  void pushLocked(DeviceEvent ev);
+  Nanos toLocal(int rank, Nanos remote) const;
+
+  DeviceFactory& local_;
+  Transport& transport_;
+  RankLayout layout_;
+  RankDevicesOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  CompletionQueue* queue_ = nullptr;
+  const SteadyClock* clock_ = nullptr;
+  std::vector<RankStatus> ranks_;
+  std::vector<bool> hello_;
+  std::vector<bool> stopped_;
+  std::vector<Hello> hellos_;
+  std::vector<std::map<JobKey, Outstanding>> outstanding_;
+  std::vector<Nanos> offset_;  // remote steady ns + offset = this process's steady ns
+  std::vector<std::int64_t> pong_;  // last kPong's value per rank (-1: none yet)
+  std::vector<Nanos> pong_at_;
+  bool stopping_ = false;
+  bool transport_stopped_ = false;
+};
+
+}  // namespace computron::runtime::rank

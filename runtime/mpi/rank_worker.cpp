@@ -1,0 +1,182 @@
+#include "runtime/mpi/rank_worker.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "runtime/mpi/messages.h"
+
+namespace computron::runtime::rank {
+namespace {
+
+// Device times on a GPU rank are raw steady_clock readings; rank 0 maps them onto its own clock
+// (rank_devices.cpp), so no epoch needs agreeing on.
+class RawSteadyClock final : public Clock {
+ public:
+  Nanos now() const override { return SteadyClock::steadyNanos(); }
+};
+
+}  // namespace
+
+int runRankWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, Transport& transport,
+                  RankLayout layout, std::ostream& log) {
+  const int me = transport.rank();
+  std::vector<GpuId> mine;
+  for (int g = me * layout.gpus_per_rank; g < std::min(layout.total_gpus, (me + 1) * layout.gpus_per_rank); ++g)
+    mine.push_back(g);
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool stop = false, abort = false, lost0 = false;
+  std::string lost_reason;
+  CompletionQueue queue;
+  RawSteadyClock clock;
+  std::unique_ptr<HostWeightStore> store;
+  std::vector<std::unique_ptr<Device>> devices;
+  std::vector<Device*> by_gpu(static_cast<std::size_t>(layout.total_gpus), nullptr);
+  std::atomic<bool> ready{false};
+
+  auto fail = [&](GpuId gpu, DeviceEvent ev, const std::string& error) {
+    ev.gpu = gpu;
+    ev.ok = false;
+    ev.final = true;
+    ev.error = "rank " + std::to_string(me) + ": " + error;
+    ev.time = ev.start = clock.now();
+    queue.push(std::move(ev));
+  };
+  auto onMessage = [&](int source, std::string message) {
+    if (source != 0) return;
+    try {
+      const MsgType type = peekType(message);
+      switch (type) {
+        case MsgType::kPing:
+          transport.send(0, encodeSignal(MsgType::kPong, SteadyClock::steadyNanos()));
+          return;
+        case MsgType::kStop:
+        case MsgType::kAbort: {
+          std::lock_guard<std::mutex> lock(mutex);
+          (type == MsgType::kStop ? stop : abort) = true;
+          cv.notify_all();
+          return;
+        }
+        case MsgType::kPathJob:
+        case MsgType::kVerifyJob:
+        case MsgType::kExecJob:
+        case MsgType::kRelocateJob:
+          break;
+        default:
+          throw wire::WireError("an unexpected message type");
+      }
+      DecodedJob job = decodeJob(message);
+      Device* device = ready && job.device >= 0 && job.device < layout.total_gpus
+                           ? by_gpu[static_cast<std::size_t>(job.device)]
+                           : nullptr;
+      DeviceEvent ev;
+      switch (job.type) {
+        case MsgType::kPathJob: {
+          ev.kind = DeviceEvent::Kind::kPathProgress;
+          ev.op = job.path.op;
+          ev.path = job.path.path;
+          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+          if (job.path.kind != PathKind::kFromDevice) {
+            const HostShard* shard = store->find(job.path.host_model, job.path.shard);
+            if (shard == nullptr || shard->data == nullptr)
+              return fail(job.device, ev,
+                          "holds no host copy of model " + std::to_string(job.path.host_model) + " shard " +
+                              std::to_string(job.path.shard));
+            job.path.host = shard->data;
+          }
+          device->submit(std::move(job.path));
+          return;
+        }
+        case MsgType::kVerifyJob:
+          ev.kind = DeviceEvent::Kind::kVerifyDone;
+          ev.op = job.verify.op;
+          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+          device->submit(job.verify);
+          return;
+        case MsgType::kExecJob:
+          ev.kind = DeviceEvent::Kind::kExecDone;
+          ev.batch = job.exec.batch;
+          ev.path = job.exec.part;
+          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+          device->submit(std::move(job.exec));
+          return;
+        default:
+          ev.kind = DeviceEvent::Kind::kRelocateDone;
+          ev.op = job.relocate.token;
+          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+          device->submit(std::move(job.relocate));
+          return;
+      }
+    } catch (const std::exception& e) {
+      log << "rank " << me << ": dropped a bad message from rank 0: " << e.what() << "\n";
+    }
+  };
+  auto onLost = [&](int r, const std::string& reason) {
+    if (r != 0) return;
+    std::lock_guard<std::mutex> lock(mutex);
+    lost0 = true;
+    lost_reason = reason;
+    cv.notify_all();
+  };
+  transport.start(onMessage, onLost);
+
+  Hello hello;
+  hello.host = transport.hostName();
+  try {
+    auto plan = RealBackend::planStore(config, [&](GpuId g) { return layout.owner(g) == me; });
+    HostStoreOptions host = options.host;
+    host.pinner = local.pinner();
+    store = std::make_unique<HostWeightStore>(plan.requests, host);
+    const std::vector<std::int64_t> regions = RealBackend::poolRegions(config, options.granule, layout.total_gpus);
+    for (GpuId g : mine) {
+      if (static_cast<std::size_t>(g) >= regions.size()) continue;
+      devices.push_back(local.create(g, regions[static_cast<std::size_t>(g)], options.chunk_bytes, queue, clock));
+      by_gpu[static_cast<std::size_t>(g)] = devices.back().get();
+      hello.gpus.push_back(g);
+      hello.describe.push_back(devices.back()->describe());
+    }
+    for (auto& d : devices) d->connect(by_gpu);
+    for (const HostShard* s : store->shards())
+      if (s->held) hello.shards.push_back({s->model, s->shard, s->bytes, s->checksum});
+  } catch (const std::exception& e) {
+    hello.error = e.what();
+  }
+  ready = hello.error.empty();
+  transport.send(0, encodeHello(hello));
+
+  // Device events back to rank 0, as they come.
+  std::atomic<bool> forwarding{true};
+  std::thread forward([&] {
+    while (forwarding) {
+      for (const DeviceEvent& ev : queue.waitUntil(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)))
+        transport.send(0, encodeEvent(ev));
+    }
+  });
+
+  int code = 0;
+  {
+    std::unique_lock<std::mutex> lock(mutex);
+    cv.wait(lock, [&] { return stop || abort || lost0; });
+    if (lost0) {
+      log << "rank " << me << ": rank 0 is gone (" << lost_reason << "); stopping\n";
+      code = 1;
+    } else if (abort) {
+      code = 1;
+    }
+  }
+  if (!hello.error.empty()) code = 2;
+  // Finish queued work (its events still go back), then say stopped.
+  for (auto& d : devices) d->stop();
+  forwarding = false;
+  forward.join();
+  for (const DeviceEvent& ev : queue.takeAll()) transport.send(0, encodeEvent(ev));
+  if (code == 0) transport.send(0, encodeSignal(MsgType::kStopped));
+  transport.stop();
+  devices.clear();
+  return code;
+}
+
+}  // namespace computron::runtime::rank
