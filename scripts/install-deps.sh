@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(g++ cmake make libboost-dev libboost-program-options-dev nlohmann-json3-dev libgtest-dev libgmock-dev
           libbenchmark-dev
+          openmpi-bin libopenmpi-dev  # `mpirun -np N computron replay`: the runtime over several processes
           clang libclang-rt-dev)  # clang and its runtime: the fuzzing harnesses (scripts/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,444 @@
+// The runtime over several processes (runtime/mpi/) without mpirun: the ranks are threads joined
+// by an in-process transport, each GPU rank with its own host-memory devices and its own part
+// of the host store. Checks the message encoding, that a run makes the same engine decisions as
+// one process, that a lost rank fails exactly its work with the reason while the others serve,
+// and that a rank's set-up error stops the run naming it. mpirun itself: tests/mpi/.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "common/core/engine.h"
+#include "runtime/host_device.h"
+#include "runtime/mpi/messages.h"
+#include "runtime/mpi/rank_devices.h"
+#include "runtime/mpi/rank_worker.h"
+#include "runtime/real_backend.h"
+#include "runtime/realtime_driver.h"
+#include "tests/support/tiny_model.h"
+#include "tests/support/vector_source.h"
+
+namespace computron::runtime::rank {
+namespace {
+
+// ---- messages ----
+
+TEST(RankMessages, JobsAndEventsComeBackAsSent) {
+  PathJob p;
+  p.op = 77;
+  p.path = 2;
+  p.model = 5;
+  p.host_model = 3;
+  p.shard = 1;
+  p.target = 4;
+  p.kind = PathKind::kRelay;
+  p.dst_offset = 1 << 20;
+  p.src_offset = 12;
+  p.chunks = {{0, 4096, 0}, {4096, 100, 1}};
+  p.notify = {{0, 0}, {1, 1}};
+  p.first_chunk = 1;
+  DecodedJob d = decodeJob(encodeJob(4, p));
+  EXPECT_EQ(d.type, MsgType::kPathJob);
+  EXPECT_EQ(d.device, 4);
+  EXPECT_EQ(d.path.op, 77u);
+  EXPECT_EQ(d.path.host_model, 3);
+  EXPECT_EQ(d.path.kind, PathKind::kRelay);
+  ASSERT_EQ(d.path.chunks.size(), 2u);
+  EXPECT_EQ(d.path.chunks[1].offset, 4096);
+  EXPECT_EQ(d.path.chunks[1].segment, 1);
+  EXPECT_EQ(d.path.notify[1].covered_segment, 1);
+  EXPECT_EQ(d.path.first_chunk, 1u);
+  EXPECT_EQ(d.path.host, nullptr);  // the receiving rank resolves it in its own store
+
+  ExecJob e;
+  e.batch = 9;
+  e.model = 2;
+  e.part = 1;
+  e.weights = {{64, 128}};
+  e.phase_ns = {5, 6, 7};
+  d = decodeJob(encodeJob(0, e));
+  EXPECT_EQ(d.exec.batch, 9);
+  EXPECT_EQ(d.exec.weights[0].bytes, 128);
+  EXPECT_EQ(d.exec.phase_ns, (std::vector<Nanos>{5, 6, 7}));
+
+  RelocateJob r{12, {{0, 64, 64}, {128, 0, 64}}};
+  d = decodeJob(encodeJob(3, r));
+  ASSERT_EQ(d.relocate.moves.size(), 2u);
+  EXPECT_EQ(d.relocate.moves[1].from, 128);
+
+  DeviceEvent ev;
+  ev.kind = DeviceEvent::Kind::kExecDone;
+  ev.batch = 9;
+  ev.path = 1;
+  ev.gpu = 3;
+  ev.ok = false;
+  ev.error = "boom";
+  ev.time = 1234;
+  ev.start = 1000;
+  ev.step_end = {1100, 1200};
+  const DeviceEvent back = decodeEvent(encodeEvent(ev));
+  EXPECT_EQ(back.kind, ev.kind);
+  EXPECT_EQ(back.batch, 9);
+  EXPECT_FALSE(back.ok);
+  EXPECT_EQ(back.error, "boom");
+  EXPECT_EQ(back.step_end, ev.step_end);
+
+  Hello h;
+  h.gpus = {2, 3};
+  h.describe = {"x", "y"};
+  h.shards = {{1, 0, 4096, 0xabcdef}};
+  h.host = "node7";
+  const Hello hb = decodeHello(encodeHello(h));
+  EXPECT_EQ(hb.gpus, h.gpus);
+  EXPECT_EQ(hb.describe[1], "y");
+  EXPECT_EQ(hb.shards[0].checksum, 0xabcdefu);
+  EXPECT_EQ(hb.host, "node7");
+}
+
+TEST(RankMessages, TruncatedOrForgedMessagesAreRefused) {
+  PathJob p;
+  p.chunks = {{0, 4096, 0}};
+  const std::string whole = encodeJob(1, p);
+  for (std::size_t n = 0; n < whole.size(); ++n) EXPECT_THROW(decodeJob(whole.substr(0, n)), wire::WireError) << n;
+  EXPECT_THROW(decodeJob(whole + "x"), wire::WireError);
+  // A length field far past the message's end.
+  std::string forged = whole;
+  const std::size_t count_at = 1 + sizeof(GpuId) + sizeof(OpId) + sizeof(int) + 2 * sizeof(ModelId) + sizeof(int) +
+                               sizeof(GpuId) + sizeof(PathKind) + 2 * sizeof(std::int64_t);
+  forged[count_at + 7] = '\x7f';
+  EXPECT_THROW(decodeJob(forged), wire::WireError);
+  EXPECT_THROW(peekType(std::string(1, '\x00')), wire::WireError);
+  EXPECT_THROW(peekType(""), wire::WireError);
+  // Internal events never travel.
+  DeviceEvent internal;
+  internal.kind = DeviceEvent::Kind::kGpuLost;
+  EXPECT_THROW(decodeEvent(encodeEvent(internal)), wire::WireError);
+}
+
+// ---- an in-process transport ----
+
+// Ranks as threads. Each endpoint delivers on its own thread, in order; kill(r) makes rank r
+// silent both ways and tells the ranks that watch it (rank 0 watches all, the others rank 0).
+class Hub {
+ public:
+  explicit Hub(int ranks) : endpoints_(static_cast<std::size_t>(ranks)) {
+    for (int r = 0; r < ranks; ++r) endpoints_[static_cast<std::size_t>(r)] = std::make_unique<Endpoint>(*this, r);
+  }
+  Transport& at(int r) { return *endpoints_[static_cast<std::size_t>(r)]; }
+  void kill(int r) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      dead_.insert(r);
+    }
+    for (std::size_t o = 0; o < endpoints_.size(); ++o) {
+      const int other = static_cast<int>(o);
+      if (other == r || (other != 0 && r != 0)) continue;
+      endpoints_[o]->push({r, std::string(), true});
+    }
+  }
+
+ private:
+  struct Item {
+    int source;
+    std::string message;
+    bool lost;
+  };
+  class Endpoint final : public Transport {
+   public:
+    Endpoint(Hub& hub, int r) : hub_(hub), rank_(r) {}
+    ~Endpoint() override { stop(); }
+    int rank() const override { return rank_; }
+    int size() const override { return static_cast<int>(hub_.endpoints_.size()); }
+    std::string hostName() const override { return "test-host"; }
+    void start(MessageHandler on_message, LostHandler on_lost) override {
+      on_message_ = std::move(on_message);
+      on_lost_ = std::move(on_lost);
+      thread_ = std::thread([this] { run(); });
+    }
+    void send(int dest, std::string message) override {
+      if (hub_.dead(rank_) || hub_.dead(dest)) return;
+      hub_.endpoints_[static_cast<std::size_t>(dest)]->push({rank_, std::move(message), false});
+    }
+    void stop() override {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      if (thread_.joinable()) thread_.join();
+    }
+    void push(Item item) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        inbox_.push_back(std::move(item));
+      }
+      cv_.notify_all();
+    }
+
+   private:
+    void run() {
+      std::unique_lock<std::mutex> lock(mutex_);
+      for (;;) {
+        cv_.wait(lock, [&] { return stop_ || !inbox_.empty(); });
+        if (inbox_.empty()) return;  // stopping, nothing left
+        Item item = std::move(inbox_.front());
+        inbox_.pop_front();
+        lock.unlock();
+        if (item.lost) {
+          on_lost_(item.source, "killed by the test");
+        } else if (!hub_.dead(item.source) && !hub_.dead(rank_)) {
+          on_message_(item.source, std::move(item.message));
+        }
+        lock.lock();
+      }
+    }
+    Hub& hub_;
+    int rank_;
+    MessageHandler on_message_;
+    LostHandler on_lost_;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<Item> inbox_;
+    bool stop_ = false;
+    std::thread thread_;
+  };
+
+  bool dead(int r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return dead_.count(r) != 0;
+  }
+
+  std::mutex mutex_;
+  std::set<int> dead_;
+  std::vector<std::unique_ptr<Endpoint>> endpoints_;
+};
+
+// ---- runs ----
+
+ModelDeployment deployment(const std::string& name, int tp, std::vector<GpuId> gpus) {
+  ModelDeployment d;
+  d.name = name;
+  d.spec = fakes::tinyOptSpec(4);
+  d.tp = tp;
+  d.gpus = std::move(gpus);
+  d.max_batch = 4;
+  return d;
+}
+
+RuntimeOptions smallOptions() {
+  RuntimeOptions o;
+  o.chunk_bytes = 16 * 1024;
+  o.granule = 64 * 1024;
+  o.host.pin_piece_bytes = 64 * 1024;
+  o.host.threads = 1;
+  o.placeholder_step = 300 * kNanosPerMicro;
+  return o;
+}
+
+// Six GPUs over three ranks of two; GPUs 0 and 3 hold one shard at a time (swaps), one TP 2
+// pair spans ranks 0 and 1, one lives on rank 2 alone.
+EngineConfig sixGpuConfig(std::int64_t shard_bytes) {
+  EngineConfig c;
+  c.models = {deployment("a", 1, {0}), deployment("b", 1, {0}), deployment("c", 2, {1, 2}),
+              deployment("d", 1, {3}), deployment("e", 1, {3}), deployment("f", 2, {4, 5}),
+              deployment("g", 2, {4, 5})};
+  c.gpu_weight_budget.assign(6, shard_bytes + shard_bytes / 2);
+  c.policy.max_loaded_models = 0;
+  return c;
+}
+
+std::vector<Request> spacedRequests(int count, int models, Nanos gap) {
+  std::vector<Request> out;
+  const int pattern[] = {0, 1, 2, 3, 4, 5, 6, 0, 3, 1, 4, 2, 6, 5};
+  for (int i = 0; i < count; ++i) {
+    Request r;
+    r.id = i;
+    r.model = pattern[i % 14] % models;
+    r.arrival = (i + 1) * gap;
+    r.prompt_tokens = 8;
+    r.output_tokens = 1 + i % 3;
+    out.push_back(r);
+  }
+  return out;
+}
+
+struct Log : EngineObserver {
+  void onRequestDone(const RequestRecord& r) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    records.push_back(r);
+  }
+  std::mutex mutex;
+  std::vector<RequestRecord> records;
+};
+
+// Wraps a source: calls `hook(i)` as request i is pulled (on the driver's thread).
+class HookedSource final : public RequestSource {
+ public:
+  HookedSource(std::vector<Request> requests, std::function<void(int)> hook)
+      : inner_(std::move(requests)), hook_(std::move(hook)) {}
+  std::optional<Request> next() override {
+    auto r = inner_.next();
+    if (r) hook_(pulled_++);
+    return r;
+  }
+  bool exhausted() const override { return inner_.exhausted(); }
+
+ private:
+  fakes::VectorSource inner_;
+  std::function<void(int)> hook_;
+  int pulled_ = 0;
+};
+
+std::int64_t tinyShardBytes() {
+  return RealBackend::shardLayout(deployment("x", 1, {0}), 0).bytes;
+}
+
+struct RunResult {
+  std::string commands;
+  std::vector<RequestRecord> records;
+  std::vector<RankStatus> ranks;
+  std::vector<int> worker_codes;
+};
+
+RunResult runOneProcess(const EngineConfig& config, const std::vector<Request>& requests) {
+  HostDeviceFactory factory(6);
+  RealBackend backend(config, factory, smallOptions());
+  std::ostringstream commands;
+  backend.setCommandLog(&commands);
+  Log log;
+  RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 60 * kNanosPerSecond);
+  driver.run();
+  driver.engine().checkInvariants();
+  return {commands.str(), log.records, {}, {}};
+}
+
+RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& requests, int kill_rank = -1,
+                        int kill_at_request = -1) {
+  const RankLayout layout{3, 2, 6};
+  for (int g = 0; g < 6; ++g) config.gpu_node.push_back(layout.owner(g));
+  Hub hub(3);
+  RunResult result;
+  result.worker_codes.assign(3, -1);
+  std::vector<std::thread> workers;
+  std::vector<std::unique_ptr<HostDeviceFactory>> locals;
+  std::vector<std::ostringstream> notes(3);
+  for (int r = 1; r < 3; ++r) {
+    locals.push_back(std::make_unique<HostDeviceFactory>(6));
+    workers.emplace_back([&, r, local = locals.back().get()] {
+      result.worker_codes[static_cast<std::size_t>(r)] =
+          runRankWorker(config, *local, smallOptions(), hub.at(r), layout, notes[static_cast<std::size_t>(r)]);
+    });
+  }
+  {
+    HostDeviceFactory own(6);
+    RankDevicesOptions ro;
+    ro.setup_timeout = 30 * kNanosPerSecond;
+    ro.stop_timeout = 30 * kNanosPerSecond;
+    RankDeviceFactory factory(own, hub.at(0), layout, ro);
+    {
+      RealBackend backend(config, factory, smallOptions());
+      std::ostringstream commands;
+      backend.setCommandLog(&commands);
+      Log log;
+      auto hook = [&](int i) {
+        if (i == kill_at_request) hub.kill(kill_rank);
+      };
+      RealtimeDriver driver(backend, config, std::make_unique<HookedSource>(requests, hook), &log, 60 * kNanosPerSecond);
+      driver.run();
+      driver.engine().checkInvariants();
+      result.commands = commands.str();
+      result.records = log.records;
+    }
+    result.ranks = factory.status();
+  }
+  // A killed rank's thread still waits for rank 0: the kill was one-sided. Its loss of rank 0
+  // (rank 0's transport is gone now) ends it.
+  if (kill_rank > 0) hub.kill(0);
+  for (auto& t : workers) t.join();
+  return result;
+}
+
+TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
+  const EngineConfig config = sixGpuConfig(tinyShardBytes());
+  const auto requests = spacedRequests(28, 7, 40 * kNanosPerMilli);
+  const RunResult one = runOneProcess(config, requests);
+  const RunResult three = runThreeRanks(config, requests);
+  EXPECT_EQ(one.commands, three.commands);
+  EXPECT_NE(one.commands.find("evict"), std::string::npos) << "the scenario should swap";
+  ASSERT_EQ(three.records.size(), requests.size());
+  for (const auto& r : three.records) EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;
+  for (const RankStatus& st : three.ranks) EXPECT_FALSE(st.lost) << st.reason;
+  EXPECT_GT(three.ranks[1].jobs, 0);
+  EXPECT_GT(three.ranks[2].jobs, 0);
+  EXPECT_EQ(three.worker_codes[1], 0);
+  EXPECT_EQ(three.worker_codes[2], 0);
+}
+
+TEST(RanksInProcess, ALostRankFailsOnlyTheWorkThatNeededItsGpusWithTheReason) {
+  const EngineConfig config = sixGpuConfig(tinyShardBytes());
+  const auto requests = spacedRequests(42, 7, 30 * kNanosPerMilli);
+  const RunResult run = runThreeRanks(config, requests, /*kill_rank=*/2, /*kill_at_request=*/20);
+  // Every request ended exactly once.
+  ASSERT_EQ(run.records.size(), requests.size());
+  std::set<RequestId> seen;
+  for (const auto& r : run.records) EXPECT_TRUE(seen.insert(r.request.id).second) << r.request.id;
+  ASSERT_TRUE(run.ranks[2].lost);
+  EXPECT_NE(run.ranks[2].reason.find("killed by the test"), std::string::npos) << run.ranks[2].reason;
+  EXPECT_FALSE(run.ranks[1].lost);
+  int failed_after = 0;
+  for (const auto& r : run.records) {
+    const bool on_rank2 = r.request.model == 5 || r.request.model == 6;  // f, g on GPUs 4, 5
+    if (!on_rank2) {
+      EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;
+    } else if (r.request.id >= 21) {
+      // Arrived after the loss was known (or raced it): failed, saying why.
+      EXPECT_FALSE(r.ok) << r.request.id;
+      EXPECT_NE(r.error.find("lost"), std::string::npos) << r.error;
+      ++failed_after;
+    } else if (!r.ok) {
+      EXPECT_NE(r.error.find("lost"), std::string::npos) << r.error;
+    }
+  }
+  EXPECT_GT(failed_after, 0);
+  EXPECT_EQ(run.worker_codes[1], 0);
+  EXPECT_EQ(run.worker_codes[2], 1);  // it lost rank 0 (the test's second kill)
+}
+
+TEST(RanksInProcess, ARankThatCannotSetUpStopsTheRunNamingIt) {
+  const EngineConfig config = sixGpuConfig(tinyShardBytes());
+  const RankLayout layout{3, 2, 6};
+  Hub hub(3);
+  std::vector<int> codes(3, -1);
+  std::vector<std::thread> workers;
+  std::ostringstream n1, n2;
+  HostDeviceFactory l1(6), l2(6);
+  workers.emplace_back([&] { codes[1] = runRankWorker(config, l1, smallOptions(), hub.at(1), layout, n1); });
+  workers.emplace_back([&] {
+    RuntimeOptions tiny = smallOptions();
+    tiny.host.host_memory_limit = 4096;  // far too little for its shards
+    codes[2] = runRankWorker(config, l2, tiny, hub.at(2), layout, n2);
+  });
+  {
+    HostDeviceFactory own(6);
+    RankDeviceFactory factory(own, hub.at(0), layout);
+    try {
+      RealBackend backend(config, factory, smallOptions());
+      ADD_FAILURE() << "the backend should not start";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 2 could not set up: host weight store"), std::string::npos) << e.what();
+      factory.abortRanks();
+    }
+  }
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(codes[1], 1);
+  EXPECT_EQ(codes[2], 2);
+}
+
+}  // namespace
+}  // namespace computron::runtime::rank
