@@ -19,7 +19,10 @@ void addRankOptions(po::options_description& opts, RankOptions& options) {
       "ranks, rounded up)")(
       "rank-timeout-s", po::value<double>(&options.rank_timeout_s)->default_value(options.rank_timeout_s),
       "under mpirun: a rank not heard from this long is lost; its GPUs' work fails with the reason and the rest "
-      "serves on (launch with mpirun --enable-recovery, or Open MPI ends every rank when one dies)");
+      "serves on (launch with mpirun --enable-recovery, or Open MPI ends every rank when one dies)")(
+      "engine-only", po::bool_switch(&options.engine_only),
+      "under mpirun: rank 0 runs the engine alone (a host without GPUs, or to keep it off the GPU hosts); ranks 1.. own "
+      "the GPUs");
 }
 
 RankSession::RankSession(const RankOptions& options, int scenario_gpus, const std::string& device) {
@@ -37,11 +40,12 @@ RankSession::RankSession(const RankOptions& options, int scenario_gpus, const st
   rank_ = transport->rank();
   layout_.ranks = transport->size();
   if (layout_.ranks == 1) return;  // one rank: the one-process runtime
-  layout_.gpus_per_rank =
-      options.gpus_per_rank > 0 ? options.gpus_per_rank : (scenario_gpus + layout_.ranks - 1) / layout_.ranks;
-  if (static_cast<std::int64_t>(layout_.gpus_per_rank) * layout_.ranks < scenario_gpus)
-    throw ConfigError("--gpus-per-rank " + std::to_string(layout_.gpus_per_rank) + " x " + std::to_string(layout_.ranks) +
-                      " ranks hold fewer than the scenario's " + std::to_string(scenario_gpus) + " GPUs");
+  layout_.first_gpu_rank = options.engine_only ? 1 : 0;
+  const int gpu_ranks = layout_.ranks - layout_.first_gpu_rank;
+  layout_.gpus_per_rank = options.gpus_per_rank > 0 ? options.gpus_per_rank : (scenario_gpus + gpu_ranks - 1) / gpu_ranks;
+  if (static_cast<std::int64_t>(layout_.gpus_per_rank) * gpu_ranks < scenario_gpus)
+    throw ConfigError("--gpus-per-rank " + std::to_string(layout_.gpus_per_rank) + " x " + std::to_string(gpu_ranks) +
+                      " GPU ranks hold fewer than the scenario's " + std::to_string(scenario_gpus) + " GPUs");
   transport_ = std::move(transport);
   (void)device;
 #else
@@ -57,11 +61,15 @@ RankSession::~RankSession() {
   factory_.reset();  // stops the transport before it goes
 }
 
-int RankSession::cudaOrdinalShift() const {
-  if (!multi()) return 0;
+int RankSession::cudaOrdinalShift(int visible_devices) const {
+  if (!multi() || rank_ < layout_.first_gpu_rank || visible_devices <= 0) return 0;
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
   const int local_rank = local != nullptr ? std::atoi(local) : 0;
-  return (local_rank - rank_) * layout_.gpus_per_rank;
+  // Ranks are placed in order, so rank 0 is on this node when this node's first rank is 0.
+  const bool engine_here = layout_.first_gpu_rank == 1 && rank_ - local_rank == 0;
+  const int gpu_rank_on_node = local_rank - (engine_here ? 1 : 0);
+  const int base = (gpu_rank_on_node * layout_.gpus_per_rank) % visible_devices;
+  return base - layout_.firstGpu(rank_);
 }
 
 void RankSession::applyToConfig(EngineConfig& config) const {
@@ -73,6 +81,11 @@ void RankSession::applyToConfig(EngineConfig& config) const {
 rank::RankDeviceFactory& RankSession::engineFactory(DeviceFactory& local) {
   if (!multi() || rank_ != 0) throw std::logic_error("RankSession: the engine's factory is rank 0's");
   factory_ = std::make_unique<rank::RankDeviceFactory>(local, *transport_, layout_);
+  return *factory_;
+}
+
+rank::RankDeviceFactory& RankSession::engineFactory() {
+  if (!factory_) throw std::logic_error("RankSession: no engine factory yet");
   return *factory_;
 }
 

@@ -19,6 +19,7 @@ namespace computron::runtime {
 struct RankOptions {
   int gpus_per_rank = 0;      // 0: the scenario's GPUs spread evenly (rounded up) over the ranks
   double rank_timeout_s = 10; // a rank silent this long is lost
+  bool engine_only = false;   // rank 0 owns no GPUs; ranks 1.. own them
 };
 void addRankOptions(boost::program_options::options_description& opts, RankOptions& options);
 
@@ -32,9 +33,11 @@ class RankSession {
   bool multi() const { return layout_.ranks > 1; }
   int rank() const { return rank_; }
   const rank::RankLayout& layout() const { return layout_; }
-  // CUDA: this rank's first GPU in the scenario's numbering is its node-local device
-  // (local rank x GPUs per rank); add this to a GpuId to get the device ordinal.
-  int cudaOrdinalShift() const;
+  // CUDA: add this to a GpuId of this rank to get its CUDA device. The GPU ranks of a node take
+  // its devices in turn (ranks placed in order, mpirun's default): the i-th GPU rank of the node
+  // starts at device i x GPUs per rank, modulo the devices it sees (CUDA_VISIBLE_DEVICES).
+  int cudaOrdinalShift(int visible_devices) const;
+  bool engineOnly() const { return multi() && layout_.first_gpu_rank == 1 && rank_ == 0; }
   // Ranks > 1 only: the routing of loads keeps NVLink paths inside one rank (each rank is its own
   // node for the engine), since copies between processes' GPUs are not made.
   void applyToConfig(EngineConfig& config) const;
@@ -42,6 +45,7 @@ class RankSession {
   // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
   // others through their ranks). Kept alive by the session, which it must not outlive.
   rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
+  rank::RankDeviceFactory& engineFactory();  // once made
   // Ranks >= 1: serves the GPUs until rank 0 says stop; returns the exit code.
   int runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options);
   // Rank 0: set-up failed here, tell the other ranks to leave.

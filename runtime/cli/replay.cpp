@@ -179,10 +179,15 @@ int replayMain(int argc, char** argv) {
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
   std::unique_ptr<DeviceFactory> factory;
-  if (device == "cuda") {
+  if (ranks.engineOnly()) {
+    factory = makeDeviceFactory("host", 0);  // makes no device: every GPU is another rank's
+  } else if (device == "cuda") {
     // Without a usable GPU the CUDA error alone does not say what to do instead.
     try {
-      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan, ranks.cudaOrdinalShift());
+      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
+      if (ranks.multi() && !ranks.engineOnly() && factory->deviceCount() > 0)
+        factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan,
+                                    ranks.cudaOrdinalShift(factory->deviceCount()));
     } catch (const ConfigError&) {
       throw;
     } catch (const std::exception& e) {
@@ -205,8 +210,9 @@ int replayMain(int argc, char** argv) {
               << " GPU(s) each; waiting for every rank's host store\n";
   std::unique_ptr<RealBackend> backend_owner;
   try {
-    backend_owner = std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory(*factory) : *factory,
-                                                  options);
+    if (ranks.multi()) ranks.engineFactory(*factory).setName(device);
+    backend_owner =
+        std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory() : *factory, options);
   } catch (...) {
     ranks.abort();
     throw;

@@ -1,5 +1,8 @@
 #include "runtime/mpi/mpi_transport.h"
 
+// The C API only: no C++ bindings (libmpi_cxx) to link or find at run time.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <unistd.h>
 

@@ -66,7 +66,7 @@ RankDeviceFactory::RankDeviceFactory(DeviceFactory& local, Transport& transport,
   ranks_.resize(n);
   for (int r = 0; r < layout_.ranks; ++r) {
     ranks_[static_cast<std::size_t>(r)].rank = r;
-    for (int g = r * layout_.gpus_per_rank; g < std::min(layout_.total_gpus, (r + 1) * layout_.gpus_per_rank); ++g)
+    for (int g = layout_.firstGpu(r); g < layout_.endGpu(r); ++g)
       ranks_[static_cast<std::size_t>(r)].gpus.push_back(g);
   }
   ranks_[0].host = transport_.hostName();

@@ -47,7 +47,10 @@ class RankDeviceFactory final : public DeviceFactory {
   RankDeviceFactory(DeviceFactory& local, Transport& transport, RankLayout layout, RankDevicesOptions options = {});
   ~RankDeviceFactory() override;  // stops the transport: no handler runs afterwards
 
-  std::string name() const override { return local_.name(); }
+  std::string name() const override { return name_.empty() ? local_.name() : name_; }
+  // The device kind the GPU ranks run, when this rank's own factory is another (an engine-only
+  // rank 0 makes no devices, and needs no GPU).
+  void setName(std::string name) { name_ = std::move(name); }
   int deviceCount() const override { return layout_.total_gpus; }
   HostMemoryPinner* pinner() override { return local_.pinner(); }
   std::unique_ptr<Device> create(GpuId gpu, std::int64_t pool_bytes, std::int64_t chunk_bytes, CompletionQueue& queue,
@@ -87,6 +90,7 @@ class RankDeviceFactory final : public DeviceFactory {
   Transport& transport_;
   RankLayout layout_;
   RankDevicesOptions options_;
+  std::string name_;
 
   mutable std::mutex mutex_;
   std::condition_variable cv_;

@@ -23,8 +23,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
                   RankLayout layout, std::ostream& log) {
   const int me = transport.rank();
   std::vector<GpuId> mine;
-  for (int g = me * layout.gpus_per_rank; g < std::min(layout.total_gpus, (me + 1) * layout.gpus_per_rank); ++g)
-    mine.push_back(g);
+  for (int g = layout.firstGpu(me); g < layout.endGpu(me); ++g) mine.push_back(g);
 
   std::mutex mutex;
   std::condition_variable cv;

@@ -4,6 +4,7 @@
 // see only this.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <string>
 
@@ -31,13 +32,18 @@ class Transport {
   virtual void stop() = 0;
 };
 
-// Which rank owns which GPU: rank r owns GPUs [r * gpus_per_rank, (r + 1) * gpus_per_rank) of
-// the scenario's cluster.
+// Which rank owns which GPU: the GPU ranks, from `first_gpu_rank` on, own `gpus_per_rank` each
+// in order: rank first + i owns GPUs [i * gpus_per_rank, (i + 1) * gpus_per_rank) of the
+// scenario's cluster. first_gpu_rank 1: rank 0 runs the engine alone (a host without GPUs).
 struct RankLayout {
   int ranks = 1;
   int gpus_per_rank = 1;
   int total_gpus = 1;
-  int owner(int gpu) const { return gpu / gpus_per_rank; }
+  int first_gpu_rank = 0;
+  int owner(int gpu) const { return first_gpu_rank + gpu / gpus_per_rank; }
+  // The first GPU of rank r and one past its last (empty for an engine-only rank 0).
+  int firstGpu(int r) const { return r < first_gpu_rank ? 0 : std::min(total_gpus, (r - first_gpu_rank) * gpus_per_rank); }
+  int endGpu(int r) const { return r < first_gpu_rank ? 0 : std::min(total_gpus, (r - first_gpu_rank + 1) * gpus_per_rank); }
 };
 
 }  // namespace computron::runtime::rank
