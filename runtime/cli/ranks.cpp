@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "runtime/device_factory.h"
 #include "runtime/mpi/rank_worker.h"
 #ifdef COMPUTRON_HAVE_MPI
 #include "runtime/mpi/mpi_transport.h"
@@ -78,6 +79,30 @@ void RankSession::applyToConfig(EngineConfig& config) const {
   for (int g = 0; g < layout_.total_gpus; ++g) config.gpu_node[static_cast<std::size_t>(g)] = layout_.owner(g);
 }
 
+std::unique_ptr<DeviceFactory> RankSession::localFactory(const std::string& device, int scenario_gpus,
+                                                         std::shared_ptr<FaultPlan> faults, int& cuda_shift) const {
+  cuda_shift = 0;
+  if (engineOnly()) return makeDeviceFactory("host", 0);  // makes no device: every GPU is another rank's
+  if (device != "cuda") return makeDeviceFactory(device, scenario_gpus, std::move(faults));
+  // Without a usable GPU the CUDA error alone does not say what to do instead.
+  std::unique_ptr<DeviceFactory> factory;
+  try {
+    factory = makeDeviceFactory(device, scenario_gpus, faults);
+    if (multi() && factory->deviceCount() > 0) {
+      cuda_shift = cudaOrdinalShift(factory->deviceCount());
+      factory = makeDeviceFactory(device, scenario_gpus, faults, cuda_shift);
+    }
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ConfigError(std::string("--device cuda: no usable GPU (") + e.what() +
+                      "); the host-memory device runs the same scenario: --device host");
+  }
+  if (factory->deviceCount() == 0)
+    throw ConfigError("--device cuda: this machine has no GPU; the host-memory device runs the same scenario: --device host");
+  return factory;
+}
+
 rank::RankDeviceFactory& RankSession::engineFactory(DeviceFactory& local) {
   if (!multi() || rank_ != 0) throw std::logic_error("RankSession: the engine's factory is rank 0's");
   factory_ = std::make_unique<rank::RankDeviceFactory>(local, *transport_, layout_);
@@ -89,9 +114,11 @@ rank::RankDeviceFactory& RankSession::engineFactory() {
   return *factory_;
 }
 
-int RankSession::runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options) {
+int RankSession::runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, int shift) {
   if (!multi() || rank_ == 0) throw std::logic_error("RankSession: rank 0 runs the engine");
-  return rank::runRankWorker(config, local, options, *transport_, layout_, std::cerr);
+  const int count = local.deviceCount();
+  return rank::runRankWorker(config, local, options, *transport_, layout_, std::cerr,
+                             [&](GpuId g) { return g + shift >= 0 && g + shift < count; });
 }
 
 void RankSession::abort() {

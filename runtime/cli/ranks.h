@@ -10,6 +10,7 @@
 #include <string>
 
 #include "runtime/device.h"
+#include "runtime/fault_plan.h"
 #include "runtime/mpi/rank_devices.h"
 #include "runtime/mpi/transport.h"
 #include "runtime/real_backend.h"
@@ -42,12 +43,18 @@ class RankSession {
   // node for the engine), since copies between processes' GPUs are not made.
   void applyToConfig(EngineConfig& config) const;
 
+  // This process's own devices of kind `device` (cuda or host), `faults` injected: in a
+  // multi-process run shifted to this rank's CUDA devices (`cuda_shift` set), and for an
+  // engine-only rank 0 a factory that makes none. ConfigError when CUDA has no usable GPU here.
+  std::unique_ptr<DeviceFactory> localFactory(const std::string& device, int scenario_gpus,
+                                              std::shared_ptr<FaultPlan> faults, int& cuda_shift) const;
   // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
   // others through their ranks). Kept alive by the session, which it must not outlive.
   rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
   rank::RankDeviceFactory& engineFactory();  // once made
   // Ranks >= 1: serves the GPUs until rank 0 says stop; returns the exit code.
-  int runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options);
+  // `shift`: the CUDA ordinal shift the local factory uses (its devices are g + shift).
+  int runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, int shift = 0);
   // Rank 0: set-up failed here, tell the other ranks to leave.
   void abort();
   // For summary.json's runtime member: the ranks, their GPUs and hosts, and what was lost.

@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "common/scenario/cli_args.h"
@@ -178,28 +179,9 @@ int replayMain(int argc, char** argv) {
   }
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
-  std::unique_ptr<DeviceFactory> factory;
-  if (ranks.engineOnly()) {
-    factory = makeDeviceFactory("host", 0);  // makes no device: every GPU is another rank's
-  } else if (device == "cuda") {
-    // Without a usable GPU the CUDA error alone does not say what to do instead.
-    try {
-      factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
-      if (ranks.multi() && !ranks.engineOnly() && factory->deviceCount() > 0)
-        factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan,
-                                    ranks.cudaOrdinalShift(factory->deviceCount()));
-    } catch (const ConfigError&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw ConfigError(std::string("--device cuda: no usable GPU (") + e.what() +
-                        "); the host-memory device runs the same scenario: --device host");
-    }
-    if (factory->deviceCount() == 0)
-      throw ConfigError("--device cuda: this machine has no GPU; the host-memory device runs the same scenario: --device host");
-  } else {
-    factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
-  }
-  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options);
+  int cuda_shift = 0;
+  std::unique_ptr<DeviceFactory> factory = ranks.localFactory(device, scenario.cluster.numGpus(), fault_plan, cuda_shift);
+  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options, cuda_shift);
   if (!ranks.multi() && factory->deviceCount() < scenario.cluster.numGpus()) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
               << " GPUs, this machine " << factory->deviceCount() << "\n";
@@ -243,6 +225,7 @@ int replayMain(int argc, char** argv) {
   nlohmann::json loads = nlohmann::json::array();
   std::int64_t verified = 0, failed = 0;
   double copy_seconds = 0, bytes = 0;
+  std::map<GpuId, std::pair<double, double>> per_gpu;  // copy seconds, bytes of its loads
   for (const LoadRecord& r : backend.takeLoadRecords()) {
     for (const auto& p : r.paths) {
       if (p.end > r.started) {
@@ -261,6 +244,8 @@ int replayMain(int argc, char** argv) {
     failed += r.ok ? 0 : 1;
     if (r.ok && r.copy_done > r.started) {
       copy_seconds += toSeconds(r.copy_done - r.started);
+      per_gpu[r.cmd.gpu].first += toSeconds(r.copy_done - r.started);
+      per_gpu[r.cmd.gpu].second += static_cast<double>(r.cmd.bytes);
       bytes += static_cast<double>(r.cmd.bytes);
     }
     loads.push_back({{"model", r.cmd.model},
@@ -289,6 +274,12 @@ int replayMain(int argc, char** argv) {
         {"loads_verified", verified},
         {"loads_failed", failed},
         {"mean_shard_load_gbps", copy_seconds > 0 ? bytes / copy_seconds / kGB : 0.0},
+        {"mean_shard_load_gbps_per_gpu", [&] {
+           nlohmann::json g = nlohmann::json::object();
+           for (const auto& [gpu, sb] : per_gpu)
+             if (sb.first > 0) g[std::to_string(gpu)] = sb.second / sb.first / kGB;
+           return g;
+         }()},
         {"compactions", backend.compactions()},
         {"faults", fault_labels},
         {"host_store",

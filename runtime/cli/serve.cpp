@@ -13,6 +13,7 @@
 #include "common/scenario/scenario.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/execution_choice.h"
+#include "runtime/cli/ranks.h"
 #include "runtime/device_factory.h"
 #include "runtime/fault_plan.h"
 #include "runtime/real_backend.h"
@@ -64,6 +65,8 @@ int serveMain(int argc, char** argv) {
       "request-timeout-s", po::value<int>(&so.request_timeout_s)->default_value(so.request_timeout_s),
       "a completion not finished this long is cancelled and answered 504 (0: no limit)")(
       "quiet,q", "no notes on stderr");
+  RankOptions rank_options;
+  addRankOptions(opts, rank_options);
   std::string scenario_path;
   po::variables_map vm;
   if (auto done = parseScenarioArgs(argc, argv, opts, "computron serve",
@@ -82,9 +85,13 @@ int serveMain(int argc, char** argv) {
   so.port = static_cast<unsigned short>(port);
   so.max_body_bytes = max_body;
   so.handle_signals = true;
-  const bool quiet = vm.count("quiet") > 0;
+  bool quiet = vm.count("quiet") > 0;
 
   Scenario scenario = loadScenario(scenario_path, overrides);
+  // Under mpirun: rank 0 runs the engine and the HTTP server, the others serve their GPUs.
+  RankSession ranks(rank_options, scenario.cluster.numGpus(), device);
+  if (ranks.rank() != 0) quiet = true;
+  ranks.applyToConfig(scenario.engine);
   // Text: each model's tokenizer folder, from --tokenizer, else its --checkpoint folder when that
   // has a tokenizer.json. NAME is a model name or a weights label, as for --checkpoint.
   {
@@ -138,7 +145,11 @@ int serveMain(int argc, char** argv) {
   RuntimeOptions options;
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
-  if (chooseRealExecution(execution_kind, vm["execution"].defaulted(), device)) {
+  const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
+  if (real && ranks.multi())
+    throw ConfigError("--execution real does not run across ranks yet (its TP and PP groups are one process's); "
+                      "under mpirun use --execution placeholder");
+  if (real) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;
     ro.tokens = std::make_shared<TokenChannel>();
@@ -164,9 +175,21 @@ int serveMain(int argc, char** argv) {
     so.loop.predicted_times = cost_fn;
     execution = "PLACEHOLDER (fixed-cost stand-in; token ids are deterministic placeholders)";
   }
-  auto factory = makeDeviceFactory(device, scenario.cluster.numGpus(), fault_plan);
+  int cuda_shift = 0;
+  auto factory = ranks.localFactory(device, scenario.cluster.numGpus(), fault_plan, cuda_shift);
+  // The other ranks serve their GPUs to rank 0, which runs the engine and the HTTP server.
+  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options, cuda_shift);
   if (!quiet) std::cerr << "serve: building the host weight store and device pools (" << device << ")...\n";
-  RealBackend backend(scenario.engine, *factory, options);
+  std::unique_ptr<RealBackend> backend_owner;
+  try {
+    if (ranks.multi()) ranks.engineFactory(*factory).setName(device);
+    backend_owner =
+        std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory() : *factory, options);
+  } catch (...) {
+    ranks.abort();
+    throw;
+  }
+  RealBackend& backend = *backend_owner;
   server::HttpServer http(scenario.engine, backend, so);
   // The port line goes to stdout, so a script can read the port chosen for --port 0.
   std::cout << "serve: listening on http://" << so.host << ":" << http.port() << " (" << scenario.engine.models.size()

@@ -20,7 +20,7 @@ class RawSteadyClock final : public Clock {
 }  // namespace
 
 int runRankWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, Transport& transport,
-                  RankLayout layout, std::ostream& log) {
+                  RankLayout layout, std::ostream& log, const std::function<bool(GpuId)>& present) {
   const int me = transport.rank();
   std::vector<GpuId> mine;
   for (int g = layout.firstGpu(me); g < layout.endGpu(me); ++g) mine.push_back(g);
@@ -131,7 +131,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     store = std::make_unique<HostWeightStore>(plan.requests, host);
     const std::vector<std::int64_t> regions = RealBackend::poolRegions(config, options.granule, layout.total_gpus);
     for (GpuId g : mine) {
-      if (static_cast<std::size_t>(g) >= regions.size()) continue;
+      if (static_cast<std::size_t>(g) >= regions.size() || (present && !present(g))) continue;
       devices.push_back(local.create(g, regions[static_cast<std::size_t>(g)], options.chunk_bytes, queue, clock));
       by_gpu[static_cast<std::size_t>(g)] = devices.back().get();
       hello.gpus.push_back(g);

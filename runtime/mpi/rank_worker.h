@@ -4,6 +4,7 @@
 // says stop (or is lost). Runs the same scenario as rank 0, so both derive the same layouts.
 #pragma once
 
+#include <functional>
 #include <ostream>
 
 #include "common/core/engine.h"
@@ -15,7 +16,9 @@ namespace computron::runtime::rank {
 
 // Returns the process's exit code: 0 after rank 0's stop, 1 if rank 0 was lost or aborted the
 // run, 2 if set-up failed here (rank 0 is told why and exits with that error). Notes go to `log`.
+// `present` says which of its GPUs this rank has (a scenario may name more GPUs than a machine
+// has, as in one process): absent ones get no device, and jobs for them fail saying so.
 int runRankWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, Transport& transport,
-                  RankLayout layout, std::ostream& log);
+                  RankLayout layout, std::ostream& log, const std::function<bool(GpuId)>& present = {});
 
 }  // namespace computron::runtime::rank

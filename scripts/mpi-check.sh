@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The runtime over several processes on a GPU machine, one call (device machine; one GPU is
+# enough, two use one rank per GPU):
+#  1. the machine: GPUs, Open MPI, the binary's libraries;
+#  2. a swapping workload (OPT-13B copies on the GPUs, one-token requests, Gamma CV 4,
+#     placeholder execution timed by the cost model, so the swap path is the variable), replayed
+#     MPI_REPEATS times in one process and under mpirun: one GPU: `-np 2 --engine-only` (rank 0
+#     the engine, rank 1 the GPU); two GPUs: `-np 2` (one GPU per rank, the TP 2 model across
+#     both ranks); each pair of runs in turn, each with its command log;
+#  3. `computron compare` of each pair, and per-GPU shard load rates, into mpi-summary.json.
+# Usage: OUT=dir BIN=build-prebuilt/computron scripts/mpi-check.sh
+# MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2).
+set -u
+export NCCL_NVLS_ENABLE=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+OUT=${OUT:-$PWD/mpi-out}
+BIN=${BIN:-build-prebuilt/computron}
+DUR=${MPI_DURATION:-40}
+REPEATS=${MPI_REPEATS:-2}
+mkdir -p "$OUT"
+LOG=$OUT/mpi-check.log
+exec > >(tee -a "$LOG") 2>&1
+step() { echo "=== $(date +%T) $*"; }
+
+step machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+NGPU=$(nvidia-smi -L | wc -l)
+command -v mpirun && mpirun --version | head -1
+ldd "$BIN" | grep -E "libmpi|not found"
+if ldd "$BIN" | grep -q "not found"; then echo "missing libraries: stop"; exit 1; fi
+
+if [ "$NGPU" -ge 2 ]; then
+  MODELS='[{"name": "opt-13b", "spec": "opt-13b", "count": 4, "tp": 2, "gpus": [0, 1], "max_batch": 8}]'
+  RATES='[1, 1, 1, 1]'
+  MPI_ARGS=(-np 2)
+  LAYOUT="two GPUs, one rank each (TP 2 across the ranks)"
+else
+  MODELS='[{"name": "opt-13b", "spec": "opt-13b", "count": 3, "tp": 1, "gpus": [0], "max_batch": 8}]'
+  RATES='[1, 1, 1]'
+  MPI_ARGS=(-np 2 --engine-only)
+  LAYOUT="one GPU: rank 0 the engine, rank 1 the GPU"
+fi
+cat > "$OUT/scenario.json" <<JSON
+{"name": "mpi-swap", "seed": 5, "duration_s": $DUR,
+ "cluster": {"preset": "h200x2", "weight_budget_gb": 60},
+ "models": $MODELS,
+ "workload": {"type": "gamma", "rates": $RATES, "cv": 4, "prompt_tokens": 64, "output_tokens": 1},
+ "policy": {"name": "computron", "max_loaded_models": 2}, "slo_ms": 1000}
+JSON
+step "layout: $LAYOUT"
+
+for i in $(seq 1 "$REPEATS"); do
+  step "run $i: one process"
+  "$BIN" replay "$OUT/scenario.json" --device cuda --execution placeholder --quiet --out "$OUT/one-$i" \
+    --command-log "$OUT/one-$i.log" | tail -3
+  step "run $i: mpirun ${MPI_ARGS[*]}"
+  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device cuda \
+    --execution placeholder --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" | tail -3
+  if diff -q "$OUT/one-$i.log" "$OUT/mpi-$i.log" >/dev/null; then echo "commands: identical"; else
+    echo "commands: differ ($(diff "$OUT/one-$i.log" "$OUT/mpi-$i.log" | grep -c '^[<>]') lines)"; fi
+  "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
+done
+
+step summary
+python3 - "$OUT" "$REPEATS" <<'PY'
+import json, statistics, sys
+out, repeats = sys.argv[1], int(sys.argv[2])
+rows = []
+for i in range(1, repeats + 1):
+    row = {}
+    for kind in ("one", "mpi"):
+        s = json.load(open(f"{out}/{kind}-{i}/summary.json"))
+        o, rt = s["overall"], s["runtime"]
+        row[kind] = {"mean_ms": o["latency_ms"]["mean"], "p50_ms": o["latency_ms"]["p50"], "p99_ms": o["latency_ms"]["p99"],
+                     "served": o["served"], "swaps": o.get("swaps"), "load_gbps": rt["mean_shard_load_gbps"],
+                     "load_gbps_per_gpu": rt.get("mean_shard_load_gbps_per_gpu"), "ranks": rt.get("ranks")}
+        row[kind]["commands_identical"] = open(f"{out}/one-{i}.log").read() == open(f"{out}/mpi-{i}.log").read()
+    row["mean_ratio"] = row["mpi"]["mean_ms"] / row["one"]["mean_ms"]
+    row["load_rate_ratio"] = row["mpi"]["load_gbps"] / row["one"]["load_gbps"]
+    rows.append(row)
+summary = {"runs": rows,
+           "median_mean_ratio": statistics.median(r["mean_ratio"] for r in rows),
+           "median_load_rate_ratio": statistics.median(r["load_rate_ratio"] for r in rows)}
+json.dump(summary, open(f"{out}/mpi-summary.json", "w"), indent=1)
+for i, r in enumerate(rows, 1):
+    print(f"run {i}: mean {r['one']['mean_ms']:.1f} ms one process, {r['mpi']['mean_ms']:.1f} ms mpirun "
+          f"(x{r['mean_ratio']:.3f}); load {r['one']['load_gbps']:.2f} vs {r['mpi']['load_gbps']:.2f} GB/s "
+          f"(x{r['load_rate_ratio']:.3f}); served {r['one']['served']} / {r['mpi']['served']}; "
+          f"commands identical: {r['one']['commands_identical']}")
+print(f"median mean-latency ratio {summary['median_mean_ratio']:.3f}, load-rate ratio {summary['median_load_rate_ratio']:.3f}")
+PY
