@@ -88,6 +88,7 @@ void MpiTransport::run() {
   std::list<Pending> pending;
   std::vector<Nanos> last_heard(static_cast<std::size_t>(size_), steadyNow());
   std::vector<bool> lost(static_cast<std::size_t>(size_), false);
+  std::vector<bool> heard(static_cast<std::size_t>(size_), false);
   std::list<Pending> abandoned;  // sends to a lost rank: never complete, never freed
   Nanos last_beat = 0;
   static const char beat = 0;
@@ -123,6 +124,7 @@ void MpiTransport::run() {
       busy = true;
       const auto src = static_cast<std::size_t>(status.MPI_SOURCE);
       last_heard[src] = steadyNow();
+      heard[src] = true;
       if (lost[src] || status.MPI_TAG != kTagData) continue;
       on_message_(status.MPI_SOURCE, std::move(buffer));
     }
@@ -144,7 +146,8 @@ void MpiTransport::run() {
       }
       for (int r = 0; r < size_; ++r) {
         const auto i = static_cast<std::size_t>(r);
-        if (!watched(r) || lost[i] || now - last_heard[i] <= options_.timeout) continue;
+        const Nanos limit = heard[i] ? options_.timeout : options_.first_contact_timeout;
+        if (!watched(r) || lost[i] || now - last_heard[i] <= limit) continue;
         lost[i] = true;
         any_lost_ = true;
         // Sends still pending to it may never complete: set aside, buffers kept.
@@ -153,8 +156,9 @@ void MpiTransport::run() {
           if (it->dest == r) abandoned.splice(abandoned.end(), pending, it);
           it = next;
         }
-        on_lost_(r, "no message or heartbeat for " + std::to_string((now - last_heard[i]) / kNanosPerMilli) +
-                        " ms (timeout " + std::to_string(options_.timeout / kNanosPerMilli) + " ms)");
+        on_lost_(r, (heard[i] ? "no message or heartbeat for " : "never heard from it in ") +
+                        std::to_string((now - last_heard[i]) / kNanosPerMilli) + " ms (timeout " +
+                        std::to_string(limit / kNanosPerMilli) + " ms)");
       }
     }
     if (stop_) {

@@ -22,6 +22,9 @@ namespace computron::runtime::rank {
 struct MpiTransportOptions {
   Nanos heartbeat = 200 * kNanosPerMilli;
   Nanos timeout = 10 * kNanosPerSecond;
+  // A peer never heard from yet (still parsing its scenario, or building its host store before
+  // it starts its transport) is lost only after this long.
+  Nanos first_contact_timeout = 600 * kNanosPerSecond;
 };
 
 class MpiTransport final : public Transport {
