@@ -9,7 +9,9 @@
 #     both ranks); each pair of runs in turn, each with its command log;
 #  3. `computron compare` of each pair, and per-GPU shard load rates, into mpi-summary.json.
 # Usage: OUT=dir BIN=build-prebuilt/computron scripts/mpi-check.sh
-# MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2).
+# MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2); MPI_DEVICE
+# (default cuda) and MPI_SPEC (default opt-13b) let the script itself be tried on the host device
+# with a small model.
 set -u
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -17,27 +19,35 @@ OUT=${OUT:-$PWD/mpi-out}
 BIN=${BIN:-build-prebuilt/computron}
 DUR=${MPI_DURATION:-40}
 REPEATS=${MPI_REPEATS:-2}
+DEVICE=${MPI_DEVICE:-cuda}
+SPEC=${MPI_SPEC:-opt-13b}
 mkdir -p "$OUT"
 LOG=$OUT/mpi-check.log
 exec > >(tee -a "$LOG") 2>&1
 step() { echo "=== $(date +%T) $*"; }
 
 step machine
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-NGPU=$(nvidia-smi -L | wc -l)
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  NGPU=$(nvidia-smi -L | wc -l)
+else
+  NGPU=${MPI_GPUS:-1}
+fi
 command -v mpirun && mpirun --version | head -1
-ldd "$BIN" | grep -E "libmpi|not found"
+ldd "$BIN" | grep -E "libmpi|not found"; ls /usr/lib/x86_64-linux-gnu/ | grep -E "^libmpi" | head -3
 if ldd "$BIN" | grep -q "not found"; then echo "missing libraries: stop"; exit 1; fi
 
 if [ "$NGPU" -ge 2 ]; then
-  MODELS='[{"name": "opt-13b", "spec": "opt-13b", "count": 4, "tp": 2, "gpus": [0, 1], "max_batch": 8}]'
+  MODELS="[{\"name\": \"m\", \"spec\": \"$SPEC\", \"count\": 4, \"tp\": 2, \"gpus\": [0, 1], \"max_batch\": 8}]"
   RATES='[1, 1, 1, 1]'
   MPI_ARGS=(-np 2)
+  APP_ARGS=(--gpus-per-rank 1)
   LAYOUT="two GPUs, one rank each (TP 2 across the ranks)"
 else
-  MODELS='[{"name": "opt-13b", "spec": "opt-13b", "count": 3, "tp": 1, "gpus": [0], "max_batch": 8}]'
+  MODELS="[{\"name\": \"m\", \"spec\": \"$SPEC\", \"count\": 3, \"tp\": 1, \"gpus\": [0], \"max_batch\": 8}]"
   RATES='[1, 1, 1]'
-  MPI_ARGS=(-np 2 --engine-only)
+  MPI_ARGS=(-np 2)
+  APP_ARGS=(--engine-only)
   LAYOUT="one GPU: rank 0 the engine, rank 1 the GPU"
 fi
 cat > "$OUT/scenario.json" <<JSON
@@ -51,11 +61,11 @@ step "layout: $LAYOUT"
 
 for i in $(seq 1 "$REPEATS"); do
   step "run $i: one process"
-  "$BIN" replay "$OUT/scenario.json" --device cuda --execution placeholder --quiet --out "$OUT/one-$i" \
+  "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" --execution placeholder --quiet --out "$OUT/one-$i" \
     --command-log "$OUT/one-$i.log" | tail -3
-  step "run $i: mpirun ${MPI_ARGS[*]}"
-  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device cuda \
-    --execution placeholder --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" | tail -3
+  step "run $i: mpirun ${MPI_ARGS[*]} ... ${APP_ARGS[*]}"
+  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
+    --execution placeholder --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" "${APP_ARGS[@]}" | tail -3
   if diff -q "$OUT/one-$i.log" "$OUT/mpi-$i.log" >/dev/null; then echo "commands: identical"; else
     echo "commands: differ ($(diff "$OUT/one-$i.log" "$OUT/mpi-$i.log" | grep -c '^[<>]') lines)"; fi
   "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
@@ -76,6 +86,10 @@ for i in range(1, repeats + 1):
                      "load_gbps_per_gpu": rt.get("mean_shard_load_gbps_per_gpu"), "ranks": rt.get("ranks")}
         row[kind]["commands_identical"] = open(f"{out}/one-{i}.log").read() == open(f"{out}/mpi-{i}.log").read()
     row["mean_ratio"] = row["mpi"]["mean_ms"] / row["one"]["mean_ms"]
+    if i > 1:  # run-to-run noise of one process, for scale
+        prev = json.load(open(f"{out}/one-{i-1}/summary.json"))["overall"]["latency_ms"]["mean"]
+        row["one_vs_previous_one_mean_ratio"] = row["one"]["mean_ms"] / prev
+        row["one_commands_identical_to_previous_one"] = open(f"{out}/one-{i}.log").read() == open(f"{out}/one-{i-1}.log").read()
     row["load_rate_ratio"] = row["mpi"]["load_gbps"] / row["one"]["load_gbps"]
     rows.append(row)
 summary = {"runs": rows,
@@ -86,6 +100,8 @@ for i, r in enumerate(rows, 1):
     print(f"run {i}: mean {r['one']['mean_ms']:.1f} ms one process, {r['mpi']['mean_ms']:.1f} ms mpirun "
           f"(x{r['mean_ratio']:.3f}); load {r['one']['load_gbps']:.2f} vs {r['mpi']['load_gbps']:.2f} GB/s "
           f"(x{r['load_rate_ratio']:.3f}); served {r['one']['served']} / {r['mpi']['served']}; "
-          f"commands identical: {r['one']['commands_identical']}")
+          f"commands identical: {r['one']['commands_identical']}"
+          + (f"; one process against its previous run: mean x{r['one_vs_previous_one_mean_ratio']:.3f}, commands identical "
+             f"{r['one_commands_identical_to_previous_one']}" if "one_vs_previous_one_mean_ratio" in r else ""))
 print(f"median mean-latency ratio {summary['median_mean_ratio']:.3f}, load-rate ratio {summary['median_load_rate_ratio']:.3f}")
 PY

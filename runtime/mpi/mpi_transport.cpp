@@ -72,14 +72,21 @@ void MpiTransport::start(MessageHandler on_message, LostHandler on_lost) {
 
 void MpiTransport::send(int dest, std::string message) {
   if (dest < 0 || dest >= size_ || dest == rank_) throw std::logic_error("MpiTransport: bad destination");
-  std::lock_guard<std::mutex> lock(mutex_);
-  outbox_.emplace_back(dest, std::move(message));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    outbox_.emplace_back(dest, std::move(message));
+  }
+  wake_.notify_one();
 }
 
 void MpiTransport::stop() {
   if (stopped_) return;
   stopped_ = true;
-  stop_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_one();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -171,7 +178,11 @@ void MpiTransport::run() {
       }
       if ((outbox_empty && pending.empty()) || now > stop_deadline) break;
     }
-    if (!busy) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (!busy) {
+      // Idle: wait for a message to send, or poll MPI again in 50 us (arrivals have no wake-up).
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait_for(lock, std::chrono::microseconds(50), [&] { return !outbox_.empty() || stop_; });
+    }
   }
   // Requests that never completed (a peer gone mid-send) keep their buffers for good: MPI may
   // still touch them, and the process is about to leave anyway.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,7 @@ class MpiTransport final : public Transport {
   MessageHandler on_message_;
   LostHandler on_lost_;
   std::mutex mutex_;
+  std::condition_variable wake_;  // a message to send cuts the progress thread's idle wait short
   std::deque<std::pair<int, std::string>> outbox_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
