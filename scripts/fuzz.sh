@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (fuzz/, clang, ASan + UBSan) in build-fuzz/ and runs each for
 # SECONDS (default 10) on its seed corpus: the scenario parser, `--set`, each trace reader, the
-# HF config reader and the safetensors reader. Exits non-zero on any crash, hang (a run over
+# HF config reader, the safetensors reader and the messages between ranks (runtime/mpi/). Exits non-zero on any crash, hang (a run over
 # 30 s) or sanitizer report, leaving the reproducer in build-fuzz/findings/. Prints the
 # executions of each harness.
 #   scripts/fuzz.sh [SECONDS] [HARNESS...]
@@ -11,7 +11,7 @@ seconds=${1:-10}
 shift || true
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_scenario fuzz_set fuzz_trace_azure fuzz_trace_mooncake fuzz_trace_computron
-                                          fuzz_hf_config fuzz_safetensors)
+                                          fuzz_hf_config fuzz_safetensors fuzz_rank_messages)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 if ! command -v clang++ >/dev/null; then

@@ -30,6 +30,6 @@ ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   ctest --test-dir build-asan --output-on-failure --timeout 900 -j"$jobs"
 
 echo "== fuzzing: every input reader for a bounded time (clang, libFuzzer, ASan + UBSan) =="
-# Seven harnesses x 10 s; the long recorded run is in bench/results/fuzzing-*.md.
+# Eight harnesses x 10 s; the long recorded run is in bench/results/fuzzing-*.md.
 scripts/fuzz.sh "${COMPUTRON_FUZZ_SECONDS:-10}"
 echo "all tests passed"

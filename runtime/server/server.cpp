@@ -636,6 +636,8 @@ json HttpServer::Impl::modelJson(std::size_t m, const ModelStatus& status) const
           {"created", 0},
           {"owned_by", "computron"},
           {"residency", residencyName(status.residency)},
+          {"available", status.unavailable.empty()},
+          {"unavailable_reason", status.unavailable.empty() ? json(nullptr) : json(status.unavailable)},
           {"tp", d.tp},
           {"pp", d.pp},
           {"parallelism", std::to_string(d.tp) + "x" + std::to_string(d.pp)},
@@ -669,6 +671,14 @@ void HttpServer::Impl::route(const std::shared_ptr<Session>& session, http::requ
   if (target == "/health") {
     if (method != http::verb::get) return notAllowed("GET");
     if (loop_.draining()) return session->respond(503, json{{"status", "draining"}}.dump());
+    // Serving, but some models lost a GPU (its rank died): still 200, saying which.
+    json unavailable = json::array();
+    const std::vector<ModelStatus> all = loop_.status();
+    for (std::size_t m = 0; m < all.size(); ++m)
+      if (!all[m].unavailable.empty())
+        unavailable.push_back({{"model", loop_.config().models[m].name}, {"reason", all[m].unavailable}});
+    if (!unavailable.empty())
+      return session->respond(200, json{{"status", "degraded"}, {"unavailable", unavailable}}.dump());
     return session->respond(200, json{{"status", "ok"}}.dump());
   }
   if (target == "/metrics") {

@@ -212,8 +212,11 @@ void ServingLoop::onRequestDone(const RequestRecord& record) {
   } else {
     StreamEvent err;
     err.kind = StreamEvent::Kind::kError;
-    err.error.status = record.rejected ? 503 : 500;
+    // A model that lost a GPU (its rank died) stays unavailable: 503, not a server fault.
+    const bool unavailable = engine_ != nullptr && !engine_->modelAvailable(record.request.model);
+    err.error.status = record.rejected || unavailable ? 503 : 500;
     err.error.type = record.rejected ? "server_overloaded" : "server_error";
+    if (unavailable) err.error.code = "model_unavailable";
     err.error.message = record.rejected ? "rejected by admission control: the request can no longer meet its SLO"
                                         : "the request failed: " + record.error;
     a.emit(std::move(err));
@@ -252,6 +255,7 @@ void ServingLoop::publish(const Engine& engine) {
     status_[m].queued = static_cast<std::int64_t>(s.queue.size());
     status_[m].pending = pending[m];
     status_[m].loads = s.loads;
+    status_[m].unavailable = engine.unavailableReason(static_cast<ModelId>(m));
   }
   for (std::size_t g = 0; g < gpu_used_.size(); ++g) gpu_used_[g] = engine.gpuBytesUsed(static_cast<GpuId>(g));
 }
@@ -271,6 +275,7 @@ void ServingLoop::run() {
   TimedBackend timed(backend_, *this);
   const runtime::SteadyClock& clock = backend_.clock();
   Engine engine(config_, timed, clock, this);
+  engine_ = &engine;
   runtime::EngineListener listener(engine);
   std::deque<Incoming> incoming;
   std::vector<std::pair<std::uint64_t, bool>> cancelled;
@@ -351,6 +356,7 @@ void ServingLoop::run() {
     if (auto wake = engine.nextWake()) deadline = std::min(deadline, *wake);
     backend_.dispatch(deadline, listener);
   }
+  engine_ = nullptr;
   if (options_.tokens) options_.tokens->setWake(nullptr);
 }
 

@@ -68,6 +68,8 @@ struct ModelStatus {
   std::int64_t queued = 0;   // in the engine's queue
   std::int64_t pending = 0;  // accepted by the server, not yet answered
   std::int64_t loads = 0;
+  // Why the model cannot be served any more (a GPU it needs was lost); empty while it can.
+  std::string unavailable;
 };
 
 class ServingLoop final : public EngineObserver {
@@ -141,6 +143,7 @@ class ServingLoop final : public EngineObserver {
   // Real execution: streams what the executors delivered since the last call.
   void takeDelivered();
   void publish(const Engine& engine);
+  const Engine* engine_ = nullptr;  // the engine thread's, while run() runs
   Submit enqueue(Incoming in, std::uint64_t* ticket);
   void finished(ModelId model);
 

@@ -8,9 +8,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -119,6 +122,30 @@ TEST(RankMessages, TruncatedOrForgedMessagesAreRefused) {
   DeviceEvent internal;
   internal.kind = DeviceEvent::Kind::kGpuLost;
   EXPECT_THROW(decodeEvent(encodeEvent(internal)), wire::WireError);
+}
+
+// The fuzzer's seeds (fuzz/seeds/fuzz_rank_messages/, written by hand in the wire layout) are
+// valid messages, so fuzzing starts from inside the format.
+TEST(RankMessages, TheFuzzSeedsDecode) {
+  const std::string dir = std::string(COMPUTRON_SOURCE_DIR) + "/fuzz/seeds/fuzz_rank_messages/";
+  auto read = [&](const std::string& name) {
+    std::ifstream in(dir + name, std::ios::binary);
+    EXPECT_TRUE(in.good()) << name;
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const DecodedJob path = decodeJob(read("path_job.bin"));
+  EXPECT_EQ(path.path.chunks.size(), 2u);
+  EXPECT_EQ(path.path.kind, PathKind::kRelay);
+  EXPECT_EQ(decodeJob(read("verify_job.bin")).verify.bytes, 4196);
+  EXPECT_EQ(decodeJob(read("exec_job.bin")).exec.phase_ns, (std::vector<Nanos>{5, 6}));
+  EXPECT_EQ(decodeJob(read("relocate_job.bin")).relocate.moves.size(), 1u);
+  const DeviceEvent ev = decodeEvent(read("event.bin"));
+  EXPECT_EQ(ev.error, "boom");
+  EXPECT_EQ(ev.kind, DeviceEvent::Kind::kExecDone);
+  const Hello h = decodeHello(read("hello.bin"));
+  EXPECT_EQ(h.host, "node7");
+  EXPECT_EQ(h.shards.at(0).checksum, 0xabcdefu);
+  EXPECT_EQ(decodeSignal(read("ping.bin"), MsgType::kPing), 123456);
 }
 
 // ---- an in-process transport ----
