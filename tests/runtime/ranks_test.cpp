@@ -154,7 +154,9 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
 // silent both ways and tells the ranks that watch it (rank 0 watches all, the others rank 0).
 class Hub {
  public:
-  explicit Hub(int ranks) : endpoints_(static_cast<std::size_t>(ranks)) {
+  // `hosts_apart`: each rank names a host of its own, so rank 0 measures the clock offsets by
+  // ping (same clock here, so they come out near 0).
+  explicit Hub(int ranks, bool hosts_apart = false) : hosts_apart_(hosts_apart), endpoints_(static_cast<std::size_t>(ranks)) {
     for (int r = 0; r < ranks; ++r) endpoints_[static_cast<std::size_t>(r)] = std::make_unique<Endpoint>(*this, r);
   }
   Transport& at(int r) { return *endpoints_[static_cast<std::size_t>(r)]; }
@@ -182,7 +184,9 @@ class Hub {
     ~Endpoint() override { stop(); }
     int rank() const override { return rank_; }
     int size() const override { return static_cast<int>(hub_.endpoints_.size()); }
-    std::string hostName() const override { return "test-host"; }
+    std::string hostName() const override {
+      return hub_.hosts_apart_ ? "test-host-" + std::to_string(rank_) : "test-host";
+    }
     void start(MessageHandler on_message, LostHandler on_lost) override {
       on_message_ = std::move(on_message);
       on_lost_ = std::move(on_lost);
@@ -241,6 +245,7 @@ class Hub {
     return dead_.count(r) != 0;
   }
 
+  bool hosts_apart_;
   std::mutex mutex_;
   std::set<int> dead_;
   std::vector<std::unique_ptr<Endpoint>> endpoints_;
@@ -346,10 +351,10 @@ RunResult runOneProcess(const EngineConfig& config, const std::vector<Request>& 
 }
 
 RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& requests, int kill_rank = -1,
-                        int kill_at_request = -1) {
+                        int kill_at_request = -1, bool hosts_apart = false) {
   const RankLayout layout{3, 2, 6};
   for (int g = 0; g < 6; ++g) config.gpu_node.push_back(layout.owner(g));
-  Hub hub(3);
+  Hub hub(3, hosts_apart);
   RunResult result;
   result.worker_codes.assign(3, -1);
   std::vector<std::thread> workers;
@@ -405,6 +410,25 @@ TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
   EXPECT_GT(three.ranks[2].jobs, 0);
   EXPECT_EQ(three.worker_codes[1], 0);
   EXPECT_EQ(three.worker_codes[2], 0);
+}
+
+TEST(RanksInProcess, RanksOnOtherHostsHaveTheirClocksMappedByPing) {
+  const EngineConfig config = sixGpuConfig(tinyShardBytes());
+  const auto requests = spacedRequests(14, 7, 40 * kNanosPerMilli);
+  const RunResult one = runOneProcess(config, requests);
+  const RunResult three = runThreeRanks(config, requests, -1, -1, /*hosts_apart=*/true);
+  EXPECT_EQ(one.commands, three.commands);
+  EXPECT_EQ(three.ranks[1].host, "test-host-1");
+  ASSERT_EQ(three.records.size(), requests.size());
+  // Times from the other ranks, mapped onto rank 0's clock: causally after the arrival and in
+  // order within the request.
+  for (const auto& r : three.records) {
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_GE(r.start, r.request.arrival) << r.request.id;
+    EXPECT_GE(r.first_token, r.start) << r.request.id;
+    EXPECT_GE(r.finish, r.first_token) << r.request.id;
+    EXPECT_LT(r.finish - r.request.arrival, 5 * kNanosPerSecond) << r.request.id;
+  }
 }
 
 TEST(RanksInProcess, ALostRankFailsOnlyTheWorkThatNeededItsGpusWithTheReason) {
