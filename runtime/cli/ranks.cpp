@@ -103,14 +103,22 @@ std::unique_ptr<DeviceFactory> RankSession::localFactory(const std::string& devi
   return factory;
 }
 
+std::unique_ptr<RealBackend> RankSession::makeBackend(const EngineConfig& config, DeviceFactory& local,
+                                                      const std::string& device, const RuntimeOptions& options) {
+  if (!multi()) return std::make_unique<RealBackend>(config, local, options);
+  try {
+    rank::RankDeviceFactory& factory = engineFactory(local);
+    factory.setName(device);
+    return std::make_unique<RealBackend>(config, factory, options);
+  } catch (...) {
+    abort();
+    throw;
+  }
+}
+
 rank::RankDeviceFactory& RankSession::engineFactory(DeviceFactory& local) {
   if (!multi() || rank_ != 0) throw std::logic_error("RankSession: the engine's factory is rank 0's");
   factory_ = std::make_unique<rank::RankDeviceFactory>(local, *transport_, layout_);
-  return *factory_;
-}
-
-rank::RankDeviceFactory& RankSession::engineFactory() {
-  if (!factory_) throw std::logic_error("RankSession: no engine factory yet");
   return *factory_;
 }
 

@@ -48,10 +48,10 @@ class RankSession {
   // engine-only rank 0 a factory that makes none. ConfigError when CUDA has no usable GPU here.
   std::unique_ptr<DeviceFactory> localFactory(const std::string& device, int scenario_gpus,
                                               std::shared_ptr<FaultPlan> faults, int& cuda_shift) const;
-  // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
-  // others through their ranks). Kept alive by the session, which it must not outlive.
-  rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
-  rank::RankDeviceFactory& engineFactory();  // once made
+  // The backend over `local` (one process) or over every rank's GPUs (rank 0 of several: the
+  // devices of kind `device`); a failure here tells the other ranks to leave before it throws.
+  std::unique_ptr<RealBackend> makeBackend(const EngineConfig& config, DeviceFactory& local, const std::string& device,
+                                           const RuntimeOptions& options);
   // Ranks >= 1: serves the GPUs until rank 0 says stop; returns the exit code.
   // `shift`: the CUDA ordinal shift the local factory uses (its devices are g + shift).
   int runWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, int shift = 0);
@@ -61,6 +61,9 @@ class RankSession {
   nlohmann::json summary() const;
 
  private:
+  // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
+  // others through their ranks). Kept alive by the session, which it must not outlive.
+  rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
   rank::RankLayout layout_;
   int rank_ = 0;
   std::unique_ptr<rank::Transport> transport_;

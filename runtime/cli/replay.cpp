@@ -190,15 +190,7 @@ int replayMain(int argc, char** argv) {
   if (!quiet && ranks.multi())
     std::cerr << "replay: " << ranks.layout().ranks << " ranks, " << ranks.layout().gpus_per_rank
               << " GPU(s) each; waiting for every rank's host store\n";
-  std::unique_ptr<RealBackend> backend_owner;
-  try {
-    if (ranks.multi()) ranks.engineFactory(*factory).setName(device);
-    backend_owner =
-        std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory() : *factory, options);
-  } catch (...) {
-    ranks.abort();
-    throw;
-  }
+  std::unique_ptr<RealBackend> backend_owner = ranks.makeBackend(scenario.engine, *factory, device, options);
   RealBackend& backend = *backend_owner;
   std::ofstream command_log;
   if (!command_log_path.empty()) {

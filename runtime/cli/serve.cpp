@@ -180,15 +180,7 @@ int serveMain(int argc, char** argv) {
   // The other ranks serve their GPUs to rank 0, which runs the engine and the HTTP server.
   if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options, cuda_shift);
   if (!quiet) std::cerr << "serve: building the host weight store and device pools (" << device << ")...\n";
-  std::unique_ptr<RealBackend> backend_owner;
-  try {
-    if (ranks.multi()) ranks.engineFactory(*factory).setName(device);
-    backend_owner =
-        std::make_unique<RealBackend>(scenario.engine, ranks.multi() ? ranks.engineFactory() : *factory, options);
-  } catch (...) {
-    ranks.abort();
-    throw;
-  }
+  std::unique_ptr<RealBackend> backend_owner = ranks.makeBackend(scenario.engine, *factory, device, options);
   RealBackend& backend = *backend_owner;
   server::HttpServer http(scenario.engine, backend, so);
   // The port line goes to stdout, so a script can read the port chosen for --port 0.

@@ -29,23 +29,6 @@ ModelDeployment deployment(const std::string& name, const std::string& preset, i
   return d;
 }
 
-Request request(RequestId id, ModelId model, Nanos arrival) {
-  Request r;
-  r.id = id;
-  r.model = model;
-  r.arrival = arrival;
-  return r;
-}
-
-BatchResult done(const ExecuteCommand& cmd, Nanos start, Nanos end) {
-  BatchResult r;
-  r.batch = cmd.batch;
-  r.start = start;
-  r.first_token = end;
-  r.finish.assign(cmd.requests.size(), end);
-  return r;
-}
-
 TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
   EngineConfig config;
   config.models = {deployment("a", "opt-125m", 1, 2, {0, 1}), deployment("b", "opt-125m", 1, 2, {0, 1})};
@@ -56,10 +39,10 @@ TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
   Collector collector;
   Engine engine(config, backend, clock, &collector);
 
-  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
   EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1"}));  // both shards at once
   EXPECT_EQ(engine.model(0).residency, Residency::kLoading);
-  engine.onArrival(request(1, 1, 1));  // b must wait: the cap allows one loaded model
+  engine.onArrival(fakes::makeRequest(1, 1, 1));  // b must wait: the cap allows one loaded model
   EXPECT_EQ(backend.log.size(), 2u);
   clock.t = 10;
   engine.onLoadDone(backend.loads[0].op);
@@ -71,7 +54,7 @@ TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
   // a is running: b's load must not evict it yet.
   EXPECT_TRUE(backend.evicts.empty());
   clock.t = 20;
-  engine.onBatchDone(done(backend.runs[0], 10, 20));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 10, 20));
   EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1", "run 0 x1", "evict 0/0", "evict 0/1"}));
   engine.onEvictDone(backend.evicts[0].op);
   engine.onEvictDone(backend.evicts[1].op);
@@ -80,7 +63,7 @@ TEST(Engine, SwapsTwoModelsUnderACountCapStepByStep) {
   engine.onLoadDone(backend.loads[3].op);
   EXPECT_EQ(backend.log.back(), "run 1 x1");
   clock.t = 40;
-  engine.onBatchDone(done(backend.runs[1], 30, 40));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[1], 30, 40));
   ASSERT_EQ(collector.records.size(), 2u);
   // a was served first, b second; both arrived while their model was offloaded.
   EXPECT_EQ(collector.records[0].request.id, 0);
@@ -100,13 +83,13 @@ TEST(Engine, BatchesUpToMaxBatchInArrivalOrder) {
   RecordingBackend backend;
   ManualClock clock;
   Engine engine(config, backend, clock);
-  for (RequestId i = 0; i < 5; ++i) engine.onArrival(request(i, 0, i));
+  for (RequestId i = 0; i < 5; ++i) engine.onArrival(fakes::makeRequest(i, 0, i));
   engine.onLoadDone(backend.loads[0].op);
   ASSERT_EQ(backend.runs.size(), 1u);
   ASSERT_EQ(backend.runs[0].requests.size(), 3u);
   EXPECT_EQ(backend.runs[0].requests[0].id, 0);
   EXPECT_EQ(backend.runs[0].requests[2].id, 2);
-  engine.onBatchDone(done(backend.runs[0], 0, 5));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 0, 5));
   ASSERT_EQ(backend.runs.size(), 2u);
   EXPECT_EQ(backend.runs[1].requests.size(), 2u);
   EXPECT_EQ(backend.runs[1].requests[0].id, 3);
@@ -125,12 +108,12 @@ TEST(Engine, ByteBudgetEvictsLeastRecentlyUsedFirst) {
   ManualClock clock;
   Engine engine(config, backend, clock);
   auto serve = [&](RequestId id, ModelId m) {
-    engine.onArrival(request(id, m, clock.t));
+    engine.onArrival(fakes::makeRequest(id, m, clock.t));
     if (!backend.evicts.empty() && engine.model(backend.evicts.back().model).residency == Residency::kEvicting)
       engine.onEvictDone(backend.evicts.back().op);
     if (engine.model(m).residency == Residency::kLoading) engine.onLoadDone(backend.loads.back().op);
     ++clock.t;
-    engine.onBatchDone(done(backend.runs.back(), clock.t - 1, clock.t));
+    engine.onBatchDone(fakes::batchDoneAt(backend.runs.back(), clock.t - 1, clock.t));
     ++clock.t;
   };
   serve(0, 0);  // a
@@ -152,8 +135,8 @@ TEST(Engine, FailedLoadFailsWaitingRequestsFreesMemoryAndKeepsServing) {
   ManualClock clock;
   Collector collector;
   Engine engine(config, backend, clock, &collector);
-  engine.onArrival(request(0, 0, 0));
-  engine.onArrival(request(1, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(1, 0, 0));
   ASSERT_EQ(backend.loads.size(), 2u);
   engine.onLoadDone(backend.loads[0].op, true);
   engine.onLoadDone(backend.loads[1].op, false, "injected failure");
@@ -169,9 +152,9 @@ TEST(Engine, FailedLoadFailsWaitingRequestsFreesMemoryAndKeepsServing) {
   EXPECT_EQ(engine.gpuBytesUsed(1), 0);
   EXPECT_EQ(engine.model(0).residency, Residency::kOffloaded);
   // Another model is still served.
-  engine.onArrival(request(2, 1, 5));
+  engine.onArrival(fakes::makeRequest(2, 1, 5));
   engine.onLoadDone(backend.loads.back().op);
-  engine.onBatchDone(done(backend.runs.back(), 5, 6));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs.back(), 5, 6));
   EXPECT_TRUE(collector.records.back().ok);
   EXPECT_EQ(engine.requestsInFlight(), 0);
   engine.checkInvariants();
@@ -188,15 +171,15 @@ TEST(Engine, APipelinedBatchNeverStartsBehindALoadThatAlreadyFailed) {
   ManualClock clock;
   Collector collector;
   Engine engine(config, backend, clock, &collector);
-  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
   // Alone and without a prefill estimate, its first batch starts with the load.
   EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "load 0/1", "run 0 x1"}));
   clock.t = 10;
   engine.onLoadDone(backend.loads[0].op, false, "injected failure");
   EXPECT_EQ(engine.model(0).residency, Residency::kLoading);  // shard 1 still loading
-  engine.onArrival(request(1, 0, 10));
+  engine.onArrival(fakes::makeRequest(1, 0, 10));
   clock.t = 20;
-  BatchResult failed = done(backend.runs[0], 0, 20);
+  BatchResult failed = fakes::batchDoneAt(backend.runs[0], 0, 20);
   failed.ok = false;
   failed.error = "its weights did not all arrive";
   engine.onBatchDone(failed);
@@ -234,23 +217,23 @@ TEST(Engine, AFailedShardCancelsThePipelinedWake) {
   auto finishBatch = [&] {  // 1 ms to its first (and last) token
     const Nanos start = clock.t;
     clock.t += kNanosPerMilli;
-    engine.onBatchDone(done(backend.runs.back(), start, clock.t));
+    engine.onBatchDone(fakes::batchDoneAt(backend.runs.back(), start, clock.t));
   };
   // a cold (behind its load), then resident: its prefill time (1 ms) is known.
-  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
   finishLoads();
   finishBatch();
-  engine.onArrival(request(1, 0, clock.t));
+  engine.onArrival(fakes::makeRequest(1, 0, clock.t));
   finishBatch();
   EXPECT_EQ(engine.model(0).min_prefill_time, kNanosPerMilli);
   // b evicts a; then a evicts b and loads again: its batch is due one prefill before the load's
   // expected end.
-  engine.onArrival(request(2, 1, clock.t));
+  engine.onArrival(fakes::makeRequest(2, 1, clock.t));
   for (const auto& e : backend.evicts) engine.onEvictDone(e.op);
   finishLoads();
   finishBatch();
   const std::size_t evicted = backend.evicts.size();
-  engine.onArrival(request(3, 0, clock.t));
+  engine.onArrival(fakes::makeRequest(3, 0, clock.t));
   for (std::size_t i = evicted; i < backend.evicts.size(); ++i) engine.onEvictDone(backend.evicts[i].op);
   ASSERT_EQ(engine.model(0).residency, Residency::kLoading);
   const std::size_t runs = backend.runs.size();
@@ -283,12 +266,12 @@ TEST(Engine, APipelinedFirstBatchWaitsOnlyForModelsSharingItsGpus) {
     RecordingBackend backend;
     ManualClock clock;
     Engine engine(config, backend, clock);
-    engine.onArrival(request(0, 0, 0));  // alone: starts with its load
-    engine.onArrival(request(1, 1, 0));  // c waits for a's room under the cap
-    engine.onArrival(request(2, 0, 0));  // a's second request waits for the batch
+    engine.onArrival(fakes::makeRequest(0, 0, 0));  // alone: starts with its load
+    engine.onArrival(fakes::makeRequest(1, 1, 0));  // c waits for a's room under the cap
+    engine.onArrival(fakes::makeRequest(2, 0, 0));  // a's second request waits for the batch
     EXPECT_EQ(backend.log, (std::vector<std::string>{"load 0/0", "run 0 x1"})) << other_gpu;
     clock.t = 5;
-    engine.onBatchDone(done(backend.runs[0], 0, 5));  // a is still loading
+    engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 0, 5));  // a is still loading
     if (other_gpu == 0) {
       EXPECT_EQ(backend.runs.size(), 1u) << "started behind the load while c waits for GPU 0";
     } else {
@@ -342,26 +325,26 @@ TEST(Engine, EvictOnDemandOnlyWhenResidentAndIdle) {
   Engine engine(config, backend, clock, &collector);
   EXPECT_EQ(engine.evictOnDemand(0), "model a is not resident (offloaded)");
   EXPECT_EQ(engine.evictOnDemand(7), "no model 7");
-  engine.onArrival(request(0, 0, 0));
-  engine.onArrival(request(1, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(1, 0, 0));
   EXPECT_EQ(engine.evictOnDemand(0), "model a is loading");
   clock.t = 10;
   engine.onLoadDone(backend.loads[0].op);
   ASSERT_EQ(backend.runs.size(), 1u);  // max_batch 1: request 1 stays queued
   EXPECT_EQ(engine.evictOnDemand(0), "model a is running a batch");
   clock.t = 20;
-  engine.onBatchDone(done(backend.runs[0], 10, 20));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 10, 20));
   ASSERT_EQ(backend.runs.size(), 2u);
   clock.t = 30;
-  engine.onArrival(request(2, 0, 30));
-  engine.onBatchDone(done(backend.runs[1], 20, 30));  // request 2 now runs
+  engine.onArrival(fakes::makeRequest(2, 0, 30));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[1], 20, 30));  // request 2 now runs
   ASSERT_EQ(backend.runs.size(), 3u);
-  engine.onArrival(request(3, 0, 31));
-  engine.onBatchDone(done(backend.runs[2], 30, 32));
-  engine.onArrival(request(4, 0, 33));  // queued behind request 3's batch
+  engine.onArrival(fakes::makeRequest(3, 0, 31));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[2], 30, 32));
+  engine.onArrival(fakes::makeRequest(4, 0, 33));  // queued behind request 3's batch
   EXPECT_EQ(engine.evictOnDemand(0), "model a is running a batch");
-  engine.onBatchDone(done(backend.runs[3], 32, 34));
-  engine.onBatchDone(done(backend.runs[4], 34, 35));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[3], 32, 34));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[4], 34, 35));
   EXPECT_EQ(engine.requestsInFlight(), 0);
   const std::int64_t used = engine.gpuBytesUsed(0);
   EXPECT_GT(used, 0);
@@ -372,7 +355,7 @@ TEST(Engine, EvictOnDemandOnlyWhenResidentAndIdle) {
   engine.onEvictDone(backend.evicts[0].op);
   EXPECT_EQ(engine.model(0).residency, Residency::kOffloaded);
   EXPECT_EQ(engine.gpuBytesUsed(0), 0);
-  engine.onArrival(request(5, 0, 40));
+  engine.onArrival(fakes::makeRequest(5, 0, 40));
   EXPECT_EQ(backend.log.back(), "load 0/0");
   engine.checkInvariants();
 }
@@ -387,10 +370,10 @@ TEST(Engine, CancelQueuedRemovesOnlyAQueuedRequest) {
   ManualClock clock;
   Collector collector;
   Engine engine(config, backend, clock, &collector);
-  engine.onArrival(request(0, 0, 0));
+  engine.onArrival(fakes::makeRequest(0, 0, 0));
   engine.onLoadDone(backend.loads[0].op);
   ASSERT_EQ(backend.runs.size(), 1u);
-  engine.onArrival(request(1, 1, 1));  // b waits for a's batch to end before a can be evicted
+  engine.onArrival(fakes::makeRequest(1, 1, 1));  // b waits for a's batch to end before a can be evicted
   EXPECT_FALSE(engine.cancelQueued(0, 0));  // in a batch
   EXPECT_FALSE(engine.cancelQueued(1, 9));  // unknown
   clock.t = 5;
@@ -401,7 +384,7 @@ TEST(Engine, CancelQueuedRemovesOnlyAQueuedRequest) {
   EXPECT_FALSE(collector.records[0].ok);
   EXPECT_EQ(collector.records[0].error, "cancelled");
   EXPECT_EQ(collector.records[0].finish, 5);
-  engine.onBatchDone(done(backend.runs[0], 0, 10));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 0, 10));
   EXPECT_EQ(engine.requestsInFlight(), 0);
   EXPECT_EQ(backend.loads.size(), 1u);  // b never loaded
   EXPECT_TRUE(backend.evicts.empty());
@@ -437,24 +420,24 @@ TEST(Engine, APinnedModelIsNeverAnEvictionCandidate) {
           } else if (loads < backend.loads.size()) {
             engine.onLoadDone(backend.loads[loads++].op);
           } else {
-            engine.onBatchDone(done(backend.runs[runs], clock.t - 1, clock.t));
+            engine.onBatchDone(fakes::batchDoneAt(backend.runs[runs], clock.t - 1, clock.t));
             ++runs;
           }
           engine.checkInvariants();
         }
       };
       RequestId id = 0;
-      engine.onArrival(request(id++, 0, clock.t));
+      engine.onArrival(fakes::makeRequest(id++, 0, clock.t));
       if (pin) {
         ASSERT_EQ(backend.log.front(), "load 0/0");
       }
       settle();
       for (int i = 0; i < 5; ++i) {
-        engine.onArrival(request(id++, 1, clock.t));
+        engine.onArrival(fakes::makeRequest(id++, 1, clock.t));
         settle();
       }
       // a: one access, least recent, no work queued: the first victim of every policy.
-      engine.onArrival(request(id++, 2, clock.t));
+      engine.onArrival(fakes::makeRequest(id++, 2, clock.t));
       settle();
       ASSERT_EQ(backend.evicts.size(), 1u);
       EXPECT_EQ(backend.evicts[0].model, pin ? 1 : 0);
@@ -592,7 +575,7 @@ TEST(EngineProperty, RandomWorkloadsKeepEveryInvariant) {
     for (int i = 0; i < count; ++i) {
       // Bursts: many requests at one instant, then gaps.
       if (rng.uniformInt(0, 3) == 0) t += static_cast<Nanos>(rng.exponential(5.0) * 1e9);
-      Request r = request(i, static_cast<ModelId>(rng.uniformInt(0, num_models - 1)), t);
+      Request r = fakes::makeRequest(i, static_cast<ModelId>(rng.uniformInt(0, num_models - 1)), t);
       r.prompt_tokens = static_cast<std::int32_t>(rng.uniformInt(1, 256));
       r.output_tokens = static_cast<std::int32_t>(rng.uniformInt(1, 8));
       requests.push_back(r);

@@ -29,26 +29,11 @@ ModelDeployment deployment(const std::string& name, std::vector<GpuId> gpus, int
 }
 
 Request request(RequestId id, ModelId model, Nanos arrival, std::int32_t prompt = 8, std::int32_t output = 4) {
-  Request r;
-  r.id = id;
-  r.model = model;
-  r.arrival = arrival;
-  r.prompt_tokens = prompt;
-  r.output_tokens = output;
-  return r;
-}
-
-BatchResult batchDone(const ExecuteCommand& cmd, Nanos start, Nanos end) {
-  BatchResult r;
-  r.batch = cmd.batch;
-  r.start = start;
-  r.first_token = end;
-  r.finish.assign(cmd.requests.size(), end);
-  return r;
+  return fakes::makeRequest(id, model, arrival, prompt, output);
 }
 
 BatchResult batchFailed(const ExecuteCommand& cmd, Nanos start, Nanos end, const std::string& error) {
-  BatchResult r = batchDone(cmd, start, end);
+  BatchResult r = fakes::batchDoneAt(cmd, start, end);
   r.ok = false;
   r.error = error;
   return r;
@@ -126,7 +111,7 @@ TEST(GpuLost, QueuedRequestsFailWithTheReasonAndLaterArrivalsFailAtOnce) {
   ASSERT_EQ(backend.loads.size(), loads_before + 1);
   engine.onLoadDone(backend.loads.back().op);
   ASSERT_EQ(backend.runs.size(), 1u);
-  engine.onBatchDone(batchDone(backend.runs[0], 10, 20));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 10, 20));
   EXPECT_TRUE(collector.records.back().ok);
   EXPECT_EQ(collector.records.back().request.id, 3);
   expectNoLoadTouches(backend, loads_before, 1);
@@ -145,7 +130,7 @@ TEST(GpuLost, AResidentIdleModelIsEvictedAtOnce) {
   engine.onArrival(request(0, 0, 0));
   engine.onLoadDone(backend.loads[0].op);
   engine.onLoadDone(backend.loads[1].op);
-  engine.onBatchDone(batchDone(backend.runs[0], 0, 10));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 0, 10));
   ASSERT_EQ(engine.model(0).residency, Residency::kResident);
 
   engine.onGpuLost(0, "rank 0 exited");
@@ -208,7 +193,7 @@ TEST(GpuLost, AFailedRunningBatchLeadsToEvictionAndTheWaitingModelProceeds) {
   EXPECT_EQ(backend.loads[2].model, 1);
   engine.onLoadDone(backend.loads[2].op);
   ASSERT_EQ(backend.runs.size(), 2u);
-  engine.onBatchDone(batchDone(backend.runs[1], 7, 8));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[1], 7, 8));
   EXPECT_TRUE(collector.records.back().ok);
   engine.onArrival(request(3, 0, 9));
   EXPECT_EQ(backend.loads.size(), 3u);
@@ -307,7 +292,7 @@ TEST(GpuLost, NoLoadIsRoutedViaALostGpu) {
     EXPECT_NE(part.via, 2);
   }
   engine.onLoadDone(load.op);
-  engine.onBatchDone(batchDone(backend.runs.back(), 1, 2));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs.back(), 1, 2));
   engine.onBatchDone(batchFailed(backend.runs[0], 0, 3, "rank 2 died"));
   ASSERT_EQ(backend.evicts.size(), 1u);
   EXPECT_EQ(backend.evicts[0].model, 1);
@@ -334,7 +319,7 @@ TEST(GpuLost, ATwinOnTheLostGpuIsEvictedOnlyOnceTheCopyFromItEnds) {
   Engine engine(config, backend, clock, &collector);
   engine.onArrival(request(0, 1, 0));
   engine.onLoadDone(backend.loads[0].op);
-  engine.onBatchDone(batchDone(backend.runs[0], 0, 1));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs[0], 0, 1));
   engine.onArrival(request(1, 0, 2));
   ASSERT_EQ(backend.loads.size(), 2u);
   ASSERT_EQ(backend.loads[1].route.size(), 1u);
@@ -358,7 +343,7 @@ TEST(GpuLost, ATwinOnTheLostGpuIsEvictedOnlyOnceTheCopyFromItEnds) {
   EXPECT_FALSE(backend.loads[2].route[0].from_device);
   EXPECT_EQ(backend.loads[2].route[0].via, 0);
   engine.onLoadDone(backend.loads[2].op);
-  engine.onBatchDone(batchDone(backend.runs.back(), 3, 4));
+  engine.onBatchDone(fakes::batchDoneAt(backend.runs.back(), 3, 4));
   EXPECT_TRUE(collector.records.back().ok);
   expectEachEndedOnce(collector, engine, 3);
   engine.checkInvariants();

@@ -31,16 +31,6 @@ ModelDeployment deployment(const std::string& name, const std::string& preset, s
   return d;
 }
 
-Request request(RequestId id, ModelId model, Nanos arrival, std::int32_t prompt, std::int32_t output) {
-  Request r;
-  r.id = id;
-  r.model = model;
-  r.arrival = arrival;
-  r.prompt_tokens = prompt;
-  r.output_tokens = output;
-  return r;
-}
-
 StepResult stepDone(const StepCommand& cmd, Nanos start, Nanos end) {
   StepResult r;
   r.batch = cmd.batch;
@@ -87,7 +77,7 @@ TEST(IterationBatching, SequencesJoinAndLeaveAtStepBoundaries) {
   ManualClock clock;
   TokenGaps observer;
   Engine engine(oneModel(4), backend, clock, &observer);
-  engine.onArrival(request(0, 0, 0, 10, 3));
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 10, 3));
   loadFirst(engine, backend, clock, 10);
   ASSERT_EQ(backend.steps.size(), 1u);
   EXPECT_EQ(backend.log.back(), "step 0 prefill x1");
@@ -100,7 +90,7 @@ TEST(IterationBatching, SequencesJoinAndLeaveAtStepBoundaries) {
   EXPECT_EQ(backend.steps[1].decode[0].context, 11);
 
   clock.t = 25;  // r1 arrives mid-step: it waits for the boundary
-  engine.onArrival(request(1, 0, 25, 5, 2));
+  engine.onArrival(fakes::makeRequest(1, 0, 25, 5, 2));
   EXPECT_EQ(backend.steps.size(), 2u);
   EXPECT_EQ(engine.model(0).queue.size(), 1u);
 
@@ -147,8 +137,8 @@ TEST(IterationBatching, RetiredSequencesAreNamedInTheNextStep) {
   ManualClock clock;
   Collector observer;
   Engine engine(oneModel(4), backend, clock, &observer);
-  engine.onArrival(request(0, 0, 0, 4, 1));
-  engine.onArrival(request(1, 0, 0, 4, 3));
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 4, 1));
+  engine.onArrival(fakes::makeRequest(1, 0, 0, 4, 3));
   loadFirst(engine, backend, clock, 10);
   ASSERT_EQ(backend.steps.size(), 1u);
   EXPECT_EQ(backend.steps[0].prefill.size(), 2u);
@@ -166,7 +156,7 @@ TEST(IterationBatching, MaxBatchBoundsTheSession) {
   ManualClock clock;
   Collector observer;
   Engine engine(oneModel(2), backend, clock, &observer);
-  for (int i = 0; i < 3; ++i) engine.onArrival(request(i, 0, 0, 4, 2));
+  for (int i = 0; i < 3; ++i) engine.onArrival(fakes::makeRequest(i, 0, 0, 4, 2));
   loadFirst(engine, backend, clock, 10);
   EXPECT_EQ(backend.steps[0].prefill.size(), 2u);
   EXPECT_EQ(engine.model(0).queue.size(), 1u);
@@ -190,9 +180,9 @@ TEST(IterationBatching, KvBudgetHoldsAdmissionUntilSequencesLeave) {
   ManualClock clock;
   Collector observer;
   Engine engine(config, backend, clock, &observer);
-  engine.onArrival(request(0, 0, 0, 90, 10));
-  engine.onArrival(request(1, 0, 0, 60, 40));
-  engine.onArrival(request(2, 0, 0, 90, 10));
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 90, 10));
+  engine.onArrival(fakes::makeRequest(1, 0, 0, 60, 40));
+  engine.onArrival(fakes::makeRequest(2, 0, 0, 90, 10));
   loadFirst(engine, backend, clock, 10);
   EXPECT_EQ(backend.steps[0].prefill.size(), 2u);
   EXPECT_EQ(engine.gpuKvUsed(0), 200 * per_token);
@@ -224,9 +214,9 @@ TEST(IterationBatching, RequestsThatCanNeverFitAreRefusedWithTheirReason) {
     ManualClock clock;
     Collector observer;
     Engine engine(config, backend, clock, &observer);
-    engine.onArrival(request(0, 0, 5, 2000, 49));   // 2049 > opt-125m's 2048 positions
-    engine.onArrival(request(1, 0, 6, 900, 101));   // 1001 tokens of KV > the budget of 1000
-    engine.onArrival(request(2, 0, 7, 900, 100));   // fits exactly
+    engine.onArrival(fakes::makeRequest(0, 0, 5, 2000, 49));   // 2049 > opt-125m's 2048 positions
+    engine.onArrival(fakes::makeRequest(1, 0, 6, 900, 101));   // 1001 tokens of KV > the budget of 1000
+    engine.onArrival(fakes::makeRequest(2, 0, 7, 900, 100));   // fits exactly
     ASSERT_EQ(observer.records.size(), 2u);
     EXPECT_FALSE(observer.records[0].ok);
     EXPECT_TRUE(observer.records[0].refused);
@@ -251,7 +241,7 @@ TEST(IterationBatching, RequestLevelBatchesStopAtTheKvBudget) {
   RecordingBackend backend;
   ManualClock clock;
   Engine engine(config, backend, clock);
-  for (int i = 0; i < 3; ++i) engine.onArrival(request(i, 0, 0, 90, 10));
+  for (int i = 0; i < 3; ++i) engine.onArrival(fakes::makeRequest(i, 0, 0, 90, 10));
   loadFirst(engine, backend, clock, 10);
   ASSERT_EQ(backend.runs.size(), 1u);
   EXPECT_EQ(backend.runs[0].requests.size(), 2u);
@@ -269,14 +259,14 @@ TEST(IterationBatching, DrainPreemptsAfterMaxDrainAndRecomputesProgress) {
   ManualClock clock;
   TokenGaps observer;
   Engine engine(config, backend, clock, &observer);
-  engine.onArrival(request(0, 0, 0, 8, 10));
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 8, 10));
   loadFirst(engine, backend, clock, 10);
   clock.t = 20;
   engine.onStepDone(stepDone(backend.steps[0], 10, 20));  // r0 has its first token
   clock.t = 22;
-  engine.onArrival(request(1, 1, 22, 8, 1));  // b needs a's room: a must drain
+  engine.onArrival(fakes::makeRequest(1, 1, 22, 8, 1));  // b needs a's room: a must drain
   EXPECT_TRUE(engine.sessionDraining(0));
-  engine.onArrival(request(2, 0, 23, 8, 1));  // a draining admits nobody
+  engine.onArrival(fakes::makeRequest(2, 0, 23, 8, 1));  // a draining admits nobody
   clock.t = 30;
   engine.onStepDone(stepDone(backend.steps[1], 20, 30));  // 8 ns of drain: go on
   EXPECT_EQ(backend.log.back(), "step 0 decode x1");
@@ -336,17 +326,17 @@ TEST(IterationBatching, SessionQuantumDefersTheDrain) {
   ManualClock clock;
   Collector observer;
   Engine engine(config, backend, clock, &observer);
-  engine.onArrival(request(0, 0, 0, 8, 50));
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 8, 50));
   loadFirst(engine, backend, clock, 10);  // the session starts at 10: its quantum ends at 110
   clock.t = 22;
-  engine.onArrival(request(1, 1, 22, 8, 1));
+  engine.onArrival(fakes::makeRequest(1, 1, 22, 8, 1));
   EXPECT_FALSE(engine.sessionDraining(0));
-  engine.onArrival(request(2, 0, 23, 8, 1));
+  engine.onArrival(fakes::makeRequest(2, 0, 23, 8, 1));
   clock.t = 30;
   engine.onStepDone(stepDone(backend.steps[0], 10, 30));
   EXPECT_EQ(backend.log.back(), "step 0 prefill x1");  // request 2 joins within the quantum
   EXPECT_EQ(backend.steps.back().prefill[0].request.id, 2);
-  engine.onArrival(request(3, 0, 31, 8, 1));
+  engine.onArrival(fakes::makeRequest(3, 0, 31, 8, 1));
   clock.t = 110;
   EXPECT_TRUE(engine.sessionDraining(0));
   engine.onStepDone(stepDone(backend.steps.back(), 30, 110));
@@ -385,7 +375,7 @@ TEST(IterationBatching, SimulatorStepsTakeTheCostModelsTimesExactly) {
   // Request 9 at time 0 loads the model; the two under test come a second later.
   sim::Simulation simulation(cluster, config,
                              std::make_unique<VectorSource>(std::vector<Request>{
-                                 request(9, 0, 0, 16, 1), request(0, 0, s, 16, 3), request(1, 0, s + 15 * ms, 16, 2)}),
+                                 fakes::makeRequest(9, 0, 0, 16, 1), fakes::makeRequest(0, 0, s, 16, 3), fakes::makeRequest(1, 0, s + 15 * ms, 16, 2)}),
                              &observer, options);
   simulation.run();
   ASSERT_EQ(observer.records.size(), 3u);
@@ -445,7 +435,7 @@ TEST(IterationBatching, PropertyKvBudgetAndExactlyOnceOverManySeeds) {
     const int count = static_cast<int>(rng.uniformInt(50, 300));
     for (int i = 0; i < count; ++i) {
       if (rng.uniformInt(0, 3) == 0) t += static_cast<Nanos>(rng.exponential(2.0) * 1e9);
-      requests.push_back(request(i, static_cast<ModelId>(rng.uniformInt(0, num_models - 1)), t,
+      requests.push_back(fakes::makeRequest(i, static_cast<ModelId>(rng.uniformInt(0, num_models - 1)), t,
                                  static_cast<std::int32_t>(rng.uniformInt(1, 1500)),
                                  static_cast<std::int32_t>(rng.uniformInt(1, 600))));
     }

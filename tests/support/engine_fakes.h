@@ -11,6 +11,27 @@
 
 namespace computron::fakes {
 
+// A request of `prompt` + `output` tokens (1 + 1 unless given).
+inline Request makeRequest(RequestId id, ModelId model, Nanos arrival, std::int32_t prompt = 1, std::int32_t output = 1) {
+  Request r;
+  r.id = id;
+  r.model = model;
+  r.arrival = arrival;
+  r.prompt_tokens = prompt;
+  r.output_tokens = output;
+  return r;
+}
+
+// A batch that ran from `start` and ended every request at `end`.
+inline BatchResult batchDoneAt(const ExecuteCommand& cmd, Nanos start, Nanos end) {
+  BatchResult r;
+  r.batch = cmd.batch;
+  r.start = start;
+  r.first_token = end;
+  r.finish.assign(cmd.requests.size(), end);
+  return r;
+}
+
 // Records commands, in order, both as values and as one readable log line each
 // ("load M/S", "evict M/S", "run M xN", "step M prefill xN" / "step M decode xN").
 class RecordingBackend : public Backend {
