@@ -7,7 +7,9 @@
 #     MPI_REPEATS times in one process and under mpirun: one GPU: `-np 2 --engine-only` (rank 0
 #     the engine, rank 1 the GPU); two GPUs: `-np 2` (one GPU per rank, the TP 2 model across
 #     both ranks); each pair of runs in turn, each with its command log;
-#  3. `computron compare` of each pair, and per-GPU shard load rates, into mpi-summary.json.
+#  3. `computron compare` of each pair, and per-GPU shard load rates, into mpi-summary.json;
+#  4. with MPI_KILL=1: the same under mpirun with the last rank killed (SIGKILL) mid-run, then
+#     a check that every request ended exactly once, served or failed naming the lost rank.
 # Usage: OUT=dir BIN=build-prebuilt/computron scripts/mpi-check.sh
 # MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2); MPI_DEVICE
 # (default cuda) and MPI_SPEC (default opt-13b) let the script itself be tried on the host device
@@ -59,7 +61,7 @@ cat > "$OUT/scenario.json" <<JSON
 JSON
 step "layout: $LAYOUT"
 
-for i in $(seq 1 "$REPEATS"); do
+for i in $(seq 1 "$REPEATS"); do  # MPI_REPEATS=0 skips the comparison
   step "run $i: one process"
   "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" --execution placeholder --quiet --out "$OUT/one-$i" \
     --command-log "$OUT/one-$i.log" | tail -3
@@ -71,6 +73,43 @@ for i in $(seq 1 "$REPEATS"); do
   "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
 done
 
+if [ "${MPI_KILL:-0}" = 1 ]; then
+  step "kill: mpirun ${MPI_ARGS[*]} ... ${APP_ARGS[*]}, rank $(( ${MPI_ARGS[1]} - 1 )) killed after 15 s"
+  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
+    --execution placeholder --out "$OUT/kill" --rank-timeout-s 2 "${APP_ARGS[@]}" > "$OUT/kill.txt" 2>&1 &
+  runner=$!
+  victim=""
+  for _ in $(seq 1 600); do
+    for p in $(pgrep -f "replay $OUT/scenario.json" || true); do
+      if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$(( ${MPI_ARGS[1]} - 1 ))"; then victim=$p; fi
+    done
+    [ -n "$victim" ] && break
+    sleep 0.1
+  done
+  # The run starts once the host store is built; give it 15 s of serving.
+  while ! grep -q "execution" "$OUT/kill.txt" 2>/dev/null; do sleep 0.5; done
+  sleep 15
+  t_kill=$(date +%s.%N)
+  kill -9 "$victim"
+  wait $runner
+  t_end=$(date +%s.%N)
+  tail -4 "$OUT/kill.txt"
+  echo "the run ended $(python3 -c "print(round($t_end - $t_kill, 1))") s after the kill"
+  python3 - "$OUT/kill" <<'PY'
+import csv, json, sys
+out = sys.argv[1]
+s = json.load(open(out + "/summary.json"))
+rows = list(csv.DictReader(open(out + "/requests.csv")))
+ids = [r["id"] for r in rows]
+print("requests", len(rows), "unique", len(set(ids)), "arrivals", s["runtime"]["arrivals"],
+      "served", s["overall"]["served"], "failed", s["overall"]["failed"])
+reasons = sorted({r["error"].split(":")[0] for r in rows if r["ok"] != "1"})
+print("failure reasons:", reasons)
+print("ranks:", [(r["rank"], r["lost"], r["reason"], r["jobs_failed_on_loss"]) for r in s["runtime"]["ranks"]])
+PY
+fi
+
+[ "$REPEATS" -gt 0 ] || exit 0
 step summary
 python3 - "$OUT" "$REPEATS" <<'PY'
 import json, statistics, sys
