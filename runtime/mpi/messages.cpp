@@ -237,8 +237,8 @@ DeviceEvent decodeEvent(const std::string& message) {
   e.path = r.get<int>();
   e.gpu = r.get<GpuId>();
   e.segment = r.get<int>();
-  e.final = r.get<std::uint8_t>() != 0;
-  e.ok = r.get<std::uint8_t>() != 0;
+  e.final = r.getBool();
+  e.ok = r.getBool();
   e.error = r.getString();
   e.time = r.get<Nanos>();
   e.checksum = r.get<std::uint64_t>();

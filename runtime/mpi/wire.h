@@ -56,6 +56,12 @@ class Reader {
     pos_ += sizeof(T);
     return value;
   }
+  // A flag stored as one byte, 0 or 1; anything else is a corrupt message.
+  bool getBool() {
+    const auto b = get<std::uint8_t>();
+    if (b > 1) throw WireError("message: a flag byte of " + std::to_string(b));
+    return b == 1;
+  }
   std::string getString() {
     const std::uint64_t n = count(1);
     std::string s(data_ + pos_, static_cast<std::size_t>(n));

@@ -118,6 +118,12 @@ TEST(RankMessages, TruncatedOrForgedMessagesAreRefused) {
   EXPECT_THROW(decodeJob(forged), wire::WireError);
   EXPECT_THROW(peekType(std::string(1, '\x00')), wire::WireError);
   EXPECT_THROW(peekType(""), wire::WireError);
+  // A flag byte other than 0 or 1 (the event's `final`, after type, kind, op, batch, path, gpu,
+  // segment).
+  DeviceEvent flagged;
+  std::string bad_flag = encodeEvent(flagged);
+  bad_flag[1 + 4 + 8 + 8 + 4 + 4 + 4] = '\x02';
+  EXPECT_THROW(decodeEvent(bad_flag), wire::WireError);
   // Internal events never travel.
   DeviceEvent internal;
   internal.kind = DeviceEvent::Kind::kGpuLost;
