@@ -80,7 +80,7 @@ class Device {
   // Finishes queued work and joins the device's threads. Idempotent.
   virtual void stop() = 0;
   // Base address of the pool (device pointer on CUDA); for peers' copies. Null for a device of
-  // another process (runtime/mpi/remote_device.h).
+  // another process (runtime/mpi/rank_devices.h).
   virtual std::byte* poolBase() = 0;
   // The process whose memory the device's pool is in (its MPI rank; 0 in a one-process run).
   // Relay and from-device paths join devices of one process only.

@@ -641,7 +641,7 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
       listener.loadDone(ev.op, false, ev.error);
       return;
     case Kind::kGpuLost:
-      // The device's jobs in flight were failed before this (runtime/mpi/remote_device.h); later
+      // The device's jobs in flight were failed before this (runtime/mpi/rank_devices.h); later
       // loads onto the GPU are refused here, its batches fail on the device.
       if (ev.gpu < 0 || static_cast<std::size_t>(ev.gpu) >= lost_.size() || !lost_[static_cast<std::size_t>(ev.gpu)].empty()) return;
       lost_[static_cast<std::size_t>(ev.gpu)] = ev.error.empty() ? "lost" : ev.error;

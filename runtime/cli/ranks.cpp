@@ -59,6 +59,17 @@ RankSession::RankSession(const RankOptions& options, int scenario_gpus, const st
 }
 
 RankSession::~RankSession() {
+  if (!multi()) return;
+  try {
+    if (rank_ == 0 && factory_) {
+      factory_->detach();     // the backend and its queue are gone by now
+      factory_->stopRanks();  // once: ranks it had no device of were never told
+    } else if (rank_ == 0 && !aborted_) {
+      abort();  // an error before the backend existed
+    }
+  } catch (...) {
+    // Leaving anyway; the ranks give up on rank 0 after their timeout.
+  }
   factory_.reset();  // stops the transport before it goes
 }
 
@@ -79,11 +90,27 @@ void RankSession::applyToConfig(EngineConfig& config) const {
   for (int g = 0; g < layout_.total_gpus; ++g) config.gpu_node[static_cast<std::size_t>(g)] = layout_.owner(g);
 }
 
-std::unique_ptr<DeviceFactory> RankSession::localFactory(const std::string& device, int scenario_gpus,
-                                                         std::shared_ptr<FaultPlan> faults, int& cuda_shift) const {
+DeviceFactory& RankSession::localFactory(const std::string& device, int scenario_gpus, std::shared_ptr<FaultPlan> faults,
+                                         int& cuda_shift) {
   cuda_shift = 0;
-  if (engineOnly()) return makeDeviceFactory("host", 0);  // makes no device: every GPU is another rank's
-  if (device != "cuda") return makeDeviceFactory(device, scenario_gpus, std::move(faults));
+  if (engineOnly()) {
+    local_ = makeDeviceFactory("host", 0);  // makes no device: every GPU is another rank's
+  } else if (device != "cuda") {
+    local_ = makeDeviceFactory(device, scenario_gpus, std::move(faults));
+  } else {
+    local_ = cudaFactory(scenario_gpus, std::move(faults), cuda_shift);
+  }
+  return *local_;
+}
+
+int RankSession::reportSetupError(const std::string& error) {
+  if (!multi() || rank_ == 0) throw std::logic_error("RankSession: rank 0 reports its own errors");
+  return rank::reportRankSetupError(*transport_, error, std::cerr);
+}
+
+std::unique_ptr<DeviceFactory> RankSession::cudaFactory(int scenario_gpus, std::shared_ptr<FaultPlan> faults,
+                                                        int& cuda_shift) const {
+  const std::string device = "cuda";
   // Without a usable GPU the CUDA error alone does not say what to do instead.
   std::unique_ptr<DeviceFactory> factory;
   try {
@@ -130,7 +157,8 @@ int RankSession::runWorker(const EngineConfig& config, DeviceFactory& local, con
 }
 
 void RankSession::abort() {
-  if (!multi() || rank_ != 0) return;
+  if (!multi() || rank_ != 0 || aborted_) return;
+  aborted_ = true;
   if (factory_) {
     factory_->abortRanks();
     return;

@@ -29,6 +29,8 @@ class RankSession {
   // Joins the MPI job when launched by mpirun (built with MPI); ConfigError when the ranks
   // cannot hold the scenario's GPUs. `scenario_gpus`: the cluster's GPU count.
   RankSession(const RankOptions& options, int scenario_gpus, const std::string& device);
+  // Rank 0: stops the other ranks (after the backend is gone), or, if the run never got as far
+  // as its backend, tells them to leave.
   ~RankSession();
 
   bool multi() const { return layout_.ranks > 1; }
@@ -46,8 +48,12 @@ class RankSession {
   // This process's own devices of kind `device` (cuda or host), `faults` injected: in a
   // multi-process run shifted to this rank's CUDA devices (`cuda_shift` set), and for an
   // engine-only rank 0 a factory that makes none. ConfigError when CUDA has no usable GPU here.
-  std::unique_ptr<DeviceFactory> localFactory(const std::string& device, int scenario_gpus,
-                                              std::shared_ptr<FaultPlan> faults, int& cuda_shift) const;
+  // The session keeps it (it outlives the backend and the ranks' factory over it).
+  DeviceFactory& localFactory(const std::string& device, int scenario_gpus, std::shared_ptr<FaultPlan> faults,
+                              int& cuda_shift);
+  // Ranks >= 1 whose own set-up failed: tells rank 0 why (the run stops with that error) and
+  // returns the exit code, 2.
+  int reportSetupError(const std::string& error);
   // The backend over `local` (one process) or over every rank's GPUs (rank 0 of several: the
   // devices of kind `device`); a failure here tells the other ranks to leave before it throws.
   std::unique_ptr<RealBackend> makeBackend(const EngineConfig& config, DeviceFactory& local, const std::string& device,
@@ -61,12 +67,16 @@ class RankSession {
   nlohmann::json summary() const;
 
  private:
+  std::unique_ptr<DeviceFactory> cudaFactory(int scenario_gpus, std::shared_ptr<FaultPlan> faults, int& cuda_shift) const;
   // Rank 0 of a multi-process run: the factory the backend uses (own GPUs from `local`, the
   // others through their ranks). Kept alive by the session, which it must not outlive.
   rank::RankDeviceFactory& engineFactory(DeviceFactory& local);
   rank::RankLayout layout_;
   int rank_ = 0;
+  bool aborted_ = false;
+  // Destroyed in reverse: the ranks' factory, then the local one it wraps, then the transport.
   std::unique_ptr<rank::Transport> transport_;
+  std::unique_ptr<DeviceFactory> local_;
   std::unique_ptr<rank::RankDeviceFactory> factory_;
 };
 

@@ -1,5 +1,7 @@
 #include "runtime/mpi/messages.h"
 
+#include <fstream>
+
 #include "runtime/mpi/wire.h"
 
 namespace computron::runtime::rank {
@@ -26,6 +28,13 @@ MsgType peekType(const std::string& message) {
   return type;
 }
 
+std::string clockId(const std::string& host) {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string boot;
+  std::getline(in, boot);
+  return host + "/" + boot;
+}
+
 std::string encodeHello(const Hello& hello) {
   Writer w;
   w.put(MsgType::kHello);
@@ -40,6 +49,7 @@ std::string encodeHello(const Hello& hello) {
     w.put(s.checksum);
   }
   w.putString(hello.host);
+  w.putString(hello.clock);
   w.putString(hello.error);
   return w.take();
 }
@@ -59,6 +69,7 @@ Hello decodeHello(const std::string& message) {
     h.shards.push_back(s);
   }
   h.host = r.getString();
+  h.clock = r.getString();
   h.error = r.getString();
   r.expectDone();
   return h;

@@ -40,9 +40,14 @@ struct Hello {
   std::vector<GpuId> gpus;
   std::vector<std::string> describe;  // per GPU
   std::vector<HelloShard> shards;
-  std::string host;   // host name: ranks on one host share its monotonic clock
+  std::string host;   // host name, for people
+  std::string clock;  // clockId(): ranks with the same one share one monotonic clock
   std::string error;  // set-up failed on the rank (the run stops with this message)
 };
+
+// Which monotonic clock this process reads: the host name and the kernel's boot id (two machines
+// or containers may share a host name; one boot of one kernel has one CLOCK_MONOTONIC).
+std::string clockId(const std::string& host);
 
 std::string encodeHello(const Hello& hello);
 Hello decodeHello(const std::string& message);

@@ -51,11 +51,16 @@ MpiTransport::MpiTransport(MpiTransportOptions options) : options_(options) {
   MPI_Comm_size(commOf(comm_), &size_);
   char name[256] = {};
   if (::gethostname(name, sizeof name - 1) == 0) host_ = name;
+  retired_ = std::vector<std::atomic<bool>>(static_cast<std::size_t>(size_));
+}
+
+void MpiTransport::retire(int rank) {
+  if (rank >= 0 && rank < size_) retired_[static_cast<std::size_t>(rank)] = true;
 }
 
 MpiTransport::~MpiTransport() {
   stop();
-  if (!any_lost_) {
+  if (!any_lost_ && !unclean_) {
     MPI_Comm_free(&commOf(comm_));
     MPI_Finalize();
   }
@@ -154,7 +159,7 @@ void MpiTransport::run() {
       for (int r = 0; r < size_; ++r) {
         const auto i = static_cast<std::size_t>(r);
         const Nanos limit = heard[i] ? options_.timeout : options_.first_contact_timeout;
-        if (!watched(r) || lost[i] || now - last_heard[i] <= limit) continue;
+        if (!watched(r) || lost[i] || retired_[i] || now - last_heard[i] <= limit) continue;
         lost[i] = true;
         any_lost_ = true;
         // Sends still pending to it may never complete: set aside, buffers kept.
@@ -181,11 +186,13 @@ void MpiTransport::run() {
     if (!busy) {
       // Idle: wait for a message to send, or poll MPI again in 50 us (arrivals have no wake-up).
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait_for(lock, std::chrono::microseconds(50), [&] { return !outbox_.empty() || stop_; });
+      // (Not woken by stop_ itself: while draining, the loop checks it every pass.)
+      wake_.wait_for(lock, std::chrono::microseconds(50), [&] { return !outbox_.empty(); });
     }
   }
   // Requests that never completed (a peer gone mid-send) keep their buffers for good: MPI may
   // still touch them, and the process is about to leave anyway.
+  if (!pending.empty()) unclean_ = true;
   abandoned.splice(abandoned.end(), pending);
   if (!abandoned.empty()) new std::list<Pending>(std::move(abandoned));
 }

@@ -2,7 +2,7 @@
 // every MPI call after MPI_Init (MPI_THREAD_SERIALIZED is enough), so device threads and the
 // engine never block in MPI. Messages are MPI_BYTE on a private duplicate of MPI_COMM_WORLD;
 // heartbeats go on their own tag every `heartbeat` (rank 0 to every rank, every rank to rank 0),
-// and a peer heard from for longer than `timeout` is lost. Launch with `mpirun --enable-recovery`
+// and a peer not heard from for longer than `timeout` is lost. Launch with `mpirun --enable-recovery`
 // so that the death of one rank does not end the others (Open MPI's default is to abort the job).
 #pragma once
 
@@ -25,7 +25,7 @@ struct MpiTransportOptions {
   Nanos timeout = 10 * kNanosPerSecond;
   // A peer never heard from yet (still parsing its scenario, or building its host store before
   // it starts its transport) is lost only after this long.
-  Nanos first_contact_timeout = 600 * kNanosPerSecond;
+  Nanos first_contact_timeout = 60 * kNanosPerSecond;
 };
 
 class MpiTransport final : public Transport {
@@ -34,8 +34,8 @@ class MpiTransport final : public Transport {
   static bool launched();
   // MPI_Init_thread; throws std::runtime_error if MPI cannot give MPI_THREAD_SERIALIZED.
   explicit MpiTransport(MpiTransportOptions options = {});
-  // Stops, then MPI_Finalize; after the loss of a rank it skips MPI_Finalize (a collective that
-  // would wait for the dead rank) and the process leaves without it.
+  // Stops, then MPI_Finalize; after the loss of a rank, or with sends that never completed, it
+  // skips MPI_Finalize (which waits for every other rank) and the process leaves without it.
   ~MpiTransport() override;
 
   int rank() const override { return rank_; }
@@ -44,6 +44,7 @@ class MpiTransport final : public Transport {
   void start(MessageHandler on_message, LostHandler on_lost) override;
   void send(int dest, std::string message) override;
   void stop() override;
+  void retire(int rank) override;
   bool anyLost() const { return any_lost_; }
 
  private:
@@ -63,6 +64,8 @@ class MpiTransport final : public Transport {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> any_lost_{false};
+  std::atomic<bool> unclean_{false};  // sends left unfinished at stop: no MPI_Finalize
+  std::vector<std::atomic<bool>> retired_;
   bool started_ = false;
   bool stopped_ = false;
 };

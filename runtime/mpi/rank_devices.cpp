@@ -91,8 +91,13 @@ std::unique_ptr<Device> RankDeviceFactory::create(GpuId gpu, std::int64_t pool_b
     std::lock_guard<std::mutex> lock(mutex_);
     const auto* steady = dynamic_cast<const SteadyClock*>(&clock);
     if (steady == nullptr) throw std::logic_error("RankDeviceFactory: devices need the backend's SteadyClock");
+    const bool first = queue_ == nullptr;
     queue_ = &queue;
     clock_ = steady;
+    // A rank lost between set-up and the first device: its GPUs are reported now.
+    if (first)
+      for (const RankStatus& st : ranks_)
+        if (st.lost) reportLostGpusLocked(st, clock_->now());
   }
   const int r = layout_.owner(gpu);
   if (r == 0) return local_.create(gpu, pool_bytes, chunk_bytes, queue, clock);
@@ -132,7 +137,7 @@ std::map<std::pair<ModelId, int>, std::uint64_t> RankDeviceFactory::remoteChecks
   // Clock offsets of ranks on other hosts (on this host they share the monotonic clock): the
   // ping with the shortest round trip, assuming the two directions take as long.
   for (int r = 1; r < layout_.ranks; ++r) {
-    if (hellos_[static_cast<std::size_t>(r)].host == ranks_[0].host) continue;
+    if (hellos_[static_cast<std::size_t>(r)].clock == clockId(ranks_[0].host)) continue;
     Nanos best_rtt = std::numeric_limits<Nanos>::max();
     for (int i = 0; i < kPings; ++i) {
       pong_[static_cast<std::size_t>(r)] = -1;
@@ -221,16 +226,26 @@ void RankDeviceFactory::onMessage(int source, std::string message) {
         return;
       case MsgType::kStopped:
         stopped_[s] = true;
+        transport_.retire(source);  // its silence from now on is not a loss
         cv_.notify_all();
+        return;
+      case MsgType::kAbort:
+        // It met a message it could not handle and left.
+        failRankLocked(source, "it could not handle a message and stopped (its log says which)");
         return;
       case MsgType::kEvent: {
         DeviceEvent ev = decodeEvent(message);
-        if (layout_.owner(ev.gpu) != source) throw wire::WireError("an event for GPU " + std::to_string(ev.gpu) + ", which it does not own");
+        if (layout_.owner(ev.gpu) != source)
+          throw wire::WireError("an event for GPU " + std::to_string(ev.gpu) + ", which it does not own");
+        // Only for a job it was given and has not finished: each job completes exactly once.
+        auto it = outstanding_[s].find(keyOf(ev));
+        if (it == outstanding_[s].end())
+          throw wire::WireError("an event for no job it holds (kind " + std::to_string(static_cast<int>(ev.kind)) + ")");
+        if (ev.kind != DeviceEvent::Kind::kPathProgress || ev.final) outstanding_[s].erase(it);
+        if (queue_ == nullptr) return;  // detached: the backend is gone
         ev.time = toLocal(source, ev.time);
         if (ev.start != 0) ev.start = toLocal(source, ev.start);
         for (Nanos& t : ev.step_end) t = toLocal(source, t);
-        const bool completes = ev.kind != DeviceEvent::Kind::kPathProgress || ev.final;
-        if (completes) outstanding_[s].erase(keyOf(ev));
         pushLocked(std::move(ev));
         return;
       }
@@ -252,11 +267,11 @@ void RankDeviceFactory::onLost(int r, const std::string& reason) {
 void RankDeviceFactory::failRankLocked(int r, const std::string& reason) {
   const auto s = static_cast<std::size_t>(r);
   RankStatus& st = ranks_[s];
-  if (st.lost) return;
+  if (st.lost || stopped_[s]) return;  // a rank that finished is not lost by falling silent
   st.lost = true;
   st.reason = "rank " + std::to_string(r) + " lost: " + reason;
   cv_.notify_all();
-  if (queue_ == nullptr) return;  // still setting up: remoteChecksums() reports it
+  if (queue_ == nullptr) return;  // no backend (setting up: remoteChecksums() reports it; or gone)
   const Nanos now = clock_->now();
   for (auto& [key, out] : outstanding_[s]) {
     DeviceEvent ev = std::move(out.failure);
@@ -266,6 +281,10 @@ void RankDeviceFactory::failRankLocked(int r, const std::string& reason) {
     pushLocked(std::move(ev));
   }
   outstanding_[s].clear();
+  reportLostGpusLocked(st, now);
+}
+
+void RankDeviceFactory::reportLostGpusLocked(const RankStatus& st, Nanos now) {
   for (GpuId g : st.gpus) {
     DeviceEvent ev;
     ev.kind = DeviceEvent::Kind::kGpuLost;
@@ -292,8 +311,16 @@ void RankDeviceFactory::stopRanks() {
   queue_ = nullptr;
 }
 
+void RankDeviceFactory::detach() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  queue_ = nullptr;
+  clock_ = nullptr;
+}
+
 void RankDeviceFactory::abortRanks() {
   std::lock_guard<std::mutex> lock(mutex_);
+  queue_ = nullptr;
+  clock_ = nullptr;
   stopping_ = true;
   for (int r = 1; r < layout_.ranks; ++r)
     if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kAbort));

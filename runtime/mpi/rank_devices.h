@@ -63,8 +63,10 @@ class RankDeviceFactory final : public DeviceFactory {
   // Asks every live rank to finish its queued work and stop, and waits for them (bounded).
   // Idempotent; the RemoteDevices' stop() calls it.
   void stopRanks();
-  // Tells every rank to exit without serving (set-up failed on this rank).
+  // Tells every rank to exit without serving (set-up failed on this rank); detaches.
   void abortRanks();
+  // The backend that owned the completion queue is gone: events from now on are dropped.
+  void detach();
   std::vector<RankStatus> status() const;
   const RankLayout& layout() const { return layout_; }
 
@@ -83,6 +85,7 @@ class RankDeviceFactory final : public DeviceFactory {
   void onLost(int rank, const std::string& reason);
   // Under mutex_: fail what is out on `rank` and report its GPUs lost.
   void failRankLocked(int rank, const std::string& reason);
+  void reportLostGpusLocked(const RankStatus& st, Nanos now);
   void pushLocked(DeviceEvent ev);
   Nanos toLocal(int rank, Nanos remote) const;
 

@@ -1,6 +1,8 @@
 #include "runtime/mpi/rank_worker.h"
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -17,7 +19,54 @@ class RawSteadyClock final : public Clock {
   Nanos now() const override { return SteadyClock::steadyNanos(); }
 };
 
+// Runs `f` when the scope ends, however it ends.
+class ScopeExit {
+ public:
+  explicit ScopeExit(std::function<void()> f) : f_(std::move(f)) {}
+  ~ScopeExit() { f_(); }
+  ScopeExit(const ScopeExit&) = delete;
+  ScopeExit& operator=(const ScopeExit&) = delete;
+
+ private:
+  std::function<void()> f_;
+};
+
 }  // namespace
+
+int reportRankSetupError(Transport& transport, const std::string& error, std::ostream& log) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool done = false;
+  transport.start(
+      [&](int source, std::string message) {
+        if (source != 0) return;
+        try {
+          const MsgType type = peekType(message);
+          if (type != MsgType::kStop && type != MsgType::kAbort) return;
+        } catch (const std::exception&) {
+          return;
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        done = true;
+        cv.notify_all();
+      },
+      [&](int r, const std::string&) {
+        if (r != 0) return;
+        std::lock_guard<std::mutex> lock(mutex);
+        done = true;
+        cv.notify_all();
+      });
+  ScopeExit stop_transport([&] { transport.stop(); });
+  Hello hello;
+  hello.host = transport.hostName();
+  hello.clock = clockId(hello.host);
+  hello.error = error;
+  transport.send(0, encodeHello(hello));
+  log << ("rank " + std::to_string(transport.rank()) + ": " + error + "\n") << std::flush;
+  std::unique_lock<std::mutex> lock(mutex);
+  cv.wait_for(lock, std::chrono::minutes(10), [&] { return done; });
+  return 2;
+}
 
 int runRankWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, Transport& transport,
                   RankLayout layout, std::ostream& log, const std::function<bool(GpuId)>& present) {
@@ -46,6 +95,10 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   };
   auto onMessage = [&](int source, std::string message) {
     if (source != 0) return;
+    // The job's identity, once decoded: a job that cannot run still completes, as failed.
+    DeviceEvent ev;
+    GpuId target = -1;
+    bool known = false;
     try {
       const MsgType type = peekType(message);
       switch (type) {
@@ -68,16 +121,34 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
           throw wire::WireError("an unexpected message type");
       }
       DecodedJob job = decodeJob(message);
-      Device* device = ready && job.device >= 0 && job.device < layout.total_gpus
-                           ? by_gpu[static_cast<std::size_t>(job.device)]
-                           : nullptr;
-      DeviceEvent ev;
+      target = job.device;
       switch (job.type) {
-        case MsgType::kPathJob: {
+        case MsgType::kPathJob:
           ev.kind = DeviceEvent::Kind::kPathProgress;
           ev.op = job.path.op;
           ev.path = job.path.path;
-          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+          break;
+        case MsgType::kVerifyJob:
+          ev.kind = DeviceEvent::Kind::kVerifyDone;
+          ev.op = job.verify.op;
+          break;
+        case MsgType::kExecJob:
+          ev.kind = DeviceEvent::Kind::kExecDone;
+          ev.batch = job.exec.batch;
+          ev.path = job.exec.part;
+          break;
+        default:
+          ev.kind = DeviceEvent::Kind::kRelocateDone;
+          ev.op = job.relocate.token;
+          break;
+      }
+      known = true;
+      Device* device = ready && job.device >= 0 && job.device < layout.total_gpus
+                           ? by_gpu[static_cast<std::size_t>(job.device)]
+                           : nullptr;
+      if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
+      switch (job.type) {
+        case MsgType::kPathJob:
           if (job.path.kind != PathKind::kFromDevice) {
             const HostShard* shard = store->find(job.path.host_model, job.path.shard);
             if (shard == nullptr || shard->data == nullptr)
@@ -88,29 +159,25 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
           }
           device->submit(std::move(job.path));
           return;
-        }
         case MsgType::kVerifyJob:
-          ev.kind = DeviceEvent::Kind::kVerifyDone;
-          ev.op = job.verify.op;
-          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
           device->submit(job.verify);
           return;
         case MsgType::kExecJob:
-          ev.kind = DeviceEvent::Kind::kExecDone;
-          ev.batch = job.exec.batch;
-          ev.path = job.exec.part;
-          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
           device->submit(std::move(job.exec));
           return;
         default:
-          ev.kind = DeviceEvent::Kind::kRelocateDone;
-          ev.op = job.relocate.token;
-          if (device == nullptr) return fail(job.device, ev, "no device for GPU " + std::to_string(job.device));
           device->submit(std::move(job.relocate));
           return;
       }
     } catch (const std::exception& e) {
-      log << "rank " << me << ": dropped a bad message from rank 0: " << e.what() << "\n";
+      if (known) return fail(target, ev, e.what());
+      // Rank 0 cannot tell which job this was: say so and leave, so it fails this rank's work
+      // instead of waiting on it.
+      log << "rank " << me << ": a message from rank 0 it cannot decode (" << e.what() << "); leaving\n";
+      transport.send(0, encodeSignal(MsgType::kAbort));
+      std::lock_guard<std::mutex> lock(mutex);
+      abort = true;
+      cv.notify_all();
     }
   };
   auto onLost = [&](int r, const std::string& reason) {
@@ -121,9 +188,12 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     cv.notify_all();
   };
   transport.start(onMessage, onLost);
+  // Whatever ends this function, the transport's handlers stop first: they use the locals above.
+  ScopeExit stop_transport([&] { transport.stop(); });
 
   Hello hello;
   hello.host = transport.hostName();
+  hello.clock = clockId(hello.host);
   try {
     auto plan = RealBackend::planStore(config, [&](GpuId g) { return layout.owner(g) == me; });
     HostStoreOptions host = options.host;
@@ -154,6 +224,10 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
         transport.send(0, encodeEvent(ev));
     }
   });
+  ScopeExit join_forward([&] {
+    forwarding = false;
+    if (forward.joinable()) forward.join();
+  });
 
   int code = 0;
   {
@@ -170,7 +244,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   // Finish queued work (its events still go back), then say stopped.
   for (auto& d : devices) d->stop();
   forwarding = false;
-  forward.join();
+  if (forward.joinable()) forward.join();
   for (const DeviceEvent& ev : queue.takeAll()) transport.send(0, encodeEvent(ev));
   if (code == 0) transport.send(0, encodeSignal(MsgType::kStopped));
   transport.stop();

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <ostream>
+#include <string>
 
 #include "common/core/engine.h"
 #include "runtime/device.h"
@@ -20,5 +21,10 @@ namespace computron::runtime::rank {
 // has, as in one process): absent ones get no device, and jobs for them fail saying so.
 int runRankWorker(const EngineConfig& config, DeviceFactory& local, const RuntimeOptions& options, Transport& transport,
                   RankLayout layout, std::ostream& log, const std::function<bool(GpuId)>& present = {});
+
+// A rank whose own set-up failed before it could serve (no usable GPU here, say): tells rank 0
+// why in its hello, so the run stops at once with that error, and waits for rank 0's word.
+// Returns 2.
+int reportRankSetupError(Transport& transport, const std::string& error, std::ostream& log);
 
 }  // namespace computron::runtime::rank

@@ -30,6 +30,8 @@ class Transport {
   // Sends what is queued (a bounded wait), then stops delivering; idempotent. No handler runs
   // after it returns.
   virtual void stop() = 0;
+  // Rank r finished (it said so): its silence from now on is not a loss.
+  virtual void retire(int /*rank*/) {}
 };
 
 // Which rank owns which GPU: the GPU ranks, from `first_gpu_rank` on, own `gpus_per_rank` each

@@ -97,7 +97,9 @@ TEST(RankMessages, JobsAndEventsComeBackAsSent) {
   h.describe = {"x", "y"};
   h.shards = {{1, 0, 4096, 0xabcdef}};
   h.host = "node7";
+  h.clock = clockId("node7");
   const Hello hb = decodeHello(encodeHello(h));
+  EXPECT_EQ(hb.clock, h.clock);
   EXPECT_EQ(hb.gpus, h.gpus);
   EXPECT_EQ(hb.describe[1], "y");
   EXPECT_EQ(hb.shards[0].checksum, 0xabcdefu);
@@ -150,6 +152,7 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
   EXPECT_EQ(ev.kind, DeviceEvent::Kind::kExecDone);
   const Hello h = decodeHello(read("hello.bin"));
   EXPECT_EQ(h.host, "node7");
+  EXPECT_EQ(h.clock, "node7/0f1e2d3c-boot");
   EXPECT_EQ(h.shards.at(0).checksum, 0xabcdefu);
   EXPECT_EQ(decodeSignal(read("ping.bin"), MsgType::kPing), 123456);
 }
