@@ -470,6 +470,41 @@ TEST(RanksInProcess, ALostRankFailsOnlyTheWorkThatNeededItsGpusWithTheReason) {
   EXPECT_EQ(run.worker_codes[2], 1);  // it lost rank 0 (the test's second kill)
 }
 
+// Rank 0 owns every GPU: no RemoteDevice ever stops the ranks, so the end of the run must.
+TEST(RanksInProcess, RanksWithoutGpusAreStoppedAtTheEndToo) {
+  const EngineConfig config = sixGpuConfig(tinyShardBytes());
+  const RankLayout layout{3, 6, 6};
+  Hub hub(3);
+  std::vector<int> codes(3, -1);
+  std::vector<std::thread> workers;
+  std::ostringstream n1, n2;
+  HostDeviceFactory l1(6), l2(6);
+  workers.emplace_back([&] { codes[1] = runRankWorker(config, l1, smallOptions(), hub.at(1), layout, n1); });
+  workers.emplace_back([&] { codes[2] = runRankWorker(config, l2, smallOptions(), hub.at(2), layout, n2); });
+  {
+    HostDeviceFactory own(6);
+    RankDeviceFactory factory(own, hub.at(0), layout);
+    {
+      RealBackend backend(config, factory, smallOptions());
+      Log log;
+      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(spacedRequests(7, 7, 10 * kNanosPerMilli)),
+                            &log, 20 * kNanosPerSecond);
+      driver.run();
+      EXPECT_EQ(log.records.size(), 7u);
+    }
+    // What RankSession does once the backend is gone.
+    factory.detach();
+    factory.stopRanks();
+    for (const RankStatus& st : factory.status()) {
+      EXPECT_FALSE(st.lost) << st.reason;
+      EXPECT_EQ(st.jobs, 0) << st.rank;
+    }
+  }
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(codes[1], 0);
+  EXPECT_EQ(codes[2], 0);
+}
+
 TEST(RanksInProcess, ARankThatCannotSetUpStopsTheRunNamingIt) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
   const RankLayout layout{3, 2, 6};
