@@ -103,6 +103,22 @@ DeviceFactory& RankSession::localFactory(const std::string& device, int scenario
   return *local_;
 }
 
+std::optional<int> RankSession::serveOrSetUp(const std::string& device, const EngineConfig& config,
+                                             const RuntimeOptions& options, std::shared_ptr<FaultPlan> faults,
+                                             int scenario_gpus, DeviceFactory*& factory) {
+  const bool gpu_rank = multi() && rank_ != 0;
+  int cuda_shift = 0;
+  try {
+    factory = &localFactory(device, scenario_gpus, std::move(faults), cuda_shift);
+  } catch (const std::exception& e) {
+    // A GPU rank tells rank 0, which stops the run with this error instead of waiting for it.
+    if (gpu_rank) return reportSetupError(e.what());
+    throw;
+  }
+  if (gpu_rank) return runWorker(config, *factory, options, cuda_shift);
+  return std::nullopt;
+}
+
 int RankSession::reportSetupError(const std::string& error) {
   if (!multi() || rank_ == 0) throw std::logic_error("RankSession: rank 0 reports its own errors");
   return rank::reportRankSetupError(*transport_, error, std::cerr);

@@ -6,6 +6,7 @@
 
 #include <boost/program_options.hpp>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -51,6 +52,11 @@ class RankSession {
   // The session keeps it (it outlives the backend and the ranks' factory over it).
   DeviceFactory& localFactory(const std::string& device, int scenario_gpus, std::shared_ptr<FaultPlan> faults,
                               int& cuda_shift);
+  // This process's devices, as localFactory. A GPU rank (>= 1 under mpirun) then serves them to
+  // rank 0 until told to stop, or tells rank 0 why it could not set up, and gets its exit code
+  // back; rank 0 and a lone process get nothing and `factory` set.
+  std::optional<int> serveOrSetUp(const std::string& device, const EngineConfig& config, const RuntimeOptions& options,
+                                  std::shared_ptr<FaultPlan> faults, int scenario_gpus, DeviceFactory*& factory);
   // Ranks >= 1 whose own set-up failed: tells rank 0 why (the run stops with that error) and
   // returns the exit code, 2.
   int reportSetupError(const std::string& error);

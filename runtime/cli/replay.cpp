@@ -179,16 +179,10 @@ int replayMain(int argc, char** argv) {
   }
   const std::string execution_note = real ? "execution: " + execution : "execution is a PLACEHOLDER (" + execution + ")";
 
-  int cuda_shift = 0;
+  // A GPU rank under mpirun serves its devices here and leaves with its exit code.
   DeviceFactory* factory = nullptr;
-  try {
-    factory = &ranks.localFactory(device, scenario.cluster.numGpus(), fault_plan, cuda_shift);
-  } catch (const std::exception& e) {
-    // A GPU rank tells rank 0, which stops the run with this error instead of waiting for it.
-    if (ranks.multi() && ranks.rank() != 0) return ranks.reportSetupError(e.what());
-    throw;
-  }
-  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options, cuda_shift);
+  if (auto code = ranks.serveOrSetUp(device, scenario.engine, options, fault_plan, scenario.cluster.numGpus(), factory))
+    return *code;
   if (!ranks.multi() && factory->deviceCount() < scenario.cluster.numGpus()) {
     std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
               << " GPUs, this machine " << factory->deviceCount() << "\n";

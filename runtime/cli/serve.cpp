@@ -175,17 +175,10 @@ int serveMain(int argc, char** argv) {
     so.loop.predicted_times = cost_fn;
     execution = "PLACEHOLDER (fixed-cost stand-in; token ids are deterministic placeholders)";
   }
-  int cuda_shift = 0;
+  // A GPU rank under mpirun serves its devices here and leaves with its exit code.
   DeviceFactory* factory = nullptr;
-  try {
-    factory = &ranks.localFactory(device, scenario.cluster.numGpus(), fault_plan, cuda_shift);
-  } catch (const std::exception& e) {
-    // A GPU rank tells rank 0, which stops the run with this error instead of waiting for it.
-    if (ranks.multi() && ranks.rank() != 0) return ranks.reportSetupError(e.what());
-    throw;
-  }
-  // The other ranks serve their GPUs to rank 0, which runs the engine and the HTTP server.
-  if (ranks.multi() && ranks.rank() != 0) return ranks.runWorker(scenario.engine, *factory, options, cuda_shift);
+  if (auto code = ranks.serveOrSetUp(device, scenario.engine, options, fault_plan, scenario.cluster.numGpus(), factory))
+    return *code;
   if (!quiet) std::cerr << "serve: building the host weight store and device pools (" << device << ")...\n";
   std::unique_ptr<RealBackend> backend_owner = ranks.makeBackend(scenario.engine, *factory, device, options);
   RealBackend& backend = *backend_owner;

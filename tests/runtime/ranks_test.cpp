@@ -263,13 +263,7 @@ class Hub {
 // ---- runs ----
 
 ModelDeployment deployment(const std::string& name, int tp, std::vector<GpuId> gpus) {
-  ModelDeployment d;
-  d.name = name;
-  d.spec = fakes::tinyOptSpec(4);
-  d.tp = tp;
-  d.gpus = std::move(gpus);
-  d.max_batch = 4;
-  return d;
+  return fakes::tinyDeployment(name, tp, 1, std::move(gpus));
 }
 
 RuntimeOptions smallOptions() {

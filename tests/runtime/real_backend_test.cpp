@@ -28,14 +28,7 @@ namespace {
 ModelSpec tinySpec(int layers = 4) { return fakes::tinyOptSpec(layers); }
 
 ModelDeployment deployment(const std::string& name, int tp, int pp, std::vector<GpuId> gpus, int layers = 4) {
-  ModelDeployment d;
-  d.name = name;
-  d.spec = tinySpec(layers);
-  d.tp = tp;
-  d.pp = pp;
-  d.gpus = std::move(gpus);
-  d.max_batch = 4;
-  return d;
+  return fakes::tinyDeployment(name, tp, pp, std::move(gpus), layers);
 }
 
 RuntimeOptions smallOptions() {

@@ -2,6 +2,11 @@
 // through the host-memory device are quick.
 #pragma once
 
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/deployment.h"
 #include "common/model_spec.h"
 
 namespace computron::fakes {
@@ -18,6 +23,18 @@ inline ModelSpec tinyOptSpec(int layers) {
   m.max_positions = 64;
   m.word_embed_proj_dim = 0;
   return m;
+}
+
+// A deployment of the tiny model split tp x pp over `gpus` (shard i on gpus[i]), batches of 4.
+inline ModelDeployment tinyDeployment(const std::string& name, int tp, int pp, std::vector<GpuId> gpus, int layers = 4) {
+  ModelDeployment d;
+  d.name = name;
+  d.spec = tinyOptSpec(layers);
+  d.tp = tp;
+  d.pp = pp;
+  d.gpus = std::move(gpus);
+  d.max_batch = 4;
+  return d;
 }
 
 }  // namespace computron::fakes
