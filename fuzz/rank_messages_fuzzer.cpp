@@ -22,6 +22,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (encodeEvent(ev) != message) __builtin_trap();
         break;
       }
+      case MsgType::kExecPart:
+        (void)decodeExecPart(message);
+        break;
       case MsgType::kPathJob:
       case MsgType::kVerifyJob:
       case MsgType::kExecJob:

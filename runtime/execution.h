@@ -88,6 +88,8 @@ struct RealExecutionOptions {
   // Served requests' prompts and sampling, and where their tokens go (`computron serve`); null:
   // synthetic prompts, greedy, tokens kept inside the executor.
   std::shared_ptr<TokenChannel> tokens;
+  // GPU g is CUDA device g + ordinal_shift (a rank of a multi-process run, as for its devices).
+  int ordinal_shift = 0;
 };
 
 // One GPU's part of a batch.
@@ -98,6 +100,7 @@ struct ExecPart {
   int shard = 0;
   GpuId gpu = 0;
   const std::byte* weights = nullptr;  // the shard image in this GPU's pool
+  std::int64_t weights_offset = 0;     // where that is in the pool (a rank that owns the GPU rebases it)
   std::vector<Request> requests;
   std::shared_ptr<SegmentGate> gate;   // null: the shard is resident
   // Iteration batching: this part is one step of a session (requests is then empty); its
@@ -113,8 +116,8 @@ class ModelExecution {
   virtual void validate(const EngineConfig& config) const = 0;
   // Writes the host image of shard `shard` of `model`: the layout the executor reads.
   virtual void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const = 0;
-  // Called once, after the devices exist (`devices[g]` is GPU g): builds what runs the models and
-  // starts one worker per GPU. Completions go to `queue` as kExecDone events: `start`, then in
+  // Called once, after the devices exist (`devices[g]` is GPU g; null for another process's GPU,
+  // whose models that process runs): builds what runs the models and starts one worker per GPU. Completions go to `queue` as kExecDone events: `start`, then in
   // `step_end` the end of every pass (prefill first), `ok`/`error`.
   virtual void start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue,
                      const Clock& clock) = 0;
@@ -124,6 +127,8 @@ class ModelExecution {
   virtual void stop() = 0;
   // Runs session steps (ExecPart::step) for iteration batching.
   virtual bool supportsSteps() const { return false; }
+  // Before start(): GPU g is device g + shift (a rank of a multi-process run, runtime/mpi/).
+  virtual void setOrdinalShift(int /*shift*/) {}
 };
 
 }  // namespace computron::runtime

@@ -542,7 +542,9 @@ void RealBackend::startRealExecute(const ExecuteCommand& cmd, const std::vector<
     part.model = cmd.model;
     part.shard = static_cast<int>(i);
     part.gpu = std::get<2>(keys[i]);
-    part.weights = devices_[static_cast<std::size_t>(part.gpu)]->poolBase() + pl.extent.offset;
+    std::byte* base = devices_[static_cast<std::size_t>(part.gpu)]->poolBase();
+    part.weights = base != nullptr ? base + pl.extent.offset : nullptr;  // null: another rank's GPU
+    part.weights_offset = pl.extent.offset;
     part.requests = cmd.requests;
     part.step = shared_step;
     if (pl.loading) {

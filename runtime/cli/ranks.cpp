@@ -115,6 +115,7 @@ std::optional<int> RankSession::serveOrSetUp(const std::string& device, const En
     if (gpu_rank) return reportSetupError(e.what());
     throw;
   }
+  if (options.execution) options.execution->setOrdinalShift(cuda_shift);
   if (gpu_rank) return runWorker(config, *factory, options, cuda_shift);
   return std::nullopt;
 }
@@ -152,7 +153,10 @@ std::unique_ptr<RealBackend> RankSession::makeBackend(const EngineConfig& config
   try {
     rank::RankDeviceFactory& factory = engineFactory(local);
     factory.setName(device);
-    return std::make_unique<RealBackend>(config, factory, options);
+    RuntimeOptions ranked = options;
+    // Real models run on the GPU ranks; rank 0 hands each batch's parts over.
+    if (options.execution) ranked.execution = std::make_shared<rank::RankExecution>(options.execution, factory);
+    return std::make_unique<RealBackend>(config, factory, ranked);
   } catch (...) {
     abort();
     throw;

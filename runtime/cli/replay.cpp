@@ -156,9 +156,12 @@ int replayMain(int argc, char** argv) {
   std::string execution;
   const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
   if (ranks.multi()) {
-    if (real)
-      throw ConfigError("--execution real does not run across ranks yet (its TP and PP groups are one process's); "
-                        "under mpirun use --execution placeholder, which swaps for real and times batches by the cost model");
+    if (real && !rank_options.engine_only)
+      throw ConfigError("--execution real under mpirun runs the models on the GPU ranks only: add --engine-only (and "
+                        "keep each model's GPUs inside one rank), or use --execution placeholder");
+    if (real && scenario.engine.policy.layer_pipelined)
+      throw ConfigError("--execution real under mpirun: policy.layer_pipelined (batches behind their loads) is not "
+                        "supported across ranks yet; --set policy.layer_pipelined=false");
     ranks.applyToConfig(scenario.engine);
   }
   if (real) {

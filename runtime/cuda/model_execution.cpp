@@ -171,17 +171,31 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
   queue_ = &queue;
   clock_ = &clock;
   const std::size_t gpus = devices.size();
+  // Under mpirun a rank runs the models on its own GPUs only (devices of other ranks are null).
+  local_.assign(config_.models.size(), false);
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const ModelDeployment& d = config_.models[m];
+    int here = 0;
+    for (GpuId g : d.gpus) here += static_cast<std::size_t>(g) < gpus && devices[static_cast<std::size_t>(g)] != nullptr;
+    if (here != 0 && here != d.numShards())
+      throw ConfigError("real execution: model " + d.name + " has GPUs in more than one rank; its TP and PP groups " +
+                        "must be one rank's (place it on one rank's GPUs)");
+    local_[m] = here != 0;
+  }
   // One workspace per GPU, as large as the largest shard placed there needs.
   workspace_bytes_.assign(gpus, 0);
-  for (const auto& d : config_.models)
+  for (std::size_t m = 0; m < config_.models.size(); ++m) {
+    const ModelDeployment& d = config_.models[m];
+    if (!local_[m]) continue;
     for (int s = 0; s < d.numShards(); ++s) {
       const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);
       workspace_bytes_[g] = std::max(workspace_bytes_[g], model::ShardExecutor::workspaceBytes(planFor(d, s), limitsFor(d, options_.max_context)));
     }
+  }
   workspaces_.assign(gpus, nullptr);
   for (std::size_t g = 0; g < gpus; ++g) {
     if (workspace_bytes_[g] == 0) continue;
-    CUDA_CHECK(cudaSetDevice(static_cast<int>(g)));
+    CUDA_CHECK(cudaSetDevice(static_cast<int>(g) + options_.ordinal_shift));
     std::size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     if (workspace_bytes_[g] > static_cast<std::int64_t>(free_bytes))
@@ -201,6 +215,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
 #endif
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const ModelDeployment& d = config_.models[m];
+    if (!local_[m]) continue;
     const int n = d.numShards();
     auto key = std::make_tuple(d.tp, d.pp, d.gpus);
     auto found = groups.find(key);
@@ -210,7 +225,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       if (d.tp > 1) {
         for (int stage = 0; stage < d.pp; ++stage) {
           std::vector<int> devs;
-          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]) + options_.ordinal_shift);
           std::vector<ncclComm_t> c(static_cast<std::size_t>(d.tp));
           ncclCheck(ncclCommInitAll(c.data(), d.tp, devs.data()), "ncclCommInitAll (tensor parallel)");
           for (int r = 0; r < d.tp; ++r) {
@@ -222,7 +237,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       if (d.pp > 1) {
         for (int r = 0; r < d.tp; ++r) {
           std::vector<int> devs;
-          for (int stage = 0; stage < d.pp; ++stage) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          for (int stage = 0; stage < d.pp; ++stage) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]) + options_.ordinal_shift);
           std::vector<ncclComm_t> c(static_cast<std::size_t>(d.pp));
           ncclCheck(ncclCommInitAll(c.data(), d.pp, devs.data()), "ncclCommInitAll (pipeline)");
           for (int stage = 0; stage < d.pp; ++stage) {
@@ -238,7 +253,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
         for (int stage = 0; stage < d.pp; ++stage) {
           std::int64_t bytes = 0;
           std::vector<int> devs;
-          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]));
+          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]) + options_.ordinal_shift);
           for (const ModelDeployment& other : config_.models)
             if (other.tp == d.tp && other.pp == d.pp && other.gpus == d.gpus)
               bytes = std::max(bytes, model::peerGroupBytes(planFor(other, stage * d.tp), limitsFor(other, options_.max_context)));
@@ -261,15 +276,16 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       tp_peers_[{static_cast<ModelId>(m), s}] = comms.tp_peer;
       sessions_[{static_cast<ModelId>(m), s}] = SessionState{};
       executors_[{static_cast<ModelId>(m), s}] =
-          std::make_unique<model::ShardExecutor>(planFor(d, s), extras, limits, static_cast<int>(g), comms);
+          std::make_unique<model::ShardExecutor>(planFor(d, s), extras, limits, static_cast<int>(g) + options_.ordinal_shift, comms);
     }
   }
   warmUp();
   for (std::size_t g = 0; g < gpus; ++g) {
     auto w = std::make_unique<Worker>();
-    w->ordinal = static_cast<int>(g);
+    w->ordinal = static_cast<int>(g) + options_.ordinal_shift;
     Worker* raw = w.get();
-    w->thread = std::thread([this, raw] { run(*raw); });
+    // Another rank's GPU gets no thread (and so no CUDA context from this process).
+    if (devices[g] != nullptr) w->thread = std::thread([this, raw] { run(*raw); });
     workers_.push_back(std::move(w));
   }
 }
@@ -297,6 +313,7 @@ void CudaModelExecution::warmUp() {
   std::set<std::tuple<int, int, std::vector<GpuId>, int, int, int, int>> done;
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const ModelDeployment& d = config_.models[m];
+    if (!local_[m]) continue;
     const int group = std::max(1, d.spec.num_heads / std::max(1, d.spec.num_kv_heads));
     if (!done.insert({d.tp, d.pp, d.gpus, static_cast<int>(d.spec.arch), static_cast<int>(d.spec.dtype), d.spec.headDim(), group})
              .second)
@@ -309,7 +326,7 @@ void CudaModelExecution::warmUp() {
       limits.max_batch = 1;
       limits.max_context = kWarmUpContext;
       for (int s = 0; s < d.numShards(); ++s) {
-        const int g = static_cast<int>(d.gpus[static_cast<std::size_t>(s)]);
+        const int g = static_cast<int>(d.gpus[static_cast<std::size_t>(s)]) + options_.ordinal_shift;
         const auto nccl = parallel_comms_.at({static_cast<ModelId>(m), s});
         const model::ParallelComms comms{nccl.first, nccl.second, tp_peers_.at({static_cast<ModelId>(m), s})};
         CUDA_CHECK(cudaSetDevice(g));
@@ -383,7 +400,7 @@ void CudaModelExecution::stop() {
   comms_.clear();
   for (std::size_t g = 0; g < workspaces_.size(); ++g) {
     if (workspaces_[g] == nullptr) continue;
-    cudaSetDevice(static_cast<int>(g));
+    cudaSetDevice(static_cast<int>(g) + options_.ordinal_shift);
     cudaFree(workspaces_[g]);
   }
   workspaces_.clear();

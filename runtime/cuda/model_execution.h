@@ -40,6 +40,7 @@ class CudaModelExecution final : public ModelExecution {
   void submit(ExecPart part) override;
   void stop() override;
   bool supportsSteps() const override { return true; }
+  void setOrdinalShift(int shift) override { options_.ordinal_shift = shift; }
 
   // Device bytes of KV cache and activations each GPU sets aside (after start()).
   const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }
@@ -75,6 +76,7 @@ class CudaModelExecution final : public ModelExecution {
   std::string checkpointFor(const ModelDeployment& model) const;
 
   RealExecutionOptions options_;
+  std::vector<bool> local_;  // per model: runs here (its GPUs are this process's)
   EngineConfig config_;
   CompletionQueue* queue_ = nullptr;
   const Clock* clock_ = nullptr;

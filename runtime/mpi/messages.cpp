@@ -23,7 +23,7 @@ void expectType(Reader& r, MsgType expected) {
 MsgType peekType(const std::string& message) {
   if (message.empty()) throw WireError("message: empty");
   const auto type = static_cast<MsgType>(message.front());
-  if (type < MsgType::kHello || type > MsgType::kAbort)
+  if (type < MsgType::kHello || type > MsgType::kExecPart)
     throw WireError("message: unknown type " + std::to_string(static_cast<int>(message.front())));
   return type;
 }
@@ -212,6 +212,107 @@ DecodedJob decodeJob(const std::string& message) {
   }
   r.expectDone();
   return d;
+}
+
+namespace {
+
+void putRequest(Writer& w, const Request& r) {
+  w.put(r.id);
+  w.put(r.model);
+  w.put(r.arrival);
+  w.put(r.prompt_tokens);
+  w.put(r.output_tokens);
+}
+
+Request getRequest(Reader& r) {
+  Request q;
+  q.id = r.get<RequestId>();
+  q.model = r.get<ModelId>();
+  q.arrival = r.get<Nanos>();
+  q.prompt_tokens = r.get<std::int32_t>();
+  q.output_tokens = r.get<std::int32_t>();
+  return q;
+}
+
+constexpr std::size_t kRequestBytes = 8 + 4 + 8 + 4 + 4;
+
+void putSequences(Writer& w, const std::vector<StepSequence>& seqs) {
+  w.put<std::uint64_t>(seqs.size());
+  for (const StepSequence& q : seqs) {
+    putRequest(w, q.request);
+    w.put(q.context);
+    w.put(q.generated);
+  }
+}
+
+std::vector<StepSequence> getSequences(Reader& r) {
+  std::vector<StepSequence> out;
+  for (std::uint64_t n = r.count(kRequestBytes + 8); n > 0; --n) {
+    StepSequence q;
+    q.request = getRequest(r);
+    q.context = r.get<std::int32_t>();
+    q.generated = r.get<std::int32_t>();
+    out.push_back(q);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string encodeExecPart(const ExecPart& part) {
+  Writer w;
+  w.put(MsgType::kExecPart);
+  w.put(part.gpu);
+  w.put(part.batch);
+  w.put(part.part);
+  w.put(part.model);
+  w.put(part.shard);
+  w.put(part.weights_offset);
+  w.put<std::uint64_t>(part.requests.size());
+  for (const Request& q : part.requests) putRequest(w, q);
+  w.put<std::uint8_t>(part.step ? 1 : 0);
+  if (part.step) {
+    const StepCommand& c = *part.step;
+    w.put(c.batch);
+    w.put(c.step);
+    w.put(c.model);
+    w.put(c.tp);
+    w.put(c.pp);
+    w.putVector(c.gpus);
+    putSequences(w, c.prefill);
+    putSequences(w, c.decode);
+    w.putVector(c.retired);
+  }
+  return w.take();
+}
+
+ExecPart decodeExecPart(const std::string& message) {
+  Reader r(message);
+  expectType(r, MsgType::kExecPart);
+  ExecPart p;
+  p.gpu = r.get<GpuId>();
+  p.batch = r.get<BatchId>();
+  p.part = r.get<int>();
+  p.model = r.get<ModelId>();
+  p.shard = r.get<int>();
+  p.weights_offset = r.get<std::int64_t>();
+  if (p.weights_offset < 0) throw WireError("message: a negative pool offset");
+  for (std::uint64_t n = r.count(kRequestBytes); n > 0; --n) p.requests.push_back(getRequest(r));
+  if (r.getBool()) {
+    auto c = std::make_shared<StepCommand>();
+    c->batch = r.get<BatchId>();
+    c->step = r.get<std::int64_t>();
+    c->model = r.get<ModelId>();
+    c->tp = r.get<int>();
+    c->pp = r.get<int>();
+    c->gpus = r.getVector<GpuId>();
+    c->prefill = getSequences(r);
+    c->decode = getSequences(r);
+    c->retired = r.getVector<RequestId>();
+    p.step = std::move(c);
+  }
+  r.expectDone();
+  return p;
 }
 
 std::string encodeEvent(const DeviceEvent& e) {

@@ -9,6 +9,7 @@
 
 #include "runtime/completion_queue.h"
 #include "runtime/device.h"
+#include "runtime/execution.h"
 #include "runtime/mpi/wire.h"
 
 namespace computron::runtime::rank {
@@ -24,7 +25,8 @@ enum class MsgType : std::uint8_t {
   kStopped,
   kPing,       // 0 -> rank, answered by kPong: the clock offset between the two
   kPong,
-  kAbort,      // 0 -> rank: set-up failed elsewhere; exit without serving
+  kAbort,      // 0 -> rank: set-up failed elsewhere; exit without serving (rank -> 0: it left)
+  kExecPart,   // 0 -> rank: one GPU's part of a real batch or session step (runtime/execution.h)
 };
 
 MsgType peekType(const std::string& message);
@@ -67,6 +69,10 @@ struct DecodedJob {
   RelocateJob relocate;
 };
 DecodedJob decodeJob(const std::string& message);
+
+// A real batch's part for the rank's model execution: the pool offset travels, not the pointer.
+std::string encodeExecPart(const ExecPart& part);
+ExecPart decodeExecPart(const std::string& message);
 
 std::string encodeEvent(const DeviceEvent& event);
 DeviceEvent decodeEvent(const std::string& message);

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <limits>
+#include <set>
 #include <stdexcept>
 
 #include "common/types.h"
@@ -329,6 +330,32 @@ void RankDeviceFactory::abortRanks() {
 std::vector<RankStatus> RankDeviceFactory::status() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return ranks_;
+}
+
+void RankExecution::validate(const EngineConfig& config) const {
+  inner_->validate(config);
+  const RankLayout& layout = factory_.layout();
+  for (const ModelDeployment& d : config.models) {
+    std::set<int> ranks;
+    for (GpuId g : d.gpus) ranks.insert(layout.owner(g));
+    if (ranks.size() != 1)
+      throw ConfigError("real execution under mpirun: model " + d.name + " has GPUs on " + std::to_string(ranks.size()) +
+                        " ranks; its TP and PP groups must be one rank's (--gpus-per-rank, or place it inside a rank)");
+    if (*ranks.begin() == 0)
+      throw ConfigError("real execution under mpirun: model " + d.name + " is on rank 0's GPUs; run the engine alone "
+                        "(--engine-only) so every model runs on a GPU rank");
+  }
+}
+
+void RankExecution::submit(ExecPart part) {
+  if (part.gate)
+    throw std::logic_error("real execution under mpirun: a batch behind a load (policy.layer_pipelined) is not supported");
+  DeviceEvent failure;
+  failure.kind = DeviceEvent::Kind::kExecDone;
+  failure.batch = part.batch;
+  failure.path = part.part;
+  const GpuId gpu = part.gpu;
+  factory_.sendJob(gpu, encodeExecPart(part), failure);
 }
 
 }  // namespace computron::runtime::rank

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "runtime/device.h"
+#include "runtime/execution.h"
 #include "runtime/mpi/messages.h"
 #include "runtime/mpi/transport.h"
 
@@ -109,6 +110,29 @@ class RankDeviceFactory final : public DeviceFactory {
   std::vector<Nanos> pong_at_;
   bool stopping_ = false;
   bool transport_stopped_ = false;
+};
+
+// Real model execution on rank 0 when every GPU is another rank's (--engine-only): each part of a
+// batch or session step goes to the rank that owns its GPU, whose own execution (`inner`'s kind)
+// runs it over its pool; the completion comes back as that rank's event. A model's TP and PP
+// group must be one rank's GPUs.
+class RankExecution final : public ModelExecution {
+ public:
+  RankExecution(std::shared_ptr<ModelExecution> inner, RankDeviceFactory& factory)
+      : inner_(std::move(inner)), factory_(factory) {}
+  std::string name() const override { return inner_->name() + " on the GPU ranks"; }
+  void validate(const EngineConfig& config) const override;
+  void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const override {
+    inner_->fillShard(model, id, shard, image);
+  }
+  void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue&, const Clock&) override {}
+  void submit(ExecPart part) override;
+  void stop() override {}
+  bool supportsSteps() const override { return inner_->supportsSteps(); }
+
+ private:
+  std::shared_ptr<ModelExecution> inner_;
+  RankDeviceFactory& factory_;
 };
 
 }  // namespace computron::runtime::rank

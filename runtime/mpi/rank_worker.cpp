@@ -112,6 +112,22 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
           cv.notify_all();
           return;
         }
+        case MsgType::kExecPart: {
+          ExecPart part = decodeExecPart(message);
+          target = part.gpu;
+          ev.kind = DeviceEvent::Kind::kExecDone;
+          ev.batch = part.batch;
+          ev.path = part.part;
+          known = true;
+          Device* device = ready && part.gpu >= 0 && part.gpu < layout.total_gpus
+                               ? by_gpu[static_cast<std::size_t>(part.gpu)]
+                               : nullptr;
+          if (device == nullptr) return fail(part.gpu, ev, "no device for GPU " + std::to_string(part.gpu));
+          if (!options.execution) return fail(part.gpu, ev, "runs no model execution (--execution placeholder?)");
+          part.weights = device->poolBase() + part.weights_offset;
+          options.execution->submit(std::move(part));
+          return;
+        }
         case MsgType::kPathJob:
         case MsgType::kVerifyJob:
         case MsgType::kExecJob:
@@ -198,6 +214,13 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     auto plan = RealBackend::planStore(config, [&](GpuId g) { return layout.owner(g) == me; });
     HostStoreOptions host = options.host;
     host.pinner = local.pinner();
+    if (options.execution) {
+      // Real models: the shards in the executor's layout, as the backend fills them in one process.
+      options.execution->validate(config);
+      host.fill = [&](const ShardRequest& r, std::span<std::byte> image) {
+        options.execution->fillShard(config.models[static_cast<std::size_t>(r.model)], r.model, r.shard, image);
+      };
+    }
     store = std::make_unique<HostWeightStore>(plan.requests, host);
     const std::vector<std::int64_t> regions = RealBackend::poolRegions(config, options.granule, layout.total_gpus);
     for (GpuId g : mine) {
@@ -208,6 +231,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
       hello.describe.push_back(devices.back()->describe());
     }
     for (auto& d : devices) d->connect(by_gpu);
+    if (options.execution) options.execution->start(config, by_gpu, queue, clock);
     for (const HostShard* s : store->shards())
       if (s->held) hello.shards.push_back({s->model, s->shard, s->bytes, s->checksum});
   } catch (const std::exception& e) {
@@ -242,6 +266,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   }
   if (!hello.error.empty()) code = 2;
   // Finish queued work (its events still go back), then say stopped.
+  if (options.execution) options.execution->stop();
   for (auto& d : devices) d->stop();
   forwarding = false;
   if (forward.joinable()) forward.join();

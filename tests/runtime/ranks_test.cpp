@@ -5,6 +5,7 @@
 // and that a rank's set-up error stops the run naming it. mpirun itself: tests/mpi/.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -24,6 +25,7 @@
 #include "runtime/mpi/rank_worker.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
+#include "tests/support/engine_fakes.h"
 #include "tests/support/tiny_model.h"
 #include "tests/support/vector_source.h"
 
@@ -155,6 +157,45 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
   EXPECT_EQ(h.clock, "node7/0f1e2d3c-boot");
   EXPECT_EQ(h.shards.at(0).checksum, 0xabcdefu);
   EXPECT_EQ(decodeSignal(read("ping.bin"), MsgType::kPing), 123456);
+}
+
+TEST(RankMessages, ExecPartsComeBackAsSent) {
+  ExecPart part;
+  part.gpu = 3;
+  part.batch = 11;
+  part.part = 1;
+  part.model = 2;
+  part.shard = 1;
+  part.weights_offset = 4096;
+  Request q;
+  q.id = 5;
+  q.model = 2;
+  q.arrival = 77;
+  q.prompt_tokens = 16;
+  q.output_tokens = 4;
+  part.requests = {q};
+  auto step = std::make_shared<StepCommand>();
+  step->batch = 11;
+  step->step = 3;
+  step->model = 2;
+  step->tp = 2;
+  step->gpus = {2, 3};
+  step->prefill = {{q, 16, 0}};
+  step->decode = {{q, 20, 4}};
+  step->retired = {9};
+  part.step = step;
+  const ExecPart back = decodeExecPart(encodeExecPart(part));
+  EXPECT_EQ(back.gpu, 3);
+  EXPECT_EQ(back.weights_offset, 4096);
+  EXPECT_EQ(back.weights, nullptr);
+  ASSERT_EQ(back.requests.size(), 1u);
+  EXPECT_EQ(back.requests[0], q);
+  ASSERT_TRUE(back.step);
+  EXPECT_EQ(back.step->gpus, step->gpus);
+  EXPECT_EQ(back.step->decode[0].context, 20);
+  EXPECT_EQ(back.step->retired, step->retired);
+  part.step = nullptr;
+  EXPECT_FALSE(decodeExecPart(encodeExecPart(part)).step);
 }
 
 // ---- an in-process transport ----
@@ -497,6 +538,119 @@ TEST(RanksInProcess, RanksWithoutGpusAreStoppedAtTheEndToo) {
   for (auto& t : workers) t.join();
   EXPECT_EQ(codes[1], 0);
   EXPECT_EQ(codes[2], 0);
+}
+
+// A model execution for the GPU ranks: each part "runs" for a fixed time and reports its passes,
+// after checking it was handed its weights in this rank's own pool.
+class PoolCheckingExecution final : public ModelExecution {
+ public:
+  std::string name() const override { return "pool-checking test execution"; }
+  void validate(const EngineConfig&) const override {}
+  void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
+    std::fill(image.begin(), image.end(), std::byte{7});
+  }
+  void start(const EngineConfig&, const std::vector<Device*>& devices, CompletionQueue& queue, const Clock& clock) override {
+    devices_ = devices;
+    queue_ = &queue;
+    clock_ = &clock;
+  }
+  void submit(ExecPart part) override {
+    DeviceEvent ev;
+    ev.kind = DeviceEvent::Kind::kExecDone;
+    ev.batch = part.batch;
+    ev.path = part.part;
+    ev.gpu = part.gpu;
+    ev.start = clock_->now();
+    Device* d = devices_.at(static_cast<std::size_t>(part.gpu));
+    // The rank's own pool, at the offset rank 0 placed the shard, holding the filled bytes.
+    if (d == nullptr || part.weights != d->poolBase() + part.weights_offset || *part.weights != std::byte{7}) {
+      ev.ok = false;
+      ev.error = "weights not in this rank's pool";
+    }
+    ++parts;
+    const int passes = part.step ? 1 : std::max(1, part.requests.empty() ? 1 : part.requests[0].output_tokens);
+    for (int i = 0; i < passes; ++i) ev.step_end.push_back(clock_->now() + (i + 1) * 100 * kNanosPerMicro);
+    ev.time = ev.step_end.back();
+    queue_->push(std::move(ev));
+  }
+  void stop() override {}
+  bool supportsSteps() const override { return true; }
+  std::atomic<int> parts{0};
+
+ private:
+  std::vector<Device*> devices_;
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+};
+
+// Real execution under mpirun, --engine-only: rank 0 holds no shard and runs no model; each part
+// travels to the GPU rank, whose execution runs it on its pool.
+TEST(RanksInProcess, RealExecutionRunsOnTheGpuRanks) {
+  EngineConfig config = sixGpuConfig(tinyShardBytes());
+  config.models = {deployment("a", 1, {0}), deployment("b", 1, {0}), deployment("c", 2, {2, 3}),
+                   deployment("d", 1, {5})};
+  const RankLayout layout{4, 2, 6, /*first_gpu_rank=*/1};  // rank 0 the engine; ranks 1-3 two GPUs each
+  for (int g = 0; g < 6; ++g) config.gpu_node.push_back(layout.owner(g));
+  Hub hub(4);
+  std::vector<int> codes(4, -1);
+  std::vector<std::shared_ptr<PoolCheckingExecution>> executions;
+  std::vector<std::unique_ptr<HostDeviceFactory>> locals;
+  std::vector<std::thread> workers;
+  std::vector<std::ostringstream> notes(4);
+  for (int r = 1; r < 4; ++r) {
+    executions.push_back(std::make_shared<PoolCheckingExecution>());
+    locals.push_back(std::make_unique<HostDeviceFactory>(6));
+    RuntimeOptions o = smallOptions();
+    o.execution = executions.back();
+    workers.emplace_back([&, r, o, local = locals.back().get()] {
+      codes[static_cast<std::size_t>(r)] = runRankWorker(config, *local, o, hub.at(r), layout, notes[static_cast<std::size_t>(r)]);
+    });
+  }
+  std::vector<Request> requests;
+  const ModelId order[] = {0, 1, 2, 3, 0, 2, 1, 3};
+  for (int i = 0; i < 8; ++i) requests.push_back(fakes::makeRequest(i, order[i], (i + 1) * 30 * kNanosPerMilli, 8, 3));
+  {
+    HostDeviceFactory own(6);
+    RankDeviceFactory factory(own, hub.at(0), layout);
+    {
+      RuntimeOptions o = smallOptions();
+      o.execution = std::make_shared<RankExecution>(std::make_shared<PoolCheckingExecution>(), factory);
+      RealBackend backend(config, factory, o);
+      EXPECT_EQ(backend.store().stats().shards, 0);  // rank 0 holds nothing
+      Log log;
+      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 20 * kNanosPerSecond);
+      driver.run();
+      ASSERT_EQ(log.records.size(), requests.size());
+      for (const auto& r : log.records) EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;
+    }
+  }
+  for (auto& t : workers) t.join();
+  EXPECT_GT(executions[0]->parts.load(), 0);  // a, b on GPU 0 (rank 1)
+  EXPECT_GT(executions[1]->parts.load(), 0);  // c on GPUs 2, 3 (rank 2)
+  EXPECT_GT(executions[2]->parts.load(), 0);  // d on GPU 5 (rank 3)
+  for (int r = 1; r < 4; ++r) EXPECT_EQ(codes[static_cast<std::size_t>(r)], 0);
+}
+
+TEST(RanksInProcess, RealExecutionRefusesAModelAcrossRanksOrOnRankZero) {
+  const RankLayout layout{3, 2, 6, 1};
+  Hub hub(3);
+  HostDeviceFactory own(6);
+  RankDeviceFactory factory(own, hub.at(0), layout);
+  RankExecution execution(std::make_shared<PoolCheckingExecution>(), factory);
+  EngineConfig config;
+  config.models = {deployment("spans", 2, {1, 2})};
+  try {
+    execution.validate(config);
+    ADD_FAILURE() << "a model across ranks 1 and 2 should be refused";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model spans has GPUs on 2 ranks"), std::string::npos) << e.what();
+  }
+  const RankLayout with_engine_gpus{3, 2, 6, 0};
+  Hub hub0(3);
+  RankDeviceFactory factory0(own, hub0.at(0), with_engine_gpus);
+  RankExecution execution0(std::make_shared<PoolCheckingExecution>(), factory0);
+  config.models = {deployment("local", 1, {0})};
+  EXPECT_THROW(execution0.validate(config), ConfigError);
 }
 
 TEST(RanksInProcess, ARankThatCannotSetUpStopsTheRunNamingIt) {
