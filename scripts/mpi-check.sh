@@ -11,7 +11,9 @@
 #  4. with MPI_KILL=1: the same under mpirun with the last rank killed (SIGKILL) mid-run, then
 #     a check that every request ended exactly once, served or failed naming the lost rank.
 # Usage: OUT=dir BIN=build-prebuilt/computron scripts/mpi-check.sh
-# MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2); MPI_DEVICE
+# MPI_DURATION (default 40) seconds of workload per run, MPI_REPEATS (default 2); MPI_REAL=1
+# runs the models' real decoders (random weights, MPI_SPEC default opt-6.7b, 32 output tokens)
+# instead of the placeholder, the GPU ranks executing them (one GPU: --engine-only); MPI_DEVICE
 # (default cuda) and MPI_SPEC (default opt-13b) let the script itself be tried on the host device
 # with a small model.
 set -u
@@ -22,7 +24,8 @@ BIN=${BIN:-build-prebuilt/computron}
 DUR=${MPI_DURATION:-40}
 REPEATS=${MPI_REPEATS:-2}
 DEVICE=${MPI_DEVICE:-cuda}
-SPEC=${MPI_SPEC:-opt-13b}
+REAL=${MPI_REAL:-0}
+if [ "$REAL" = 1 ]; then SPEC=${MPI_SPEC:-opt-6.7b}; EXEC=real; OUTPUT=32; BUDGET=30; else SPEC=${MPI_SPEC:-opt-13b}; EXEC=placeholder; OUTPUT=1; BUDGET=60; fi
 mkdir -p "$OUT"
 LOG=$OUT/mpi-check.log
 exec > >(tee -a "$LOG") 2>&1
@@ -45,6 +48,10 @@ if [ "$NGPU" -ge 2 ]; then
   MPI_ARGS=(-np 2)
   APP_ARGS=(--gpus-per-rank 1)
   LAYOUT="two GPUs, one rank each (TP 2 across the ranks)"
+  if [ "$REAL" = 1 ]; then  # real TP groups stay inside one rank
+    APP_ARGS=(--engine-only)
+    LAYOUT="two GPUs on rank 1 (TP 2 inside it), rank 0 the engine"
+  fi
 else
   MODELS="[{\"name\": \"m\", \"spec\": \"$SPEC\", \"count\": 3, \"tp\": 1, \"gpus\": [0], \"max_batch\": 8}]"
   RATES='[1, 1, 1]'
@@ -54,20 +61,20 @@ else
 fi
 cat > "$OUT/scenario.json" <<JSON
 {"name": "mpi-swap", "seed": 5, "duration_s": $DUR,
- "cluster": {"preset": "h200x2", "weight_budget_gb": 60},
+ "cluster": {"preset": "h200x2", "weight_budget_gb": $BUDGET},
  "models": $MODELS,
- "workload": {"type": "gamma", "rates": $RATES, "cv": 4, "prompt_tokens": 64, "output_tokens": 1},
+ "workload": {"type": "gamma", "rates": $RATES, "cv": 4, "prompt_tokens": 64, "output_tokens": $OUTPUT},
  "policy": {"name": "computron", "max_loaded_models": 2}, "slo_ms": 1000}
 JSON
 step "layout: $LAYOUT"
 
 for i in $(seq 1 "$REPEATS"); do  # MPI_REPEATS=0 skips the comparison
   step "run $i: one process"
-  "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" --execution placeholder --quiet --out "$OUT/one-$i" \
+  "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" --execution "$EXEC" --quiet --out "$OUT/one-$i" \
     --command-log "$OUT/one-$i.log" | tail -3
   step "run $i: mpirun ${MPI_ARGS[*]} ... ${APP_ARGS[*]}"
-  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
-    --execution placeholder --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" "${APP_ARGS[@]}" | tail -3
+  mpirun "${MPI_ARGS[@]}" --enable-recovery --bind-to none "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
+    --execution "$EXEC" --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" "${APP_ARGS[@]}" | tail -3
   if diff -q "$OUT/one-$i.log" "$OUT/mpi-$i.log" >/dev/null; then echo "commands: identical"; else
     echo "commands: differ ($(diff "$OUT/one-$i.log" "$OUT/mpi-$i.log" | grep -c '^[<>]') lines)"; fi
   "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
@@ -75,8 +82,8 @@ done
 
 if [ "${MPI_KILL:-0}" = 1 ]; then
   step "kill: mpirun ${MPI_ARGS[*]} ... ${APP_ARGS[*]}, rank $(( ${MPI_ARGS[1]} - 1 )) killed after 15 s"
-  mpirun "${MPI_ARGS[@]}" --enable-recovery "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
-    --execution placeholder --out "$OUT/kill" --rank-timeout-s 2 "${APP_ARGS[@]}" > "$OUT/kill.txt" 2>&1 &
+  mpirun "${MPI_ARGS[@]}" --enable-recovery --bind-to none "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
+    --execution "$EXEC" --out "$OUT/kill" --rank-timeout-s 2 "${APP_ARGS[@]}" > "$OUT/kill.txt" 2>&1 &
   runner=$!
   victim=""
   for _ in $(seq 1 600); do

@@ -1,7 +1,10 @@
 #include "runtime/cli/ranks.h"
 
+#include <sched.h>
+
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "runtime/device_factory.h"
 #include "runtime/mpi/rank_worker.h"
@@ -49,6 +52,15 @@ RankSession::RankSession(const RankOptions& options, int scenario_gpus, const st
                       " GPU ranks hold fewer than the scenario's " + std::to_string(scenario_gpus) + " GPUs");
   transport_ = std::move(transport);
   (void)device;
+  // Open MPI binds each rank to one core by default (with few ranks): a rank's host store fill
+  // and pinning, its copy and checksum threads then share that core (7 minutes instead of 1 to
+  // fill 40 GB of random weights on an H200 host, bench/results/mpi-h200-2026-12-01.md).
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) == 1 && cores > 1)
+    std::cerr << "note: rank " << rank_ << " is bound to one core of " << cores
+              << "; its host store and copy threads share it. Launch with mpirun --bind-to none\n";
 #else
   (void)options;
   (void)device;
