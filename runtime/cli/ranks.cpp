@@ -196,6 +196,7 @@ void RankSession::abort() {
     return;
   }
   // Before the devices' factory started the transport: start it only to say so.
+  transport_->leaveWithoutFinalize();
   transport_->start([](int, std::string) {}, [](int, const std::string&) {});
   for (int r = 1; r < layout_.ranks; ++r) transport_->send(r, rank::encodeSignal(rank::MsgType::kAbort));
   transport_->stop();

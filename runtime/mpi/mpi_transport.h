@@ -45,6 +45,7 @@ class MpiTransport final : public Transport {
   void send(int dest, std::string message) override;
   void stop() override;
   void retire(int rank) override;
+  void leaveWithoutFinalize() override { unclean_ = true; }
   bool anyLost() const { return any_lost_; }
 
  private:

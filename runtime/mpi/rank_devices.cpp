@@ -300,8 +300,12 @@ void RankDeviceFactory::stopRanks() {
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) return;
   stopping_ = true;
+  // The stop says whether a rank was lost: then no rank may wait for it in MPI_Finalize.
+  bool any_lost = false;
+  for (const RankStatus& st : ranks_) any_lost = any_lost || st.lost;
+  if (any_lost) transport_.leaveWithoutFinalize();
   for (int r = 1; r < layout_.ranks; ++r)
-    if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kStop));
+    if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kStop, any_lost ? 1 : 0));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(options_.stop_timeout);
   cv_.wait_until(lock, deadline, [&] {
     for (int r = 1; r < layout_.ranks; ++r)
@@ -323,6 +327,7 @@ void RankDeviceFactory::abortRanks() {
   queue_ = nullptr;
   clock_ = nullptr;
   stopping_ = true;
+  transport_.leaveWithoutFinalize();  // the ranks leave without it too
   for (int r = 1; r < layout_.ranks; ++r)
     if (!ranks_[static_cast<std::size_t>(r)].lost) transport_.send(r, encodeSignal(MsgType::kAbort));
 }

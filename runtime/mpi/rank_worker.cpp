@@ -107,6 +107,9 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
           return;
         case MsgType::kStop:
         case MsgType::kAbort: {
+          // A stop after a rank was lost: leave without MPI_Finalize, which would wait for it.
+          if (type == MsgType::kStop && decodeSignal(message, MsgType::kStop) != 0) transport.leaveWithoutFinalize();
+          if (type == MsgType::kAbort) transport.leaveWithoutFinalize();
           std::lock_guard<std::mutex> lock(mutex);
           (type == MsgType::kStop ? stop : abort) = true;
           cv.notify_all();

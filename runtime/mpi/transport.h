@@ -32,6 +32,8 @@ class Transport {
   virtual void stop() = 0;
   // Rank r finished (it said so): its silence from now on is not a loss.
   virtual void retire(int /*rank*/) {}
+  // Some rank of the run died: leave without the closing handshake that would wait for it.
+  virtual void leaveWithoutFinalize() {}
 };
 
 // Which rank owns which GPU: the GPU ranks, from `first_gpu_rank` on, own `gpus_per_rank` each
