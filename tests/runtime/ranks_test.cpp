@@ -26,6 +26,7 @@
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
 #include "tests/support/engine_fakes.h"
+#include "tests/support/runtime_options.h"
 #include "tests/support/tiny_model.h"
 #include "tests/support/vector_source.h"
 
@@ -307,15 +308,39 @@ ModelDeployment deployment(const std::string& name, int tp, std::vector<GpuId> g
   return fakes::tinyDeployment(name, tp, 1, std::move(gpus));
 }
 
-RuntimeOptions smallOptions() {
-  RuntimeOptions o;
-  o.chunk_bytes = 16 * 1024;
-  o.granule = 64 * 1024;
-  o.host.pin_piece_bytes = 64 * 1024;
-  o.host.threads = 1;
-  o.placeholder_step = 300 * kNanosPerMicro;
-  return o;
-}
+RuntimeOptions smallOptions() { return fakes::smallRuntimeOptions(/*threads=*/1, 300 * kNanosPerMicro); }
+
+// The GPU ranks (1 .. ranks-1) of a run, each a thread running runRankWorker over its own
+// host-memory devices with the options `optionsFor(rank)` gives. join() (or the destructor)
+// waits for them; codes() are their exit codes, by rank.
+class GpuRanks {
+ public:
+  GpuRanks(const EngineConfig& config, const RankLayout& layout, Hub& hub,
+           const std::function<RuntimeOptions(int)>& optionsFor = [](int) { return smallOptions(); })
+      : codes_(static_cast<std::size_t>(layout.ranks), -1), notes_(static_cast<std::size_t>(layout.ranks)) {
+    for (int r = 1; r < layout.ranks; ++r) {
+      locals_.push_back(std::make_unique<HostDeviceFactory>(layout.total_gpus));
+      threads_.emplace_back([this, &config, layout, &hub, r, o = optionsFor(r), local = locals_.back().get()] {
+        const auto i = static_cast<std::size_t>(r);
+        codes_[i] = runRankWorker(config, *local, o, hub.at(r), layout, notes_[i]);
+      });
+    }
+  }
+  ~GpuRanks() { join(); }
+  GpuRanks(const GpuRanks&) = delete;
+  GpuRanks& operator=(const GpuRanks&) = delete;
+  const std::vector<int>& join() {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+    return codes_;
+  }
+
+ private:
+  std::vector<int> codes_;
+  std::vector<std::ostringstream> notes_;
+  std::vector<std::unique_ptr<HostDeviceFactory>> locals_;
+  std::vector<std::thread> threads_;
+};
 
 // Six GPUs over three ranks of two; GPUs 0 and 3 hold one shard at a time (swaps), one TP 2
 // pair spans ranks 0 and 1, one lives on rank 2 alone.
@@ -400,17 +425,7 @@ RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& request
   for (int g = 0; g < 6; ++g) config.gpu_node.push_back(layout.owner(g));
   Hub hub(3, hosts_apart);
   RunResult result;
-  result.worker_codes.assign(3, -1);
-  std::vector<std::thread> workers;
-  std::vector<std::unique_ptr<HostDeviceFactory>> locals;
-  std::vector<std::ostringstream> notes(3);
-  for (int r = 1; r < 3; ++r) {
-    locals.push_back(std::make_unique<HostDeviceFactory>(6));
-    workers.emplace_back([&, r, local = locals.back().get()] {
-      result.worker_codes[static_cast<std::size_t>(r)] =
-          runRankWorker(config, *local, smallOptions(), hub.at(r), layout, notes[static_cast<std::size_t>(r)]);
-    });
-  }
+  GpuRanks gpu_ranks(config, layout, hub);
   {
     HostDeviceFactory own(6);
     RankDevicesOptions ro;
@@ -436,7 +451,7 @@ RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& request
   // A killed rank's thread still waits for rank 0: the kill was one-sided. Its loss of rank 0
   // (rank 0's transport is gone now) ends it.
   if (kill_rank > 0) hub.kill(0);
-  for (auto& t : workers) t.join();
+  result.worker_codes = gpu_ranks.join();
   return result;
 }
 
@@ -510,12 +525,7 @@ TEST(RanksInProcess, RanksWithoutGpusAreStoppedAtTheEndToo) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
   const RankLayout layout{3, 6, 6};
   Hub hub(3);
-  std::vector<int> codes(3, -1);
-  std::vector<std::thread> workers;
-  std::ostringstream n1, n2;
-  HostDeviceFactory l1(6), l2(6);
-  workers.emplace_back([&] { codes[1] = runRankWorker(config, l1, smallOptions(), hub.at(1), layout, n1); });
-  workers.emplace_back([&] { codes[2] = runRankWorker(config, l2, smallOptions(), hub.at(2), layout, n2); });
+  GpuRanks gpu_ranks(config, layout, hub);
   {
     HostDeviceFactory own(6);
     RankDeviceFactory factory(own, hub.at(0), layout);
@@ -535,7 +545,7 @@ TEST(RanksInProcess, RanksWithoutGpusAreStoppedAtTheEndToo) {
       EXPECT_EQ(st.jobs, 0) << st.rank;
     }
   }
-  for (auto& t : workers) t.join();
+  const std::vector<int>& codes = gpu_ranks.join();
   EXPECT_EQ(codes[1], 0);
   EXPECT_EQ(codes[2], 0);
 }
@@ -592,20 +602,13 @@ TEST(RanksInProcess, RealExecutionRunsOnTheGpuRanks) {
   const RankLayout layout{4, 2, 6, /*first_gpu_rank=*/1};  // rank 0 the engine; ranks 1-3 two GPUs each
   for (int g = 0; g < 6; ++g) config.gpu_node.push_back(layout.owner(g));
   Hub hub(4);
-  std::vector<int> codes(4, -1);
   std::vector<std::shared_ptr<PoolCheckingExecution>> executions;
-  std::vector<std::unique_ptr<HostDeviceFactory>> locals;
-  std::vector<std::thread> workers;
-  std::vector<std::ostringstream> notes(4);
-  for (int r = 1; r < 4; ++r) {
-    executions.push_back(std::make_shared<PoolCheckingExecution>());
-    locals.push_back(std::make_unique<HostDeviceFactory>(6));
+  for (int r = 1; r < 4; ++r) executions.push_back(std::make_shared<PoolCheckingExecution>());
+  GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
     RuntimeOptions o = smallOptions();
-    o.execution = executions.back();
-    workers.emplace_back([&, r, o, local = locals.back().get()] {
-      codes[static_cast<std::size_t>(r)] = runRankWorker(config, *local, o, hub.at(r), layout, notes[static_cast<std::size_t>(r)]);
-    });
-  }
+    o.execution = executions[static_cast<std::size_t>(r - 1)];
+    return o;
+  });
   std::vector<Request> requests;
   const ModelId order[] = {0, 1, 2, 3, 0, 2, 1, 3};
   for (int i = 0; i < 8; ++i) requests.push_back(fakes::makeRequest(i, order[i], (i + 1) * 30 * kNanosPerMilli, 8, 3));
@@ -624,7 +627,7 @@ TEST(RanksInProcess, RealExecutionRunsOnTheGpuRanks) {
       for (const auto& r : log.records) EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;
     }
   }
-  for (auto& t : workers) t.join();
+  const std::vector<int>& codes = gpu_ranks.join();
   EXPECT_GT(executions[0]->parts.load(), 0);  // a, b on GPU 0 (rank 1)
   EXPECT_GT(executions[1]->parts.load(), 0);  // c on GPUs 2, 3 (rank 2)
   EXPECT_GT(executions[2]->parts.load(), 0);  // d on GPU 5 (rank 3)
@@ -657,15 +660,10 @@ TEST(RanksInProcess, ARankThatCannotSetUpStopsTheRunNamingIt) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
   const RankLayout layout{3, 2, 6};
   Hub hub(3);
-  std::vector<int> codes(3, -1);
-  std::vector<std::thread> workers;
-  std::ostringstream n1, n2;
-  HostDeviceFactory l1(6), l2(6);
-  workers.emplace_back([&] { codes[1] = runRankWorker(config, l1, smallOptions(), hub.at(1), layout, n1); });
-  workers.emplace_back([&] {
-    RuntimeOptions tiny = smallOptions();
-    tiny.host.host_memory_limit = 4096;  // far too little for its shards
-    codes[2] = runRankWorker(config, l2, tiny, hub.at(2), layout, n2);
+  GpuRanks gpu_ranks(config, layout, hub, [](int r) {
+    RuntimeOptions o = smallOptions();
+    if (r == 2) o.host.host_memory_limit = 4096;  // far too little for its shards
+    return o;
   });
   {
     HostDeviceFactory own(6);
@@ -678,7 +676,7 @@ TEST(RanksInProcess, ARankThatCannotSetUpStopsTheRunNamingIt) {
       factory.abortRanks();
     }
   }
-  for (auto& t : workers) t.join();
+  const std::vector<int>& codes = gpu_ranks.join();
   EXPECT_EQ(codes[1], 1);
   EXPECT_EQ(codes[2], 2);
 }

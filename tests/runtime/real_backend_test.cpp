@@ -19,6 +19,7 @@
 #include "runtime/weights.h"
 #include "runtime/real_backend.h"
 #include "runtime/realtime_driver.h"
+#include "tests/support/runtime_options.h"
 #include "tests/support/tiny_model.h"
 #include "tests/support/vector_source.h"
 
@@ -31,15 +32,7 @@ ModelDeployment deployment(const std::string& name, int tp, int pp, std::vector<
   return fakes::tinyDeployment(name, tp, pp, std::move(gpus), layers);
 }
 
-RuntimeOptions smallOptions() {
-  RuntimeOptions o;
-  o.chunk_bytes = 16 * 1024;
-  o.granule = 64 * 1024;
-  o.host.pin_piece_bytes = 64 * 1024;
-  o.host.threads = 2;
-  o.placeholder_step = 0;
-  return o;
-}
+RuntimeOptions smallOptions() { return fakes::smallRuntimeOptions(/*threads=*/2, /*placeholder_step=*/0); }
 
 struct Recorder : BackendListener {
   void loadDone(OpId op, bool ok, const std::string& error) override { loads[op] = {ok, error}; }
