@@ -69,7 +69,10 @@ def cmd_make(a):
     with open(f"{a.out}/config.json", "w") as f:
         json.dump(c, f, indent=1)
     rng = np.random.default_rng(a.seed)
-    lengths = [5, 17, 32, 61][: a.batch] if a.batch <= 4 else list(rng.integers(4, 64, a.batch))
+    if a.lengths:
+        lengths = [int(n) for n in a.lengths.split(",")]
+    else:
+        lengths = [5, 17, 32, 61][: a.batch] if a.batch <= 4 else list(rng.integers(4, 64, a.batch))
     prompts = [[int(t) for t in rng.integers(3, a.vocab, int(n))] for n in lengths]
     with open(f"{a.out}/requests.json", "w") as f:
         json.dump({"prompts": prompts, "max_new_tokens": a.new}, f)
@@ -192,6 +195,7 @@ def main():
     m.add_argument("--batch", type=int, default=4)
     m.add_argument("--new", type=int, default=16)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--lengths", default="", help="comma-separated prompt lengths (overrides --batch)")
     m.add_argument("--out", required=True)
     c = sub.add_parser("compare")
     for k in ["model", "requests", "ours", "logits", "label"]:

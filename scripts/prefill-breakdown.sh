@@ -3,6 +3,7 @@
 # (512-token prompts) beside transformers with its default attention (SDPA), then Nsight Compute's
 # kernel durations of our batch-8 prefill grouped by kernel (clocks and caches left alone).
 # Usage: BIN=build-prebuilt/computron_model_check OUT=dir scripts/prefill-breakdown.sh [PRESET...]
+# NCU_ONLY=1: only the kernel durations (scripts/prefill-check.sh runs it so).
 set -u
 BIN=${BIN:-build-prebuilt/computron_model_check}
 OUT=${OUT:-$PWD/prefill-out}
@@ -13,14 +14,16 @@ NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 PRESETS=${*:-opt-6.7b llama-3-8b}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for p in $PRESETS; do
+  if [ "${NCU_ONLY:-0}" != 1 ]; then
   echo "=== $(date +%T) ours: $p"
   timeout 120 $BIN bench --preset $p --batch 1,8,32 --prompt 512 --new 2 | grep -E "^BENCH|d2d" || echo "FAILED bench $p"
   arch=opt; case $p in llama*) arch=llama;; esac
   echo "=== $(date +%T) transformers sdpa: $p"
   timeout 240 python3 scripts/hf_reference.py bench --arch $arch --batch 1,8,32 --prompt 512 --new 2 --attn sdpa 2>&1 | grep HFBENCH || echo "FAILED hf $p"
+  fi
   echo "=== $(date +%T) kernels of a batch-8 prefill: $p"
   COMPUTRON_DECODE_GRAPH=0 timeout 240 "$NCU" --metrics gpu__time_duration.sum --clock-control none --cache-control none \
-    --launch-count 6000 --csv $BIN bench --preset $p --batch 8 --prompt 512 --new 2 2>/dev/null | grep -E '^"' > "$OUT/ncu-$p.csv"
+    --launch-count ${NCU_LAUNCHES:-6000} --csv $BIN bench --preset $p --batch 8 --prompt 512 --new 2 2>/dev/null | grep -E '^"' > "$OUT/ncu-$p.csv"
   python3 - "$OUT/ncu-$p.csv" <<'PY'
 import csv, sys, collections
 t = collections.defaultdict(float); n = collections.Counter(); cols = None

@@ -4,10 +4,13 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "common/splitmix.h"
 #include "runtime/model/cuda/cuda_check.h"
@@ -325,6 +328,97 @@ __global__ void splitQkvQuadKernel(const T* qkv, const T* bias, const int* slots
   }
 }
 
+// Prefill's residual add + norm: one block of hidden / (4 * kVec) threads per row (a multiple of
+// 32), each holding kVec float4 of the row in registers, so the row is read once with 16-byte
+// accesses (the kernel above re-reads it per pass with 4-byte ones, and runs 1024-thread blocks
+// whose reductions dominate at thousands of rows). Same arithmetic per element; the sums run in
+// another order.
+template <typename T, bool kLayerNorm, int kVec>
+__global__ void addResidualNormVecKernel(float* residual, const float* projection, const T* proj_bias, int hidden,
+                                         const T* weight, const T* bias, float eps, T* out) {
+  pdlTrigger();
+  pdlWait();
+  __shared__ float scratch[32];
+  const std::int64_t off = static_cast<std::int64_t>(blockIdx.x) * hidden;
+  float4* x = reinterpret_cast<float4*>(residual + off);
+  const float4* pr = reinterpret_cast<const float4*>(projection + off);
+  float4 v[kVec];
+  float sum = 0.f, sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    float4 a = x[i];
+    const float4 p = pr[i];
+    float b[4] = {0.f, 0.f, 0.f, 0.f};
+    if (proj_bias) {
+      const Quad<T> q = *reinterpret_cast<const Quad<T>*>(proj_bias + 4 * i);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) b[e] = toFloat(q.v[e]);
+    }
+    a.x = a.x + (p.x + b[0]);
+    a.y = a.y + (p.y + b[1]);
+    a.z = a.z + (p.z + b[2]);
+    a.w = a.w + (p.w + b[3]);
+    x[i] = a;
+    v[k] = a;
+    sum += (a.x + a.y) + (a.z + a.w);
+    sq += (a.x * a.x + a.y * a.y) + (a.z * a.z + a.w * a.w);
+  }
+  T* y = out + off;
+  float mean = 0.f, inv = 0.f;
+  if constexpr (kLayerNorm) {
+    mean = blockSum(sum, scratch) / hidden;
+    float dev = 0.f;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float d0 = v[k].x - mean, d1 = v[k].y - mean, d2 = v[k].z - mean, d3 = v[k].w - mean;
+      dev += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+    inv = rsqrtf(blockSum(dev, scratch) / hidden + eps);
+  } else {
+    inv = rsqrtf(blockSum(sq, scratch) / hidden + eps);
+  }
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    const Quad<T> w = *reinterpret_cast<const Quad<T>*>(weight + 4 * i);
+    const float f[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+    Quad<T> o;
+    if constexpr (kLayerNorm) {
+      const Quad<T> bb = *reinterpret_cast<const Quad<T>*>(bias + 4 * i);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o.v[e] = fromFloat<T>((f[e] - mean) * inv * toFloat(w.v[e]) + toFloat(bb.v[e]));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o.v[e] = fromFloat<T>(f[e] * inv * toFloat(w.v[e]));
+    }
+    *reinterpret_cast<Quad<T>*>(y + 4 * i) = o;
+  }
+}
+
+// swiGlu with 16-byte accesses: eight features per thread (width a multiple of 8).
+template <typename T>
+__global__ void swiGluVecKernel(const T* gate_up, T* out, std::int64_t total8, int width8) {
+  pdlTrigger();
+  pdlWait();
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total8;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t n = i / width8, j = i % width8;
+    const uint4 graw = reinterpret_cast<const uint4*>(gate_up)[n * 2 * width8 + j];
+    const uint4 uraw = reinterpret_cast<const uint4*>(gate_up)[n * 2 * width8 + width8 + j];
+    const T* g = reinterpret_cast<const T*>(&graw);
+    const T* u = reinterpret_cast<const T*>(&uraw);
+    uint4 oraw;
+    T* o = reinterpret_cast<T*>(&oraw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float gf = toFloat(g[e]);
+      o[e] = fromFloat<T>(gf / (1.f + expf(-gf)) * toFloat(u[e]));
+    }
+    reinterpret_cast<uint4*>(out)[i] = oraw;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prefill: causal softmax over cuBLAS-computed scores, one warp per row.
 
@@ -607,6 +701,221 @@ __device__ __forceinline__ void mma16816(float (&c)[4], std::uint32_t a0, std::u
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: fused causal attention (flash-attention style). Block = 64 query rows of one sequence
+// and one head, 4 warps of 16 rows each; it walks the sequence's keys in tiles of 64 up to its own
+// last row, keeping a running maximum and sum per row (online softmax), so scores never leave the
+// registers. Products run on the tensor cores (mma.sync m16n8k16, fp32 accumulation) with operands
+// from shared memory through ldmatrix; K and V tiles are double-buffered with cp.async, rows
+// swizzled by 16-byte chunk (chunk ^ row % 8) so ldmatrix reads are free of bank conflicts.
+// Keys and queries past the sequence's end are zero-filled and masked.
+
+__device__ __forceinline__ std::uint32_t sharedAddress(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cpAsync16(std::uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrixX4(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+__device__ __forceinline__ void ldmatrixX4Trans(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+template <typename T>
+__device__ __forceinline__ std::uint32_t packPair(float a, float b) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
+}
+
+constexpr int kPrefillTile = kPrefillAttentionTile;
+constexpr int kPrefillWarps = 4;
+
+template <int HD>
+constexpr int prefillSharedBytes() {
+  return 4 * kPrefillTile * HD * 2;  // K and V twice; Q passes through K's second buffer
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled [kPrefillTile, HD] tile.
+template <int HD>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * HD + ((chunk ^ (row & 7)) << 3);
+}
+
+template <typename T, int HD, int kMinBlocks>
+__global__ void __launch_bounds__(kPrefillWarps * 32, kMinBlocks) prefillAttentionKernel(const T* q, const T* k_cache, const T* v_cache,
+                                                                              const int4* tiles, QkvLayout layout,
+                                                                              float scale_log2, T* out) {
+  extern __shared__ __align__(128) unsigned char prefill_shared[];
+  constexpr int kChunks = HD / 8;
+  constexpr int kTileElems = kPrefillTile * HD;
+  T* sk = reinterpret_cast<T*>(prefill_shared);
+  T* sv = sk + 2 * kTileElems;
+  T* sq = sk + kTileElems;  // K's second buffer, free until the second key tile is requested
+  pdlTrigger();
+  pdlWait();
+  const int4 tile = tiles[blockIdx.x];
+  const int begin = tile.x, len = tile.y, slot = tile.z, q0 = tile.w;
+  const int head = blockIdx.y;
+  const int kv_head = head / (layout.heads / layout.kv_heads);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const std::int64_t q_stride = static_cast<std::int64_t>(layout.heads) * HD;
+  const std::int64_t kv_stride = static_cast<std::int64_t>(layout.kv_heads) * HD;
+  const std::int64_t cache_base = static_cast<std::int64_t>(slot) * layout.max_seq * kv_stride + static_cast<std::int64_t>(kv_head) * HD;
+  const T* k_base = k_cache + cache_base;
+  const T* v_base = v_cache + cache_base;
+  const int kv_end = min(len, q0 + kPrefillTile);
+  const int kv_tiles = (kv_end + kPrefillTile - 1) / kPrefillTile;
+
+  for (int i = threadIdx.x; i < kPrefillTile * kChunks; i += kPrefillWarps * 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = q0 + r < len;
+    const T* src = valid ? q + (begin + q0 + r) * q_stride + static_cast<std::int64_t>(head) * HD + c * 8 : q;
+    cpAsync16(sharedAddress(sq + swizzled<HD>(r, c)), src, valid);
+  }
+  auto load_kv = [&](int j, int buffer) {
+    for (int i = threadIdx.x; i < kPrefillTile * kChunks; i += kPrefillWarps * 32) {
+      const int r = i / kChunks, c = i % kChunks;
+      const int t = j * kPrefillTile + r;
+      const bool valid = t < kv_end;
+      const std::int64_t offset = valid ? static_cast<std::int64_t>(t) * kv_stride + c * 8 : 0;
+      const int at = buffer * kTileElems + swizzled<HD>(r, c);
+      cpAsync16(sharedAddress(sk + at), k_base + offset, valid);
+      cpAsync16(sharedAddress(sv + at), v_base + offset, valid);
+    }
+  };
+  load_kv(0, 0);
+  cpAsyncCommit();
+  cpAsyncWait<0>();
+  __syncthreads();
+
+  std::uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk)
+    ldmatrixX4(qf[kk], sharedAddress(sq + swizzled<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+  __syncthreads();  // every warp holds its Q fragments before the second key tile overwrites them
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int t = 0; t < HD / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  const int row0 = q0 + warp * 16 + (lane >> 2);  // query position of c0/c1; c2/c3 are row0 + 8
+
+  for (int j = 0; j < kv_tiles; ++j) {
+    const int buffer = j & 1;
+    if (j + 1 < kv_tiles) load_kv(j + 1, buffer ^ 1);
+    cpAsyncCommit();
+    cpAsyncWait<1>();
+    __syncthreads();
+    const T* kt = sk + buffer * kTileElems;
+    const T* vt = sv + buffer * kTileElems;
+
+    float s[8][4];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        std::uint32_t b[4];
+        ldmatrixX4(b, sharedAddress(kt + swizzled<HD>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+        mma16816<T>(s[2 * np], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[0], b[1]);
+        mma16816<T>(s[2 * np + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[2], b[3]);
+      }
+    }
+
+    // Scale, mask (causal, and keys past the sequence) and the online softmax of rows row0, row0 + 8.
+    const bool edge = (j + 1) * kPrefillTile > q0 || (j + 1) * kPrefillTile > kv_end;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = j * kPrefillTile + t * 8 + ((lane & 3) << 1) + (e & 1);
+        const int row = row0 + ((e >> 1) << 3);
+        float v = s[t][e] * scale_log2;
+        if (edge && (key > row || key >= kv_end)) v = -INFINITY;
+        s[t][e] = v;
+        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], v);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      // Every row holds at least one unmasked key in every tile it visits, so the maximum is finite.
+      const float next = fmaxf(row_max[r], tile_max[r]);
+      alpha[r] = exp2f(row_max[r] - next);
+      row_max[r] = next;
+      row_sum[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[t][e] - row_max[e >> 1]);
+        s[t][e] = p;
+        row_sum[e >> 1] += p;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < HD / 8; ++t) {
+      o[t][0] *= alpha[0];
+      o[t][1] *= alpha[0];
+      o[t][2] *= alpha[1];
+      o[t][3] *= alpha[1];
+    }
+
+    // o += p v: the score accumulators of two key tiles are the A operand of one 16-key step.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const std::uint32_t a0 = packPair<T>(s[2 * kk][0], s[2 * kk][1]);
+      const std::uint32_t a1 = packPair<T>(s[2 * kk][2], s[2 * kk][3]);
+      const std::uint32_t a2 = packPair<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      const std::uint32_t a3 = packPair<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int hp = 0; hp < HD / 16; ++hp) {
+        std::uint32_t b[4];
+        ldmatrixX4Trans(b, sharedAddress(vt + swizzled<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), hp * 2 + (lane >> 4))));
+        mma16816<T>(o[2 * hp], a0, a1, a2, a3, b[0], b[1]);
+        mma16816<T>(o[2 * hp + 1], a0, a1, a2, a3, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the next iteration refills the other buffer, read here two iterations ago
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + r * 8;
+    if (row >= len) continue;
+    const float inv = 1.f / row_sum[r];
+    T* dst = out + (begin + row) * q_stride + static_cast<std::int64_t>(head) * HD + ((lane & 3) << 1);
+#pragma unroll
+    for (int t = 0; t < HD / 8; ++t)
+      *reinterpret_cast<std::uint32_t*>(dst + t * 8) = packPair<T>(o[t][2 * r] * inv, o[t][2 * r + 1] * inv);
   }
 }
 
@@ -997,10 +1306,23 @@ void biasRelu(DType dtype, void* x, const void* bias, int num_tokens, int width,
   CUDA_CHECK_LAUNCH("biasRelu");
 }
 
+// COMPUTRON_VEC_ELEMENTWISE=0: the scalar swiGlu and prefill residual + norm kernels (for comparison).
+static bool vecElementwiseEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("COMPUTRON_VEC_ELEMENTWISE");
+    return v == nullptr || std::atoi(v) != 0;
+  }();
+  return enabled;
+}
+
 void swiGlu(DType dtype, const void* gate_up, void* out, int num_tokens, int width, cudaStream_t stream) {
   const std::int64_t total = static_cast<std::int64_t>(num_tokens) * width;
   dispatch(dtype, [&]<typename T>() {
-    launchPdl(swiGluKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, static_cast<const T*>(gate_up), static_cast<T*>(out), total, width);
+    if (width % 8 == 0 && vecElementwiseEnabled())
+      launchPdl(swiGluVecKernel<T>, dim3(gridFor(total / 8, 256)), dim3(256), 0, stream, static_cast<const T*>(gate_up),
+                static_cast<T*>(out), total / 8, width / 8);
+    else
+      launchPdl(swiGluKernel<T>, dim3(gridFor(total, 256)), dim3(256), 0, stream, static_cast<const T*>(gate_up), static_cast<T*>(out), total, width);
   });
   CUDA_CHECK_LAUNCH("swiGlu");
 }
@@ -1040,6 +1362,43 @@ void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, 
         scores, static_cast<T*>(probs), rows, len);
   });
   CUDA_CHECK_LAUNCH("causalSoftmax");
+}
+
+bool prefillAttentionSupports(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+void prefillAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* tiles, int num_tiles,
+                      const QkvLayout& layout, float scale, void* out, cudaStream_t stream) {
+  if (num_tiles == 0) return;
+  if (!prefillAttentionSupports(layout.head_dim))
+    throw DeviceError("prefill attention: head dimension " + std::to_string(layout.head_dim) + " is not supported (64 or 128)");
+  const float scale_log2 = scale * 1.4426950408889634f;
+  dispatch(dtype, [&]<typename T>() {
+    // Two blocks an SM (174 registers a thread set that) unless COMPUTRON_PREFILL_ATTN_BLOCKS=3:
+    // registers capped at 168 for a third block, which measured slower on an H200 (a few bytes
+    // spill; bench/results/prefill-2026-12-01.md).
+    static const int min_blocks = [] {
+      const char* v = std::getenv("COMPUTRON_PREFILL_ATTN_BLOCKS");
+      return v != nullptr && std::atoi(v) == 3 ? 3 : 2;
+    }();
+    auto run = [&]<int HD>() {
+      auto* kernel = min_blocks == 2 ? prefillAttentionKernel<T, HD, 2> : prefillAttentionKernel<T, HD, 3>;
+      constexpr int shared = prefillSharedBytes<HD>();
+      // Above the 48 KiB default: opt in once per device (the attribute is per device context).
+      static bool opted[64] = {};
+      int device = 0;
+      CUDA_CHECK(cudaGetDevice(&device));
+      if (device < 0 || device >= 64 || !opted[device]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared));
+        if (device >= 0 && device < 64) opted[device] = true;
+      }
+      launchPdl(kernel, dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(layout.heads)), dim3(kPrefillWarps * 32),
+                static_cast<std::size_t>(shared), stream, static_cast<const T*>(q), static_cast<const T*>(k_cache),
+                static_cast<const T*>(v_cache), reinterpret_cast<const int4*>(tiles), layout, scale_log2, static_cast<T*>(out));
+    };
+    if (layout.head_dim == 64) run.template operator()<64>();
+    else run.template operator()<128>();
+  });
+  CUDA_CHECK_LAUNCH("prefillAttention");
 }
 
 int decodeAttentionSplits(int kv_heads, int num_tokens, int max_seq) {
@@ -1207,6 +1566,22 @@ void skinnyGemmQkv(DType dtype, const void* x, const void* w_qkv, const void* bi
 void addResidualNorm(DType dtype, bool layer_norm, float* residual, const float* projection, const void* projection_bias,
                      int num_tokens, int hidden, const void* weight, const void* bias, float eps, void* out,
                      cudaStream_t stream) {
+  // Prefill rows (more than a decode pass holds): the register-resident kernel, 8 float4 a thread.
+  constexpr int kVec = 8;
+  if (num_tokens > kSkinnyMaxRows && hidden % (4 * kVec * 32) == 0 && hidden / (4 * kVec) <= 1024 && vecElementwiseEnabled()) {
+    const int vec_threads = hidden / (4 * kVec);
+    dispatch(dtype, [&]<typename T>() {
+      if (layer_norm)
+        launchPdl(addResidualNormVecKernel<T, true, kVec>, dim3(num_tokens), dim3(vec_threads), 0, stream, residual, projection,
+                  static_cast<const T*>(projection_bias), hidden, static_cast<const T*>(weight), static_cast<const T*>(bias), eps,
+                  static_cast<T*>(out));
+      else
+        launchPdl(addResidualNormVecKernel<T, false, kVec>, dim3(num_tokens), dim3(vec_threads), 0, stream, residual, projection,
+                  static_cast<const T*>(projection_bias), hidden, static_cast<const T*>(weight), nullptr, eps, static_cast<T*>(out));
+    });
+    CUDA_CHECK_LAUNCH("addResidualNorm");
+    return;
+  }
   // A thread per 4 features (decode rows are few: latency, not bandwidth, sets the time).
   const int threads = std::clamp((hidden / 4 + 31) / 32 * 32, 32, 1024);
   dispatch(dtype, [&]<typename T>() {

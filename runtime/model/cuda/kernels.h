@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/model_spec.h"
+#include "runtime/model/prefill_tiles.h"
 
 namespace computron::model::kernels {
 
@@ -43,6 +44,15 @@ void splitQkv(DType dtype, const void* qkv, const void* bias, const int* slots, 
               const QkvLayout& layout, void* q, void* k_cache, void* v_cache, cudaStream_t stream, bool per_pair = false);
 // Causal softmax of scores [rows, len, len] (fp32) into probs (model dtype), zeros above the diagonal.
 void causalSoftmax(DType dtype, const float* scores, void* probs, int matrices, int len, cudaStream_t stream);
+// Prefill attention, fused and causal: every query row r of a sequence attends over its cache
+// rows [0, r] (the prompt's q/k/v were just written there by splitQkv), with the softmax kept on
+// chip. The work is cut into tiles of kPrefillAttentionTile query rows; a tile is 4 ints
+// {first token of the sequence in q and out, sequence length, cache slot, first query row}.
+// The tiles are built on the host by prefillAttentionTiles (runtime/model/prefill_tiles.h).
+// Whether the fused kernel handles this head dimension (64 or 128).
+bool prefillAttentionSupports(int head_dim);
+void prefillAttention(DType dtype, const void* q, const void* k_cache, const void* v_cache, const int* tiles, int num_tiles,
+                      const QkvLayout& layout, float scale, void* out, cudaStream_t stream);
 // Decode attention: one query token per sequence over its cached keys [0, context[n]). The
 // context is split into chunks over several blocks when the (kv head, sequence) blocks alone
 // would not fill the GPU; `partial` then holds decodeAttentionPartialFloats floats.

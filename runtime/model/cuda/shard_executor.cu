@@ -30,6 +30,17 @@ std::string gib(std::int64_t bytes) {
   return buf;
 }
 
+// Whether prefill attention runs as the fused kernel (the default) or as cuBLAS products around a
+// causal softmax over materialised scores (COMPUTRON_PREFILL_ATTN=cublas, kept for comparison and
+// as the path for head dimensions the kernel lacks). Read once: the workspace layout depends on it.
+bool fusedPrefillAttention(const ShardPlan& plan) {
+  static const bool env_fused = [] {
+    const char* v = std::getenv("COMPUTRON_PREFILL_ATTN");
+    return v == nullptr || std::string(v) != "cublas";
+  }();
+  return env_fused && kernels::prefillAttentionSupports(static_cast<int>(plan.spec.headDim()));
+}
+
 // Sizes of every workspace buffer, in allocation order; shared by workspaceBytes and the carving.
 struct WorkspaceLayout {
   std::int64_t cache_layer_elems = 0, max_tokens = 0, max_prompt = 0;
@@ -51,6 +62,11 @@ WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
   const std::int64_t up = family.upMatrices() * plan.local_ffn;
   const std::int64_t heads = plan.local_heads;
   const int max_tp = plan.tp;
+  const bool fused = fusedPrefillAttention(plan);
+  const std::int64_t max_prompt_sq = fused ? 0 : l.max_prompt * l.max_prompt;
+  const std::int64_t attention_table =
+      fused ? 4 * static_cast<std::int64_t>(sizeof(int)) * kernels::prefillAttentionMaxTiles(static_cast<int>(tokens), static_cast<int>(batch))
+            : std::max(1, plan.num_layers) * batch * 6 * heads * static_cast<std::int64_t>(sizeof(void*));
   l.sizes = {
       plan.num_layers * l.cache_layer_elems * elem,             // k cache
       plan.num_layers * l.cache_layer_elems * elem,             // v cache
@@ -62,15 +78,15 @@ WorkspaceLayout layoutFor(const ShardPlan& plan, const ExecutorLimits& limits) {
       tokens * q * elem,                                        // attention
       tokens * up * elem,                                       // mlp
       family.mlp == MlpKind::kSwiGlu ? tokens * plan.local_ffn * elem : 0,  // activated
-      heads * l.max_prompt * l.max_prompt * 4,                  // scores
-      heads * l.max_prompt * l.max_prompt * elem,               // probs
+      heads * max_prompt_sq * 4,                                // scores (cuBLAS prefill attention)
+      heads * max_prompt_sq * elem,                             // probs
       batch * h * elem,                                         // last normed
       batch * plan.local_vocab * 4,                             // local logits
       static_cast<std::int64_t>(max_tp) * batch * plan.local_vocab * 4,  // gathered logits
       batch * plan.spec.vocab * 4,                              // logits
       (4 * tokens + batch) * 4,                                 // meta
       batch * 4,                                                // sampled
-      std::max(1, plan.num_layers) * batch * 6 * heads * static_cast<std::int64_t>(sizeof(void*)),  // pointers
+      attention_table,                                          // prefill tiles, or pointer arrays (cuBLAS)
       4 * kernels::decodeAttentionPartialFloats(static_cast<int>(heads), static_cast<int>(plan.local_kv_heads),
                                                 static_cast<int>(hd), static_cast<int>(batch), static_cast<int>(ctx)),  // attention partials
       kCublasWorkspaceBytes,                                    // cuBLAS workspace (graph capture)
@@ -137,6 +153,7 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasCreate(&cublas_));
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  CUBLAS_CHECK(cublasLtCreate(&lt_));
   if (limits_.workspace != nullptr) {
     workspace_ = static_cast<std::byte*>(limits_.workspace);
     owns_workspace_ = false;
@@ -171,9 +188,11 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   attention_partial_ = layout.sizes[19] > 0 ? static_cast<float*>(parts[19]) : nullptr;
   cublas_workspace_ = parts[20];
   CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes)));
+  fused_attention_ = fusedPrefillAttention(plan_);
   use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
   skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
   fuse_epilogues_ = envInt("COMPUTRON_DECODE_FUSE", 1) != 0;
+  lt_epilogue_ = envInt("COMPUTRON_LT_EPILOGUE", 1) != 0;
   peer_limit_ = peerAllReduceLimit();
   if (comms_.tp_peer && (comms_.tp_peer->size() != plan_.tp || comms_.tp_peer->device(plan_.tp_rank) != device_))
     throw std::logic_error("shard executor: the peer group does not match this shard's TP group");
@@ -196,6 +215,13 @@ ShardExecutor::~ShardExecutor() {
   if (host_pointer_staging_) cudaFreeHost(host_pointer_staging_);
   if (workspace_ && owns_workspace_) cudaFree(workspace_);
   if (owned_weights_) cudaFree(owned_weights_);
+  for (auto& [key, plan] : lt_plans_) {
+    if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+    if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
+    if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
+    if (plan.d) cublasLtMatrixLayoutDestroy(plan.d);
+  }
+  if (lt_) cublasLtDestroy(lt_);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -247,6 +273,62 @@ void ShardExecutor::gemm(const void* x, const void* w, void* y, int rows, int ou
   const cudaDataType t = cudaType(plan_.spec.dtype);
   CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in_features, &alpha, w, t, in_features, x, t,
                             in_features, &beta, y, y_f32 ? CUDA_R_32F : t, out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+namespace {
+// Largest power of two (at most 256) dividing the address: what cuBLASLt may assume of it.
+std::uint32_t alignmentOf(const void* p) {
+  const auto v = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t a = 256;
+  while (a > 1 && v % a != 0) a >>= 1;
+  return a;
+}
+}  // namespace
+
+bool ShardExecutor::gemmBiasRelu(const void* x, const void* w, const void* bias, void* y, int rows, int out_features, int in_features) {
+  if (!lt_epilogue_ || bias == nullptr) return false;
+  const std::uint32_t align_w = alignmentOf(w), align_x = alignmentOf(x), align_y = alignmentOf(y), align_bias = alignmentOf(bias);
+  // Bias vectors narrower than 16 bytes' alignment are left to the separate kernel.
+  if (align_bias < 16) return false;
+  const std::array<int, 5> key{rows, out_features, static_cast<int>(align_w), static_cast<int>(align_x), static_cast<int>(align_y)};
+  auto it = lt_plans_.find(key);
+  if (it == lt_plans_.end()) {
+    LtPlan plan;
+    const cudaDataType t = cudaType(plan_.spec.dtype);
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_RELU_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &t, sizeof t));
+    // Column-major: y^T [out, rows] = W^T' [out, in] x^T [in, rows], W stored [in, out] column-major.
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, t, in_features, out_features, in_features));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, t, in_features, rows, in_features));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.d, t, out_features, rows, out_features));
+    cublasLtMatmulPreference_t preference = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const std::uint64_t workspace = static_cast<std::uint64_t>(kCublasWorkspaceBytes);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof align_w));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof align_x));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof align_y));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_y, sizeof align_y));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(lt_, plan.desc, plan.a, plan.b, plan.d, plan.d, preference, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(preference);
+    plan.ok = status == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (plan.ok) plan.algo = result.algo;
+    it = lt_plans_.emplace(key, plan).first;
+  }
+  if (!it->second.ok) return false;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(it->second.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  const float alpha = 1.f, beta = 0.f;
+  CUBLAS_CHECK(cublasLtMatmul(lt_, it->second.desc, &alpha, w, it->second.a, x, it->second.b, &beta, y, it->second.d, y, it->second.d,
+                              &it->second.algo, cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes), stream_));
+  return true;
 }
 
 void ShardExecutor::warmProducts(const std::vector<int>& rows) {
@@ -363,7 +445,16 @@ void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequenc
   CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
   const DType dt = plan_.spec.dtype;
 
-  if (batch.prefill) {
+  if (batch.prefill && fused_attention_) {
+    // The fused kernel's tiles, uploaded with the pass (host_pointer_staging_ is reused only after
+    // this upload ran: meta_uploaded_ is recorded after it, and forward() waits for that event).
+    int* tiles = reinterpret_cast<int*>(host_pointer_staging_);
+    prefill_tiles_ = kernels::prefillAttentionTiles(batch.seq_begin.data(), batch.seq_len.data(), batch.seq_slot.data(),
+                                                   static_cast<int>(batch.seq_len.size()), tiles);
+    kernels::uploadMapped(attention_pointers_, mapped_pointers_, static_cast<std::int64_t>(prefill_tiles_) * 4 * static_cast<std::int64_t>(sizeof(int)),
+                          stream_);
+    CUDA_CHECK(cudaEventRecord(meta_uploaded_, stream_));
+  } else if (batch.prefill) {
     // Pointer arrays for the batched attention products of every layer and sequence.
     const int heads = static_cast<int>(plan_.local_heads), group = static_cast<int>(plan_.local_heads / plan_.local_kv_heads);
     const std::int64_t elem = elementBytes(dt);
@@ -528,7 +619,7 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd_));
   if (batch.prefill) {
-    attentionPrefill(li, batch);
+    attentionPrefill(li, batch, layout, kc, vc);
   } else {
     kernels::decodeAttention(dt, q_, kc, vc, d_slots, d_context, tokens, layout, scale, attention_, attention_partial_, stream_);
   }
@@ -543,7 +634,8 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
         // fc1 with its bias and ReLU in the product's epilogue.
         kernels::skinnyGemm(dt, normed_, weight(w.up_weight), mlp_, false, tokens, static_cast<int>(up_width_), h, stream_,
                             weight(w.up_bias));
-      } else {
+      } else if (tokens <= skinny_rows_ ||
+                 !gemmBiasRelu(normed_, weight(w.up_weight), optional(w.up_bias), mlp_, tokens, static_cast<int>(up_width_), h)) {
         gemm(normed_, weight(w.up_weight), mlp_, tokens, static_cast<int>(up_width_), h, false);
         kernels::biasRelu(dt, mlp_, optional(w.up_bias), tokens, static_cast<int>(plan_.local_ffn), stream_);
       }
@@ -571,7 +663,13 @@ bool ShardExecutor::layer(int li, const StepBatch& batch, int tokens, bool input
   return false;
 }
 
-void ShardExecutor::attentionPrefill(int li, const StepBatch& batch) {
+void ShardExecutor::attentionPrefill(int li, const StepBatch& batch, const kernels::QkvLayout& layout, const void* k_cache,
+                                     const void* v_cache) {
+  if (fused_attention_) {
+    kernels::prefillAttention(plan_.spec.dtype, q_, k_cache, v_cache, reinterpret_cast<const int*>(attention_pointers_), prefill_tiles_,
+                              layout, 1.0f / std::sqrt(static_cast<float>(hd_)), attention_, stream_);
+    return;
+  }
   // Per sequence: scores = q k^T (fp32) for all local heads in one batched product, causal
   // softmax into probs (model dtype), attention = probs v. Heads share a kv head under GQA,
   // which pointer arrays express where strides cannot.

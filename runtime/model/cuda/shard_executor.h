@@ -5,9 +5,11 @@
 // send/recv of the fp32 residual stream between pipeline stages.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "runtime/model/cuda/cuda_check.h"
+#include "runtime/model/cuda/kernels.h"
 #include "runtime/model/cuda/peer_collectives.h"
 #include "runtime/model/shard_plan.h"
 
@@ -143,7 +146,7 @@ class ShardExecutor {
   // One layer; `input_normed`: normed_ already holds its input norm (fused into the previous
   // layer's last residual add). Returns whether normed_ holds the next layer's input norm.
   bool layer(int index, const StepBatch& batch, int tokens, bool input_normed);
-  void attentionPrefill(int index, const StepBatch& batch);
+  void attentionPrefill(int index, const StepBatch& batch, const kernels::QkvLayout& layout, const void* k_cache, const void* v_cache);
   // Products of up to skinny_rows_ rows (decode) run on kernels::skinnyGemm, larger ones on cuBLAS.
   void gemm(const void* x, const void* w, void* y, int rows, int out_features, int in_features, bool y_f32);
   void allReduce(float* data, std::int64_t count);
@@ -162,6 +165,20 @@ class ShardExecutor {
   ParallelComms comms_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  // OPT's fc1 with bias and ReLU in the product's epilogue (cuBLASLt), per (rows, alignments):
+  // the operation, its matrix layouts and the algorithm the heuristic chose; `ok` false when
+  // cuBLASLt offered none, and the plain product with the biasRelu kernel runs instead.
+  struct LtPlan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+  };
+  cublasLtHandle_t lt_ = nullptr;
+  std::map<std::array<int, 5>, LtPlan> lt_plans_;
+  bool lt_epilogue_ = true;  // COMPUTRON_LT_EPILOGUE=0 turns the epilogue off (comparisons)
+  // y = relu(x w^T + bias) for row counts above the skinny limit; false when not available.
+  bool gemmBiasRelu(const void* x, const void* w, const void* bias, void* y, int rows, int out_features, int in_features);
   std::byte* owned_weights_ = nullptr;
   const std::byte* weights_ = nullptr;
   std::int64_t hd_ = 0, qkv_width_ = 0, q_width_ = 0, up_width_ = 0;
@@ -205,6 +222,8 @@ class ShardExecutor {
   // COMPUTRON_DECODE_FUSE=0: skinny products without the q/k/v split, SwiGLU or bias + ReLU in
   // their epilogues (separate kernels after them).
   bool fuse_epilogues_ = true;
+  bool fused_attention_ = true;  // prefill attention by the fused kernel (fusedPrefillAttention)
+  int prefill_tiles_ = 0;        // tiles of this prefill pass's fused attention
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
   // The peer group serves this pass (set at the start of forward()).
   bool peer_active_ = false;

@@ -18,7 +18,8 @@
 //   kernels
 //       The decode kernels alone on GPU 0: kernels::skinnyGemm against cuBLAS (accuracy on odd
 //       shapes in F16 and BF16, then time and bandwidth on the OPT-6.7B / Llama-3-8B products at
-//       1-32 rows) and decode attention's cache bandwidth. Lines KCHECK, KGEMM, KATTN.
+//       1-32 rows) and decode attention's cache bandwidth, and prefill attention's
+//       FLOP rate. Lines KCHECK, KGEMM, KATTN, KPATTN.
 // Exit codes: 0 ok, 2 bad input, 3 capacity refused, 4 device error.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -693,6 +694,173 @@ int runKernels() {
       }
     }
   }
+  // Prefill attention (fused, causal) against a host reference in double: sequences of uneven
+  // lengths (1, tile edges, several tiles) in shuffled cache slots, GQA groups 1, 4 and 8, head
+  // dims 64 and 128. Cache rows past each sequence's length and the output are poisoned (NaN):
+  // the kernel must neither read the former into a result nor leave rows of the latter unwritten.
+  struct PrefillCase { int heads, kv_heads, hd; std::vector<int> lens; };
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    for (const PrefillCase& c : std::vector<PrefillCase>{{32, 32, 128, {1, 63, 64, 65, 200}},
+                                                         {32, 8, 128, {130, 7, 512}},
+                                                         {16, 2, 64, {96, 1, 257}},
+                                                         {8, 8, 64, {33}}}) {
+      const int sequences = static_cast<int>(c.lens.size());
+      const int max_seq = 520;
+      std::vector<int> begin(static_cast<std::size_t>(sequences)), slot(static_cast<std::size_t>(sequences));
+      int tokens = 0;
+      for (int s = 0; s < sequences; ++s) {
+        begin[static_cast<std::size_t>(s)] = tokens;
+        slot[static_cast<std::size_t>(s)] = (s * 2 + 1) % (sequences + 1);  // shuffled, one slot left empty
+        tokens += c.lens[static_cast<std::size_t>(s)];
+      }
+      const int slots = sequences + 1;
+      const std::size_t kv_row = static_cast<std::size_t>(c.kv_heads) * c.hd;
+      const std::size_t cache = static_cast<std::size_t>(slots) * max_seq * kv_row;
+      const std::size_t qn = static_cast<std::size_t>(tokens) * c.heads * c.hd;
+      std::byte* k = pool;
+      std::byte* v = k + cache * 2;
+      std::byte* q = v + cache * 2;
+      std::byte* o = q + qn * 2;
+      int* tiles = reinterpret_cast<int*>(o + qn * 2);
+      CUDA_CHECK(cudaMemsetAsync(k, 0xff, cache * 2, stream));
+      CUDA_CHECK(cudaMemsetAsync(v, 0xff, cache * 2, stream));
+      for (int s = 0; s < sequences; ++s) {
+        const std::size_t at = static_cast<std::size_t>(slot[static_cast<std::size_t>(s)]) * max_seq * kv_row * 2;
+        const std::int64_t n = static_cast<std::int64_t>(c.lens[static_cast<std::size_t>(s)]) * static_cast<std::int64_t>(kv_row);
+        kernels::fillUniform(d, k + at, n, 51 + s, 1.f, 0.f, stream);
+        kernels::fillUniform(d, v + at, n, 61 + s, 1.f, 0.f, stream);
+      }
+      kernels::fillUniform(d, q, static_cast<std::int64_t>(qn), 71, 1.f, 0.f, stream);
+      std::vector<int> host_tiles(4 * static_cast<std::size_t>(kernels::prefillAttentionMaxTiles(tokens, sequences)));
+      const int num_tiles = kernels::prefillAttentionTiles(begin.data(), c.lens.data(), slot.data(), sequences, host_tiles.data());
+      CUDA_CHECK(cudaMemcpyAsync(tiles, host_tiles.data(), static_cast<std::size_t>(num_tiles) * 16, cudaMemcpyHostToDevice, stream));
+      std::vector<std::uint16_t> hk(cache), hv(cache), hq(qn), ho(qn);
+      CUDA_CHECK(cudaMemcpyAsync(hk.data(), k, cache * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaMemcpyAsync(hv.data(), v, cache * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaMemcpyAsync(hq.data(), q, qn * 2, cudaMemcpyDeviceToHost, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      kernels::QkvLayout layout;
+      layout.heads = c.heads;
+      layout.kv_heads = c.kv_heads;
+      layout.head_dim = c.hd;
+      layout.max_seq = max_seq;
+      const float scale = 1.f / std::sqrt(static_cast<float>(c.hd));
+      std::vector<double> ref(qn);
+      const int group = c.heads / c.kv_heads;
+      for (int s = 0; s < sequences; ++s) {
+        for (int r = 0; r < c.lens[static_cast<std::size_t>(s)]; ++r) {
+          for (int h = 0; h < c.heads; ++h) {
+            const std::size_t qo = (static_cast<std::size_t>(begin[static_cast<std::size_t>(s)] + r) * c.heads + h) * c.hd;
+            auto row = [&](int t) {
+              return (static_cast<std::size_t>(slot[static_cast<std::size_t>(s)]) * max_seq + t) * kv_row + static_cast<std::size_t>(h / group) * c.hd;
+            };
+            std::vector<double> w(static_cast<std::size_t>(r + 1));
+            double m = -1e300;
+            for (int t = 0; t <= r; ++t) {
+              double dot = 0;
+              for (int e = 0; e < c.hd; ++e) dot += hostFloat(d, hq[qo + e]) * hostFloat(d, hk[row(t) + e]);
+              w[static_cast<std::size_t>(t)] = dot * scale;
+              m = std::max(m, dot * scale);
+            }
+            double den = 0;
+            for (double& wt : w) den += (wt = std::exp(wt - m));
+            for (int e = 0; e < c.hd; ++e) {
+              double num = 0;
+              for (int t = 0; t <= r; ++t) num += w[static_cast<std::size_t>(t)] * hostFloat(d, hv[row(t) + e]);
+              ref[qo + e] = num / den;
+            }
+          }
+        }
+      }
+      for (int launch = 0; launch < 2; ++launch) {
+        CUDA_CHECK(cudaMemsetAsync(o, 0xff, qn * 2, stream));
+        kernels::prefillAttention(d, q, k, v, tiles, num_tiles, layout, scale, o, stream);
+        CUDA_CHECK(cudaMemcpyAsync(ho.data(), o, qn * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        double num = 0, den = 0;
+        bool finite = true;
+        for (std::size_t i = 0; i < qn; ++i) {
+          const double a = hostFloat(d, ho[i]);
+          if (!std::isfinite(a)) finite = false;
+          num += (a - ref[i]) * (a - ref[i]);
+          den += ref[i] * ref[i];
+        }
+        const double rel = std::sqrt(num / std::max(den, 1e-30));
+        const bool ok = finite && rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
+        all_ok = all_ok && ok;
+        std::string lens;
+        for (int len : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(len);
+        std::printf("KCHECK %s prefill attention heads %d kv %d hd %d lens %s tiles %d launch %d rel %.2e %s\n",
+                    d == DType::kF16 ? "f16" : "bf16", c.heads, c.kv_heads, c.hd, lens.c_str(), num_tiles, launch, rel,
+                    finite ? (ok ? "ok" : "FAIL") : "FAIL (not finite)");
+      }
+    }
+  }
+  // Prefill's residual add + norm (40 rows: the register-resident kernel) against a host
+  // reference in double, LayerNorm with biases and RMSNorm, hidden 4096 and 5120.
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    for (int hidden : {4096, 5120}) {
+      for (bool layer_norm : {true, false}) {
+        const int rows = 40;
+        const std::size_t n = static_cast<std::size_t>(rows) * hidden;
+        float* residual = reinterpret_cast<float*>(pool);
+        float* projection = residual + n;
+        std::byte* params = reinterpret_cast<std::byte*>(projection + n);
+        std::byte* pbias = params;
+        std::byte* weight = pbias + hidden * 2;
+        std::byte* bias = weight + hidden * 2;
+        std::byte* out = bias + hidden * 2;
+        std::vector<float> hres(n), hproj(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          hres[i] = static_cast<float>((i * 7919) % 1000) / 250.f - 2.f;
+          hproj[i] = static_cast<float>((i * 104729) % 1000) / 500.f - 1.f;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(residual, hres.data(), n * 4, cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaMemcpyAsync(projection, hproj.data(), n * 4, cudaMemcpyHostToDevice, stream));
+        kernels::fillUniform(d, pbias, hidden, 81, 0.5f, 0.f, stream);
+        kernels::fillUniform(d, weight, hidden, 82, 1.f, 0.f, stream);
+        kernels::fillUniform(d, bias, hidden, 83, 0.5f, 0.f, stream);
+        std::vector<std::uint16_t> hpb(static_cast<std::size_t>(hidden)), hw(static_cast<std::size_t>(hidden)),
+            hb(static_cast<std::size_t>(hidden)), ho(n);
+        CUDA_CHECK(cudaMemcpyAsync(hpb.data(), pbias, static_cast<std::size_t>(hidden) * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaMemcpyAsync(hw.data(), weight, static_cast<std::size_t>(hidden) * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaMemcpyAsync(hb.data(), bias, static_cast<std::size_t>(hidden) * 2, cudaMemcpyDeviceToHost, stream));
+        kernels::addResidualNorm(d, layer_norm, residual, projection, pbias, rows, hidden, weight, layer_norm ? bias : nullptr, 1e-5f,
+                                 out, stream);
+        std::vector<float> gres(n);
+        CUDA_CHECK(cudaMemcpyAsync(gres.data(), residual, n * 4, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaMemcpyAsync(ho.data(), out, n * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        double num = 0, den = 0, res_err = 0;
+        for (int r = 0; r < rows; ++r) {
+          std::vector<double> row_sum(static_cast<std::size_t>(hidden));
+          double mean = 0, sq = 0;
+          for (int i = 0; i < hidden; ++i) {
+            const std::size_t at = static_cast<std::size_t>(r) * hidden + i;
+            row_sum[static_cast<std::size_t>(i)] = static_cast<double>(hres[at]) + hproj[at] + hostFloat(d, hpb[static_cast<std::size_t>(i)]);
+            res_err = std::max(res_err, std::abs(row_sum[static_cast<std::size_t>(i)] - gres[at]));
+            mean += row_sum[static_cast<std::size_t>(i)];
+          }
+          mean = layer_norm ? mean / hidden : 0.0;
+          for (double xv : row_sum) sq += (xv - mean) * (xv - mean);
+          const double inv = 1.0 / std::sqrt(sq / hidden + 1e-5);
+          for (int i = 0; i < hidden; ++i) {
+            const auto ui = static_cast<std::size_t>(i);
+            const double ref = (row_sum[ui] - mean) * inv * hostFloat(d, hw[ui]) + (layer_norm ? hostFloat(d, hb[ui]) : 0.0);
+            const double got = hostFloat(d, ho[static_cast<std::size_t>(r) * hidden + i]);
+            num += (got - ref) * (got - ref);
+            den += ref * ref;
+          }
+        }
+        const double rel = std::sqrt(num / std::max(den, 1e-30));
+        const bool ok = rel < (d == DType::kF16 ? 2e-3 : 1e-2) && res_err < 1e-5 && den > 0;
+        all_ok = all_ok && ok;
+        std::printf("KCHECK %s prefill residual add + %s hidden %d rows %d rel %.2e residual err %.1e %s\n",
+                    d == DType::kF16 ? "f16" : "bf16", layer_norm ? "LayerNorm" : "RMSNorm", hidden, rows, rel, res_err,
+                    ok ? "ok" : "FAIL");
+      }
+    }
+  }
   std::printf("KCHECK fused epilogues and products overall %s\n", all_ok ? "ok" : "FAIL");
 
   // Speed on the decode products (f16, fp32 or model-dtype output as the executor uses them).
@@ -781,6 +949,49 @@ int runKernels() {
       if (partial) CUDA_CHECK(cudaFree(partial));
     }
   }
+  // Speed of the fused prefill attention: batches of 512-token prompts (f16), causal FLOPs only.
+  for (auto [heads, kv_heads] : std::vector<std::pair<int, int>>{{32, 32}, {32, 8}}) {
+    for (int batch : {1, 8, 32}) {
+      const int len = 512, hd = 128, tokens = batch * len;
+      kernels::QkvLayout layout;
+      layout.heads = heads;
+      layout.kv_heads = kv_heads;
+      layout.head_dim = hd;
+      layout.max_seq = len;
+      const std::size_t cache = static_cast<std::size_t>(batch) * len * kv_heads * hd * 2;
+      const std::size_t qbytes = static_cast<std::size_t>(tokens) * heads * hd * 2;
+      std::byte* k = pool;
+      std::byte* v = k + cache;
+      std::byte* q = v + cache;
+      std::byte* o = q + qbytes;
+      int* tiles = reinterpret_cast<int*>(o + qbytes);
+      kernels::fillUniform(DType::kF16, k, static_cast<std::int64_t>(cache / 2), 8, 1.f, 0.f, stream);
+      kernels::fillUniform(DType::kF16, v, static_cast<std::int64_t>(cache / 2), 9, 1.f, 0.f, stream);
+      kernels::fillUniform(DType::kF16, q, static_cast<std::int64_t>(qbytes / 2), 10, 1.f, 0.f, stream);
+      std::vector<int> seq_begin, seq_len, seq_slot;
+      for (int s = 0; s < batch; ++s) {
+        seq_begin.push_back(s * len);
+        seq_len.push_back(len);
+        seq_slot.push_back(s);
+      }
+      std::vector<int> host_tiles(4 * static_cast<std::size_t>(kernels::prefillAttentionMaxTiles(tokens, batch)));
+      const int num_tiles = kernels::prefillAttentionTiles(seq_begin.data(), seq_len.data(), seq_slot.data(), batch, host_tiles.data());
+      CUDA_CHECK(cudaMemcpy(tiles, host_tiles.data(), static_cast<std::size_t>(num_tiles) * 16, cudaMemcpyHostToDevice));
+      auto run = [&] { kernels::prefillAttention(DType::kF16, q, k, v, tiles, num_tiles, layout, 0.088f, o, stream); };
+      for (int rep = 0; rep < 3; ++rep) run();
+      const int reps = 20;
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      for (int rep = 0; rep < reps; ++rep) run();
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      const double us = ms * 1e3 / reps;
+      const double flops = 4.0 * batch * heads * hd * (static_cast<double>(len) * (len + 1) / 2);
+      std::printf("KPATTN heads %d kv %d batch %2d prompt %d  %8.1f us  %6.1f TFLOP/s\n", heads, kv_heads, batch, len, us,
+                  flops / us / 1e6);
+    }
+  }
   CUDA_CHECK(cudaFree(pool));
   CUDA_CHECK(cudaFree(x));
   CUDA_CHECK(cudaFree(y));
@@ -809,7 +1020,8 @@ constexpr const char* kUsage =
     "      the TP group's peer all-reduce and all-gather against a host reference (CCHECK lines),\n"
     "      then their time against NCCL's (COLL lines)\n"
     "  d2d       device-to-device copy bandwidth\n"
-    "  kernels   the decode kernels against cuBLAS and a host reference (lines KCHECK, KGEMM, KATTN)\n"
+    "  kernels   the decode and attention kernels against cuBLAS and a host reference (lines KCHECK, KGEMM,\n"
+    "            KATTN, KPATTN)\n"
     "\n"
     "exit codes: 0 ok, 2 bad input, 3 capacity refused, 4 device error\n";
 
