@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -90,6 +91,10 @@ struct RealExecutionOptions {
   std::shared_ptr<TokenChannel> tokens;
   // GPU g is CUDA device g + ordinal_shift (a rank of a multi-process run, as for its devices).
   int ordinal_shift = 0;
+  // Non-empty: every request-level batch's generated tokens are appended here, one line per
+  // request ("request ID model NAME tokens T1 T2 ..."), by the process holding the model's first
+  // shard, so two runs' outputs compare after sorting (`replay --token-log`).
+  std::string token_log;
 };
 
 // One GPU's part of a batch.
@@ -129,6 +134,21 @@ class ModelExecution {
   virtual bool supportsSteps() const { return false; }
   // Before start(): GPU g is device g + shift (a rank of a multi-process run, runtime/mpi/).
   virtual void setOrdinalShift(int /*shift*/) {}
+
+  // Multi-process runs (runtime/mpi/): how the processes holding the GPUs of a collective group
+  // that spans them agree on its id. start() calls it on every such process, for each such group
+  // in the same order everywhere: the process holding gpus[0] passes the id it made and gets it
+  // back; the others pass "" and get that id (blocking and bounded: ConfigError past the bound,
+  // or when the process holding gpus[0] is lost). Without it (one process) start() refuses a
+  // model whose GPUs this process holds only some of.
+  using GroupExchange =
+      std::function<std::string(const std::string& key, const std::vector<GpuId>& gpus, const std::string& id)>;
+  virtual void setGroupExchange(GroupExchange /*exchange*/) {}
+  // Another process's GPUs are gone (runtime/mpi/: its rank was lost): every collective group
+  // that includes one of them is aborted, so a part waiting in one of its collectives fails
+  // instead of waiting forever, and that group's later parts fail at once. Callable from any
+  // thread.
+  virtual void gpusLost(const std::vector<GpuId>& /*gpus*/) {}
 };
 
 }  // namespace computron::runtime

@@ -6,7 +6,9 @@
 #     placeholder execution timed by the cost model, so the swap path is the variable), replayed
 #     MPI_REPEATS times in one process and under mpirun: one GPU: `-np 2 --engine-only` (rank 0
 #     the engine, rank 1 the GPU); two GPUs: `-np 2` (one GPU per rank, the TP 2 model across
-#     both ranks); each pair of runs in turn, each with its command log;
+#     both ranks), or with MPI_REAL=1 `-np 3 --engine-only --gpus-per-rank 1` (rank 0 the
+#     engine, the TP 2 group across ranks 1 and 2); each pair of runs in turn, each with its
+#     command log, and with MPI_REAL=1 each with its generated tokens (--token-log), compared;
 #  3. `computron compare` of each pair, and per-GPU shard load rates, into mpi-summary.json;
 #  4. with MPI_KILL=1: the same under mpirun with the last rank killed (SIGKILL) mid-run, then
 #     a check that every request ended exactly once, served or failed naming the lost rank.
@@ -48,9 +50,10 @@ if [ "$NGPU" -ge 2 ]; then
   MPI_ARGS=(-np 2)
   APP_ARGS=(--gpus-per-rank 1)
   LAYOUT="two GPUs, one rank each (TP 2 across the ranks)"
-  if [ "$REAL" = 1 ]; then  # real TP groups stay inside one rank
-    APP_ARGS=(--engine-only)
-    LAYOUT="two GPUs on rank 1 (TP 2 inside it), rank 0 the engine"
+  if [ "$REAL" = 1 ]; then  # rank 0 the engine; the TP 2 group spans ranks 1 and 2 (NCCL id shared over MPI)
+    MPI_ARGS=(-np 3)
+    APP_ARGS=(--engine-only --gpus-per-rank 1)
+    LAYOUT="two GPUs, ranks 1 and 2 one each (TP 2 across the ranks), rank 0 the engine"
   fi
 else
   MODELS="[{\"name\": \"m\", \"spec\": \"$SPEC\", \"count\": 3, \"tp\": 1, \"gpus\": [0], \"max_batch\": 8}]"
@@ -69,14 +72,23 @@ JSON
 step "layout: $LAYOUT"
 
 for i in $(seq 1 "$REPEATS"); do  # MPI_REPEATS=0 skips the comparison
+  TOKENS_ONE=(); TOKENS_MPI=()
+  if [ "$REAL" = 1 ]; then TOKENS_ONE=(--token-log "$OUT/one-$i.tokens"); TOKENS_MPI=(--token-log "$OUT/mpi-$i.tokens"); fi
   step "run $i: one process"
   "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" --execution "$EXEC" --quiet --out "$OUT/one-$i" \
-    --command-log "$OUT/one-$i.log" | tail -3
+    --command-log "$OUT/one-$i.log" "${TOKENS_ONE[@]}" | tail -3
   step "run $i: mpirun ${MPI_ARGS[*]} ... ${APP_ARGS[*]}"
   mpirun "${MPI_ARGS[@]}" --enable-recovery --bind-to none "$BIN" replay "$OUT/scenario.json" --device "$DEVICE" \
-    --execution "$EXEC" --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" "${APP_ARGS[@]}" | tail -3
+    --execution "$EXEC" --quiet --out "$OUT/mpi-$i" --command-log "$OUT/mpi-$i.log" "${TOKENS_MPI[@]}" "${APP_ARGS[@]}" | tail -3
   if diff -q "$OUT/one-$i.log" "$OUT/mpi-$i.log" >/dev/null; then echo "commands: identical"; else
     echo "commands: differ ($(diff "$OUT/one-$i.log" "$OUT/mpi-$i.log" | grep -c '^[<>]') lines)"; fi
+  if [ "$REAL" = 1 ]; then
+    # Tokens: each GPU rank wrote the requests of the models whose first shard it holds.
+    sort "$OUT/one-$i.tokens" > "$OUT/one-$i.tokens.sorted"
+    cat "$OUT"/mpi-$i.tokens.rank* 2>/dev/null | sort > "$OUT/mpi-$i.tokens.sorted"
+    echo "tokens: $(wc -l < "$OUT/one-$i.tokens.sorted") requests in one process, $(wc -l < "$OUT/mpi-$i.tokens.sorted") under mpirun;" \
+      "$(cmp -s "$OUT/one-$i.tokens.sorted" "$OUT/mpi-$i.tokens.sorted" && echo identical || echo DIFFER)"
+  fi
   "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
 done
 

@@ -60,7 +60,7 @@ int replayMain(int argc, char** argv) {
   int threads = 0, max_context = 1024;
   std::string execution_kind = cudaBuiltIn() ? "real" : "placeholder";
   std::vector<std::string> checkpoints, injections;
-  std::string command_log_path;
+  std::string command_log_path, token_log_path;
   RankOptions rank_options;
   opts.add_options()("help,h", "show this help")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(),
@@ -93,6 +93,9 @@ int replayMain(int argc, char** argv) {
       "inject a fault (either device), repeatable, added to the scenario's \"faults\": fail-load=MODEL[@N], "
       "corrupt-load=MODEL[@N], fail-batch=MODEL[@N], stall=GPU:MS[@N] (the Nth occurrence, 1-based; without @N every "
       "one, a stall the first)")(
+      "token-log", po::value<std::string>(&token_log_path),
+      "--execution real: append every request's generated tokens to this file, one line per request (request-level "
+      "batches); under mpirun each GPU rank writes FILE.rankN. Two runs' outputs compare after sorting")(
       "command-log", po::value<std::string>(&command_log_path),
       "write every command the engine gives the backend (load, evict, execute, step), one line each in issue order, "
       "to this file: two runs of one scenario compare line by line")(
@@ -157,8 +160,8 @@ int replayMain(int argc, char** argv) {
   const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
   if (ranks.multi()) {
     if (real && !rank_options.engine_only)
-      throw ConfigError("--execution real under mpirun runs the models on the GPU ranks only: add --engine-only (and "
-                        "keep each model's GPUs inside one rank), or use --execution placeholder");
+      throw ConfigError("--execution real under mpirun runs the models on the GPU ranks only: add --engine-only, or use "
+                        "--execution placeholder");
     if (real && scenario.engine.policy.layer_pipelined)
       throw ConfigError("--execution real under mpirun: policy.layer_pipelined (batches behind their loads) is not "
                         "supported across ranks yet; --set policy.layer_pipelined=false");
@@ -167,11 +170,14 @@ int replayMain(int argc, char** argv) {
   if (real) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;
+    if (!token_log_path.empty()) ro.token_log = ranks.multi() ? token_log_path + ".rank" + std::to_string(ranks.rank()) : token_log_path;
     options.execution = makeModelExecution(device, ro);
     execution = "real models on CUDA (" + std::string(ro.checkpoints.empty() ? "random weights" : "checkpoints where given") +
                 ", max context " + std::to_string(max_context) + ")";
   } else if (!checkpoints.empty()) {
     throw ConfigError("--checkpoint applies to --execution real only");
+  } else if (!token_log_path.empty()) {
+    throw ConfigError("--token-log applies to --execution real only");
   } else if (placeholder_ms >= 0) {
     options.placeholder_step = static_cast<Nanos>(placeholder_ms * 1e6);
     execution = "placeholder fixed-cost kernel, " + std::to_string(placeholder_ms) + " ms per output token";

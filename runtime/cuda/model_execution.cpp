@@ -10,6 +10,7 @@
 #include <iostream>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #if COMPUTRON_HAVE_NCCL
 #include <nccl.h>
@@ -68,7 +69,7 @@ constexpr int kWarmUpPrompt = 24;  // above the skinny-product limit: prefill ta
 constexpr int kWarmUpContext = 32;
 
 #if COMPUTRON_HAVE_NCCL
-void ncclCheck(ncclResult_t r, const char* what) {
+void ncclCheck(ncclResult_t r, const std::string& what) {
   if (r != ncclSuccess) throw std::runtime_error(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r));
 }
 #endif
@@ -171,15 +172,20 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
   queue_ = &queue;
   clock_ = &clock;
   const std::size_t gpus = devices.size();
-  // Under mpirun a rank runs the models on its own GPUs only (devices of other ranks are null).
+  // Under mpirun a rank runs the shards on its own GPUs only (devices of other ranks are null); a
+  // model whose GPUs span ranks runs on each of them, its groups' communicators made from an id
+  // the ranks share (exchange_).
+  local_gpu_.assign(gpus, false);
+  for (std::size_t g = 0; g < gpus; ++g) local_gpu_[g] = devices[g] != nullptr;
+  auto is_local = [&](GpuId g) { return static_cast<std::size_t>(g) < gpus && local_gpu_[static_cast<std::size_t>(g)]; };
   local_.assign(config_.models.size(), false);
   for (std::size_t m = 0; m < config_.models.size(); ++m) {
     const ModelDeployment& d = config_.models[m];
     int here = 0;
-    for (GpuId g : d.gpus) here += static_cast<std::size_t>(g) < gpus && devices[static_cast<std::size_t>(g)] != nullptr;
-    if (here != 0 && here != d.numShards())
-      throw ConfigError("real execution: model " + d.name + " has GPUs in more than one rank; its TP and PP groups " +
-                        "must be one rank's (place it on one rank's GPUs)");
+    for (GpuId g : d.gpus) here += is_local(g);
+    if (here != 0 && here != d.numShards() && !exchange_)
+      throw ConfigError("real execution: model " + d.name + " has GPUs in more than one process; its TP and PP groups " +
+                        "must be one process's");
     local_[m] = here != 0;
   }
   // One workspace per GPU, as large as the largest shard placed there needs.
@@ -188,7 +194,9 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     const ModelDeployment& d = config_.models[m];
     if (!local_[m]) continue;
     for (int s = 0; s < d.numShards(); ++s) {
-      const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);
+      const GpuId gpu = d.gpus[static_cast<std::size_t>(s)];
+      if (!is_local(gpu)) continue;
+      const auto g = static_cast<std::size_t>(gpu);
       workspace_bytes_[g] = std::max(workspace_bytes_[g], model::ShardExecutor::workspaceBytes(planFor(d, s), limitsFor(d, options_.max_context)));
     }
   }
@@ -210,6 +218,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
   // (a GPU runs one batch at a time, so their collectives never interleave).
   std::map<std::tuple<int, int, std::vector<GpuId>>, std::vector<std::pair<void*, void*>>> groups;
   std::map<std::pair<std::tuple<int, int, std::vector<GpuId>>, int>, std::shared_ptr<model::PeerGroup>> peers;
+  std::map<std::tuple<int, int, std::vector<GpuId>>, std::shared_ptr<model::CommGuard>> guards;
 #if COMPUTRON_HAVE_NCCL
   setenv("NCCL_NVLS_ENABLE", "0", 1);  // NVLink multicast stays off on shared machines
 #endif
@@ -218,38 +227,34 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     if (!local_[m]) continue;
     const int n = d.numShards();
     auto key = std::make_tuple(d.tp, d.pp, d.gpus);
+    bool spans = false;
+    for (GpuId g : d.gpus) spans = spans || !is_local(g);
     auto found = groups.find(key);
     if (found == groups.end()) {
       std::vector<std::pair<void*, void*>> comms(static_cast<std::size_t>(n), {nullptr, nullptr});
-#if COMPUTRON_HAVE_NCCL
+      // One guard for every communicator of a placement that spans processes.
+      auto guard = spans ? std::make_shared<model::CommGuard>() : nullptr;
+      guards[key] = guard;
       if (d.tp > 1) {
         for (int stage = 0; stage < d.pp; ++stage) {
-          std::vector<int> devs;
-          for (int r = 0; r < d.tp; ++r) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]) + options_.ordinal_shift);
-          std::vector<ncclComm_t> c(static_cast<std::size_t>(d.tp));
-          ncclCheck(ncclCommInitAll(c.data(), d.tp, devs.data()), "ncclCommInitAll (tensor parallel)");
-          for (int r = 0; r < d.tp; ++r) {
-            comms[static_cast<std::size_t>(stage * d.tp + r)].first = c[static_cast<std::size_t>(r)];
-            comms_.push_back(c[static_cast<std::size_t>(r)]);
-          }
+          std::vector<GpuId> members;
+          for (int r = 0; r < d.tp; ++r) members.push_back(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]);
+          const std::vector<void*> c = makeGroup("tp", members, guard);
+          for (int r = 0; r < d.tp; ++r) comms[static_cast<std::size_t>(stage * d.tp + r)].first = c[static_cast<std::size_t>(r)];
         }
       }
       if (d.pp > 1) {
         for (int r = 0; r < d.tp; ++r) {
-          std::vector<int> devs;
-          for (int stage = 0; stage < d.pp; ++stage) devs.push_back(static_cast<int>(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]) + options_.ordinal_shift);
-          std::vector<ncclComm_t> c(static_cast<std::size_t>(d.pp));
-          ncclCheck(ncclCommInitAll(c.data(), d.pp, devs.data()), "ncclCommInitAll (pipeline)");
-          for (int stage = 0; stage < d.pp; ++stage) {
-            comms[static_cast<std::size_t>(stage * d.tp + r)].second = c[static_cast<std::size_t>(stage)];
-            comms_.push_back(c[static_cast<std::size_t>(stage)]);
-          }
+          std::vector<GpuId> members;
+          for (int stage = 0; stage < d.pp; ++stage) members.push_back(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]);
+          const std::vector<void*> c = makeGroup("pp", members, guard);
+          for (int stage = 0; stage < d.pp; ++stage) comms[static_cast<std::size_t>(stage * d.tp + r)].second = c[static_cast<std::size_t>(stage)];
         }
       }
-#endif
       found = groups.emplace(key, std::move(comms)).first;
-      // The group's TP collectives over peer access, sized for every model placed alike.
-      if (d.tp > 1 && model::peerCollectivesEnabled(/*by_default=*/false)) {
+      // The group's TP collectives over peer access, sized for every model placed alike (inside
+      // one process only: peer access does not cross processes).
+      if (d.tp > 1 && !spans && model::peerCollectivesEnabled(/*by_default=*/false)) {
         for (int stage = 0; stage < d.pp; ++stage) {
           std::int64_t bytes = 0;
           std::vector<int> devs;
@@ -266,18 +271,24 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       return folder.empty() ? model::archExtrasOf(d.spec) : model::archExtrasFromConfig(folder, d.spec);
     }();
     for (int s = 0; s < n; ++s) {
+      if (!is_local(d.gpus[static_cast<std::size_t>(s)])) continue;
       const auto g = static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)]);
       model::ExecutorLimits limits = limitsFor(d, options_.max_context);
       limits.workspace = workspaces_[g];
       const auto& c = found->second[static_cast<std::size_t>(s)];
       const auto peer = peers.find({key, s / d.tp});
-      const model::ParallelComms comms{c.first, c.second, peer == peers.end() ? nullptr : peer->second};
+      const model::ParallelComms comms{c.first, c.second, peer == peers.end() ? nullptr : peer->second, guards.at(key)};
       parallel_comms_[{static_cast<ModelId>(m), s}] = c;
       tp_peers_[{static_cast<ModelId>(m), s}] = comms.tp_peer;
+      guards_[{static_cast<ModelId>(m), s}] = comms.guard;
       sessions_[{static_cast<ModelId>(m), s}] = SessionState{};
       executors_[{static_cast<ModelId>(m), s}] =
           std::make_unique<model::ShardExecutor>(planFor(d, s), extras, limits, static_cast<int>(g) + options_.ordinal_shift, comms);
     }
+  }
+  if (!options_.token_log.empty()) {
+    token_log_.open(options_.token_log, std::ios::app);
+    if (!token_log_) throw ConfigError("--token-log: cannot write " + options_.token_log);
   }
   warmUp();
   for (std::size_t g = 0; g < gpus; ++g) {
@@ -287,6 +298,88 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     // Another rank's GPU gets no thread (and so no CUDA context from this process).
     if (devices[g] != nullptr) w->thread = std::thread([this, raw] { run(*raw); });
     workers_.push_back(std::move(w));
+  }
+}
+
+std::vector<void*> CudaModelExecution::makeGroup(const char* kind, const std::vector<GpuId>& gpus,
+                                                 const std::shared_ptr<model::CommGuard>& guard) {
+  const int n = static_cast<int>(gpus.size());
+  std::vector<void*> out(gpus.size(), nullptr);
+  auto is_local = [&](GpuId g) { return static_cast<std::size_t>(g) < local_gpu_.size() && local_gpu_[static_cast<std::size_t>(g)]; };
+  int here = 0;
+  for (GpuId g : gpus) here += is_local(g);
+  if (here == 0) return out;  // another process's group of a model spanning processes
+#if COMPUTRON_HAVE_NCCL
+  std::vector<ncclComm_t> c(gpus.size(), nullptr);
+  if (here == n) {
+    std::vector<int> devs;
+    for (GpuId g : gpus) devs.push_back(static_cast<int>(g) + options_.ordinal_shift);
+    ncclCheck(ncclCommInitAll(c.data(), n, devs.data()), std::string("ncclCommInitAll (") + kind + ")");
+  } else {
+    // Spans processes: the process of the first GPU makes the id, the others get it from it.
+    std::string key = kind;
+    for (GpuId g : gpus) key += ":" + std::to_string(g);
+    ncclUniqueId id{};
+    std::string bytes;
+    if (is_local(gpus.front())) {
+      ncclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId");
+      bytes.assign(reinterpret_cast<const char*>(&id), sizeof id);
+    }
+    bytes = exchange_(key, gpus, bytes);
+    if (bytes.size() != sizeof id)
+      throw model::DeviceError("real execution: the id of collective group " + key + " has " + std::to_string(bytes.size()) +
+                        " bytes, not " + std::to_string(sizeof id));
+    std::memcpy(&id, bytes.data(), sizeof id);
+    ncclCheck(ncclGroupStart(), "ncclGroupStart");
+    for (int r = 0; r < n; ++r) {
+      if (!is_local(gpus[static_cast<std::size_t>(r)])) continue;
+      CUDA_CHECK(cudaSetDevice(static_cast<int>(gpus[static_cast<std::size_t>(r)]) + options_.ordinal_shift));
+      ncclCheck(ncclCommInitRank(&c[static_cast<std::size_t>(r)], n, id, r), std::string("ncclCommInitRank (") + key + ")");
+    }
+    ncclCheck(ncclGroupEnd(), std::string("ncclCommInitRank (") + key + ")");
+  }
+  Spanning spanning;
+  for (std::size_t r = 0; r < gpus.size(); ++r) {
+    out[r] = c[r];
+    if (c[r] == nullptr) continue;
+    if (guard) {
+      spanning.comms.push_back(c[r]);  // destroyed (or aborted) through spanning_
+    } else {
+      comms_.push_back(c[r]);
+    }
+  }
+  if (guard) {
+    spanning.gpus = gpus;
+    spanning.guard = guard;
+    std::lock_guard<std::mutex> lock(spanning_mutex_);
+    spanning_.push_back(std::move(spanning));
+  }
+#else
+  (void)kind;
+  (void)guard;
+  (void)n;  // the executors refuse TP or PP > 1 without NCCL
+#endif
+  return out;
+}
+
+void CudaModelExecution::gpusLost(const std::vector<GpuId>& gone) {
+  std::lock_guard<std::mutex> lock(spanning_mutex_);
+  for (Spanning& group : spanning_) {
+    bool hit = false;
+    for (GpuId g : gone) hit = hit || std::find(group.gpus.begin(), group.gpus.end(), g) != group.gpus.end();
+    if (!hit || group.comms.empty()) continue;
+    // Under the guard: no executor is inside an NCCL call on these communicators, and none
+    // starts one afterwards. Aborting ends the kernels of a collective waiting for the lost GPU.
+    std::lock_guard<std::mutex> guard(group.guard->mutex);
+    if (!group.guard->aborted) {
+      group.guard->aborted = true;
+      group.guard->reason = "GPU " + std::to_string(gone.front()) + (gone.size() > 1 ? " and others" : "") +
+                            " of another process were lost";
+    }
+#if COMPUTRON_HAVE_NCCL
+    for (void* c : group.comms) ncclCommAbort(static_cast<ncclComm_t>(c));
+#endif
+    group.comms.clear();
   }
 }
 
@@ -327,8 +420,10 @@ void CudaModelExecution::warmUp() {
       limits.max_context = kWarmUpContext;
       for (int s = 0; s < d.numShards(); ++s) {
         const int g = static_cast<int>(d.gpus[static_cast<std::size_t>(s)]) + options_.ordinal_shift;
+        if (!local_gpu_[static_cast<std::size_t>(d.gpus[static_cast<std::size_t>(s)])]) continue;  // another process's shard
         const auto nccl = parallel_comms_.at({static_cast<ModelId>(m), s});
-        const model::ParallelComms comms{nccl.first, nccl.second, tp_peers_.at({static_cast<ModelId>(m), s})};
+        const model::ParallelComms comms{nccl.first, nccl.second, tp_peers_.at({static_cast<ModelId>(m), s}),
+                                         guards_.at({static_cast<ModelId>(m), s})};
         CUDA_CHECK(cudaSetDevice(g));
         auto ex = std::make_unique<model::ShardExecutor>(model::planShard(spec, d.tp, d.pp, s % d.tp, s / d.tp),
                                                          model::archExtrasOf(d.spec), limits, g,
@@ -398,6 +493,14 @@ void CudaModelExecution::stop() {
   for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
 #endif
   comms_.clear();
+  {
+    std::lock_guard<std::mutex> lock(spanning_mutex_);
+#if COMPUTRON_HAVE_NCCL
+    for (Spanning& group : spanning_)
+      for (void* c : group.comms) ncclCommDestroy(static_cast<ncclComm_t>(c));
+#endif
+    spanning_.clear();
+  }
   for (std::size_t g = 0; g < workspaces_.size(); ++g) {
     if (workspaces_[g] == nullptr) continue;
     cudaSetDevice(static_cast<int>(g) + options_.ordinal_shift);
@@ -479,8 +582,20 @@ void CudaModelExecution::runPart(const ExecPart& part) {
       };
     }
     model::SamplingOptions sampling;  // greedy, no end-of-sequence stop
-    model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); }, deliver);
+    const model::GenerationResult generated =
+        model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); }, deliver);
     ex.setSegmentWait(nullptr);
+    if (token_log_.is_open() && part.shard == 0) {
+      std::ostringstream lines;
+      const std::string& name = config_.models[static_cast<std::size_t>(part.model)].name;
+      for (std::size_t r = 0; r < part.requests.size() && r < generated.tokens.size(); ++r) {
+        lines << "request " << part.requests[r].id << " model " << name << " tokens";
+        for (int t : generated.tokens[r]) lines << ' ' << t;
+        lines << '\n';
+      }
+      std::lock_guard<std::mutex> lock(token_log_mutex_);
+      token_log_ << lines.str() << std::flush;
+    }
     if (gate_failed) {
       ev.ok = false;
       ev.error = "its weights did not all arrive: " + part.gate->error();

@@ -11,8 +11,10 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 namespace computron::model {
 class ShardExecutor;
 class PeerGroup;
+struct CommGuard;
 }
 
 namespace computron::runtime {
@@ -41,6 +44,8 @@ class CudaModelExecution final : public ModelExecution {
   void stop() override;
   bool supportsSteps() const override { return true; }
   void setOrdinalShift(int shift) override { options_.ordinal_shift = shift; }
+  void setGroupExchange(GroupExchange exchange) override { exchange_ = std::move(exchange); }
+  void gpusLost(const std::vector<GpuId>& gpus) override;
 
   // Device bytes of KV cache and activations each GPU sets aside (after start()).
   const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }
@@ -75,20 +80,39 @@ class CudaModelExecution final : public ModelExecution {
   std::map<std::pair<ModelId, int>, SessionState> sessions_;
   std::string checkpointFor(const ModelDeployment& model) const;
 
+  // Makes the communicators of one group: NCCL's own set-up when every GPU is this process's,
+  // else one communicator per local GPU from an id shared over exchange_ (and registered in
+  // spanning_ under `guard`). Entries for other processes' GPUs stay null.
+  std::vector<void*> makeGroup(const char* kind, const std::vector<GpuId>& gpus, const std::shared_ptr<model::CommGuard>& guard);
+
   RealExecutionOptions options_;
-  std::vector<bool> local_;  // per model: runs here (its GPUs are this process's)
+  GroupExchange exchange_;
+  std::vector<bool> local_;      // per model: runs here (some or all of its GPUs are this process's)
+  std::vector<bool> local_gpu_;  // per GPU: this process's
+  // Groups spanning processes: their GPUs, this process's communicators and their guard, so a
+  // lost process's groups can be aborted (gpusLost).
+  struct Spanning {
+    std::vector<GpuId> gpus;
+    std::vector<void*> comms;
+    std::shared_ptr<model::CommGuard> guard;
+  };
+  std::mutex spanning_mutex_;
+  std::vector<Spanning> spanning_;
   EngineConfig config_;
   CompletionQueue* queue_ = nullptr;
   const Clock* clock_ = nullptr;
   std::map<std::pair<ModelId, int>, std::unique_ptr<model::ShardExecutor>> executors_;
   std::map<std::pair<ModelId, int>, std::pair<void*, void*>> parallel_comms_;  // (tp, pp) ncclComm_t per shard
   std::map<std::pair<ModelId, int>, std::shared_ptr<model::PeerGroup>> tp_peers_;  // per shard: its TP group over peer access
+  std::map<std::pair<ModelId, int>, std::shared_ptr<model::CommGuard>> guards_;     // per shard: set when its groups span processes
   std::vector<void*> workspaces_;  // one per GPU
   std::vector<std::int64_t> workspace_bytes_;
   std::vector<void*> comms_;       // ncclComm_t, destroyed at stop
   std::vector<std::unique_ptr<Worker>> workers_;
   bool stopped_ = false;
   double warm_up_seconds_ = 0;
+  std::mutex token_log_mutex_;
+  std::ofstream token_log_;  // options_.token_log, when given
 };
 
 }  // namespace computron::runtime

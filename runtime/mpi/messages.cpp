@@ -23,7 +23,7 @@ void expectType(Reader& r, MsgType expected) {
 MsgType peekType(const std::string& message) {
   if (message.empty()) throw WireError("message: empty");
   const auto type = static_cast<MsgType>(message.front());
-  if (type < MsgType::kHello || type > MsgType::kExecPart)
+  if (type < MsgType::kHello || type > MsgType::kRankLost)
     throw WireError("message: unknown type " + std::to_string(static_cast<int>(message.front())));
   return type;
 }
@@ -358,6 +358,24 @@ DeviceEvent decodeEvent(const std::string& message) {
   e.step_end = r.getVector<Nanos>();
   r.expectDone();
   return e;
+}
+
+std::string encodeGroupId(const GroupId& group) {
+  Writer w;
+  w.put(MsgType::kGroupId);
+  w.putString(group.key);
+  w.putString(group.id);
+  return w.take();
+}
+
+GroupId decodeGroupId(const std::string& message) {
+  Reader r(message);
+  expectType(r, MsgType::kGroupId);
+  GroupId group;
+  group.key = r.getString();
+  group.id = r.getString();
+  r.expectDone();
+  return group;
 }
 
 std::string encodeSignal(MsgType type, std::int64_t value) {

@@ -27,6 +27,8 @@ enum class MsgType : std::uint8_t {
   kPong,
   kAbort,      // 0 -> rank: set-up failed elsewhere; exit without serving (rank -> 0: it left)
   kExecPart,   // 0 -> rank: one GPU's part of a real batch or session step (runtime/execution.h)
+  kGroupId,    // rank -> rank: the id of a collective group spanning ranks, from the rank of its first GPU
+  kRankLost,   // 0 -> rank: another rank was lost (value: that rank); groups with its GPUs abort
 };
 
 MsgType peekType(const std::string& message);
@@ -77,7 +79,17 @@ ExecPart decodeExecPart(const std::string& message);
 std::string encodeEvent(const DeviceEvent& event);
 DeviceEvent decodeEvent(const std::string& message);
 
-// A message of only its type (kStop, kStopped, kAbort), or a type and one time (kPing, kPong).
+// The id of a collective group (NCCL's unique id, opaque here) that spans ranks, named by a key
+// every member derives alike from the scenario.
+struct GroupId {
+  std::string key;
+  std::string id;
+};
+std::string encodeGroupId(const GroupId& group);
+GroupId decodeGroupId(const std::string& message);
+
+// A message of only its type (kStop, kStopped, kAbort), or a type and one value (kPing, kPong:
+// a time; kRankLost: a rank).
 std::string encodeSignal(MsgType type, std::int64_t value = 0);
 std::int64_t decodeSignal(const std::string& message, MsgType expected);
 

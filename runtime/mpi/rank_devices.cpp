@@ -1,5 +1,6 @@
 #include "runtime/mpi/rank_devices.h"
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 #include <set>
@@ -272,6 +273,11 @@ void RankDeviceFactory::failRankLocked(int r, const std::string& reason) {
   st.lost = true;
   st.reason = "rank " + std::to_string(r) + " lost: " + reason;
   cv_.notify_all();
+  // The other GPU ranks abort the collective groups they share with it (a TP or PP group that
+  // spans ranks would otherwise wait for it forever), and stop waiting for its group ids.
+  for (int q = std::max(1, layout_.first_gpu_rank); q < layout_.ranks; ++q)
+    if (q != r && !ranks_[static_cast<std::size_t>(q)].lost && !stopped_[static_cast<std::size_t>(q)])
+      transport_.send(q, encodeSignal(MsgType::kRankLost, r));
   if (queue_ == nullptr) return;  // no backend (setting up: remoteChecksums() reports it; or gone)
   const Nanos now = clock_->now();
   for (auto& [key, out] : outstanding_[s]) {
@@ -341,11 +347,9 @@ void RankExecution::validate(const EngineConfig& config) const {
   inner_->validate(config);
   const RankLayout& layout = factory_.layout();
   for (const ModelDeployment& d : config.models) {
+    // A model may span GPU ranks: their executions build its groups from a shared id.
     std::set<int> ranks;
     for (GpuId g : d.gpus) ranks.insert(layout.owner(g));
-    if (ranks.size() != 1)
-      throw ConfigError("real execution under mpirun: model " + d.name + " has GPUs on " + std::to_string(ranks.size()) +
-                        " ranks; its TP and PP groups must be one rank's (--gpus-per-rank, or place it inside a rank)");
     if (*ranks.begin() == 0)
       throw ConfigError("real execution under mpirun: model " + d.name + " is on rank 0's GPUs; run the engine alone "
                         "(--engine-only) so every model runs on a GPU rank");

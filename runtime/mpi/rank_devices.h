@@ -114,8 +114,9 @@ class RankDeviceFactory final : public DeviceFactory {
 
 // Real model execution on rank 0 when every GPU is another rank's (--engine-only): each part of a
 // batch or session step goes to the rank that owns its GPU, whose own execution (`inner`'s kind)
-// runs it over its pool; the completion comes back as that rank's event. A model's TP and PP
-// group must be one rank's GPUs.
+// runs it over its pool; the completion comes back as that rank's event. A model whose GPUs span
+// ranks has a part on each; those ranks' executions built its TP and PP groups together at start
+// (ModelExecution::setGroupExchange). No model may have a GPU on rank 0.
 class RankExecution final : public ModelExecution {
  public:
   RankExecution(std::shared_ptr<ModelExecution> inner, RankDeviceFactory& factory)

@@ -2,9 +2,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <condition_variable>
+#include <functional>
+#include <map>
 #include <mutex>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "runtime/mpi/messages.h"
@@ -84,6 +87,13 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   std::vector<std::unique_ptr<Device>> devices;
   std::vector<Device*> by_gpu(static_cast<std::size_t>(layout.total_gpus), nullptr);
   std::atomic<bool> ready{false};
+  // How long a GPU rank waits for a group's id: the rank that makes it builds its host store
+  // first, as rank 0 waits that long for every rank's hello.
+  constexpr auto group_wait = std::chrono::minutes(10);
+  // Collective groups spanning ranks: ids received from the rank of each group's first GPU, and
+  // the ranks rank 0 reported lost.
+  std::map<std::string, std::string> group_ids;
+  std::set<int> lost_ranks;
 
   auto fail = [&](GpuId gpu, DeviceEvent ev, const std::string& error) {
     ev.gpu = gpu;
@@ -94,7 +104,19 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     queue.push(std::move(ev));
   };
   auto onMessage = [&](int source, std::string message) {
-    if (source != 0) return;
+    if (source != 0) {
+      // Another GPU rank speaks only to hand over a group id.
+      try {
+        if (peekType(message) != MsgType::kGroupId) return;
+        GroupId group = decodeGroupId(message);
+        std::lock_guard<std::mutex> lock(mutex);
+        group_ids[group.key] = std::move(group.id);
+        cv.notify_all();
+      } catch (const std::exception& e) {
+        log << "rank " << me << ": a bad message from rank " << source << " (" << e.what() << "); ignored\n";
+      }
+      return;
+    }
     // The job's identity, once decoded: a job that cannot run still completes, as failed.
     DeviceEvent ev;
     GpuId target = -1;
@@ -105,6 +127,18 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
         case MsgType::kPing:
           transport.send(0, encodeSignal(MsgType::kPong, SteadyClock::steadyNanos()));
           return;
+        case MsgType::kRankLost: {
+          const auto r = static_cast<int>(decodeSignal(message, MsgType::kRankLost));
+          std::vector<GpuId> gone;
+          for (int g = layout.firstGpu(r); g < layout.endGpu(r); ++g) gone.push_back(g);
+          {
+            std::lock_guard<std::mutex> lock(mutex);
+            lost_ranks.insert(r);
+            cv.notify_all();
+          }
+          if (options.execution && !gone.empty()) options.execution->gpusLost(gone);
+          return;
+        }
         case MsgType::kStop:
         case MsgType::kAbort: {
           // A stop after a rank was lost: leave without MPI_Finalize, which would wait for it.
@@ -234,7 +268,27 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
       hello.describe.push_back(devices.back()->describe());
     }
     for (auto& d : devices) d->connect(by_gpu);
-    if (options.execution) options.execution->start(config, by_gpu, queue, clock);
+    if (options.execution) {
+      options.execution->setGroupExchange([&](const std::string& key, const std::vector<GpuId>& gpus, const std::string& id) {
+        const int root = layout.owner(gpus.front());
+        if (root == me) {
+          std::set<int> members;
+          for (GpuId g : gpus) members.insert(layout.owner(g));
+          members.erase(me);
+          for (int q : members) transport.send(q, encodeGroupId({key, id}));
+          return id;
+        }
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait_for(lock, group_wait, [&] { return group_ids.count(key) > 0 || lost_ranks.count(root) > 0 || stop || abort || lost0; });
+        const auto it = group_ids.find(key);
+        if (it != group_ids.end()) return it->second;
+        throw ConfigError("rank " + std::to_string(me) + ": the id of collective group " + key + " did not come from rank " +
+                          std::to_string(root) +
+                          (lost_ranks.count(root) > 0 ? " (it was lost)"
+                                                      : stop || abort || lost0 ? " (the run stopped)" : " (timed out)"));
+      });
+      options.execution->start(config, by_gpu, queue, clock);
+    }
     for (const HostShard* s : store->shards())
       if (s->held) hello.shards.push_back({s->model, s->shard, s->bytes, s->checksum});
   } catch (const std::exception& e) {

@@ -158,6 +158,26 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
   EXPECT_EQ(h.clock, "node7/0f1e2d3c-boot");
   EXPECT_EQ(h.shards.at(0).checksum, 0xabcdefu);
   EXPECT_EQ(decodeSignal(read("ping.bin"), MsgType::kPing), 123456);
+  const GroupId group = decodeGroupId(read("group_id.bin"));
+  EXPECT_EQ(group.key, "tp:1:2");
+  EXPECT_EQ(group.id.size(), 128u);
+  EXPECT_EQ(decodeSignal(read("rank_lost.bin"), MsgType::kRankLost), 2);
+}
+
+TEST(RankMessages, GroupIdsComeBackAsSentAndTruncationsAreRefused) {
+  GroupId group;
+  group.key = "pp:0:2:4";
+  group.id = std::string(128, '\0');
+  for (std::size_t i = 0; i < group.id.size(); ++i) group.id[i] = static_cast<char>(i * 7);
+  const std::string whole = encodeGroupId(group);
+  EXPECT_EQ(peekType(whole), MsgType::kGroupId);
+  const GroupId back = decodeGroupId(whole);
+  EXPECT_EQ(back.key, group.key);
+  EXPECT_EQ(back.id, group.id);
+  for (std::size_t n = 0; n < whole.size(); ++n) EXPECT_THROW(decodeGroupId(whole.substr(0, n)), wire::WireError) << n;
+  EXPECT_THROW(decodeGroupId(whole + "x"), wire::WireError);
+  EXPECT_THROW(decodeGroupId(encodeSignal(MsgType::kRankLost, 1)), wire::WireError);
+  EXPECT_THROW(peekType(std::string(1, '\x0f')), wire::WireError);  // past the last type
 }
 
 TEST(RankMessages, ExecPartsComeBackAsSent) {
@@ -634,7 +654,172 @@ TEST(RanksInProcess, RealExecutionRunsOnTheGpuRanks) {
   for (int r = 1; r < 4; ++r) EXPECT_EQ(codes[static_cast<std::size_t>(r)], 0);
 }
 
-TEST(RanksInProcess, RealExecutionRefusesAModelAcrossRanksOrOnRankZero) {
+// The GPU ranks' execution of the tests below: PoolCheckingExecution's parts, and in start() what
+// CudaModelExecution does for a model whose GPUs span ranks: one group id per such model, made by
+// the rank of its first GPU and handed to the others through the exchange. gpusLost is recorded.
+class GroupExchangingExecution final : public ModelExecution {
+ public:
+  explicit GroupExchangingExecution(int rank) : rank_(rank) {}
+  std::string name() const override { return "group-exchanging test execution"; }
+  void validate(const EngineConfig& config) const override { inner_.validate(config); }
+  void fillShard(const ModelDeployment& m, ModelId id, int shard, std::span<std::byte> image) const override {
+    inner_.fillShard(m, id, shard, image);
+  }
+  void setGroupExchange(GroupExchange exchange) override { exchange_ = std::move(exchange); }
+  void start(const EngineConfig& config, const std::vector<Device*>& devices, CompletionQueue& queue, const Clock& clock) override {
+    inner_.start(config, devices, queue, clock);
+    auto local = [&](GpuId g) { return static_cast<std::size_t>(g) < devices.size() && devices[static_cast<std::size_t>(g)] != nullptr; };
+    for (const ModelDeployment& d : config.models) {
+      int here = 0;
+      for (GpuId g : d.gpus) here += local(g);
+      if (here == 0 || here == d.numShards()) continue;
+      if (!exchange_) throw ConfigError("no group exchange for " + d.name);
+      std::string key = "tp";
+      for (GpuId g : d.gpus) key += ":" + std::to_string(g);
+      const std::string made = local(d.gpus.front()) ? "id made by rank " + std::to_string(rank_) : "";
+      const std::string id = exchange_(key, d.gpus, made);
+      std::lock_guard<std::mutex> lock(mutex_);
+      ids_[d.name] = id;
+    }
+  }
+  void submit(ExecPart part) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++parts_by_model_[part.model];
+    }
+    inner_.submit(std::move(part));
+  }
+  void stop() override { inner_.stop(); }
+  bool supportsSteps() const override { return true; }
+  int partsOf(ModelId model) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = parts_by_model_.find(model);
+    return it == parts_by_model_.end() ? 0 : it->second;
+  }
+  void gpusLost(const std::vector<GpuId>& gpus) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    lost_.insert(gpus.begin(), gpus.end());
+  }
+  std::map<std::string, std::string> ids() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return ids_;
+  }
+  std::set<GpuId> lost() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return lost_;
+  }
+  int parts() const { return inner_.parts.load(); }
+
+ private:
+  int rank_;
+  GroupExchange exchange_;
+  PoolCheckingExecution inner_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::string> ids_;
+  std::set<GpuId> lost_;
+  std::map<ModelId, int> parts_by_model_;
+};
+
+struct SpanningRun {
+  std::vector<RequestRecord> records;
+  std::vector<std::shared_ptr<GroupExchangingExecution>> executions;  // by rank - 1
+  std::vector<int> codes;
+};
+
+// Rank 0 the engine; ranks 1 and 2 own GPUs {0, 1} and {2, 3}. Model x (TP 2) spans them on GPUs
+// 1 and 2; y lives on GPU 0 (rank 1), z on GPU 3 (rank 2). Optionally rank `kill_rank` is killed
+// as request `kill_at` is pulled.
+SpanningRun runSpanning(const std::vector<Request>& requests, int kill_rank = -1, int kill_at = -1) {
+  EngineConfig config = sixGpuConfig(tinyShardBytes());
+  config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
+  config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
+  const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
+  for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
+  Hub hub(3);
+  SpanningRun run;
+  for (int r = 1; r < 3; ++r) run.executions.push_back(std::make_shared<GroupExchangingExecution>(r));
+  GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
+    RuntimeOptions o = smallOptions();
+    o.execution = run.executions[static_cast<std::size_t>(r - 1)];
+    return o;
+  });
+  {
+    HostDeviceFactory own(4);
+    RankDevicesOptions ro;
+    ro.setup_timeout = 30 * kNanosPerSecond;
+    ro.stop_timeout = 30 * kNanosPerSecond;
+    RankDeviceFactory factory(own, hub.at(0), layout, ro);
+    RuntimeOptions o = smallOptions();
+    o.execution = std::make_shared<RankExecution>(std::make_shared<PoolCheckingExecution>(), factory);
+    RealBackend backend(config, factory, o);
+    Log log;
+    auto hook = [&](int i) {
+      if (i == kill_at) hub.kill(kill_rank);
+    };
+    RealtimeDriver driver(backend, config, std::make_unique<HookedSource>(requests, hook), &log, 30 * kNanosPerSecond);
+    driver.run();
+    driver.engine().checkInvariants();
+    run.records = log.records;
+  }
+  if (kill_rank > 0) hub.kill(0);
+  run.codes = gpu_ranks.join();
+  return run;
+}
+
+std::vector<Request> spanningRequests(int count) {
+  std::vector<Request> requests;
+  for (int i = 0; i < count; ++i)
+    requests.push_back(fakes::makeRequest(i, static_cast<ModelId>(i % 3), (i + 1) * 20 * kNanosPerMilli, 8, 3));
+  return requests;
+}
+
+TEST(RanksInProcess, AModelAcrossRanksRunsOnBothWithOneGroupId) {
+  const auto requests = spanningRequests(12);
+  const SpanningRun run = runSpanning(requests);
+  ASSERT_EQ(run.records.size(), requests.size());
+  for (const auto& r : run.records) EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;
+  // Both ranks of x's group got the id rank 1 (the owner of its first GPU) made, and only x has one.
+  for (const auto& execution : run.executions) {
+    const auto ids = execution->ids();
+    ASSERT_EQ(ids.size(), 1u);
+    EXPECT_EQ(ids.at("x"), "id made by rank 1");
+    EXPECT_GT(execution->parts(), 0);
+    EXPECT_TRUE(execution->lost().empty());
+  }
+  // Each of x's batches ran one part on each rank (the parts of a batch complete it together);
+  // y ran on rank 1 only, z on rank 2 only.
+  const auto& rank1 = *run.executions[0];
+  const auto& rank2 = *run.executions[1];
+  EXPECT_GT(rank1.partsOf(0), 0);
+  EXPECT_EQ(rank1.partsOf(0), rank2.partsOf(0));
+  EXPECT_GT(rank1.partsOf(1), 0);
+  EXPECT_EQ(rank2.partsOf(1), 0);
+  EXPECT_GT(rank2.partsOf(2), 0);
+  EXPECT_EQ(rank1.partsOf(2), 0);
+  EXPECT_EQ(run.codes[1], 0);
+  EXPECT_EQ(run.codes[2], 0);
+}
+
+TEST(RanksInProcess, ALostRankMakesTheOthersAbortTheGroupsTheyShareWithIt) {
+  const auto requests = spanningRequests(24);
+  const SpanningRun run = runSpanning(requests, /*kill_rank=*/2, /*kill_at=*/10);
+  ASSERT_EQ(run.records.size(), requests.size());
+  std::set<RequestId> seen;
+  for (const auto& r : run.records) {
+    EXPECT_TRUE(seen.insert(r.request.id).second) << r.request.id;
+    if (r.request.model == 1) {
+      EXPECT_TRUE(r.ok) << r.request.id << ": " << r.error;  // y: rank 1 alone
+    }
+    if (!r.ok) {
+      EXPECT_NE(r.error.find("lost"), std::string::npos) << r.error;
+    }
+  }
+  // Rank 1 was told that rank 2's GPUs are gone (x's group would wait for GPU 2 forever).
+  EXPECT_EQ(run.executions[0]->lost(), (std::set<GpuId>{2, 3}));
+  EXPECT_EQ(run.codes[1], 0);
+}
+
+TEST(RanksInProcess, RealExecutionRefusesAModelOnRankZero) {
   const RankLayout layout{3, 2, 6, 1};
   Hub hub(3);
   HostDeviceFactory own(6);
@@ -642,12 +827,7 @@ TEST(RanksInProcess, RealExecutionRefusesAModelAcrossRanksOrOnRankZero) {
   RankExecution execution(std::make_shared<PoolCheckingExecution>(), factory);
   EngineConfig config;
   config.models = {deployment("spans", 2, {1, 2})};
-  try {
-    execution.validate(config);
-    ADD_FAILURE() << "a model across ranks 1 and 2 should be refused";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("model spans has GPUs on 2 ranks"), std::string::npos) << e.what();
-  }
+  EXPECT_NO_THROW(execution.validate(config));  // across ranks 1 and 2: its groups span them
   const RankLayout with_engine_gpus{3, 2, 6, 0};
   Hub hub0(3);
   RankDeviceFactory factory0(own, hub0.at(0), with_engine_gpus);

@@ -183,7 +183,7 @@ ModelGroup::ModelGroup(const ModelSpec& spec, const ArchExtras& extras, int tp, 
       const std::size_t i = static_cast<std::size_t>(stage * tp + r);
       const ShardPlan plan = planShard(spec, tp, pp, r, stage);
       executors_[i] = std::make_unique<ShardExecutor>(plan, extras, limits, devices[i],
-                                                      ParallelComms{tp_comms_[i], pp_comms_[i], stage_peers[static_cast<std::size_t>(stage)]});
+                                                      ParallelComms{tp_comms_[i], pp_comms_[i], stage_peers[static_cast<std::size_t>(stage)], nullptr});
       if (checkpoint) {
         // Pinned staging so the upload runs at PCIe rate; the runtime's host store plays this role.
         void* host = nullptr;

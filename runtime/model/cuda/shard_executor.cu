@@ -353,6 +353,27 @@ void ShardExecutor::warmProducts(const std::vector<int>& rows) {
   CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+template <typename F>
+void ShardExecutor::collective(F&& call) {
+  if (!comms_.guard) {
+    call();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(comms_.guard->mutex);
+  if (comms_.guard->aborted)
+    throw DeviceError("the collective group of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
+                      ") was aborted: " + comms_.guard->reason);
+  call();
+}
+
+void ShardExecutor::checkAborted() const {
+  if (!comms_.guard) return;
+  std::lock_guard<std::mutex> lock(comms_.guard->mutex);
+  if (comms_.guard->aborted)
+    throw DeviceError("the collective group of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
+                      ") was aborted during the pass: " + comms_.guard->reason);
+}
+
 void ShardExecutor::allReduce(float* data, std::int64_t count) {
   if (plan_.tp == 1) return;
   if (peerAllReduce(count)) {
@@ -360,8 +381,10 @@ void ShardExecutor::allReduce(float* data, std::int64_t count) {
     return;
   }
 #if COMPUTRON_HAVE_NCCL
-  NCCL_CHECK(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum,
-                           static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+  collective([&] {
+    NCCL_CHECK(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum,
+                             static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+  });
 #else
   (void)data;
   (void)count;
@@ -533,8 +556,10 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
                             residual_, stream_);
   } else {
 #if COMPUTRON_HAVE_NCCL
-    NCCL_CHECK(ncclRecv(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank - 1,
-                        static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    collective([&] {
+      NCCL_CHECK(ncclRecv(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank - 1,
+                          static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    });
 #endif
   }
 
@@ -547,8 +572,10 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
 
   if (!plan_.has_lm_head) {
 #if COMPUTRON_HAVE_NCCL
-    NCCL_CHECK(ncclSend(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank + 1,
-                        static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    collective([&] {
+      NCCL_CHECK(ncclSend(residual_, static_cast<std::size_t>(tokens) * h, ncclFloat, plan_.pp_rank + 1,
+                          static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    });
 #endif
     return;
   }
@@ -572,8 +599,10 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
       comms_.tp_peer->allGather(plan_.tp_rank, local_logits_, gathered_logits_, gather, stream_);
     } else {
 #if COMPUTRON_HAVE_NCCL
-      NCCL_CHECK(ncclAllGather(local_logits_, gathered_logits_, static_cast<std::size_t>(gather), ncclFloat,
-                               static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+      collective([&] {
+        NCCL_CHECK(ncclAllGather(local_logits_, gathered_logits_, static_cast<std::size_t>(gather), ncclFloat,
+                                 static_cast<ncclComm_t>(comms_.tp_comm), stream_));
+      });
 #endif
     }
     kernels::interleaveVocab(gathered_logits_, logits_, plan_.tp, sequences, local_vocab, stream_);
@@ -698,13 +727,16 @@ void ShardExecutor::attentionPrefill(int li, const StepBatch& batch, const kerne
 std::vector<int> ShardExecutor::shareSampled(int sequences) {
 #if COMPUTRON_HAVE_NCCL
   if (plan_.pp > 1)
-    NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
-                             static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    collective([&] {
+      NCCL_CHECK(ncclBroadcast(sampled_, sampled_, static_cast<std::size_t>(sequences), ncclInt, plan_.pp - 1,
+                               static_cast<ncclComm_t>(comms_.pp_comm), stream_));
+    });
 #endif
   std::vector<int> out(static_cast<std::size_t>(sequences));
   CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   checkPeers();
+  checkAborted();
   return out;
 }
 
@@ -736,6 +768,7 @@ std::vector<float> ShardExecutor::logitsToHost(int sequences) const {
   CUDA_CHECK(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   checkPeers();
+  checkAborted();
   return out;
 }
 

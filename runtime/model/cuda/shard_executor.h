@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -51,6 +52,15 @@ struct ExecutorLimits {
   void* workspace = nullptr;
 };
 
+// Communicators of a group that spans processes (runtime/mpi/) can be aborted from another
+// thread when a member process is lost: every NCCL call of an executor on them holds `mutex`
+// and first checks `aborted`, so none runs on a communicator once it has been aborted (freed).
+struct CommGuard {
+  std::mutex mutex;
+  bool aborted = false;
+  std::string reason;
+};
+
 struct ParallelComms {
   void* tp_comm = nullptr;  // ncclComm_t of this stage's TP group (tp > 1)
   void* pp_comm = nullptr;  // ncclComm_t of this TP rank's pipeline (pp > 1); rank = stage
@@ -58,6 +68,8 @@ struct ParallelComms {
   // Decode-sized all-reduces and the logits' all-gather run there, and with pp = 1 the whole
   // decode pass is then captured as a CUDA graph on every rank.
   std::shared_ptr<PeerGroup> tp_peer;
+  // Set when a group spans processes (null: NCCL calls run unguarded).
+  std::shared_ptr<CommGuard> guard;
 };
 
 // Bytes per rank the TP group's peer collectives need for these limits: the all-gather of a
@@ -156,6 +168,12 @@ class ShardExecutor {
   }
   // Throws when a peer collective of the last pass timed out or was aborted.
   void checkPeers() const;
+  // Runs an NCCL call under the group's guard (spanning groups): DeviceError once aborted.
+  template <typename F>
+  void collective(F&& call);
+  // After waiting on the stream: DeviceError when the group was aborted meanwhile (its
+  // collectives ended early, so the results are not to be used).
+  void checkAborted() const;
   const std::byte* weight(std::int64_t offset) const { return weights_ + offset; }
 
   ShardPlan plan_;
