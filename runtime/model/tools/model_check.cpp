@@ -789,7 +789,10 @@ int runKernels() {
         const bool ok = finite && rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
         all_ok = all_ok && ok;
         std::string lens;
-        for (int len : c.lens) lens += (lens.empty() ? "" : ",") + std::to_string(len);
+        for (int len : c.lens) {
+          if (!lens.empty()) lens.push_back(',');
+          lens.append(std::to_string(len));
+        }
         std::printf("KCHECK %s prefill attention heads %d kv %d hd %d lens %s tiles %d launch %d rel %.2e %s\n",
                     d == DType::kF16 ? "f16" : "bf16", c.heads, c.kv_heads, c.hd, lens.c_str(), num_tiles, launch, rel,
                     finite ? (ok ? "ok" : "FAIL") : "FAIL (not finite)");
