@@ -3,12 +3,14 @@
 #   1. the kernel check (KCHECK lines, including the fused prefill attention against a host
 #      reference) and the prefill attention's FLOP rate (KPATTN);
 #   2. logits against transformers in fp32 for OPT, Llama and Qwen2 with prompts of several
-#      attention tiles (COMPARE lines: prefill_rel_err_max is the prompt's last position);
+#      attention tiles (COMPARE lines: prefill_rel_err_max is the prompt's last position), with
+#      the prefill in one pass and in passes of at most 320 tokens (--prefill-pass);
 #   3. prefill tokens/s of OPT-6.7B and Llama-3-8B at batch 1, 8 and 32 (512-token prompts):
 #      ours by default, with the cuBLAS attention path (COMPUTRON_PREFILL_ATTN=cublas) and without
 #      the cuBLASLt fc1 epilogue (COMPUTRON_LT_EPILOGUE=0) and with the scalar elementwise kernels
 #      (COMPUTRON_VEC_ELEMENTWISE=0), in turn, PREFILL_REPEATS times (PREFILL_SETTINGS picks the
 #      list); then transformers with its default attention (SDPA) in the same call;
+#      PREFILL_SPEED=0 skips step 3.
 #   4. with PREFILL_NCU="preset ...": Nsight Compute's kernel durations of a batch-8 prefill
 #      (scripts/prefill-breakdown.sh, NCU_ONLY=1).
 # Usage: PREBUILT=dir OUT=dir scripts/prefill-check.sh   (dir holds the carried computron_model_check)
@@ -46,10 +48,16 @@ for m in opt4 llama4 qwen2bf; do
            --logits $WORK/$m.$mode.bin --label "$m $mode" || echo "FAILED $m $mode"
   done
   python3 $REF same --a $WORK/$m.fused.json --b $WORK/$m.cublas.json --label "$m fused vs cublas attention"
+  # The prompts' prefill in passes of at most 320 tokens ({5, 70, 130} then {300}).
+  timeout 120 $BIN generate --model $WORK/$m --requests $WORK/$m/requests.json --prefill-pass 320 \
+      --out $WORK/$m.passes.json --logits $WORK/$m.passes.bin \
+    && timeout 180 python3 $REF compare --model $WORK/$m --requests $WORK/$m/requests.json --ours $WORK/$m.passes.json \
+         --logits $WORK/$m.passes.bin --label "$m prefill in passes of 320" || echo "FAILED $m passes"
+  python3 $REF same --a $WORK/$m.fused.json --b $WORK/$m.passes.json --label "$m one prefill pass vs passes of 320"
 done
 
-step "prefill speed: ours (settings in turn), then transformers SDPA"
-for p in opt-6.7b llama-3-8b; do
+[ "${PREFILL_SPEED:-1}" = 0 ] || step "prefill speed: ours (settings in turn), then transformers SDPA"
+for p in $([ "${PREFILL_SPEED:-1}" = 0 ] || echo opt-6.7b llama-3-8b); do
   for r in $(seq $REPEATS); do
     for setting in ${PREFILL_SETTINGS:-default COMPUTRON_PREFILL_ATTN=cublas COMPUTRON_LT_EPILOGUE=0 COMPUTRON_VEC_ELEMENTWISE=0}; do
       [ $setting = COMPUTRON_LT_EPILOGUE=0 ] && [ $p != opt-6.7b ] && continue

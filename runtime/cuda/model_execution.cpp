@@ -38,10 +38,25 @@ model::ShardPlan planFor(const ModelDeployment& d, int shard) {
   return model::planShard(d.spec, d.tp, d.pp, shard % d.tp, shard / d.tp);
 }
 
+// Tokens of one prefill pass (COMPUTRON_PREFILL_PASS_TOKENS, default 16384, never below the
+// maximum context): the activations are sized for this many tokens, not for max_batch full
+// contexts; a larger prefill runs as several passes over whole sequences. At 16384 tokens the
+// products are as efficient as at any size (bench/results/prefill-2026-12-01.md), and Llama-3-8B's
+// activations take about 2.8 GB instead of about 41 GB for 32 x 8192 tokens.
+int prefillPassTokens(int max_batch, int max_context) {
+  static const int configured = [] {
+    const char* v = std::getenv("COMPUTRON_PREFILL_PASS_TOKENS");
+    return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : 16384;
+  }();
+  const std::int64_t all = static_cast<std::int64_t>(max_batch) * max_context;
+  return static_cast<int>(std::min<std::int64_t>(all, std::max(configured, max_context)));
+}
+
 model::ExecutorLimits limitsFor(const ModelDeployment& d, int max_context) {
   model::ExecutorLimits limits;
   limits.max_batch = std::max(1, d.max_batch);
   limits.max_context = max_context;
+  limits.max_prefill_tokens = prefillPassTokens(limits.max_batch, max_context);
   return limits;
 }
 

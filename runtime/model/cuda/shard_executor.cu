@@ -396,6 +396,10 @@ void ShardExecutor::forward(const StepBatch& batch) {
   const int tokens = static_cast<int>(batch.positions.size());
   const int sequences = static_cast<int>(batch.last_token.size());
   if (tokens == 0 || sequences == 0) throw CapacityError("empty batch");
+  if (batch.prefill && tokens > max_tokens_ && logits_row_offset_ == 0 && sequences > 1) {
+    forwardInPasses(batch);
+    return;
+  }
   if (tokens > max_tokens_)
     throw CapacityError("a pass of " + std::to_string(tokens) + " tokens exceeds this executor's " + std::to_string(max_tokens_));
   if (sequences > limits_.max_batch)
@@ -438,6 +442,52 @@ void ShardExecutor::forward(const StepBatch& batch) {
     // Ranks that wait for this one in a peer collective give up now instead of at the timeout.
     if (peer_active_) comms_.tp_peer->abort();
     throw;
+  }
+}
+
+void ShardExecutor::forwardInPasses(const StepBatch& batch) {
+  const int sequences = static_cast<int>(batch.seq_len.size());
+  if (sequences > limits_.max_batch)
+    throw CapacityError("a batch of " + std::to_string(sequences) + " sequences exceeds max_batch " + std::to_string(limits_.max_batch));
+  if (batch.seq_begin.size() != batch.seq_len.size() || batch.last_token.size() != batch.seq_len.size() ||
+      batch.seq_slot.size() != batch.seq_len.size())
+    throw CapacityError("a prefill batch needs one begin, length, slot and last token per sequence");
+  struct ResetOffset {
+    int& offset;
+    ~ResetOffset() { offset = 0; }
+  } reset{logits_row_offset_};
+  int first = 0;
+  while (first < sequences) {
+    // The next sequences that fit one pass, in order; each fits alone (forward refuses a prompt
+    // longer than a pass).
+    int end = first, total = 0;
+    while (end < sequences && (end == first || total + batch.seq_len[static_cast<std::size_t>(end)] <= max_tokens_)) {
+      total += batch.seq_len[static_cast<std::size_t>(end)];
+      ++end;
+    }
+    StepBatch pass;
+    pass.prefill = true;
+    for (int s = first; s < end; ++s) {
+      const auto i = static_cast<std::size_t>(s);
+      const int begin = batch.seq_begin[i], len = batch.seq_len[i];
+      if (begin < 0 || len < 1 || static_cast<std::size_t>(begin + len) > batch.positions.size() ||
+          batch.last_token[i] < begin || batch.last_token[i] >= begin + len)
+        throw CapacityError("a prefill sequence's tokens are out of the batch");
+      const int rebased = static_cast<int>(pass.positions.size());
+      pass.seq_begin.push_back(rebased);
+      pass.seq_len.push_back(len);
+      pass.seq_slot.push_back(batch.seq_slot[i]);
+      pass.last_token.push_back(rebased + batch.last_token[i] - begin);
+      for (int t = begin; t < begin + len; ++t) {
+        const auto ti = static_cast<std::size_t>(t);
+        pass.tokens.push_back(ti < batch.tokens.size() ? batch.tokens[ti] : 0);
+        pass.slots.push_back(batch.slots[ti]);
+        pass.positions.push_back(batch.positions[ti]);
+      }
+    }
+    logits_row_offset_ = first;
+    forward(pass);
+    first = end;
   }
 }
 
@@ -590,8 +640,9 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
       break;
   }
   const int local_vocab = static_cast<int>(plan_.local_vocab);
+  float* logits = logits_ + static_cast<std::int64_t>(logits_row_offset_) * plan_.spec.vocab;
   if (plan_.tp == 1) {
-    gemm(last_normed_, weight(plan_.lm_head), logits_, sequences, local_vocab, h, true);
+    gemm(last_normed_, weight(plan_.lm_head), logits, sequences, local_vocab, h, true);
   } else {
     gemm(last_normed_, weight(plan_.lm_head), local_logits_, sequences, local_vocab, h, true);
     const std::int64_t gather = static_cast<std::int64_t>(sequences) * local_vocab;
@@ -605,7 +656,7 @@ void ShardExecutor::forwardBody(const StepBatch& batch, int tokens, int sequence
       });
 #endif
     }
-    kernels::interleaveVocab(gathered_logits_, logits_, plan_.tp, sequences, local_vocab, stream_);
+    kernels::interleaveVocab(gathered_logits_, logits, plan_.tp, sequences, local_vocab, stream_);
   }
 }
 

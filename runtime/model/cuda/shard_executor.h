@@ -44,7 +44,9 @@ struct ArchExtras {
 struct ExecutorLimits {
   int max_batch = 8;          // sequences decoded together
   int max_context = 1024;     // prompt + generated tokens per sequence
-  int max_prefill_tokens = 0;  // tokens in one prefill pass (0: max_batch * max_context)
+  // Tokens in one prefill pass (0: max_batch * max_context), which sizes the activations. A
+  // prefill of more tokens runs as several passes over whole sequences, in order (forward()).
+  int max_prefill_tokens = 0;
   // Device bytes allowed for KV cache + activations, apart from the weights. 0: no limit.
   std::int64_t kv_and_activation_budget = 0;
   // The caller's device buffer of at least workspaceBytes() for the KV cache and activations
@@ -124,7 +126,9 @@ class ShardExecutor {
   using SegmentWait = std::function<void(int segment)>;
   void setSegmentWait(SegmentWait wait) { segment_wait_ = std::move(wait); }
 
-  // One forward pass. On the last stage, logits() then holds [sequences, vocab] fp32.
+  // One forward pass. On the last stage, logits() then holds [sequences, vocab] fp32. A prefill
+  // of more tokens than max_prefill_tokens runs as several passes, each over the next sequences
+  // that fit, writing its rows of the logits; every rank of the model splits it alike.
   void forward(const StepBatch& batch);
   // Last stage: picks the next token of each sequence into device memory; then shares them with
   // every stage (pp > 1) and returns them on the host.
@@ -168,6 +172,9 @@ class ShardExecutor {
   }
   // Throws when a peer collective of the last pass timed out or was aborted.
   void checkPeers() const;
+  // A prefill over more tokens than a pass holds: consecutive groups of whole sequences, one pass
+  // each, each writing its sequences' rows of the logits.
+  void forwardInPasses(const StepBatch& batch);
   // Runs an NCCL call under the group's guard (spanning groups): DeviceError once aborted.
   template <typename F>
   void collective(F&& call);
@@ -240,6 +247,7 @@ class ShardExecutor {
   // COMPUTRON_DECODE_FUSE=0: skinny products without the q/k/v split, SwiGLU or bias + ReLU in
   // their epilogues (separate kernels after them).
   bool fuse_epilogues_ = true;
+  int logits_row_offset_ = 0;  // first logits row this pass writes (a prefill split into passes)
   bool fused_attention_ = true;  // prefill attention by the fused kernel (fusedPrefillAttention)
   int prefill_tiles_ = 0;        // tiles of this prefill pass's fused attention
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;

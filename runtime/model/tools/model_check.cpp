@@ -2,7 +2,7 @@
 // check script (scripts/model-check.sh).
 //
 //   generate --model DIR --requests FILE --out FILE [--logits FILE] [--tp N --pp N]
-//            [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G]
+//            [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G] [--prefill-pass N]
 //       Loads a Hugging Face safetensors folder split for tp x pp, generates for the requests
 //       ({"prompts": [[ids...], ...], "max_new_tokens": N}) and writes the tokens as JSON; with
 //       --logits, the fp32 logits of every pass ([rows, vocab] per pass, back to back).
@@ -99,6 +99,8 @@ int runGenerate(const std::map<std::string, std::string>& f) {
   limits.max_batch = static_cast<int>(requests.size());
   limits.max_context = std::stoi(flag(f, "max-context", std::to_string(longest + max_new)));
   limits.max_prefill_tokens = std::max(total_prompt, limits.max_batch);
+  // --prefill-pass N: at most N tokens a prefill pass, so a batch's prefill runs as several passes.
+  if (const int pass = std::stoi(flag(f, "prefill-pass", "0")); pass > 0) limits.max_prefill_tokens = pass;
   limits.kv_and_activation_budget = static_cast<std::int64_t>(std::stod(flag(f, "budget-gib", "0")) * (1LL << 30));
   SamplingOptions sampling;
   sampling.temperature = std::stof(flag(f, "temperature", "0"));
@@ -1014,6 +1016,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  generate --model DIR --requests FILE --out FILE [--logits FILE] [--tp N --pp N]\n"
     "           [--temperature T --top-k K --top-p P --seed S --eos ID] [--budget-gib G] [--max-context N]\n"
+    "           [--prefill-pass N]  (at most N tokens a prefill pass: the prompts' prefill in several passes)\n"
     "      generate for the requests ({\"prompts\": [[ids...]], \"max_new_tokens\": N}) from a Hugging Face\n"
     "      safetensors folder split TP x PP; tokens as JSON, with --logits the fp32 logits of every pass\n"
     "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128] [--tp N --pp N]\n"
