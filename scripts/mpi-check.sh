@@ -86,8 +86,9 @@ for i in $(seq 1 "$REPEATS"); do  # MPI_REPEATS=0 skips the comparison
     # Tokens: each GPU rank wrote the requests of the models whose first shard it holds.
     sort "$OUT/one-$i.tokens" > "$OUT/one-$i.tokens.sorted"
     cat "$OUT"/mpi-$i.tokens.rank* 2>/dev/null | sort > "$OUT/mpi-$i.tokens.sorted"
+    if [ ! -s "$OUT/one-$i.tokens.sorted" ]; then echo "tokens: FAILED, none written (request-level batches only)"; else
     echo "tokens: $(wc -l < "$OUT/one-$i.tokens.sorted") requests in one process, $(wc -l < "$OUT/mpi-$i.tokens.sorted") under mpirun;" \
-      "$(cmp -s "$OUT/one-$i.tokens.sorted" "$OUT/mpi-$i.tokens.sorted" && echo identical || echo DIFFER)"
+      "$(cmp -s "$OUT/one-$i.tokens.sorted" "$OUT/mpi-$i.tokens.sorted" && echo identical || echo DIFFER)"; fi
   fi
   "$BIN" compare "$OUT/one-$i" "$OUT/mpi-$i" --overall-only | head -20
 done

@@ -250,11 +250,13 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
       // One guard for every communicator of a placement that spans processes.
       auto guard = spans ? std::make_shared<model::CommGuard>() : nullptr;
       guards[key] = guard;
+      std::string placement = "tp" + std::to_string(d.tp) + "pp" + std::to_string(d.pp) + "@";
+      for (std::size_t i = 0; i < d.gpus.size(); ++i) placement += (i ? "," : "") + std::to_string(d.gpus[i]);
       if (d.tp > 1) {
         for (int stage = 0; stage < d.pp; ++stage) {
           std::vector<GpuId> members;
           for (int r = 0; r < d.tp; ++r) members.push_back(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]);
-          const std::vector<void*> c = makeGroup("tp", members, guard);
+          const std::vector<void*> c = makeGroup("tp", placement, members, guard);
           for (int r = 0; r < d.tp; ++r) comms[static_cast<std::size_t>(stage * d.tp + r)].first = c[static_cast<std::size_t>(r)];
         }
       }
@@ -262,7 +264,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
         for (int r = 0; r < d.tp; ++r) {
           std::vector<GpuId> members;
           for (int stage = 0; stage < d.pp; ++stage) members.push_back(d.gpus[static_cast<std::size_t>(stage * d.tp + r)]);
-          const std::vector<void*> c = makeGroup("pp", members, guard);
+          const std::vector<void*> c = makeGroup("pp", placement, members, guard);
           for (int stage = 0; stage < d.pp; ++stage) comms[static_cast<std::size_t>(stage * d.tp + r)].second = c[static_cast<std::size_t>(stage)];
         }
       }
@@ -302,7 +304,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
     }
   }
   if (!options_.token_log.empty()) {
-    token_log_.open(options_.token_log, std::ios::app);
+    token_log_.open(options_.token_log, std::ios::trunc);
     if (!token_log_) throw ConfigError("--token-log: cannot write " + options_.token_log);
   }
   warmUp();
@@ -316,7 +318,7 @@ void CudaModelExecution::start(const EngineConfig& config, const std::vector<Dev
   }
 }
 
-std::vector<void*> CudaModelExecution::makeGroup(const char* kind, const std::vector<GpuId>& gpus,
+std::vector<void*> CudaModelExecution::makeGroup(const char* kind, const std::string& placement, const std::vector<GpuId>& gpus,
                                                  const std::shared_ptr<model::CommGuard>& guard) {
   const int n = static_cast<int>(gpus.size());
   std::vector<void*> out(gpus.size(), nullptr);
@@ -332,13 +334,21 @@ std::vector<void*> CudaModelExecution::makeGroup(const char* kind, const std::ve
     ncclCheck(ncclCommInitAll(c.data(), n, devs.data()), std::string("ncclCommInitAll (") + kind + ")");
   } else {
     // Spans processes: the process of the first GPU makes the id, the others get it from it.
-    std::string key = kind;
+    // The key names the group within its placement, so two placements sharing GPUs never
+    // share an id.
+    std::string key = std::string(kind) + ":" + placement;
     for (GpuId g : gpus) key += ":" + std::to_string(g);
     ncclUniqueId id{};
     std::string bytes;
     if (is_local(gpus.front())) {
       ncclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId");
       bytes.assign(reinterpret_cast<const char*>(&id), sizeof id);
+    }
+    {
+      std::lock_guard<std::mutex> lock(spanning_mutex_);
+      for (GpuId g : gpus)
+        if (lost_gpus_.count(g) > 0)
+          throw ConfigError("real execution: collective group " + key + " includes GPU " + std::to_string(g) + ", which was lost");
     }
     bytes = exchange_(key, gpus, bytes);
     if (bytes.size() != sizeof id)
@@ -377,24 +387,40 @@ std::vector<void*> CudaModelExecution::makeGroup(const char* kind, const std::ve
   return out;
 }
 
+int CudaModelExecution::firstLocalShard(const ModelDeployment& model) const {
+  for (int s = 0; s < model.numShards(); ++s) {
+    const auto g = static_cast<std::size_t>(model.gpus[static_cast<std::size_t>(s)]);
+    if (g < local_gpu_.size() && local_gpu_[g]) return s;
+  }
+  throw std::logic_error("model execution: model " + model.name + " has no shard here");
+}
+
 void CudaModelExecution::gpusLost(const std::vector<GpuId>& gone) {
   std::lock_guard<std::mutex> lock(spanning_mutex_);
-  for (Spanning& group : spanning_) {
-    bool hit = false;
-    for (GpuId g : gone) hit = hit || std::find(group.gpus.begin(), group.gpus.end(), g) != group.gpus.end();
-    if (!hit || group.comms.empty()) continue;
-    // Under the guard: no executor is inside an NCCL call on these communicators, and none
-    // starts one afterwards. Aborting ends the kernels of a collective waiting for the lost GPU.
-    std::lock_guard<std::mutex> guard(group.guard->mutex);
-    if (!group.guard->aborted) {
-      group.guard->aborted = true;
-      group.guard->reason = "GPU " + std::to_string(gone.front()) + (gone.size() > 1 ? " and others" : "") +
-                            " of another process were lost";
+  lost_gpus_.insert(gone.begin(), gone.end());  // groups not built yet refuse them (makeGroup)
+  // Every placement with a group that includes a lost GPU loses all its groups here: an
+  // executor that stops at the aborted guard must not leave a partner of this process waiting in
+  // another of the placement's communicators (its TP group inside the process, say).
+  std::set<model::CommGuard*> hit;
+  for (const Spanning& group : spanning_)
+    for (GpuId g : gone)
+      if (std::find(group.gpus.begin(), group.gpus.end(), g) != group.gpus.end()) hit.insert(group.guard.get());
+  for (model::CommGuard* guard : hit) {
+    // Exclusive: no executor is inside an NCCL call on these communicators, and none starts one
+    // afterwards. Aborting ends the kernels of a collective waiting for the lost GPU.
+    std::unique_lock<std::shared_mutex> exclusive(guard->mutex);
+    if (!guard->aborted) {
+      guard->aborted = true;
+      guard->reason = "GPU " + std::to_string(gone.front()) + (gone.size() > 1 ? " and others" : "") +
+                      " of another process were lost";
     }
+    for (Spanning& group : spanning_) {
+      if (group.guard.get() != guard) continue;
 #if COMPUTRON_HAVE_NCCL
-    for (void* c : group.comms) ncclCommAbort(static_cast<ncclComm_t>(c));
+      for (void* c : group.comms) ncclCommAbort(static_cast<ncclComm_t>(c));
 #endif
-    group.comms.clear();
+      group.comms.clear();
+    }
   }
 }
 
@@ -426,6 +452,10 @@ void CudaModelExecution::warmUp() {
     if (!done.insert({d.tp, d.pp, d.gpus, static_cast<int>(d.spec.arch), static_cast<int>(d.spec.dtype), d.spec.headDim(), group})
              .second)
       continue;
+    // A placement spanning processes is not warmed with stand-ins: a stand-in that failed to
+    // build on one process would leave the others waiting in its collectives. Its first batch
+    // connects NCCL (the products are still warmed below).
+    if (guards_.at({static_cast<ModelId>(m), firstLocalShard(d)})) continue;
     // Built first, all of them: a failure then leaves no rank waiting in a collective.
     std::vector<std::unique_ptr<model::ShardExecutor>> stand_ins;
     try {
@@ -600,17 +630,6 @@ void CudaModelExecution::runPart(const ExecPart& part) {
     const model::GenerationResult generated =
         model::generate(ex, requests, sampling, nullptr, [&](int) { ev.step_end.push_back(clock_->now()); }, deliver);
     ex.setSegmentWait(nullptr);
-    if (token_log_.is_open() && part.shard == 0) {
-      std::ostringstream lines;
-      const std::string& name = config_.models[static_cast<std::size_t>(part.model)].name;
-      for (std::size_t r = 0; r < part.requests.size() && r < generated.tokens.size(); ++r) {
-        lines << "request " << part.requests[r].id << " model " << name << " tokens";
-        for (int t : generated.tokens[r]) lines << ' ' << t;
-        lines << '\n';
-      }
-      std::lock_guard<std::mutex> lock(token_log_mutex_);
-      token_log_ << lines.str() << std::flush;
-    }
     if (gate_failed) {
       ev.ok = false;
       ev.error = "its weights did not all arrive: " + part.gate->error();
@@ -622,6 +641,18 @@ void CudaModelExecution::runPart(const ExecPart& part) {
         ev.ok = false;
         ev.error = *failure;
       }
+    }
+    // Served requests' tokens only: a failed part's requests are retried, and log then.
+    if (token_log_.is_open() && part.shard == 0 && ev.ok) {
+      std::ostringstream lines;
+      const std::string& name = config_.models[static_cast<std::size_t>(part.model)].name;
+      for (std::size_t r = 0; r < part.requests.size() && r < generated.tokens.size(); ++r) {
+        lines << "request " << part.requests[r].id << " model " << name << " tokens";
+        for (int t : generated.tokens[r]) lines << ' ' << t;
+        lines << '\n';
+      }
+      std::lock_guard<std::mutex> lock(token_log_mutex_);
+      token_log_ << lines.str() << std::flush;
     }
   } catch (const std::exception& e) {
     ev.ok = false;

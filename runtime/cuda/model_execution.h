@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -83,7 +84,10 @@ class CudaModelExecution final : public ModelExecution {
   // Makes the communicators of one group: NCCL's own set-up when every GPU is this process's,
   // else one communicator per local GPU from an id shared over exchange_ (and registered in
   // spanning_ under `guard`). Entries for other processes' GPUs stay null.
-  std::vector<void*> makeGroup(const char* kind, const std::vector<GpuId>& gpus, const std::shared_ptr<model::CommGuard>& guard);
+  std::vector<void*> makeGroup(const char* kind, const std::string& placement, const std::vector<GpuId>& gpus,
+                               const std::shared_ptr<model::CommGuard>& guard);
+  // The first shard of `model` on this process's GPUs (the model must have one).
+  int firstLocalShard(const ModelDeployment& model) const;
 
   RealExecutionOptions options_;
   GroupExchange exchange_;
@@ -98,6 +102,7 @@ class CudaModelExecution final : public ModelExecution {
   };
   std::mutex spanning_mutex_;
   std::vector<Spanning> spanning_;
+  std::set<GpuId> lost_gpus_;  // reported by gpusLost, under spanning_mutex_
   EngineConfig config_;
   CompletionQueue* queue_ = nullptr;
   const Clock* clock_ = nullptr;

@@ -94,6 +94,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   // the ranks rank 0 reported lost.
   std::map<std::string, std::string> group_ids;
   std::set<int> lost_ranks;
+  std::vector<std::thread> aborters;  // gpusLost calls, joined before returning
 
   auto fail = [&](GpuId gpu, DeviceEvent ev, const std::string& error) {
     ev.gpu = gpu;
@@ -136,7 +137,12 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
             lost_ranks.insert(r);
             cv.notify_all();
           }
-          if (options.execution && !gone.empty()) options.execution->gpusLost(gone);
+          // On a thread of its own: the abort waits for executors to leave their NCCL calls,
+          // and this transport thread must keep answering rank 0 meanwhile.
+          if (options.execution && !gone.empty()) {
+            std::lock_guard<std::mutex> lock(mutex);
+            aborters.emplace_back([execution = options.execution, gone] { execution->gpusLost(gone); });
+          }
           return;
         }
         case MsgType::kStop:
@@ -240,6 +246,11 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     lost_reason = reason;
     cv.notify_all();
   };
+  // Runs last (declared before the transport's stop): once no handler can start another.
+  ScopeExit join_aborters([&] {
+    for (auto& t : aborters)
+      if (t.joinable()) t.join();
+  });
   transport.start(onMessage, onLost);
   // Whatever ends this function, the transport's handlers stop first: they use the locals above.
   ScopeExit stop_transport([&] { transport.stop(); });
@@ -271,17 +282,28 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     if (options.execution) {
       options.execution->setGroupExchange([&](const std::string& key, const std::vector<GpuId>& gpus, const std::string& id) {
         const int root = layout.owner(gpus.front());
+        std::set<int> members;
+        for (GpuId g : gpus) members.insert(layout.owner(g));
+        members.erase(me);
         if (root == me) {
-          std::set<int> members;
-          for (GpuId g : gpus) members.insert(layout.owner(g));
-          members.erase(me);
+          {
+            std::lock_guard<std::mutex> lock(mutex);
+            for (int q : members)
+              if (lost_ranks.count(q) > 0)
+                throw ConfigError("rank " + std::to_string(me) + ": collective group " + key + " includes rank " +
+                                  std::to_string(q) + ", which was lost");
+          }
           for (int q : members) transport.send(q, encodeGroupId({key, id}));
           return id;
         }
         std::unique_lock<std::mutex> lock(mutex);
         cv.wait_for(lock, group_wait, [&] { return group_ids.count(key) > 0 || lost_ranks.count(root) > 0 || stop || abort || lost0; });
         const auto it = group_ids.find(key);
-        if (it != group_ids.end()) return it->second;
+        if (it != group_ids.end()) {
+          std::string shared = std::move(it->second);
+          group_ids.erase(it);
+          return shared;
+        }
         throw ConfigError("rank " + std::to_string(me) + ": the id of collective group " + key + " did not come from rank " +
                           std::to_string(root) +
                           (lost_ranks.count(root) > 0 ? " (it was lost)"
@@ -322,6 +344,14 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
     }
   }
   if (!hello.error.empty()) code = 2;
+  // Leaving without rank 0 (or aborted): groups shared with other ranks may never complete a
+  // collective again; abort them so the workers can finish.
+  if (code != 0 && options.execution) {
+    std::vector<GpuId> others;
+    for (int g = 0; g < layout.total_gpus; ++g)
+      if (layout.owner(g) != me) others.push_back(g);
+    if (!others.empty()) options.execution->gpusLost(others);
+  }
   // Finish queued work (its events still go back), then say stopped.
   if (options.execution) options.execution->stop();
   for (auto& d : devices) d->stop();

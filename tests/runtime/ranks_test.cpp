@@ -800,7 +800,8 @@ TEST(RanksInProcess, AModelAcrossRanksRunsOnBothWithOneGroupId) {
   EXPECT_EQ(run.codes[2], 0);
 }
 
-TEST(RanksInProcess, ALostRankMakesTheOthersAbortTheGroupsTheyShareWithIt) {
+// The execution here records the call; CudaModelExecution aborts the communicators (GPU only).
+TEST(RanksInProcess, ALostRankIsReportedToTheOtherRanksExecutions) {
   const auto requests = spanningRequests(24);
   const SpanningRun run = runSpanning(requests, /*kill_rank=*/2, /*kill_at=*/10);
   ASSERT_EQ(run.records.size(), requests.size());
@@ -814,7 +815,8 @@ TEST(RanksInProcess, ALostRankMakesTheOthersAbortTheGroupsTheyShareWithIt) {
       EXPECT_NE(r.error.find("lost"), std::string::npos) << r.error;
     }
   }
-  // Rank 1 was told that rank 2's GPUs are gone (x's group would wait for GPU 2 forever).
+  // Rank 1's execution was told that rank 2's GPUs are gone (x's group would wait for GPU 2
+  // forever), once.
   EXPECT_EQ(run.executions[0]->lost(), (std::set<GpuId>{2, 3}));
   EXPECT_EQ(run.codes[1], 0);
 }

@@ -359,7 +359,7 @@ void ShardExecutor::collective(F&& call) {
     call();
     return;
   }
-  std::lock_guard<std::mutex> lock(comms_.guard->mutex);
+  std::shared_lock<std::shared_mutex> lock(comms_.guard->mutex);
   if (comms_.guard->aborted)
     throw DeviceError("the collective group of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
                       ") was aborted: " + comms_.guard->reason);
@@ -368,7 +368,7 @@ void ShardExecutor::collective(F&& call) {
 
 void ShardExecutor::checkAborted() const {
   if (!comms_.guard) return;
-  std::lock_guard<std::mutex> lock(comms_.guard->mutex);
+  std::shared_lock<std::shared_mutex> lock(comms_.guard->mutex);
   if (comms_.guard->aborted)
     throw DeviceError("the collective group of model '" + plan_.spec.name + "' (GPU " + std::to_string(device_) +
                       ") was aborted during the pass: " + comms_.guard->reason);

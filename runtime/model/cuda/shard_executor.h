@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -56,9 +57,11 @@ struct ExecutorLimits {
 
 // Communicators of a group that spans processes (runtime/mpi/) can be aborted from another
 // thread when a member process is lost: every NCCL call of an executor on them holds `mutex`
-// and first checks `aborted`, so none runs on a communicator once it has been aborted (freed).
+// shared and first checks `aborted`; the abort holds it exclusively. So no call runs on a
+// communicator once it has been aborted (freed), while the executors of one process's GPUs in
+// the group still call NCCL together (a collective's first call connects every member at once).
 struct CommGuard {
-  std::mutex mutex;
+  std::shared_mutex mutex;
   bool aborted = false;
   std::string reason;
 };
