@@ -25,6 +25,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kExecPart:
         (void)decodeExecPart(message);
         break;
+      case MsgType::kTokens: {
+        const auto tokens = decodeTokens(message);
+        if (encodeTokens(tokens) != message) __builtin_trap();
+        break;
+      }
       case MsgType::kGroupId: {
         const GroupId g = decodeGroupId(message);
         if (encodeGroupId(g) != message) __builtin_trap();

@@ -91,9 +91,10 @@ struct RealExecutionOptions {
   std::shared_ptr<TokenChannel> tokens;
   // GPU g is CUDA device g + ordinal_shift (a rank of a multi-process run, as for its devices).
   int ordinal_shift = 0;
-  // Non-empty: every request-level batch's generated tokens are appended here, one line per
-  // request ("request ID model NAME tokens T1 T2 ..."), by the process holding the model's first
-  // shard, so two runs' outputs compare after sorting (`replay --token-log`).
+  // Non-empty: every served request-level batch's generated tokens are written here (the file is
+  // truncated at start), one line per request ("request ID model NAME tokens T1 T2 ..."), by the
+  // process holding the model's first shard, so two runs' outputs compare after sorting
+  // (`replay --token-log`).
   std::string token_log;
 };
 
@@ -111,6 +112,9 @@ struct ExecPart {
   // Iteration batching: this part is one step of a session (requests is then empty); its
   // completion carries only `start` and `time`.
   std::shared_ptr<const StepCommand> step;
+  // Multi-process serving (runtime/mpi/): the served requests' payloads travel with the part, one
+  // per request (null: a synthetic prompt), and the owning rank files them in its token channel.
+  std::vector<std::shared_ptr<const RequestPayload>> payloads;
 };
 
 class ModelExecution {
@@ -149,6 +153,9 @@ class ModelExecution {
   // instead of waiting forever, and that group's later parts fail at once. Callable from any
   // thread.
   virtual void gpusLost(const std::vector<GpuId>& /*gpus*/) {}
+  // Where served requests' payloads are looked up and their tokens delivered (`computron
+  // serve`); null without one.
+  virtual std::shared_ptr<TokenChannel> tokenChannel() const { return nullptr; }
 };
 
 }  // namespace computron::runtime

@@ -167,7 +167,10 @@ std::unique_ptr<RealBackend> RankSession::makeBackend(const EngineConfig& config
     factory.setName(device);
     RuntimeOptions ranked = options;
     // Real models run on the GPU ranks; rank 0 hands each batch's parts over.
-    if (options.execution) ranked.execution = std::make_shared<rank::RankExecution>(options.execution, factory);
+    if (options.execution) {
+      ranked.execution = std::make_shared<rank::RankExecution>(options.execution, factory);
+      factory.setTokenChannel(options.execution->tokenChannel());  // served tokens from the GPU ranks
+    }
     return std::make_unique<RealBackend>(config, factory, ranked);
   } catch (...) {
     abort();

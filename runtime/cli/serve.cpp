@@ -146,9 +146,12 @@ int serveMain(int argc, char** argv) {
   options.host.host_memory_limit = static_cast<std::int64_t>(host_memory_gib * static_cast<double>(kGiB));
   std::string execution;
   const bool real = chooseRealExecution(execution_kind, vm["execution"].defaulted(), device);
-  if (real && ranks.multi())
-    throw ConfigError("--execution real does not run across ranks yet (its TP and PP groups are one process's); "
-                      "under mpirun use --execution placeholder");
+  if (real && ranks.multi() && !rank_options.engine_only)
+    throw ConfigError("--execution real under mpirun runs the models on the GPU ranks only: add --engine-only, or use "
+                      "--execution placeholder");
+  if (real && ranks.multi() && scenario.engine.policy.layer_pipelined)
+    throw ConfigError("--execution real under mpirun: policy.layer_pipelined (batches behind their loads) is not "
+                      "supported across ranks yet; --set policy.layer_pipelined=false");
   if (real) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;

@@ -47,6 +47,7 @@ class CudaModelExecution final : public ModelExecution {
   void setOrdinalShift(int shift) override { options_.ordinal_shift = shift; }
   void setGroupExchange(GroupExchange exchange) override { exchange_ = std::move(exchange); }
   void gpusLost(const std::vector<GpuId>& gpus) override;
+  std::shared_ptr<TokenChannel> tokenChannel() const override { return options_.tokens; }
 
   // Device bytes of KV cache and activations each GPU sets aside (after start()).
   const std::vector<std::int64_t>& workspaceBytes() const { return workspace_bytes_; }

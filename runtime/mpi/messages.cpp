@@ -23,7 +23,7 @@ void expectType(Reader& r, MsgType expected) {
 MsgType peekType(const std::string& message) {
   if (message.empty()) throw WireError("message: empty");
   const auto type = static_cast<MsgType>(message.front());
-  if (type < MsgType::kHello || type > MsgType::kRankLost)
+  if (type < MsgType::kHello || type > MsgType::kTokens)
     throw WireError("message: unknown type " + std::to_string(static_cast<int>(message.front())));
   return type;
 }
@@ -270,6 +270,20 @@ std::string encodeExecPart(const ExecPart& part) {
   w.put(part.weights_offset);
   w.put<std::uint64_t>(part.requests.size());
   for (const Request& q : part.requests) putRequest(w, q);
+  // Payloads: none, or one per request (a flag each: present or synthetic).
+  if (!part.payloads.empty() && part.payloads.size() != part.requests.size())
+    throw std::logic_error("encodeExecPart: payloads must be one per request");
+  w.put<std::uint8_t>(part.payloads.empty() ? 0 : 1);
+  for (const auto& payload : part.payloads) {
+    w.put<std::uint8_t>(payload ? 1 : 0);
+    if (!payload) continue;
+    w.putVector(payload->prompt);
+    w.put(payload->temperature);
+    w.put(payload->top_p);
+    w.put(payload->top_k);
+    w.put(payload->seed);
+    w.putVector(payload->stop_ids);
+  }
   w.put<std::uint8_t>(part.step ? 1 : 0);
   if (part.step) {
     const StepCommand& c = *part.step;
@@ -298,6 +312,22 @@ ExecPart decodeExecPart(const std::string& message) {
   p.weights_offset = r.get<std::int64_t>();
   if (p.weights_offset < 0) throw WireError("message: a negative pool offset");
   for (std::uint64_t n = r.count(kRequestBytes); n > 0; --n) p.requests.push_back(getRequest(r));
+  if (r.getBool()) {
+    for (std::size_t i = 0; i < p.requests.size(); ++i) {
+      if (!r.getBool()) {
+        p.payloads.push_back(nullptr);
+        continue;
+      }
+      auto payload = std::make_shared<RequestPayload>();
+      payload->prompt = r.getVector<std::int32_t>();
+      payload->temperature = r.get<float>();
+      payload->top_p = r.get<float>();
+      payload->top_k = r.get<int>();
+      payload->seed = r.get<std::uint64_t>();
+      payload->stop_ids = r.getVector<std::int32_t>();
+      p.payloads.push_back(std::move(payload));
+    }
+  }
   if (r.getBool()) {
     auto c = std::make_shared<StepCommand>();
     c->batch = r.get<BatchId>();
@@ -358,6 +388,38 @@ DeviceEvent decodeEvent(const std::string& message) {
   e.step_end = r.getVector<Nanos>();
   r.expectDone();
   return e;
+}
+
+std::string encodeTokens(const std::vector<TokenDelivery>& tokens) {
+  Writer w;
+  w.put(MsgType::kTokens);
+  w.put<std::uint64_t>(tokens.size());
+  for (const TokenDelivery& t : tokens) {
+    w.put(t.request);
+    w.put(t.index);
+    w.put(t.token);
+    w.put<std::uint8_t>(t.stop ? 1 : 0);
+    w.put(t.time);
+  }
+  return w.take();
+}
+
+std::vector<TokenDelivery> decodeTokens(const std::string& message) {
+  Reader r(message);
+  expectType(r, MsgType::kTokens);
+  std::vector<TokenDelivery> out;
+  for (std::uint64_t n = r.count(sizeof(RequestId) + sizeof(int) + sizeof(std::int32_t) + 1 + sizeof(Nanos)); n > 0; --n) {
+    TokenDelivery t;
+    t.request = r.get<RequestId>();
+    t.index = r.get<int>();
+    t.token = r.get<std::int32_t>();
+    t.stop = r.getBool();
+    t.time = r.get<Nanos>();
+    if (t.index < 0) throw WireError("message: a negative token index");
+    out.push_back(t);
+  }
+  r.expectDone();
+  return out;
 }
 
 std::string encodeGroupId(const GroupId& group) {

@@ -11,6 +11,7 @@
 #include "runtime/device.h"
 #include "runtime/execution.h"
 #include "runtime/mpi/wire.h"
+#include "runtime/token_channel.h"
 
 namespace computron::runtime::rank {
 
@@ -29,6 +30,7 @@ enum class MsgType : std::uint8_t {
   kExecPart,   // 0 -> rank: one GPU's part of a real batch or session step (runtime/execution.h)
   kGroupId,    // rank -> rank: the id of a collective group spanning ranks, from the rank of its first GPU
   kRankLost,   // 0 -> rank: another rank was lost (value: that rank); groups with its GPUs abort
+  kTokens,     // rank -> 0: served requests' tokens, as its executors delivered them
 };
 
 MsgType peekType(const std::string& message);
@@ -87,6 +89,10 @@ struct GroupId {
 };
 std::string encodeGroupId(const GroupId& group);
 GroupId decodeGroupId(const std::string& message);
+
+// Served tokens (runtime/token_channel.h), times on the sending rank's clock.
+std::string encodeTokens(const std::vector<TokenDelivery>& tokens);
+std::vector<TokenDelivery> decodeTokens(const std::string& message);
 
 // A message of only its type (kStop, kStopped, kAbort), or a type and one value (kPing, kPong:
 // a time; kRankLost: a rank).

@@ -235,6 +235,15 @@ void RankDeviceFactory::onMessage(int source, std::string message) {
         // It met a message it could not handle and left.
         failRankLocked(source, "it could not handle a message and stopped (its log says which)");
         return;
+      case MsgType::kTokens: {
+        std::vector<TokenDelivery> tokens = decodeTokens(message);
+        if (!tokens_ || queue_ == nullptr) return;  // not serving, or the backend is gone
+        for (TokenDelivery& t : tokens) t.time = toLocal(source, t.time);
+        // Before any later event of this rank is pushed (messages of one rank arrive in order,
+        // and the rank sends a part's tokens before its completion).
+        tokens_->deliver(std::move(tokens));
+        return;
+      }
       case MsgType::kEvent: {
         DeviceEvent ev = decodeEvent(message);
         if (layout_.owner(ev.gpu) != source)
@@ -258,6 +267,11 @@ void RankDeviceFactory::onMessage(int source, std::string message) {
     // A rank that speaks nonsense is treated as lost: nothing it says can be trusted.
     failRankLocked(source, std::string("sent a bad message: ") + e.what());
   }
+}
+
+void RankDeviceFactory::setTokenChannel(std::shared_ptr<TokenChannel> channel) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  tokens_ = std::move(channel);
 }
 
 void RankDeviceFactory::onLost(int r, const std::string& reason) {
@@ -359,6 +373,16 @@ void RankExecution::validate(const EngineConfig& config) const {
 void RankExecution::submit(ExecPart part) {
   if (part.gate)
     throw std::logic_error("real execution under mpirun: a batch behind a load (policy.layer_pipelined) is not supported");
+  // Served requests: their prompts and sampling go with the part to the rank that runs it.
+  if (const auto channel = inner_->tokenChannel()) {
+    bool any = false;
+    part.payloads.clear();
+    for (const Request& r : part.requests) {
+      part.payloads.push_back(channel->find(r.id));
+      any = any || part.payloads.back() != nullptr;
+    }
+    if (!any) part.payloads.clear();
+  }
   DeviceEvent failure;
   failure.kind = DeviceEvent::Kind::kExecDone;
   failure.batch = part.batch;

@@ -73,6 +73,8 @@ class RankDeviceFactory final : public DeviceFactory {
 
   // For RemoteDevice.
   void sendJob(GpuId gpu, std::string message, DeviceEvent failure);
+  // Served tokens from the GPU ranks (kTokens) go here, their times on this process's clock.
+  void setTokenChannel(std::shared_ptr<TokenChannel> channel);
   std::string describe(GpuId gpu) const;
 
  private:
@@ -110,6 +112,7 @@ class RankDeviceFactory final : public DeviceFactory {
   std::vector<Nanos> pong_at_;
   bool stopping_ = false;
   bool transport_stopped_ = false;
+  std::shared_ptr<TokenChannel> tokens_;
 };
 
 // Real model execution on rank 0 when every GPU is another rank's (--engine-only): each part of a
@@ -130,6 +133,7 @@ class RankExecution final : public ModelExecution {
   void submit(ExecPart part) override;
   void stop() override {}
   bool supportsSteps() const override { return inner_->supportsSteps(); }
+  std::shared_ptr<TokenChannel> tokenChannel() const override { return inner_->tokenChannel(); }
 
  private:
   std::shared_ptr<ModelExecution> inner_;

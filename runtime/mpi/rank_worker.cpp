@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -95,6 +96,14 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   std::map<std::string, std::string> group_ids;
   std::set<int> lost_ranks;
   std::vector<std::thread> aborters;  // gpusLost calls, joined before returning
+  // Serving: the token channel of this rank's execution, and per batch the served requests whose
+  // payloads it holds and how many of the batch's parts on this rank are still running.
+  const std::shared_ptr<TokenChannel> tokens = options.execution ? options.execution->tokenChannel() : nullptr;
+  struct Served {
+    int parts = 0;
+    std::vector<RequestId> requests;
+  };
+  std::map<BatchId, Served> served;
 
   auto fail = [&](GpuId gpu, DeviceEvent ev, const std::string& error) {
     ev.gpu = gpu;
@@ -157,6 +166,18 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
         }
         case MsgType::kExecPart: {
           ExecPart part = decodeExecPart(message);
+          // Served requests: file their payloads where this rank's executors look them up, until
+          // every part of the batch on this rank has completed.
+          if (!part.payloads.empty() && tokens) {
+            std::lock_guard<std::mutex> lock(mutex);
+            auto& held = served[part.batch];
+            ++held.parts;
+            for (std::size_t i = 0; i < part.requests.size(); ++i) {
+              if (!part.payloads[i]) continue;
+              tokens->put(part.requests[i].id, part.payloads[i]);
+              held.requests.push_back(part.requests[i].id);
+            }
+          }
           target = part.gpu;
           ev.kind = DeviceEvent::Kind::kExecDone;
           ev.batch = part.batch;
@@ -319,13 +340,30 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   ready = hello.error.empty();
   transport.send(0, encodeHello(hello));
 
-  // Device events back to rank 0, as they come.
-  std::atomic<bool> forwarding{true};
-  std::thread forward([&] {
-    while (forwarding) {
-      for (const DeviceEvent& ev : queue.waitUntil(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)))
-        transport.send(0, encodeEvent(ev));
+  // Device events back to rank 0, as they come; when serving, the tokens delivered so far go
+  // first, so a part's tokens always reach rank 0 before its completion (its executor delivered
+  // them before it pushed the completion), and a part's payloads are dropped once every part of
+  // its batch here is done.
+  auto forwardOnce = [&](const std::deque<DeviceEvent>& events) {
+    if (tokens) {
+      std::vector<TokenDelivery> delivered = tokens->take();
+      if (!delivered.empty()) transport.send(0, encodeTokens(delivered));
     }
+    for (const DeviceEvent& ev : events) {
+      transport.send(0, encodeEvent(ev));
+      if (!tokens || ev.kind != DeviceEvent::Kind::kExecDone) continue;
+      std::lock_guard<std::mutex> lock(mutex);
+      auto it = served.find(ev.batch);
+      if (it == served.end() || --it->second.parts > 0) continue;
+      for (RequestId id : it->second.requests) tokens->erase(id);
+      served.erase(it);
+    }
+  };
+  std::atomic<bool> forwarding{true};
+  // Serving polls every 2 ms: a token waits at most that long.
+  const auto poll = tokens ? std::chrono::milliseconds(2) : std::chrono::milliseconds(50);
+  std::thread forward([&] {
+    while (forwarding) forwardOnce(queue.waitUntil(std::chrono::steady_clock::now() + poll));
   });
   ScopeExit join_forward([&] {
     forwarding = false;
@@ -357,7 +395,7 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
   for (auto& d : devices) d->stop();
   forwarding = false;
   if (forward.joinable()) forward.join();
-  for (const DeviceEvent& ev : queue.takeAll()) transport.send(0, encodeEvent(ev));
+  forwardOnce(queue.takeAll());
   if (code == 0) transport.send(0, encodeSignal(MsgType::kStopped));
   transport.stop();
   devices.clear();

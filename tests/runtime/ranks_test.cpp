@@ -24,6 +24,7 @@
 #include "runtime/mpi/rank_devices.h"
 #include "runtime/mpi/rank_worker.h"
 #include "runtime/real_backend.h"
+#include "runtime/token_channel.h"
 #include "runtime/realtime_driver.h"
 #include "tests/support/engine_fakes.h"
 #include "tests/support/runtime_options.h"
@@ -164,6 +165,48 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
   EXPECT_EQ(decodeSignal(read("rank_lost.bin"), MsgType::kRankLost), 2);
 }
 
+TEST(RankMessages, ServedPayloadsAndTokensComeBackAsSent) {
+  ExecPart part;
+  part.gpu = 2;
+  part.requests = {fakes::makeRequest(4, 1, 0, 8, 3), fakes::makeRequest(5, 1, 0, 8, 3)};
+  auto payload = std::make_shared<RequestPayload>();
+  payload->prompt = {11, 12, 13};
+  payload->temperature = 0.7f;
+  payload->top_p = 0.9f;
+  payload->top_k = 40;
+  payload->seed = 77;
+  payload->stop_ids = {2};
+  part.payloads = {payload, nullptr};
+  const ExecPart back = decodeExecPart(encodeExecPart(part));
+  ASSERT_EQ(back.payloads.size(), 2u);
+  ASSERT_NE(back.payloads[0], nullptr);
+  EXPECT_EQ(back.payloads[1], nullptr);
+  EXPECT_EQ(back.payloads[0]->prompt, payload->prompt);
+  EXPECT_EQ(back.payloads[0]->temperature, 0.7f);
+  EXPECT_EQ(back.payloads[0]->top_p, 0.9f);
+  EXPECT_EQ(back.payloads[0]->top_k, 40);
+  EXPECT_EQ(back.payloads[0]->seed, 77u);
+  EXPECT_EQ(back.payloads[0]->stop_ids, payload->stop_ids);
+  part.payloads.clear();
+  EXPECT_TRUE(decodeExecPart(encodeExecPart(part)).payloads.empty());
+  part.payloads = {payload};  // not one per request
+  EXPECT_THROW(encodeExecPart(part), std::logic_error);
+
+  const std::vector<TokenDelivery> tokens = {{4, 0, 100, false, 1234}, {4, 1, 2, true, 1300}};
+  const std::string whole = encodeTokens(tokens);
+  const auto got = decodeTokens(whole);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[1].request, 4);
+  EXPECT_EQ(got[1].index, 1);
+  EXPECT_EQ(got[1].token, 2);
+  EXPECT_TRUE(got[1].stop);
+  EXPECT_EQ(got[1].time, 1300);
+  for (std::size_t n = 0; n < whole.size(); ++n) EXPECT_THROW(decodeTokens(whole.substr(0, n)), wire::WireError) << n;
+  std::string bad_stop = whole;
+  bad_stop[1 + 8 + 8 + 4 + 4] = '\x02';  // the first token's stop flag
+  EXPECT_THROW(decodeTokens(bad_stop), wire::WireError);
+}
+
 TEST(RankMessages, GroupIdsComeBackAsSentAndTruncationsAreRefused) {
   GroupId group;
   group.key = "pp:0:2:4";
@@ -177,7 +220,7 @@ TEST(RankMessages, GroupIdsComeBackAsSentAndTruncationsAreRefused) {
   for (std::size_t n = 0; n < whole.size(); ++n) EXPECT_THROW(decodeGroupId(whole.substr(0, n)), wire::WireError) << n;
   EXPECT_THROW(decodeGroupId(whole + "x"), wire::WireError);
   EXPECT_THROW(decodeGroupId(encodeSignal(MsgType::kRankLost, 1)), wire::WireError);
-  EXPECT_THROW(peekType(std::string(1, '\x0f')), wire::WireError);  // past the last type
+  EXPECT_THROW(peekType(std::string(1, '\x10')), wire::WireError);  // past the last type
 }
 
 TEST(RankMessages, ExecPartsComeBackAsSent) {
@@ -819,6 +862,118 @@ TEST(RanksInProcess, ALostRankIsReportedToTheOtherRanksExecutions) {
   // forever), once.
   EXPECT_EQ(run.executions[0]->lost(), (std::set<GpuId>{2, 3}));
   EXPECT_EQ(run.codes[1], 0);
+}
+
+// Serving under mpirun: the engine's rank files each served request's payload in its token
+// channel; the payloads travel with the parts, the GPU ranks' executions find them in their own
+// channels and deliver tokens there, and those reach rank 0's channel before the parts complete.
+class TokenEchoExecution final : public ModelExecution {
+ public:
+  std::string name() const override { return "token-echo test execution"; }
+  void validate(const EngineConfig&) const override {}
+  void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
+    std::fill(image.begin(), image.end(), std::byte{7});
+  }
+  void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue& queue, const Clock& clock) override {
+    queue_ = &queue;
+    clock_ = &clock;
+  }
+  void submit(ExecPart part) override {
+    DeviceEvent ev;
+    ev.kind = DeviceEvent::Kind::kExecDone;
+    ev.batch = part.batch;
+    ev.path = part.part;
+    ev.gpu = part.gpu;
+    ev.start = clock_->now();
+    // Shard 0 delivers, as the executor of TP rank 0 on the last stage does: token i of a
+    // request is its prompt's first id + i.
+    if (part.shard == 0) {
+      std::vector<TokenDelivery> out;
+      for (const Request& r : part.requests) {
+        const auto payload = channel_->find(r.id);
+        if (!payload) {
+          ++missing;
+          continue;
+        }
+        for (int i = 0; i < r.output_tokens; ++i) out.push_back({r.id, i, payload->prompt.at(0) + i, false, clock_->now()});
+      }
+      channel_->deliver(std::move(out));
+    }
+    ev.step_end.push_back(clock_->now() + 100 * kNanosPerMicro);
+    ev.time = ev.step_end.back();
+    queue_->push(std::move(ev));
+  }
+  void stop() override {}
+  std::shared_ptr<TokenChannel> tokenChannel() const override { return channel_; }
+  std::atomic<int> missing{0};
+
+ private:
+  std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+};
+
+TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) {
+  EngineConfig config = sixGpuConfig(tinyShardBytes());
+  config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
+  config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
+  const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
+  for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
+  Hub hub(3);
+  std::vector<std::shared_ptr<TokenEchoExecution>> executions;
+  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
+  const auto requests = spanningRequests(15);
+  std::vector<RequestRecord> records;
+  auto engine_side = std::make_shared<TokenEchoExecution>();  // rank 0's channel (the serving loop's)
+  for (const Request& r : requests) {
+    auto payload = std::make_shared<RequestPayload>();
+    payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
+    payload->temperature = 0.5f;
+    payload->stop_ids = {9};
+    engine_side->tokenChannel()->put(r.id, payload);
+  }
+  {
+    GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
+      RuntimeOptions o = smallOptions();
+      o.execution = executions[static_cast<std::size_t>(r - 1)];
+      return o;
+    });
+    {
+      HostDeviceFactory own(4);
+      RankDevicesOptions ro;
+      ro.setup_timeout = 30 * kNanosPerSecond;
+      ro.stop_timeout = 30 * kNanosPerSecond;
+      RankDeviceFactory factory(own, hub.at(0), layout, ro);
+      RuntimeOptions o = smallOptions();
+      o.execution = std::make_shared<RankExecution>(engine_side, factory);
+      factory.setTokenChannel(o.execution->tokenChannel());
+      RealBackend backend(config, factory, o);
+      Log log;
+      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 30 * kNanosPerSecond);
+      driver.run();
+      records = log.records;
+    }
+    const std::vector<int>& codes = gpu_ranks.join();
+    EXPECT_EQ(codes[1], 0);
+    EXPECT_EQ(codes[2], 0);
+  }
+  ASSERT_EQ(records.size(), requests.size());
+  std::map<RequestId, std::vector<TokenDelivery>> got;
+  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
+  for (const RequestRecord& rec : records) {
+    ASSERT_TRUE(rec.ok) << rec.request.id << ": " << rec.error;
+    const auto& tokens = got[rec.request.id];
+    ASSERT_EQ(static_cast<int>(tokens.size()), rec.request.output_tokens) << rec.request.id;
+    for (int i = 0; i < rec.request.output_tokens; ++i) {
+      EXPECT_EQ(tokens[static_cast<std::size_t>(i)].index, i);
+      EXPECT_EQ(tokens[static_cast<std::size_t>(i)].token, 1000 * (rec.request.id + 1) + i);
+      EXPECT_LE(tokens[static_cast<std::size_t>(i)].time, rec.finish) << "a token after its request's completion";
+    }
+  }
+  for (const auto& execution : executions) {
+    EXPECT_EQ(execution->missing.load(), 0);                // every payload had arrived with its part
+    EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and was dropped after its batch
+  }
 }
 
 TEST(RanksInProcess, RealExecutionRefusesAModelOnRankZero) {
