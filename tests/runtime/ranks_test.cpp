@@ -163,6 +163,10 @@ TEST(RankMessages, TheFuzzSeedsDecode) {
   EXPECT_EQ(group.key, "tp:1:2");
   EXPECT_EQ(group.id.size(), 128u);
   EXPECT_EQ(decodeSignal(read("rank_lost.bin"), MsgType::kRankLost), 2);
+  const auto tokens = decodeTokens(read("tokens.bin"));
+  ASSERT_EQ(tokens.size(), 1u);
+  EXPECT_EQ(tokens[0].token, 100);
+  EXPECT_EQ(tokens[0].time, 1234);
 }
 
 TEST(RankMessages, ServedPayloadsAndTokensComeBackAsSent) {
