@@ -23,7 +23,7 @@ void expectType(Reader& r, MsgType expected) {
 MsgType peekType(const std::string& message) {
   if (message.empty()) throw WireError("message: empty");
   const auto type = static_cast<MsgType>(message.front());
-  if (type < MsgType::kHello || type > MsgType::kTokens)
+  if (type < MsgType::kHello || type > MsgType::kCancel)
     throw WireError("message: unknown type " + std::to_string(static_cast<int>(message.front())));
   return type;
 }

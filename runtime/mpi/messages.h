@@ -31,6 +31,7 @@ enum class MsgType : std::uint8_t {
   kGroupId,    // rank -> rank: the id of a collective group spanning ranks, from the rank of its first GPU
   kRankLost,   // 0 -> rank: another rank was lost (value: that rank); groups with its GPUs abort
   kTokens,     // rank -> 0: served requests' tokens, as its executors delivered them
+  kCancel,     // 0 -> rank: a served request's client has gone (value: the request id)
 };
 
 MsgType peekType(const std::string& message);
@@ -95,7 +96,7 @@ std::string encodeTokens(const std::vector<TokenDelivery>& tokens);
 std::vector<TokenDelivery> decodeTokens(const std::string& message);
 
 // A message of only its type (kStop, kStopped, kAbort), or a type and one value (kPing, kPong:
-// a time; kRankLost: a rank).
+// a time; kRankLost: a rank; kCancel: a request id).
 std::string encodeSignal(MsgType type, std::int64_t value = 0);
 std::int64_t decodeSignal(const std::string& message, MsgType expected);
 

@@ -269,6 +269,42 @@ void RankDeviceFactory::onMessage(int source, std::string message) {
   }
 }
 
+void RankDeviceFactory::sendCancel(GpuId gpu, RequestId request) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int r = layout_.owner(gpu);
+  if (r <= 0 || r >= layout_.ranks || ranks_[static_cast<std::size_t>(r)].lost) return;
+  transport_.send(r, encodeSignal(MsgType::kCancel, request));
+}
+
+void RankExecution::watch() {
+  std::unique_lock<std::mutex> lock(watch_mutex_);
+  while (!stopping_) {
+    watch_cv_.wait_for(lock, std::chrono::milliseconds(5));
+    std::vector<std::pair<GpuId, RequestId>> cancels;
+    for (auto it = watched_.begin(); it != watched_.end();) {
+      const auto payload = it->payload.lock();
+      if (payload && payload->cancelled.load()) cancels.emplace_back(it->gpu, it->request);
+      if (!payload || payload->cancelled.load()) {
+        it = watched_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    lock.unlock();
+    for (const auto& [gpu, request] : cancels) factory_.sendCancel(gpu, request);
+    lock.lock();
+  }
+}
+
+void RankExecution::stop() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mutex_);
+    stopping_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
+
 void RankDeviceFactory::setTokenChannel(std::shared_ptr<TokenChannel> channel) {
   std::lock_guard<std::mutex> lock(mutex_);
   tokens_ = std::move(channel);
@@ -382,6 +418,10 @@ void RankExecution::submit(ExecPart part) {
       any = any || part.payloads.back() != nullptr;
     }
     if (!any) part.payloads.clear();
+    std::lock_guard<std::mutex> lock(watch_mutex_);
+    for (std::size_t i = 0; i < part.payloads.size(); ++i)
+      if (part.payloads[i]) watched_.push_back({part.gpu, part.requests[i].id, part.payloads[i]});
+    if (!part.payloads.empty() && !watcher_.joinable() && !stopping_) watcher_ = std::thread([this] { watch(); });
   }
   DeviceEvent failure;
   failure.kind = DeviceEvent::Kind::kExecDone;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -75,6 +76,8 @@ class RankDeviceFactory final : public DeviceFactory {
   void sendJob(GpuId gpu, std::string message, DeviceEvent failure);
   // Served tokens from the GPU ranks (kTokens) go here, their times on this process's clock.
   void setTokenChannel(std::shared_ptr<TokenChannel> channel);
+  // A served request's client has gone: tells the rank that owns `gpu` (dropped if it was lost).
+  void sendCancel(GpuId gpu, RequestId request);
   std::string describe(GpuId gpu) const;
 
  private:
@@ -124,6 +127,7 @@ class RankExecution final : public ModelExecution {
  public:
   RankExecution(std::shared_ptr<ModelExecution> inner, RankDeviceFactory& factory)
       : inner_(std::move(inner)), factory_(factory) {}
+  ~RankExecution() override { stop(); }
   std::string name() const override { return inner_->name() + " on the GPU ranks"; }
   void validate(const EngineConfig& config) const override;
   void fillShard(const ModelDeployment& model, ModelId id, int shard, std::span<std::byte> image) const override {
@@ -131,13 +135,28 @@ class RankExecution final : public ModelExecution {
   }
   void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue&, const Clock&) override {}
   void submit(ExecPart part) override;
-  void stop() override {}
+  void stop() override;
   bool supportsSteps() const override { return inner_->supportsSteps(); }
   std::shared_ptr<TokenChannel> tokenChannel() const override { return inner_->tokenChannel(); }
 
  private:
+  // Served requests sent to a GPU rank, watched (every 5 ms, on a thread started with the first)
+  // for their client going away: the cancel then goes to that rank. An entry ends when the
+  // serving loop drops the payload or the cancel has been sent.
+  struct Watched {
+    GpuId gpu = 0;
+    RequestId request = 0;
+    std::weak_ptr<const RequestPayload> payload;
+  };
+  void watch();
+
   std::shared_ptr<ModelExecution> inner_;
   RankDeviceFactory& factory_;
+  std::mutex watch_mutex_;
+  std::condition_variable watch_cv_;
+  std::vector<Watched> watched_;
+  std::thread watcher_;
+  bool stopping_ = false;
 };
 
 }  // namespace computron::runtime::rank

@@ -137,6 +137,14 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
         case MsgType::kPing:
           transport.send(0, encodeSignal(MsgType::kPong, SteadyClock::steadyNanos()));
           return;
+        case MsgType::kCancel: {
+          // The client of a served request has gone: its executor drops it at its next step
+          // (on one GPU; a group runs it to the end), as in one process.
+          const auto id = static_cast<RequestId>(decodeSignal(message, MsgType::kCancel));
+          if (tokens)
+            if (const auto payload = tokens->find(id)) payload->cancelled.store(true);
+          return;
+        }
         case MsgType::kRankLost: {
           const auto r = static_cast<int>(decodeSignal(message, MsgType::kRankLost));
           std::vector<GpuId> gone;

@@ -224,7 +224,8 @@ TEST(RankMessages, GroupIdsComeBackAsSentAndTruncationsAreRefused) {
   for (std::size_t n = 0; n < whole.size(); ++n) EXPECT_THROW(decodeGroupId(whole.substr(0, n)), wire::WireError) << n;
   EXPECT_THROW(decodeGroupId(whole + "x"), wire::WireError);
   EXPECT_THROW(decodeGroupId(encodeSignal(MsgType::kRankLost, 1)), wire::WireError);
-  EXPECT_THROW(peekType(std::string(1, '\x10')), wire::WireError);  // past the last type
+  const char past_last = static_cast<char>(static_cast<int>(MsgType::kCancel) + 1);
+  EXPECT_THROW(peekType(std::string(1, past_last)), wire::WireError);
 }
 
 TEST(RankMessages, ExecPartsComeBackAsSent) {
@@ -978,6 +979,115 @@ TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) 
     EXPECT_EQ(execution->missing.load(), 0);                // every payload had arrived with its part
     EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and was dropped after its batch
   }
+}
+
+// A served request's client going away reaches the GPU rank running it: its copy of the payload
+// is marked cancelled there, as the serving loop marks rank 0's. The execution waits (on its own
+// thread, as a real one runs parts off the transport's thread) for the mark on requests whose
+// prompt starts with -1.
+class CancelAwareExecution final : public ModelExecution {
+ public:
+  std::string name() const override { return "cancel-aware test execution"; }
+  void validate(const EngineConfig&) const override {}
+  void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
+    std::fill(image.begin(), image.end(), std::byte{7});
+  }
+  void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue& queue, const Clock& clock) override {
+    queue_ = &queue;
+    clock_ = &clock;
+  }
+  void submit(ExecPart part) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    threads_.emplace_back([this, part = std::move(part)] {
+      DeviceEvent ev;
+      ev.kind = DeviceEvent::Kind::kExecDone;
+      ev.batch = part.batch;
+      ev.path = part.part;
+      ev.gpu = part.gpu;
+      ev.start = clock_->now();
+      for (const Request& r : part.requests) {
+        const auto payload = channel_->find(r.id);
+        if (!payload) continue;
+        const bool wait = !payload->prompt.empty() && payload->prompt[0] == -1;
+        for (int i = 0; wait && i < 3000 && !payload->cancelled.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        if (payload->cancelled.load()) {
+          std::lock_guard<std::mutex> l(mutex_);
+          cancelled_.insert(r.id);
+        }
+      }
+      ev.step_end.push_back(clock_->now() + 100 * kNanosPerMicro);
+      ev.time = ev.step_end.back();
+      queue_->push(std::move(ev));
+    });
+  }
+  void stop() override {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      threads.swap(threads_);
+    }
+    for (auto& t : threads) t.join();
+  }
+  ~CancelAwareExecution() override { stop(); }
+  std::shared_ptr<TokenChannel> tokenChannel() const override { return channel_; }
+  std::set<RequestId> cancelled() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cancelled_;
+  }
+
+ private:
+  std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+  mutable std::mutex mutex_;
+  std::vector<std::thread> threads_;
+  std::set<RequestId> cancelled_;
+};
+
+TEST(RanksInProcess, AServedRequestsCancelReachesTheGpuRankRunningIt) {
+  EngineConfig config = sixGpuConfig(tinyShardBytes());
+  config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
+  config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
+  const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
+  for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
+  Hub hub(3);
+  std::vector<std::shared_ptr<CancelAwareExecution>> executions;
+  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<CancelAwareExecution>());
+  const auto requests = spanningRequests(9);
+  auto engine_side = std::make_shared<TokenEchoExecution>();  // rank 0's channel
+  for (const Request& r : requests) {
+    auto payload = std::make_shared<RequestPayload>();
+    payload->prompt = {r.id == 4 ? -1 : 3};
+    if (r.id == 4) payload->cancelled.store(true);  // request 4 (model y, rank 1): its client has gone
+    engine_side->tokenChannel()->put(r.id, payload);
+  }
+  std::vector<RequestRecord> records;
+  {
+    GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
+      RuntimeOptions o = smallOptions();
+      o.execution = executions[static_cast<std::size_t>(r - 1)];
+      return o;
+    });
+    {
+      HostDeviceFactory own(4);
+      RankDevicesOptions ro;
+      ro.setup_timeout = 30 * kNanosPerSecond;
+      ro.stop_timeout = 30 * kNanosPerSecond;
+      RankDeviceFactory factory(own, hub.at(0), layout, ro);
+      RuntimeOptions o = smallOptions();
+      o.execution = std::make_shared<RankExecution>(engine_side, factory);
+      factory.setTokenChannel(o.execution->tokenChannel());
+      RealBackend backend(config, factory, o);
+      Log log;
+      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 30 * kNanosPerSecond);
+      driver.run();
+      records = log.records;
+    }
+    gpu_ranks.join();
+  }
+  ASSERT_EQ(records.size(), requests.size());
+  EXPECT_EQ(executions[0]->cancelled(), (std::set<RequestId>{4}));  // rank 1 saw the cancel of its request
+  EXPECT_TRUE(executions[1]->cancelled().empty());
 }
 
 TEST(RanksInProcess, RealExecutionRefusesAModelOnRankZero) {
