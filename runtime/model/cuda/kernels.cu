@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cfloat>
 #include <cstdlib>
@@ -1384,12 +1385,13 @@ void prefillAttention(DType dtype, const void* q, const void* k_cache, const voi
       auto* kernel = min_blocks == 2 ? prefillAttentionKernel<T, HD, 2> : prefillAttentionKernel<T, HD, 3>;
       constexpr int shared = prefillSharedBytes<HD>();
       // Above the 48 KiB default: opt in once per device (the attribute is per device context).
-      static bool opted[64] = {};
+      // (Workers of several GPUs may race here: setting the attribute twice is harmless.)
+      static std::atomic<bool> opted[64] = {};
       int device = 0;
       CUDA_CHECK(cudaGetDevice(&device));
-      if (device < 0 || device >= 64 || !opted[device]) {
+      if (device < 0 || device >= 64 || !opted[device].load()) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared));
-        if (device >= 0 && device < 64) opted[device] = true;
+        if (device >= 0 && device < 64) opted[device].store(true);
       }
       launchPdl(kernel, dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(layout.heads)), dim3(kPrefillWarps * 32),
                 static_cast<std::size_t>(shared), stream, static_cast<const T*>(q), static_cast<const T*>(k_cache),
