@@ -15,7 +15,8 @@
 #      and driven by `computron bench serve` at the same arrival times; `computron compare` of the two
 #
 # Usage: PREBUILT=dir scripts/serve-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./serve-out)
-# Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIOS (space separated).
+# Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIOS (space separated),
+# SERVE_MPI=1: step 3 again with the server under `mpirun -np 2 ... --engine-only` (one GPU is enough).
 set -u
 NAME=serve
 # shellcheck source=scripts/device-common.sh
@@ -29,10 +30,12 @@ SUMMARY=()
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 note() { SUMMARY+=("$1"); echo "--- $1"; }
 
-# Starts `computron serve` in the background on a free port; sets SERVE_PID and URL.
+# Starts `computron serve` in the background on a free port; sets SERVE_PID and URL. LAUNCH (an
+# array, default empty) prefixes the command (the mpirun step).
+LAUNCH=()
 start_server() {
   local log=$1; shift
-  "$BIN" serve "$@" --port 0 --device cuda --host-memory-gib "$HOSTMEM" > "$log.out" 2> "$log.err" &
+  "${LAUNCH[@]}" "$BIN" serve "$@" --port 0 --device cuda --host-memory-gib "$HOSTMEM" > "$log.out" 2> "$log.err" &
   SERVE_PID=$!
   URL=""
   for _ in $(seq 1 600); do
@@ -96,6 +99,29 @@ if start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --check
   tail -25 "$OUTDIR/serve-ref.err"
 else
   note "FAILED  real tokens: server did not start"
+fi
+
+if [ "${SERVE_MPI:-0}" = 1 ]; then
+  # The same checks with the server under mpirun: rank 0 the engine and the HTTP server, rank 1
+  # the GPU(s) running the model; prompts and sampling travel to rank 1, tokens come back.
+  step "real tokens against transformers, served under mpirun (--engine-only)"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  LAUNCH=(mpirun -np 2 --bind-to none --enable-recovery)
+  if start_server "$OUTDIR/serve-mpi" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" --engine-only \
+       --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1'; then
+    if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
+         ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-mpi-reference.log" 2>&1; then
+      note "ok      real tokens under mpirun: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-mpi-reference.log") checks"
+    else
+      note "FAILED  real tokens under mpirun: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/serve-mpi-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/serve-mpi-reference.log") checks failed"
+    fi
+    tail -30 "$OUTDIR/serve-mpi-reference.log"
+    stop_server
+    tail -25 "$OUTDIR/serve-mpi.err"
+  else
+    note "FAILED  real tokens under mpirun: server did not start"
+  fi
+  LAUNCH=()
 fi
 
 for SCEN in $SCENARIOS; do
