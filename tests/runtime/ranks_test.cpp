@@ -618,11 +618,10 @@ TEST(RanksInProcess, RanksWithoutGpusAreStoppedAtTheEndToo) {
   EXPECT_EQ(codes[2], 0);
 }
 
-// A model execution for the GPU ranks: each part "runs" for a fixed time and reports its passes,
-// after checking it was handed its weights in this rank's own pool.
-class PoolCheckingExecution final : public ModelExecution {
+// What the fake executions of these tests share: shards filled with 7s, no checks of their
+// own, and helpers that start a part's completion and push it after `passes` passes of 100 us.
+class FakeExecution : public ModelExecution {
  public:
-  std::string name() const override { return "pool-checking test execution"; }
   void validate(const EngineConfig&) const override {}
   void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
     std::fill(image.begin(), image.end(), std::byte{7});
@@ -632,13 +631,39 @@ class PoolCheckingExecution final : public ModelExecution {
     queue_ = &queue;
     clock_ = &clock;
   }
-  void submit(ExecPart part) override {
+  void stop() override {}
+  bool supportsSteps() const override { return true; }
+
+ protected:
+  DeviceEvent begin(const ExecPart& part) const {
     DeviceEvent ev;
     ev.kind = DeviceEvent::Kind::kExecDone;
     ev.batch = part.batch;
     ev.path = part.part;
     ev.gpu = part.gpu;
     ev.start = clock_->now();
+    return ev;
+  }
+  void complete(DeviceEvent ev, int passes = 1) const {
+    for (int i = 0; i < passes; ++i) ev.step_end.push_back(clock_->now() + (i + 1) * 100 * kNanosPerMicro);
+    ev.time = ev.step_end.back();
+    queue_->push(std::move(ev));
+  }
+  const Clock& clock() const { return *clock_; }
+  std::vector<Device*> devices_;
+
+ private:
+  CompletionQueue* queue_ = nullptr;
+  const Clock* clock_ = nullptr;
+};
+
+// A model execution for the GPU ranks: each part "runs" for a fixed time and reports its passes,
+// after checking it was handed its weights in this rank's own pool.
+class PoolCheckingExecution final : public FakeExecution {
+ public:
+  std::string name() const override { return "pool-checking test execution"; }
+  void submit(ExecPart part) override {
+    DeviceEvent ev = begin(part);
     Device* d = devices_.at(static_cast<std::size_t>(part.gpu));
     // The rank's own pool, at the offset rank 0 placed the shard, holding the filled bytes.
     if (d == nullptr || part.weights != d->poolBase() + part.weights_offset || *part.weights != std::byte{7}) {
@@ -646,19 +671,9 @@ class PoolCheckingExecution final : public ModelExecution {
       ev.error = "weights not in this rank's pool";
     }
     ++parts;
-    const int passes = part.step ? 1 : std::max(1, part.requests.empty() ? 1 : part.requests[0].output_tokens);
-    for (int i = 0; i < passes; ++i) ev.step_end.push_back(clock_->now() + (i + 1) * 100 * kNanosPerMicro);
-    ev.time = ev.step_end.back();
-    queue_->push(std::move(ev));
+    complete(std::move(ev), part.step ? 1 : std::max(1, part.requests.empty() ? 1 : part.requests[0].output_tokens));
   }
-  void stop() override {}
-  bool supportsSteps() const override { return true; }
   std::atomic<int> parts{0};
-
- private:
-  std::vector<Device*> devices_;
-  CompletionQueue* queue_ = nullptr;
-  const Clock* clock_ = nullptr;
 };
 
 // Real execution under mpirun, --engine-only: rank 0 holds no shard and runs no model; each part
@@ -768,27 +783,28 @@ class GroupExchangingExecution final : public ModelExecution {
   std::map<ModelId, int> parts_by_model_;
 };
 
-struct SpanningRun {
+struct SpanningResult {
   std::vector<RequestRecord> records;
-  std::vector<std::shared_ptr<GroupExchangingExecution>> executions;  // by rank - 1
-  std::vector<int> codes;
+  std::vector<int> codes;  // the GPU ranks' exit codes, by rank
 };
 
 // Rank 0 the engine; ranks 1 and 2 own GPUs {0, 1} and {2, 3}. Model x (TP 2) spans them on GPUs
-// 1 and 2; y lives on GPU 0 (rank 1), z on GPU 3 (rank 2). Optionally rank `kill_rank` is killed
-// as request `kill_at` is pulled.
-SpanningRun runSpanning(const std::vector<Request>& requests, int kill_rank = -1, int kill_at = -1) {
+// 1 and 2; y lives on GPU 0 (rank 1), z on GPU 3 (rank 2). GPU rank r runs gpu_executions[r - 1];
+// rank 0's RankExecution wraps `engine_side`, whose token channel (if any) is the serving loop's.
+// Optionally rank `kill_rank` is killed as request `kill_at` is pulled.
+SpanningResult runSpanningWith(const std::vector<Request>& requests,
+                               const std::vector<std::shared_ptr<ModelExecution>>& gpu_executions,
+                               std::shared_ptr<ModelExecution> engine_side, int kill_rank = -1, int kill_at = -1) {
   EngineConfig config = sixGpuConfig(tinyShardBytes());
   config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
   config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
   const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
   for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
   Hub hub(3);
-  SpanningRun run;
-  for (int r = 1; r < 3; ++r) run.executions.push_back(std::make_shared<GroupExchangingExecution>(r));
+  SpanningResult result;
   GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
     RuntimeOptions o = smallOptions();
-    o.execution = run.executions[static_cast<std::size_t>(r - 1)];
+    o.execution = gpu_executions.at(static_cast<std::size_t>(r - 1));
     return o;
   });
   {
@@ -798,7 +814,8 @@ SpanningRun runSpanning(const std::vector<Request>& requests, int kill_rank = -1
     ro.stop_timeout = 30 * kNanosPerSecond;
     RankDeviceFactory factory(own, hub.at(0), layout, ro);
     RuntimeOptions o = smallOptions();
-    o.execution = std::make_shared<RankExecution>(std::make_shared<PoolCheckingExecution>(), factory);
+    o.execution = std::make_shared<RankExecution>(std::move(engine_side), factory);
+    factory.setTokenChannel(o.execution->tokenChannel());
     RealBackend backend(config, factory, o);
     Log log;
     auto hook = [&](int i) {
@@ -807,10 +824,29 @@ SpanningRun runSpanning(const std::vector<Request>& requests, int kill_rank = -1
     RealtimeDriver driver(backend, config, std::make_unique<HookedSource>(requests, hook), &log, 30 * kNanosPerSecond);
     driver.run();
     driver.engine().checkInvariants();
-    run.records = log.records;
+    result.records = log.records;
   }
   if (kill_rank > 0) hub.kill(0);
-  run.codes = gpu_ranks.join();
+  result.codes = gpu_ranks.join();
+  return result;
+}
+
+struct SpanningRun {
+  std::vector<RequestRecord> records;
+  std::vector<std::shared_ptr<GroupExchangingExecution>> executions;  // by rank - 1
+  std::vector<int> codes;
+};
+
+SpanningRun runSpanning(const std::vector<Request>& requests, int kill_rank = -1, int kill_at = -1) {
+  SpanningRun run;
+  std::vector<std::shared_ptr<ModelExecution>> gpu;
+  for (int r = 1; r < 3; ++r) {
+    run.executions.push_back(std::make_shared<GroupExchangingExecution>(r));
+    gpu.push_back(run.executions.back());
+  }
+  SpanningResult result = runSpanningWith(requests, gpu, std::make_shared<PoolCheckingExecution>(), kill_rank, kill_at);
+  run.records = std::move(result.records);
+  run.codes = std::move(result.codes);
   return run;
 }
 
@@ -872,24 +908,11 @@ TEST(RanksInProcess, ALostRankIsReportedToTheOtherRanksExecutions) {
 // Serving under mpirun: the engine's rank files each served request's payload in its token
 // channel; the payloads travel with the parts, the GPU ranks' executions find them in their own
 // channels and deliver tokens there, and those reach rank 0's channel before the parts complete.
-class TokenEchoExecution final : public ModelExecution {
+class TokenEchoExecution final : public FakeExecution {
  public:
   std::string name() const override { return "token-echo test execution"; }
-  void validate(const EngineConfig&) const override {}
-  void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
-    std::fill(image.begin(), image.end(), std::byte{7});
-  }
-  void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue& queue, const Clock& clock) override {
-    queue_ = &queue;
-    clock_ = &clock;
-  }
   void submit(ExecPart part) override {
-    DeviceEvent ev;
-    ev.kind = DeviceEvent::Kind::kExecDone;
-    ev.batch = part.batch;
-    ev.path = part.part;
-    ev.gpu = part.gpu;
-    ev.start = clock_->now();
+    DeviceEvent ev = begin(part);
     // Shard 0 delivers, as the executor of TP rank 0 on the last stage does: token i of a
     // request is its prompt's first id + i.
     if (part.shard == 0) {
@@ -900,35 +923,23 @@ class TokenEchoExecution final : public ModelExecution {
           ++missing;
           continue;
         }
-        for (int i = 0; i < r.output_tokens; ++i) out.push_back({r.id, i, payload->prompt.at(0) + i, false, clock_->now()});
+        for (int i = 0; i < r.output_tokens; ++i) out.push_back({r.id, i, payload->prompt.at(0) + i, false, clock().now()});
       }
       channel_->deliver(std::move(out));
     }
-    ev.step_end.push_back(clock_->now() + 100 * kNanosPerMicro);
-    ev.time = ev.step_end.back();
-    queue_->push(std::move(ev));
+    complete(std::move(ev));
   }
-  void stop() override {}
   std::shared_ptr<TokenChannel> tokenChannel() const override { return channel_; }
   std::atomic<int> missing{0};
 
  private:
   std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
-  CompletionQueue* queue_ = nullptr;
-  const Clock* clock_ = nullptr;
 };
 
 TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) {
-  EngineConfig config = sixGpuConfig(tinyShardBytes());
-  config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
-  config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
-  const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
-  for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
-  Hub hub(3);
   std::vector<std::shared_ptr<TokenEchoExecution>> executions;
   for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
   const auto requests = spanningRequests(15);
-  std::vector<RequestRecord> records;
   auto engine_side = std::make_shared<TokenEchoExecution>();  // rank 0's channel (the serving loop's)
   for (const Request& r : requests) {
     auto payload = std::make_shared<RequestPayload>();
@@ -937,31 +948,10 @@ TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) 
     payload->stop_ids = {9};
     engine_side->tokenChannel()->put(r.id, payload);
   }
-  {
-    GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
-      RuntimeOptions o = smallOptions();
-      o.execution = executions[static_cast<std::size_t>(r - 1)];
-      return o;
-    });
-    {
-      HostDeviceFactory own(4);
-      RankDevicesOptions ro;
-      ro.setup_timeout = 30 * kNanosPerSecond;
-      ro.stop_timeout = 30 * kNanosPerSecond;
-      RankDeviceFactory factory(own, hub.at(0), layout, ro);
-      RuntimeOptions o = smallOptions();
-      o.execution = std::make_shared<RankExecution>(engine_side, factory);
-      factory.setTokenChannel(o.execution->tokenChannel());
-      RealBackend backend(config, factory, o);
-      Log log;
-      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 30 * kNanosPerSecond);
-      driver.run();
-      records = log.records;
-    }
-    const std::vector<int>& codes = gpu_ranks.join();
-    EXPECT_EQ(codes[1], 0);
-    EXPECT_EQ(codes[2], 0);
-  }
+  const SpanningResult run = runSpanningWith(requests, {executions[0], executions[1]}, engine_side);
+  EXPECT_EQ(run.codes[1], 0);
+  EXPECT_EQ(run.codes[2], 0);
+  const std::vector<RequestRecord>& records = run.records;
   ASSERT_EQ(records.size(), requests.size());
   std::map<RequestId, std::vector<TokenDelivery>> got;
   for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
@@ -985,26 +975,13 @@ TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) 
 // is marked cancelled there, as the serving loop marks rank 0's. The execution waits (on its own
 // thread, as a real one runs parts off the transport's thread) for the mark on requests whose
 // prompt starts with -1.
-class CancelAwareExecution final : public ModelExecution {
+class CancelAwareExecution final : public FakeExecution {
  public:
   std::string name() const override { return "cancel-aware test execution"; }
-  void validate(const EngineConfig&) const override {}
-  void fillShard(const ModelDeployment&, ModelId, int, std::span<std::byte> image) const override {
-    std::fill(image.begin(), image.end(), std::byte{7});
-  }
-  void start(const EngineConfig&, const std::vector<Device*>&, CompletionQueue& queue, const Clock& clock) override {
-    queue_ = &queue;
-    clock_ = &clock;
-  }
   void submit(ExecPart part) override {
     std::lock_guard<std::mutex> lock(mutex_);
     threads_.emplace_back([this, part = std::move(part)] {
-      DeviceEvent ev;
-      ev.kind = DeviceEvent::Kind::kExecDone;
-      ev.batch = part.batch;
-      ev.path = part.part;
-      ev.gpu = part.gpu;
-      ev.start = clock_->now();
+      DeviceEvent ev = begin(part);
       for (const Request& r : part.requests) {
         const auto payload = channel_->find(r.id);
         if (!payload) continue;
@@ -1015,9 +992,7 @@ class CancelAwareExecution final : public ModelExecution {
           cancelled_.insert(r.id);
         }
       }
-      ev.step_end.push_back(clock_->now() + 100 * kNanosPerMicro);
-      ev.time = ev.step_end.back();
-      queue_->push(std::move(ev));
+      complete(std::move(ev));
     });
   }
   void stop() override {
@@ -1037,20 +1012,12 @@ class CancelAwareExecution final : public ModelExecution {
 
  private:
   std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
-  CompletionQueue* queue_ = nullptr;
-  const Clock* clock_ = nullptr;
   mutable std::mutex mutex_;
   std::vector<std::thread> threads_;
   std::set<RequestId> cancelled_;
 };
 
 TEST(RanksInProcess, AServedRequestsCancelReachesTheGpuRankRunningIt) {
-  EngineConfig config = sixGpuConfig(tinyShardBytes());
-  config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
-  config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
-  const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
-  for (int g = 0; g < 4; ++g) config.gpu_node.push_back(layout.owner(g));
-  Hub hub(3);
   std::vector<std::shared_ptr<CancelAwareExecution>> executions;
   for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<CancelAwareExecution>());
   const auto requests = spanningRequests(9);
@@ -1061,31 +1028,8 @@ TEST(RanksInProcess, AServedRequestsCancelReachesTheGpuRankRunningIt) {
     if (r.id == 4) payload->cancelled.store(true);  // request 4 (model y, rank 1): its client has gone
     engine_side->tokenChannel()->put(r.id, payload);
   }
-  std::vector<RequestRecord> records;
-  {
-    GpuRanks gpu_ranks(config, layout, hub, [&](int r) {
-      RuntimeOptions o = smallOptions();
-      o.execution = executions[static_cast<std::size_t>(r - 1)];
-      return o;
-    });
-    {
-      HostDeviceFactory own(4);
-      RankDevicesOptions ro;
-      ro.setup_timeout = 30 * kNanosPerSecond;
-      ro.stop_timeout = 30 * kNanosPerSecond;
-      RankDeviceFactory factory(own, hub.at(0), layout, ro);
-      RuntimeOptions o = smallOptions();
-      o.execution = std::make_shared<RankExecution>(engine_side, factory);
-      factory.setTokenChannel(o.execution->tokenChannel());
-      RealBackend backend(config, factory, o);
-      Log log;
-      RealtimeDriver driver(backend, config, std::make_unique<fakes::VectorSource>(requests), &log, 30 * kNanosPerSecond);
-      driver.run();
-      records = log.records;
-    }
-    gpu_ranks.join();
-  }
-  ASSERT_EQ(records.size(), requests.size());
+  const SpanningResult run = runSpanningWith(requests, {executions[0], executions[1]}, engine_side);
+  ASSERT_EQ(run.records.size(), requests.size());
   EXPECT_EQ(executions[0]->cancelled(), (std::set<RequestId>{4}));  // rank 1 saw the cancel of its request
   EXPECT_TRUE(executions[1]->cancelled().empty());
 }

@@ -432,6 +432,27 @@ void cublasProduct(cublasHandle_t handle, DType dt, const void* x, const void* w
                             y_f32 ? CUDA_R_32F : t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// An attention kernel's output (model dtype, as read back) against a host reference in double:
+// the relative L2 error, whether every value is finite, and whether both pass the dtype's bound.
+struct AttentionError {
+  double rel = 0;
+  bool finite = true;
+  bool ok = false;
+};
+AttentionError attentionError(DType d, const std::vector<std::uint16_t>& got, const std::vector<double>& ref) {
+  AttentionError e;
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double a = hostFloat(d, got[i]);
+    if (!std::isfinite(a)) e.finite = false;
+    num += (a - ref[i]) * (a - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  e.rel = std::sqrt(num / std::max(den, 1e-30));
+  e.ok = e.finite && e.rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
+  return e;
+}
+
 int runKernels() {
   CUDA_CHECK(cudaSetDevice(0));
   cudaStream_t stream = nullptr;
@@ -679,16 +700,9 @@ int runKernels() {
         kernels::decodeAttention(d, q, k, v, meta, meta + c.tokens, c.tokens, layout, scale, o, partial, stream);
         CUDA_CHECK(cudaMemcpyAsync(ho.data(), o, qn * 2, cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        double num = 0, den = 0;
-        bool finite = true;
-        for (std::size_t i = 0; i < qn; ++i) {
-          const double a = hostFloat(d, ho[i]);
-          if (!std::isfinite(a)) finite = false;
-          num += (a - ref[i]) * (a - ref[i]);
-          den += ref[i] * ref[i];
-        }
-        const double rel = std::sqrt(num / std::max(den, 1e-30));
-        const bool ok = finite && rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
+        const AttentionError err = attentionError(d, ho, ref);
+        const double rel = err.rel;
+        const bool ok = err.ok;
         all_ok = all_ok && ok;
         std::printf("KCHECK %s decode attention heads %d kv %d hd %d tokens %d max_seq %d splits %d launch %d rel %.2e %s\n",
                     d == DType::kF16 ? "f16" : "bf16", c.heads, c.kv_heads, c.hd, c.tokens, c.max_seq,
@@ -779,16 +793,10 @@ int runKernels() {
         kernels::prefillAttention(d, q, k, v, tiles, num_tiles, layout, scale, o, stream);
         CUDA_CHECK(cudaMemcpyAsync(ho.data(), o, qn * 2, cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        double num = 0, den = 0;
-        bool finite = true;
-        for (std::size_t i = 0; i < qn; ++i) {
-          const double a = hostFloat(d, ho[i]);
-          if (!std::isfinite(a)) finite = false;
-          num += (a - ref[i]) * (a - ref[i]);
-          den += ref[i] * ref[i];
-        }
-        const double rel = std::sqrt(num / std::max(den, 1e-30));
-        const bool ok = finite && rel < (d == DType::kF16 ? 2e-3 : 1e-2) && den > 0;
+        const AttentionError err = attentionError(d, ho, ref);
+        const double rel = err.rel;
+        const bool finite = err.finite;
+        const bool ok = err.ok;
         all_ok = all_ok && ok;
         std::string lens;
         for (int len : c.lens) {
