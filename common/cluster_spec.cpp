@@ -110,6 +110,8 @@ const std::map<std::string, PresetFactory>& presetFactories() {
       {"h100x8-x2", [] { return hgxH100Cluster("h100x8-x2", 2, 1.0); }},
       // A provider's fleet: 64 such nodes (512 GPUs), the spine oversubscribed 2:1.
       {"fleet-64x8", [] { return hgxH100Cluster("fleet-64x8", 64, 0.5); }},
+      // One H200 (the GPU machines lent with a single card): its own host link, no peers.
+      {"h200x1", [] { return h200Cluster("h200x1", 1); }},
       // Two H200s; both links at once measured 54.8 + 54.8 GB/s, so no shared cap.
       {"h200x2", [] { return h200Cluster("h200x2", 2); }},
       // Four H200s; any two at once reach ~109.5 GB/s, all four only 165.3 GB/s together.
@@ -148,7 +150,7 @@ const std::vector<std::string> kGpuScalarKeys = {
     "memory_gb", "weight_budget_gb", "peak_tflops", "hbm_gbps", "host_link_gbps", "host_link_latency_us"};
 const std::vector<std::string> kClusterScalarKeys = {
     "name", "nvlink_gbps", "nvlink_latency_us", "compute_efficiency", "memory_efficiency", "kernel_overhead_us",
-    "evict_latency_us", "batches_wait_for_loads"};
+    "evict_latency_us", "batches_wait_for_loads", "host_loads_in_order"};
 
 std::vector<std::string> joinKeys(std::initializer_list<std::vector<std::string>> groups) {
   std::vector<std::string> keys;
@@ -216,6 +218,7 @@ void readClusterScalars(const JsonReader& node, ClusterSpec& c) {
   if (auto v = node.find("kernel_overhead_us")) c.kernel_overhead = nanosFromMicros(nonNegative(*v));
   if (auto v = node.find("evict_latency_us")) c.evict_latency = nanosFromMicros(nonNegative(*v));
   if (auto v = node.find("batches_wait_for_loads")) c.batches_wait_for_loads = v->asBool();
+  if (auto v = node.find("host_loads_in_order")) c.host_loads_in_order = v->asBool();
 }
 
 // Reads the profile the node names, if any, and applies its link figures to every GPU of `c`
@@ -239,6 +242,7 @@ void readProfileMember(const JsonReader& node, const std::string& base_dir, Clus
   }
   if (links.nvlink_gbps && c.hasNvlink() && !node.has("nvlink_gbps")) c.nvlink_bandwidth = *links.nvlink_gbps * kGB;
   if (links.evict_us && !node.has("evict_latency_us")) c.evict_latency = nanosFromMicros(*links.evict_us);
+  if (links.loads_in_order && !node.has("host_loads_in_order")) c.host_loads_in_order = *links.loads_in_order;
   // The measured shared figure caps each node's host links together (where the preset has no
   // uplinks of its own and the figure is below what the node's links add up to).
   if (links.shared_host_gbps && c.uplinks.empty()) {
@@ -416,6 +420,7 @@ nlohmann::json clusterToJson(const ClusterSpec& c) {
   };
   if (c.profile) out["profile"] = c.profile_file;
   if (c.batches_wait_for_loads) out["batches_wait_for_loads"] = true;  // absent when false (outputs unchanged)
+  if (c.host_loads_in_order) out["host_loads_in_order"] = true;
   // Nodes and the network only where there is more than one node (one-node results unchanged).
   if (c.gpus_per_node > 0) {
     out["gpus_per_node"] = c.gpus_per_node;

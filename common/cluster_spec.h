@@ -58,6 +58,11 @@ struct ClusterSpec {
   // launches on that GPU wait behind them (bench/results/fidelity-stall-2026-12-01.md). The
   // simulator models it where this is true (`"batches_wait_for_loads": true`).
   bool batches_wait_for_loads = false;
+  // Direct loads onto one GPU (over its own host link) run one after another in issue order, as
+  // the runtime's single load stream per GPU copies them, instead of sharing the link; relays
+  // and device copies still share links with them (`"host_loads_in_order": true`, or a
+  // profile's `links.loads_in_order`).
+  bool host_loads_in_order = false;
   // A measured profile (`"profile": "FILE"` in the cluster JSON): batches of the models it holds
   // are timed from it, and its link figures replace the preset's. Null: the roofline alone.
   std::shared_ptr<const Profile> profile;

@@ -156,10 +156,23 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
   t += nanosFromMillis(entry->idleExtraMs(static_cast<double>(idle) / 1e6));
   times.first_token = t;
-  // Step s makes token s + 1 of every sequence, over a context of its prompt and s tokens.
+  // Step s makes token s + 1 of each sequence still generating (output > s), over a context of
+  // its prompt and s tokens: the runtime's executor drops a finished sequence from its passes, so
+  // a step is timed at the batch size and mean prompt of the sequences left.
+  std::vector<std::pair<std::int32_t, std::int32_t>> by_output;  // (output, prompt), shortest first
+  by_output.reserve(requests.size());
+  for (const auto& r : requests) by_output.emplace_back(r.output_tokens, std::max(1, r.prompt_tokens));
+  std::sort(by_output.begin(), by_output.end());
+  std::size_t gone = 0;
+  double left = batch, left_prompt = prompt_tokens;
   std::vector<Nanos> step_end(static_cast<std::size_t>(longest_output), t);
   for (std::int32_t step = 1; step < longest_output; ++step) {
-    const ProfileGrid::Lookup decode = entry->decode.at(batch, mean_prompt + step);
+    while (gone < by_output.size() && by_output[gone].first <= step) {
+      left -= 1;
+      left_prompt -= by_output[gone].second;
+      ++gone;
+    }
+    const ProfileGrid::Lookup decode = entry->decode.at(left, left_prompt / left + step);
     times.outside_profile = times.outside_profile || decode.outside;
     t += nanosFromMillis(decode.ms);
     step_end[static_cast<std::size_t>(step)] = t;

@@ -132,7 +132,8 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   p.provenance = provenance.json();
   if (auto links = root.find("links")) {
     links->expectObject(
-        {"host_link_gbps", "host_link_latency_us", "nvlink_gbps", "evict_us", "shared_host_gbps", "measurements"});
+        {"host_link_gbps", "host_link_latency_us", "nvlink_gbps", "evict_us", "shared_host_gbps", "loads_in_order",
+         "measurements"});
     auto figure = [&](const char* key, double lo, double hi) -> std::optional<double> {
       auto v = links->find(key);
       if (!v) return std::nullopt;
@@ -143,6 +144,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     p.links.nvlink_gbps = figure("nvlink_gbps", 1e-3, 1e6);
     p.links.evict_us = figure("evict_us", 0, 1e9);
     p.links.shared_host_gbps = figure("shared_host_gbps", 1e-3, 1e6);
+    if (auto v = links->find("loads_in_order")) p.links.loads_in_order = v->asBool();
     if (auto m = links->find("measurements"))
       if (!m->isArray()) m->fail("expected an array");
   }

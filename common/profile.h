@@ -57,6 +57,9 @@ struct LinkProfile {
   // Two GPUs of a node loading at once get this much together (less than twice one link): the
   // node's GPUs then share one uplink of this bandwidth, unless the cluster names uplinks itself.
   std::optional<double> shared_host_gbps;
+  // Two direct loads issued at once onto one GPU ran one after the other (the runtime's load
+  // stream), not sharing its link: the cluster's `host_loads_in_order`.
+  std::optional<bool> loads_in_order;
 };
 
 struct Profile {

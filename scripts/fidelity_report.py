@@ -2,7 +2,7 @@
 """Simulator fidelity against GPU replays (docs/specs.md, "Profiles").
 
 usage: scripts/fidelity_report.py REPLAY_ROOT --computron BIN [--scenarios DIR] [--profile PROFILE.json] [--out DIR]
-                                   [--set PATH=VALUE]...
+                                   [--set PATH=VALUE]... [--model-set KEY=VALUE]...
 
 REPLAY_ROOT holds one output folder per `computron replay` run (summary.json, requests.csv). For
 each, the simulator runs the same scenario (DIR/<scenario name>.json, default scenarios/fidelity)
@@ -49,11 +49,17 @@ def stats(folder):
             "swaps": o["swaps"], "served": o["served"], "lat": latencies(folder)}, s
 
 
-def simulate(binary, scenario, profile, workdir, tag, sets=()):
+def simulate(binary, scenario, profile, workdir, tag, sets=(), model_sets=()):
     out = os.path.join(workdir, tag)
     cmd = [binary, "sim", scenario, "-o", out, "-q"]
     for s in sets:
         cmd += ["--set", s]
+    if model_sets:
+        with open(scenario) as f:
+            count = len(json.load(f)["models"])
+        for i in range(count):
+            for s in model_sets:
+                cmd += ["--set", f"models[{i}].{s}"]
     if profile:
         cmd += ["--set", "cluster.profile=" + os.path.abspath(profile)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -72,6 +78,9 @@ def main():
     ap.add_argument("--scenarios", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scenarios", "fidelity"))
     ap.add_argument("--out", help="keep the simulations' folders here")
     ap.add_argument("--set", action="append", default=[], help="one more --set for every simulation (repeatable)")
+    ap.add_argument("--model-set", action="append", default=[],
+                    help="KEY=VALUE set on every model of each scenario, e.g. tp=1 and 'gpus=[0]' for replays made at "
+                         "TP 1 on one GPU (scripts/fidelity-1gpu-check.sh; repeatable)")
     args = ap.parse_args()
     workdir = args.out or tempfile.mkdtemp(prefix="fidelity-")
     os.makedirs(workdir, exist_ok=True)
@@ -82,9 +91,9 @@ def main():
             continue
         gpu, summary = stats(folder)
         scenario = os.path.join(args.scenarios, summary["config"]["name"] + ".json")
-        res = {"gpu": gpu, "roofline": simulate(args.computron, scenario, None, workdir, name + "-roofline", args.set)}
+        res = {"gpu": gpu, "roofline": simulate(args.computron, scenario, None, workdir, name + "-roofline", args.set, args.model_set)}
         if args.profile:
-            res["profile"] = simulate(args.computron, scenario, args.profile, workdir, name + "-profile", args.set)
+            res["profile"] = simulate(args.computron, scenario, args.profile, workdir, name + "-profile", args.set, args.model_set)
         rows[name] = res
     sources = ["roofline"] + (["profile"] if args.profile else [])
     print("| case | GPU mean / p50 / p99 ms, swaps | " + " | ".join(

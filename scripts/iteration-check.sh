@@ -23,7 +23,9 @@ SCALE=${ITER_SCALE:-0.35}
 MODELS=${ITER_MODELS:-1}
 TP=${ITER_TP:-1}
 WB=${ITER_WEIGHT_BUDGET:-40}
-if [ "$TP" = 1 ]; then GPUSET='[0]'; else GPUSET='"all"'; fi
+# At TP 1 the cluster is one H200 (h200x1), so the scripts run on a one-GPU machine: a cluster
+# naming GPUs the machine lacks is refused by replay.
+if [ "$TP" = 1 ]; then GPUSET='[0]'; PRESET=h200x1; else GPUSET='"all"'; PRESET=h200x2; fi
 mkdir -p "$OUT"
 LOG=$OUT/iteration-check.log
 exec > >(tee -a "$LOG") 2>&1
@@ -35,7 +37,7 @@ $BIN --version 2>/dev/null | head -1
 if [ "${ITER_SKIP_SMOKE:-0}" != 1 ]; then
 step "smoke: OPT-1.3B at TP $TP, iteration batching, real execution"
 cat > /tmp/iter-smoke.json <<JSON
-{"name": "iter-smoke", "seed": 3, "duration_s": 4, "cluster": {"preset": "h200x2", "weight_budget_gb": 40},
+{"name": "iter-smoke", "seed": 3, "duration_s": 4, "cluster": {"preset": "$PRESET", "weight_budget_gb": 40},
  "models": [{"name": "m", "spec": "opt-1.3b", "count": 2, "tp": $TP, "gpus": $GPUSET, "max_batch": 8}],
  "workload": {"type": "gamma", "rates": [6, 3], "cv": 3, "prompt_tokens": 128, "output_tokens": 24},
  "policy": {"name": "lru-bytes", "max_loaded_models": 1, "batching": "iteration", "session_quantum_ms": 50, "max_drain_ms": 50},
@@ -57,7 +59,7 @@ fi
 
 SC=scenarios/azure-conv-iteration-h200x2.json
 SETS=(--set "models[0].count=$MODELS" --set "models[0].tp=$TP" --set "models[0].gpus=$GPUSET" --set "duration_s=$DUR"
-      --set "workload.time_scale=$SCALE" --set "cluster.weight_budget_gb=$WB")
+      --set "workload.time_scale=$SCALE" --set "cluster.preset=\"$PRESET\"" --set "cluster.weight_budget_gb=$WB")
 [ -n "${ITER_SET:-}" ] && SETS+=(--set "$ITER_SET")
 for b in ${ITER_BATCHINGS:-request iteration}; do
   step "azure conv, $MODELS x llama-3-8b TP $TP, $b batching: replay"

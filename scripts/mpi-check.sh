@@ -44,6 +44,7 @@ command -v mpirun && mpirun --version | head -1
 ldd "$BIN" | grep -E "libmpi|not found"; ls /usr/lib/x86_64-linux-gnu/ | grep -E "^libmpi" | head -3
 if ldd "$BIN" | grep -q "not found"; then echo "missing libraries: stop"; exit 1; fi
 
+PRESET=h200x2
 if [ "$NGPU" -ge 2 ]; then
   MODELS="[{\"name\": \"m\", \"spec\": \"$SPEC\", \"count\": 4, \"tp\": 2, \"gpus\": [0, 1], \"max_batch\": 8}]"
   RATES='[1, 1, 1, 1]'
@@ -61,10 +62,11 @@ else
   MPI_ARGS=(-np 2)
   APP_ARGS=(--engine-only)
   LAYOUT="one GPU: rank 0 the engine, rank 1 the GPU"
+  PRESET=h200x1  # the single-process run's cluster must not name GPUs the machine lacks
 fi
 cat > "$OUT/scenario.json" <<JSON
 {"name": "mpi-swap", "seed": 5, "duration_s": $DUR,
- "cluster": {"preset": "h200x2", "weight_budget_gb": $BUDGET},
+ "cluster": {"preset": "$PRESET", "weight_budget_gb": $BUDGET},
  "models": $MODELS,
  "workload": {"type": "gamma", "rates": $RATES, "cv": 4, "prompt_tokens": 64, "output_tokens": $OUTPUT},
  "policy": {"name": "computron", "max_loaded_models": 2}, "slo_ms": 1000}

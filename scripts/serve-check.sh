@@ -16,15 +16,20 @@
 #
 # Usage: PREBUILT=dir scripts/serve-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./serve-out)
 # Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIOS (space separated),
-# SERVE_MPI=1: step 3 again with the server under `mpirun -np 2 ... --engine-only` (one GPU is enough).
+# SERVE_MPI=1: step 3 again with the server under `mpirun -np 2 ... --engine-only` (one GPU is enough);
+# SERVE_SKIP_SINGLE=1 skips step 3's one-process run, SERVE_SCENARIOS="" skips step 4.
 set -u
 NAME=serve
 # shellcheck source=scripts/device-common.sh
 source "$(dirname "$0")/device-common.sh"
 HOSTMEM=${HOSTMEM_GIB:-200}
 STEP_TIMEOUT=${STEP_TIMEOUT_S:-300}
-SCENARIOS=${SERVE_SCENARIOS:-scenarios/fidelity/fidelity-3m-cv1-32tok-computron.json}
+SCENARIOS=${SERVE_SCENARIOS-scenarios/fidelity/fidelity-3m-cv1-32tok-computron.json}
 WORK=/tmp/serve-check
+# On a one-GPU machine every run uses a one-GPU cluster (a cluster naming GPUs the machine lacks is
+# refused by replay and serve); the scenarios' models must then sit on GPU 0.
+CLUSTER_SET=()
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" = 1 ]; then CLUSTER_SET=(--set 'cluster.preset="h200x1"'); fi
 rm -rf "$WORK"; mkdir -p "$WORK"
 SUMMARY=()
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
@@ -85,8 +90,10 @@ TOKFOLDER=""
 if [ -f "$OUTDIR/tokenizers/opt-style/tokenizer.json" ]; then
   cp "$OUTDIR/tokenizers/opt-style/tokenizer.json" "$WORK/opt4/" && TOKFOLDER=$WORK/opt4
 fi
-if start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" \
-     --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1'; then
+if [ "${SERVE_SKIP_SINGLE:-0}" = 1 ]; then
+  note "skipped real tokens in one process (SERVE_SKIP_SINGLE=1)"
+elif start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" \
+     --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1' "${CLUSTER_SET[@]}"; then
   if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
        ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-reference.log" 2>&1; then
     note "ok      real tokens: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-reference.log") checks"
@@ -107,8 +114,9 @@ if [ "${SERVE_MPI:-0}" = 1 ]; then
   step "real tokens against transformers, served under mpirun (--engine-only)"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   LAUNCH=(mpirun -np 2 --bind-to none --enable-recovery)
-  if start_server "$OUTDIR/serve-mpi" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" --engine-only \
-       --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1'; then
+  # Layer-pipelined batches (the scenario's policy) do not run across ranks yet.
+  if start_server "$OUTDIR/serve-mpi" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" --engine-only --set policy.layer_pipelined=false \
+       --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1' "${CLUSTER_SET[@]}"; then
     if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
          ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-mpi-reference.log" 2>&1; then
       note "ok      real tokens under mpirun: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-mpi-reference.log") checks"
@@ -128,13 +136,13 @@ for SCEN in $SCENARIOS; do
 base=$(basename "$SCEN" .json)
 step "serve against replay: $base"
 if timeout "$STEP_TIMEOUT" "$BIN" replay "$SCEN" --device cuda --execution real --host-memory-gib "$HOSTMEM" \
-     -o "$WORK/$base/replay" -q > "$OUTDIR/$base-replay.log" 2>&1; then
+     "${CLUSTER_SET[@]}" -o "$WORK/$base/replay" -q > "$OUTDIR/$base-replay.log" 2>&1; then
   note "ok      replay $base"
 else
   note "FAILED  replay $base (exit $?): $(tail -2 "$OUTDIR/$base-replay.log")"
 fi
-if start_server "$OUTDIR/$base-serve" "$SCEN" --execution real; then
-  if timeout "$STEP_TIMEOUT" "$BIN" bench serve --url "$URL" "$SCEN" --out "$WORK/$base/bench-serve" > "$OUTDIR/$base-bench-serve.log" 2>&1; then
+if start_server "$OUTDIR/$base-serve" "$SCEN" --execution real "${CLUSTER_SET[@]}"; then
+  if timeout "$STEP_TIMEOUT" "$BIN" bench serve --url "$URL" "$SCEN" "${CLUSTER_SET[@]}" --out "$WORK/$base/bench-serve" > "$OUTDIR/$base-bench-serve.log" 2>&1; then
     note "ok      bench serve $base"
   else
     note "FAILED  bench serve $base: $(tail -2 "$OUTDIR/$base-bench-serve.log")"

@@ -23,6 +23,8 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   batches_timed_.assign(models, 0);
   batches_outside_.assign(models, 0);
   gpu_free_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
+  host_busy_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
+  host_queue_.resize(static_cast<std::size_t>(cluster.numGpus()));
 }
 
 Simulation::~Simulation() = default;
@@ -117,21 +119,41 @@ SimStats Simulation::run() {
   return stats_;
 }
 
+FlowId Simulation::startPart(OpId op, double bytes, std::vector<int> path, Nanos latency) {
+  const FlowId flow = links_.start(now_, bytes, std::move(path), latency);
+  flow_load_.emplace(flow, op);
+  // A load whose parts all waited in order starts when its first part does.
+  auto info = load_info_.find(op);
+  if (info != load_info_.end() && info->second.start < 0) info->second.start = now_;
+  return flow;
+}
+
 void Simulation::load(const LoadCommand& cmd) {
-  load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, now_, cmd.gpu};
+  load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, -1, cmd.gpu};
   int parts = 0;
   for (const auto& part : cmd.route) {
+    const bool direct = part.from_node < 0 && part.via == cmd.gpu && !part.from_device;
     std::vector<int> path = part.from_node >= 0 ? links_.remotePath(part.from_node, cmd.gpu)
-                            : part.via == cmd.gpu && !part.from_device ? links_.hostPath(cmd.gpu)
-                                                                       : links_.peerPath(part.via, cmd.gpu, part.from_device);
+                            : direct            ? links_.hostPath(cmd.gpu)
+                                                : links_.peerPath(part.via, cmd.gpu, part.from_device);
     Nanos latency = part.from_node >= 0 ? cluster_.network.nic_latency
                     : part.from_device  ? cluster_.nvlink_latency
                                         : cluster_.gpus[static_cast<std::size_t>(part.via)].host_link_latency;
-    FlowId flow = links_.start(now_, static_cast<double>(part.bytes), std::move(path), latency);
-    flow_load_.emplace(flow, cmd.op);
     ++parts;
+    if (direct && cluster_.host_loads_in_order) {
+      const auto g = static_cast<std::size_t>(cmd.gpu);
+      if (host_busy_[g] != 0) {
+        host_queue_[g].push_back({cmd.op, static_cast<double>(part.bytes), std::move(path), latency});
+        continue;
+      }
+      host_busy_[g] = startPart(cmd.op, static_cast<double>(part.bytes), std::move(path), latency);
+      host_flow_gpu_.emplace(host_busy_[g], cmd.gpu);
+      continue;
+    }
+    startPart(cmd.op, static_cast<double>(part.bytes), std::move(path), latency);
   }
   if (parts == 0) {
+    load_info_[cmd.op].start = now_;
     events_.push(now_, EventKind::kLoadDone, cmd.op);
     return;
   }
@@ -150,6 +172,18 @@ void Simulation::handleLinkCheck(std::uint64_t generation) {
     auto it = flow_load_.find(flow);
     OpId op = it->second;
     flow_load_.erase(it);
+    // The next direct part of this GPU, in issue order (ClusterSpec::host_loads_in_order).
+    if (auto h = host_flow_gpu_.find(flow); h != host_flow_gpu_.end()) {
+      const auto g = static_cast<std::size_t>(h->second);
+      host_flow_gpu_.erase(h);
+      host_busy_[g] = 0;
+      if (!host_queue_[g].empty()) {
+        QueuedPart next = std::move(host_queue_[g].front());
+        host_queue_[g].pop_front();
+        host_busy_[g] = startPart(next.op, next.bytes, std::move(next.path), next.latency);
+        host_flow_gpu_.emplace(host_busy_[g], static_cast<GpuId>(g));
+      }
+    }
     if (--load_parts_left_[op] == 0) {
       load_parts_left_.erase(op);
       // Delivered through the queue so completions at one instant keep their order.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -88,6 +89,18 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::optional<Request> next_arrival_;
   std::unordered_map<FlowId, OpId> flow_load_;
   std::unordered_map<OpId, int> load_parts_left_;
+  // ClusterSpec::host_loads_in_order: per GPU, the direct part copying now (0: none) and the
+  // parts queued behind it, started in issue order as each one completes.
+  struct QueuedPart {
+    OpId op = 0;
+    double bytes = 0;
+    std::vector<int> path;
+    Nanos latency = 0;
+  };
+  std::vector<FlowId> host_busy_;
+  std::vector<std::deque<QueuedPart>> host_queue_;
+  std::unordered_map<FlowId, GpuId> host_flow_gpu_;
+  FlowId startPart(OpId op, double bytes, std::vector<int> path, Nanos latency);
   std::unordered_map<BatchId, BatchResult> batches_;
   std::unordered_map<BatchId, StepResult> steps_;  // the step in flight of each session
   // Layer-pipelined batches started while their model loads: timed when its last shard arrives.

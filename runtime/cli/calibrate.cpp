@@ -493,6 +493,26 @@ nlohmann::json measureLinks(Calibrator& cal, ModelId big, ModelId small, int gpu
     cal.note("loads: direct " + fixed(static_cast<double>(small0.bytes) / kGB, 2) + " GB: " + fixed(median(small_ms), 1) + " ms");
   }
 
+  // Two loads issued together onto GPU 0, the larger first: in issue order (the runtime's one
+  // load stream per GPU) the first ends after its own time; sharing the link, after about its
+  // time plus the second's. The simulator's `host_loads_in_order` follows the answer.
+  std::optional<bool> in_order;
+  if (small != big) {
+    try {
+      const std::vector<double> pair = cal.load({big0, small0});
+      record("direct-same-gpu", 2, 0, big_bytes, pair[0]);
+      record("direct-same-gpu", 2, 0, small0.bytes, pair[1]);
+      evicts.emplace_back(cal.evict(big, 0, 0), big_bytes);
+      evicts.emplace_back(cal.evict(small, 0, 0), small0.bytes);
+      const double solo = median(alone), shared_first = median(alone) + median(small_ms);
+      in_order = pair[0] < (solo + shared_first) / 2;
+      cal.note("loads: two at once on GPU 0: the first " + fixed(pair[0], 1) + " ms (alone " + fixed(solo, 1) +
+               "), the second " + fixed(pair[1], 1) + " ms: " + (*in_order ? "in issue order" : "sharing the link"));
+    } catch (const std::exception& e) {
+      cal.note(std::string("loads: two at once on GPU 0 not measured (") + e.what() + ")");
+    }
+  }
+
   std::optional<double> nvlink_gbps;
   std::vector<double> both_ms;  // two shards on two GPUs at once: the later one's time
   if (gpus >= 2) {
@@ -557,6 +577,7 @@ nlohmann::json measureLinks(Calibrator& cal, ModelId big, ModelId small, int gpu
                           {"host_link_latency_us", latency * 1e6},
                           {"evict_us", median(evict_ms) * 1e3}};
   if (nvlink_gbps) links["nvlink_gbps"] = *nvlink_gbps;
+  if (in_order) links["loads_in_order"] = *in_order;
   // Two GPUs loading at once share what the host gives them: where that is less than twice one
   // link, the profile says so (the simulator then caps the node's links together at this figure).
   if (!both_ms.empty()) {

@@ -156,6 +156,14 @@ std::unique_ptr<DeviceFactory> RankSession::cudaFactory(int scenario_gpus, std::
   }
   if (factory->deviceCount() == 0)
     throw ConfigError("--device cuda: this machine has no GPU; the host-memory device runs the same scenario: --device host");
+  // One process owns every GPU of the cluster: the engine plans loads, multi-path routes and copies
+  // from twins over all of them, so a GPU the machine lacks would fail those loads at run time.
+  if (!multi() && factory->deviceCount() < scenario_gpus)
+    throw ConfigError("$.cluster: the scenario's cluster has " + std::to_string(scenario_gpus) +
+                      " GPUs but this machine has " + std::to_string(factory->deviceCount()) +
+                      " (the engine would route loads through GPUs that are not there); run a cluster of at most " +
+                      std::to_string(factory->deviceCount()) + " GPU(s), e.g. --set cluster.preset=\"h200x" +
+                      std::to_string(factory->deviceCount()) + "\" with the models on GPU 0, or --device host");
   return factory;
 }
 

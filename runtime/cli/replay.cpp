@@ -192,10 +192,6 @@ int replayMain(int argc, char** argv) {
   DeviceFactory* factory = nullptr;
   if (auto code = ranks.serveOrSetUp(device, scenario.engine, options, fault_plan, scenario.cluster.numGpus(), factory))
     return *code;
-  if (!ranks.multi() && factory->deviceCount() < scenario.cluster.numGpus()) {
-    std::cerr << "note: scenario cluster '" << scenario.cluster.name << "' has " << scenario.cluster.numGpus()
-              << " GPUs, this machine " << factory->deviceCount() << "\n";
-  }
   if (!quiet) std::cerr << "replay: building the host weight store and device pools (" << device << ")...\n";
   if (!quiet && ranks.multi())
     std::cerr << "replay: " << ranks.layout().ranks << " ranks, " << ranks.layout().gpus_per_rank

@@ -169,7 +169,22 @@ void CudaDevice::run() {
           },
           job);
     } catch (const std::exception& e) {
+      if (const auto* p = std::get_if<PathJob>(&job); p != nullptr && p->kind == PathKind::kDirect) window_active_ = false;
       failJob(job, e.what());
+    }
+    if (std::holds_alternative<PathJob>(job)) startParkedLoads();
+  }
+}
+
+void CudaDevice::startParkedLoads() {
+  while (!window_active_ && !parked_loads_.empty()) {
+    PathJob next = std::move(parked_loads_.front());
+    parked_loads_.pop_front();
+    try {
+      runPath(next);
+    } catch (const std::exception& e) {
+      window_active_ = false;
+      failJob(Job(std::move(next)), e.what());
     }
   }
 }
@@ -238,6 +253,12 @@ void CUDART_CB CudaDevice::queueResume(void* data) {
 }
 
 void CudaDevice::runPath(const PathJob& job) {
+  // A new windowed load waits behind the one being issued (startParkedLoads). So while windows are
+  // active, a direct job that runs is that load's continuation, and a failure here is its own.
+  if (job.kind == PathKind::kDirect && options_.load_window_chunks >= 2 && job.first_chunk == 0 && window_active_) {
+    parked_loads_.push_back(job);
+    return;
+  }
   if (job.target < 0 || static_cast<std::size_t>(job.target) >= peers_.size() ||
       peers_[static_cast<std::size_t>(job.target)] == nullptr) {
     throw std::runtime_error("CUDA device: no target GPU " + std::to_string(job.target));
@@ -267,6 +288,8 @@ void CudaDevice::runPath(const PathJob& job) {
     resume_after = job.first_chunk + window / 2 - 1;
     issue = job.first_chunk + window;
   }
+  // This load is being issued in windows until its last one is on the stream.
+  if (direct && window >= 2) window_active_ = issue < job.chunks.size() && !injected;
   while (notify < job.notify.size() && job.notify[notify].after_chunk < static_cast<int>(job.first_chunk)) ++notify;
   for (std::size_t c = job.first_chunk; c < issue; ++c) {
     const PlanChunk& ch = job.chunks[c];

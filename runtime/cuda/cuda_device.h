@@ -32,10 +32,11 @@ struct CudaDeviceOptions {
   // complete (a host callback queues the next window as a job). Issuing a whole multi-gigabyte
   // load at once holds up other threads' kernel launches on the GPU until the copies drain: a
   // batch that starts during another model's load waits for that load
-  // (bench/results/fidelity-stall-2026-12-01.md); 16 removes that wait. 0 (the default until it
-  // is measured on two GPUs and against the simulator): the whole load at once.
-  // COMPUTRON_LOAD_WINDOW sets it.
-  int load_window_chunks = 0;
+  // (bench/results/fidelity-stall-2026-12-01.md); 16 removes that wait. Windowed loads on one GPU
+  // still go one after another (parked_loads_), as whole loads on the load stream did
+  // (bench/results/fidelity-1gpu-2026-12-01.md). 0: the whole load at once.
+  // COMPUTRON_LOAD_WINDOW sets it. Relay (multi-path) and device-to-device paths are issued whole.
+  int load_window_chunks = 16;
   // Injected faults (replay --inject, a scenario's faults), shared with the model execution.
   std::shared_ptr<FaultPlan> faults;
   // GPU g is CUDA device g + ordinal_shift (a rank of a multi-process run, runtime/mpi/).
@@ -70,6 +71,14 @@ class CudaDevice final : public Device {
     PathJob job;
   };
   static void CUDART_CB queueResume(void* data);
+  // Windowed loads go one after another, as whole loads on the load stream do: a direct load that
+  // arrives while another is still being issued in windows waits here (worker thread only) and
+  // starts behind that load's last window. Interleaving their windows would make both finish
+  // late (two 26 GB loads on one link each took 945 ms instead of 466 + 932 ms).
+  bool window_active_ = false;
+  std::deque<PathJob> parked_loads_;
+  // Runs the parked loads whose turn it is (after a path job, done or failed).
+  void startParkedLoads();
   void runVerify(const VerifyJob& job);
   void runExec(const ExecJob& job);
   void runRelocate(const RelocateJob& job);

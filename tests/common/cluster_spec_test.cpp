@@ -35,14 +35,14 @@ nlohmann::json clusterOf(std::vector<nlohmann::json> gpu_entries) {
 // ---- Presets ----------------------------------------------------------------------------------
 
 TEST(ClusterSpecTest, PresetNames) {
-  EXPECT_EQ(clusterPresetNames(), (std::vector<std::string>{"a100-40gb-x4", "fleet-64x8", "h100x8-x2", "h200x2", "h200x4"}));
+  EXPECT_EQ(clusterPresetNames(), (std::vector<std::string>{"a100-40gb-x4", "fleet-64x8", "h100x8-x2", "h200x1", "h200x2", "h200x4"}));
   EXPECT_TRUE(isClusterPreset("h200x2"));
   EXPECT_FALSE(isClusterPreset("h100x8"));
   try {
     clusterPreset("h100x8");
     ADD_FAILURE() << "expected a ConfigError";
   } catch (const ConfigError& e) {
-    EXPECT_STREQ(e.what(), "unknown cluster preset \"h100x8\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x2, h200x4)");
+    EXPECT_STREQ(e.what(), "unknown cluster preset \"h100x8\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x1, h200x2, h200x4)");
   }
 }
 
@@ -215,12 +215,12 @@ TEST(ClusterSpecTest, ToJsonReadsBackToTheSameCluster) {
 
 TEST(ClusterSpecTest, BrokenPresetForms) {
   EXPECT_EQ(errorOf(R"({"preset": "h300"})"),
-            "$.cluster.preset: unknown cluster preset \"h300\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x2, h200x4)");
-  EXPECT_EQ(errorOf(R"("h300")"), "$.cluster: unknown cluster preset \"h300\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x2, h200x4)");
+            "$.cluster.preset: unknown cluster preset \"h300\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x1, h200x2, h200x4)");
+  EXPECT_EQ(errorOf(R"("h300")"), "$.cluster: unknown cluster preset \"h300\" (known: a100-40gb-x4, fleet-64x8, h100x8-x2, h200x1, h200x2, h200x4)");
   EXPECT_EQ(errorOf(R"({"preset": 2})"), "$.cluster.preset: expected a string, got integer");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "gpus": []})"),
             "$.cluster.gpus: unknown key (allowed: preset, profile, name, nvlink_gbps, nvlink_latency_us, "
-            "compute_efficiency, memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, memory_gb, "
+            "compute_efficiency, memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, host_loads_in_order, memory_gb, "
             "weight_budget_gb, peak_tflops, hbm_gbps, host_link_gbps, host_link_latency_us)");
   EXPECT_EQ(errorOf(R"({"preset": "h200x2", "weight_budget_gb": 200})"),
             "$.cluster.weight_budget_gb: weight budget (200 GB) exceeds GPU memory (150.755 GB)");
@@ -269,7 +269,7 @@ TEST(ClusterSpecTest, BrokenFullDescriptions) {
   cluster_typo["nvlink"] = 396;
   EXPECT_EQ(errorOf(cluster_typo),
             "$.cluster.nvlink: unknown key (allowed: name, nvlink_gbps, nvlink_latency_us, compute_efficiency, "
-            "memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, gpus, uplinks, gpus_per_node, network, profile)");
+            "memory_efficiency, kernel_overhead_us, evict_latency_us, batches_wait_for_loads, host_loads_in_order, gpus, uplinks, gpus_per_node, network, profile)");
 }
 
 TEST(ClusterSpecTest, BrokenUplinks) {

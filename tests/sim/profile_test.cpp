@@ -160,14 +160,21 @@ TEST(ProfiledCostModel, TimesABatchFromTheGridsByHand) {
   const double row1 = 2 + 2.0 * 16 / 48, row4 = 5 + 6.0 * 16 / 48;
   const double prefill = row1 + (row4 - row1) / 3;
   EXPECT_EQ(t.first_token, static_cast<Nanos>(std::llround(prefill * 1e6)));
-  // Decode steps at contexts 33 and 34, batch 2: rows 1 + 0.5*(c-32)/96 and 2 + (c-32)/96.
-  auto step = [](double c) {
+  // The first request is done with its first token, so decode steps 1 and 2 run the second alone:
+  // batch 1 at contexts 48 + 1 and 48 + 2, row 1 + 0.5*(c-32)/96.
+  auto step = [](double c) { return static_cast<Nanos>(std::llround((1 + 0.5 * (c - 32) / 96) * 1e6)); };
+  ASSERT_EQ(t.finish.size(), 2u);
+  EXPECT_EQ(t.finish[0], t.first_token);
+  EXPECT_EQ(t.finish[1], t.first_token + step(49) + step(50));
+  // Both generating through the steps (outputs 3 and 3): batch 2 at mean contexts 33 and 34, rows
+  // 1 + 0.5*(c-32)/96 and 2 + (c-32)/96, batch 2 one third of the way.
+  auto step2 = [](double c) {
     const double r1 = 1 + 0.5 * (c - 32) / 96, r4 = 2 + (c - 32) / 96;
     return static_cast<Nanos>(std::llround((r1 + (r4 - r1) / 3) * 1e6));
   };
-  ASSERT_EQ(t.finish.size(), 2u);
-  EXPECT_EQ(t.finish[0], t.first_token);
-  EXPECT_EQ(t.finish[1], t.first_token + step(33) + step(34));
+  const BatchTimes both = cost.batchTimes(d, {request(16, 3), request(48, 3)});
+  EXPECT_EQ(both.finish[0], both.first_token + step2(33) + step2(34));
+  EXPECT_EQ(both.finish[1], both.finish[0]);
   EXPECT_EQ(t.total, t.finish[1] + 250'000);
   EXPECT_FALSE(t.outside_profile);
   // The first batch after a load pays the measured extra before its first token.

@@ -346,6 +346,10 @@ void ShardExecutor::warmProducts(const std::vector<int>& rows) {
     gemm(normed_, stand_in, qkv_, r, static_cast<int>(qkv_width_), h, false);
     gemm(attention_, stand_in, projection_, r, h, static_cast<int>(q_width_), true);
     gemm(normed_, stand_in, mlp_, r, static_cast<int>(up_width_), h, false);
+    // OPT's fc1 runs as a cuBLASLt product with bias + ReLU in its epilogue: its plan (and kernel)
+    // per row count, chosen here rather than in the first real pass (the stand-in is the bias too).
+    if (plan_.spec.family().mlp == MlpKind::kRelu && plan_.layers.front().up_bias >= 0)
+      gemmBiasRelu(normed_, stand_in, stand_in, mlp_, r, static_cast<int>(up_width_), h);
     gemm(down_input, stand_in, projection_, r, h, local_ffn, true);
     if (plan_.has_lm_head && r <= limits_.max_batch)
       gemm(last_normed_, stand_in, plan_.tp == 1 ? logits_ : local_logits_, r, local_vocab, h, true);

@@ -143,11 +143,12 @@ class ShardExecutor {
   std::vector<float> logitsToHost(int sequences) const;
 
   // Warm-up without weights: runs this shard's matrix products (q/k/v, output, MLP up and down,
-  // LM head) once at each row count in `rows` that is above the skinny-product limit and within
-  // the executor's maximum tokens, reading the KV cache as stand-in weights and writing the
-  // activation buffers a pass would, so cuBLAS picks and loads its kernels for these shapes
-  // before the first batch. Nothing a later pass reads is left changed (every pass writes those
-  // buffers before reading them); skipped when the cache is smaller than the largest matrix.
+  // OPT's fc1 also through its cuBLASLt bias + ReLU plan, LM head) once at each row count in
+  // `rows` that is above the skinny-product limit and within the executor's maximum tokens,
+  // reading the KV cache as stand-in weights and writing the activation buffers a pass would, so
+  // cuBLAS picks and loads its kernels for these shapes before the first batch. Nothing a later
+  // pass reads is left changed (every pass writes those buffers before reading them); skipped
+  // when the cache is smaller than the largest matrix.
   void warmProducts(const std::vector<int>& rows);
 
   const ShardPlan& plan() const { return plan_; }
