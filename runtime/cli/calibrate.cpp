@@ -497,7 +497,11 @@ nlohmann::json measureLinks(Calibrator& cal, ModelId big, ModelId small, int gpu
   // load stream per GPU) the first ends after its own time; sharing the link, after about its
   // time plus the second's. The simulator's `host_loads_in_order` follows the answer.
   std::optional<bool> in_order;
-  if (small != big) {
+  // Both must fit GPU 0's pool at once (with room for rounding to the pool's granule).
+  const bool pair_fits = !config.gpu_weight_budget.empty() &&
+                         static_cast<double>(big_bytes + small0.bytes) < 0.95 * static_cast<double>(config.gpu_weight_budget[0]);
+  if (small != big && !pair_fits) cal.note("loads: two at once on GPU 0 not measured (they do not fit its weight budget together)");
+  if (small != big && pair_fits) {
     try {
       const std::vector<double> pair = cal.load({big0, small0});
       record("direct-same-gpu", 2, 0, big_bytes, pair[0]);

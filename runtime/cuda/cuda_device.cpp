@@ -156,7 +156,12 @@ void CudaDevice::run() {
   if (cudaSetDevice(ordinal_) != cudaSuccess) return;
   Job job;
   while (jobs_.pop(job)) {
-    if (options_.faults)
+    const auto* path = std::get_if<PathJob>(&job);
+    const bool continuation = path != nullptr && path->first_chunk > 0;
+    // A continuation of a path that already failed: its report is out, nothing more to do.
+    if (continuation && failed_paths_.erase({path->op, path->path}) > 0) continue;
+    // Injected stalls count the jobs the backend submitted, not windowed continuations.
+    if (options_.faults && !continuation)
       if (const Nanos stall = options_.faults->stallBefore(gpu_); stall > 0) jobs_.sleepUnlessStopped(stall);
     try {
       std::visit(
@@ -169,11 +174,25 @@ void CudaDevice::run() {
           },
           job);
     } catch (const std::exception& e) {
-      if (const auto* p = std::get_if<PathJob>(&job); p != nullptr && p->kind == PathKind::kDirect) window_active_ = false;
+      if (path != nullptr) failedPath(*path);
       failJob(job, e.what());
     }
-    if (std::holds_alternative<PathJob>(job)) startParkedLoads();
+    // A broken context never runs the host function that would queue the active load's next
+    // window: the loads parked behind it go now (and fail on their first CUDA call).
+    if (window_active_ && !parked_loads_.empty()) {
+      const cudaError_t state = cudaStreamQuery(load_);
+      if (state != cudaSuccess && state != cudaErrorNotReady) window_active_ = false;
+    }
+    startParkedLoads();
   }
+}
+
+void CudaDevice::failedPath(const PathJob& job) {
+  if (job.kind != PathKind::kDirect) return;
+  // Its continuation may already be queued (the host function ran before the failure): it is
+  // dropped when it arrives, so the loads parked behind this one start now, in order.
+  if (window_active_) failed_paths_.insert({job.op, job.path});
+  window_active_ = false;
 }
 
 void CudaDevice::startParkedLoads() {
@@ -183,7 +202,7 @@ void CudaDevice::startParkedLoads() {
     try {
       runPath(next);
     } catch (const std::exception& e) {
-      window_active_ = false;
+      failedPath(next);
       failJob(Job(std::move(next)), e.what());
     }
   }

@@ -16,7 +16,9 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <utility>
 #include <variant>
 
 #include "runtime/device.h"
@@ -77,8 +79,12 @@ class CudaDevice final : public Device {
   // late (two 26 GB loads on one link each took 945 ms instead of 466 + 932 ms).
   bool window_active_ = false;
   std::deque<PathJob> parked_loads_;
-  // Runs the parked loads whose turn it is (after a path job, done or failed).
+  // (op, path) of windowed loads that failed while their next window may still be queued.
+  std::set<std::pair<OpId, int>> failed_paths_;
+  // Runs the parked loads whose turn it is (after every job).
   void startParkedLoads();
+  // After a path job failed: ends its windows (its queued continuation is dropped).
+  void failedPath(const PathJob& job);
   void runVerify(const VerifyJob& job);
   void runExec(const ExecJob& job);
   void runRelocate(const RelocateJob& job);

@@ -337,7 +337,7 @@ void ShardExecutor::warmProducts(const std::vector<int>& rows) {
   const int local_ffn = static_cast<int>(plan_.local_ffn), local_vocab = static_cast<int>(plan_.local_vocab);
   const std::int64_t largest =
       std::max({qkv_width_, q_width_, up_width_, static_cast<std::int64_t>(local_ffn), static_cast<std::int64_t>(local_vocab)}) * h * elem;
-  if (plan_.num_layers == 0 || plan_.num_layers * cache_layer_elems_ * elem < largest) return;
+  if (plan_.num_layers == 0 || plan_.num_layers * cache_layer_elems_ * elem < largest + 256) return;
   CUDA_CHECK(cudaSetDevice(device_));
   const void* stand_in = k_cache_;
   const void* down_input = plan_.spec.family().mlp == MlpKind::kSwiGlu ? activated_ : mlp_;
@@ -348,8 +348,11 @@ void ShardExecutor::warmProducts(const std::vector<int>& rows) {
     gemm(normed_, stand_in, mlp_, r, static_cast<int>(up_width_), h, false);
     // OPT's fc1 runs as a cuBLASLt product with bias + ReLU in its epilogue: its plan (and kernel)
     // per row count, chosen here rather than in the first real pass (the stand-in is the bias too).
+    // The stand-in weight sits at the real fc1 weight's offset modulo 256, so the plan's key (which
+    // holds the operands' alignments) is the one the real pass looks up.
     if (plan_.spec.family().mlp == MlpKind::kRelu && plan_.layers.front().up_bias >= 0)
-      gemmBiasRelu(normed_, stand_in, stand_in, mlp_, r, static_cast<int>(up_width_), h);
+      gemmBiasRelu(normed_, static_cast<const std::byte*>(stand_in) + plan_.layers.front().up_weight % 256, stand_in, mlp_, r,
+                   static_cast<int>(up_width_), h);
     gemm(down_input, stand_in, projection_, r, h, local_ffn, true);
     if (plan_.has_lm_head && r <= limits_.max_batch)
       gemm(last_normed_, stand_in, plan_.tp == 1 ? logits_ : local_logits_, r, local_vocab, h, true);
