@@ -17,7 +17,8 @@
 # Usage: PREBUILT=dir scripts/serve-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./serve-out)
 # Settings: HOSTMEM_GIB (default 200), STEP_TIMEOUT_S (default 300), SERVE_SCENARIOS (space separated),
 # SERVE_MPI=1: step 3 again with the server under `mpirun -np 2 ... --engine-only` (one GPU is enough);
-# SERVE_SKIP_SINGLE=1 skips step 3's one-process run, SERVE_SCENARIOS="" skips step 4.
+# SERVE_SKIP_SINGLE=1 skips step 3's one-process run, SERVE_SCENARIOS="" skips step 4;
+# SERVE_ITERATION=1: step 3 again with `"batching": "iteration"` (the session steps' served path).
 set -u
 NAME=serve
 # shellcheck source=scripts/device-common.sh
@@ -106,6 +107,27 @@ elif start_server "$OUTDIR/serve-ref" scenarios/coldstart-opt13b-h200.json --che
   tail -25 "$OUTDIR/serve-ref.err"
 else
   note "FAILED  real tokens: server did not start"
+fi
+
+if [ "${SERVE_ITERATION:-0}" = 1 ]; then
+  # The same checks with iteration-level batching: the session's steps take each request's own
+  # prompt and sampling (CudaModelExecution::runStep) and stream its tokens per step.
+  step "real tokens against transformers, iteration-level batching"
+  if start_server "$OUTDIR/serve-iter" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" \
+       --set 'policy.batching="iteration"' --set policy.layer_pipelined=false \
+       --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1' "${CLUSTER_SET[@]}"; then
+    if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
+         ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-iter-reference.log" 2>&1; then
+      note "ok      real tokens, iteration batching: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-iter-reference.log") checks"
+    else
+      note "FAILED  real tokens, iteration batching: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/serve-iter-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/serve-iter-reference.log") checks failed"
+    fi
+    tail -30 "$OUTDIR/serve-iter-reference.log"
+    stop_server
+    tail -25 "$OUTDIR/serve-iter.err"
+  else
+    note "FAILED  real tokens, iteration batching: server did not start"
+  fi
 fi
 
 if [ "${SERVE_MPI:-0}" = 1 ]; then

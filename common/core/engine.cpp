@@ -144,8 +144,8 @@ Engine::Engine(EngineConfig config, Backend& backend, const Clock& clock, Engine
     kv_per_token_.push_back(std::move(per_gpu));
   }
   if (config_.policy.batching == Batching::kIteration && !backend_.supportsSteps())
-    throw ConfigError("$.policy.batching: \"iteration\" is not supported by this backend (computron sim and replay run it; "
-                      "serve runs request-level batches so far)");
+    throw ConfigError("$.policy.batching: \"iteration\" is not supported by this backend (computron sim, replay and "
+                      "serve run it)");
   if (!config_.gpu_kv_budget.empty() && config_.gpu_kv_budget.size() != num_gpus)
     throw std::invalid_argument("gpu_kv_budget must list one budget per GPU");
   local_passes_ = config_.policy.max_loaded_models <= 0 && !config_.policy.admission && !prefetch_.active() &&

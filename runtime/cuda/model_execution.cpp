@@ -681,8 +681,14 @@ void CudaModelExecution::runPart(const ExecPart& part) {
 
 // A session's step: a prefill of the joining sequences into free KV-cache slots (a rejoin after
 // preemption recomputes its prompt and the tokens it had made), or one decode pass over the
-// sequences named, each at its own slot and position; greedy sampling, shared with every rank.
+// sequences named, each at its own slot and position; sampled tokens shared with every rank.
 // Every rank of the model runs the same step, assigning slots in the same order.
+// A served request (its payload in the TokenChannel, `computron serve`) brings its prompt ids and
+// sampling, each row drawing from its own (seed, token index) stream as in a request-level batch,
+// and its tokens are delivered to the channel as the step ends (by the last stage's tensor rank
+// 0). A stop id or a cancelled client does not end the sequence early: the engine steps it to its
+// max_tokens and the serving loop sends nothing after the stop. Replayed requests keep the
+// synthetic prompt of their length and greedy decoding.
 void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
   const StepCommand& cmd = *part.step;
   const ModelDeployment& d = config_.models[static_cast<std::size_t>(part.model)];
@@ -721,6 +727,9 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
         const int slot = ss.free_slots.back();
         ss.free_slots.pop_back();
         std::vector<int>& tokens = ss.history[s.request.id];
+        if (tokens.empty() && options_.tokens)
+          if (auto payload = options_.tokens->find(s.request.id); payload && !payload->prompt.empty())
+            tokens.assign(payload->prompt.begin(), payload->prompt.end());
         if (tokens.empty()) {
           const int prompt = std::max(1, s.request.prompt_tokens);
           for (int i = 0; i < prompt; ++i)
@@ -755,8 +764,39 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
       }
     }
     ex.forward(batch);
-    const std::vector<int> next =
-        ex.sampleAndShare(static_cast<int>(order.size()), 0.f, 0, 1.f, 0, static_cast<int>(cmd.step));
+    // Served rows sample as their request asks. Every rank of the group sees the same payloads
+    // (one process, one channel), so all of them take the same sampling call.
+    const auto& seqs = cmd.prefill.empty() ? cmd.decode : cmd.prefill;
+    std::vector<std::shared_ptr<const RequestPayload>> payloads(order.size());
+    bool served = false;
+    if (options_.tokens)
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        payloads[i] = options_.tokens->find(order[i]);
+        served = served || payloads[i] != nullptr;
+      }
+    std::vector<int> next;
+    if (served) {
+      std::vector<model::RowSampling> rows(order.size());
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        if (const auto& p = payloads[i]) rows[i] = {p->temperature, p->top_k, p->top_p, p->seed};
+        rows[i].step = seqs[i].generated;
+      }
+      next = ex.sampleRowsAndShare(rows, static_cast<int>(cmd.step));
+    } else {
+      next = ex.sampleAndShare(static_cast<int>(order.size()), 0.f, 0, 1.f, 0, static_cast<int>(cmd.step));
+    }
+    const model::ShardPlan& plan = ex.plan();
+    if (served && plan.has_lm_head && plan.tp_rank == 0) {
+      const Nanos now = clock_->now();
+      std::vector<TokenDelivery> out;
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        const auto& p = payloads[i];
+        if (!p) continue;
+        const bool stop = std::find(p->stop_ids.begin(), p->stop_ids.end(), next[i]) != p->stop_ids.end();
+        out.push_back({order[i], seqs[i].generated, next[i], stop, now});
+      }
+      options_.tokens->deliver(std::move(out));
+    }
     for (std::size_t i = 0; i < order.size(); ++i) {
       const RequestId id = order[i];
       ss.seqs[id].next = next[i];

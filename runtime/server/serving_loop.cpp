@@ -15,6 +15,10 @@ class ServingLoop::TimedBackend final : public Backend {
     loop_.onExecute(cmd);
     inner_.execute(cmd);
   }
+  // Iteration batching: sessions' steps go to the runtime as in `replay`; their tokens stream as
+  // each step ends (ServingLoop::onStep, or the TokenChannel with real execution).
+  bool supportsSteps() const override { return inner_.supportsSteps(); }
+  void step(const StepCommand& cmd) override { inner_.step(cmd); }
 
  private:
   runtime::RealBackend& inner_;
@@ -241,6 +245,25 @@ void ServingLoop::onEvict(const EvictCommand& cmd, Nanos /*start*/, Nanos /*end*
 }
 
 void ServingLoop::onBatch(const ExecuteCommand& /*cmd*/, const BatchResult& /*result*/) {}
+
+// A session's step ended: with the placeholder, each of its sequences has made token
+// `generated` (its first, for a joiner's prefill), which goes out now; the last token still waits
+// for the request's end (onRequestDone). Real execution streams from the TokenChannel instead.
+void ServingLoop::onStep(const StepCommand& cmd, const StepResult& result) {
+  if (!result.ok || options_.tokens) return;
+  auto emitUpTo = [&](const StepSequence& s) {
+    auto it = active_.find(s.request.id);
+    if (it == active_.end()) return;
+    Active& a = it->second;
+    if (a.real || a.tokens.empty()) return;
+    StreamEvent ev;
+    const std::size_t upto = std::min(static_cast<std::size_t>(s.generated) + 1, a.tokens.size() - 1);
+    while (a.sent < upto) ev.tokens.push_back(a.tokens[a.sent++]);
+    if (!ev.tokens.empty() && !a.cancelled && a.emit) a.emit(std::move(ev));
+  };
+  for (const StepSequence& s : cmd.prefill) emitUpTo(s);
+  for (const StepSequence& s : cmd.decode) emitUpTo(s);
+}
 
 void ServingLoop::publish(const Engine& engine) {
   std::vector<std::int64_t> pending;

@@ -8,9 +8,10 @@
 //   executors through the TokenChannel, and the tokens come back from it as each decode step
 //   ends; the loop streams them as they arrive. A stop id ends the request's stream early
 //   (finish reason `stop`); its batch runs on for the others.
-// - Placeholder execution: the backend reports a batch once, when it is done (first token time
-//   and per-request finish). So the loop predicts each request's token times when its batch
-//   starts, from the same placeholder cost the backend runs (`LoopOptions::predicted_times`): the
+// - Placeholder execution: with iteration batching, each session step's sequences get their next
+//   token as the step ends (onStep). A request-level batch is reported once, when it is done
+//   (first token time and per-request finish). So the loop predicts each request's token times
+//   when its batch starts, from the same placeholder cost the backend runs (`LoopOptions::predicted_times`): the
 //   first token at the end of the prefill, the rest evenly up to the finish; the last token is
 //   held until the engine reports the request done, so a stream never ends before its request
 //   does. Without a prediction every token goes out when the request is done.
@@ -111,6 +112,7 @@ class ServingLoop final : public EngineObserver {
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override;
   void onEvict(const EvictCommand& cmd, Nanos start, Nanos end) override;
   void onBatch(const ExecuteCommand& cmd, const BatchResult& result) override;
+  void onStep(const StepCommand& cmd, const StepResult& result) override;
 
  private:
   class TimedBackend;

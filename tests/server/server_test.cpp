@@ -284,6 +284,44 @@ TEST_F(ServeTest, StreamDeliversEveryTokenInOrderThenDone) {
   EXPECT_EQ(events[6], "[DONE]");
 }
 
+// Iteration batching with the placeholder: each session step streams one token of every sequence
+// in it, and the ids are the same placeholder ids request-level batches give.
+TEST_F(ServeTest, IterationBatchingStreamsOneTokenPerStep) {
+  start();
+  const json expected = client_->post("/v1/completions", kValid).doc()["choices"][0]["token_ids"];
+  stop();
+  EngineConfig config = twoModelsOneSlot();
+  config.policy.batching = Batching::kIteration;
+  start(ServerOptions(), kNanosPerMilli, config);
+  json req = json::parse(kValid);
+  req["stream"] = true;
+  Reply r = client_->post("/v1/completions", req.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::vector<std::string> events = sseData(r.body);
+  ASSERT_EQ(events.size(), 5u + 1u);  // one per token, [DONE]
+  json streamed = json::array();
+  for (std::size_t i = 0; i < 5; ++i) {
+    const json chunk = json::parse(events[i]);
+    ASSERT_EQ(chunk["choices"][0]["token_ids"].size(), 1u) << events[i];
+    streamed.push_back(chunk["choices"][0]["token_ids"][0]);
+  }
+  EXPECT_EQ(streamed, expected);
+  EXPECT_EQ(events[5], "[DONE]");
+  // Several at once, on both models (they swap): every one answered with all its tokens.
+  std::vector<std::thread> clients;
+  std::vector<int> counts(6, -1);
+  for (int i = 0; i < 6; ++i)
+    clients.emplace_back([&, i] {
+      Client own(server_->port());
+      const std::string body = std::string(R"({"model":")") + (i % 2 ? "beta" : "alpha") +
+                               R"(","prompt":[1,2],"max_tokens":)" + std::to_string(3 + i) + "}";
+      Reply one = own.post("/v1/completions", body);
+      if (one.status == 200) counts[static_cast<std::size_t>(i)] = static_cast<int>(one.doc()["choices"][0]["token_ids"].size());
+    });
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(counts[static_cast<std::size_t>(i)], 3 + i) << i;
+}
+
 TEST_F(ServeTest, ChatCompletionWithTokenIds) {
   start();
   Reply r = client_->post("/v1/chat/completions",

@@ -30,8 +30,9 @@ ModelDeployment deployment(const std::string& name) {
   return d;
 }
 
-EngineConfig twoModelsOneSlot() {
+EngineConfig twoModelsOneSlot(Batching batching = Batching::kRequest) {
   EngineConfig c;
+  c.policy.batching = batching;
   c.models = {deployment("alpha"), deployment("beta")};
   const std::int64_t shard = c.models[0].spec.shard(1, 1, 0, 0).bytes;
   c.gpu_weight_budget = {shard + shard / 2};
@@ -46,7 +47,7 @@ struct Received {
 
 class ServedTokens : public ::testing::Test {
  protected:
-  void start(std::vector<std::vector<std::int32_t>> eos = {}) {
+  void start(std::vector<std::vector<std::int32_t>> eos = {}, Batching batching = Batching::kRequest) {
     channel_ = std::make_shared<runtime::TokenChannel>();
     factory_ = std::make_unique<runtime::HostDeviceFactory>(1);
     runtime::RuntimeOptions ro;
@@ -56,11 +57,11 @@ class ServedTokens : public ::testing::Test {
     ro.host.threads = 2;
     execution_ = std::make_shared<fakes::TokenExecution>(channel_, std::chrono::microseconds(300));
     ro.execution = execution_;
-    backend_ = std::make_unique<runtime::RealBackend>(twoModelsOneSlot(), *factory_, ro);
+    backend_ = std::make_unique<runtime::RealBackend>(twoModelsOneSlot(batching), *factory_, ro);
     LoopOptions lo;
     lo.tokens = channel_;
     lo.eos_ids = std::move(eos);
-    loop_ = std::make_unique<ServingLoop>(twoModelsOneSlot(), *backend_, lo);
+    loop_ = std::make_unique<ServingLoop>(twoModelsOneSlot(batching), *backend_, lo);
     thread_ = std::thread([this] { loop_->run(); });
   }
   void TearDown() override {
@@ -153,6 +154,59 @@ TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
   EXPECT_NE(tokensOf(wait(slots[1])), tokensOf(wait(slots[3])));
   // Every payload left the channel with its request.
   EXPECT_EQ(channel_->payloads(), 0u);
+}
+
+// Iteration batching through serve: sessions' steps deliver each sequence's next token as the step
+// ends, and a request that arrives while a long one is generating joins its session at a step
+// boundary and finishes first.
+TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunningSession) {
+  start({}, Batching::kIteration);
+  const int vocab = fakes::tinyOptSpec(2).vocab;
+  std::vector<CompletionRequest> reqs = {request(0, {5, 6, 7}, 6), request(0, {100}, 3, 0.8f, 42),
+                                         request(1, {9, 9}, 5, 0.8f, 7)};
+  std::vector<std::size_t> slots;
+  for (const auto& r : reqs) slots.push_back(submit(r));
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    const Received got = wait(slots[i]);
+    std::vector<std::int32_t> want;
+    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(*payloadOf(reqs[i]), k, vocab));
+    EXPECT_EQ(tokensOf(got), want) << "request " << i;
+    ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
+    EXPECT_EQ(got.events.back().finish_reason, "length");
+  }
+
+  const CompletionRequest long_one = request(0, {3}, 400);
+  const std::size_t long_slot = submit(long_one);
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return !received_[long_slot].events.empty(); });  // its session runs
+  }
+  const CompletionRequest short_one = request(0, {4, 4}, 3);
+  const Received joined = wait(submit(short_one));
+  std::vector<std::int32_t> want;
+  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(short_one), k, vocab));
+  EXPECT_EQ(tokensOf(joined), want);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    EXPECT_FALSE(received_[long_slot].done) << "the short request waited for the long one to end";
+  }
+  EXPECT_EQ(tokensOf(wait(long_slot)).size(), 400u);
+  EXPECT_EQ(channel_->payloads(), 0u);
+}
+
+// A stop id under iteration batching: the stream ends at it (the session steps the sequence on to
+// max_tokens, as a request-level batch does; nothing after the stop is sent).
+TEST_F(ServedTokens, IterationBatchingAStopIdEndsTheStream) {
+  const int vocab = fakes::tinyOptSpec(2).vocab;
+  CompletionRequest r = request(0, {20}, 8);
+  const std::int32_t third = fakes::fakeToken(*payloadOf(r), 2, vocab);
+  start({{third}}, Batching::kIteration);
+  const Received got = wait(submit(r));
+  std::vector<std::int32_t> want;
+  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(r), k, vocab));
+  EXPECT_EQ(tokensOf(got), want);
+  ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
+  EXPECT_EQ(got.events.back().finish_reason, "stop");
 }
 
 TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {

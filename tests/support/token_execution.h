@@ -2,7 +2,9 @@
 // host-memory device, takes each request's prompt and sampling from the TokenChannel as the CUDA
 // executor does, and "generates" token k of a request as a fixed function of its payload, one
 // step every `step` of wall time, delivering each step's tokens through the channel before it
-// reports the part done. Stop ids end a request early, as on the GPU.
+// reports the part done. Stop ids end a request early, as on the GPU. Iteration batching's steps
+// (ExecPart::step) make token `generated` of each sequence named, delivered as the step ends, as
+// the CUDA executor's session steps do.
 #pragma once
 
 #include <algorithm>
@@ -48,6 +50,7 @@ class TokenExecution final : public runtime::ModelExecution {
     });
   }
   void submit(runtime::ExecPart part) override { jobs_.push(std::move(part)); }
+  bool supportsSteps() const override { return true; }
   // Tokens made so far for request `id` (every part counted once: part 0's).
   int produced(RequestId id) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -68,6 +71,33 @@ class TokenExecution final : public runtime::ModelExecution {
     ev.gpu = part.gpu;
     ev.start = clock_->now();
     const int vocab = config_.models[static_cast<std::size_t>(part.model)].spec.vocab;
+    if (part.step) {
+      std::vector<runtime::TokenDelivery> out;
+      const auto& seqs = part.step->prefill.empty() ? part.step->decode : part.step->prefill;
+      for (const StepSequence& s : seqs) {
+        auto payload = channel_->find(s.request.id);
+        runtime::TokenDelivery d;
+        d.request = s.request.id;
+        d.index = s.generated;
+        if (payload) {
+          d.token = fakeToken(*payload, s.generated, vocab);
+          d.stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), d.token) != payload->stop_ids.end();
+        }
+        out.push_back(d);
+        if (part.part == 0) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          ++produced_[d.request];
+        }
+      }
+      std::this_thread::sleep_for(step_);
+      const Nanos now = clock_->now();
+      for (auto& d : out) d.time = now;
+      ev.step_end.push_back(now);
+      if (part.part == 0) channel_->deliver(std::move(out));
+      ev.time = clock_->now();
+      queue_->push(std::move(ev));
+      return;
+    }
     std::vector<std::shared_ptr<const runtime::RequestPayload>> payloads;
     std::vector<bool> running;
     for (const Request& r : part.requests) {

@@ -813,7 +813,7 @@ std::vector<int> ShardExecutor::sampleRowsAndShare(const std::vector<RowSampling
     for (int i = 0; i < sequences; ++i) {
       const RowSampling& r = rows[static_cast<std::size_t>(i)];
       kernels::sampleTokens(logits_ + static_cast<std::int64_t>(i) * plan_.spec.vocab, 1, plan_.spec.vocab, r.temperature,
-                            r.top_k, r.top_p, r.seed, step, sampled_ + i, stream_);
+                            r.top_k, r.top_p, r.seed, r.step >= 0 ? r.step : step, sampled_ + i, stream_);
     }
   }
   return shareSampled(sequences);

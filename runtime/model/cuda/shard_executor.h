@@ -101,6 +101,9 @@ struct RowSampling {
   int top_k = 0;
   float top_p = 1.f;
   std::uint64_t seed = 0;
+  // The row's own position in its (seed, step) stream (its token index); -1: the call's step.
+  // Sequences of an iteration-level session are at different token indices in one pass.
+  int step = -1;
 };
 
 class ShardExecutor {
