@@ -113,9 +113,21 @@ struct ExecPart {
   // completion carries only `start` and `time`.
   std::shared_ptr<const StepCommand> step;
   // Multi-process serving (runtime/mpi/): the served requests' payloads travel with the part, one
-  // per request (null: a synthetic prompt), and the owning rank files them in its token channel.
+  // per request (a step's: one per sequence it names; null: a synthetic prompt), and the owning
+  // rank files them in its token channel.
   std::vector<std::shared_ptr<const RequestPayload>> payloads;
 };
+
+// The requests a part's payloads belong to, in order: its requests, or a step's sequences (the
+// joiners of a prefill step, else the decoding ones).
+inline std::size_t payloadSlots(const ExecPart& part) {
+  if (!part.step) return part.requests.size();
+  return part.step->prefill.empty() ? part.step->decode.size() : part.step->prefill.size();
+}
+inline RequestId payloadRequest(const ExecPart& part, std::size_t i) {
+  if (!part.step) return part.requests[i].id;
+  return (part.step->prefill.empty() ? part.step->decode : part.step->prefill)[i].request.id;
+}
 
 class ModelExecution {
  public:

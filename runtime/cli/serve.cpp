@@ -152,12 +152,6 @@ int serveMain(int argc, char** argv) {
   if (real && ranks.multi() && scenario.engine.policy.layer_pipelined)
     throw ConfigError("--execution real under mpirun: policy.layer_pipelined (batches behind their loads) is not "
                       "supported across ranks yet; --set policy.layer_pipelined=false");
-  // A session's steps carry no payloads to other processes yet: their executors would not see the
-  // served prompts and sampling.
-  if (real && ranks.multi() && scenario.engine.policy.batching == Batching::kIteration)
-    throw ConfigError("$.policy.batching: \"iteration\" with --execution real under mpirun is not supported yet (the "
-                      "served prompts do not travel with a session's steps); serve it in one process, or use "
-                      "\"request\" batching");
   if (real) {
     RealExecutionOptions ro = realExecutionOptions(checkpoints, max_context, scenario.seed, placeholder_ms);
     ro.faults = fault_plan;

@@ -270,20 +270,6 @@ std::string encodeExecPart(const ExecPart& part) {
   w.put(part.weights_offset);
   w.put<std::uint64_t>(part.requests.size());
   for (const Request& q : part.requests) putRequest(w, q);
-  // Payloads: none, or one per request (a flag each: present or synthetic).
-  if (!part.payloads.empty() && part.payloads.size() != part.requests.size())
-    throw std::logic_error("encodeExecPart: payloads must be one per request");
-  w.put<std::uint8_t>(part.payloads.empty() ? 0 : 1);
-  for (const auto& payload : part.payloads) {
-    w.put<std::uint8_t>(payload ? 1 : 0);
-    if (!payload) continue;
-    w.putVector(payload->prompt);
-    w.put(payload->temperature);
-    w.put(payload->top_p);
-    w.put(payload->top_k);
-    w.put(payload->seed);
-    w.putVector(payload->stop_ids);
-  }
   w.put<std::uint8_t>(part.step ? 1 : 0);
   if (part.step) {
     const StepCommand& c = *part.step;
@@ -296,6 +282,21 @@ std::string encodeExecPart(const ExecPart& part) {
     putSequences(w, c.prefill);
     putSequences(w, c.decode);
     w.putVector(c.retired);
+  }
+  // Payloads: none, or one per request of the part (a step's: one per sequence it names), a flag
+  // each: present or synthetic.
+  if (!part.payloads.empty() && part.payloads.size() != payloadSlots(part))
+    throw std::logic_error("encodeExecPart: payloads must be one per request (a step's: one per sequence)");
+  w.put<std::uint8_t>(part.payloads.empty() ? 0 : 1);
+  for (const auto& payload : part.payloads) {
+    w.put<std::uint8_t>(payload ? 1 : 0);
+    if (!payload) continue;
+    w.putVector(payload->prompt);
+    w.put(payload->temperature);
+    w.put(payload->top_p);
+    w.put(payload->top_k);
+    w.put(payload->seed);
+    w.putVector(payload->stop_ids);
   }
   return w.take();
 }
@@ -313,7 +314,20 @@ ExecPart decodeExecPart(const std::string& message) {
   if (p.weights_offset < 0) throw WireError("message: a negative pool offset");
   for (std::uint64_t n = r.count(kRequestBytes); n > 0; --n) p.requests.push_back(getRequest(r));
   if (r.getBool()) {
-    for (std::size_t i = 0; i < p.requests.size(); ++i) {
+    auto c = std::make_shared<StepCommand>();
+    c->batch = r.get<BatchId>();
+    c->step = r.get<std::int64_t>();
+    c->model = r.get<ModelId>();
+    c->tp = r.get<int>();
+    c->pp = r.get<int>();
+    c->gpus = r.getVector<GpuId>();
+    c->prefill = getSequences(r);
+    c->decode = getSequences(r);
+    c->retired = r.getVector<RequestId>();
+    p.step = std::move(c);
+  }
+  if (r.getBool()) {
+    for (std::size_t i = 0; i < payloadSlots(p); ++i) {
       if (!r.getBool()) {
         p.payloads.push_back(nullptr);
         continue;
@@ -327,19 +341,6 @@ ExecPart decodeExecPart(const std::string& message) {
       payload->stop_ids = r.getVector<std::int32_t>();
       p.payloads.push_back(std::move(payload));
     }
-  }
-  if (r.getBool()) {
-    auto c = std::make_shared<StepCommand>();
-    c->batch = r.get<BatchId>();
-    c->step = r.get<std::int64_t>();
-    c->model = r.get<ModelId>();
-    c->tp = r.get<int>();
-    c->pp = r.get<int>();
-    c->gpus = r.getVector<GpuId>();
-    c->prefill = getSequences(r);
-    c->decode = getSequences(r);
-    c->retired = r.getVector<RequestId>();
-    p.step = std::move(c);
   }
   r.expectDone();
   return p;

@@ -409,19 +409,22 @@ void RankExecution::validate(const EngineConfig& config) const {
 void RankExecution::submit(ExecPart part) {
   if (part.gate)
     throw std::logic_error("real execution under mpirun: a batch behind a load (policy.layer_pipelined) is not supported");
-  // Served requests: their prompts and sampling go with the part to the rank that runs it.
+  // Served requests: their prompts and sampling go with the part to the rank that runs it (a
+  // session's step carries those of the sequences it names, every step).
   if (const auto channel = inner_->tokenChannel()) {
     bool any = false;
     part.payloads.clear();
-    for (const Request& r : part.requests) {
-      part.payloads.push_back(channel->find(r.id));
+    for (std::size_t i = 0; i < payloadSlots(part); ++i) {
+      part.payloads.push_back(channel->find(payloadRequest(part, i)));
       any = any || part.payloads.back() != nullptr;
     }
     if (!any) part.payloads.clear();
+    // A cancel reaches request-level batches only: a session steps its sequences to the end.
     std::lock_guard<std::mutex> lock(watch_mutex_);
-    for (std::size_t i = 0; i < part.payloads.size(); ++i)
+    for (std::size_t i = 0; i < part.payloads.size() && !part.step; ++i)
       if (part.payloads[i]) watched_.push_back({part.gpu, part.requests[i].id, part.payloads[i]});
-    if (!part.payloads.empty() && !watcher_.joinable() && !stopping_) watcher_ = std::thread([this] { watch(); });
+    if (!part.payloads.empty() && !part.step && !watcher_.joinable() && !stopping_)
+      watcher_ = std::thread([this] { watch(); });
   }
   DeviceEvent failure;
   failure.kind = DeviceEvent::Kind::kExecDone;

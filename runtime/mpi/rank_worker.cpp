@@ -180,10 +180,10 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
             std::lock_guard<std::mutex> lock(mutex);
             auto& held = served[part.batch];
             ++held.parts;
-            for (std::size_t i = 0; i < part.requests.size(); ++i) {
+            for (std::size_t i = 0; i < part.payloads.size(); ++i) {
               if (!part.payloads[i]) continue;
-              tokens->put(part.requests[i].id, part.payloads[i]);
-              held.requests.push_back(part.requests[i].id);
+              tokens->put(payloadRequest(part, i), part.payloads[i]);
+              held.requests.push_back(payloadRequest(part, i));
             }
           }
           target = part.gpu;
@@ -358,13 +358,17 @@ int runRankWorker(const EngineConfig& config, DeviceFactory& local, const Runtim
       if (!delivered.empty()) transport.send(0, encodeTokens(delivered));
     }
     for (const DeviceEvent& ev : events) {
+      // The payloads go before the completion does: a session's next step (same batch id) may
+      // come as soon as rank 0 sees it, and files them again.
+      if (tokens && ev.kind == DeviceEvent::Kind::kExecDone) {
+        std::lock_guard<std::mutex> lock(mutex);
+        auto it = served.find(ev.batch);
+        if (it != served.end() && --it->second.parts == 0) {
+          for (RequestId id : it->second.requests) tokens->erase(id);
+          served.erase(it);
+        }
+      }
       transport.send(0, encodeEvent(ev));
-      if (!tokens || ev.kind != DeviceEvent::Kind::kExecDone) continue;
-      std::lock_guard<std::mutex> lock(mutex);
-      auto it = served.find(ev.batch);
-      if (it == served.end() || --it->second.parts > 0) continue;
-      for (RequestId id : it->second.requests) tokens->erase(id);
-      served.erase(it);
     }
   };
   std::atomic<bool> forwarding{true};

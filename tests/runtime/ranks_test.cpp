@@ -196,6 +196,27 @@ TEST(RankMessages, ServedPayloadsAndTokensComeBackAsSent) {
   part.payloads = {payload};  // not one per request
   EXPECT_THROW(encodeExecPart(part), std::logic_error);
 
+  // A session's step: one payload per sequence it names (the joiners of a prefill step).
+  ExecPart step_part;
+  step_part.gpu = 1;
+  auto step = std::make_shared<StepCommand>();
+  step->batch = 9;
+  StepSequence a, b;
+  a.request = fakes::makeRequest(7, 0, 0, 8, 3);
+  b.request = fakes::makeRequest(8, 0, 0, 8, 3);
+  step->prefill = {a, b};
+  step->decode = {a};
+  step_part.step = step;
+  step_part.payloads = {nullptr, payload};
+  const ExecPart step_back = decodeExecPart(encodeExecPart(step_part));
+  ASSERT_EQ(step_back.payloads.size(), 2u);
+  EXPECT_EQ(step_back.payloads[0], nullptr);
+  ASSERT_NE(step_back.payloads[1], nullptr);
+  EXPECT_EQ(step_back.payloads[1]->prompt, payload->prompt);
+  EXPECT_EQ(payloadRequest(step_back, 1), 8);
+  step_part.payloads = {payload};  // not one per sequence
+  EXPECT_THROW(encodeExecPart(step_part), std::logic_error);
+
   const std::vector<TokenDelivery> tokens = {{4, 0, 100, false, 1234}, {4, 1, 2, true, 1300}};
   const std::string whole = encodeTokens(tokens);
   const auto got = decodeTokens(whole);
@@ -794,8 +815,10 @@ struct SpanningResult {
 // Optionally rank `kill_rank` is killed as request `kill_at` is pulled.
 SpanningResult runSpanningWith(const std::vector<Request>& requests,
                                const std::vector<std::shared_ptr<ModelExecution>>& gpu_executions,
-                               std::shared_ptr<ModelExecution> engine_side, int kill_rank = -1, int kill_at = -1) {
+                               std::shared_ptr<ModelExecution> engine_side, int kill_rank = -1, int kill_at = -1,
+                               Batching batching = Batching::kRequest) {
   EngineConfig config = sixGpuConfig(tinyShardBytes());
+  config.policy.batching = batching;
   config.models = {deployment("x", 2, {1, 2}), deployment("y", 1, {0}), deployment("z", 1, {3})};
   config.gpu_weight_budget.assign(4, tinyShardBytes() * 2);
   const RankLayout layout{3, 2, 4, /*first_gpu_rank=*/1};
@@ -914,7 +937,24 @@ class TokenEchoExecution final : public FakeExecution {
   void submit(ExecPart part) override {
     DeviceEvent ev = begin(part);
     // Shard 0 delivers, as the executor of TP rank 0 on the last stage does: token i of a
-    // request is its prompt's first id + i.
+    // request is its prompt's first id + i. A session's step makes token `generated` of each
+    // sequence it names.
+    if (part.step) {
+      if (part.shard == 0) {
+        std::vector<TokenDelivery> out;
+        for (const StepSequence& s : part.step->prefill.empty() ? part.step->decode : part.step->prefill) {
+          const auto payload = channel_->find(s.request.id);
+          if (!payload) {
+            ++missing;
+            continue;
+          }
+          out.push_back({s.request.id, s.generated, payload->prompt.at(0) + s.generated, false, clock().now()});
+        }
+        channel_->deliver(std::move(out));
+      }
+      complete(std::move(ev));
+      return;
+    }
     if (part.shard == 0) {
       std::vector<TokenDelivery> out;
       for (const Request& r : part.requests) {
@@ -968,6 +1008,40 @@ TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) 
   for (const auto& execution : executions) {
     EXPECT_EQ(execution->missing.load(), 0);                // every payload had arrived with its part
     EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and was dropped after its batch
+  }
+}
+
+// The same with iteration batching: every step carries the payloads of the sequences it names, so
+// the GPU ranks sample and deliver each step's tokens for served requests, x's across two ranks.
+TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
+  std::vector<std::shared_ptr<TokenEchoExecution>> executions;
+  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
+  const auto requests = spanningRequests(15);
+  auto engine_side = std::make_shared<TokenEchoExecution>();
+  for (const Request& r : requests) {
+    auto payload = std::make_shared<RequestPayload>();
+    payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
+    engine_side->tokenChannel()->put(r.id, payload);
+  }
+  const SpanningResult run =
+      runSpanningWith(requests, {executions[0], executions[1]}, engine_side, -1, -1, Batching::kIteration);
+  EXPECT_EQ(run.codes[1], 0);
+  EXPECT_EQ(run.codes[2], 0);
+  ASSERT_EQ(run.records.size(), requests.size());
+  std::map<RequestId, std::vector<TokenDelivery>> got;
+  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
+  for (const RequestRecord& rec : run.records) {
+    ASSERT_TRUE(rec.ok) << rec.request.id << ": " << rec.error;
+    const auto& tokens = got[rec.request.id];
+    ASSERT_EQ(static_cast<int>(tokens.size()), rec.request.output_tokens) << rec.request.id;
+    for (int i = 0; i < rec.request.output_tokens; ++i) {
+      EXPECT_EQ(tokens[static_cast<std::size_t>(i)].index, i);
+      EXPECT_EQ(tokens[static_cast<std::size_t>(i)].token, 1000 * (rec.request.id + 1) + i);
+    }
+  }
+  for (const auto& execution : executions) {
+    EXPECT_EQ(execution->missing.load(), 0);                // every step brought its sequences' payloads
+    EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and they were dropped after it
   }
 }
 
