@@ -132,25 +132,32 @@ fi
 
 if [ "${SERVE_MPI:-0}" = 1 ]; then
   # The same checks with the server under mpirun: rank 0 the engine and the HTTP server, rank 1
-  # the GPU(s) running the model; prompts and sampling travel to rank 1, tokens come back.
-  step "real tokens against transformers, served under mpirun (--engine-only)"
+  # the GPU(s) running the model; prompts and sampling travel to rank 1, tokens come back. With
+  # SERVE_ITERATION=1, once more with iteration-level batching (payloads with every step).
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   LAUNCH=(mpirun -np 2 --bind-to none --enable-recovery)
+  MPI_BATCHINGS=request
+  [ "${SERVE_ITERATION:-0}" = 1 ] && MPI_BATCHINGS="request iteration"
+  for b in $MPI_BATCHINGS; do
+  tag=serve-mpi; [ "$b" = iteration ] && tag=serve-mpi-iter
+  step "real tokens against transformers, served under mpirun (--engine-only), $b batching"
   # Layer-pipelined batches (the scenario's policy) do not run across ranks yet.
-  if start_server "$OUTDIR/serve-mpi" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" --engine-only --set policy.layer_pipelined=false \
+  if start_server "$OUTDIR/$tag" scenarios/coldstart-opt13b-h200.json --checkpoint "opt4=$WORK/opt4" --engine-only --set policy.layer_pipelined=false \
+       --set "policy.batching=\"$b\"" \
        --set "models[0].spec={\"hf_config\": \"$WORK/opt4/config.json\"}" --set 'models[0].name=opt4' --set 'models[0].count=1' "${CLUSTER_SET[@]}"; then
     if timeout "$STEP_TIMEOUT" python3 scripts/serve_reference.py --url "$URL" --model opt4 --checkpoint "$WORK/opt4" \
-         ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/serve-mpi-reference.log" 2>&1; then
-      note "ok      real tokens under mpirun: $(grep -c 'SERVE-REF ok' "$OUTDIR/serve-mpi-reference.log") checks"
+         ${TOKFOLDER:+--tokenizer-folder "$TOKFOLDER"} > "$OUTDIR/$tag-reference.log" 2>&1; then
+      note "ok      real tokens under mpirun, $b batching: $(grep -c 'SERVE-REF ok' "$OUTDIR/$tag-reference.log") checks"
     else
-      note "FAILED  real tokens under mpirun: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/serve-mpi-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/serve-mpi-reference.log") checks failed"
+      note "FAILED  real tokens under mpirun, $b batching: $(grep -c 'SERVE-REF FAIL' "$OUTDIR/$tag-reference.log") of $(grep -c 'SERVE-REF' "$OUTDIR/$tag-reference.log") checks failed"
     fi
-    tail -30 "$OUTDIR/serve-mpi-reference.log"
+    tail -30 "$OUTDIR/$tag-reference.log"
     stop_server
-    tail -25 "$OUTDIR/serve-mpi.err"
+    tail -25 "$OUTDIR/$tag.err"
   else
-    note "FAILED  real tokens under mpirun: server did not start"
+    note "FAILED  real tokens under mpirun, $b batching: server did not start"
   fi
+  done
   LAUNCH=()
 fi
 
