@@ -40,6 +40,9 @@ struct DeviceEvent {
   std::uint64_t checksum = 0;
   Nanos start = 0;
   std::vector<Nanos> step_end;
+  // kExecDone of a session step: sequences that end with this step's token (StepResult::stopped).
+  // Not carried between processes: under mpirun such a sequence runs to its output_tokens.
+  std::vector<RequestId> stopped;
   bool internal = false;  // pushed by the backend itself, not a device
 };
 

@@ -748,7 +748,10 @@ void RealBackend::handle(DeviceEvent& ev, BackendListener& listener, int& delive
         for (const auto& part : done.parts) {
           result.start = std::min(result.start, part.start);
           result.end = std::max(result.end, part.time);
+          result.stopped.insert(result.stopped.end(), part.stopped.begin(), part.stopped.end());
         }
+        std::sort(result.stopped.begin(), result.stopped.end());
+        result.stopped.erase(std::unique(result.stopped.begin(), result.stopped.end()), result.stopped.end());
         ++delivered;
         listener.stepDone(result);
         return;

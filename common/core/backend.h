@@ -103,6 +103,9 @@ struct StepResult {
   Nanos end = 0;  // every sequence of the step has its new token
   bool ok = true;
   std::string error;
+  // Sequences that end with this step's token before their output_tokens: a served request's stop
+  // id, or its client gone (the runtime in one process; the simulator never stops early).
+  std::vector<RequestId> stopped;
 };
 
 class Backend {

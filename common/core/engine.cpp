@@ -1394,15 +1394,19 @@ void Engine::onStepDone(const StepResult& result) {
       seq.last_token = end;
     }
   }
-  // Sequences that made their last token leave, in order.
+  // Sequences that made their last token leave, in order; so do those the backend stopped early (a
+  // served request's stop id), whose record then counts the tokens they made.
   std::size_t kept = 0;
   for (std::size_t i = 0; i < s.decoding.size(); ++i) {
     Sequence& seq = s.decoding[i];
-    if (seq.q.generated >= std::max(1, seq.q.request.output_tokens)) {
+    const bool stopped = !result.stopped.empty() &&
+                         std::find(result.stopped.begin(), result.stopped.end(), seq.q.request.id) != result.stopped.end();
+    if (stopped || seq.q.generated >= std::max(1, seq.q.request.output_tokens)) {
       const std::int64_t tokens = static_cast<std::int64_t>(seq.q.request.prompt_tokens) + seq.q.request.output_tokens;
       s.kv_tokens -= tokens;
       kvAdd(m, -tokens);
       s.retired.push_back(seq.q.request.id);
+      if (stopped) seq.q.request.output_tokens = std::min(seq.q.request.output_tokens, seq.q.generated);
       report(seq, true, {});
     } else {
       if (kept != i) s.decoding[kept] = std::move(seq);

@@ -686,9 +686,9 @@ void CudaModelExecution::runPart(const ExecPart& part) {
 // A served request (its payload in the TokenChannel, `computron serve`) brings its prompt ids and
 // sampling, each row drawing from its own (seed, token index) stream as in a request-level batch,
 // and its tokens are delivered to the channel as the step ends (by the last stage's tensor rank
-// 0). A stop id or a cancelled client does not end the sequence early: the engine steps it to its
-// max_tokens and the serving loop sends nothing after the stop. Replayed requests keep the
-// synthetic prompt of their length and greedy decoding.
+// 0). A stop id or a cancelled client ends the sequence with this step (DeviceEvent::stopped; in
+// one process: under mpirun it runs to its max_tokens, and the serving loop sends nothing after
+// the stop). Replayed requests keep the synthetic prompt of their length and greedy decoding.
 void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
   const StepCommand& cmd = *part.step;
   const ModelDeployment& d = config_.models[static_cast<std::size_t>(part.model)];
@@ -796,6 +796,15 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
         out.push_back({order[i], seqs[i].generated, next[i], stop, now});
       }
       options_.tokens->deliver(std::move(out));
+    }
+    // A served sequence that sampled a stop id, or whose client has gone, ends with this step: the
+    // engine retires it (StepResult::stopped). Every rank has the same tokens; the backend merges
+    // the ranks' lists.
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      const auto& p = payloads[i];
+      if (p && (std::find(p->stop_ids.begin(), p->stop_ids.end(), next[i]) != p->stop_ids.end() ||
+                p->cancelled.load(std::memory_order_relaxed)))
+        ev.stopped.push_back(order[i]);
     }
     for (std::size_t i = 0; i < order.size(); ++i) {
       const RequestId id = order[i];

@@ -194,9 +194,9 @@ TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunnin
   EXPECT_EQ(channel_->payloads(), 0u);
 }
 
-// A stop id under iteration batching: the stream ends at it (the session steps the sequence on to
-// max_tokens, as a request-level batch does; nothing after the stop is sent).
-TEST_F(ServedTokens, IterationBatchingAStopIdEndsTheStream) {
+// A stop id under iteration batching: the stream ends at it, and so does the sequence (the session
+// retires it at that step, freeing its slot).
+TEST_F(ServedTokens, IterationBatchingAStopIdEndsTheStreamAndTheSequence) {
   const int vocab = fakes::tinyOptSpec(2).vocab;
   CompletionRequest r = request(0, {20}, 8);
   const std::int32_t third = fakes::fakeToken(*payloadOf(r), 2, vocab);
@@ -207,6 +207,8 @@ TEST_F(ServedTokens, IterationBatchingAStopIdEndsTheStream) {
   EXPECT_EQ(tokensOf(got), want);
   ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
   EXPECT_EQ(got.events.back().finish_reason, "stop");
+  // The executor made 3 tokens, not max_tokens' 8 (request ids start at 1).
+  EXPECT_EQ(std::static_pointer_cast<fakes::TokenExecution>(execution_)->produced(1), 3);
 }
 
 TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {
@@ -259,6 +261,34 @@ TEST_F(ServedTokens, ACancelInsideABatchStopsTheExecutorAtItsNextStep) {
   EXPECT_LT(fake->produced(ticket), 1000);  // dropped long before its 1,000 steps
   EXPECT_NE(loop_->metricsText().find("computron_requests_total{model=\"alpha\",outcome=\"cancelled\"} 1"),
             std::string::npos);
+}
+
+// Under iteration batching a client that goes away ends its sequence at the session's next step.
+TEST_F(ServedTokens, IterationBatchingACancelEndsTheSequenceAtTheNextStep) {
+  start({}, Batching::kIteration);
+  std::mutex m;
+  std::condition_variable cv;
+  int received = 0;
+  std::uint64_t ticket = 0;
+  ASSERT_EQ(loop_->submit(request(0, {3}, 1000), {},
+                          [&](StreamEvent ev) {
+                            std::lock_guard<std::mutex> lock(m);
+                            received += static_cast<int>(ev.tokens.size());
+                            cv.notify_all();
+                          },
+                          &ticket),
+            ServingLoop::Submit::kAccepted);
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return received > 0; });
+  }
+  loop_->cancel(ticket);
+  const std::string done = "computron_requests_total{model=\"alpha\",outcome=\"cancelled\"} 1";
+  for (int i = 0; i < 2000 && loop_->metricsText().find(done) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_NE(loop_->metricsText().find(done), std::string::npos);
+  const auto* fake = static_cast<const fakes::TokenExecution*>(execution_.get());
+  EXPECT_LT(fake->produced(ticket), 1000);  // retired long before its 1,000 steps
 }
 
 TEST_F(ServedTokens, ACancelledRequestInTheInboxLeavesNoPayloadBehind) {

@@ -82,6 +82,7 @@ class TokenExecution final : public runtime::ModelExecution {
         if (payload) {
           d.token = fakeToken(*payload, s.generated, vocab);
           d.stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), d.token) != payload->stop_ids.end();
+          if (d.stop || payload->cancelled.load()) ev.stopped.push_back(s.request.id);  // ends with this step
         }
         out.push_back(d);
         if (part.part == 0) {
