@@ -800,11 +800,14 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
     // A served sequence that sampled a stop id, or whose client has gone, ends with this step: the
     // engine retires it (StepResult::stopped). Every rank has the same tokens; the backend merges
     // the ranks' lists.
+    std::vector<bool> stopped(order.size(), false);
     for (std::size_t i = 0; i < order.size(); ++i) {
       const auto& p = payloads[i];
       if (p && (std::find(p->stop_ids.begin(), p->stop_ids.end(), next[i]) != p->stop_ids.end() ||
-                p->cancelled.load(std::memory_order_relaxed)))
+                p->cancelled.load(std::memory_order_relaxed))) {
         ev.stopped.push_back(order[i]);
+        stopped[i] = true;
+      }
     }
     for (std::size_t i = 0; i < order.size(); ++i) {
       const RequestId id = order[i];
@@ -812,9 +815,10 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
       std::vector<int>& tokens = ss.history[id];
       tokens.push_back(next[i]);
       // A sequence whose last token this was leaves the session: forget its tokens now (the
-      // session may end without naming it as retired).
+      // session may end without naming it as retired). So does one that stopped early (under
+      // mpirun it steps on, its output unused; a rejoin would recompute from its prompt).
       const StepSequence& s = cmd.prefill.empty() ? cmd.decode[i] : cmd.prefill[i];
-      if (s.generated + 1 >= std::max(1, s.request.output_tokens)) ss.history.erase(id);
+      if (stopped[i] || s.generated + 1 >= std::max(1, s.request.output_tokens)) ss.history.erase(id);
     }
   } catch (const std::exception& e) {
     ev.ok = false;

@@ -414,8 +414,21 @@ void RankExecution::submit(ExecPart part) {
   if (const auto channel = inner_->tokenChannel()) {
     bool any = false;
     part.payloads.clear();
+    // A decode step reads a payload's sampling and stop ids only: its prompt stays behind.
+    const bool decode_step = part.step && part.step->prefill.empty();
     for (std::size_t i = 0; i < payloadSlots(part); ++i) {
-      part.payloads.push_back(channel->find(payloadRequest(part, i)));
+      std::shared_ptr<const RequestPayload> payload = channel->find(payloadRequest(part, i));
+      if (payload && decode_step && !payload->prompt.empty()) {
+        auto light = std::make_shared<RequestPayload>();
+        light->temperature = payload->temperature;
+        light->top_p = payload->top_p;
+        light->top_k = payload->top_k;
+        light->seed = payload->seed;
+        light->stop_ids = payload->stop_ids;
+        light->cancelled.store(payload->cancelled.load());
+        payload = std::move(light);
+      }
+      part.payloads.push_back(std::move(payload));
       any = any || part.payloads.back() != nullptr;
     }
     if (!any) part.payloads.clear();

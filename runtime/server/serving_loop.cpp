@@ -18,7 +18,10 @@ class ServingLoop::TimedBackend final : public Backend {
   // Iteration batching: sessions' steps go to the runtime as in `replay`; their tokens stream as
   // each step ends (ServingLoop::onStep, or the TokenChannel with real execution).
   bool supportsSteps() const override { return inner_.supportsSteps(); }
-  void step(const StepCommand& cmd) override { inner_.step(cmd); }
+  void step(const StepCommand& cmd) override {
+    loop_.onStepStart(cmd);
+    inner_.step(cmd);
+  }
 
  private:
   runtime::RealBackend& inner_;
@@ -245,6 +248,13 @@ void ServingLoop::onEvict(const EvictCommand& cmd, Nanos /*start*/, Nanos /*end*
 }
 
 void ServingLoop::onBatch(const ExecuteCommand& /*cmd*/, const BatchResult& /*result*/) {}
+
+// A session's step starts: its sequences are the batch the metric counts.
+void ServingLoop::onStepStart(const StepCommand& cmd) {
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  metrics_[static_cast<std::size_t>(cmd.model)].batch_size.observe(
+      static_cast<double>(cmd.prefill.empty() ? cmd.decode.size() : cmd.prefill.size()));
+}
 
 // A session's step ended: with the placeholder, each of its sequences has made token
 // `generated` (its first, for a joiner's prefill), which goes out now; the last token still waits

@@ -139,6 +139,7 @@ class ServingLoop final : public EngineObserver {
   };
 
   void onExecute(const ExecuteCommand& cmd);
+  void onStepStart(const StepCommand& cmd);
   // When token `k` of `a` is due (only for k < tokens - 1: the last waits for the request's end).
   static Nanos tokenTime(const Active& a, std::size_t k);
   void fireTokens(Nanos now);

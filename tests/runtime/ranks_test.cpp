@@ -938,17 +938,19 @@ class TokenEchoExecution final : public FakeExecution {
     DeviceEvent ev = begin(part);
     // Shard 0 delivers, as the executor of TP rank 0 on the last stage does: token i of a
     // request is its prompt's first id + i. A session's step makes token `generated` of each
-    // sequence it names.
+    // sequence it names: its seed + generated (a decode step's payloads come without prompts).
     if (part.step) {
+      const bool prefill = !part.step->prefill.empty();
       if (part.shard == 0) {
         std::vector<TokenDelivery> out;
-        for (const StepSequence& s : part.step->prefill.empty() ? part.step->decode : part.step->prefill) {
+        for (const StepSequence& s : prefill ? part.step->prefill : part.step->decode) {
           const auto payload = channel_->find(s.request.id);
           if (!payload) {
             ++missing;
             continue;
           }
-          out.push_back({s.request.id, s.generated, payload->prompt.at(0) + s.generated, false, clock().now()});
+          if (payload->prompt.empty() == prefill) ++prompt_mismatch;
+          out.push_back({s.request.id, s.generated, static_cast<std::int32_t>(payload->seed) + s.generated, false, clock().now()});
         }
         channel_->deliver(std::move(out));
       }
@@ -971,6 +973,7 @@ class TokenEchoExecution final : public FakeExecution {
   }
   std::shared_ptr<TokenChannel> tokenChannel() const override { return channel_; }
   std::atomic<int> missing{0};
+  std::atomic<int> prompt_mismatch{0};  // steps: a prefill without its prompt, or a decode with one
 
  private:
   std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
@@ -1021,6 +1024,7 @@ TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
   for (const Request& r : requests) {
     auto payload = std::make_shared<RequestPayload>();
     payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
+    payload->seed = static_cast<std::uint64_t>(1000 * (r.id + 1));
     engine_side->tokenChannel()->put(r.id, payload);
   }
   const SpanningResult run =
@@ -1041,6 +1045,7 @@ TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
   }
   for (const auto& execution : executions) {
     EXPECT_EQ(execution->missing.load(), 0);                // every step brought its sequences' payloads
+    EXPECT_EQ(execution->prompt_mismatch.load(), 0);        // prompts with prefill steps only
     EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and they were dropped after it
   }
 }

@@ -175,7 +175,7 @@ TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunnin
     EXPECT_EQ(got.events.back().finish_reason, "length");
   }
 
-  const CompletionRequest long_one = request(0, {3}, 400);
+  const CompletionRequest long_one = request(0, {3}, 2000);
   const std::size_t long_slot = submit(long_one);
   {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -190,7 +190,7 @@ TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunnin
     std::lock_guard<std::mutex> lock(mutex_);
     EXPECT_FALSE(received_[long_slot].done) << "the short request waited for the long one to end";
   }
-  EXPECT_EQ(tokensOf(wait(long_slot)).size(), 400u);
+  EXPECT_EQ(tokensOf(wait(long_slot)).size(), 2000u);
   EXPECT_EQ(channel_->payloads(), 0u);
 }
 
@@ -266,21 +266,25 @@ TEST_F(ServedTokens, ACancelInsideABatchStopsTheExecutorAtItsNextStep) {
 // Under iteration batching a client that goes away ends its sequence at the session's next step.
 TEST_F(ServedTokens, IterationBatchingACancelEndsTheSequenceAtTheNextStep) {
   start({}, Batching::kIteration);
-  std::mutex m;
-  std::condition_variable cv;
-  int received = 0;
+  // Shared with the emit callback, which the loop may still call after this body returns.
+  struct Seen {
+    std::mutex m;
+    std::condition_variable cv;
+    int received = 0;
+  };
+  auto seen = std::make_shared<Seen>();
   std::uint64_t ticket = 0;
   ASSERT_EQ(loop_->submit(request(0, {3}, 1000), {},
-                          [&](StreamEvent ev) {
-                            std::lock_guard<std::mutex> lock(m);
-                            received += static_cast<int>(ev.tokens.size());
-                            cv.notify_all();
+                          [seen](StreamEvent ev) {
+                            std::lock_guard<std::mutex> lock(seen->m);
+                            seen->received += static_cast<int>(ev.tokens.size());
+                            seen->cv.notify_all();
                           },
                           &ticket),
             ServingLoop::Submit::kAccepted);
   {
-    std::unique_lock<std::mutex> lock(m);
-    cv.wait(lock, [&] { return received > 0; });
+    std::unique_lock<std::mutex> lock(seen->m);
+    seen->cv.wait(lock, [&] { return seen->received > 0; });
   }
   loop_->cancel(ticket);
   const std::string done = "computron_requests_total{model=\"alpha\",outcome=\"cancelled\"} 1";
