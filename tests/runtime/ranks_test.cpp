@@ -180,17 +180,26 @@ TEST(RankMessages, ServedPayloadsAndTokensComeBackAsSent) {
   payload->top_k = 40;
   payload->seed = 77;
   payload->stop_ids = {2};
+  // Sent with payloads {a, b} (one of them null), the part comes back with the same ones.
+  auto roundTrip = [&](const ExecPart& sent) {
+    const ExecPart back = decodeExecPart(encodeExecPart(sent));
+    ASSERT_EQ(back.payloads.size(), sent.payloads.size());
+    for (std::size_t i = 0; i < sent.payloads.size(); ++i) {
+      if (!sent.payloads[i]) {
+        EXPECT_EQ(back.payloads[i], nullptr) << i;
+        continue;
+      }
+      ASSERT_NE(back.payloads[i], nullptr) << i;
+      EXPECT_EQ(back.payloads[i]->prompt, payload->prompt);
+      EXPECT_EQ(back.payloads[i]->temperature, 0.7f);
+      EXPECT_EQ(back.payloads[i]->top_p, 0.9f);
+      EXPECT_EQ(back.payloads[i]->top_k, 40);
+      EXPECT_EQ(back.payloads[i]->seed, 77u);
+      EXPECT_EQ(back.payloads[i]->stop_ids, payload->stop_ids);
+    }
+  };
   part.payloads = {payload, nullptr};
-  const ExecPart back = decodeExecPart(encodeExecPart(part));
-  ASSERT_EQ(back.payloads.size(), 2u);
-  ASSERT_NE(back.payloads[0], nullptr);
-  EXPECT_EQ(back.payloads[1], nullptr);
-  EXPECT_EQ(back.payloads[0]->prompt, payload->prompt);
-  EXPECT_EQ(back.payloads[0]->temperature, 0.7f);
-  EXPECT_EQ(back.payloads[0]->top_p, 0.9f);
-  EXPECT_EQ(back.payloads[0]->top_k, 40);
-  EXPECT_EQ(back.payloads[0]->seed, 77u);
-  EXPECT_EQ(back.payloads[0]->stop_ids, payload->stop_ids);
+  roundTrip(part);
   part.payloads.clear();
   EXPECT_TRUE(decodeExecPart(encodeExecPart(part)).payloads.empty());
   part.payloads = {payload};  // not one per request
@@ -208,12 +217,8 @@ TEST(RankMessages, ServedPayloadsAndTokensComeBackAsSent) {
   step->decode = {a};
   step_part.step = step;
   step_part.payloads = {nullptr, payload};
-  const ExecPart step_back = decodeExecPart(encodeExecPart(step_part));
-  ASSERT_EQ(step_back.payloads.size(), 2u);
-  EXPECT_EQ(step_back.payloads[0], nullptr);
-  ASSERT_NE(step_back.payloads[1], nullptr);
-  EXPECT_EQ(step_back.payloads[1]->prompt, payload->prompt);
-  EXPECT_EQ(payloadRequest(step_back, 1), 8);
+  roundTrip(step_part);
+  EXPECT_EQ(payloadRequest(decodeExecPart(encodeExecPart(step_part)), 1), 8);
   step_part.payloads = {payload};  // not one per sequence
   EXPECT_THROW(encodeExecPart(step_part), std::logic_error);
 

@@ -106,6 +106,24 @@ class ServedTokens : public ::testing::Test {
     p->seed = r.seed;
     return p;
   }
+  // The fake model's first `count` tokens for `r`.
+  static std::vector<std::int32_t> fakeTokensOf(const CompletionRequest& r, int count) {
+    std::vector<std::int32_t> out;
+    for (int k = 0; k < count; ++k) out.push_back(fakes::fakeToken(*payloadOf(r), k, fakes::tinyOptSpec(2).vocab));
+    return out;
+  }
+  // Each request got its own max_tokens tokens, then a `length` finish; returns what each received.
+  std::vector<Received> expectOwnTokens(const std::vector<CompletionRequest>& reqs, const std::vector<std::size_t>& slots) {
+    std::vector<Received> all;
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      all.push_back(wait(slots[i]));
+      const Received& got = all.back();
+      EXPECT_EQ(tokensOf(got), fakeTokensOf(reqs[i], reqs[i].max_tokens)) << "request " << i;
+      EXPECT_EQ(got.events.back().kind, StreamEvent::Kind::kDone) << "request " << i;
+      EXPECT_EQ(got.events.back().finish_reason, "length") << "request " << i;
+    }
+    return all;
+  }
 
   std::shared_ptr<runtime::TokenChannel> channel_;
   std::shared_ptr<runtime::ModelExecution> execution_;
@@ -131,18 +149,11 @@ CompletionRequest request(ModelId model, std::vector<std::int32_t> prompt, int m
 
 TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
   start();
-  const int vocab = fakes::tinyOptSpec(2).vocab;
   std::vector<CompletionRequest> reqs = {request(0, {5, 6, 7}, 6), request(0, {100}, 3, 0.8f, 42),
                                          request(1, {9, 9}, 5, 0.8f, 7), request(0, {100}, 3, 0.8f, 43)};
   std::vector<std::size_t> slots;
   for (const auto& r : reqs) slots.push_back(submit(r));
-  for (std::size_t i = 0; i < reqs.size(); ++i) {
-    const Received got = wait(slots[i]);
-    std::vector<std::int32_t> want;
-    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(*payloadOf(reqs[i]), k, vocab));
-    EXPECT_EQ(tokensOf(got), want) << "request " << i;
-    ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
-    EXPECT_EQ(got.events.back().finish_reason, "length");
+  for (const Received& got : expectOwnTokens(reqs, slots)) {
     // Streamed as delivered: one token per event.
     for (const auto& ev : got.events) {
       if (ev.kind == StreamEvent::Kind::kTokens) {
@@ -161,19 +172,11 @@ TEST_F(ServedTokens, EachRequestGetsItsOwnTokensInOrderOnePerStep) {
 // boundary and finishes first.
 TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunningSession) {
   start({}, Batching::kIteration);
-  const int vocab = fakes::tinyOptSpec(2).vocab;
   std::vector<CompletionRequest> reqs = {request(0, {5, 6, 7}, 6), request(0, {100}, 3, 0.8f, 42),
                                          request(1, {9, 9}, 5, 0.8f, 7)};
   std::vector<std::size_t> slots;
   for (const auto& r : reqs) slots.push_back(submit(r));
-  for (std::size_t i = 0; i < reqs.size(); ++i) {
-    const Received got = wait(slots[i]);
-    std::vector<std::int32_t> want;
-    for (int k = 0; k < reqs[i].max_tokens; ++k) want.push_back(fakes::fakeToken(*payloadOf(reqs[i]), k, vocab));
-    EXPECT_EQ(tokensOf(got), want) << "request " << i;
-    ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
-    EXPECT_EQ(got.events.back().finish_reason, "length");
-  }
+  expectOwnTokens(reqs, slots);
 
   const CompletionRequest long_one = request(0, {3}, 2000);
   const std::size_t long_slot = submit(long_one);
@@ -183,9 +186,7 @@ TEST_F(ServedTokens, IterationBatchingStreamsOwnTokensAndLetsARequestJoinARunnin
   }
   const CompletionRequest short_one = request(0, {4, 4}, 3);
   const Received joined = wait(submit(short_one));
-  std::vector<std::int32_t> want;
-  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(short_one), k, vocab));
-  EXPECT_EQ(tokensOf(joined), want);
+  EXPECT_EQ(tokensOf(joined), fakeTokensOf(short_one, 3));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     EXPECT_FALSE(received_[long_slot].done) << "the short request waited for the long one to end";
@@ -202,9 +203,7 @@ TEST_F(ServedTokens, IterationBatchingAStopIdEndsTheStreamAndTheSequence) {
   const std::int32_t third = fakes::fakeToken(*payloadOf(r), 2, vocab);
   start({{third}}, Batching::kIteration);
   const Received got = wait(submit(r));
-  std::vector<std::int32_t> want;
-  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(r), k, vocab));
-  EXPECT_EQ(tokensOf(got), want);
+  EXPECT_EQ(tokensOf(got), fakeTokensOf(r, 3));
   ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
   EXPECT_EQ(got.events.back().finish_reason, "stop");
   // The executor made 3 tokens, not max_tokens' 8 (request ids start at 1).
@@ -217,9 +216,7 @@ TEST_F(ServedTokens, AStopIdEndsTheStreamEarlyWithReasonStop) {
   const std::int32_t third = fakes::fakeToken(*payloadOf(r), 2, vocab);
   start({{third}});  // model 0's end-of-sequence id
   const Received got = wait(submit(r));
-  std::vector<std::int32_t> want;
-  for (int k = 0; k < 3; ++k) want.push_back(fakes::fakeToken(*payloadOf(r), k, vocab));
-  EXPECT_EQ(tokensOf(got), want);  // the stop id itself is delivered, nothing after it
+  EXPECT_EQ(tokensOf(got), fakeTokensOf(r, 3));  // the stop id itself is delivered, nothing after it
   ASSERT_EQ(got.events.back().kind, StreamEvent::Kind::kDone);
   EXPECT_EQ(got.events.back().finish_reason, "stop");
 

@@ -12,21 +12,14 @@
 
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/sim/observed_run.h"
 #include "tests/sim/sim_test_util.h"
 #include "tests/support/cli_runner.h"
 
 namespace computron {
 namespace {
 
-class Recorder : public EngineObserver {
- public:
-  void onRequestDone(const RequestRecord& record) override { requests[record.request.id] = record; }
-  void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override {
-    if (ok) loads[cmd.model].push_back({start, end});
-  }
-  std::map<RequestId, RequestRecord> requests;
-  std::map<ModelId, std::vector<std::pair<Nanos, Nanos>>> loads;
-};
+using Recorder = testing::LoadRecorder;
 
 // Two OPT-6.7B on GPU 0, both fitting, neither resident: a request for each at 0 s issues both
 // loads at once over GPU 0's host link.
@@ -46,10 +39,7 @@ Recorder run(const nlohmann::json& doc, const std::filesystem::path& dir) {
                                    << "0,m-0,0,64,1\n1,m-1,0,64,1\n";
   Scenario s = parseScenario(doc, dir.string());
   Recorder rec;
-  sim::SimOptions options;
-  options.check_invariants = true;
-  sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &rec, options);
-  simulation.run();
+  testing::simulateObserved(s, rec);
   return rec;
 }
 

@@ -12,20 +12,13 @@
 #include "common/json_reader.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/sim/observed_run.h"
 #include "tests/sim/sim_test_util.h"
 
 namespace computron {
 namespace {
 
-class Recorder : public EngineObserver {
- public:
-  void onRequestDone(const RequestRecord& record) override { requests[record.request.id] = record; }
-  void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override {
-    if (ok) loads[cmd.model].push_back({start, end});
-  }
-  std::map<RequestId, RequestRecord> requests;
-  std::map<ModelId, std::vector<std::pair<Nanos, Nanos>>> loads;
-};
+using Recorder = testing::LoadRecorder;
 
 // Two OPT-6.7B on GPU 0, both fit: m-0 serves at 0 s; m-1's first request at 2 s starts its
 // load; m-0's second request arrives at 2.1 s, during that load.
@@ -45,10 +38,7 @@ Recorder run(bool wait) {
   if (wait) doc["cluster"]["batches_wait_for_loads"] = true;
   Scenario s = parseScenario(doc, dir.string());
   Recorder rec;
-  sim::SimOptions options;
-  options.check_invariants = true;
-  sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &rec, options);
-  simulation.run();
+  testing::simulateObserved(s, rec);
   return rec;
 }
 

@@ -14,6 +14,7 @@
 #include "common/model_spec.h"
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
+#include "tests/sim/observed_run.h"
 #include "tests/sim/sim_test_util.h"
 
 namespace computron {
@@ -52,10 +53,7 @@ nlohmann::json coldScenario(int tp, int pp, bool pipelined) {
 Recorder run(const nlohmann::json& doc) {
   Scenario s = parseScenario(doc, ".");
   Recorder rec;
-  sim::SimOptions options;
-  options.check_invariants = true;
-  sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &rec, options);
-  simulation.run();
+  testing::simulateObserved(s, rec);
   return rec;
 }
 
@@ -224,10 +222,7 @@ TEST(LayerPipelined, AStaleWakeDoesNotExtendTheRun) {
   doc["workload"]["path"] = path;
   Scenario s = parseScenario(doc, ".");
   Recorder rec;
-  sim::SimOptions options;
-  options.check_invariants = true;
-  sim::Simulation simulation(s.cluster, s.engine, s.makeWorkload(), &rec, options);
-  const sim::SimStats stats = simulation.run();
+  const sim::SimStats stats = testing::simulateObserved(s, rec);
   ASSERT_EQ(rec.requests.size(), 6u);
   Nanos last_finish = 0;
   for (const auto& r : rec.requests) {

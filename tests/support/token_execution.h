@@ -63,6 +63,31 @@ class TokenExecution final : public runtime::ModelExecution {
   }
 
  private:
+  // Token `index` of request `id` (the fake model's, when it has a payload), counted once (part 0).
+  runtime::TokenDelivery make(const runtime::ExecPart& part, RequestId id, int index,
+                              const runtime::RequestPayload* payload, int vocab) {
+    runtime::TokenDelivery d;
+    d.request = id;
+    d.index = index;
+    if (payload) {
+      d.token = fakeToken(*payload, index, vocab);
+      d.stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), d.token) != payload->stop_ids.end();
+    }
+    if (part.part == 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++produced_[id];
+    }
+    return d;
+  }
+  // One pass: its time, then its tokens delivered (part 0) and its end recorded.
+  void pass(const runtime::ExecPart& part, std::vector<runtime::TokenDelivery> out, runtime::DeviceEvent& ev) {
+    std::this_thread::sleep_for(step_);
+    const Nanos now = clock_->now();
+    for (auto& d : out) d.time = now;
+    ev.step_end.push_back(now);
+    if (part.part == 0) channel_->deliver(std::move(out));
+  }
+
   void run(const runtime::ExecPart& part) {
     runtime::DeviceEvent ev;
     ev.kind = runtime::DeviceEvent::Kind::kExecDone;
@@ -75,26 +100,12 @@ class TokenExecution final : public runtime::ModelExecution {
       std::vector<runtime::TokenDelivery> out;
       const auto& seqs = part.step->prefill.empty() ? part.step->decode : part.step->prefill;
       for (const StepSequence& s : seqs) {
-        auto payload = channel_->find(s.request.id);
-        runtime::TokenDelivery d;
-        d.request = s.request.id;
-        d.index = s.generated;
-        if (payload) {
-          d.token = fakeToken(*payload, s.generated, vocab);
-          d.stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), d.token) != payload->stop_ids.end();
-          if (d.stop || payload->cancelled.load()) ev.stopped.push_back(s.request.id);  // ends with this step
-        }
-        out.push_back(d);
-        if (part.part == 0) {
-          std::lock_guard<std::mutex> lock(mutex_);
-          ++produced_[d.request];
-        }
+        const auto payload = channel_->find(s.request.id);
+        out.push_back(make(part, s.request.id, s.generated, payload.get(), vocab));
+        if (payload && (out.back().stop || payload->cancelled.load()))
+          ev.stopped.push_back(s.request.id);  // ends with this step
       }
-      std::this_thread::sleep_for(step_);
-      const Nanos now = clock_->now();
-      for (auto& d : out) d.time = now;
-      ev.step_end.push_back(now);
-      if (part.part == 0) channel_->deliver(std::move(out));
+      pass(part, std::move(out), ev);
       ev.time = clock_->now();
       queue_->push(std::move(ev));
       return;
@@ -113,27 +124,11 @@ class TokenExecution final : public runtime::ModelExecution {
           running[i] = false;
           continue;
         }
-        runtime::TokenDelivery d;
-        d.request = part.requests[i].id;
-        d.index = step;
-        if (payloads[i]) {
-          d.token = fakeToken(*payloads[i], step, vocab);
-          const auto& stops = payloads[i]->stop_ids;
-          d.stop = std::find(stops.begin(), stops.end(), d.token) != stops.end();
-          if (d.stop) running[i] = false;
-        }
-        out.push_back(d);
-        if (part.part == 0) {
-          std::lock_guard<std::mutex> lock(mutex_);
-          ++produced_[d.request];
-        }
+        out.push_back(make(part, part.requests[i].id, step, payloads[i].get(), vocab));
+        if (out.back().stop) running[i] = false;
       }
       if (out.empty()) break;
-      std::this_thread::sleep_for(step_);
-      const Nanos now = clock_->now();
-      for (auto& d : out) d.time = now;
-      ev.step_end.push_back(now);
-      if (part.part == 0) channel_->deliver(std::move(out));
+      pass(part, std::move(out), ev);
     }
     ev.time = clock_->now();
     queue_->push(std::move(ev));
