@@ -41,7 +41,7 @@ struct DeviceEvent {
   Nanos start = 0;
   std::vector<Nanos> step_end;
   // kExecDone of a session step: sequences that end with this step's token (StepResult::stopped).
-  // Not carried between processes: under mpirun such a sequence runs to its output_tokens.
+  // GPU ranks under mpirun send theirs with the event; the backend merges every part's list.
   std::vector<RequestId> stopped;
   bool internal = false;  // pushed by the backend itself, not a device
 };

@@ -686,9 +686,8 @@ void CudaModelExecution::runPart(const ExecPart& part) {
 // A served request (its payload in the TokenChannel, `computron serve`) brings its prompt ids and
 // sampling, each row drawing from its own (seed, token index) stream as in a request-level batch,
 // and its tokens are delivered to the channel as the step ends (by the last stage's tensor rank
-// 0). A stop id or a cancelled client ends the sequence with this step (DeviceEvent::stopped; in
-// one process: under mpirun it runs to its max_tokens, and the serving loop sends nothing after
-// the stop). Replayed requests keep the synthetic prompt of their length and greedy decoding.
+// 0). A stop id or a cancelled client ends the sequence with this step (DeviceEvent::stopped, sent
+// to rank 0 with the completion under mpirun). Replayed requests keep the synthetic prompt of their length and greedy decoding.
 void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
   const StepCommand& cmd = *part.step;
   const ModelDeployment& d = config_.models[static_cast<std::size_t>(part.model)];
@@ -815,8 +814,8 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
       std::vector<int>& tokens = ss.history[id];
       tokens.push_back(next[i]);
       // A sequence whose last token this was leaves the session: forget its tokens now (the
-      // session may end without naming it as retired). So does one that stopped early (under
-      // mpirun it steps on, its output unused; a rejoin would recompute from its prompt).
+      // session may end without naming it as retired). So does one that stopped early; the engine
+      // retires it before the next step.
       const StepSequence& s = cmd.prefill.empty() ? cmd.decode[i] : cmd.prefill[i];
       if (stopped[i] || s.generated + 1 >= std::max(1, s.request.output_tokens)) ss.history.erase(id);
     }

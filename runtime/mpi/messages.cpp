@@ -362,6 +362,7 @@ std::string encodeEvent(const DeviceEvent& e) {
   w.put(e.checksum);
   w.put(e.start);
   w.putVector(e.step_end);
+  w.putVector(e.stopped);
   return w.take();
 }
 
@@ -387,6 +388,7 @@ DeviceEvent decodeEvent(const std::string& message) {
   e.checksum = r.get<std::uint64_t>();
   e.start = r.get<Nanos>();
   e.step_end = r.getVector<Nanos>();
+  e.stopped = r.getVector<RequestId>();
   r.expectDone();
   return e;
 }

@@ -89,12 +89,14 @@ TEST(RankMessages, JobsAndEventsComeBackAsSent) {
   ev.time = 1234;
   ev.start = 1000;
   ev.step_end = {1100, 1200};
+  ev.stopped = {4, 17};
   const DeviceEvent back = decodeEvent(encodeEvent(ev));
   EXPECT_EQ(back.kind, ev.kind);
   EXPECT_EQ(back.batch, 9);
   EXPECT_FALSE(back.ok);
   EXPECT_EQ(back.error, "boom");
   EXPECT_EQ(back.step_end, ev.step_end);
+  EXPECT_EQ(back.stopped, ev.stopped);
 
   Hello h;
   h.gpus = {2, 3};
@@ -943,22 +945,25 @@ class TokenEchoExecution final : public FakeExecution {
     DeviceEvent ev = begin(part);
     // Shard 0 delivers, as the executor of TP rank 0 on the last stage does: token i of a
     // request is its prompt's first id + i. A session's step makes token `generated` of each
-    // sequence it names: its seed + generated (a decode step's payloads come without prompts).
+    // sequence it names: its seed + generated (a decode step's payloads come without prompts). A
+    // token among the payload's stop ids ends the sequence (every shard reports it, as every rank
+    // of a real group samples the same token).
     if (part.step) {
       const bool prefill = !part.step->prefill.empty();
-      if (part.shard == 0) {
-        std::vector<TokenDelivery> out;
-        for (const StepSequence& s : prefill ? part.step->prefill : part.step->decode) {
-          const auto payload = channel_->find(s.request.id);
-          if (!payload) {
-            ++missing;
-            continue;
-          }
-          if (payload->prompt.empty() == prefill) ++prompt_mismatch;
-          out.push_back({s.request.id, s.generated, static_cast<std::int32_t>(payload->seed) + s.generated, false, clock().now()});
+      std::vector<TokenDelivery> out;
+      for (const StepSequence& s : prefill ? part.step->prefill : part.step->decode) {
+        const auto payload = channel_->find(s.request.id);
+        if (!payload) {
+          ++missing;
+          continue;
         }
-        channel_->deliver(std::move(out));
+        if (payload->prompt.empty() == prefill) ++prompt_mismatch;
+        const std::int32_t token = static_cast<std::int32_t>(payload->seed) + s.generated;
+        const bool stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), token) != payload->stop_ids.end();
+        if (stop) ev.stopped.push_back(s.request.id);
+        out.push_back({s.request.id, s.generated, token, stop, clock().now()});
       }
+      if (part.shard == 0) channel_->deliver(std::move(out));
       complete(std::move(ev));
       return;
     }
@@ -1053,6 +1058,42 @@ TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
     EXPECT_EQ(execution->prompt_mismatch.load(), 0);        // prompts with prefill steps only
     EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and they were dropped after it
   }
+}
+
+// A stop id sampled on the GPU ranks ends the sequence there and then: the ranks send the stopped
+// sequences with the step's completion, the engine retires them, and their records count the tokens
+// made. Every third request stops at its second token (of three).
+TEST(RanksInProcess, ASessionSequenceStoppedOnTheGpuRanksEndsAtThatStep) {
+  std::vector<std::shared_ptr<TokenEchoExecution>> executions;
+  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
+  const auto requests = spanningRequests(15);
+  auto engine_side = std::make_shared<TokenEchoExecution>();
+  auto stops = [](RequestId id) { return id % 3 == 1; };
+  for (const Request& r : requests) {
+    auto payload = std::make_shared<RequestPayload>();
+    payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
+    payload->seed = static_cast<std::uint64_t>(1000 * (r.id + 1));
+    if (stops(r.id)) payload->stop_ids = {static_cast<std::int32_t>(1000 * (r.id + 1) + 1)};
+    engine_side->tokenChannel()->put(r.id, payload);
+  }
+  const SpanningResult run =
+      runSpanningWith(requests, {executions[0], executions[1]}, engine_side, -1, -1, Batching::kIteration);
+  EXPECT_EQ(run.codes[1], 0);
+  EXPECT_EQ(run.codes[2], 0);
+  ASSERT_EQ(run.records.size(), requests.size());
+  std::map<RequestId, std::vector<TokenDelivery>> got;
+  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
+  int stopped = 0;
+  for (const RequestRecord& rec : run.records) {
+    ASSERT_TRUE(rec.ok) << rec.request.id << ": " << rec.error;
+    const int expected = stops(rec.request.id) ? 2 : 3;
+    stopped += stops(rec.request.id) ? 1 : 0;
+    EXPECT_EQ(rec.request.output_tokens, expected) << rec.request.id;  // the tokens made
+    const auto& tokens = got[rec.request.id];
+    ASSERT_EQ(static_cast<int>(tokens.size()), expected) << rec.request.id << ": no step after the stop";
+    EXPECT_EQ(tokens.back().stop, stops(rec.request.id)) << rec.request.id;
+  }
+  EXPECT_EQ(stopped, 5);
 }
 
 // A served request's client going away reaches the GPU rank running it: its copy of the payload
