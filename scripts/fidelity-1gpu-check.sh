@@ -39,7 +39,8 @@ if [ "${CAL:-1}" = 1 ]; then
     step "calibrate $m at TP 1: $args"
     # shellcheck disable=SC2086
     timeout "$STEP_TIMEOUT" "$BIN" calibrate --models "$m" --layouts 1x1 --no-loads $args \
-      --host-memory-gib "$HOSTMEM" -o "$OUTDIR/profile-$m.json" 2>&1 | tail -40 || echo "FAILED calibrate $m"
+      --host-memory-gib "$HOSTMEM" -o "$OUTDIR/profile-$m.json" > "$OUTDIR/calibrate-$m.log" 2>&1 || echo "FAILED calibrate $m"
+    tail -40 "$OUTDIR/calibrate-$m.log"
     [ -f "$OUTDIR/profile-$m.json" ] && parts+=("$OUTDIR/profile-$m.json")
   done
   python3 - "$OUTDIR/profile-tp1.json" "${parts[@]}" <<'PY' || echo "FAILED merge"

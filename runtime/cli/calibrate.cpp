@@ -62,6 +62,8 @@ struct Settings {
   int decode_tokens = 8;
   int repeats = 5;
   int warmup = 2;
+  int gap_ms = -1;           // idle before each timed run of the grids (-1: 100 on cuda, 0 on host)
+  bool power_probe = false;  // also time a heavy shape run back to back after idling (notes only)
   int max_context = 0;
   bool loads = true;
   bool quiet = false;
@@ -381,6 +383,7 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
     for (int i = 0; i < s.warmup; ++i) cal.run(id, batch, prompt, output);
     std::vector<Calibrator::BatchTiming> runs;
     for (int i = 0; i < s.repeats; ++i) {
+      if (s.gap_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.gap_ms));
       runs.push_back(cal.run(id, batch, prompt, output));
       if (record_tail) tails.push_back(runs.back().tail_ms);
     }
@@ -392,6 +395,32 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
   out.cold_extra_ms = std::max(0.0, cold - warm);
   cal.note(layout.label() + ": first batch " + fixed(cold, 2) + " ms, warm " + fixed(warm, 2) + " ms (B=1, P=" +
            std::to_string(reference_prompt) + ")");
+
+  if (s.power_probe) {
+    // How a batch's time moves as the GPU goes from idle to sustained load: after 1.5 s idle, the
+    // largest batch at the reference prompt and at 256 tokens, back to back for 3 s each.
+    for (int p : {reference_prompt, 256}) {
+      const int b = batches.back();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      const auto t0 = std::chrono::steady_clock::now();
+      std::ostringstream line;
+      line << layout.label() << ": power probe B=" << b << " P=" << p << " (s since start: ms):";
+      while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+        const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        line << ' ' << fixed(since, 3) << ':' << fixed(cal.run(id, b, p, 1).prefill_ms, 2);
+      }
+      cal.note(line.str());
+      for (int gap : {50, 200, 1000}) {
+        std::ostringstream after;
+        after << layout.label() << ": power probe B=" << b << " P=" << p << " after " << gap << " ms idle:";
+        for (int i = 0; i < 5; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(gap));
+          after << ' ' << fixed(cal.run(id, b, p, 1).prefill_ms, 2);
+        }
+        cal.note(after.str());
+      }
+    }
+  }
 
   nlohmann::json prefill_rows = nlohmann::json::array();
   for (int b : batches) {
@@ -628,6 +657,10 @@ int calibrateMain(int argc, char** argv) try {
       "output tokens of each decode measurement (at least 2)")(
       "repeats", po::value<int>(&s.repeats)->default_value(s.repeats), "timed runs per grid point (the median is kept)")(
       "warmup", po::value<int>(&s.warmup)->default_value(s.warmup), "untimed runs before them")(
+      "gap-ms", po::value<int>(&s.gap_ms)->default_value(s.gap_ms, "100 on cuda, 0 on host"),
+      "idle milliseconds before each timed run of the grids, so each starts as a served batch does, "
+      "from clocks the GPU's power limit has not lowered (0: back to back)")(
+      "power-probe", "also time the largest batch back to back after idling, and after idle gaps (notes only)")(
       "no-loads", "skip the load measurements (the profile then has no \"links\")")(
       "out,o", po::value<std::string>(&out_path)->default_value(out_path), "the profile file to write")(
       "device", po::value<std::string>(&device)->default_value(device),
@@ -655,6 +688,7 @@ int calibrateMain(int argc, char** argv) try {
     return *done;
   s.quiet = vm.count("quiet") > 0;
   s.loads = vm.count("no-loads") == 0;
+  s.power_probe = vm.count("power-probe") > 0;
   auto usage = [&](const std::string& message) { return usageError(kCommand, message, opts); };
   try {
     s.batches = parseAxis(batches_text, "--batches");
@@ -667,6 +701,8 @@ int calibrateMain(int argc, char** argv) try {
     return usage("--decode-tokens: must be 2 to " + std::to_string(kMaxRequestTokens));
   if (s.repeats < 1 || s.repeats > 1000) return usage("--repeats: must be 1 to 1000");
   if (s.warmup < 0 || s.warmup > 1000) return usage("--warmup: must be 0 to 1000");
+  if (s.gap_ms == -1) s.gap_ms = device == "cuda" ? 100 : 0;
+  if (s.gap_ms < 0 || s.gap_ms > 60000) return usage("--gap-ms: must be 0 to 60000");
   if (s.max_context < 0 || s.max_context > kMaxRequestTokens)
     return usage("--max-context: must be 0 (from the grids) to " + std::to_string(kMaxRequestTokens));
   if (!(host_memory_gib >= 0 && host_memory_gib <= (1 << 20))) return usage("--host-memory-gib: must be 0 (detect) to 1048576");
@@ -916,6 +952,7 @@ int calibrateMain(int argc, char** argv) try {
                            {"cuda_runtime", cuda_runtime},
                            {"repeats", s.repeats},
                            {"warmup", s.warmup},
+                           {"gap_ms", s.gap_ms},
                            {"decode_tokens", s.decode_tokens},
                            {"max_context", s.max_context},
                            {"seconds", seconds},

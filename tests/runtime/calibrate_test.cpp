@@ -80,7 +80,7 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
   EXPECT_EQ(p["version"], 1);
   const nlohmann::json& prov = p["provenance"];
   for (const char* key : {"tool", "date", "build", "host", "device", "execution", "gpu", "gpu_count", "driver",
-                          "cuda_runtime", "repeats", "warmup", "decode_tokens", "max_context", "seconds"})
+                          "cuda_runtime", "repeats", "warmup", "gap_ms", "decode_tokens", "max_context", "seconds"})
     EXPECT_TRUE(prov.contains(key)) << key;
   EXPECT_EQ(prov["tool"], "computron calibrate");
   EXPECT_EQ(prov["device"], "host");
@@ -88,6 +88,7 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
   EXPECT_EQ(prov["gpu_count"], 2);
   EXPECT_EQ(prov["repeats"], 1);
   EXPECT_EQ(prov["warmup"], 1);
+  EXPECT_EQ(prov["gap_ms"], 0);  // no idle gaps on the host device (no power limit to wait out)
   EXPECT_EQ(prov["decode_tokens"], 4);
   EXPECT_EQ(prov["max_context"], 33);  // the grids' largest request: 32 prompt tokens + 1
   ASSERT_TRUE(prov.contains("host_store"));
@@ -186,6 +187,8 @@ TEST(Calibrate, BadOptionsExitTwoNamingTheOption) {
       {{"--device", "host", "--models", "opt-125m", "--contexts", "8,x"}, "--contexts"},
       {{"--device", "host", "--models", "opt-125m", "--decode-tokens", "1"}, "--decode-tokens"},
       {{"--device", "host", "--models", "opt-125m", "--repeats", "0"}, "--repeats"},
+      {{"--device", "host", "--models", "opt-125m", "--gap-ms", "-2"}, "--gap-ms"},
+      {{"--device", "host", "--models", "opt-125m", "--gap-ms", "60001"}, "--gap-ms"},
       {{"--device", "host", "--models", "opt-125m", "--prompt-tokens", "64", "--max-context", "64"}, "--prompt-tokens"},
       {{"--device", "host", "--models", "opt-125m", "--prompt-tokens", "8", "--contexts", "60", "--max-context", "64"},
        "--contexts"},
