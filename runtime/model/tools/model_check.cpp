@@ -9,7 +9,8 @@
 //   bench --preset NAME --batch B [--prompt 512 --new 128] [--tp N --pp N]
 //       Random weights of a preset's shapes on GPUs 0..tp*pp-1: prefill and decode speed against
 //       the bandwidth bound (one GPU's weights + KV cache bytes over the measured device-to-device
-//       copy rate).
+//       copy rate), and against cuBLAS's GEMM rate at the prefill's MLP shape on GPU 0, timed
+//       alone and sustained (the power limit's ceiling).
 //   collectives [--tp 2]
 //       The TP group's peer all-reduce and all-gather checked against a host sum (odd sizes,
 //       repeated calls), then timed against NCCL's all-reduce (lines CCHECK, COLL).
@@ -159,6 +160,63 @@ double measureD2dBandwidth() {
   return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);  // read + write
 }
 
+// The hardware's own ceiling for the prefill's products, measured in the same run: cuBLAS's
+// fp16/bf16 GEMM (fp32 accumulate, as the executors call it) at a prefill's shape, rows x ffn x
+// hidden, timed alone after 200 ms idle (`first`, the boost clock) and back to back for 2 s
+// (`sustained`: the median of the last second, under the card's power limit). FLOP/s.
+struct GemmCeiling {
+  double first = 0;
+  double sustained = 0;
+};
+
+GemmCeiling measureGemmCeiling(DType dt, int rows, int out, int in) {
+  CUDA_CHECK(cudaSetDevice(0));
+  const std::size_t elem = 2;
+  void *x = nullptr, *w = nullptr, *y = nullptr;
+  CUDA_CHECK(cudaMalloc(&x, static_cast<std::size_t>(rows) * in * elem));
+  CUDA_CHECK(cudaMalloc(&w, static_cast<std::size_t>(out) * in * elem));
+  CUDA_CHECK(cudaMalloc(&y, static_cast<std::size_t>(rows) * out * elem));
+  CUDA_CHECK(cudaMemset(x, 0x3c, static_cast<std::size_t>(rows) * in * elem));  // small, finite values
+  CUDA_CHECK(cudaMemset(w, 0x1c, static_cast<std::size_t>(out) * in * elem));
+  cublasHandle_t handle;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = dt == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  auto timed = [&] {
+    CUDA_CHECK(cudaEventRecord(start));
+    CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, t, in, x, t, in, &beta, y, t, out,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    return static_cast<double>(ms);
+  };
+  const double flop = 2.0 * rows * static_cast<double>(out) * in;
+  for (int i = 0; i < 3; ++i) timed();  // kernel selection and loading
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  GemmCeiling c;
+  c.first = flop / (timed() * 1e-3);
+  std::vector<double> late;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2)) {
+    const double ms = timed();
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(1)) late.push_back(ms);
+  }
+  std::sort(late.begin(), late.end());
+  c.sustained = late.empty() ? 0 : flop / (late[late.size() / 2] * 1e-3);
+  CUBLAS_CHECK(cublasDestroy(handle));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  CUDA_CHECK(cudaFree(x));
+  CUDA_CHECK(cudaFree(w));
+  CUDA_CHECK(cudaFree(y));
+  return c;
+}
+
 constexpr int kBenchWarmUpTokens = 4;
 
 int runBench(const std::map<std::string, std::string>& f) {
@@ -180,6 +238,14 @@ int runBench(const std::map<std::string, std::string>& f) {
   const int tp = std::stoi(flag(f, "tp", "1")), pp = std::stoi(flag(f, "pp", "1"));
   if (tp < 1 || pp < 1) throw ConfigError("--tp and --pp must be at least 1");
   const double bandwidth = measureD2dBandwidth();
+  // The MLP's first product at the largest batch's prefill rows (at least one row).
+  const GemmCeiling ceiling = flag(f, "gemm-ceiling", "1") == "0"
+                                  ? GemmCeiling{}
+                                  : measureGemmCeiling(spec.dtype, std::max(1, prompt * [&] {
+                                      int m = 1;
+                                      for (int b : batches) m = std::max(m, b);
+                                      return m;
+                                    }()), spec.ffn_hidden, spec.hidden);
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ExecutorLimits limits;
   limits.max_batch = max_batch;
@@ -230,6 +296,9 @@ int runBench(const std::map<std::string, std::string>& f) {
     out["weight_bytes"] = weight_bytes;
     out["kv_bytes_mid"] = kv_bytes;
     out["d2d_bytes_per_s"] = bandwidth;
+    // The ceiling measured above (0 with --gemm-ceiling 0): compare prefill FLOP/s against it.
+    out["gemm_ceiling_first_tflops"] = ceiling.first / 1e12;
+    out["gemm_ceiling_sustained_tflops"] = ceiling.sustained / 1e12;
     const char* graph_env = std::getenv("COMPUTRON_DECODE_GRAPH");
     const char* skinny_env = std::getenv("COMPUTRON_SKINNY_ROWS");
     out["decode_graph"] = graph_env && *graph_env ? std::string(graph_env) : std::string("default");
@@ -1027,9 +1096,10 @@ constexpr const char* kUsage =
     "           [--prefill-pass N]  (at most N tokens a prefill pass: the prompts' prefill in several passes)\n"
     "      generate for the requests ({\"prompts\": [[ids...]], \"max_new_tokens\": N}) from a Hugging Face\n"
     "      safetensors folder split TP x PP; tokens as JSON, with --logits the fp32 logits of every pass\n"
-    "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128] [--tp N --pp N]\n"
+    "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128] [--tp N --pp N] [--gemm-ceiling 0]\n"
     "      prefill and decode speed of a preset's shapes with random weights on GPUs 0..tp*pp-1,\n"
-    "      against the bandwidth bound (the bytes of the GPU holding most over the copy rate)\n"
+    "      against the bandwidth bound (the bytes of the GPU holding most over the copy rate) and\n"
+    "      cuBLAS's own GEMM rate at the prefill's MLP shape, alone and sustained for 2 s\n"
     "  collectives [--tp 2]\n"
     "      the TP group's peer all-reduce and all-gather against a host reference (CCHECK lines),\n"
     "      then their time against NCCL's (COLL lines)\n"
