@@ -431,7 +431,8 @@ void CudaModelExecution::gpusLost(const std::vector<GpuId>& gone) {
 //    runs one prefill of kWarmUpPrompt tokens (cuBLAS products and batched attention) and one
 //    decode pass (the skinny products with fused epilogues, split decode attention, sampling) on
 //    every rank at once, over the placement's own NCCL communicators. That loads the decoder
-//    kernels (CUDA loads modules and functions lazily, at first launch) on each GPU, initialises
+//    kernels on each GPU where CUDA loads modules lazily, at first launch (the computron binary
+//    asks for eager loading, see app/main.cpp, unless the environment says otherwise), initialises
 //    cuBLAS/cuBLASLt in each GPU's context, and makes NCCL connect the channels of the all-reduce,
 //    all-gather, broadcast and send/recv the real passes use (NCCL connects at first use).
 //  * Every real executor runs its own matrix products once at a few prefill sizes over its
