@@ -270,8 +270,8 @@ static void installCrashHandlers() {
 int main(int argc, char** argv) {
   // CUDA loads a kernel's module lazily, at its first launch, by default. A first launch during a
   // weight load waits behind the load's copies: on one H200 the first load of a run took 20 ms
-  // more and the first batch 12 ms more than later ones. Eager loading moves that cost to context
-  // creation (about 4 s at start). Read when CUDA initialises, so set before any CUDA call; a value
+  // more and the first batch 11 ms more than later ones. Eager loading moves that cost to context
+  // creation (about 4 s in one replay). Read when CUDA initialises, so set before any CUDA call; a value
   // the user set stands.
   setenv("CUDA_MODULE_LOADING", "EAGER", 0);
   installCrashHandlers();

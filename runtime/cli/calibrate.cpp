@@ -62,7 +62,7 @@ struct Settings {
   int decode_tokens = 8;
   int repeats = 5;
   int warmup = 2;
-  int gap_ms = -1;           // idle before each timed run of the grids (-1: 100 on cuda, 0 on host)
+  int gap_ms = 0;            // idle before each timed run of the grids (default: 100 on cuda, 0 on host)
   bool power_probe = false;  // also time a heavy shape run back to back after idling (notes only)
   int max_context = 0;
   bool loads = true;
@@ -398,8 +398,11 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
 
   if (s.power_probe) {
     // How a batch's time moves as the GPU goes from idle to sustained load: after 1.5 s idle, the
-    // largest batch at the reference prompt and at 256 tokens, back to back for 3 s each.
-    for (int p : {reference_prompt, 256}) {
+    // largest batch at the reference prompt and at 256 tokens (the longest prompt of the grid if
+    // shorter: the KV cache is sized for the grids), back to back for 3 s each.
+    std::vector<int> probe_prompts = {reference_prompt};
+    if (std::min(256, s.prompts.back()) > reference_prompt) probe_prompts.push_back(std::min(256, s.prompts.back()));
+    for (int p : probe_prompts) {
       const int b = batches.back();
       std::this_thread::sleep_for(std::chrono::milliseconds(1500));
       const auto t0 = std::chrono::steady_clock::now();
@@ -657,9 +660,9 @@ int calibrateMain(int argc, char** argv) try {
       "output tokens of each decode measurement (at least 2)")(
       "repeats", po::value<int>(&s.repeats)->default_value(s.repeats), "timed runs per grid point (the median is kept)")(
       "warmup", po::value<int>(&s.warmup)->default_value(s.warmup), "untimed runs before them")(
-      "gap-ms", po::value<int>(&s.gap_ms)->default_value(s.gap_ms, "100 on cuda, 0 on host"),
+      "gap-ms", po::value<int>(&s.gap_ms),
       "idle milliseconds before each timed run of the grids, so each starts as a served batch does, "
-      "from clocks the GPU's power limit has not lowered (0: back to back)")(
+      "from clocks the GPU's power limit has not lowered (0: back to back; default 100 on cuda, 0 on host)")(
       "power-probe", "also time the largest batch back to back after idling, and after idle gaps (notes only)")(
       "no-loads", "skip the load measurements (the profile then has no \"links\")")(
       "out,o", po::value<std::string>(&out_path)->default_value(out_path), "the profile file to write")(
@@ -701,7 +704,7 @@ int calibrateMain(int argc, char** argv) try {
     return usage("--decode-tokens: must be 2 to " + std::to_string(kMaxRequestTokens));
   if (s.repeats < 1 || s.repeats > 1000) return usage("--repeats: must be 1 to 1000");
   if (s.warmup < 0 || s.warmup > 1000) return usage("--warmup: must be 0 to 1000");
-  if (s.gap_ms == -1) s.gap_ms = device == "cuda" ? 100 : 0;
+  if (vm.count("gap-ms") == 0) s.gap_ms = device == "cuda" ? 100 : 0;
   if (s.gap_ms < 0 || s.gap_ms > 60000) return usage("--gap-ms: must be 0 to 60000");
   if (s.max_context < 0 || s.max_context > kMaxRequestTokens)
     return usage("--max-context: must be 0 (from the grids) to " + std::to_string(kMaxRequestTokens));

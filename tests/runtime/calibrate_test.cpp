@@ -187,6 +187,7 @@ TEST(Calibrate, BadOptionsExitTwoNamingTheOption) {
       {{"--device", "host", "--models", "opt-125m", "--contexts", "8,x"}, "--contexts"},
       {{"--device", "host", "--models", "opt-125m", "--decode-tokens", "1"}, "--decode-tokens"},
       {{"--device", "host", "--models", "opt-125m", "--repeats", "0"}, "--repeats"},
+      {{"--device", "host", "--models", "opt-125m", "--gap-ms", "-1"}, "--gap-ms"},
       {{"--device", "host", "--models", "opt-125m", "--gap-ms", "-2"}, "--gap-ms"},
       {{"--device", "host", "--models", "opt-125m", "--gap-ms", "60001"}, "--gap-ms"},
       {{"--device", "host", "--models", "opt-125m", "--prompt-tokens", "64", "--max-context", "64"}, "--prompt-tokens"},

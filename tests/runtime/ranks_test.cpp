@@ -960,7 +960,7 @@ class TokenEchoExecution final : public FakeExecution {
         if (payload->prompt.empty() == prefill) ++prompt_mismatch;
         const std::int32_t token = static_cast<std::int32_t>(payload->seed) + s.generated;
         const bool stop = std::find(payload->stop_ids.begin(), payload->stop_ids.end(), token) != payload->stop_ids.end();
-        if (stop) ev.stopped.push_back(s.request.id);
+        if (stop && report_stops) ev.stopped.push_back(s.request.id);
         out.push_back({s.request.id, s.generated, token, stop, clock().now()});
       }
       if (part.shard == 0) channel_->deliver(std::move(out));
@@ -984,6 +984,8 @@ class TokenEchoExecution final : public FakeExecution {
   std::shared_ptr<TokenChannel> tokenChannel() const override { return channel_; }
   std::atomic<int> missing{0};
   std::atomic<int> prompt_mismatch{0};  // steps: a prefill without its prompt, or a decode with one
+  // Off: this rank does not report its stops (as a rank a client's cancel has not reached yet).
+  std::atomic<bool> report_stops{true};
 
  private:
   std::shared_ptr<TokenChannel> channel_ = std::make_shared<TokenChannel>();
@@ -1062,13 +1064,17 @@ TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
 
 // A stop id sampled on the GPU ranks ends the sequence there and then: the ranks send the stopped
 // sequences with the step's completion, the engine retires them, and their records count the tokens
-// made. Every third request stops at its second token (of three).
+// made. The requests of x (split over ranks 1 and 2) and of y (rank 1) stop at their second token
+// (of three); z's (rank 2) run to the end. Rank 2 reports no stops at all, as a rank that a
+// client's cancel has not reached yet: x's sequences still end at that step for the whole group
+// (the backend merges the parts' lists).
 TEST(RanksInProcess, ASessionSequenceStoppedOnTheGpuRanksEndsAtThatStep) {
   std::vector<std::shared_ptr<TokenEchoExecution>> executions;
   for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
+  executions[1]->report_stops = false;
   const auto requests = spanningRequests(15);
   auto engine_side = std::make_shared<TokenEchoExecution>();
-  auto stops = [](RequestId id) { return id % 3 == 1; };
+  auto stops = [](RequestId id) { return id % 3 != 2; };  // models x (id % 3 == 0) and y (1)
   for (const Request& r : requests) {
     auto payload = std::make_shared<RequestPayload>();
     payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
@@ -1093,7 +1099,7 @@ TEST(RanksInProcess, ASessionSequenceStoppedOnTheGpuRanksEndsAtThatStep) {
     ASSERT_EQ(static_cast<int>(tokens.size()), expected) << rec.request.id << ": no step after the stop";
     EXPECT_EQ(tokens.back().stop, stops(rec.request.id)) << rec.request.id;
   }
-  EXPECT_EQ(stopped, 5);
+  EXPECT_EQ(stopped, 10);
 }
 
 // A served request's client going away reaches the GPU rank running it: its copy of the payload

@@ -160,10 +160,13 @@ double measureD2dBandwidth() {
   return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);  // read + write
 }
 
-// The hardware's own ceiling for the prefill's products, measured in the same run: cuBLAS's
-// fp16/bf16 GEMM (fp32 accumulate, as the executors call it) at a prefill's shape, rows x ffn x
-// hidden, timed alone after 200 ms idle (`first`, the boost clock) and back to back for 2 s
-// (`sustained`: the median of the last second, under the card's power limit). FLOP/s.
+// A ceiling for the prefill's products, measured in the same run: cuBLAS's fp16/bf16 GemmEx
+// (fp32 accumulate, default algorithm heuristic) at one large product of a prefill, rows x (ffn /
+// tp) x hidden (one MLP input matrix; Llama's executors fuse gate and up into one product twice as
+// wide, and OPT's fc1 runs through cuBLASLt with its epilogue), timed alone after 200 ms idle
+// (`first`, the boost clock) and back to back for 2 s (`sustained`: the median of the last
+// second, under the card's power limit). FLOP/s. A tool that exits on error: its buffers are not
+// released on that path.
 struct GemmCeiling {
   double first = 0;
   double sustained = 0;
@@ -238,14 +241,14 @@ int runBench(const std::map<std::string, std::string>& f) {
   const int tp = std::stoi(flag(f, "tp", "1")), pp = std::stoi(flag(f, "pp", "1"));
   if (tp < 1 || pp < 1) throw ConfigError("--tp and --pp must be at least 1");
   const double bandwidth = measureD2dBandwidth();
-  // The MLP's first product at the largest batch's prefill rows (at least one row).
+  // One MLP input matrix's product (this rank's share of ffn) at the largest batch's prefill rows.
   const GemmCeiling ceiling = flag(f, "gemm-ceiling", "1") == "0"
                                   ? GemmCeiling{}
                                   : measureGemmCeiling(spec.dtype, std::max(1, prompt * [&] {
                                       int m = 1;
                                       for (int b : batches) m = std::max(m, b);
                                       return m;
-                                    }()), spec.ffn_hidden, spec.hidden);
+                                    }()), std::max(1, spec.ffn_hidden / tp), spec.hidden);
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ExecutorLimits limits;
   limits.max_batch = max_batch;
@@ -1099,7 +1102,8 @@ constexpr const char* kUsage =
     "  bench --preset NAME --batch B[,B...] [--prompt 512 --new 128] [--tp N --pp N] [--gemm-ceiling 0]\n"
     "      prefill and decode speed of a preset's shapes with random weights on GPUs 0..tp*pp-1,\n"
     "      against the bandwidth bound (the bytes of the GPU holding most over the copy rate) and\n"
-    "      cuBLAS's own GEMM rate at the prefill's MLP shape, alone and sustained for 2 s\n"
+    "      cuBLAS's GEMM rate at one MLP product of the prefill (rows x ffn/tp x hidden), alone and\n"
+    "      sustained for 2 s\n"
     "  collectives [--tp 2]\n"
     "      the TP group's peer all-reduce and all-gather against a host reference (CCHECK lines),\n"
     "      then their time against NCCL's (COLL lines)\n"
