@@ -551,9 +551,12 @@ RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& request
   return result;
 }
 
+// The requests are spaced well beyond what a load and a batch take on the host-memory device, so
+// the decisions do not depend on how fast the ranks' threads run (40 ms was too close under
+// ThreadSanitizer on a busy 2-core machine: one rank's load completion came after the next arrival).
 TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
-  const auto requests = spacedRequests(28, 7, 40 * kNanosPerMilli);
+  const auto requests = spacedRequests(28, 7, 100 * kNanosPerMilli);
   const RunResult one = runOneProcess(config, requests);
   const RunResult three = runThreeRanks(config, requests);
   EXPECT_EQ(one.commands, three.commands);
@@ -569,7 +572,7 @@ TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
 
 TEST(RanksInProcess, RanksOnOtherHostsHaveTheirClocksMappedByPing) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
-  const auto requests = spacedRequests(14, 7, 40 * kNanosPerMilli);
+  const auto requests = spacedRequests(14, 7, 100 * kNanosPerMilli);
   const RunResult one = runOneProcess(config, requests);
   const RunResult three = runThreeRanks(config, requests, -1, -1, /*hosts_apart=*/true);
   EXPECT_EQ(one.commands, three.commands);
