@@ -552,11 +552,24 @@ RunResult runThreeRanks(EngineConfig config, const std::vector<Request>& request
 }
 
 // The requests are spaced well beyond what a load and a batch take on the host-memory device, so
-// the decisions do not depend on how fast the ranks' threads run (40 ms was too close under
-// ThreadSanitizer on a busy 2-core machine: one rank's load completion came after the next arrival).
+// the decisions do not depend on how fast the ranks' threads run. Under the sanitizers threads
+// stall now and then for 100 ms and more (in CI on 2 cores, one rank's load completion came after
+// the next arrival at 40 and at 100 ms), so the gap is wider there.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr Nanos kDecisionGap = 400 * kNanosPerMilli;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+constexpr Nanos kDecisionGap = 400 * kNanosPerMilli;
+#else
+constexpr Nanos kDecisionGap = 100 * kNanosPerMilli;
+#endif
+#else
+constexpr Nanos kDecisionGap = 100 * kNanosPerMilli;
+#endif
+
 TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
-  const auto requests = spacedRequests(28, 7, 100 * kNanosPerMilli);
+  const auto requests = spacedRequests(28, 7, kDecisionGap);
   const RunResult one = runOneProcess(config, requests);
   const RunResult three = runThreeRanks(config, requests);
   EXPECT_EQ(one.commands, three.commands);
@@ -572,7 +585,7 @@ TEST(RanksInProcess, ThreeRanksMakeTheSameDecisionsAsOneProcess) {
 
 TEST(RanksInProcess, RanksOnOtherHostsHaveTheirClocksMappedByPing) {
   const EngineConfig config = sixGpuConfig(tinyShardBytes());
-  const auto requests = spacedRequests(14, 7, 100 * kNanosPerMilli);
+  const auto requests = spacedRequests(14, 7, kDecisionGap);
   const RunResult one = runOneProcess(config, requests);
   const RunResult three = runThreeRanks(config, requests, -1, -1, /*hosts_apart=*/true);
   EXPECT_EQ(one.commands, three.commands);
