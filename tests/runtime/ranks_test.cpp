@@ -1042,36 +1042,53 @@ TEST(RanksInProcess, ServedTokensComeBackFromTheGpuRanksBeforeTheirCompletions) 
   }
 }
 
-// The same with iteration batching: every step carries the payloads of the sequences it names, so
-// the GPU ranks sample and deliver each step's tokens for served requests, x's across two ranks.
-TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
-  std::vector<std::shared_ptr<TokenEchoExecution>> executions;
-  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
-  const auto requests = spanningRequests(15);
+// Served requests under iteration batching across the ranks: each request's payload has prompt
+// {1000 * (id + 1), 5, 6} and seed 1000 * (id + 1) (the token echo's step token is seed + index),
+// then `adjust` may change it. Returns the run, the tokens rank 0's channel got per request, and
+// the GPU ranks' executions (`configure` may set them up first).
+struct ServedSessionRun {
+  SpanningResult run;
+  std::map<RequestId, std::vector<TokenDelivery>> got;
+  std::vector<std::shared_ptr<TokenEchoExecution>> executions;  // by rank - 1
+};
+
+ServedSessionRun runServedSessions(const std::vector<Request>& requests,
+                                   const std::function<void(const Request&, RequestPayload&)>& adjust = {},
+                                   const std::function<void(std::vector<std::shared_ptr<TokenEchoExecution>>&)>& configure = {}) {
+  ServedSessionRun out;
+  for (int r = 1; r < 3; ++r) out.executions.push_back(std::make_shared<TokenEchoExecution>());
+  if (configure) configure(out.executions);
   auto engine_side = std::make_shared<TokenEchoExecution>();
   for (const Request& r : requests) {
     auto payload = std::make_shared<RequestPayload>();
     payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
     payload->seed = static_cast<std::uint64_t>(1000 * (r.id + 1));
+    if (adjust) adjust(r, *payload);
     engine_side->tokenChannel()->put(r.id, payload);
   }
-  const SpanningResult run =
-      runSpanningWith(requests, {executions[0], executions[1]}, engine_side, -1, -1, Batching::kIteration);
-  EXPECT_EQ(run.codes[1], 0);
-  EXPECT_EQ(run.codes[2], 0);
-  ASSERT_EQ(run.records.size(), requests.size());
-  std::map<RequestId, std::vector<TokenDelivery>> got;
-  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
-  for (const RequestRecord& rec : run.records) {
+  out.run = runSpanningWith(requests, {out.executions[0], out.executions[1]}, engine_side, -1, -1, Batching::kIteration);
+  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) out.got[t.request].push_back(t);
+  return out;
+}
+
+// The same with iteration batching: every step carries the payloads of the sequences it names, so
+// the GPU ranks sample and deliver each step's tokens for served requests, x's across two ranks.
+TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
+  const auto requests = spanningRequests(15);
+  ServedSessionRun s = runServedSessions(requests);
+  EXPECT_EQ(s.run.codes[1], 0);
+  EXPECT_EQ(s.run.codes[2], 0);
+  ASSERT_EQ(s.run.records.size(), requests.size());
+  for (const RequestRecord& rec : s.run.records) {
     ASSERT_TRUE(rec.ok) << rec.request.id << ": " << rec.error;
-    const auto& tokens = got[rec.request.id];
+    const auto& tokens = s.got[rec.request.id];
     ASSERT_EQ(static_cast<int>(tokens.size()), rec.request.output_tokens) << rec.request.id;
     for (int i = 0; i < rec.request.output_tokens; ++i) {
       EXPECT_EQ(tokens[static_cast<std::size_t>(i)].index, i);
       EXPECT_EQ(tokens[static_cast<std::size_t>(i)].token, 1000 * (rec.request.id + 1) + i);
     }
   }
-  for (const auto& execution : executions) {
+  for (const auto& execution : s.executions) {
     EXPECT_EQ(execution->missing.load(), 0);                // every step brought its sequences' payloads
     EXPECT_EQ(execution->prompt_mismatch.load(), 0);        // prompts with prefill steps only
     EXPECT_EQ(execution->tokenChannel()->payloads(), 0u);  // and they were dropped after it
@@ -1085,33 +1102,24 @@ TEST(RanksInProcess, ServedTokensOfSessionStepsComeBackFromTheGpuRanks) {
 // client's cancel has not reached yet: x's sequences still end at that step for the whole group
 // (the backend merges the parts' lists).
 TEST(RanksInProcess, ASessionSequenceStoppedOnTheGpuRanksEndsAtThatStep) {
-  std::vector<std::shared_ptr<TokenEchoExecution>> executions;
-  for (int r = 1; r < 3; ++r) executions.push_back(std::make_shared<TokenEchoExecution>());
-  executions[1]->report_stops = false;
   const auto requests = spanningRequests(15);
-  auto engine_side = std::make_shared<TokenEchoExecution>();
   auto stops = [](RequestId id) { return id % 3 != 2; };  // models x (id % 3 == 0) and y (1)
-  for (const Request& r : requests) {
-    auto payload = std::make_shared<RequestPayload>();
-    payload->prompt = {static_cast<std::int32_t>(1000 * (r.id + 1)), 5, 6};
-    payload->seed = static_cast<std::uint64_t>(1000 * (r.id + 1));
-    if (stops(r.id)) payload->stop_ids = {static_cast<std::int32_t>(1000 * (r.id + 1) + 1)};
-    engine_side->tokenChannel()->put(r.id, payload);
-  }
-  const SpanningResult run =
-      runSpanningWith(requests, {executions[0], executions[1]}, engine_side, -1, -1, Batching::kIteration);
-  EXPECT_EQ(run.codes[1], 0);
-  EXPECT_EQ(run.codes[2], 0);
-  ASSERT_EQ(run.records.size(), requests.size());
-  std::map<RequestId, std::vector<TokenDelivery>> got;
-  for (const TokenDelivery& t : engine_side->tokenChannel()->take()) got[t.request].push_back(t);
+  ServedSessionRun s = runServedSessions(
+      requests,
+      [&](const Request& r, RequestPayload& payload) {
+        if (stops(r.id)) payload.stop_ids = {static_cast<std::int32_t>(1000 * (r.id + 1) + 1)};
+      },
+      [](std::vector<std::shared_ptr<TokenEchoExecution>>& executions) { executions[1]->report_stops = false; });
+  EXPECT_EQ(s.run.codes[1], 0);
+  EXPECT_EQ(s.run.codes[2], 0);
+  ASSERT_EQ(s.run.records.size(), requests.size());
   int stopped = 0;
-  for (const RequestRecord& rec : run.records) {
+  for (const RequestRecord& rec : s.run.records) {
     ASSERT_TRUE(rec.ok) << rec.request.id << ": " << rec.error;
     const int expected = stops(rec.request.id) ? 2 : 3;
     stopped += stops(rec.request.id) ? 1 : 0;
     EXPECT_EQ(rec.request.output_tokens, expected) << rec.request.id;  // the tokens made
-    const auto& tokens = got[rec.request.id];
+    const auto& tokens = s.got[rec.request.id];
     ASSERT_EQ(static_cast<int>(tokens.size()), expected) << rec.request.id << ": no step after the stop";
     EXPECT_EQ(tokens.back().stop, stops(rec.request.id)) << rec.request.id;
   }
