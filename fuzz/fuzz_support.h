@@ -9,19 +9,33 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
 namespace computron::fuzz {
 
-// A folder of this process's own, created once.
+// A folder of this process's own, created once and removed when the process exits normally.
+class ScratchFolder {
+ public:
+  ScratchFolder() : path_(std::filesystem::temp_directory_path() / ("computron-fuzz-" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchFolder() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchFolder(const ScratchFolder&) = delete;
+  ScratchFolder& operator=(const ScratchFolder&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 inline const std::filesystem::path& scratchDir() {
-  static const std::filesystem::path dir = [] {
-    auto p = std::filesystem::temp_directory_path() / ("computron-fuzz-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(p);
-    return p;
-  }();
-  return dir;
+  static const ScratchFolder folder;
+  return folder.path();
 }
 
 // Writes `size` bytes to `path`, replacing it.

@@ -90,9 +90,12 @@ struct StepCommand {
   // step (`prefill` empty) makes one token of every sequence in `decode`.
   std::vector<StepSequence> prefill;
   std::vector<StepSequence> decode;
-  // Sequences that ended after the previous step: their KV cache may be released. A session
-  // ends without a further command when its last sequence leaves (or is preempted, or a step
-  // fails): its end releases every sequence's cache.
+  // Sequences that ended (made their last token, stopped, or failed with a step) since the model's
+  // previous step, in this session or in one that ended before it could name them: a backend
+  // releases their KV cache slots and forgets their tokens. Preempted sequences are never named:
+  // they rejoin later with a prefill over their tokens so far. A session ends without a further
+  // command when its last sequence leaves (or is preempted, or a step fails): its end releases
+  // every sequence's cache.
   std::vector<RequestId> retired;
 };
 

@@ -1264,7 +1264,6 @@ void Engine::advanceSession(Session& s) {
       const std::int64_t tokens = static_cast<std::int64_t>(q.request.prompt_tokens) + q.request.output_tokens;
       s.kv_tokens -= tokens;
       kvAdd(m, -tokens);
-      s.retired.push_back(q.request.id);
       state.queue.push_front(std::move(q));
     }
     s.decoding.clear();
@@ -1314,7 +1313,10 @@ void Engine::issueStep(Session& s) {
   } else {
     for (const auto& seq : s.decoding) cmd.decode.push_back(entry(seq));
   }
-  cmd.retired = std::move(s.retired);
+  auto& state = models_[static_cast<std::size_t>(s.model)];
+  cmd.retired = std::move(state.retired_unsent);
+  state.retired_unsent.clear();
+  cmd.retired.insert(cmd.retired.end(), s.retired.begin(), s.retired.end());
   s.retired.clear();
   backend_.step(cmd);
 }
@@ -1327,6 +1329,9 @@ void Engine::endSession(ModelId m) {
   {
     const Session& s = sessions_.at(id);
     kvAdd(m, -s.kv_tokens);
+    // Ended sequences the backend was not told of yet: named in the model's next step, so a rank
+    // that did not see them end (a cancel seen on another rank) forgets their tokens then.
+    state.retired_unsent.insert(state.retired_unsent.end(), s.retired.begin(), s.retired.end());
   }
   sessions_.erase(id);
   session_of_[mi] = 0;
@@ -1365,8 +1370,14 @@ void Engine::onStepDone(const StepResult& result) {
   };
   if (!result.ok) {
     // A failed step fails every sequence of the session; the model stays resident.
-    for (const auto& seq : s.decoding) report(seq, false, result.error);
-    for (const auto& seq : s.joining) report(seq, false, result.error);
+    for (const auto& seq : s.decoding) {
+      report(seq, false, result.error);
+      s.retired.push_back(seq.q.request.id);
+    }
+    for (const auto& seq : s.joining) {
+      report(seq, false, result.error);
+      s.retired.push_back(seq.q.request.id);
+    }
     endSession(m);
     schedule(m);
     return;

@@ -166,6 +166,9 @@ struct ModelRuntimeState {
   // Iteration batching: preempted from its session, it comes last in scheduling passes while
   // another model waits for its GPUs and nothing else has started there since (-1: not yielding).
   std::int64_t yield_epoch = -1;
+  // Iteration batching: sequences that ended (last token, stopped, or failed) in a session that
+  // ended before naming them to the backend; named in the model's next step (StepCommand::retired).
+  std::vector<RequestId> retired_unsent;
 };
 
 class Engine {
@@ -295,7 +298,7 @@ class Engine {
     StepCommand cmd;                 // the step in flight
     std::vector<Sequence> decoding;  // have their first token
     std::vector<Sequence> joining;   // in the prefill step in flight
-    std::vector<RequestId> retired;  // ended since the last step was issued
+    std::vector<RequestId> retired;  // ended since the last step was issued (not the preempted)
     std::int64_t kv_tokens = 0;      // reserved by every sequence (prompt + output)
     bool drain_requested = false;    // another model waits for its GPUs
     Nanos drain_since = -1;          // when it was asked to drain (it drains from its quantum's end)

@@ -704,6 +704,9 @@ void CudaModelExecution::runStep(const ExecPart& part, DeviceEvent& ev) {
       for (int slot = std::max(1, d.max_batch) - 1; slot >= 0; --slot) ss.free_slots.push_back(slot);
     }
     for (RequestId id : cmd.retired) {
+      // Ended for good (never a preempted sequence): its tokens are not needed again. This rank
+      // may not have seen it end (a client's cancel is seen where the server runs).
+      ss.history.erase(id);
       auto it = ss.seqs.find(id);
       if (it == ss.seqs.end()) continue;
       ss.free_slots.push_back(it->second.slot);

@@ -151,6 +151,40 @@ TEST(IterationBatching, RetiredSequencesAreNamedInTheNextStep) {
   EXPECT_EQ(backend.steps[1].decode.size(), 1u);
 }
 
+// A sequence that ends its session (the last to leave, or failed with its step) is named in the
+// model's next step, in a later session: a rank that did not see it end forgets its tokens then.
+TEST(IterationBatching, SequencesEndingTheirSessionAreNamedInTheModelsNextStep) {
+  RecordingBackend backend;
+  ManualClock clock;
+  Collector observer;
+  Engine engine(oneModel(4), backend, clock, &observer);
+  engine.onArrival(fakes::makeRequest(0, 0, 0, 4, 1));
+  loadFirst(engine, backend, clock, 10);
+  ASSERT_EQ(backend.steps.size(), 1u);
+  clock.t = 20;
+  engine.onStepDone(stepDone(backend.steps[0], 10, 20));  // r0's one token: the session ends
+  EXPECT_FALSE(engine.model(0).running);
+  ASSERT_EQ(backend.steps.size(), 1u);
+  clock.t = 30;
+  engine.onArrival(fakes::makeRequest(1, 0, 30, 4, 2));
+  ASSERT_EQ(backend.steps.size(), 2u);
+  EXPECT_NE(backend.steps[1].batch, backend.steps[0].batch);  // a new session
+  EXPECT_EQ(backend.steps[1].retired, (std::vector<RequestId>{0}));
+  StepResult failed = stepDone(backend.steps[1], 30, 40);
+  failed.ok = false;
+  failed.error = "injected";
+  clock.t = 40;
+  engine.onStepDone(failed);  // r1 fails with its step; the session ends
+  EXPECT_FALSE(engine.model(0).running);
+  clock.t = 50;
+  engine.onArrival(fakes::makeRequest(2, 0, 50, 4, 1));
+  ASSERT_EQ(backend.steps.size(), 3u);
+  EXPECT_EQ(backend.steps[2].retired, (std::vector<RequestId>{1}));  // named once, not again
+  ASSERT_EQ(observer.records.size(), 2u);
+  EXPECT_FALSE(observer.records[1].ok);
+  engine.checkInvariants();
+}
+
 TEST(IterationBatching, MaxBatchBoundsTheSession) {
   RecordingBackend backend;
   ManualClock clock;
@@ -304,6 +338,12 @@ TEST(IterationBatching, DrainPreemptsAfterMaxDrainAndRecomputesProgress) {
     t += 10;
   }
   ASSERT_EQ(observer.records.size(), 3u);
+  // Preempted r0 is never named as retired (the ranks keep its tokens for the rejoin); r2, done
+  // with the rejoin's prefill, is named in the step after it.
+  std::vector<RequestId> retired_a;
+  for (const auto& step : backend.steps)
+    if (step.model == 0) retired_a.insert(retired_a.end(), step.retired.begin(), step.retired.end());
+  EXPECT_EQ(retired_a, (std::vector<RequestId>{2}));
   std::map<RequestId, RequestRecord> by_id;
   for (const auto& r : observer.records) by_id[r.request.id] = r;
   EXPECT_EQ(by_id[0].first_token, 20);  // kept across the preemption

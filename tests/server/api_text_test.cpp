@@ -7,9 +7,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "runtime/server/api.h"
+#include "tests/support/cli_runner.h"
 
 namespace computron::server {
 namespace {
@@ -27,9 +29,10 @@ std::string readFile(const std::string& path) {
 }
 
 // A model folder: a fixture tokenizer.json, and a tokenizer_config.json with `chat_template` when given.
-std::string modelFolder(const std::string& name, const std::string& tokenizer, const std::string& chat_template,
-                        const std::string& bos, const std::string& eos) {
-  const fs::path dir = fs::temp_directory_path() / ("computron-api-text-" + name + "-" + std::to_string(::getpid()));
+// Made under `scratch` (removed when the suite ends).
+std::string modelFolder(const fs::path& scratch, const std::string& name, const std::string& tokenizer,
+                        const std::string& chat_template, const std::string& bos, const std::string& eos) {
+  const fs::path dir = scratch / name;
   fs::create_directories(dir);
   fs::copy_file(dataPath("tokenizers/" + tokenizer + "/tokenizer.json"), dir / "tokenizer.json",
                 fs::copy_options::overwrite_existing);
@@ -43,17 +46,22 @@ class ApiText : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!fs::exists(dataPath("tokenizers/llama3-style/tokenizer.json"))) GTEST_SKIP() << "no tokenizer fixtures";
-    llama3_ = loadTextModel(modelFolder("llama3", "llama3-style", "llama3", "<|begin_of_text|>", "<|eot_id|>"));
-    llama2_ = loadTextModel(modelFolder("llama2", "llama2-style", "llama2", "<s>", "</s>"));
-    plain_ = loadTextModel(modelFolder("plain", "opt-style", "", "</s>", "</s>"));
+    scratch_ = std::make_unique<fakes::ScratchDir>();
+    const fs::path& root = scratch_->path();
+    llama3_ = loadTextModel(modelFolder(root, "llama3", "llama3-style", "llama3", "<|begin_of_text|>", "<|eot_id|>"));
+    llama2_ = loadTextModel(modelFolder(root, "llama2", "llama2-style", "llama2", "<s>", "</s>"));
+    plain_ = loadTextModel(modelFolder(root, "plain", "opt-style", "", "</s>", "</s>"));
   }
   std::vector<ModelInfo> models() const {
     return {ModelInfo{"llama3", 4000, 4096, llama3_}, ModelInfo{"llama2", 4000, 4096, llama2_},
             ModelInfo{"opt", 4000, 4096, plain_}, ModelInfo{"ids-only", 4000, 4096, nullptr}};
   }
+  static void TearDownTestSuite() { scratch_.reset(); }
   static std::shared_ptr<const TextModel> llama3_, llama2_, plain_;
+  static std::unique_ptr<fakes::ScratchDir> scratch_;
 };
 std::shared_ptr<const TextModel> ApiText::llama3_, ApiText::llama2_, ApiText::plain_;
+std::unique_ptr<fakes::ScratchDir> ApiText::scratch_;
 
 TEST_F(ApiText, ATextPromptIsTokenizedWithTheModelsTokenizer) {
   const std::string text = "Hello world, it's 2026!";

@@ -14,6 +14,7 @@
 #include "sim/simulator.h"
 #include "tests/sim/observed_run.h"
 #include "tests/sim/sim_test_util.h"
+#include "tests/support/cli_runner.h"
 
 namespace computron {
 namespace {
@@ -23,8 +24,8 @@ using Recorder = testing::LoadRecorder;
 // Two OPT-6.7B on GPU 0, both fit: m-0 serves at 0 s; m-1's first request at 2 s starts its
 // load; m-0's second request arrives at 2.1 s, during that load.
 Recorder run(bool wait) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "computron-load-wait-test";
-  std::filesystem::create_directories(dir);
+  const fakes::ScratchDir scratch;
+  const std::filesystem::path& dir = scratch.path();
   std::ofstream(dir / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
                                    << "0,m-0,0,64,1\n1,m-1,2000000000,64,1\n2,m-0,2100000000,64,1\n";
   nlohmann::json doc = nlohmann::json::parse(R"({
