@@ -167,7 +167,7 @@ void readTimeline(RunData& run) {
   if (!in) throw CompareInputError(path.string() + ": cannot be opened");
   const std::string name = path.string();
   std::map<std::int64_t, bool> gpu_process;  // pid -> named "GPU n"
-  std::unordered_set<std::int64_t> batches_seen;
+  std::unordered_set<std::int64_t> batches_seen, sessions_seen;
   std::int64_t index = -1;
   auto onEvent = [&](const nlohmann::json& e) {
     ++index;
@@ -196,7 +196,7 @@ void readTimeline(RunData& run) {
     auto gpu = gpu_process.find(pid);
     if (gpu == gpu_process.end() || !gpu->second) return;
     const std::string cat = e.contains("cat") ? text("cat") : std::string();
-    if (cat != "load" && cat != "batch") return;
+    if (cat != "load" && cat != "batch" && cat != "session") return;
     const std::string span = text("name");
     std::string model = span;
     if (cat == "load") {
@@ -219,7 +219,22 @@ void readTimeline(RunData& run) {
         // A batch on a group of GPUs has one span on each: counted once.
         if (id != args->end() && id->is_number_integer() && !batches_seen.insert(id->get<std::int64_t>()).second) return;
       }
+      if (cat == "session") {
+        // Its steps: how many and their summed time (timelines before these fields have neither).
+        auto id = args->find("session");
+        auto steps = args->find("steps");
+        auto steps_us = args->find("steps_us");
+        if (steps == args->end() || steps_us == args->end()) return;
+        if (!steps->is_number_integer() || steps->get<std::int64_t>() < 0) fail("session 'steps' is not a count");
+        if (!steps_us->is_number() || !(steps_us->get<double>() >= 0) || !std::isfinite(steps_us->get<double>()))
+          fail("session 'steps_us' is negative or not finite");
+        if (id != args->end() && id->is_number_integer() && !sessions_seen.insert(id->get<std::int64_t>()).second) return;
+        samples->second.steps.sum += static_cast<long double>(secondsToNanos(steps_us->get<double>() * 1e-6));
+        samples->second.steps.count += steps->get<std::int64_t>();
+        return;
+      }
     }
+    if (cat == "session") return;
     (cat == "load" ? samples->second.shard_loads : samples->second.batches).add(d);
   };
   nlohmann::json::parser_callback_t callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
@@ -271,6 +286,7 @@ const char* metricLabel(Metric m) {
     case Metric::kSwaps: return "swaps";
     case Metric::kLoad: return "shard load ms";
     case Metric::kBatch: return "batch ms";
+    case Metric::kStep: return "step ms";
     case Metric::kKs: return "ks distance";
   }
   return "";
@@ -281,6 +297,7 @@ const char* missingWhat(Metric m) {
   switch (m) {
     case Metric::kLoad: return "no shard load";
     case Metric::kBatch: return "no batch";
+    case Metric::kStep: return "no step";
     default: return "no served request";
   }
 }
@@ -345,6 +362,7 @@ void ModelSamples::add(const ModelSamples& o) {
   swaps += o.swaps;
   shard_loads.add(o.shard_loads);
   batches.add(o.batches);
+  steps.add(o.steps);
 }
 
 RunData readRun(const fs::path& dir) {
@@ -436,6 +454,7 @@ const char* metricName(Metric m) {
     case Metric::kSwaps: return "swaps";
     case Metric::kLoad: return "load";
     case Metric::kBatch: return "batch";
+    case Metric::kStep: return "step";
     case Metric::kKs: return "ks";
   }
   return "";
@@ -491,6 +510,7 @@ ModelComparison compareSamples(const std::string& name, const ModelSamples& a, c
       valued(Metric::kSwaps, static_cast<double>(a.swaps), static_cast<double>(b.swaps), true));
   out.metrics.push_back(valued(Metric::kLoad, a.shard_loads.meanMillis(), b.shard_loads.meanMillis(), timeline));
   out.metrics.push_back(valued(Metric::kBatch, a.batches.meanMillis(), b.batches.meanMillis(), timeline));
+  out.metrics.push_back(valued(Metric::kStep, a.steps.meanMillis(), b.steps.meanMillis(), timeline));
   MetricComparison ks;
   ks.metric = Metric::kKs;
   ks.a = static_cast<double>(la.size());
@@ -688,8 +708,16 @@ std::string compareTable(const Comparison& c, const std::map<Metric, double>& li
     out << line << "\n";
   };
   row("model", "metric", "A", "B", "error", "limit", "");
+  // Batches and steps: a run has one or the other (request-level or iteration batching); the row of
+  // the kind neither run has is left out, unless a limit names it.
+  auto neither = [&](Metric metric) {
+    const MetricComparison& all = c.overall.at(metric);
+    return (metric == Metric::kBatch || metric == Metric::kStep) && all.available && !all.a && !all.b &&
+           limits.find(metric) == limits.end();
+  };
   auto block = [&](const ModelComparison& mc, bool is_overall) {
     for (const MetricComparison& m : mc.metrics) {
+      if (neither(m.metric)) continue;
       std::string a, b, error, limit, status;
       if (!m.available) {
         a = b = error = "-";
@@ -717,8 +745,8 @@ std::string compareTable(const Comparison& c, const std::map<Metric, double>& li
   block(c.overall, true);
   out << "error = (B - A) / A, n/a where A and B are both 0 or a side has no sample (-). ks: the sample\n"
          "sizes and the Kolmogorov-Smirnov distance of the latency distributions (served requests).\n"
-         "Latencies from requests.csv (exact), swaps from summary.json, shard load and batch times from\n"
-         "timeline.json.\n";
+         "Latencies from requests.csv (exact), swaps from summary.json, shard load, batch and step times\n"
+         "(iteration batching: the mean step of the sessions) from timeline.json.\n";
   return out.str();
 }
 
@@ -731,14 +759,14 @@ int compareMain(int argc, char** argv) {
   opts.add_options()("help,h", "show this help")(
       "json", po::bool_switch(), "print one JSON object (overall, models, each metric's a, b and error) instead of the table")(
       "max-error", po::value<std::vector<std::string>>(&max_error)->composing(),
-      "limits, metric=value comma-separated (mean=5%,p99=10%,swaps=1,ks=0.1): mean, p50, p90, p99, ttft, load, batch "
+      "limits, metric=value comma-separated (mean=5%,p99=10%,swaps=1,ks=0.1): mean, p50, p90, p99, ttft, load, batch, step "
       "a relative error in percent; swaps a difference in count; ks a distance. Exit 1 when one is exceeded. May be "
       "repeated")("overall-only", po::bool_switch(),
                   "apply --max-error to the overall line only (default: overall and each model)");
   const std::string footer =
       "\nCompares two output folders of runs of one scenario: A the reference (e.g. `computron replay`), B the\n"
       "candidate (e.g. `computron sim`). Per model and overall: mean, p50, p90, p99 latency and mean time to first\n"
-      "token (requests.csv, served requests), swaps (summary.json), mean shard load and batch time (timeline.json),\n"
+      "token (requests.csv, served requests), swaps (summary.json), mean shard load, batch and step time (timeline.json),\n"
       "each with A, B and (B - A) / A; and the Kolmogorov-Smirnov distance between the latency distributions.\n"
       "Exit codes: 0 compared (every limit met); 1 a limit exceeded (listed); 2 bad usage or input (a missing\n"
       "folder or summary.json, a malformed requests.csv line, an unknown metric). A model in one run only is a\n"

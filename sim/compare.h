@@ -54,6 +54,7 @@ struct ModelSamples {
   std::int64_t swaps = 0;      // summary.json `swaps` (load episodes)
   DurationMean shard_loads;    // timeline.json spans of cat "load" with ok true, one per shard
   DurationMean batches;        // timeline.json spans of cat "batch" with ok true, once per batch id
+  DurationMean steps;          // iteration batching: the steps of "session" spans (args steps, steps_us)
   void add(const ModelSamples& o);
 };
 
@@ -87,9 +88,9 @@ std::optional<double> relativeError(double a, double b);
 
 // The metrics, in report order. Latencies and durations in milliseconds; swaps a count; ks has
 // the sample sizes (served requests) as a and b and the distance as its error.
-enum class Metric { kMean, kP50, kP90, kP99, kTtft, kSwaps, kLoad, kBatch, kKs };
-constexpr Metric kAllMetrics[] = {Metric::kMean, Metric::kP50,  Metric::kP90,   Metric::kP99, Metric::kTtft,
-                                  Metric::kSwaps, Metric::kLoad, Metric::kBatch, Metric::kKs};
+enum class Metric { kMean, kP50, kP90, kP99, kTtft, kSwaps, kLoad, kBatch, kStep, kKs };
+constexpr Metric kAllMetrics[] = {Metric::kMean, Metric::kP50,  Metric::kP90,   Metric::kP99,  Metric::kTtft,
+                                  Metric::kSwaps, Metric::kLoad, Metric::kBatch, Metric::kStep, Metric::kKs};
 const char* metricName(Metric m);  // "mean", ..., the key in --max-error and in the JSON
 std::optional<Metric> metricFromName(const std::string& name);
 

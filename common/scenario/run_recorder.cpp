@@ -204,6 +204,8 @@ struct RunRecorder::Impl {
     ModelId model = 0;
     Nanos start = 0, end = 0;
     int steps = 0, max_sequences = 0;
+    int prefill_steps = 0;
+    Nanos step_time = 0, prefill_time = 0;  // summed over its steps (start to end of each)
     bool ok = true;
   };
   std::vector<OpenSession> open_sessions;
@@ -211,7 +213,11 @@ struct RunRecorder::Impl {
     const auto gi = static_cast<std::size_t>(g);
     if (gi >= open_sessions.size() || open_sessions[gi].id < 0) return;
     const OpenSession& o = open_sessions[gi];
+    // The steps' own time (without the gaps between them), all and prefill: `computron compare`
+    // reads the mean step from it.
     const std::string args = "{\"session\":" + std::to_string(o.id) + ",\"steps\":" + std::to_string(o.steps) +
+                             ",\"steps_us\":" + microsText(o.step_time) + ",\"prefill_steps\":" +
+                             std::to_string(o.prefill_steps) + ",\"prefill_us\":" + microsText(o.prefill_time) +
                              ",\"max_sequences\":" + std::to_string(o.max_sequences) + ",\"ok\":" + (o.ok ? "true" : "false") + "}";
     span(g, lane(g, kComputeTrack, o.start, o.end), scenario.engine.models[static_cast<std::size_t>(o.model)].name, "session",
          o.start, o.end, args);
@@ -455,10 +461,18 @@ void RunRecorder::onStep(const StepCommand& cmd, const StepResult& result) {
     Impl::OpenSession& open = im.open_sessions[gi];
     if (open.id != cmd.batch) {
       im.flushSession(g);
-      open = Impl::OpenSession{cmd.batch, cmd.model, result.start, result.end, 0, 0, true};
+      open = Impl::OpenSession{};
+      open.id = cmd.batch;
+      open.model = cmd.model;
+      open.start = result.start;
     }
     open.end = result.end;
     ++open.steps;
+    open.step_time += result.end - result.start;
+    if (!cmd.prefill.empty()) {
+      ++open.prefill_steps;
+      open.prefill_time += result.end - result.start;
+    }
     open.max_sequences = std::max(open.max_sequences, sequences);
     open.ok = open.ok && result.ok;
   }

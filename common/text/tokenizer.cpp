@@ -277,7 +277,7 @@ std::string replaceAll(std::string_view s, const std::string& pattern, const std
   return out;
 }
 
-std::size_t codePointCount(std::string_view s) {
+std::size_t countCodePoints(std::string_view s) {
   std::size_t n = 0;
   for (const char ch : s) n += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
   return n;
@@ -285,7 +285,7 @@ std::size_t codePointCount(std::string_view s) {
 
 // The single code point of `s`, or the error naming `where`.
 char32_t singleCodePoint(const JsonReader& where, const std::string& s) {
-  if (s.empty() || !isValidUtf8(s) || codePointCount(s) != 1) where.fail("expected one character, got \"" + s + "\"");
+  if (s.empty() || !isValidUtf8(s) || countCodePoints(s) != 1) where.fail("expected one character, got \"" + s + "\"");
   return decodeAt(s, 0, utf8Step(s, 0));
 }
 
@@ -663,7 +663,7 @@ void Tokenizer::Impl::readDecoder(const JsonReader& r, bool& fused) {
     step.pattern = pattern.requireString("String");
     step.content = r.requireString("content");
     if (step.pattern.empty()) pattern.at("String").fail("empty pattern");
-    if (fused && codePointCount(step.pattern) != 1) {
+    if (fused && countCodePoints(step.pattern) != 1) {
       pattern.at("String").fail("a Replace of more than one character after tokens were fused is not supported");
     }
   } else if (type == "Strip") {

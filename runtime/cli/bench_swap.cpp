@@ -29,8 +29,6 @@ namespace po = boost::program_options;
 namespace computron::runtime {
 namespace {
 
-constexpr int kExitUsage = 2;
-
 struct BenchOptions {
   std::vector<std::string> models{"opt-13b", "opt-6.7b"};
   int reps = 5;
@@ -44,13 +42,6 @@ struct BenchOptions {
   std::string baseline;
   std::string json_out;
 };
-
-[[maybe_unused]] double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 
 #ifdef COMPUTRON_HAVE_CUDA

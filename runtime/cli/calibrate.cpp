@@ -69,13 +69,6 @@ struct Settings {
   bool quiet = false;
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 double millis(Nanos t) { return static_cast<double>(t) / 1e6; }
 
 std::string fixed(double v, int precision) {

@@ -8,8 +8,10 @@
 // Each returns the process exit code (0 ok, 1 failure, 2 bad usage or configuration).
 #pragma once
 
+#include <algorithm>
 #include <ctime>
 #include <string>
+#include <vector>
 
 namespace computron::runtime {
 
@@ -19,6 +21,17 @@ int benchSwapMain(int argc, char** argv);  // argv[0] is "swap"
 int benchServeMain(int argc, char** argv); // argv[0] is "serve" (the load generator)
 int serveMain(int argc, char** argv);      // argv[0] is "serve" (runtime/server/, docs/serving.md)
 int calibrateMain(int argc, char** argv);  // argv[0] is "calibrate" (docs/specs.md, "Profiles")
+
+// The exit code of bad usage or configuration.
+inline constexpr int kExitUsage = 2;
+
+// The median of `v`: its middle value, or the mean of the two middle ones; 0 when empty.
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 // The current time in UTC as strftime `format` writes it (results and profiles carry their date).
 inline std::string utcNow(const char* format) {

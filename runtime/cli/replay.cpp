@@ -27,8 +27,6 @@ namespace po = boost::program_options;
 namespace computron::runtime {
 namespace {
 
-constexpr int kExitUsage = 2;
-
 // Layer readiness goes onto the timeline as one span per load (first to last layer).
 class LayerTimeline : public BackendListener {
  public:

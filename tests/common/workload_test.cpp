@@ -13,16 +13,16 @@
 namespace computron {
 namespace {
 
-const std::vector<std::string> kThreeModels = {"a", "b", "c"};
+const std::vector<std::string> kWorkloadModels = {"a", "b", "c"};
 
 std::unique_ptr<RequestSource> build(const std::string& json_text,
-                                     const std::vector<std::string>& models = kThreeModels, std::uint64_t seed = 42,
+                                     const std::vector<std::string>& models = kWorkloadModels, std::uint64_t seed = 42,
                                      Nanos duration = 0, const std::string& base_dir = "") {
   const nlohmann::json json = nlohmann::json::parse(json_text);
   return makeWorkload(JsonReader(json, "$.workload"), models, seed, duration, base_dir);
 }
 
-std::string errorOf(const std::string& json_text, const std::vector<std::string>& models = kThreeModels) {
+std::string errorOf(const std::string& json_text, const std::vector<std::string>& models = kWorkloadModels) {
   try {
     build(json_text, models);
   } catch (const ConfigError& e) {
@@ -189,14 +189,14 @@ TEST(GeneratedWorkload, ZipfSharesSplitTheTotalRate) {
   EXPECT_DOUBLE_EQ(shares[2], 2.0 / 11);
   for (double share : zipfShares(4, 0.0)) EXPECT_DOUBLE_EQ(share, 0.25);
 
-  auto source = build(R"({"type":"poisson","rate":300,"zipf_alpha":1})", kThreeModels, 42, 200 * kNanosPerSecond);
+  auto source = build(R"({"type":"poisson","rate":300,"zipf_alpha":1})", kWorkloadModels, 42, 200 * kNanosPerSecond);
   std::vector<double> counts(3, 0);
   for (const Request& r : take(*source)) ++counts[r.model];
   for (int m = 0; m < 3; ++m) EXPECT_NEAR(counts[m] / (300.0 * 200 * shares[m]), 1.0, 0.02) << "model " << m;
 }
 
 TEST(GeneratedWorkload, ExplicitRatesPerModel) {
-  auto source = build(R"({"type":"gamma","rates":[10,1,1],"cv":4})", kThreeModels, 42, 2000 * kNanosPerSecond);
+  auto source = build(R"({"type":"gamma","rates":[10,1,1],"cv":4})", kWorkloadModels, 42, 2000 * kNanosPerSecond);
   std::vector<double> counts(3, 0);
   for (const Request& r : take(*source)) ++counts[r.model];
   EXPECT_NEAR(counts[0] / 20000, 1.0, 0.1);
@@ -219,7 +219,7 @@ TEST(GeneratedWorkload, MergedInTimeThenModelOrderWithConsecutiveIds) {
 }
 
 TEST(GeneratedWorkload, StopsAtDuration) {
-  auto source = build(R"({"type":"poisson","rate":100})", kThreeModels, 42, 10 * kNanosPerSecond);
+  auto source = build(R"({"type":"poisson","rate":100})", kWorkloadModels, 42, 10 * kNanosPerSecond);
   const auto requests = take(*source);
   EXPECT_TRUE(source->exhausted());
   EXPECT_FALSE(source->next());
@@ -229,7 +229,7 @@ TEST(GeneratedWorkload, StopsAtDuration) {
 
 TEST(GeneratedWorkload, IsPulledLazily) {
   // A trillion requests: only possible if nothing is generated ahead of the pull.
-  auto source = build(R"({"type":"poisson","rate":1e6})", kThreeModels, 42, 1'000'000 * kNanosPerSecond);
+  auto source = build(R"({"type":"poisson","rate":1e6})", kWorkloadModels, 42, 1'000'000 * kNanosPerSecond);
   EXPECT_EQ(take(*source, 10).size(), 10u);
   EXPECT_FALSE(source->exhausted());
 }
@@ -238,9 +238,9 @@ TEST(GeneratedWorkload, SameSeedSameStreamDifferentSeedDifferentStream) {
   const std::string json = R"({"type":"gamma","rates":[5,2,1],"cv":2,
                                "prompt_tokens":{"dist":"lognormal","mean":300,"cv":1},
                                "output_tokens":{"dist":"uniform","min":1,"max":64}})";
-  auto first = build(json, kThreeModels, 99);
-  auto again = build(json, kThreeModels, 99);
-  auto other = build(json, kThreeModels, 100);
+  auto first = build(json, kWorkloadModels, 99);
+  auto again = build(json, kWorkloadModels, 99);
+  auto other = build(json, kWorkloadModels, 100);
   const auto a = take(*first, 2000);
   EXPECT_EQ(a, take(*again, 2000));
   EXPECT_NE(a, take(*other, 2000));
@@ -312,9 +312,9 @@ TEST(WorkloadCsv, WriteThenReplayGivesIdenticalRequests) {
                                "prompt_tokens":{"dist":"lognormal","mean":500,"cv":1.5},
                                "output_tokens":{"dist":"uniform","min":1,"max":300}})";
   const Nanos duration = 10 * kNanosPerSecond;
-  auto source = build(json, kThreeModels, 5, duration);
+  auto source = build(json, kWorkloadModels, 5, duration);
   std::ostringstream csv;
-  const std::int64_t rows = writeWorkloadCsv(*source, kThreeModels, csv);
+  const std::int64_t rows = writeWorkloadCsv(*source, kWorkloadModels, csv);
   EXPECT_GT(rows, 1500);
   EXPECT_EQ(csv.str().substr(0, csv.str().find('\n')), "id,model,arrival_ns,prompt_tokens,output_tokens");
 
@@ -324,7 +324,7 @@ TEST(WorkloadCsv, WriteThenReplayGivesIdenticalRequests) {
   const auto replayed = take(*replay);
   std::filesystem::remove(path);
 
-  auto original = build(json, kThreeModels, 5, duration);
+  auto original = build(json, kWorkloadModels, 5, duration);
   const auto expected = take(*original);
   ASSERT_EQ(static_cast<std::int64_t>(expected.size()), rows);
   EXPECT_EQ(replayed, expected);

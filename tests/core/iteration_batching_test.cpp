@@ -430,7 +430,7 @@ TEST(IterationBatching, SimulatorStepsTakeTheCostModelsTimesExactly) {
   EXPECT_EQ(observer.records[1].finish, s + 40 * ms);
 }
 
-class ExactlyOnce : public EngineObserver {
+class SessionsExactlyOnce : public EngineObserver {
  public:
   void onRequestDone(const RequestRecord& r) override {
     EXPECT_TRUE(seen.insert(r.request.id).second) << "request " << r.request.id << " served twice";
@@ -479,7 +479,7 @@ TEST(IterationBatching, PropertyKvBudgetAndExactlyOnceOverManySeeds) {
                                  static_cast<std::int32_t>(rng.uniformInt(1, 1500)),
                                  static_cast<std::int32_t>(rng.uniformInt(1, 600))));
     }
-    ExactlyOnce observer;
+    SessionsExactlyOnce observer;
     sim::SimOptions options;
     options.check_invariants = true;
     sim::Simulation simulation(cluster, config, std::make_unique<VectorSource>(requests), &observer, options);

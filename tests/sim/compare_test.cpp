@@ -316,6 +316,10 @@ TEST(CompareCli, RunAgainstItselfHasZeroErrorEverywhere) {
   for (const auto& line : lines) {
     for (Metric m : sim::kAllMetrics) {
       const nlohmann::json& e = line[sim::metricName(m)];
+      if (m == Metric::kStep) {  // request-level batches: no session, so no step on either side
+        EXPECT_TRUE(e["a"].is_null() && e["b"].is_null() && e["error"].is_null()) << e.dump();
+        continue;
+      }
       ASSERT_TRUE(e["error"].is_number()) << sim::metricName(m) << ": " << e.dump();
       EXPECT_EQ(e["error"].get<double>(), 0.0) << sim::metricName(m);
       EXPECT_EQ(e["a"], e["b"]) << sim::metricName(m);
@@ -333,6 +337,61 @@ TEST(CompareCli, RunAgainstItselfHasZeroErrorEverywhere) {
   EXPECT_NE(t.out.find("+0.00%"), std::string::npos) << t.out;
   EXPECT_EQ(t.out.find("n/a\n"), std::string::npos) << t.out;
   EXPECT_EQ(runCompare(run.string() + " " + run.string()).out, t.out);
+}
+
+// Iteration batching: the mean step of the sessions, each session once (a TP 2 session has a span
+// on each GPU); failed sessions, and sessions of timelines without step times, left out.
+TEST(CompareRuns, StepTimeIsTheMeanStepOfTheSessions) {
+  ScratchDir dir;
+  auto write = [&](const std::string& name, const std::string& spans) {
+    const fs::path run = writeRun(dir.path() / name, {{"m", 1}}, {{"m", "0.100000000"}});
+    std::ofstream(run / "timeline.json") << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
+                                            "{\"ph\":\"M\",\"pid\":0,\"name\":\"process_name\",\"args\":{\"name\":\"GPU 0\"}},\n"
+                                            "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"GPU 1\"}}"
+                                         << spans << "]}\n";
+    return run;
+  };
+  auto session = [](int pid, int id, int steps, const std::string& steps_us, bool ok) {
+    return ",\n{\"ph\":\"X\",\"pid\":" + std::to_string(pid) +
+           ",\"tid\":0,\"name\":\"m\",\"cat\":\"session\",\"ts\":0,\"dur\":900000,\"args\":{\"session\":" +
+           std::to_string(id) + ",\"steps\":" + std::to_string(steps) + ",\"steps_us\":" + steps_us +
+           ",\"prefill_steps\":1,\"prefill_us\":1000.000,\"max_sequences\":4,\"ok\":" + (ok ? "true" : "false") + "}}";
+  };
+  // A: session 1 on GPUs 0 and 1 (4 steps, 40 ms), session 2 (6 steps, 80 ms), a failed one, and
+  // one from a timeline without step times: 10 steps in 120 ms, 12 ms a step.
+  const fs::path a = write("a", session(0, 1, 4, "40000.000", true) + session(1, 1, 4, "40000.000", true) +
+                                    session(0, 2, 6, "80000.000", true) + session(0, 3, 5, "999000.000", false) +
+                                    ",\n{\"ph\":\"X\",\"pid\":0,\"tid\":0,\"name\":\"m\",\"cat\":\"session\",\"ts\":0,"
+                                    "\"dur\":5,\"args\":{\"session\":4,\"steps\":3,\"max_sequences\":1,\"ok\":true}}\n");
+  const sim::ModelSamples& m = sim::readRun(a).samples.at("m");
+  EXPECT_EQ(m.steps.count, 10);
+  EXPECT_DOUBLE_EQ(*m.steps.meanMillis(), 12.0);
+  EXPECT_EQ(m.batches.count, 0);  // sessions are not batches
+  // B: 10 steps in 144 ms: +20%.
+  const fs::path b = write("b", session(0, 7, 10, "144000.000", true) + "\n");
+  const sim::Comparison c = sim::compareRuns(sim::readRun(a), sim::readRun(b));
+  EXPECT_NEAR(*c.overall.at(Metric::kStep).error, 0.2, 1e-12);
+  EXPECT_DOUBLE_EQ(*c.overall.at(Metric::kStep).b, 14.4);
+  // A bad step count names the file and the event.
+  const fs::path bad = write("bad", session(0, 1, -2, "1.000", true) + "\n");
+  try {
+    sim::readRun(bad);
+    ADD_FAILURE() << "a negative step count was read";
+  } catch (const sim::CompareInputError& e) {
+    EXPECT_NE(std::string(e.what()).find("session 'steps' is not a count"), std::string::npos) << e.what();
+  }
+}
+
+// An iteration-batching run against itself: every step error zero.
+TEST(CompareCli, IterationRunAgainstItselfHasZeroStepError) {
+  ScratchDir dir;
+  const fs::path run = simulate(dir.path() / "run", "--set policy.batching='\"iteration\"' --set workload.output_tokens=8");
+  CommandResult r = runCompare(run.string() + " " + run.string() + " --json --max-error step=0%");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json j = parseJson(r);
+  EXPECT_GT(j["overall"]["step"]["a"].get<double>(), 0.0);
+  EXPECT_EQ(j["overall"]["step"]["error"].get<double>(), 0.0);
+  EXPECT_TRUE(j["overall"]["batch"]["a"].is_null());  // no request-level batch
 }
 
 TEST(CompareCli, LatenciesScaledByOnePointTwoGiveTwentyPercent) {

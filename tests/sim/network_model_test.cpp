@@ -35,7 +35,7 @@ ClusterSpec nodesCluster(int nodes, int per_node, double spine_gbps = 0) {
   return c;
 }
 
-std::map<FlowId, Nanos> drain(LinkModel& links) {
+std::map<FlowId, Nanos> drainNetwork(LinkModel& links) {
   std::map<FlowId, Nanos> done;
   while (auto t = links.nextCompletion()) {
     for (FlowId f : links.takeCompleted(*t)) done[f] = *t;
@@ -49,7 +49,7 @@ TEST(NetworkModel, RemoteCopyRunsAtTheNicRatePlusItsLatency) {
   // 20 GB over a 20 GB/s NIC (the 50 GB/s host link behind it is not the bottleneck): 1 s + 5 us.
   FlowId f = links.start(0, 20e9, links.remotePath(1, 0), c.network.nic_latency);
   EXPECT_DOUBLE_EQ(links.rateOf(f), 20e9);
-  EXPECT_EQ(drain(links).at(f), 1'000'005'000);
+  EXPECT_EQ(drainNetwork(links).at(f), 1'000'005'000);
 }
 
 TEST(NetworkModel, TwoGpusOfANodeShareItsNic) {
@@ -59,7 +59,7 @@ TEST(NetworkModel, TwoGpusOfANodeShareItsNic) {
   FlowId a = links.start(0, 10e9, links.remotePath(1, 0), c.network.nic_latency);
   FlowId b = links.start(0, 10e9, links.remotePath(1, 1), c.network.nic_latency);
   EXPECT_DOUBLE_EQ(links.rateOf(a), 10e9);
-  auto done = drain(links);
+  auto done = drainNetwork(links);
   EXPECT_EQ(done.at(a), 1'000'005'000);
   EXPECT_EQ(done.at(b), 1'000'005'000);
 }
@@ -70,13 +70,13 @@ TEST(NetworkModel, AnOversubscribedSpineCapsFlowsBetweenDifferentNodePairs) {
   LinkModel links(blocking);
   FlowId a = links.start(0, 10e9, links.remotePath(1, 0), 0);
   FlowId b = links.start(0, 10e9, links.remotePath(3, 2), 0);
-  auto done = drain(links);
+  auto done = drainNetwork(links);
   EXPECT_EQ(done.at(a), kNanosPerSecond);  // 10 GB/s each through the 20 GB/s spine
   EXPECT_EQ(done.at(b), kNanosPerSecond);
   ClusterSpec open = nodesCluster(4, 1);
   LinkModel free_links(open);
   FlowId c = free_links.start(0, 10e9, free_links.remotePath(1, 0), 0);
-  EXPECT_EQ(drain(free_links).at(c), kNanosPerSecond / 2);  // the NIC's full 20 GB/s
+  EXPECT_EQ(drainNetwork(free_links).at(c), kNanosPerSecond / 2);  // the NIC's full 20 GB/s
 }
 
 TEST(NetworkModel, ARemoteFlowAndALocalOneShareTheHostLinkMaxMinFairly) {
@@ -87,7 +87,7 @@ TEST(NetworkModel, ARemoteFlowAndALocalOneShareTheHostLinkMaxMinFairly) {
   FlowId local = links.start(0, 30e9, links.hostPath(0), 0);
   EXPECT_DOUBLE_EQ(links.rateOf(remote), 20e9);
   EXPECT_DOUBLE_EQ(links.rateOf(local), 30e9);
-  auto done = drain(links);
+  auto done = drainNetwork(links);
   EXPECT_EQ(done.at(remote), kNanosPerSecond);
   EXPECT_EQ(done.at(local), kNanosPerSecond);
 }
@@ -102,7 +102,7 @@ TEST(NetworkModel, AChangeInOneNodeLeavesAnotherNodesFlowsAlone) {
   FlowId second = links.start(200'000'000, 5e9, links.hostPath(0), 0);
   // GPU 0 now shares 50 GB/s: `second` 5 GB at 25 GB/s ends at 0.4 s; `near` had 20 GB left at
   // 0.2 s, moves 5 GB by 0.4 s, then the last 15 GB at 50 GB/s: 0.7 s.
-  auto done = drain(links);
+  auto done = drainNetwork(links);
   EXPECT_EQ(done.at(far), kNanosPerSecond);
   EXPECT_EQ(done.at(second), 400'000'000);
   EXPECT_EQ(done.at(near), 700'000'000);

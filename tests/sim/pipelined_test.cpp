@@ -20,7 +20,7 @@
 namespace computron {
 namespace {
 
-class Recorder : public EngineObserver {
+class PipelinedRecorder : public EngineObserver {
  public:
   void onRequestDone(const RequestRecord& record) override { requests.push_back(record); }
   void onLoad(const LoadCommand& cmd, Nanos start, Nanos end, bool ok) override {
@@ -50,16 +50,16 @@ nlohmann::json coldScenario(int tp, int pp, bool pipelined) {
   return doc;
 }
 
-Recorder run(const nlohmann::json& doc) {
+PipelinedRecorder run(const nlohmann::json& doc) {
   Scenario s = parseScenario(doc, ".");
-  Recorder rec;
+  PipelinedRecorder rec;
   testing::simulateObserved(s, rec);
   return rec;
 }
 
 TEST(LayerPipelined, ColdFirstTokenIsOneLayerAfterTheLoadOnOneGpu) {
-  Recorder plain = run(coldScenario(1, 1, false));
-  Recorder piped = run(coldScenario(1, 1, true));
+  PipelinedRecorder plain = run(coldScenario(1, 1, false));
+  PipelinedRecorder piped = run(coldScenario(1, 1, true));
   ASSERT_EQ(plain.requests.size(), 1u);
   ASSERT_EQ(piped.requests.size(), 1u);
   const Nanos load = plain.load_end.at(0);
@@ -87,8 +87,8 @@ TEST(LayerPipelined, ColdFirstTokenIsOneLayerAfterTheLoadOnOneGpu) {
 
 TEST(LayerPipelined, SplitModelsFinishBetweenTheLoadEndAndTheSerialTime) {
   for (auto [tp, pp] : std::vector<std::pair<int, int>>{{2, 1}, {1, 2}, {2, 2}, {4, 1}, {1, 4}}) {
-    Recorder plain = run(coldScenario(tp, pp, false));
-    Recorder piped = run(coldScenario(tp, pp, true));
+    PipelinedRecorder plain = run(coldScenario(tp, pp, false));
+    PipelinedRecorder piped = run(coldScenario(tp, pp, true));
     const Nanos load = plain.load_end.at(0);
     const RequestRecord& a = plain.requests.at(0);
     const RequestRecord& b = piped.requests.at(0);
@@ -107,11 +107,11 @@ TEST(LayerPipelined, InvariantsHoldAndColdRequestsGetFaster) {
   doc["models"][0]["count"] = 4;
   doc["workload"]["rates"] = {5, 3, 2, 1};
   doc["workload"]["prompt_tokens"] = 512;
-  Recorder plain = run(doc);
+  PipelinedRecorder plain = run(doc);
   doc["policy"]["layer_pipelined"] = true;
-  Recorder piped = run(doc);
+  PipelinedRecorder piped = run(doc);
   ASSERT_EQ(plain.requests.size(), piped.requests.size());
-  auto coldMean = [](const Recorder& r) {
+  auto coldMean = [](const PipelinedRecorder& r) {
     double sum = 0;
     int n = 0;
     for (const auto& q : r.requests) {
@@ -152,7 +152,7 @@ nlohmann::json twoModelTrace(const std::string& rows, bool serial_loads) {
   return doc;
 }
 
-const RequestRecord& lastOf(const Recorder& r, ModelId model) {
+const RequestRecord& lastOf(const PipelinedRecorder& r, ModelId model) {
   const RequestRecord* last = nullptr;
   for (const auto& q : r.requests)
     if (q.request.model == model && (last == nullptr || q.request.arrival > last->request.arrival)) last = &q;
@@ -162,12 +162,12 @@ const RequestRecord& lastOf(const Recorder& r, ModelId model) {
 // A model's first batch (no prefill estimate yet) starts with its load when it is the only model
 // waiting, and waits for the load when another model waits too: it would hold the GPU throughout.
 TEST(LayerPipelined, AFirstBatchStartsBehindItsLoadOnlyWhenNoOtherModelWaits) {
-  Recorder alone = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n", false));
+  PipelinedRecorder alone = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n", false));
   ASSERT_EQ(alone.requests.size(), 2u);
   EXPECT_EQ(lastOf(alone, 1).start, alone.load_start.at(1));
   EXPECT_LT(lastOf(alone, 1).start, alone.load_end.at(1));
   // hot again at 1 s, beside cold: two models wait.
-  Recorder busy = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n2,hot,1000000000,512,1\n", false));
+  PipelinedRecorder busy = run(twoModelTrace("0,hot,0,512,1\n1,cold,1000000000,512,1\n2,hot,1000000000,512,1\n", false));
   ASSERT_EQ(busy.requests.size(), 3u);
   for (const auto& r : busy.requests) EXPECT_TRUE(r.ok);
   EXPECT_GE(lastOf(busy, 1).start, busy.load_end.at(1));
@@ -181,7 +181,7 @@ TEST(LayerPipelined, ALaterBatchStartsOnePrefillBeforeTheLoadEnds) {
   // cold and hot again at 4 s: cold's load evicts hot, whose request waits beside cold's.
   const std::string rows = "0,cold,0,512,1\n1,cold,1000000000,512,1\n2,hot,2000000000,512,1\n"
                            "3,cold,4000000000,512,1\n4,hot,4000000000,512,1\n";
-  Recorder rec = run(twoModelTrace(rows, true));
+  PipelinedRecorder rec = run(twoModelTrace(rows, true));
   ASSERT_EQ(rec.requests.size(), 5u);
   for (const auto& r : rec.requests) EXPECT_TRUE(r.ok);
   const RequestRecord& resident = rec.requests[1].request.model == 1 ? rec.requests[1] : rec.requests[0];
@@ -195,7 +195,7 @@ TEST(LayerPipelined, ALaterBatchStartsOnePrefillBeforeTheLoadEnds) {
   // Without layer_pipelined the same request starts at the load's end and takes a whole prefill.
   auto doc = twoModelTrace(rows, true);
   doc["policy"]["layer_pipelined"] = false;
-  Recorder plain = run(doc);
+  PipelinedRecorder plain = run(doc);
   EXPECT_EQ(lastOf(plain, 1).start, plain.load_end.at(1));
   EXPECT_GT(lastOf(plain, 1).first_token, c.first_token);
 }
@@ -221,7 +221,7 @@ TEST(LayerPipelined, AStaleWakeDoesNotExtendTheRun) {
   })");
   doc["workload"]["path"] = path;
   Scenario s = parseScenario(doc, ".");
-  Recorder rec;
+  PipelinedRecorder rec;
   const sim::SimStats stats = testing::simulateObserved(s, rec);
   ASSERT_EQ(rec.requests.size(), 6u);
   Nanos last_finish = 0;

@@ -212,7 +212,7 @@ TEST(PlacementGreedy, PlacedScenarioRunsInTheSimulatorWithInvariants) {
 
 // ---- Serial loads and copies from a resident twin, step by step on the engine ----------------
 
-using Recorder = fakes::RecordingBackend;
+using GreedyBackend = fakes::RecordingBackend;
 using Clock0 = fakes::ManualClock;
 
 ModelDeployment opt(const std::string& name, const std::string& weights, std::vector<GpuId> gpus) {
@@ -240,7 +240,7 @@ TEST(SerialLoads, SecondLoadOnASharedLinkWaitsForTheFirst) {
   cfg.models = {opt("a", "a", {0}), opt("b", "b", {0}), opt("c", "c", {1})};
   cfg.gpu_weight_budget = {100LL << 30, 100LL << 30};
   cfg.policy.serial_loads = true;
-  Recorder backend;
+  GreedyBackend backend;
   Clock0 clock;
   Engine engine(cfg, backend, clock);
   engine.onArrival(req(1, 0));
@@ -264,7 +264,7 @@ TEST(PeerCopy, LoadCopiesFromAResidentTwinOverNvlink) {
   cfg.gpu_weight_budget = {100LL << 30, 100LL << 30};
   cfg.policy.routing = "peer";
   cfg.nvlink = true;
-  Recorder backend;
+  GreedyBackend backend;
   Clock0 clock;
   Engine engine(cfg, backend, clock);
   engine.onArrival(req(1, 0));
@@ -284,7 +284,7 @@ TEST(PeerCopy, LoadCopiesFromAResidentTwinOverNvlink) {
   engine.checkInvariants();
   // Different weights never copy, and without NVLink nothing does.
   cfg.nvlink = false;
-  Recorder backend2;
+  GreedyBackend backend2;
   Engine no_nvlink(cfg, backend2, clock);
   no_nvlink.onArrival(req(1, 0));
   no_nvlink.onLoadDone(backend2.loads[0].op);
