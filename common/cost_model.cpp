@@ -65,7 +65,7 @@ Nanos RooflineCostModel::passTime(const ModelDeployment& model, double tokens, d
 }
 
 StepTime RooflineCostModel::prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
-                                        bool /*first_after_load*/, Nanos /*idle*/) const {
+                                        bool /*first_after_load*/, Nanos /*idle*/, Nanos /*busy*/) const {
   if (model.fixed_batch_time > 0) return {model.fixed_batch_time, false};
   double tokens = 0, causal_pairs = 0;
   for (std::int32_t c : contexts) {
@@ -82,7 +82,7 @@ StepTime RooflineCostModel::decodeStep(const ModelDeployment& model, int batch, 
 }
 
 BatchTimes RooflineCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                         bool /*first_after_load*/, Nanos /*idle*/) const {
+                                         bool /*first_after_load*/, Nanos /*idle*/, Nanos /*busy*/) const {
   BatchTimes times;
   if (model.fixed_batch_time > 0) {
     times.first_token = model.fixed_batch_time;
@@ -137,10 +137,15 @@ std::string ProfiledCostModel::sourceFor(const ModelDeployment& model) const {
   return entryFor(model) != nullptr ? "profile" : "roofline";
 }
 
-BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                         bool first_after_load, Nanos idle) const {
+Nanos ProfiledCostModel::powerRecover(const ModelDeployment& model) const {
   const ModelProfile* entry = entryFor(model);
-  if (entry == nullptr || requests.empty()) return roofline_.batchTimes(model, requests, first_after_load, idle);
+  return entry != nullptr && entry->power.hot_factor > 1 ? nanosFromMillis(entry->power.recover_ms) : 0;
+}
+
+BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
+                                         bool first_after_load, Nanos idle, Nanos busy) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr || requests.empty()) return roofline_.batchTimes(model, requests, first_after_load, idle, busy);
   BatchTimes times;
   const double batch = static_cast<double>(requests.size());
   double prompt_tokens = 0;
@@ -152,7 +157,7 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
   const double mean_prompt = prompt_tokens / batch;
   const ProfileGrid::Lookup prefill = entry->prefill.at(batch, mean_prompt);
   times.outside_profile = prefill.outside;
-  Nanos t = nanosFromMillis(prefill.ms);
+  Nanos t = nanosFromMillis(prefill.ms + entry->hotPrefillExtraMs(prefill.ms, static_cast<double>(busy) / 1e6));
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
   t += nanosFromMillis(entry->idleExtraMs(static_cast<double>(idle) / 1e6));
   times.first_token = t;
@@ -184,14 +189,15 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
 }
 
 StepTime ProfiledCostModel::prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
-                                        bool first_after_load, Nanos idle) const {
+                                        bool first_after_load, Nanos idle, Nanos busy) const {
   const ModelProfile* entry = entryFor(model);
-  if (entry == nullptr || contexts.empty()) return roofline_.prefillStep(model, contexts, first_after_load, idle);
+  if (entry == nullptr || contexts.empty()) return roofline_.prefillStep(model, contexts, first_after_load, idle, busy);
   double tokens = 0;
   for (std::int32_t c : contexts) tokens += std::max(1, c);
   const double batch = static_cast<double>(contexts.size());
   const ProfileGrid::Lookup prefill = entry->prefill.at(batch, tokens / batch);
-  Nanos t = nanosFromMillis(prefill.ms) + nanosFromMillis(entry->batch_tail_ms);
+  Nanos t = nanosFromMillis(prefill.ms + entry->hotPrefillExtraMs(prefill.ms, static_cast<double>(busy) / 1e6)) +
+            nanosFromMillis(entry->batch_tail_ms);
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
   t += nanosFromMillis(entry->idleExtraMs(static_cast<double>(idle) / 1e6));
   return {t, prefill.outside};

@@ -37,16 +37,20 @@ class CostModel {
  public:
   virtual ~CostModel() = default;
   // `first_after_load`: the model's first batch since a load of it; `idle`: how long its GPUs sat
-  // without a batch before it (both add the profile's measured extra costs).
+  // without a batch before it; `busy`: how long they had worked before it without resting
+  // powerRecover() (a profile's power model: prefill then runs hot). All add measured extra costs.
   virtual BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                                bool first_after_load = false, Nanos idle = 0) const = 0;
+                                bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const = 0;
   // Iteration-level batching, one step of a session. A prefill step over sequences whose KV
   // caches fill `contexts[i]` tokens each (a prompt, or a preempted sequence's prompt and tokens
   // so far); a decode step makes one token of each of `batch` sequences whose contexts hold
   // `total_context` tokens together (before the step). Both include what a batch's end costs.
   virtual StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
-                               bool first_after_load = false, Nanos idle = 0) const = 0;
+                               bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const = 0;
   virtual StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const = 0;
+  // The idle time after which this model's GPUs count as rested (their `busy` starts again from
+  // 0); 0: no power model for it.
+  virtual Nanos powerRecover(const ModelDeployment& /*model*/) const { return 0; }
   // "profile" or "roofline": which source times this model's batches.
   virtual std::string sourceFor(const ModelDeployment& model) const = 0;
 };
@@ -58,9 +62,9 @@ class RooflineCostModel final : public CostModel {
  public:
   explicit RooflineCostModel(const ClusterSpec& cluster) : cluster_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                        bool first_after_load = false, Nanos idle = 0) const override;
+                        bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const override;
   StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
-                       bool first_after_load = false, Nanos idle = 0) const override;
+                       bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const override;
   StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const override;
   std::string sourceFor(const ModelDeployment&) const override { return "roofline"; }
   // One all-reduce of `bytes` over `tp` GPUs: over NVLink within a node, over each GPU's share of
@@ -81,18 +85,20 @@ class RooflineCostModel final : public CostModel {
 
 // Times from the measured grids (ProfileGrid): prefill by batch size and mean prompt tokens per
 // request, each decode step by batch size and the mean context at that step, plus the batch's tail,
-// for the first batch after a load the measured extra, and the extra after idle GPUs. A model with a fixed_batch_time, or
+// for the first batch after a load the measured extra, the extra after idle GPUs, and prefill's
+// extra on GPUs that have worked past the power model's heat time. A model with a fixed_batch_time, or
 // without an entry for its preset and layout, falls back to the roofline.
 class ProfiledCostModel final : public CostModel {
  public:
   ProfiledCostModel(const ClusterSpec& cluster, std::shared_ptr<const Profile> profile)
       : profile_(std::move(profile)), roofline_(cluster) {}
   BatchTimes batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
-                        bool first_after_load = false, Nanos idle = 0) const override;
+                        bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const override;
   StepTime prefillStep(const ModelDeployment& model, const std::vector<std::int32_t>& contexts,
-                       bool first_after_load = false, Nanos idle = 0) const override;
+                       bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const override;
   StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const override;
   std::string sourceFor(const ModelDeployment& model) const override;
+  Nanos powerRecover(const ModelDeployment& model) const override;
 
  private:
   const ModelProfile* entryFor(const ModelDeployment& model) const;

@@ -109,6 +109,50 @@ double ModelProfile::idleExtraMs(double gap_ms) const {
   return y0;
 }
 
+double ModelProfile::hotPrefillExtraMs(double grid_ms, double busy_ms) const {
+  if (power.hot_factor <= 1 || grid_ms <= 0) return 0;
+  const double cool_left = std::max(0.0, power.heat_ms - std::max(0.0, busy_ms));
+  return std::max(0.0, std::min(grid_ms, power.heat_ms) - cool_left) * (power.hot_factor - 1);
+}
+
+nlohmann::json powerFromProbe(const PowerProbe& probe) {
+  auto median = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  const double cool = probe.after_gap.empty() ? 0 : probe.after_gap.back().second;
+  std::vector<double> late;
+  double first_half = 0;
+  int first_runs = 0;
+  for (const auto& [since, ms] : probe.ramp) {
+    if (since >= 0.5) {
+      late.push_back(ms);
+    } else {
+      first_half += ms;
+      ++first_runs;
+    }
+  }
+  const double hot = median(late);
+  nlohmann::json power = {{"hot_factor", 1.0}, {"heat_ms", 0.0}, {"recover_ms", 0.0},
+                          {"probe", {{"cool_ms", cool}, {"hot_ms", hot}}}};
+  if (cool <= 0 || hot <= 0) return power;
+  const double factor = std::max(1.0, hot / cool);
+  if (factor < 1.02) return power;
+  const double heat = std::clamp((factor * first_runs * cool - first_half) / (factor - 1), 0.0, 500.0);
+  double recover = probe.after_gap.back().first;
+  for (const auto& [gap, ms] : probe.after_gap)
+    if (ms <= cool + 0.5 * (hot - cool)) {
+      recover = gap;
+      break;
+    }
+  power["hot_factor"] = std::round(factor * 1e4) / 1e4;
+  power["heat_ms"] = std::round(heat * 10) / 10;
+  power["recover_ms"] = recover;
+  return power;
+}
+
 const ModelProfile* Profile::find(const std::string& spec, int tp, int pp) const {
   for (const auto& m : models)
     if (m.spec == spec && m.tp == tp && m.pp == pp) return &m;
@@ -157,7 +201,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   if (models.size() == 0) models.fail("a profile needs at least one model");
   for (std::size_t i = 0; i < models.size(); ++i) {
     const JsonReader m = models.at(i);
-    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms", "idle"});
+    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms", "idle", "power"});
     ModelProfile mp;
     const JsonReader spec = m.at("spec");
     mp.spec = spec.asString();
@@ -181,6 +225,12 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
       if (!extra.isArray() || extra.size() != mp.idle_gap_ms.size())
         extra.fail("expected an array with one value per gap_ms point (" + std::to_string(mp.idle_gap_ms.size()) + ")");
       for (std::size_t k = 0; k < extra.size(); ++k) mp.idle_extra_ms.push_back(extra.at(k).asDoubleIn(0, 1e7));
+    }
+    if (auto power = m.find("power")) {
+      power->expectObject({"hot_factor", "heat_ms", "recover_ms", "probe"});
+      mp.power.hot_factor = power->at("hot_factor").asDoubleIn(1, 4);
+      mp.power.heat_ms = power->at("heat_ms").asDoubleIn(0, 1e7);
+      mp.power.recover_ms = power->at("recover_ms").asDoubleIn(0, 1e7);
     }
     p.models.push_back(std::move(mp));
   }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/json_reader.h"
@@ -47,6 +48,18 @@ struct ModelProfile {
   // Linear from (0, 0) through the points, flat after the last.
   std::vector<double> idle_gap_ms, idle_extra_ms;
   double idleExtraMs(double gap_ms) const;
+  // The GPU's power limit (optional `power`, from `calibrate --power-probe`): after heat_ms of
+  // continuous work prefill runs hot_factor times slower (its clock lowered) until the GPU idles
+  // recover_ms. The grids are timed after idle, so they hold heat_ms of cool work at most.
+  struct Power {
+    double hot_factor = 1;  // >= 1; 1: no power model
+    double heat_ms = 0;
+    double recover_ms = 0;
+  } power;
+  // The extra prefill time of a batch or prefill step whose grid time is `grid_ms`, started after
+  // `busy_ms` of continuous work (idle gaps under recover_ms count as work): (min(grid, heat) -
+  // cool time left) x (hot_factor - 1), where cool time left = max(0, heat_ms - busy_ms).
+  double hotPrefillExtraMs(double grid_ms, double busy_ms) const;
 };
 
 struct LinkProfile {
@@ -74,6 +87,22 @@ struct Profile {
   // The entry for this model preset and layout, or null.
   const ModelProfile* find(const std::string& spec, int tp, int pp) const;
 };
+
+// `calibrate --power-probe`'s measurements of one heavy prefill shape: run back to back for a few
+// seconds after a long idle (seconds since the first started, ms each), then after idle gaps
+// (gap ms, median ms of the runs after it, shortest gap first).
+struct PowerProbe {
+  std::vector<std::pair<double, double>> ramp;
+  std::vector<std::pair<double, double>> after_gap;
+};
+// The profile's `power` member from a probe:
+// - cool_ms: the run after the longest gap (rested); hot_ms: the median of the ramp from 0.5 s on;
+//   hot_factor = hot_ms / cool_ms (at least 1);
+// - heat_ms: when the ramp turned hot, from its first half second: its runs took T for K runs, and
+//   cool work up to heat_ms then hot_factor times slower gives T = heat + (K cool - heat) hot_factor;
+// - recover_ms: the shortest gap after which the shape ran at most halfway from cool to hot.
+// With a hot_factor under 1.02 (no measurable limit) heat_ms and recover_ms are 0.
+nlohmann::json powerFromProbe(const PowerProbe& probe);
 
 // Reads and validates a profile document; errors are ConfigError naming `name` and the JSON path
 // (`profile.json: $.models[0].prefill.batch[2]: ...`).

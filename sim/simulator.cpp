@@ -23,6 +23,7 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   batches_timed_.assign(models, 0);
   batches_outside_.assign(models, 0);
   gpu_free_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
+  busy_since_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_busy_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_queue_.resize(static_cast<std::size_t>(cluster.numGpus()));
 }
@@ -229,19 +230,31 @@ void Simulation::releaseLoadBlocked(OpId finished) {
   }
 }
 
+Nanos Simulation::busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos recover) {
+  if (recover <= 0) return 0;
+  Nanos busy = 0;
+  for (GpuId g : gpus) {
+    const auto gi = static_cast<std::size_t>(g);
+    if (start - gpu_free_[gi] >= recover) busy_since_[gi] = start;  // rested: a new stretch
+    busy = std::max(busy, start - busy_since_[gi]);
+  }
+  return busy;
+}
+
 // A session's step: a prefill step over its joining sequences' contexts, or a decode step over
 // every decoding sequence, timed by the cost model (a profile's grids where it has one).
 void Simulation::step(const StepCommand& cmd) {
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
   const auto m = static_cast<std::size_t>(cmd.model);
   StepTime t;
+  const Nanos busy = busyBefore(cmd.gpus, now_, cost_->powerRecover(model));
   if (!cmd.prefill.empty()) {
     Nanos free_since = 0;
     for (GpuId g : cmd.gpus) free_since = std::max(free_since, gpu_free_[static_cast<std::size_t>(g)]);
     std::vector<std::int32_t> contexts;
     contexts.reserve(cmd.prefill.size());
     for (const auto& s : cmd.prefill) contexts.push_back(s.context);
-    t = cost_->prefillStep(model, contexts, fresh_[m], cmd.step == 0 ? std::max<Nanos>(0, now_ - free_since) : 0);
+    t = cost_->prefillStep(model, contexts, fresh_[m], cmd.step == 0 ? std::max<Nanos>(0, now_ - free_since) : 0, busy);
   } else {
     double context = 0;
     for (const auto& s : cmd.decode) context += s.context;
@@ -271,7 +284,8 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
   const auto m = static_cast<std::size_t>(cmd.model);
   Nanos free_since = 0;
   for (GpuId g : cmd.gpus) free_since = std::max(free_since, gpu_free_[static_cast<std::size_t>(g)]);
-  BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m], std::max<Nanos>(0, start - free_since));
+  const Nanos busy = busyBefore(cmd.gpus, start, cost_->powerRecover(model));
+  BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m], std::max<Nanos>(0, start - free_since), busy);
   fresh_[m] = false;
   ++batches_timed_[m];
   if (times.outside_profile) ++batches_outside_[m];

@@ -131,6 +131,11 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::uint64_t link_generation_ = 0;
   std::vector<bool> fresh_;  // per model: loaded since its last batch started
   std::vector<Nanos> gpu_free_;  // per GPU: when its last batch ended
+  // Per GPU: when its current stretch of work began (the power model: a stretch ends when the GPU
+  // idles the cost model's powerRecover()).
+  std::vector<Nanos> busy_since_;
+  // How long `gpus` have worked before `start` without resting `recover` (0 when recover is 0).
+  Nanos busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos recover);
   std::vector<std::int64_t> batches_timed_, batches_outside_;
   SimStats stats_;
   std::int64_t completed_ = 0;  // requests reported done, for progress only

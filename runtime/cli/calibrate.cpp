@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/json_reader.h"
+#include "common/profile.h"
 #include "common/scenario/cli_args.h"
 #include "common/scenario/output_files.h"
 #include "common/scenario/scenario.h"
@@ -63,7 +64,7 @@ struct Settings {
   int repeats = 5;
   int warmup = 2;
   int gap_ms = 0;            // idle before each timed run of the grids (default: 100 on cuda, 0 on host)
-  bool power_probe = false;  // also time a heavy shape run back to back after idling (notes only)
+  bool power_probe = false;  // also time a heavy shape back to back after idling: the power model
   int max_context = 0;
   bool loads = true;
   bool quiet = false;
@@ -389,10 +390,12 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
   cal.note(layout.label() + ": first batch " + fixed(cold, 2) + " ms, warm " + fixed(warm, 2) + " ms (B=1, P=" +
            std::to_string(reference_prompt) + ")");
 
+  nlohmann::json power;
   if (s.power_probe) {
     // How a batch's time moves as the GPU goes from idle to sustained load: after 1.5 s idle, the
     // largest batch at the reference prompt and at 256 tokens (the longest prompt of the grid if
-    // shorter: the KV cache is sized for the grids), back to back for 3 s each.
+    // shorter: the KV cache is sized for the grids), back to back for 3 s each; then after idle
+    // gaps. The last (heaviest) shape gives the profile's power model (powerFromProbe).
     std::vector<int> probe_prompts = {reference_prompt};
     if (std::min(256, s.prompts.back()) > reference_prompt) probe_prompts.push_back(std::min(256, s.prompts.back()));
     for (int p : probe_prompts) {
@@ -401,20 +404,32 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
       const auto t0 = std::chrono::steady_clock::now();
       std::ostringstream line;
       line << layout.label() << ": power probe B=" << b << " P=" << p << " (s since start: ms):";
+      computron::PowerProbe probe;
       while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
         const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        line << ' ' << fixed(since, 3) << ':' << fixed(cal.run(id, b, p, 1).prefill_ms, 2);
+        const double ms = cal.run(id, b, p, 1).prefill_ms;
+        probe.ramp.emplace_back(since, ms);
+        line << ' ' << fixed(since, 3) << ':' << fixed(ms, 2);
       }
       cal.note(line.str());
       for (int gap : {50, 200, 1000}) {
         std::ostringstream after;
         after << layout.label() << ": power probe B=" << b << " P=" << p << " after " << gap << " ms idle:";
+        std::vector<double> ms;
         for (int i = 0; i < 5; ++i) {
           std::this_thread::sleep_for(std::chrono::milliseconds(gap));
-          after << ' ' << fixed(cal.run(id, b, p, 1).prefill_ms, 2);
+          ms.push_back(cal.run(id, b, p, 1).prefill_ms);
+          after << ' ' << fixed(ms.back(), 2);
         }
+        probe.after_gap.emplace_back(gap, median(ms));
         cal.note(after.str());
       }
+      power = computron::powerFromProbe(probe);
+      power["probe"]["batch"] = b;
+      power["probe"]["prompt_tokens"] = p;
+      cal.note(layout.label() + ": power model from B=" + std::to_string(b) + " P=" + std::to_string(p) + ": hot x" +
+               fixed(power["hot_factor"].get<double>(), 3) + " after " + fixed(power["heat_ms"].get<double>(), 1) +
+               " ms of work, cool again after " + fixed(power["recover_ms"].get<double>(), 0) + " ms idle");
     }
   }
 
@@ -480,6 +495,7 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
                  {"batch_tail_ms", positive(median(tails), layout.label() + " batch tail")},
                  {"first_batch_extra_ms", median(extra)},
                  {"idle", {{"gap_ms", idle_gaps}, {"extra_ms", idle_extra}}}};
+  if (!power.is_null()) out.profile["power"] = power;
   return out;
 }
 
@@ -656,7 +672,7 @@ int calibrateMain(int argc, char** argv) try {
       "gap-ms", po::value<int>(&s.gap_ms),
       "idle milliseconds before each timed run of the grids, so each starts as a served batch does, "
       "from clocks the GPU's power limit has not lowered (0: back to back; default 100 on cuda, 0 on host)")(
-      "power-probe", "also time the largest batch back to back after idling, and after idle gaps (notes only)")(
+      "power-probe", "also time the largest batch back to back after idling, and after idle gaps, and write the power model it gives into each model's entry (`power`: prefill slows after sustained work)")(
       "no-loads", "skip the load measurements (the profile then has no \"links\")")(
       "out,o", po::value<std::string>(&out_path)->default_value(out_path), "the profile file to write")(
       "device", po::value<std::string>(&device)->default_value(device),

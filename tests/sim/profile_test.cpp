@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <cmath>
 #include <string>
@@ -208,6 +209,112 @@ TEST(ProfiledCostModel, BatchesAfterIdleGpusPayTheMeasuredExtra) {
   EXPECT_NE(refusal(bad).find("$.models[0].idle.extra_ms: expected an array with one value per gap_ms point"),
             std::string::npos)
       << refusal(bad);
+}
+
+// The power model: prefill on GPUs that have worked past heat_ms runs hot_factor slower, for the
+// part of its grid time that the grid (timed after idle) ran cool; decode steps do not change.
+TEST(ProfiledCostModel, PrefillRunsHotAfterHeatMsOfWorkOnly) {
+  nlohmann::json doc = profileDoc();
+  doc["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
+  auto profile = std::make_shared<const Profile>(readProfile(doc, "p.json"));
+  const ModelProfile& m = profile->models[0];
+  EXPECT_DOUBLE_EQ(m.hotPrefillExtraMs(2, 0), 0);      // 3 ms of cool work left: all of it cool
+  EXPECT_DOUBLE_EQ(m.hotPrefillExtraMs(2, 2.25), 0.625);  // 0.75 ms cool, then 1.25 ms at 1.5x
+  EXPECT_DOUBLE_EQ(m.hotPrefillExtraMs(2, 10), 1);     // all hot
+  EXPECT_DOUBLE_EQ(m.hotPrefillExtraMs(20, 10), 1.5);  // the grid's own 3 cool ms, now hot
+  EXPECT_DOUBLE_EQ(m.hotPrefillExtraMs(20, 0), 0);
+  ClusterSpec cluster = clusterPreset("a100-40gb-x4");
+  ProfiledCostModel cost(cluster, profile);
+  const ModelDeployment d = deployment("opt-1.3b", 2, 2);
+  EXPECT_EQ(cost.powerRecover(d), 5'000'000);
+  const BatchTimes cool = cost.batchTimes(d, {request(16, 3)});
+  const BatchTimes hot = cost.batchTimes(d, {request(16, 3)}, false, 0, 10 * kNanosPerMilli);
+  EXPECT_EQ(hot.first_token, cool.first_token + 1'000'000);  // 2 ms of prefill at 1.5x
+  EXPECT_EQ(hot.total, cool.total + 1'000'000);                // the decode steps as before
+  EXPECT_EQ(cost.prefillStep(d, {16}, false, 0, 10 * kNanosPerMilli).time, cost.prefillStep(d, {16}).time + 1'000'000);
+  EXPECT_EQ(cost.decodeStep(d, 1, 32).time, ProfiledCostModel(cluster, std::make_shared<const Profile>(
+                                                                             readProfile(profileDoc(), "p.json")))
+                                                .decodeStep(d, 1, 32)
+                                                .time);
+  // Without `power`, no power model.
+  EXPECT_EQ(ProfiledCostModel(cluster, std::make_shared<const Profile>(readProfile(profileDoc(), "p.json"))).powerRecover(d), 0);
+  nlohmann::json bad = doc;
+  bad["models"][0]["power"]["hot_factor"] = 0.5;
+  EXPECT_NE(refusal(bad).find("$.models[0].power.hot_factor"), std::string::npos) << refusal(bad);
+  bad = doc;
+  bad["models"][0]["power"].erase("recover_ms");
+  EXPECT_NE(refusal(bad).find("$.models[0].power"), std::string::npos) << refusal(bad);
+}
+
+// calibrate --power-probe's figures to the power model: a synthetic GPU that runs a 20 ms shape cool
+// for 40 ms of work, then 1.15x slower, and is rested after 50 ms idle.
+TEST(PowerProbe, RecoversHotFactorHeatAndRecoverFromARamp) {
+  PowerProbe probe;
+  double since = 0, busy = 0;
+  while (since < 3.0) {
+    const double cool_left = std::max(0.0, 40.0 - busy);
+    const double ms = cool_left >= 20 ? 20 : cool_left + (20 - cool_left) * 1.15;
+    probe.ramp.emplace_back(since, ms);
+    busy += ms;
+    since += ms / 1000 + 0.0001;  // the host's gap between runs
+  }
+  probe.after_gap = {{50, 20.2}, {200, 20.0}, {1000, 20.0}};
+  const nlohmann::json p = powerFromProbe(probe);
+  EXPECT_NEAR(p["hot_factor"].get<double>(), 1.15, 1e-9);
+  EXPECT_NEAR(p["heat_ms"].get<double>(), 40.0, 0.05);
+  EXPECT_EQ(p["recover_ms"].get<double>(), 50);
+  EXPECT_EQ(p["probe"]["cool_ms"].get<double>(), 20.0);
+  // Read back as a profile's `power`.
+  nlohmann::json doc = profileDoc();
+  doc["models"][0]["power"] = p;
+  EXPECT_DOUBLE_EQ(readProfile(doc, "p.json").models[0].power.hot_factor, 1.15);
+  // Still hot after 200 ms: recover is the next gap that ran cool.
+  probe.after_gap = {{50, 22.9}, {200, 22.0}, {1000, 20.0}};
+  EXPECT_EQ(powerFromProbe(probe)["recover_ms"].get<double>(), 1000);
+  // A GPU whose speed does not move: no power model.
+  PowerProbe flat;
+  for (int i = 0; i < 100; ++i) flat.ramp.emplace_back(i * 0.03, 20.0);
+  flat.after_gap = {{50, 20.0}, {200, 20.0}, {1000, 20.0}};
+  EXPECT_EQ(powerFromProbe(flat)["hot_factor"].get<double>(), 1.0);
+  EXPECT_EQ(powerFromProbe(flat)["heat_ms"].get<double>(), 0.0);
+}
+
+// In the simulator: three requests queued at once run back to back (max_batch 1), so the second
+// and third start on a working GPU and their prefill runs hot; a fourth after a rest runs cool.
+TEST(ProfiledSimulation, BackToBackPrefillRunsHotAndARestCoolsTheGpu) {
+  ScratchDir dir;
+  nlohmann::json plain = profileDoc();
+  plain["models"][0]["first_batch_extra_ms"] = 0;  // the first batch is prefill and tail only
+  nlohmann::json hot = plain;
+  hot["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
+  std::ofstream(dir.path() / "plain.json") << plain.dump();
+  std::ofstream(dir.path() / "hot.json") << hot.dump();
+  // After the load (well under 2 s): three at 2 s, one at 3 s. B=1, P=16: prefill 2 ms + tail 0.25 ms.
+  std::ofstream(dir.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
+                                          << "0,m,2000000000,16,1\n1,m,2000000000,16,1\n2,m,2000000000,16,1\n"
+                                          << "3,m,3000000000,16,1\n";
+  auto run = [&](const std::string& profile, const std::string& out) {
+    nlohmann::json doc = testing::smallScenario();
+    doc["duration_s"] = 5;
+    doc["models"][0]["count"] = 1;
+    doc["models"][0]["max_batch"] = 1;
+    doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
+    doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile}};
+    Scenario sc = parseScenario(doc, dir.path().string());
+    sc.outputs.dir = (dir.path() / out).string();
+    sim::runScenario(sc, nullptr);
+    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir.path() / out / "requests.csv"));
+    std::map<std::string, double> finish;
+    for (std::size_t i = 0; i < rows.rows.size(); ++i) finish[rows.at(i, "id")] = std::stod(rows.at(i, "finish_s"));
+    return finish;
+  };
+  const auto a = run("plain.json", "a"), b = run("hot.json", "b");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  EXPECT_NEAR(b.at("0") - a.at("0"), 0, 2e-9);         // started after the load: cool
+  EXPECT_NEAR(b.at("1") - a.at("1"), 0.000625, 2e-9);  // 2.25 ms of work before it
+  EXPECT_NEAR(b.at("2") - a.at("2"), 0.001625, 2e-9);  // and 1 ms more (all hot)
+  EXPECT_NEAR(b.at("3") - a.at("3"), 0, 2e-9);         // after a second's rest: cool
 }
 
 TEST(ProfiledCostModel, ModelsOutsideTheProfileKeepTheRoofline) {
