@@ -142,6 +142,24 @@ Nanos ProfiledCostModel::powerRecover(const ModelDeployment& model) const {
   return entry != nullptr && entry->power.hot_factor > 1 ? nanosFromMillis(entry->power.recover_ms) : 0;
 }
 
+ProfileGrid::Lookup ProfiledCostModel::prefillLookup(const ModelDeployment& model, const ModelProfile& entry,
+                                                     const std::vector<double>& prompts) const {
+  const double batch = static_cast<double>(prompts.size());
+  double tokens = 0, pairs = 0;
+  for (double p : prompts) {
+    tokens += p;
+    pairs += 0.5 * p * (p + 1);
+  }
+  const double mean = tokens / batch;
+  const double edge = std::min(mean, entry.prefill.tokens.back());
+  ProfileGrid::Lookup at = entry.prefill.at(batch, edge);
+  at.outside = entry.prefill.at(batch, mean).outside;
+  const double uniform = static_cast<double>(roofline_.prefillPass(model, batch * edge, batch * 0.5 * edge * (edge + 1)));
+  const double actual = static_cast<double>(roofline_.prefillPass(model, tokens, pairs));
+  if (uniform > 0 && actual > 0 && (edge != mean || actual != uniform)) at.ms *= actual / uniform;
+  return at;
+}
+
 BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std::vector<Request>& requests,
                                          bool first_after_load, Nanos idle, Nanos busy) const {
   const ModelProfile* entry = entryFor(model);
@@ -150,12 +168,14 @@ BatchTimes ProfiledCostModel::batchTimes(const ModelDeployment& model, const std
   const double batch = static_cast<double>(requests.size());
   double prompt_tokens = 0;
   std::int32_t longest_output = 1;
+  std::vector<double> prompts;
+  prompts.reserve(requests.size());
   for (const auto& r : requests) {
-    prompt_tokens += std::max(1, r.prompt_tokens);
+    prompts.push_back(std::max(1, r.prompt_tokens));
+    prompt_tokens += prompts.back();
     longest_output = std::max(longest_output, r.output_tokens);
   }
-  const double mean_prompt = prompt_tokens / batch;
-  const ProfileGrid::Lookup prefill = entry->prefill.at(batch, mean_prompt);
+  const ProfileGrid::Lookup prefill = prefillLookup(model, *entry, prompts);
   times.outside_profile = prefill.outside;
   Nanos t = nanosFromMillis(prefill.ms + entry->hotPrefillExtraMs(prefill.ms, static_cast<double>(busy) / 1e6));
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);
@@ -192,10 +212,10 @@ StepTime ProfiledCostModel::prefillStep(const ModelDeployment& model, const std:
                                         bool first_after_load, Nanos idle, Nanos busy) const {
   const ModelProfile* entry = entryFor(model);
   if (entry == nullptr || contexts.empty()) return roofline_.prefillStep(model, contexts, first_after_load, idle, busy);
-  double tokens = 0;
-  for (std::int32_t c : contexts) tokens += std::max(1, c);
-  const double batch = static_cast<double>(contexts.size());
-  const ProfileGrid::Lookup prefill = entry->prefill.at(batch, tokens / batch);
+  std::vector<double> prompts;
+  prompts.reserve(contexts.size());
+  for (std::int32_t c : contexts) prompts.push_back(std::max(1, c));
+  const ProfileGrid::Lookup prefill = prefillLookup(model, *entry, prompts);
   Nanos t = nanosFromMillis(prefill.ms + entry->hotPrefillExtraMs(prefill.ms, static_cast<double>(busy) / 1e6)) +
             nanosFromMillis(entry->batch_tail_ms);
   if (first_after_load) t += nanosFromMillis(entry->first_batch_extra_ms);

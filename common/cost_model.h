@@ -72,6 +72,11 @@ class RooflineCostModel final : public CostModel {
   Nanos allReduceTime(double bytes, int tp, bool across_nodes = false) const;
   // Sending `bytes` of activations from one pipeline stage to the next.
   Nanos stageSendTime(double bytes, bool across_nodes) const;
+  // One prefill pass over `tokens` prompt tokens whose attention covers `causal_pairs` (query, key)
+  // pairs (a prompt of p tokens: p (p + 1) / 2).
+  Nanos prefillPass(const ModelDeployment& model, double tokens, double causal_pairs) const {
+    return passTime(model, tokens, causal_pairs, 0);
+  }
 
  private:
   // Time of one pass of `tokens` new tokens over pipeline stage `stage`. `attended` counts
@@ -84,7 +89,7 @@ class RooflineCostModel final : public CostModel {
 };
 
 // Times from the measured grids (ProfileGrid): prefill by batch size and mean prompt tokens per
-// request, each decode step by batch size and the mean context at that step, plus the batch's tail,
+// request, shaped by the roofline where the prompts differ from the grid's (prefillLookup), each decode step by batch size and the mean context at that step, plus the batch's tail,
 // for the first batch after a load the measured extra, the extra after idle GPUs, and prefill's
 // extra on GPUs that have worked past the power model's heat time. A model with a fixed_batch_time, or
 // without an entry for its preset and layout, falls back to the roofline.
@@ -102,6 +107,13 @@ class ProfiledCostModel final : public CostModel {
 
  private:
   const ModelProfile* entryFor(const ModelDeployment& model) const;
+  // Prefill of sequences of these prompt lengths: the grid at (their number, their mean prompt
+  // clamped to the grid's longest), times the roofline's ratio between these prompts and that many
+  // uniform prompts of the clamped length. So a batch of equal prompts within the grid takes the
+  // grid's time exactly; mixed lengths add their attention's excess over the mean's; prompts past
+  // the grid grow as the roofline does (attention quadratic), not along the grid's last segment.
+  ProfileGrid::Lookup prefillLookup(const ModelDeployment& model, const ModelProfile& entry,
+                                    const std::vector<double>& prompts) const;
   std::shared_ptr<const Profile> profile_;
   RooflineCostModel roofline_;
 };

@@ -220,13 +220,16 @@ void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir
     execv(COMPUTRON_BINARY, argv.data());
     _exit(127);
   }
-  // Wait until the run has started writing (its staged folder exists), then stop it.
+  // Wait until the run has started writing (its staged folder exists), then give it half a second
+  // to serve some requests (on a loaded machine the folder can appear well before the first), then
+  // stop it.
   for (int i = 0; i < 1000; ++i) {
     bool started = false;
     for (const auto& e : fs::directory_iterator(dir.path())) started |= e.path().filename().string().rfind("out.tmp-", 0) == 0;
     if (started) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   stopAndExpectExit(child, signal);
   if (::testing::Test::HasFatalFailure()) return;
   const nlohmann::json summary = nlohmann::json::parse(fakes::readWholeFile(out / "summary.json"));

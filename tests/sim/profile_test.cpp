@@ -157,10 +157,24 @@ TEST(ProfiledCostModel, TimesABatchFromTheGridsByHand) {
   const ModelDeployment d = deployment("opt-1.3b", 2, 2);
   // Two requests of prompts 16 and 48 (mean 32), outputs 1 and 3: prefill at batch 2, 32 tokens:
   // rows at 16..64 give 2 + (4-2)*16/48 and 5 + 6*16/48 = 2.6667 and 7; batch 2 of 1..4: one third.
+  // The lengths differ, so the roofline's ratio of these prompts to two of 32 tokens scales it.
   const BatchTimes t = cost.batchTimes(d, {request(16, 1), request(48, 3)});
   const double row1 = 2 + 2.0 * 16 / 48, row4 = 5 + 6.0 * 16 / 48;
-  const double prefill = row1 + (row4 - row1) / 3;
+  const RooflineCostModel roofline(cluster);
+  const double mixed = static_cast<double>(roofline.prefillPass(d, 64, 16 * 17 / 2 + 48 * 49 / 2)) /
+                       static_cast<double>(roofline.prefillPass(d, 64, 2 * 32 * 33 / 2));
+  EXPECT_GE(mixed, 1.0);  // 64 tokens of opt-1.3b read weights more than they compute: about 1
+  const double prefill = (row1 + (row4 - row1) / 3) * mixed;
   EXPECT_EQ(t.first_token, static_cast<Nanos>(std::llround(prefill * 1e6)));
+  // Equal prompts take the grid's time exactly, at its points and between them.
+  EXPECT_EQ(cost.batchTimes(d, {request(16, 1), request(16, 1), request(16, 1), request(16, 1)}).first_token, 5'000'000);
+  EXPECT_EQ(cost.prefillStep(d, {32, 32}).time, static_cast<Nanos>(std::llround((row1 + (row4 - row1) / 3 + 0.25) * 1e6)));
+  // Past the grid's longest prompt (64), the roofline's shape from there on.
+  const double beyond = 4.0 * static_cast<double>(roofline.prefillPass(d, 100, 100 * 101 / 2)) /
+                        static_cast<double>(roofline.prefillPass(d, 64, 64 * 65 / 2));
+  EXPECT_EQ(cost.batchTimes(d, {request(100, 1)}).first_token, static_cast<Nanos>(std::llround(beyond * 1e6)));
+  // Long prompts are bound by compute, and mixed lengths cost more than equal ones of their mean.
+  EXPECT_GT(cost.prefillStep(d, {1000, 3000}).time, cost.prefillStep(d, {2000, 2000}).time);
   // The first request is done with its first token, so decode steps 1 and 2 run the second alone:
   // batch 1 at contexts 48 + 1 and 48 + 2, row 1 + 0.5*(c-32)/96.
   auto step = [](double c) { return static_cast<Nanos>(std::llround((1 + 0.5 * (c - 32) / 96) * 1e6)); };
