@@ -15,9 +15,8 @@ cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure --timeout 600 -j"$jobs"
 
 echo "== runtime tests under ThreadSanitizer =="
-# Both sanitizer builds are unity builds (COMPUTRON_UNITY): built from scratch here, a third faster.
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPUTRON_TSAN=ON -DCOMPUTRON_CUDA=OFF \
-  -DCOMPUTRON_BUILD_BENCH=OFF -DCOMPUTRON_UNITY=ON >/dev/null
+  -DCOMPUTRON_BUILD_BENCH=OFF >/dev/null
 if compgen -G "tests/runtime/*_test.cpp" >/dev/null; then
   cmake --build build-tsan -j"$jobs" --target runtime_tests
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./build-tsan/tests/runtime_tests
@@ -25,12 +24,12 @@ fi
 
 echo "== all tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMPUTRON_ASAN=ON -DCOMPUTRON_CUDA=OFF \
-  -DCOMPUTRON_BUILD_BENCH=OFF -DCOMPUTRON_UNITY=ON >/dev/null
+  -DCOMPUTRON_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   ctest --test-dir build-asan --output-on-failure --timeout 900 -j"$jobs"
 
 echo "== fuzzing: every input reader for a bounded time (clang, libFuzzer, ASan + UBSan) =="
-# Eight harnesses x 10 s; the long recorded run is in bench/results/fuzzing-*.md.
-scripts/fuzz.sh "${COMPUTRON_FUZZ_SECONDS:-10}"
+# Eight harnesses x 5 s; the long recorded run is in bench/results/fuzzing-*.md.
+scripts/fuzz.sh "${COMPUTRON_FUZZ_SECONDS:-5}"
 echo "all tests passed"

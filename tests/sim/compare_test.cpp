@@ -363,7 +363,8 @@ TEST(CompareRuns, StepTimeIsTheMeanStepOfTheSessions) {
                                     session(0, 2, 6, "80000.000", true) + session(0, 3, 5, "999000.000", false) +
                                     ",\n{\"ph\":\"X\",\"pid\":0,\"tid\":0,\"name\":\"m\",\"cat\":\"session\",\"ts\":0,"
                                     "\"dur\":5,\"args\":{\"session\":4,\"steps\":3,\"max_sequences\":1,\"ok\":true}}\n");
-  const sim::ModelSamples& m = sim::readRun(a).samples.at("m");
+  const sim::RunData run_a = sim::readRun(a);
+  const sim::ModelSamples& m = run_a.samples.at("m");
   EXPECT_EQ(m.steps.count, 10);
   EXPECT_DOUBLE_EQ(*m.steps.meanMillis(), 12.0);
   EXPECT_EQ(m.batches.count, 0);  // sessions are not batches
