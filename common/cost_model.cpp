@@ -154,8 +154,11 @@ ProfileGrid::Lookup ProfiledCostModel::prefillLookup(const ModelDeployment& mode
   const double edge = std::min(mean, entry.prefill.tokens.back());
   ProfileGrid::Lookup at = entry.prefill.at(batch, edge);
   at.outside = entry.prefill.at(batch, mean).outside;
-  const double uniform = static_cast<double>(roofline_.prefillPass(model, batch * edge, batch * 0.5 * edge * (edge + 1)));
-  const double actual = static_cast<double>(roofline_.prefillPass(model, tokens, pairs));
+  const double uniform_pairs = batch * 0.5 * edge * (edge + 1);
+  const PrefillShape& shape = entry.prefill_shape;
+  const double uniform = shape.measured ? shape.ms(batch * edge, uniform_pairs)
+                                        : static_cast<double>(roofline_.prefillPass(model, batch * edge, uniform_pairs));
+  const double actual = shape.measured ? shape.ms(tokens, pairs) : static_cast<double>(roofline_.prefillPass(model, tokens, pairs));
   if (uniform > 0 && actual > 0 && (edge != mean || actual != uniform)) at.ms *= actual / uniform;
   return at;
 }

@@ -89,7 +89,8 @@ class RooflineCostModel final : public CostModel {
 };
 
 // Times from the measured grids (ProfileGrid): prefill by batch size and mean prompt tokens per
-// request, shaped by the roofline where the prompts differ from the grid's (prefillLookup), each decode step by batch size and the mean context at that step, plus the batch's tail,
+// request, shaped where the prompts differ from the grid's (prefillLookup), each decode step by
+// batch size and the mean context at that step, plus the batch's tail,
 // for the first batch after a load the measured extra, the extra after idle GPUs, and prefill's
 // extra on GPUs that have worked past the power model's heat time. A model with a fixed_batch_time, or
 // without an entry for its preset and layout, falls back to the roofline.
@@ -108,10 +109,12 @@ class ProfiledCostModel final : public CostModel {
  private:
   const ModelProfile* entryFor(const ModelDeployment& model) const;
   // Prefill of sequences of these prompt lengths: the grid at (their number, their mean prompt
-  // clamped to the grid's longest), times the roofline's ratio between these prompts and that many
-  // uniform prompts of the clamped length. So a batch of equal prompts within the grid takes the
-  // grid's time exactly; mixed lengths add their attention's excess over the mean's; prompts past
-  // the grid grow as the roofline does (attention quadratic), not along the grid's last segment.
+  // clamped to the grid's longest), times the shape's ratio between these prompts and that many
+  // uniform prompts of the clamped length. The shape is the one fitted to the grid
+  // (ModelProfile::prefill_shape: time per token and per attention pair, as measured), else the
+  // roofline's. So a batch of equal prompts within the grid takes the grid's time exactly; mixed
+  // lengths add their attention's excess over the mean's; prompts past the grid grow as the shape
+  // does (attention quadratic), not along the grid's last segment.
   ProfileGrid::Lookup prefillLookup(const ModelDeployment& model, const ModelProfile& entry,
                                     const std::vector<double>& prompts) const;
   std::shared_ptr<const Profile> profile_;

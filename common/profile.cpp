@@ -98,6 +98,38 @@ ProfileGrid::Lookup ProfileGrid::at(double batch_size, double token_count) const
   return {c.value, outside || c.outside};
 }
 
+PrefillShape fitPrefillShape(const ProfileGrid& prefill) {
+  PrefillShape shape;
+  if (prefill.batch.empty() || prefill.ms.empty()) return shape;
+  const double batch = prefill.batch.back();
+  const std::vector<double>& row = prefill.ms.back();
+  // Least squares of y = a + b x over the row's long prompts: x = (P+1)/2, y = ms per token.
+  double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (std::size_t j = 0; j < prefill.tokens.size() && j < row.size(); ++j) {
+    const double p = prefill.tokens[j];
+    if (p < kPrefillShapeMinPrompt) continue;
+    const double x = 0.5 * (p + 1), y = row[j] / (batch * p);
+    n += 1;
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
+  }
+  const double det = n * sxx - sx * sx;
+  if (n < 2 || !(det > 0)) return shape;
+  double b = (n * sxy - sx * sy) / det;
+  double a = (sy - b * sx) / n;
+  if (b < 0) {  // flat: the mean time per token
+    b = 0;
+    a = sy / n;
+  }
+  if (!(a > 0) || !std::isfinite(a) || !std::isfinite(b)) return shape;
+  shape.measured = true;
+  shape.per_token_ms = a;
+  shape.per_pair_ms = b;
+  return shape;
+}
+
 double ModelProfile::idleExtraMs(double gap_ms) const {
   if (idle_gap_ms.empty() || gap_ms <= 0) return 0;
   double x0 = 0, y0 = 0;
@@ -215,6 +247,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     if (p.find(mp.spec, mp.tp, mp.pp) != nullptr)
       m.fail("a second profile of " + mp.spec + " at tp " + std::to_string(mp.tp) + ", pp " + std::to_string(mp.pp));
     mp.prefill = readGrid(m.at("prefill"), "prompt_tokens");
+    mp.prefill_shape = fitPrefillShape(mp.prefill);
     mp.decode = readGrid(m.at("decode"), "context");
     mp.batch_tail_ms = readMillis(m, "batch_tail_ms");
     mp.first_batch_extra_ms = readMillis(m, "first_batch_extra_ms");

@@ -36,6 +36,21 @@ struct ProfileGrid {
   Lookup at(double batch_size, double token_count) const;
 };
 
+// Prefill time of a batch ~ per_token_ms x tokens + per_pair_ms x causal pairs (a prompt of P
+// tokens has P(P+1)/2), from the prefill grid's largest batch: a least-squares line of the time per
+// token against (P+1)/2 over its prompts of at least kPrefillShapeMinPrompt tokens (bound by
+// compute, not by reading the weights). `measured` is false, and the roofline gives the shape,
+// when that row has fewer than two such prompts or the line is not positive at them; a falling line
+// is taken as flat (per_pair_ms 0).
+struct PrefillShape {
+  bool measured = false;
+  double per_token_ms = 0;
+  double per_pair_ms = 0;
+  double ms(double tokens, double pairs) const { return per_token_ms * tokens + per_pair_ms * pairs; }
+};
+inline constexpr double kPrefillShapeMinPrompt = 256;
+PrefillShape fitPrefillShape(const ProfileGrid& prefill);
+
 struct ModelProfile {
   std::string spec;  // model preset name
   int tp = 1;
@@ -60,6 +75,10 @@ struct ModelProfile {
   // `busy_ms` of continuous work (idle gaps under recover_ms count as work): (min(grid, heat) -
   // cool time left) x (hot_factor - 1), where cool time left = max(0, heat_ms - busy_ms).
   double hotPrefillExtraMs(double grid_ms, double busy_ms) const;
+  // How prefill time grows with the prompts, fitted to the prefill grid when read: per token
+  // (products, norms) and per causal attention pair. The cost model scales the grid's time by this
+  // shape where a batch's prompts differ in length, or run past the grid's longest.
+  PrefillShape prefill_shape;
 };
 
 struct LinkProfile {

@@ -13,7 +13,8 @@
 # ITER_BATCHINGS (default "request iteration") the modes compared; ITER_SET one more --set
 # (e.g. ITER_SET='policy.max_drain_ms=10000'); ITER_TP (default 1) the models' tensor-parallel
 # degree (2: each model over GPUs 0 and 1; the smoke run then uses TP 2 as well);
-# ITER_WEIGHT_BUDGET (default 40) the weight budget per GPU in GB.
+# ITER_WEIGHT_BUDGET (default 40) the weight budget per GPU in GB; ITER_SCENARIO another scenario
+# of the same shape (one model entry; e.g. scenarios/mooncake-iteration-h200x2.json).
 set -u
 export NCCL_NVLS_ENABLE=0
 OUT=${OUT:-$PWD/iteration-out}
@@ -57,17 +58,17 @@ print("SMOKE", json.dumps({"requests": len(rows), "unique": len(set(ids)), "fail
 PY
 fi
 
-SC=scenarios/azure-conv-iteration-h200x2.json
+SC=${ITER_SCENARIO:-scenarios/azure-conv-iteration-h200x2.json}
 SETS=(--set "models[0].count=$MODELS" --set "models[0].tp=$TP" --set "models[0].gpus=$GPUSET" --set "duration_s=$DUR"
       --set "workload.time_scale=$SCALE" --set "cluster.preset=\"$PRESET\"" --set "cluster.weight_budget_gb=$WB")
 [ -n "${ITER_SET:-}" ] && SETS+=(--set "$ITER_SET")
 for b in ${ITER_BATCHINGS:-request iteration}; do
-  step "azure conv, $MODELS x llama-3-8b TP $TP, $b batching: replay"
+  step "$(basename "$SC" .json), $MODELS x llama-3-8b TP $TP, $b batching: replay"
   timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib $((20 * MODELS + 10)) "${SETS[@]}" --set "policy.batching=\"$b\"" \
     --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
-  step "azure conv, $b batching: simulator"
+  step "$(basename "$SC" .json), $b batching: simulator"
   $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "outputs.dir=\"$OUT/sim-$b\"" 2>&1 | tail -3
-  step "azure conv, $b batching: simulator with the shipped profile"
+  step "$(basename "$SC" .json), $b batching: simulator with the shipped profile"
   $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "cluster.profile=\"$PWD/scenarios/profiles/h200x2.json\"" \
     --set "outputs.dir=\"$OUT/simprofile-$b\"" 2>&1 | tail -3
 done

@@ -201,6 +201,60 @@ TEST(ProfiledCostModel, TimesABatchFromTheGridsByHand) {
   EXPECT_EQ(cost.sourceFor(d), "profile");
 }
 
+// The prefill shape fitted to the grid: the largest batch's time per token is a line in (P+1)/2
+// over its prompts of 256 tokens and more.
+nlohmann::json longPromptDoc(double per_token_ms, double per_pair_ms) {
+  nlohmann::json doc = profileDoc();
+  const std::vector<double> prompts{16, 256, 1024, 4096};
+  std::vector<double> row4;
+  for (double p : prompts) row4.push_back(4 * (per_token_ms * p + per_pair_ms * 0.5 * p * (p + 1)));
+  row4[0] = 20;  // a short prompt off the line (weights read, not compute): not fitted
+  doc["models"][0]["prefill"] = {{"batch", {1, 4}}, {"prompt_tokens", prompts}, {"ms", {{2, 4, 9, 30}, row4}}};
+  return doc;
+}
+
+TEST(PrefillShape, FitsTheLargestBatchsLongPromptsExactly) {
+  const ModelProfile m = readProfile(longPromptDoc(0.02, 1e-5), "p.json").models[0];
+  ASSERT_TRUE(m.prefill_shape.measured);
+  EXPECT_NEAR(m.prefill_shape.per_token_ms, 0.02, 1e-12);
+  EXPECT_NEAR(m.prefill_shape.per_pair_ms, 1e-5, 1e-15);
+  // A falling time per token is taken as flat: the mean time per token, no attention term.
+  ProfileGrid falling;
+  falling.batch = {8};
+  falling.tokens = {256, 1024};
+  falling.ms = {{8 * 256 * 0.03, 8 * 1024 * 0.01}};
+  const PrefillShape flat = fitPrefillShape(falling);
+  ASSERT_TRUE(flat.measured);
+  EXPECT_DOUBLE_EQ(flat.per_token_ms, 0.02);
+  EXPECT_EQ(flat.per_pair_ms, 0);
+  // Fewer than two prompts of 256 tokens or more: no measured shape (the roofline's applies).
+  EXPECT_FALSE(readProfile(profileDoc(), "p.json").models[0].prefill_shape.measured);
+  falling.tokens = {64, 1024};
+  EXPECT_FALSE(fitPrefillShape(falling).measured);
+}
+
+TEST(PrefillShape, ShapesMixedAndLongPromptsByTheMeasuredAttention) {
+  const double a = 0.02, b = 1e-5;
+  auto profile = std::make_shared<const Profile>(readProfile(longPromptDoc(a, b), "p.json"));
+  const ClusterSpec cluster = clusterPreset("a100-40gb-x4");
+  ProfiledCostModel cost(cluster, profile);
+  const ModelDeployment d = deployment("opt-1.3b", 2, 2);
+  auto shape = [&](double tokens, double pairs) { return a * tokens + b * pairs; };
+  auto pairs = [](double p) { return 0.5 * p * (p + 1); };
+  // Equal prompts on the grid: the grid's time (plus the step's tail of 0.25 ms).
+  const double grid4 = 4 * shape(1024, pairs(1024));
+  EXPECT_EQ(cost.prefillStep(d, {1024, 1024, 1024, 1024}).time, static_cast<Nanos>(std::llround((grid4 + 0.25) * 1e6)));
+  // Mixed prompts of mean 1024: the grid's time there times the shape's ratio.
+  const double mixed = grid4 * shape(4096, pairs(256) + pairs(768) + pairs(1280) + pairs(1792)) / shape(4096, 4 * pairs(1024));
+  EXPECT_EQ(cost.prefillStep(d, {256, 768, 1280, 1792}).time, static_cast<Nanos>(std::llround((mixed + 0.25) * 1e6)));
+  // Past the grid's longest prompt (4096): its time there, grown by the shape.
+  const double grid4096 = 4 * shape(4096, pairs(4096));
+  const double beyond = grid4096 * shape(4 * 8192, 4 * pairs(8192)) / shape(4 * 4096, 4 * pairs(4096));
+  const StepTime past = cost.prefillStep(d, {8192, 8192, 8192, 8192});
+  EXPECT_EQ(past.time, static_cast<Nanos>(std::llround((beyond + 0.25) * 1e6)));
+  EXPECT_TRUE(past.outside_profile);
+}
+
 TEST(ProfiledCostModel, BatchesAfterIdleGpusPayTheMeasuredExtra) {
   nlohmann::json doc = profileDoc();
   doc["models"][0]["idle"] = {{"gap_ms", {20, 200}}, {"extra_ms", {1, 3}}};
