@@ -64,16 +64,18 @@ struct ModelProfile {
   std::vector<double> idle_gap_ms, idle_extra_ms;
   double idleExtraMs(double gap_ms) const;
   // The GPU's power limit (optional `power`, from `calibrate --power-probe`): after heat_ms of
-  // continuous work prefill runs hot_factor times slower (its clock lowered) until the GPU idles
-  // recover_ms. The grids are timed after idle, so they hold heat_ms of cool work at most.
+  // continuous work prefill runs hot_factor times slower (its clock lowered) until the GPU runs no
+  // prefill (idles or decodes) for recover_ms. The grids are timed after idle, so they hold heat_ms
+  // of cool work at most.
   struct Power {
     double hot_factor = 1;  // >= 1; 1: no power model
     double heat_ms = 0;
     double recover_ms = 0;
   } power;
   // The extra prefill time of a batch or prefill step whose grid time is `grid_ms`, started after
-  // `busy_ms` of continuous work (idle gaps under recover_ms count as work): (min(grid, heat) -
-  // cool time left) x (hot_factor - 1), where cool time left = max(0, heat_ms - busy_ms).
+  // `busy_ms` of continuous work (gaps under recover_ms with no prefill, idle or decoding, count as
+  // work; longer ones end it): (min(grid, heat) - cool time left) x (hot_factor - 1), where cool
+  // time left = max(0, heat_ms - busy_ms).
   double hotPrefillExtraMs(double grid_ms, double busy_ms) const;
   // How prefill time grows with the prompts, fitted to the prefill grid when read: per token
   // (products, norms) and per causal attention pair. The cost model scales the grid's time by this

@@ -24,6 +24,7 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   batches_outside_.assign(models, 0);
   gpu_free_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   busy_since_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
+  heat_end_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_busy_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_queue_.resize(static_cast<std::size_t>(cluster.numGpus()));
 }
@@ -235,7 +236,7 @@ Nanos Simulation::busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos 
   Nanos busy = 0;
   for (GpuId g : gpus) {
     const auto gi = static_cast<std::size_t>(g);
-    if (start - gpu_free_[gi] >= recover) busy_since_[gi] = start;  // rested: a new stretch
+    if (start - heat_end_[gi] >= recover) busy_since_[gi] = start;  // rested (or decoded): a new stretch
     busy = std::max(busy, start - busy_since_[gi]);
   }
   return busy;
@@ -268,7 +269,10 @@ void Simulation::step(const StepCommand& cmd) {
   result.step = cmd.step;
   result.start = now_;
   result.end = now_ + t.time;
-  for (GpuId g : cmd.gpus) gpu_free_[static_cast<std::size_t>(g)] = result.end;
+  for (GpuId g : cmd.gpus) {
+    gpu_free_[static_cast<std::size_t>(g)] = result.end;
+    if (!cmd.prefill.empty()) heat_end_[static_cast<std::size_t>(g)] = result.end;
+  }
   steps_[cmd.batch] = result;
   events_.push(result.end, EventKind::kStepDone, static_cast<std::uint64_t>(cmd.batch));
 }
@@ -329,7 +333,10 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
   result.finish.reserve(times.finish.size());
   for (Nanos f : times.finish) result.finish.push_back(start + f + shift);
   batches_.emplace(cmd.batch, std::move(result));
-  for (GpuId g : cmd.gpus) gpu_free_[static_cast<std::size_t>(g)] = start + times.total + shift;
+  for (GpuId g : cmd.gpus) {
+    gpu_free_[static_cast<std::size_t>(g)] = start + times.total + shift;
+    heat_end_[static_cast<std::size_t>(g)] = start + times.first_token + shift;  // decode steps follow: no heat
+  }
   events_.push(start + times.total + shift, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
 }
 

@@ -132,8 +132,10 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::vector<bool> fresh_;  // per model: loaded since its last batch started
   std::vector<Nanos> gpu_free_;  // per GPU: when its last batch ended
   // Per GPU: when its current stretch of work began (the power model: a stretch ends when the GPU
-  // idles the cost model's powerRecover()).
+  // has run no prefill for the cost model's powerRecover(): idle, or decoding, which is bound by
+  // memory bandwidth and lets the GPU cool as idling does), and when its last prefill ended.
   std::vector<Nanos> busy_since_;
+  std::vector<Nanos> heat_end_;
   // How long `gpus` have worked before `start` without resting `recover` (0 when recover is 0).
   Nanos busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos recover);
   std::vector<std::int64_t> batches_timed_, batches_outside_;

@@ -427,6 +427,37 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
       power = computron::powerFromProbe(probe);
       power["probe"]["batch"] = b;
       power["probe"]["prompt_tokens"] = p;
+      // Does decode heat the GPU like prefill, and does a hot GPU cool while it decodes? The shape
+      // right after about 1 s of decode-only batches (the largest batch, 16-token prompts, as many
+      // tokens as the KV cache holds), started once from rest and once from 1 s of the shape back
+      // to back; five of each, medians. Recorded in the probe; the power model does not use them.
+      const int decode_output = std::max(2, s.max_context - 16);
+      for (const bool from_hot : {false, true}) {
+        std::ostringstream after;
+        after << layout.label() << ": power probe B=" << b << " P=" << p << " after 1 s of decode (B=" << b
+              << ", " << decode_output << " tokens a batch) from " << (from_hot ? "hot" : "rest") << ":";
+        std::vector<double> ms;
+        double decode_steps_ms = 0;
+        for (int i = 0; i < 5; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+          if (from_hot) {
+            const auto h0 = std::chrono::steady_clock::now();
+            while (std::chrono::steady_clock::now() - h0 < std::chrono::seconds(1)) cal.run(id, b, p, 1);
+          }
+          const auto d0 = std::chrono::steady_clock::now();
+          while (std::chrono::steady_clock::now() - d0 < std::chrono::seconds(1)) {
+            const Calibrator::BatchTiming t = cal.run(id, b, 16, decode_output);
+            decode_steps_ms = t.decode_ms / (decode_output - 1);
+          }
+          ms.push_back(cal.run(id, b, p, 1).prefill_ms);
+          after << ' ' << fixed(ms.back(), 2);
+        }
+        const std::string key = from_hot ? "hot_then_decode_ms" : "rest_then_decode_ms";
+        power["probe"][key] = median(ms);
+        power["probe"]["decode_step_ms"] = decode_steps_ms;
+        after << " (median " << fixed(median(ms), 2) << "; decode step " << fixed(decode_steps_ms, 2) << " ms)";
+        cal.note(after.str());
+      }
       cal.note(layout.label() + ": power model from B=" + std::to_string(b) + " P=" + std::to_string(p) + ": hot x" +
                fixed(power["hot_factor"].get<double>(), 3) + " after " + fixed(power["heat_ms"].get<double>(), 1) +
                " ms of work, cool again after " + fixed(power["recover_ms"].get<double>(), 0) + " ms idle");

@@ -385,6 +385,47 @@ TEST(ProfiledSimulation, BackToBackPrefillRunsHotAndARestCoolsTheGpu) {
   EXPECT_NEAR(b.at("3") - a.at("3"), 0, 2e-9);         // after a second's rest: cool
 }
 
+// Decode steps do not heat the GPU and let it cool as idling does (measured: prefill right after
+// 1 s of decode ran at its rested speed, also when the GPU had been hot before the decode). Two
+// requests at once, one at a time: the second's prefill runs hot after a short decode and cool
+// after one longer than recover_ms.
+TEST(ProfiledSimulation, DecodeStepsLetTheGpuCool) {
+  ScratchDir dir;
+  nlohmann::json plain = profileDoc();
+  plain["models"][0]["first_batch_extra_ms"] = 0;
+  nlohmann::json hot = plain;
+  hot["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
+  std::ofstream(dir.path() / "plain.json") << plain.dump();
+  std::ofstream(dir.path() / "hot.json") << hot.dump();
+  // Decode steps of batch 1 take about 1 ms (the grid): 2 of them (3 tokens) are under
+  // recover_ms, 9 (10 tokens) over it.
+  auto run = [&](const std::string& profile, const std::string& out, int output) {
+    std::ofstream(dir.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
+                                            << "0,m,2000000000,16," << output << "\n1,m,2000000000,16," << output << "\n";
+    nlohmann::json doc = testing::smallScenario();
+    doc["duration_s"] = 5;
+    doc["models"][0]["count"] = 1;
+    doc["models"][0]["max_batch"] = 1;
+    doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
+    doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile}};
+    Scenario sc = parseScenario(doc, dir.path().string());
+    sc.outputs.dir = (dir.path() / out).string();
+    sim::runScenario(sc, nullptr);
+    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir.path() / out / "requests.csv"));
+    std::map<std::string, double> first;
+    for (std::size_t i = 0; i < rows.rows.size(); ++i) first[rows.at(i, "id")] = std::stod(rows.at(i, "first_token_s"));
+    return first;
+  };
+  const auto short_plain = run("plain.json", "a", 3), short_hot = run("hot.json", "b", 3);
+  const auto long_plain = run("plain.json", "c", 10), long_hot = run("hot.json", "d", 10);
+  ASSERT_EQ(short_hot.size(), 2u);
+  ASSERT_EQ(long_hot.size(), 2u);
+  EXPECT_NEAR(short_hot.at("0") - short_plain.at("0"), 0, 2e-9);
+  EXPECT_NEAR(long_hot.at("0") - long_plain.at("0"), 0, 2e-9);
+  EXPECT_GT(short_hot.at("1") - short_plain.at("1"), 0.0005);  // 2 ms of decode: still hot
+  EXPECT_NEAR(long_hot.at("1") - long_plain.at("1"), 0, 2e-9);  // 9 ms of decode: cool again
+}
+
 TEST(ProfiledCostModel, ModelsOutsideTheProfileKeepTheRoofline) {
   ClusterSpec cluster = clusterPreset("a100-40gb-x4");
   auto profile = std::make_shared<const Profile>(readProfile(profileDoc(), "p.json"));
