@@ -137,6 +137,12 @@ std::string ProfiledCostModel::sourceFor(const ModelDeployment& model) const {
   return entryFor(model) != nullptr ? "profile" : "roofline";
 }
 
+std::string ProfiledCostModel::prefillShapeFor(const ModelDeployment& model) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr) return "";
+  return entry->prefill_shape.measured ? "measured" : "roofline";
+}
+
 Nanos ProfiledCostModel::powerRecover(const ModelDeployment& model) const {
   const ModelProfile* entry = entryFor(model);
   return entry != nullptr && entry->power.hot_factor > 1 ? nanosFromMillis(entry->power.recover_ms) : 0;

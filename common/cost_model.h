@@ -53,6 +53,9 @@ class CostModel {
   virtual Nanos powerRecover(const ModelDeployment& /*model*/) const { return 0; }
   // "profile" or "roofline": which source times this model's batches.
   virtual std::string sourceFor(const ModelDeployment& model) const = 0;
+  // Where a profile times the model: "measured" when its prefill shape is fitted to the grid
+  // (PrefillShape), else "roofline". Empty when no profile times it.
+  virtual std::string prefillShapeFor(const ModelDeployment& /*model*/) const { return ""; }
 };
 
 // The cluster's profile when it names one (ClusterSpec::profile), else the roofline.
@@ -104,6 +107,7 @@ class ProfiledCostModel final : public CostModel {
                        bool first_after_load = false, Nanos idle = 0, Nanos busy = 0) const override;
   StepTime decodeStep(const ModelDeployment& model, int batch, double total_context) const override;
   std::string sourceFor(const ModelDeployment& model) const override;
+  std::string prefillShapeFor(const ModelDeployment& model) const override;
   Nanos powerRecover(const ModelDeployment& model) const override;
 
  private:

@@ -383,6 +383,7 @@ nlohmann::json Simulation::timingReport() const {
     models[d.name] = {{"source", cost_->sourceFor(d)},
                       {"batches", batches_timed_[m]},
                       {"batches_outside_profile", batches_outside_[m]}};
+    if (const std::string shape = cost_->prefillShapeFor(d); !shape.empty()) models[d.name]["prefill_shape"] = shape;
   }
   return models;
 }

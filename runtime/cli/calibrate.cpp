@@ -1022,6 +1022,21 @@ int calibrateMain(int argc, char** argv) try {
     out << "\n" << layouts[m].label() << " (load " << fixed(results[m].load_ms, 1) << " ms)\n";
     printGrid(out, p["prefill"], "prompt_tokens", "prefill ms, issue to first token");
     printGrid(out, p["decode"], "context", "decode step ms");
+    computron::ProfileGrid prefill;
+    for (const auto& b : p["prefill"]["batch"]) prefill.batch.push_back(b.get<double>());
+    for (const auto& t : p["prefill"]["prompt_tokens"]) prefill.tokens.push_back(t.get<double>());
+    for (const auto& row : p["prefill"]["ms"]) prefill.ms.push_back(row.get<std::vector<double>>());
+    const computron::PrefillShape shape = computron::fitPrefillShape(prefill);
+    if (shape.measured) {
+      const double longest = prefill.tokens.back();
+      const double attention = shape.per_pair_ms * 0.5 * (longest + 1);
+      out << "  prefill shape: " << fixed(shape.per_token_ms * 1e3, 2) << " us a token + " << fixed(shape.per_pair_ms * 1e6, 3)
+          << " ns a causal pair (attention " << fixed(100 * attention / (shape.per_token_ms + attention), 1) << "% of a "
+          << static_cast<int>(longest) << "-token prompt)\n";
+    } else {
+      out << "  prefill shape: not measured (the largest batch needs two prompts of at least "
+          << static_cast<int>(computron::kPrefillShapeMinPrompt) << " tokens); the simulator shapes mixed and long prompts by the roofline\n";
+    }
     out << "  batch tail " << fixed(p["batch_tail_ms"].get<double>(), 3) << " ms; first batch after a load +"
         << fixed(p["first_batch_extra_ms"].get<double>(), 3) << " ms; the layout's first batch +"
         << fixed(results[m].cold_extra_ms, 3) << " ms\n";

@@ -458,6 +458,8 @@ TEST(ProfiledSimulation, SummarySaysWhichSourceTimedEachModelAndLinksComeFromThe
   const nlohmann::json& timing = summary.at("timing");
   EXPECT_EQ(timing["profile"], "p.json");
   EXPECT_EQ(timing["models"]["m-0"]["source"], "profile") << timing.dump(2);
+  EXPECT_EQ(timing["models"]["m-0"]["prefill_shape"], "roofline");  // prompts 16 and 64 only
+  EXPECT_FALSE(timing["models"]["big"].contains("prefill_shape"));
   EXPECT_GT(timing["models"]["m-0"]["batches"].get<int>(), 0);
   EXPECT_EQ(timing["models"]["big"]["source"], "roofline");
   ASSERT_FALSE(timing["warnings"].empty());
