@@ -117,13 +117,11 @@ PrefillShape fitPrefillShape(const ProfileGrid& prefill) {
   }
   const double det = n * sxx - sx * sx;
   if (n < 2 || !(det > 0)) return shape;
-  double b = (n * sxy - sx * sy) / det;
-  double a = (sy - b * sx) / n;
-  if (b < 0) {  // flat: the mean time per token
-    b = 0;
-    a = sy / n;
-  }
-  if (!(a > 0) || !std::isfinite(a) || !std::isfinite(b)) return shape;
+  const double b = (n * sxy - sx * sy) / det;
+  const double a = (sy - b * sx) / n;
+  // A falling time per token says the row is not bound by compute at these prompts (fixed costs
+  // spread over more tokens): it cannot tell attention's cost.
+  if (!(b >= 0) || !(a > 0) || !std::isfinite(a) || !std::isfinite(b)) return shape;
   shape.measured = true;
   shape.per_token_ms = a;
   shape.per_pair_ms = b;

@@ -40,8 +40,8 @@ struct ProfileGrid {
 // tokens has P(P+1)/2), from the prefill grid's largest batch: a least-squares line of the time per
 // token against (P+1)/2 over its prompts of at least kPrefillShapeMinPrompt tokens (bound by
 // compute, not by reading the weights). `measured` is false, and the roofline gives the shape,
-// when that row has fewer than two such prompts or the line is not positive at them; a falling line
-// is taken as flat (per_pair_ms 0).
+// when that row has fewer than two such prompts, or its line falls (the row is not bound by compute
+// there, so it cannot tell attention's cost) or is not positive.
 struct PrefillShape {
   bool measured = false;
   double per_token_ms = 0;

@@ -218,19 +218,24 @@ TEST(PrefillShape, FitsTheLargestBatchsLongPromptsExactly) {
   ASSERT_TRUE(m.prefill_shape.measured);
   EXPECT_NEAR(m.prefill_shape.per_token_ms, 0.02, 1e-12);
   EXPECT_NEAR(m.prefill_shape.per_pair_ms, 1e-5, 1e-15);
-  // A falling time per token is taken as flat: the mean time per token, no attention term.
-  ProfileGrid falling;
-  falling.batch = {8};
-  falling.tokens = {256, 1024};
-  falling.ms = {{8 * 256 * 0.03, 8 * 1024 * 0.01}};
-  const PrefillShape flat = fitPrefillShape(falling);
+  // A flat time per token: no attention term.
+  ProfileGrid row;
+  row.batch = {8};
+  row.tokens = {256, 1024};
+  row.ms = {{8 * 256 * 0.02, 8 * 1024 * 0.02}};
+  const PrefillShape flat = fitPrefillShape(row);
   ASSERT_TRUE(flat.measured);
   EXPECT_DOUBLE_EQ(flat.per_token_ms, 0.02);
   EXPECT_EQ(flat.per_pair_ms, 0);
-  // Fewer than two prompts of 256 tokens or more: no measured shape (the roofline's applies).
+  // A falling one (fixed costs spread over more tokens, as TP 2 rows of batch 8 show): no measured
+  // shape, the roofline's applies.
+  row.ms = {{8 * 256 * 0.03, 8 * 1024 * 0.01}};
+  EXPECT_FALSE(fitPrefillShape(row).measured);
+  // Fewer than two prompts of 256 tokens or more: none either.
   EXPECT_FALSE(readProfile(profileDoc(), "p.json").models[0].prefill_shape.measured);
-  falling.tokens = {64, 1024};
-  EXPECT_FALSE(fitPrefillShape(falling).measured);
+  row.ms = {{8 * 64 * 0.02, 8 * 1024 * 0.02}};
+  row.tokens = {64, 1024};
+  EXPECT_FALSE(fitPrefillShape(row).measured);
 }
 
 TEST(PrefillShape, ShapesMixedAndLongPromptsByTheMeasuredAttention) {
