@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <set>
 
 #include "common/core/engine.h"
@@ -72,11 +73,21 @@ class TokenGaps : public Collector {
   std::vector<Nanos> gaps;
 };
 
-TEST(IterationBatching, SequencesJoinAndLeaveAtStepBoundaries) {
+// One model (oneModel) over a recording backend and a manual clock, its records and token gaps
+// collected: start(max_batch) makes the engine.
+class IterationSession : public ::testing::Test {
+ protected:
+  Engine& start(int max_batch) { return engine_.emplace(oneModel(max_batch), backend, clock, &observer); }
   RecordingBackend backend;
   ManualClock clock;
   TokenGaps observer;
-  Engine engine(oneModel(4), backend, clock, &observer);
+
+ private:
+  std::optional<Engine> engine_;
+};
+
+TEST_F(IterationSession, SequencesJoinAndLeaveAtStepBoundaries) {
+  Engine& engine = start(4);
   engine.onArrival(fakes::makeRequest(0, 0, 0, 10, 3));
   loadFirst(engine, backend, clock, 10);
   ASSERT_EQ(backend.steps.size(), 1u);
@@ -132,11 +143,8 @@ TEST(IterationBatching, SequencesJoinAndLeaveAtStepBoundaries) {
   engine.checkInvariants();
 }
 
-TEST(IterationBatching, RetiredSequencesAreNamedInTheNextStep) {
-  RecordingBackend backend;
-  ManualClock clock;
-  Collector observer;
-  Engine engine(oneModel(4), backend, clock, &observer);
+TEST_F(IterationSession, RetiredSequencesAreNamedInTheNextStep) {
+  Engine& engine = start(4);
   engine.onArrival(fakes::makeRequest(0, 0, 0, 4, 1));
   engine.onArrival(fakes::makeRequest(1, 0, 0, 4, 3));
   loadFirst(engine, backend, clock, 10);
@@ -153,11 +161,8 @@ TEST(IterationBatching, RetiredSequencesAreNamedInTheNextStep) {
 
 // A sequence that ends its session (the last to leave, or failed with its step) is named in the
 // model's next step, in a later session: a rank that did not see it end forgets its tokens then.
-TEST(IterationBatching, SequencesEndingTheirSessionAreNamedInTheModelsNextStep) {
-  RecordingBackend backend;
-  ManualClock clock;
-  Collector observer;
-  Engine engine(oneModel(4), backend, clock, &observer);
+TEST_F(IterationSession, SequencesEndingTheirSessionAreNamedInTheModelsNextStep) {
+  Engine& engine = start(4);
   engine.onArrival(fakes::makeRequest(0, 0, 0, 4, 1));
   loadFirst(engine, backend, clock, 10);
   ASSERT_EQ(backend.steps.size(), 1u);
@@ -185,11 +190,8 @@ TEST(IterationBatching, SequencesEndingTheirSessionAreNamedInTheModelsNextStep) 
   engine.checkInvariants();
 }
 
-TEST(IterationBatching, MaxBatchBoundsTheSession) {
-  RecordingBackend backend;
-  ManualClock clock;
-  Collector observer;
-  Engine engine(oneModel(2), backend, clock, &observer);
+TEST_F(IterationSession, MaxBatchBoundsTheSession) {
+  Engine& engine = start(2);
   for (int i = 0; i < 3; ++i) engine.onArrival(fakes::makeRequest(i, 0, 0, 4, 2));
   loadFirst(engine, backend, clock, 10);
   EXPECT_EQ(backend.steps[0].prefill.size(), 2u);

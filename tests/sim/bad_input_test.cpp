@@ -220,16 +220,21 @@ void expectCleanStop(int signal, std::vector<std::string> args, const ScratchDir
     execv(COMPUTRON_BINARY, argv.data());
     _exit(127);
   }
-  // Wait until the run has started writing (its staged folder exists), then give it half a second
-  // to serve some requests (on a loaded machine the folder can appear well before the first), then
-  // stop it.
-  for (int i = 0; i < 1000; ++i) {
-    bool started = false;
-    for (const auto& e : fs::directory_iterator(dir.path())) started |= e.path().filename().string().rfind("out.tmp-", 0) == 0;
-    if (started) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Wait until the run has served requests: its staged requests.csv has grown past the header (the
+  // stream writes a buffer's worth of rows at a time). A fixed wait is not enough on a loaded
+  // machine, where setting up can take seconds after the staged folder appears. At most 120 s.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  bool served = false;
+  while (!served && std::chrono::steady_clock::now() < give_up) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir.path(), ec)) {
+      if (e.path().filename().string().rfind("out.tmp-", 0) != 0) continue;
+      const auto size = fs::file_size(e.path() / "requests.csv", ec);
+      served |= !ec && size > 512;
+    }
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(served) << "no request served within 120 s";
   stopAndExpectExit(child, signal);
   if (::testing::Test::HasFatalFailure()) return;
   const nlohmann::json summary = nlohmann::json::parse(fakes::readWholeFile(out / "summary.json"));
