@@ -352,36 +352,50 @@ TEST(PowerProbe, RecoversHotFactorHeatAndRecoverFromARamp) {
   EXPECT_EQ(powerFromProbe(flat)["heat_ms"].get<double>(), 0.0);
 }
 
-// In the simulator: three requests queued at once run back to back (max_batch 1), so the second
-// and third start on a working GPU and their prefill runs hot; a fourth after a rest runs cool.
-TEST(ProfiledSimulation, BackToBackPrefillRunsHotAndARestCoolsTheGpu) {
-  ScratchDir dir;
-  nlohmann::json plain = profileDoc();
-  plain["models"][0]["first_batch_extra_ms"] = 0;  // the first batch is prefill and tail only
-  nlohmann::json hot = plain;
-  hot["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
-  std::ofstream(dir.path() / "plain.json") << plain.dump();
-  std::ofstream(dir.path() / "hot.json") << hot.dump();
-  // After the load (well under 2 s): three at 2 s, one at 3 s. B=1, P=16: prefill 2 ms + tail 0.25 ms.
-  std::ofstream(dir.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
-                                          << "0,m,2000000000,16,1\n1,m,2000000000,16,1\n2,m,2000000000,16,1\n"
-                                          << "3,m,3000000000,16,1\n";
-  auto run = [&](const std::string& profile, const std::string& out) {
+// One model, one request at a time (max_batch 1), replaying a computron trace in the simulator
+// with the profile without `power` ("plain.json") or with hot_factor 1.5 after 3 ms of work,
+// rested after 5 ms ("hot.json"); the first batch after the load is prefill and tail only.
+class PowerSimulation {
+ public:
+  PowerSimulation() {
+    nlohmann::json plain = profileDoc();
+    plain["models"][0]["first_batch_extra_ms"] = 0;
+    nlohmann::json hot = plain;
+    hot["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
+    std::ofstream(dir_.path() / "plain.json") << plain.dump();
+    std::ofstream(dir_.path() / "hot.json") << hot.dump();
+  }
+  // Runs `trace` (rows after the header) with `profile` into folder `out`; returns each request's
+  // `column` of requests.csv by id.
+  std::map<std::string, double> run(const std::string& profile, const std::string& out, const std::string& trace,
+                                    const std::string& column) {
+    std::ofstream(dir_.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace;
     nlohmann::json doc = testing::smallScenario();
     doc["duration_s"] = 5;
     doc["models"][0]["count"] = 1;
     doc["models"][0]["max_batch"] = 1;
     doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
     doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile}};
-    Scenario sc = parseScenario(doc, dir.path().string());
-    sc.outputs.dir = (dir.path() / out).string();
+    Scenario sc = parseScenario(doc, dir_.path().string());
+    sc.outputs.dir = (dir_.path() / out).string();
     sim::runScenario(sc, nullptr);
-    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir.path() / out / "requests.csv"));
-    std::map<std::string, double> finish;
-    for (std::size_t i = 0; i < rows.rows.size(); ++i) finish[rows.at(i, "id")] = std::stod(rows.at(i, "finish_s"));
-    return finish;
-  };
-  const auto a = run("plain.json", "a"), b = run("hot.json", "b");
+    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir_.path() / out / "requests.csv"));
+    std::map<std::string, double> by_id;
+    for (std::size_t i = 0; i < rows.rows.size(); ++i) by_id[rows.at(i, "id")] = std::stod(rows.at(i, column));
+    return by_id;
+  }
+
+ private:
+  ScratchDir dir_;
+};
+
+// Three requests queued at once run back to back, so the second and third start on a working GPU
+// and their prefill runs hot; a fourth after a rest runs cool.
+TEST(ProfiledSimulation, BackToBackPrefillRunsHotAndARestCoolsTheGpu) {
+  PowerSimulation sim;
+  // After the load (well under 2 s): three at 2 s, one at 3 s. B=1, P=16: prefill 2 ms + tail 0.25 ms.
+  const std::string trace = "0,m,2000000000,16,1\n1,m,2000000000,16,1\n2,m,2000000000,16,1\n3,m,3000000000,16,1\n";
+  const auto a = sim.run("plain.json", "a", trace, "finish_s"), b = sim.run("hot.json", "b", trace, "finish_s");
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
   EXPECT_NEAR(b.at("0") - a.at("0"), 0, 2e-9);         // started after the load: cool
@@ -392,37 +406,20 @@ TEST(ProfiledSimulation, BackToBackPrefillRunsHotAndARestCoolsTheGpu) {
 
 // Decode steps do not heat the GPU and let it cool as idling does (measured: prefill right after
 // 1 s of decode ran at its rested speed, also when the GPU had been hot before the decode). Two
-// requests at once, one at a time: the second's prefill runs hot after a short decode and cool
-// after one longer than recover_ms.
+// requests at once: the second's prefill runs hot after a short decode and cool after one longer
+// than recover_ms.
 TEST(ProfiledSimulation, DecodeStepsLetTheGpuCool) {
-  ScratchDir dir;
-  nlohmann::json plain = profileDoc();
-  plain["models"][0]["first_batch_extra_ms"] = 0;
-  nlohmann::json hot = plain;
-  hot["models"][0]["power"] = {{"hot_factor", 1.5}, {"heat_ms", 3}, {"recover_ms", 5}};
-  std::ofstream(dir.path() / "plain.json") << plain.dump();
-  std::ofstream(dir.path() / "hot.json") << hot.dump();
+  PowerSimulation sim;
   // Decode steps of batch 1 take about 1 ms (the grid): 2 of them (3 tokens) are under
   // recover_ms, 9 (10 tokens) over it.
-  auto run = [&](const std::string& profile, const std::string& out, int output) {
-    std::ofstream(dir.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n"
-                                            << "0,m,2000000000,16," << output << "\n1,m,2000000000,16," << output << "\n";
-    nlohmann::json doc = testing::smallScenario();
-    doc["duration_s"] = 5;
-    doc["models"][0]["count"] = 1;
-    doc["models"][0]["max_batch"] = 1;
-    doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
-    doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile}};
-    Scenario sc = parseScenario(doc, dir.path().string());
-    sc.outputs.dir = (dir.path() / out).string();
-    sim::runScenario(sc, nullptr);
-    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir.path() / out / "requests.csv"));
-    std::map<std::string, double> first;
-    for (std::size_t i = 0; i < rows.rows.size(); ++i) first[rows.at(i, "id")] = std::stod(rows.at(i, "first_token_s"));
-    return first;
+  auto trace = [](int output) {
+    const std::string o = std::to_string(output);
+    return "0,m,2000000000,16," + o + "\n1,m,2000000000,16," + o + "\n";
   };
-  const auto short_plain = run("plain.json", "a", 3), short_hot = run("hot.json", "b", 3);
-  const auto long_plain = run("plain.json", "c", 10), long_hot = run("hot.json", "d", 10);
+  const auto short_plain = sim.run("plain.json", "a", trace(3), "first_token_s");
+  const auto short_hot = sim.run("hot.json", "b", trace(3), "first_token_s");
+  const auto long_plain = sim.run("plain.json", "c", trace(10), "first_token_s");
+  const auto long_hot = sim.run("hot.json", "d", trace(10), "first_token_s");
   ASSERT_EQ(short_hot.size(), 2u);
   ASSERT_EQ(long_hot.size(), 2u);
   EXPECT_NEAR(short_hot.at("0") - short_plain.at("0"), 0, 2e-9);
