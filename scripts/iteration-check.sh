@@ -65,7 +65,7 @@ SETS=(--set "models[0].count=$MODELS" --set "models[0].tp=$TP" --set "models[0].
 for b in ${ITER_BATCHINGS:-request iteration}; do
   step "$(basename "$SC" .json), $MODELS x llama-3-8b TP $TP, $b batching: replay"
   timeout 280 $BIN replay $SC --device cuda --max-context 8192 --host-memory-gib $((20 * MODELS + 10)) "${SETS[@]}" --set "policy.batching=\"$b\"" \
-    --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tail -6 || echo "FAILED replay $b"
+    --set "outputs.dir=\"$OUT/replay-$b\"" 2>&1 | tee "$OUT/replay-$b.log" | tail -6 || echo "FAILED replay $b"
   step "$(basename "$SC" .json), $b batching: simulator"
   $BIN sim $SC "${SETS[@]}" --set "policy.batching=\"$b\"" --set "outputs.dir=\"$OUT/sim-$b\"" 2>&1 | tail -3
   step "$(basename "$SC" .json), $b batching: simulator with the shipped profile"

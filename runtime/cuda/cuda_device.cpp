@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -13,6 +15,10 @@
 
 namespace computron::runtime {
 namespace {
+
+std::int64_t steadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 struct Notice {
   CompletionQueue* queue;
@@ -72,6 +78,8 @@ CudaDevice::CudaDevice(GpuId gpu, int ordinal, std::int64_t pool_bytes, std::int
     : gpu_(gpu), ordinal_(ordinal), pool_bytes_(pool_bytes), chunk_bytes_(chunk_bytes), queue_(queue), clock_(clock),
       options_(options) {
   if (const char* window = std::getenv("COMPUTRON_LOAD_WINDOW")) options_.load_window_chunks = std::atoi(window);
+  if (const char* trace = std::getenv("COMPUTRON_LOAD_TRACE")) trace_ = std::atoi(trace) != 0;
+  if (const char* on_copy = std::getenv("COMPUTRON_RESUME_ON_COPY_STREAM")) resume_on_copy_stream_ = std::atoi(on_copy) != 0;
   CUDA_CHECK(cudaSetDevice(ordinal_));
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, ordinal_));
@@ -266,6 +274,10 @@ void CudaDevice::notifyAfter(cudaStream_t stream, cudaStream_t notify, DeviceEve
 void CUDART_CB CudaDevice::queueResume(void* data) {
   std::unique_ptr<Resume> resume(static_cast<Resume*>(data));
   try {
+    if (resume->device->trace_) {
+      std::lock_guard<std::mutex> lock(resume->device->trace_mutex_);
+      resume->device->trace_marks_[{resume->job.op, resume->job.path, resume->job.first_chunk}] = {resume->issued_ns, steadyNs()};
+    }
     resume->device->jobs_.push(std::move(resume->job));
   } catch (const std::exception&) {
   }
@@ -284,6 +296,7 @@ void CudaDevice::runPath(const PathJob& job) {
   }
   CudaDevice& target = *peers_[static_cast<std::size_t>(job.target)];
   std::byte* dst = target.pool_ + job.dst_offset;
+  const std::int64_t issue_start_ns = trace_ ? steadyNs() : 0;
   DeviceEvent progress;
   progress.kind = DeviceEvent::Kind::kPathProgress;
   progress.op = job.op;
@@ -317,9 +330,20 @@ void CudaDevice::runPath(const PathJob& job) {
       case PathKind::kDirect:
         CUDA_CHECK(cudaMemcpyAsync(dst + ch.offset, job.host + ch.offset, n, cudaMemcpyHostToDevice, load_));
         if (c == resume_after && issue < job.chunks.size()) {
-          auto* resume = new Resume{this, job};
+          auto* resume = new Resume{this, job, issue_start_ns};
           resume->job.first_chunk = issue;
-          const cudaError_t e = cudaLaunchHostFunc(load_, queueResume, resume);
+          // On the notify stream, behind an event: the copy stream never waits for the
+          // callback, so the window's second half keeps the copy engine busy while the host
+          // function (whose latency grows while the GPU computes) queues the next window.
+          cudaStream_t via = resume_on_copy_stream_ ? load_ : notify_load_;
+          if (via != load_) {
+            cudaEvent_t half = nullptr;
+            CUDA_CHECK(cudaEventCreateWithFlags(&half, cudaEventDisableTiming));
+            CUDA_CHECK(cudaEventRecord(half, load_));
+            CUDA_CHECK(cudaStreamWaitEvent(via, half, 0));
+            CUDA_CHECK(cudaEventDestroy(half));
+          }
+          const cudaError_t e = cudaLaunchHostFunc(via, queueResume, resume);
           if (e != cudaSuccess) delete resume;
           CUDA_CHECK(e);
         }
@@ -348,6 +372,25 @@ void CudaDevice::runPath(const PathJob& job) {
       notifyAfter(copy_stream, notify_stream, std::move(ev));
       ++notify;
     }
+  }
+  if (trace_ && direct) {
+    // This window's continuation carries its issue time; the callback adds when it ran.
+    const std::int64_t end_ns = steadyNs();
+    std::int64_t issued = 0, fired = 0;
+    if (job.first_chunk > 0) {
+      std::lock_guard<std::mutex> lock(trace_mutex_);
+      auto it = trace_marks_.find({job.op, job.path, job.first_chunk});
+      if (it != trace_marks_.end()) {
+        std::tie(issued, fired) = it->second;
+        trace_marks_.erase(it);
+      }
+    }
+    std::fprintf(stderr,
+                 "LOADTRACE {\"gpu\": %d, \"op\": %lld, \"path\": %d, \"first_chunk\": %zu, \"chunks\": %zu, \"issued_chunks\": %zu, "
+                 "\"t_ms\": %.3f, \"callback_after_prev_issue_ms\": %.3f, \"worker_pickup_ms\": %.3f, \"issue_ms\": %.3f}\n",
+                 static_cast<int>(gpu_), static_cast<long long>(job.op), job.path, job.first_chunk, job.chunks.size(),
+                 issue - job.first_chunk, issue_start_ns / 1e6, fired > 0 ? (fired - issued) / 1e6 : -1.0,
+                 fired > 0 ? (issue_start_ns - fired) / 1e6 : -1.0, (end_ns - issue_start_ns) / 1e6);
   }
   if (injected) throw std::runtime_error(*injected);
   if (job.chunks.empty() && job.first_chunk == 0) {

@@ -14,6 +14,8 @@
 
 #include <condition_variable>
 #include <deque>
+#include <map>
+#include <tuple>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -71,7 +73,17 @@ class CudaDevice final : public Device {
   struct Resume {
     CudaDevice* device;
     PathJob job;
+    std::int64_t issued_ns = 0;  // when its window was issued (COMPUTRON_LOAD_TRACE)
   };
+  // COMPUTRON_LOAD_TRACE=1: a line on stderr per window of a direct load (when it was issued,
+  // when its continuation's callback ran, when the worker took it up, how long issuing took).
+  bool trace_ = false;
+  // COMPUTRON_RESUME_ON_COPY_STREAM=1: the continuation's host function on the copy stream itself
+  // (the copies behind it wait for the callback), as before; for comparison.
+  bool resume_on_copy_stream_ = false;
+  std::mutex trace_mutex_;
+  // (op, path, first chunk) of a queued continuation -> (its window's issue time, callback time)
+  std::map<std::tuple<OpId, int, std::size_t>, std::pair<std::int64_t, std::int64_t>> trace_marks_;
   static void CUDART_CB queueResume(void* data);
   // Windowed loads go one after another, as whole loads on the load stream do: a direct load that
   // arrives while another is still being issued in windows waits here (worker thread only) and

@@ -1636,4 +1636,12 @@ void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaSt
   CUDA_CHECK_LAUNCH("uploadMapped");
 }
 
+void downloadMapped(void* mapped_host, const void* src, std::int64_t bytes, cudaStream_t stream) {
+  if (bytes <= 0) return;
+  const std::int64_t words = (bytes + 3) / 4;
+  const int blocks = static_cast<int>(std::min<std::int64_t>((words + 255) / 256, 1024));
+  copyWordsKernel<<<blocks, 256, 0, stream>>>(static_cast<unsigned int*>(mapped_host), static_cast<const unsigned int*>(src), words);
+  CUDA_CHECK_LAUNCH("downloadMapped");
+}
+
 }  // namespace computron::model::kernels

@@ -101,4 +101,9 @@ void fillUniform(DType dtype, void* data, std::int64_t elements, std::uint64_t s
 // multi-gigabyte weight load to the same GPU (layer-pipelined execution).
 void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaStream_t stream);
 
+// The other way: `bytes` (a multiple of 4) of device memory written by a kernel into pinned,
+// mapped host memory (visible to the host once `stream` is synchronized). The sampled tokens of
+// every pass go this way, so a pass never waits for a copy engine that a weight load keeps busy.
+void downloadMapped(void* mapped_host, const void* src, std::int64_t bytes, cudaStream_t stream);
+
 }  // namespace computron::model::kernels

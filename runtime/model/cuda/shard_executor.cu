@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <cmath>
 #include <cstdlib>
@@ -190,6 +192,7 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes)));
   fused_attention_ = fusedPrefillAttention(plan_);
   use_graphs_ = envInt("COMPUTRON_DECODE_GRAPH", 1) != 0;
+  trace_graphs_ = envInt("COMPUTRON_LOAD_TRACE", 0) != 0;
   skinny_rows_ = std::clamp(envInt("COMPUTRON_SKINNY_ROWS", 16), 0, kernels::kSkinnyMaxRows);
   fuse_epilogues_ = envInt("COMPUTRON_DECODE_FUSE", 1) != 0;
   lt_epilogue_ = envInt("COMPUTRON_LT_EPILOGUE", 1) != 0;
@@ -202,6 +205,10 @@ ShardExecutor::ShardExecutor(const ShardPlan& plan, const ArchExtras& extras, co
   CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_pointer_staging_), static_cast<std::size_t>(layout.sizes[18]),
                            cudaHostAllocMapped | cudaHostAllocPortable));
   CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_pointers_), host_pointer_staging_, 0));
+  CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_sampled_), static_cast<std::size_t>(std::max(1, limits_.max_batch)) * sizeof(int),
+                           cudaHostAllocMapped | cudaHostAllocPortable));
+  CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped_sampled_), host_sampled_, 0));
+  sampled_mapped_ = envInt("COMPUTRON_SAMPLED_MAPPED", 1) != 0;
   CUDA_CHECK(cudaEventCreateWithFlags(&meta_uploaded_, cudaEventDisableTiming));
 }
 
@@ -213,6 +220,7 @@ ShardExecutor::~ShardExecutor() {
   if (meta_uploaded_) cudaEventDestroy(meta_uploaded_);
   if (host_meta_) cudaFreeHost(host_meta_);
   if (host_pointer_staging_) cudaFreeHost(host_pointer_staging_);
+  if (host_sampled_) cudaFreeHost(host_sampled_);
   if (workspace_ && owns_workspace_) cudaFree(workspace_);
   if (owned_weights_) cudaFree(owned_weights_);
   for (auto& [key, plan] : lt_plans_) {
@@ -573,6 +581,7 @@ void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequenc
     const auto key = std::make_pair(tokens, sequences);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
+      const auto capture_start = std::chrono::steady_clock::now();
       CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       cudaGraph_t graph = nullptr;
       try {
@@ -588,6 +597,11 @@ void ShardExecutor::forwardIssue(const StepBatch& batch, int tokens, int sequenc
       cudaGraphDestroy(graph);
       CUDA_CHECK(status);
       it = graphs_.emplace(key, exec).first;
+      if (trace_graphs_)
+        std::fprintf(stderr, "GRAPHTRACE {\"model\": \"%s\", \"gpu\": %d, \"sequences\": %d, \"t_ms\": %.3f, \"capture_ms\": %.3f}\n",
+                     plan_.spec.name.c_str(), device_, sequences,
+                     std::chrono::duration<double, std::milli>(capture_start.time_since_epoch()).count(),
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - capture_start).count());
     }
     CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
     return;
@@ -791,8 +805,16 @@ std::vector<int> ShardExecutor::shareSampled(int sequences) {
     });
 #endif
   std::vector<int> out(static_cast<std::size_t>(sequences));
-  CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (sampled_mapped_) {
+    // A kernel writes the tokens into mapped host memory: no copy engine, so no wait behind a
+    // weight load's copies to or from this GPU.
+    kernels::downloadMapped(mapped_sampled_, sampled_, static_cast<std::int64_t>(out.size() * sizeof(int)), stream_);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::copy(host_sampled_, host_sampled_ + out.size(), out.begin());
+  } else {
+    CUDA_CHECK(cudaMemcpyAsync(out.data(), sampled_, out.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   checkPeers();
   checkAborted();
   return out;

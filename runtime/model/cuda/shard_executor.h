@@ -240,6 +240,10 @@ class ShardExecutor {
   int* host_meta_ = nullptr;       // pinned, mapped staging for meta_
   int* mapped_meta_ = nullptr;     // its device address
   std::byte* host_pointer_staging_ = nullptr;  // pinned, mapped staging for attention_pointers_
+  int* host_sampled_ = nullptr;    // pinned, mapped: each pass's sampled tokens (kernels::downloadMapped)
+  int* mapped_sampled_ = nullptr;
+  bool sampled_mapped_ = true;     // COMPUTRON_SAMPLED_MAPPED=0: a cudaMemcpyAsync into pageable memory instead
+  bool trace_graphs_ = false;      // COMPUTRON_LOAD_TRACE=1: a GRAPHTRACE line on stderr per captured decode graph
   std::byte* mapped_pointers_ = nullptr;
   cudaEvent_t meta_uploaded_ = nullptr;
   void** attention_pointers_ = nullptr;  // device pointer arrays for batched prefill products

@@ -16,6 +16,10 @@
 //       repeated calls), then timed against NCCL's all-reduce (lines CCHECK, COLL).
 //   d2d
 //       Device-to-device copy bandwidth (bytes read + bytes written per second).
+//   overlap [--preset llama-3-8b --gib 8 --chunk-mib 64 --repeats 3]
+//       A load's host-to-device copy rate while GPU 0 is idle, runs products, device copies, the
+//       preset's prefill or its decode, from three kinds of pinned host memory; and how much each
+//       background slows while the copy runs. Lines OVERLAP.
 //   kernels
 //       The decode kernels alone on GPU 0: kernels::skinnyGemm against cuBLAS (accuracy on odd
 //       shapes in F16 and BF16, then time and bandwidth on the OPT-6.7B / Llama-3-8B products at
@@ -40,6 +44,12 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstring>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -312,6 +322,210 @@ int runBench(const std::map<std::string, std::string>& f) {
     out["decode_fuse"] = fuse_env && *fuse_env ? std::string(fuse_env) : std::string("default");
     std::cout << "BENCH " << out.dump() << std::endl;
   }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// overlap: how fast a weight load (host-to-device copies of 64 MiB chunks on a stream of their
+// own, as the runtime's loads) runs while the same GPU computes, and how much the compute slows
+// in turn. Host memory is taken three ways: cudaHostAlloc, anonymous mmap pinned with
+// cudaHostRegister in 1 GiB pieces (the host weight store's way, 4 KiB pages), and the same with
+// transparent huge pages asked for (madvise) before the pages are touched. Lines OVERLAP.
+
+struct Background {
+  std::string name;
+  // One unit of work (a product, a copy, a prefill, a batch of decode steps), run back to back
+  // on a thread of its own until stopped; each unit's [start, end) is kept.
+  std::function<void()> unit;
+};
+
+struct Span {
+  double start = 0, end = 0;
+};
+
+double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median duration of the units that lie wholly inside [from, to).
+double medianUnitInside(const std::vector<Span>& units, double from, double to) {
+  std::vector<double> d;
+  for (const Span& u : units)
+    if (u.start >= from && u.end <= to) d.push_back(u.end - u.start);
+  if (d.empty()) return 0;
+  std::sort(d.begin(), d.end());
+  return d[d.size() / 2];
+}
+
+int runOverlap(const std::map<std::string, std::string>& f) {
+  const std::string preset = flag(f, "preset", "llama-3-8b");
+  const std::int64_t copy_bytes = static_cast<std::int64_t>(std::stod(flag(f, "gib", "8")) * (1LL << 30));
+  const std::int64_t chunk = std::stoll(flag(f, "chunk-mib", "64")) << 20;
+  const int repeats = std::max(1, std::stoi(flag(f, "repeats", "3")));
+  const int prefill_batch = std::stoi(flag(f, "prefill-batch", "8")), prefill_prompt = std::stoi(flag(f, "prefill-prompt", "1024"));
+  const int decode_batch = std::stoi(flag(f, "decode-batch", "32"));
+  if (copy_bytes < chunk || chunk <= 0) throw ConfigError("--gib must hold at least one chunk of --chunk-mib");
+  CUDA_CHECK(cudaSetDevice(0));
+  {
+    std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string mode;
+    std::getline(thp, mode);
+    std::printf("OVERLAP {\"transparent_hugepage\": \"%s\"}\n", mode.c_str());
+  }
+
+  // Host memory, three ways.
+  struct Host {
+    std::string kind;
+    std::byte* data = nullptr;
+    bool registered = false;
+  };
+  std::vector<Host> hosts;
+  {
+    void* p = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&p, static_cast<std::size_t>(copy_bytes), cudaHostAllocPortable));
+    std::memset(p, 1, static_cast<std::size_t>(copy_bytes));
+    hosts.push_back({"cudaHostAlloc", static_cast<std::byte*>(p), false});
+  }
+  for (const bool huge : {false, true}) {
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(copy_bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw CapacityError("mmap of the host buffer failed");
+    if (huge) ::madvise(p, static_cast<std::size_t>(copy_bytes), MADV_HUGEPAGE);
+    std::memset(p, 1, static_cast<std::size_t>(copy_bytes));
+    for (std::int64_t off = 0; off < copy_bytes; off += 1LL << 30)
+      CUDA_CHECK(cudaHostRegister(static_cast<std::byte*>(p) + off, static_cast<std::size_t>(std::min<std::int64_t>(1LL << 30, copy_bytes - off)),
+                                  cudaHostRegisterPortable));
+    hosts.push_back({huge ? "mmap+register, huge pages" : "mmap+register, 4 KiB pages", static_cast<std::byte*>(p), true});
+  }
+  std::byte* device_buffer = nullptr;
+  CUDA_CHECK(cudaMalloc(&device_buffer, static_cast<std::size_t>(copy_bytes)));
+  cudaStream_t copy_stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
+  cudaEvent_t c0, c1;
+  CUDA_CHECK(cudaEventCreate(&c0));
+  CUDA_CHECK(cudaEventCreate(&c1));
+  auto copyOnce = [&](const Host& h) {
+    CUDA_CHECK(cudaEventRecord(c0, copy_stream));
+    for (std::int64_t off = 0; off < copy_bytes; off += chunk)
+      CUDA_CHECK(cudaMemcpyAsync(device_buffer + off, h.data + off, static_cast<std::size_t>(std::min(chunk, copy_bytes - off)),
+                                 cudaMemcpyHostToDevice, copy_stream));
+    CUDA_CHECK(cudaEventRecord(c1, copy_stream));
+    CUDA_CHECK(cudaEventSynchronize(c1));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, c0, c1));
+    return static_cast<double>(copy_bytes) / (ms * 1e-3);
+  };
+  for (const Host& h : hosts) copyOnce(h);  // warm-up
+
+  // The backgrounds: a product, a device copy, the model's prefill and its decode.
+  const ModelSpec spec = modelPreset(preset);
+  const ArchExtras extras = presetArchExtras(preset);
+  ExecutorLimits limits;
+  limits.max_batch = std::max(prefill_batch, decode_batch);
+  limits.max_context = std::max(prefill_prompt, 256) + 64;
+  limits.max_prefill_tokens = std::max(prefill_batch * prefill_prompt, decode_batch * 256);
+  ModelGroup group(spec, extras, 1, 1, devicesFor(1), limits, WeightSource{"", 99});
+  std::mt19937 rng(11);
+  auto requests = [&](int batch, int prompt, int new_tokens) {
+    std::vector<GenerationRequest> r(static_cast<std::size_t>(batch));
+    for (auto& q : r) {
+      q.max_new_tokens = new_tokens;
+      for (int i = 0; i < prompt; ++i) q.prompt.push_back(static_cast<int>(rng() % static_cast<unsigned>(spec.vocab)));
+    }
+    return r;
+  };
+  const auto prefill_requests = requests(prefill_batch, prefill_prompt, 1);
+  const auto decode_requests = requests(decode_batch, 256, 48);
+  const int rows = 8192, in = spec.hidden, out = spec.ffn_hidden;
+  void *gx = nullptr, *gw = nullptr, *gy = nullptr;
+  CUDA_CHECK(cudaMalloc(&gx, static_cast<std::size_t>(rows) * in * 2));
+  CUDA_CHECK(cudaMalloc(&gw, static_cast<std::size_t>(out) * in * 2));
+  CUDA_CHECK(cudaMalloc(&gy, static_cast<std::size_t>(rows) * out * 2));
+  CUDA_CHECK(cudaMemset(gx, 0x3c, static_cast<std::size_t>(rows) * in * 2));
+  CUDA_CHECK(cudaMemset(gw, 0x1c, static_cast<std::size_t>(out) * in * 2));
+  const std::size_t d2d_bytes = 2ull << 30;
+  void *da = nullptr, *db = nullptr;
+  CUDA_CHECK(cudaMalloc(&da, d2d_bytes));
+  CUDA_CHECK(cudaMalloc(&db, d2d_bytes));
+  cudaStream_t work_stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&work_stream, cudaStreamNonBlocking));
+  cublasHandle_t handle;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  CUBLAS_CHECK(cublasSetStream(handle, work_stream));
+  std::vector<Background> backgrounds = {
+      {"idle", nullptr},
+      {"gemm", [&] {
+         const float alpha = 1.f, beta = 0.f;
+         for (int i = 0; i < 4; ++i)
+           CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, gw, CUDA_R_16F, in, gx, CUDA_R_16F, in,
+                                     &beta, gy, CUDA_R_16F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+         CUDA_CHECK(cudaStreamSynchronize(work_stream));
+       }},
+      {"d2d", [&] {
+         CUDA_CHECK(cudaMemcpyAsync(db, da, d2d_bytes, cudaMemcpyDeviceToDevice, work_stream));
+         CUDA_CHECK(cudaStreamSynchronize(work_stream));
+       }},
+      {"prefill", [&] { group.generate(prefill_requests, SamplingOptions{}); }},
+      {"decode", [&] { group.generate(decode_requests, SamplingOptions{}); }},
+  };
+  for (const Background& b : backgrounds)
+    if (b.unit) b.unit();  // warm-up: kernel choice, graphs
+  for (const Background& b : backgrounds) {
+    std::atomic<bool> stop{false};
+    std::vector<Span> units;
+    std::thread worker;
+    if (b.unit) {
+      worker = std::thread([&] {
+        CUDA_CHECK(cudaSetDevice(0));
+        while (!stop.load()) {
+          Span s;
+          s.start = nowSeconds();
+          b.unit();
+          s.end = nowSeconds();
+          units.push_back(s);
+        }
+      });
+    }
+    // The background alone for 1.5 s (its last second measured), then the copies.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    const double alone_to = nowSeconds();
+    std::vector<std::pair<double, double>> copy_windows;
+    nlohmann::json line;
+    line["background"] = b.name;
+    for (const Host& h : hosts) {
+      std::vector<double> rates;
+      for (int r = 0; r < repeats; ++r) {
+        const double t0 = nowSeconds();
+        rates.push_back(copyOnce(h));
+        copy_windows.push_back({t0, nowSeconds()});
+      }
+      std::sort(rates.begin(), rates.end());
+      line["copy_GB_per_s"][h.kind] = rates[rates.size() / 2] / 1e9;
+    }
+    stop = true;
+    if (worker.joinable()) worker.join();
+    if (b.unit) {
+      line["unit_ms_alone"] = medianUnitInside(units, alone_to - 1.0, alone_to) * 1e3;
+      // Units wholly inside one copy.
+      std::vector<Span> inside;
+      for (const Span& u : units)
+        for (const auto& [from, to] : copy_windows)
+          if (u.start >= from && u.end <= to) inside.push_back(u);
+      line["unit_ms_during_copies"] = medianUnitInside(inside, 0, 1e300) * 1e3;
+      line["units_inside_copies"] = inside.size();
+    }
+    std::printf("OVERLAP %s\n", line.dump().c_str());
+    std::fflush(stdout);
+  }
+  CUBLAS_CHECK(cublasDestroy(handle));
+  for (Host& h : hosts) {
+    if (h.registered) {
+      for (std::int64_t off = 0; off < copy_bytes; off += 1LL << 30) CUDA_CHECK(cudaHostUnregister(h.data + off));
+      ::munmap(h.data, static_cast<std::size_t>(copy_bytes));
+    } else {
+      CUDA_CHECK(cudaFreeHost(h.data));
+    }
+  }
+  for (void* p : {static_cast<void*>(device_buffer), gx, gw, gy, da, db}) CUDA_CHECK(cudaFree(p));
   return 0;
 }
 
@@ -1108,6 +1322,11 @@ constexpr const char* kUsage =
     "      the TP group's peer all-reduce and all-gather against a host reference (CCHECK lines),\n"
     "      then their time against NCCL's (COLL lines)\n"
     "  d2d       device-to-device copy bandwidth\n"
+    "  overlap [--preset llama-3-8b --gib 8 --chunk-mib 64 --repeats 3 --prefill-batch 8 --prefill-prompt 1024\n"
+    "           --decode-batch 32]\n"
+    "      a load's copy rate (64 MiB chunks, host to GPU 0) while the GPU idles, runs products, device copies,\n"
+    "      prefill or decode, from cudaHostAlloc and mmap + cudaHostRegister memory (4 KiB and huge pages),\n"
+    "      and each background's unit time alone and during the copies (OVERLAP lines)\n"
     "  kernels   the decode and attention kernels against cuBLAS and a host reference (lines KCHECK, KGEMM,\n"
     "            KATTN, KPATTN)\n"
     "\n"
@@ -1129,6 +1348,7 @@ int main(int argc, char** argv) {
     if (command == "bench") return runBench(flags);
     if (command == "kernels") return runKernels();
     if (command == "collectives") return runCollectives(flags);
+    if (command == "overlap") return runOverlap(flags);
     if (command == "d2d") {
       std::printf("d2d %.1f GB/s (read + write)\n", measureD2dBandwidth() / 1e9);
       return 0;
