@@ -1628,20 +1628,21 @@ __global__ void copyWordsKernel(unsigned int* dst, const unsigned int* src, std:
     dst[i] = src[i];
 }
 
-void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaStream_t stream) {
+// A word copy by kernel: device to device, or either side pinned, mapped host memory.
+static void launchCopyWords(void* dst, const void* src, std::int64_t bytes, cudaStream_t stream, const char* what) {
   if (bytes <= 0) return;
   const std::int64_t words = (bytes + 3) / 4;
   const int blocks = static_cast<int>(std::min<std::int64_t>((words + 255) / 256, 1024));
-  copyWordsKernel<<<blocks, 256, 0, stream>>>(static_cast<unsigned int*>(dst), static_cast<const unsigned int*>(mapped_host), words);
-  CUDA_CHECK_LAUNCH("uploadMapped");
+  copyWordsKernel<<<blocks, 256, 0, stream>>>(static_cast<unsigned int*>(dst), static_cast<const unsigned int*>(src), words);
+  CUDA_CHECK_LAUNCH(what);
+}
+
+void uploadMapped(void* dst, const void* mapped_host, std::int64_t bytes, cudaStream_t stream) {
+  launchCopyWords(dst, mapped_host, bytes, stream, "uploadMapped");
 }
 
 void downloadMapped(void* mapped_host, const void* src, std::int64_t bytes, cudaStream_t stream) {
-  if (bytes <= 0) return;
-  const std::int64_t words = (bytes + 3) / 4;
-  const int blocks = static_cast<int>(std::min<std::int64_t>((words + 255) / 256, 1024));
-  copyWordsKernel<<<blocks, 256, 0, stream>>>(static_cast<unsigned int*>(mapped_host), static_cast<const unsigned int*>(src), words);
-  CUDA_CHECK_LAUNCH("downloadMapped");
+  launchCopyWords(mapped_host, src, bytes, stream, "downloadMapped");
 }
 
 }  // namespace computron::model::kernels
