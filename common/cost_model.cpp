@@ -143,6 +143,11 @@ std::string ProfiledCostModel::prefillShapeFor(const ModelDeployment& model) con
   return entry->prefill_shape.measured ? "measured" : "roofline";
 }
 
+Nanos ProfiledCostModel::decodeGraphCapture(const ModelDeployment& model) const {
+  const ModelProfile* entry = entryFor(model);
+  return entry == nullptr ? 0 : nanosFromMillis(entry->decode_graph_ms);
+}
+
 Nanos ProfiledCostModel::powerRecover(const ModelDeployment& model) const {
   const ModelProfile* entry = entryFor(model);
   return entry != nullptr && entry->power.hot_factor > 1 ? nanosFromMillis(entry->power.recover_ms) : 0;

@@ -231,7 +231,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
   if (models.size() == 0) models.fail("a profile needs at least one model");
   for (std::size_t i = 0; i < models.size(); ++i) {
     const JsonReader m = models.at(i);
-    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms", "idle", "power"});
+    m.expectObject({"spec", "tp", "pp", "prefill", "decode", "batch_tail_ms", "first_batch_extra_ms", "decode_graph_ms", "idle", "power"});
     ModelProfile mp;
     const JsonReader spec = m.at("spec");
     mp.spec = spec.asString();
@@ -249,6 +249,7 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     mp.decode = readGrid(m.at("decode"), "context");
     mp.batch_tail_ms = readMillis(m, "batch_tail_ms");
     mp.first_batch_extra_ms = readMillis(m, "first_batch_extra_ms");
+    if (m.find("decode_graph_ms")) mp.decode_graph_ms = readMillis(m, "decode_graph_ms");
     if (auto idle = m.find("idle")) {
       idle->expectObject({"gap_ms", "extra_ms"});
       mp.idle_gap_ms = readAxis(idle->at("gap_ms"), 1e7);

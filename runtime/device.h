@@ -14,7 +14,7 @@
 
 #include "common/core/backend.h"
 #include "runtime/completion_queue.h"
-#include "runtime/device_pool.h"
+#include "common/device_pool.h"
 #include "runtime/host_weight_store.h"
 #include "runtime/load_plan.h"
 

@@ -131,8 +131,7 @@ RealBackend::StorePlan RealBackend::planStore(const EngineConfig& config, const 
 }
 
 std::vector<std::int64_t> RealBackend::poolRegions(const EngineConfig& config, std::int64_t granule, int gpus) {
-  // Each GPU's region: its weight budget plus one granule per shard it may hold, so rounding
-  // extents up to the granule never makes a load the engine accepted fail for lack of bytes.
+  // Each GPU's region: its weight budget plus one granule per shard it may hold (weightPoolBytes).
   std::vector<int> shards_on(static_cast<std::size_t>(gpus), 0);
   for (const ModelDeployment& d : config.models)
     for (GpuId g : d.gpus)
@@ -141,7 +140,7 @@ std::vector<std::int64_t> RealBackend::poolRegions(const EngineConfig& config, s
   const std::size_t used = std::min(static_cast<std::size_t>(gpus), config.gpu_weight_budget.size());
   for (std::size_t g = 0; g < used; ++g) {
     const std::int64_t budget = config.gpu_weight_budget[g];
-    regions.push_back((budget + granule - 1) / granule * granule + static_cast<std::int64_t>(shards_on[g]) * granule);
+    regions.push_back(weightPoolBytes(budget, shards_on[g], granule));
   }
   return regions;
 }

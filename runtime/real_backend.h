@@ -21,7 +21,7 @@
 #include "common/core/engine.h"
 #include "runtime/completion_queue.h"
 #include "runtime/device.h"
-#include "runtime/device_pool.h"
+#include "common/device_pool.h"
 #include "runtime/execution.h"
 #include "runtime/host_weight_store.h"
 #include "runtime/load_plan.h"

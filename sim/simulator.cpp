@@ -27,6 +27,101 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   heat_end_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_busy_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_queue_.resize(static_cast<std::size_t>(cluster.numGpus()));
+  graph_capture_.assign(models, 0);
+  graph_sizes_.resize(models);
+  graph_captures_.assign(models, 0);
+  bool graphs = false;
+  for (std::size_t m = 0; m < models; ++m) {
+    graph_capture_[m] = cost_->decodeGraphCapture(engine_.config().models[m]);
+    graphs = graphs || graph_capture_[m] > 0;
+  }
+  if (graphs) {
+    // The runtime's regions (RealBackend::poolRegions): the weight budget plus a granule per shard.
+    std::vector<int> shards_on(static_cast<std::size_t>(cluster.numGpus()), 0);
+    for (const ModelDeployment& d : engine_.config().models)
+      for (GpuId g : d.gpus)
+        if (g >= 0 && g < cluster.numGpus()) ++shards_on[static_cast<std::size_t>(g)];
+    const auto& budget = engine_.config().gpu_weight_budget;
+    for (int g = 0; g < cluster.numGpus(); ++g) {
+      const std::int64_t bytes = static_cast<std::size_t>(g) < budget.size() ? budget[static_cast<std::size_t>(g)] : 0;
+      pools_.emplace_back(weightPoolBytes(bytes, shards_on[static_cast<std::size_t>(g)], DevicePool::kDefaultGranule),
+                          DevicePool::kDefaultGranule);
+    }
+  }
+}
+
+void Simulation::placeShard(const LoadCommand& cmd) {
+  const auto g = static_cast<std::size_t>(cmd.gpu);
+  const auto m = static_cast<std::size_t>(cmd.model);
+  if (pools_.empty() || g >= pools_.size()) return;
+  DevicePool& pool = pools_[g];
+  std::optional<Extent> extent = pool.allocate(cmd.bytes);
+  if (!extent) {
+    // The runtime compacts the pool: shards that move get new addresses, and so new graphs.
+    if (auto moves = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; })) {
+      for (const DevicePool::Move& mv : *moves) {
+        pool.apply(mv);
+        for (auto& [key, where] : extents_) {
+          if (where.first != cmd.gpu || where.second.offset != mv.from) continue;
+          where.second.offset = mv.to;
+          last_offset_[key] = mv.to;
+          graph_sizes_[static_cast<std::size_t>(key.first)].clear();
+        }
+      }
+      extent = pool.allocate(cmd.bytes);
+    }
+  }
+  const std::pair<ModelId, int> key{cmd.model, cmd.shard};
+  auto last = last_offset_.find(key);
+  if (!extent || last == last_offset_.end() || last->second != extent->offset) graph_sizes_[m].clear();
+  if (!extent) {
+    last_offset_.erase(key);
+    return;
+  }
+  last_offset_[key] = extent->offset;
+  extents_[key] = {cmd.gpu, *extent};
+}
+
+void Simulation::releaseShard(const EvictCommand& cmd) {
+  if (pools_.empty()) return;
+  auto it = extents_.find({cmd.model, cmd.shard});
+  if (it == extents_.end() || it->second.first != cmd.gpu) return;
+  pools_[static_cast<std::size_t>(cmd.gpu)].release(it->second.second);
+  extents_.erase(it);
+}
+
+void Simulation::addGraphCaptures(std::size_t m, const std::vector<Request>& requests, BatchTimes& times) {
+  std::vector<std::int32_t> outputs;
+  outputs.reserve(requests.size());
+  for (const Request& r : requests) outputs.push_back(std::max<std::int32_t>(1, r.output_tokens));
+  std::sort(outputs.begin(), outputs.end());
+  if (outputs.empty()) return;
+  // (first step of a size, captures up to and including that step)
+  std::vector<std::pair<std::int32_t, Nanos>> from;
+  Nanos extra = 0;
+  std::size_t gone = 0;
+  for (std::int32_t step = 1; step < outputs.back();) {
+    while (gone < outputs.size() && outputs[gone] <= step) ++gone;
+    extra += graphCapture(m, static_cast<int>(outputs.size() - gone));
+    from.emplace_back(step, extra);
+    step = outputs[gone];  // the next step at which a sequence has left
+  }
+  if (extra == 0) return;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    // Its last token comes at step output - 1 (0: the prefill's).
+    const std::int32_t last = std::max<std::int32_t>(1, requests[i].output_tokens) - 1;
+    auto it = std::upper_bound(from.begin(), from.end(), last,
+                               [](std::int32_t v, const std::pair<std::int32_t, Nanos>& e) { return v < e.first; });
+    if (it != from.begin()) times.finish[i] += std::prev(it)->second;
+  }
+  times.total += extra;
+}
+
+Nanos Simulation::graphCapture(std::size_t m, int size) {
+  if (graph_capture_[m] <= 0 || size <= 0) return 0;
+  if (!graph_sizes_[m].insert(size).second) return 0;
+  ++graph_captures_[m];
+  return graph_capture_[m];
 }
 
 Simulation::~Simulation() = default;
@@ -132,6 +227,7 @@ FlowId Simulation::startPart(OpId op, double bytes, std::vector<int> path, Nanos
 
 void Simulation::load(const LoadCommand& cmd) {
   load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, -1, cmd.gpu};
+  placeShard(cmd);
   int parts = 0;
   for (const auto& part : cmd.route) {
     const bool direct = part.from_node < 0 && part.via == cmd.gpu && !part.from_device;
@@ -195,7 +291,10 @@ void Simulation::handleLinkCheck(std::uint64_t generation) {
   scheduleLinkCheck();
 }
 
-void Simulation::evict(const EvictCommand& cmd) { events_.push(now_ + cluster_.evict_latency, EventKind::kEvictDone, cmd.op); }
+void Simulation::evict(const EvictCommand& cmd) {
+  releaseShard(cmd);
+  events_.push(now_ + cluster_.evict_latency, EventKind::kEvictDone, cmd.op);
+}
 
 void Simulation::execute(const ExecuteCommand& cmd) {
   if (engine_.model(cmd.model).residency == Residency::kLoading) {
@@ -260,6 +359,7 @@ void Simulation::step(const StepCommand& cmd) {
     double context = 0;
     for (const auto& s : cmd.decode) context += s.context;
     t = cost_->decodeStep(model, static_cast<int>(cmd.decode.size()), context);
+    t.time += graphCapture(m, static_cast<int>(cmd.decode.size()));
   }
   fresh_[m] = false;
   ++batches_timed_[m];
@@ -291,6 +391,7 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
   const Nanos busy = busyBefore(cmd.gpus, start, cost_->powerRecover(model));
   BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m], std::max<Nanos>(0, start - free_since), busy);
   fresh_[m] = false;
+  if (graph_capture_[m] > 0) addGraphCaptures(m, cmd.requests, times);
   ++batches_timed_[m];
   if (times.outside_profile) ++batches_outside_[m];
   Nanos shift = 0;
@@ -384,6 +485,7 @@ nlohmann::json Simulation::timingReport() const {
                       {"batches", batches_timed_[m]},
                       {"batches_outside_profile", batches_outside_[m]}};
     if (const std::string shape = cost_->prefillShapeFor(d); !shape.empty()) models[d.name]["prefill_shape"] = shape;
+    if (graph_capture_[m] > 0) models[d.name]["decode_graph_captures"] = graph_captures_[m];
   }
   return models;
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -14,6 +15,7 @@
 #include "common/core/engine.h"
 #include "common/scenario/scenario.h"
 #include "common/cost_model.h"
+#include "common/device_pool.h"
 #include "sim/event_queue.h"
 #include "sim/link_model.h"
 
@@ -139,6 +141,25 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   // How long `gpus` have worked before `start` without resting `recover` (0 when recover is 0).
   Nanos busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos recover);
   std::vector<std::int64_t> batches_timed_, batches_outside_;
+  // Decode graphs (a profile's decode_graph_ms, CostModel::decodeGraphCapture): the runtime
+  // captures one per decode batch size and captures them again when a shard of the model lands at
+  // another address of its GPU's weight pool. The pools are mirrored here (the runtime's
+  // DevicePool, best fit, same regions) only when some model has a capture cost.
+  std::vector<Nanos> graph_capture_;        // per model
+  std::vector<std::set<int>> graph_sizes_;  // per model: batch sizes with a graph
+  std::vector<std::int64_t> graph_captures_;  // per model: captures timed
+  std::vector<DevicePool> pools_;           // per GPU
+  std::map<std::pair<ModelId, int>, std::pair<GpuId, Extent>> extents_;  // (model, shard): where it lies
+  std::map<std::pair<ModelId, int>, std::int64_t> last_offset_;          // (model, shard): its last offset
+  void placeShard(const LoadCommand& cmd);
+  void releaseShard(const EvictCommand& cmd);
+  // The capture time of a decode step of `size` sequences of model `m` (0 when its graph exists),
+  // recording the graph.
+  Nanos graphCapture(std::size_t m, int size);
+  // A request-level batch's decode runs at each size from all its requests down to its longest
+  // alone (finished sequences leave): each size without a graph adds a capture to that step and
+  // every later one.
+  void addGraphCaptures(std::size_t m, const std::vector<Request>& requests, BatchTimes& times);
   SimStats stats_;
   std::int64_t completed_ = 0;  // requests reported done, for progress only
 };

@@ -515,8 +515,40 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
     cal.loadModel(id);
     extra.push_back(std::max(0.0, cal.run(id, 1, reference_prompt, 1).prefill_ms - warm));
   }
-  cal.evictModel(id);
   cal.note(layout.label() + ": first batch after a reload +" + fixed(median(extra), 3) + " ms");
+
+  // A decode graph's capture: the runtime captures one per decode batch size at its first use
+  // (and again after the weights move), and a run passes through most sizes up to max_batch. So:
+  // up to six batch sizes no run above used, spread evenly over them; the first decode of each
+  // against the same batch again; their mean (captures cost more above the skinny products'
+  // rows, so the spread matters). Only the decode part of each batch is compared (its prefill is
+  // not a graph).
+  std::vector<double> capture;
+  {
+    std::vector<int> fresh;
+    for (int b = 2; b <= layout.max_batch; ++b)
+      if (std::find(batches.begin(), batches.end(), b) == batches.end()) fresh.push_back(b);
+    std::vector<int> sizes;
+    const std::size_t want = std::min<std::size_t>(6, fresh.size());
+    for (std::size_t i = 0; i < want; ++i) {
+      const int b = fresh[want == 1 ? fresh.size() - 1 : i * (fresh.size() - 1) / (want - 1)];
+      if (sizes.empty() || sizes.back() != b) sizes.push_back(b);
+    }
+    const int tokens = std::min(8, std::max(2, s.max_context - reference_prompt));
+    for (int b : sizes) {
+      const double first = cal.run(id, b, reference_prompt, tokens).decode_ms;
+      const double again = cal.run(id, b, reference_prompt, tokens).decode_ms;
+      capture.push_back(std::max(0.0, first - again));
+      cal.note(layout.label() + ": decode graph at B=" + std::to_string(b) + ": first decode " + fixed(first, 3) + " ms, again " +
+               fixed(again, 3) + " ms");
+    }
+  }
+  cal.evictModel(id);
+  if (capture.empty())
+    cal.note(layout.label() + ": decode graph capture not measured (every batch size up to max_batch is in the grid)");
+  else
+    cal.note(layout.label() + ": decode graph capture " + fixed(mean(capture), 3) + " ms (mean of " +
+             std::to_string(capture.size()) + " batch sizes)");
 
   out.profile = {{"spec", layout.spec},
                  {"tp", layout.tp},
@@ -525,6 +557,7 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
                  {"decode", {{"batch", batches}, {"context", mean_context}, {"ms", decode_rows}}},
                  {"batch_tail_ms", positive(median(tails), layout.label() + " batch tail")},
                  {"first_batch_extra_ms", median(extra)},
+                 {"decode_graph_ms", capture.empty() ? 0.0 : mean(capture)},
                  {"idle", {{"gap_ms", idle_gaps}, {"extra_ms", idle_extra}}}};
   if (!power.is_null()) out.profile["power"] = power;
   return out;
@@ -1039,7 +1072,8 @@ int calibrateMain(int argc, char** argv) try {
     }
     out << "  batch tail " << fixed(p["batch_tail_ms"].get<double>(), 3) << " ms; first batch after a load +"
         << fixed(p["first_batch_extra_ms"].get<double>(), 3) << " ms; the layout's first batch +"
-        << fixed(results[m].cold_extra_ms, 3) << " ms\n";
+        << fixed(results[m].cold_extra_ms, 3) << " ms; a decode graph's capture "
+        << fixed(p.value("decode_graph_ms", 0.0), 3) << " ms\n";
   }
   if (s.loads) {
     out << "\nlinks: host " << fixed(links["host_link_gbps"].get<double>(), 2) << " GB/s + "

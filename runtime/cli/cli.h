@@ -33,6 +33,13 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// The mean of `v`; 0 when empty.
+inline double mean(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return v.empty() ? 0 : sum / static_cast<double>(v.size());
+}
+
 // The current time in UTC as strftime `format` writes it (results and profiles carry their date).
 inline std::string utcNow(const char* format) {
   const std::time_t t = std::time(nullptr);

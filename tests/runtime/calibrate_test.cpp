@@ -73,6 +73,8 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
   const CalibrateRun r = calibrate(with(kSmallGrid, {"--models", "opt-125m", "--layouts", "1x1,2x1", "--out", profile_path.string()}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("calibrate ["), std::string::npos) << "progress lines on stderr";
+  // The grid holds every batch size up to max_batch (2): no fresh size to time a graph's capture.
+  EXPECT_NE(r.err.find("opt-125m TP=1 PP=1: decode graph capture not measured"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("opt-125m TP=2 PP=1"), std::string::npos) << r.out;
   // Prompts of 8 and 32 tokens: too short for the prefill shape, and the table says so.
   EXPECT_NE(r.out.find("prefill shape: not measured (the largest batch needs two prompts of at least 256 tokens)"),
@@ -135,6 +137,7 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
     expectGrid(m["decode"], "context", {1, 2}, {10, 18});  // C + decode tokens / 2
     EXPECT_GT(m["batch_tail_ms"].get<double>(), 0);
     EXPECT_GE(m["first_batch_extra_ms"].get<double>(), 0);
+    EXPECT_EQ(m["decode_graph_ms"].get<double>(), 0);
   }
 #ifdef COMPUTRON_TEST_PROFILE_READER
   const Profile read = readProfileFile(profile_path.string());
@@ -151,7 +154,7 @@ TEST(Calibrate, ScenarioModelsCapTheBatchGridAndNoLoadsLeavesLinksOut) {
   const auto scenario = dir.path() / "scenario.json";
   std::ofstream(scenario) << R"({
     "name": "calibrate-test", "duration_s": 1, "cluster": {"preset": "h200x2"},
-    "models": [{"name": "small", "spec": "opt-125m", "count": 2, "tp": 1, "pp": 1, "max_batch": 2}],
+    "models": [{"name": "small", "spec": "opt-125m", "count": 2, "tp": 1, "pp": 1, "max_batch": 3}],
     "workload": {"type": "gamma", "rates": [1, 1], "cv": 1, "prompt_tokens": 8, "output_tokens": 1}
   })";
   const auto profile_path = dir.path() / "profile.json";
@@ -160,11 +163,19 @@ TEST(Calibrate, ScenarioModelsCapTheBatchGridAndNoLoadsLeavesLinksOut) {
                            profile_path.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "") << "--quiet";
+  // max_batch 3: the grid stops at 2, and size 3 (fresh) times a decode graph's capture.
+  const CalibrateRun loud = calibrate({scenario.string(), "--device", "host", "--batches", "1,2,4", "--prompt-tokens", "8,32",
+                                       "--contexts", "8,16", "--decode-tokens", "4", "--repeats", "1", "--warmup", "0",
+                                       "--no-loads", "--out", (dir.path() / "loud.json").string()});
+  ASSERT_EQ(loud.exit_code, 0) << loud.err;
+  EXPECT_NE(loud.err.find("opt-125m TP=1 PP=1: decode graph at B=3: first decode "), std::string::npos) << loud.err;
+  EXPECT_EQ(loud.err.find("decode graph at B=2"), std::string::npos) << "grid sizes are not fresh";
   const nlohmann::json p = readJson(profile_path);
   EXPECT_FALSE(p.contains("links"));
   ASSERT_EQ(p["models"].size(), 1u) << "the two copies share one layout";
   expectGrid(p["models"][0]["prefill"], "prompt_tokens", {1, 2}, {8, 32});
   expectGrid(p["models"][0]["decode"], "context", {1, 2}, {10, 18});
+  EXPECT_GE(p["models"][0]["decode_graph_ms"].get<double>(), 0);
 #ifdef COMPUTRON_TEST_PROFILE_READER
   EXPECT_NE(readProfileFile(profile_path.string()).find("opt-125m", 1, 1), nullptr);
 #endif

@@ -9,7 +9,7 @@
 #include <random>
 #include <set>
 
-#include "runtime/device_pool.h"
+#include "common/device_pool.h"
 #include "runtime/host_weight_store.h"
 #include "runtime/load_plan.h"
 #include "runtime/weights.h"

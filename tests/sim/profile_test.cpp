@@ -28,22 +28,7 @@ namespace fs = std::filesystem;
 using fakes::CommandResult;
 using fakes::ScratchDir;
 
-// opt-1.3b at TP 2, PP 2 (the small scenario's layout): prefill over batch {1, 4} x prompt {16, 64},
-// decode over batch {1, 4} x context {32, 128}.
-nlohmann::json profileDoc() {
-  return nlohmann::json::parse(R"({
-    "format": "computron-profile", "version": 1,
-    "provenance": {"tool": "test", "date": "2026-11-30T00:00:00Z", "gpu": "none"},
-    "links": {"host_link_gbps": 20, "host_link_latency_us": 100, "nvlink_gbps": 50, "evict_us": 30},
-    "models": [{
-      "spec": "opt-1.3b", "tp": 2, "pp": 2,
-      "prefill": {"batch": [1, 4], "prompt_tokens": [16, 64], "ms": [[2, 4], [5, 11]]},
-      "decode": {"batch": [1, 4], "context": [32, 128], "ms": [[1, 1.5], [2, 3]]},
-      "batch_tail_ms": 0.25,
-      "first_batch_extra_ms": 7
-    }]
-  })");
-}
+nlohmann::json profileDoc() { return testing::smallProfile(); }
 
 ProfileGrid grid() { return readProfile(profileDoc(), "p.json").models[0].prefill; }
 

@@ -1,4 +1,4 @@
-// Helpers for simulator tests: scenario documents built in code.
+// Helpers for simulator tests: scenario and profile documents built in code.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -21,6 +21,23 @@ inline nlohmann::json smallScenario() {
     "policy": {"name": "computron", "max_loaded_models": 2},
     "slo_ms": 500,
     "outputs": {"dir": ""}
+  })");
+}
+
+// A profile of the small scenario's layout, opt-1.3b at TP 2, PP 2: prefill over batch {1, 4} x
+// prompt {16, 64}, decode over batch {1, 4} x context {32, 128}.
+inline nlohmann::json smallProfile() {
+  return nlohmann::json::parse(R"({
+    "format": "computron-profile", "version": 1,
+    "provenance": {"tool": "test", "date": "2026-11-30T00:00:00Z", "gpu": "none"},
+    "links": {"host_link_gbps": 20, "host_link_latency_us": 100, "nvlink_gbps": 50, "evict_us": 30},
+    "models": [{
+      "spec": "opt-1.3b", "tp": 2, "pp": 2,
+      "prefill": {"batch": [1, 4], "prompt_tokens": [16, 64], "ms": [[2, 4], [5, 11]]},
+      "decode": {"batch": [1, 4], "context": [32, 128], "ms": [[1, 1.5], [2, 3]]},
+      "batch_tail_ms": 0.25,
+      "first_batch_extra_ms": 7
+    }]
   })");
 }
 

@@ -1,4 +1,5 @@
-// Bookkeeping of one GPU's weight region: carved once at start (one cudaMalloc, or one host
+// Bookkeeping of one GPU's weight region (the runtime's; the simulator mirrors it to know where a
+// reloaded shard lands, which decides whether its decode graphs survive): carved once at start (one cudaMalloc, or one host
 // mapping on the host-memory device), then shards take contiguous extents from it, so the swap
 // path never allocates device memory. Pure arithmetic on offsets: no CUDA, no threads.
 //
@@ -17,7 +18,7 @@
 
 #include "common/types.h"
 
-namespace computron::runtime {
+namespace computron {
 
 struct Extent {
   std::int64_t offset = -1;
@@ -71,4 +72,14 @@ class DevicePool {
   std::map<std::int64_t, std::int64_t> allocated_;  // offset -> rounded bytes
 };
 
-}  // namespace computron::runtime
+// A GPU's weight region: its weight budget rounded up to the granule, plus one granule per shard
+// placed on it, so rounding extents up never makes a load the engine accepted fail for lack of
+// bytes.
+std::int64_t weightPoolBytes(std::int64_t budget, int shards, std::int64_t granule);
+
+namespace runtime {
+using computron::DevicePool;
+using computron::Extent;
+}  // namespace runtime
+
+}  // namespace computron

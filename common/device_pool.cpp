@@ -1,9 +1,9 @@
-#include "runtime/device_pool.h"
+#include "common/device_pool.h"
 
 #include <stdexcept>
 #include <string>
 
-namespace computron::runtime {
+namespace computron {
 
 DevicePool::DevicePool(std::int64_t capacity, std::int64_t granule) : granule_(granule) {
   if (granule <= 0) throw std::invalid_argument("device pool: granule must be positive");
@@ -129,4 +129,8 @@ void DevicePool::checkInvariants() const {
   }
 }
 
-}  // namespace computron::runtime
+std::int64_t weightPoolBytes(std::int64_t budget, int shards, std::int64_t granule) {
+  return (budget + granule - 1) / granule * granule + static_cast<std::int64_t>(shards) * granule;
+}
+
+}  // namespace computron
