@@ -143,9 +143,17 @@ std::string ProfiledCostModel::prefillShapeFor(const ModelDeployment& model) con
   return entry->prefill_shape.measured ? "measured" : "roofline";
 }
 
-Nanos ProfiledCostModel::decodeGraphCapture(const ModelDeployment& model) const {
+Nanos ProfiledCostModel::decodeGraphCapture(const ModelDeployment& model, int batch) const {
   const ModelProfile* entry = entryFor(model);
-  return entry == nullptr ? 0 : nanosFromMillis(entry->decode_graph_ms);
+  return entry == nullptr ? 0 : nanosFromMillis(entry->decodeGraphMs(batch));
+}
+
+bool ProfiledCostModel::tracksDecodeGraphs(const ModelDeployment& model) const {
+  const ModelProfile* entry = entryFor(model);
+  if (entry == nullptr) return false;
+  for (double ms : entry->decode_graph_ms)
+    if (ms > 0) return true;
+  return false;
 }
 
 Nanos ProfiledCostModel::powerRecover(const ModelDeployment& model) const {

@@ -51,9 +51,11 @@ class CostModel {
   // The idle time after which this model's GPUs count as rested (their `busy` starts again from
   // 0); 0: no power model for it.
   virtual Nanos powerRecover(const ModelDeployment& /*model*/) const { return 0; }
-  // Capturing one decode graph (a profile's decode_graph_ms; 0: the roofline, or none measured):
-  // the simulator adds it to a decode step at a batch size the model's graphs lack.
-  virtual Nanos decodeGraphCapture(const ModelDeployment& /*model*/) const { return 0; }
+  // Capturing the decode graph of `batch` sequences (a profile's decode_graph_ms; 0: the
+  // roofline, or none measured): the simulator adds it to a decode step at a batch size the
+  // model's graphs lack. `tracksDecodeGraphs`: whether the model has such a cost at all.
+  virtual Nanos decodeGraphCapture(const ModelDeployment& /*model*/, int /*batch*/) const { return 0; }
+  virtual bool tracksDecodeGraphs(const ModelDeployment& /*model*/) const { return false; }
   // "profile" or "roofline": which source times this model's batches.
   virtual std::string sourceFor(const ModelDeployment& model) const = 0;
   // Where a profile times the model: "measured" when its prefill shape is fitted to the grid
@@ -112,7 +114,8 @@ class ProfiledCostModel final : public CostModel {
   std::string sourceFor(const ModelDeployment& model) const override;
   std::string prefillShapeFor(const ModelDeployment& model) const override;
   Nanos powerRecover(const ModelDeployment& model) const override;
-  Nanos decodeGraphCapture(const ModelDeployment& model) const override;
+  Nanos decodeGraphCapture(const ModelDeployment& model, int batch) const override;
+  bool tracksDecodeGraphs(const ModelDeployment& model) const override;
 
  private:
   const ModelProfile* entryFor(const ModelDeployment& model) const;

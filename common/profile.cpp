@@ -128,6 +128,19 @@ PrefillShape fitPrefillShape(const ProfileGrid& prefill) {
   return shape;
 }
 
+double ModelProfile::decodeGraphMs(int batch) const {
+  if (decode_graph_ms.empty()) return 0;
+  const double b = static_cast<double>(batch);
+  if (b <= decode_graph_batch.front()) return decode_graph_ms.front();
+  for (std::size_t k = 1; k < decode_graph_batch.size(); ++k) {
+    if (b <= decode_graph_batch[k]) {
+      const double f = (b - decode_graph_batch[k - 1]) / (decode_graph_batch[k] - decode_graph_batch[k - 1]);
+      return decode_graph_ms[k - 1] + f * (decode_graph_ms[k] - decode_graph_ms[k - 1]);
+    }
+  }
+  return decode_graph_ms.back();
+}
+
 double ModelProfile::idleExtraMs(double gap_ms) const {
   if (idle_gap_ms.empty() || gap_ms <= 0) return 0;
   double x0 = 0, y0 = 0;
@@ -249,7 +262,19 @@ Profile readProfile(const nlohmann::json& doc, const std::string& name) {
     mp.decode = readGrid(m.at("decode"), "context");
     mp.batch_tail_ms = readMillis(m, "batch_tail_ms");
     mp.first_batch_extra_ms = readMillis(m, "first_batch_extra_ms");
-    if (m.find("decode_graph_ms")) mp.decode_graph_ms = readMillis(m, "decode_graph_ms");
+    if (auto graph = m.find("decode_graph_ms")) {
+      if (graph->isNumber()) {
+        mp.decode_graph_batch = {1};
+        mp.decode_graph_ms = {readMillis(m, "decode_graph_ms")};
+      } else {
+        graph->expectObject({"batch", "ms"});
+        mp.decode_graph_batch = readAxis(graph->at("batch"), static_cast<double>(kMaxRequestTokens));
+        const JsonReader ms = graph->at("ms");
+        if (!ms.isArray() || ms.size() != mp.decode_graph_batch.size())
+          ms.fail("expected an array with one value per batch point (" + std::to_string(mp.decode_graph_batch.size()) + ")");
+        for (std::size_t k = 0; k < ms.size(); ++k) mp.decode_graph_ms.push_back(ms.at(k).asDoubleIn(0, 1e7));
+      }
+    }
     if (auto idle = m.find("idle")) {
       idle->expectObject({"gap_ms", "extra_ms"});
       mp.idle_gap_ms = readAxis(idle->at("gap_ms"), 1e7);

@@ -59,11 +59,14 @@ struct ModelProfile {
   ProfileGrid decode;   // tokens = mean context per sequence (prompt + tokens so far)
   double batch_tail_ms = 0;         // from a batch's last token to the engine seeing it end
   double first_batch_extra_ms = 0;  // added to the first batch after a model's load
-  // Capturing one decode graph (optional `decode_graph_ms`, 0: none): the runtime replays a graph
-  // per decode batch size, captured at its first use, and captures again after the model's weights
-  // moved to another address. The simulator adds it to the first decode step of each batch size
-  // since the model's shards last changed address (it places shards as the runtime's pool does).
-  double decode_graph_ms = 0;
+  // Capturing one decode graph (optional `decode_graph_ms`: one figure for every batch size, or
+  // `{"batch": [...], "ms": [...]}` by batch size, linear between points and flat outside; none:
+  // 0). The runtime replays a graph per decode batch size, captured at its first use, and captures
+  // again after the model's weights moved to another address. The simulator adds it to the first
+  // decode step of each batch size since the model's shards last changed address (it places
+  // shards as the runtime's pool does).
+  std::vector<double> decode_graph_batch, decode_graph_ms;  // one point (batch 1) for a single figure
+  double decodeGraphMs(int batch) const;
   // Extra time of a batch whose GPUs sat idle this long before it (measured points; none: 0).
   // Linear from (0, 0) through the points, flat after the last.
   std::vector<double> idle_gap_ms, idle_extra_ms;

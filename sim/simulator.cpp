@@ -27,13 +27,13 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   heat_end_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_busy_.assign(static_cast<std::size_t>(cluster.numGpus()), 0);
   host_queue_.resize(static_cast<std::size_t>(cluster.numGpus()));
-  graph_capture_.assign(models, 0);
+  graph_tracked_.assign(models, false);
   graph_sizes_.resize(models);
   graph_captures_.assign(models, 0);
   bool graphs = false;
   for (std::size_t m = 0; m < models; ++m) {
-    graph_capture_[m] = cost_->decodeGraphCapture(engine_.config().models[m]);
-    graphs = graphs || graph_capture_[m] > 0;
+    graph_tracked_[m] = cost_->tracksDecodeGraphs(engine_.config().models[m]);
+    graphs = graphs || graph_tracked_[m];
   }
   if (graphs) {
     // The runtime's regions (RealBackend::poolRegions): the weight budget plus a granule per shard.
@@ -118,10 +118,10 @@ void Simulation::addGraphCaptures(std::size_t m, const std::vector<Request>& req
 }
 
 Nanos Simulation::graphCapture(std::size_t m, int size) {
-  if (graph_capture_[m] <= 0 || size <= 0) return 0;
+  if (!graph_tracked_[m] || size <= 0) return 0;
   if (!graph_sizes_[m].insert(size).second) return 0;
   ++graph_captures_[m];
-  return graph_capture_[m];
+  return cost_->decodeGraphCapture(engine_.config().models[m], size);
 }
 
 Simulation::~Simulation() = default;
@@ -391,7 +391,7 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
   const Nanos busy = busyBefore(cmd.gpus, start, cost_->powerRecover(model));
   BatchTimes times = cost_->batchTimes(model, cmd.requests, fresh_[m], std::max<Nanos>(0, start - free_since), busy);
   fresh_[m] = false;
-  if (graph_capture_[m] > 0) addGraphCaptures(m, cmd.requests, times);
+  if (graph_tracked_[m]) addGraphCaptures(m, cmd.requests, times);
   ++batches_timed_[m];
   if (times.outside_profile) ++batches_outside_[m];
   Nanos shift = 0;
@@ -485,7 +485,7 @@ nlohmann::json Simulation::timingReport() const {
                       {"batches", batches_timed_[m]},
                       {"batches_outside_profile", batches_outside_[m]}};
     if (const std::string shape = cost_->prefillShapeFor(d); !shape.empty()) models[d.name]["prefill_shape"] = shape;
-    if (graph_capture_[m] > 0) models[d.name]["decode_graph_captures"] = graph_captures_[m];
+    if (graph_tracked_[m]) models[d.name]["decode_graph_captures"] = graph_captures_[m];
   }
   return models;
 }

@@ -145,7 +145,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   // captures one per decode batch size and captures them again when a shard of the model lands at
   // another address of its GPU's weight pool. The pools are mirrored here (the runtime's
   // DevicePool, best fit, same regions) only when some model has a capture cost.
-  std::vector<Nanos> graph_capture_;        // per model
+  std::vector<bool> graph_tracked_;         // per model: the cost model has a capture cost for it
   std::vector<std::set<int>> graph_sizes_;  // per model: batch sizes with a graph
   std::vector<std::int64_t> graph_captures_;  // per model: captures timed
   std::vector<DevicePool> pools_;           // per GPU

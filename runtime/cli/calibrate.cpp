@@ -518,12 +518,12 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
   cal.note(layout.label() + ": first batch after a reload +" + fixed(median(extra), 3) + " ms");
 
   // A decode graph's capture: the runtime captures one per decode batch size at its first use
-  // (and again after the weights move), and a run passes through most sizes up to max_batch. So:
-  // up to six batch sizes no run above used, spread evenly over them; the first decode of each
-  // against the same batch again; their mean (captures cost more above the skinny products'
-  // rows, so the spread matters). Only the decode part of each batch is compared (its prefill is
-  // not a graph).
+  // (and again after the weights move). Up to six batch sizes no run above used, spread evenly
+  // over them: the first decode of each against the same batch again, by batch size (captures
+  // cost more above the skinny products' rows). Only the decode part of each batch is compared
+  // (its prefill is not a graph).
   std::vector<double> capture;
+  std::vector<int> capture_sizes;
   {
     std::vector<int> fresh;
     for (int b = 2; b <= layout.max_batch; ++b)
@@ -539,6 +539,7 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
       const double first = cal.run(id, b, reference_prompt, tokens).decode_ms;
       const double again = cal.run(id, b, reference_prompt, tokens).decode_ms;
       capture.push_back(std::max(0.0, first - again));
+      capture_sizes.push_back(b);
       cal.note(layout.label() + ": decode graph at B=" + std::to_string(b) + ": first decode " + fixed(first, 3) + " ms, again " +
                fixed(again, 3) + " ms");
     }
@@ -547,8 +548,8 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
   if (capture.empty())
     cal.note(layout.label() + ": decode graph capture not measured (every batch size up to max_batch is in the grid)");
   else
-    cal.note(layout.label() + ": decode graph capture " + fixed(mean(capture), 3) + " ms (mean of " +
-             std::to_string(capture.size()) + " batch sizes)");
+    cal.note(layout.label() + ": decode graph capture " + fixed(mean(capture), 3) + " ms on average over " +
+             std::to_string(capture.size()) + " batch sizes");
 
   out.profile = {{"spec", layout.spec},
                  {"tp", layout.tp},
@@ -557,7 +558,8 @@ LayoutResult calibrateLayout(Calibrator& cal, ModelId id, const Layout& layout, 
                  {"decode", {{"batch", batches}, {"context", mean_context}, {"ms", decode_rows}}},
                  {"batch_tail_ms", positive(median(tails), layout.label() + " batch tail")},
                  {"first_batch_extra_ms", median(extra)},
-                 {"decode_graph_ms", capture.empty() ? 0.0 : mean(capture)},
+                 {"decode_graph_ms", capture.size() < 2 ? nlohmann::json(capture.empty() ? 0.0 : capture.front())
+                                                        : nlohmann::json{{"batch", capture_sizes}, {"ms", capture}}},
                  {"idle", {{"gap_ms", idle_gaps}, {"extra_ms", idle_extra}}}};
   if (!power.is_null()) out.profile["power"] = power;
   return out;
@@ -1072,8 +1074,15 @@ int calibrateMain(int argc, char** argv) try {
     }
     out << "  batch tail " << fixed(p["batch_tail_ms"].get<double>(), 3) << " ms; first batch after a load +"
         << fixed(p["first_batch_extra_ms"].get<double>(), 3) << " ms; the layout's first batch +"
-        << fixed(results[m].cold_extra_ms, 3) << " ms; a decode graph's capture "
-        << fixed(p.value("decode_graph_ms", 0.0), 3) << " ms\n";
+        << fixed(results[m].cold_extra_ms, 3) << " ms; a decode graph's capture ";
+    const nlohmann::json& graph = p["decode_graph_ms"];
+    if (graph.is_number()) {
+      out << fixed(graph.get<double>(), 3) << " ms\n";
+    } else {
+      for (std::size_t k = 0; k < graph["batch"].size(); ++k)
+        out << (k ? ", " : "") << "B=" << graph["batch"][k].get<int>() << " " << fixed(graph["ms"][k].get<double>(), 3);
+      out << " ms\n";
+    }
   }
   if (s.loads) {
     out << "\nlinks: host " << fixed(links["host_link_gbps"].get<double>(), 2) << " GB/s + "

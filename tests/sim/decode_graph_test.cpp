@@ -35,9 +35,10 @@ nlohmann::json profile(double capture_ms) {
 class GraphSimulation {
  public:
   GraphSimulation() {
-    std::ofstream(dir_.path() / "graphs.json") << profile(3).dump();
-    std::ofstream(dir_.path() / "none.json") << profile(0).dump();
+    write("graphs.json", profile(3));
+    write("none.json", profile(0));
   }
+  void write(const std::string& name, const nlohmann::json& doc) { std::ofstream(dir_.path() / name) << doc.dump(); }
   // `trace` rows after the header; `models` copies of opt-1.3b (m-0, m-1, ... or m when one), at
   // most `loaded` of them resident. Returns each request's finish_s by id.
   std::map<std::string, double> run(const std::string& profile_file, const std::string& trace, int models, int loaded,
@@ -133,15 +134,49 @@ TEST(DecodeGraphs, IterationStepsPayForEachNewBatchSize) {
   EXPECT_NEAR(d.at("3"), 0.003, 2e-9);  // then size 1: new
 }
 
-TEST(DecodeGraphs, ProfileRefusesANegativeCaptureAndDefaultsToNone) {
-  nlohmann::json bad = profile(-1);
-  EXPECT_NE(fakes::configErrorOf([&] { readProfile(bad, "p.json"); }, "accepted")
-                .find("p.json: $.models[0].decode_graph_ms: must not be negative"),
-            std::string::npos);
+TEST(DecodeGraphs, ProfileReadsOneFigureOrOnePerBatchSizeAndRefusesBadOnes) {
+  const auto refusal = [](const nlohmann::json& doc) {
+    return fakes::configErrorOf([&] { readProfile(doc, "p.json"); }, "accepted");
+  };
+  EXPECT_NE(refusal(profile(-1)).find("p.json: $.models[0].decode_graph_ms: must not be negative"), std::string::npos)
+      << refusal(profile(-1));
   nlohmann::json absent = profile(0);
   absent["models"][0].erase("decode_graph_ms");
-  EXPECT_EQ(readProfile(absent, "p.json").models[0].decode_graph_ms, 0);
-  EXPECT_EQ(readProfile(profile(4.5), "p.json").models[0].decode_graph_ms, 4.5);
+  EXPECT_EQ(readProfile(absent, "p.json").models[0].decodeGraphMs(8), 0);
+  EXPECT_EQ(readProfile(profile(4.5), "p.json").models[0].decodeGraphMs(8), 4.5);
+  // By batch size: linear between points, flat outside.
+  nlohmann::json steps = profile(0);
+  steps["models"][0]["decode_graph_ms"] = {{"batch", {2, 16, 17, 65}}, {"ms", {2, 2, 5, 6}}};
+  const ModelProfile m = readProfile(steps, "p.json").models[0];
+  EXPECT_EQ(m.decodeGraphMs(1), 2);
+  EXPECT_EQ(m.decodeGraphMs(16), 2);
+  EXPECT_EQ(m.decodeGraphMs(17), 5);
+  EXPECT_DOUBLE_EQ(m.decodeGraphMs(41), 5.5);
+  EXPECT_EQ(m.decodeGraphMs(100), 6);
+  nlohmann::json ragged = steps;
+  ragged["models"][0]["decode_graph_ms"]["ms"] = {2, 2, 5};
+  EXPECT_NE(refusal(ragged).find("$.models[0].decode_graph_ms.ms: expected an array with one value per batch point (4)"),
+            std::string::npos)
+      << refusal(ragged);
+  nlohmann::json unordered = steps;
+  unordered["models"][0]["decode_graph_ms"]["batch"] = {2, 16, 16, 65};
+  EXPECT_NE(refusal(unordered).find("$.models[0].decode_graph_ms.batch[2]: the grid must be strictly increasing"),
+            std::string::npos)
+      << refusal(unordered);
+}
+
+// Capture times by batch size: a session decoding 2 sequences, then 1, pays each size's own.
+TEST(DecodeGraphs, ACaptureCostsWhatItsBatchSizeDoes) {
+  GraphSimulation sim;
+  nlohmann::json by_size = profile(0);
+  by_size["models"][0]["decode_graph_ms"] = {{"batch", {1, 2}}, {"ms", {1, 4}}};
+  sim.write("by-size.json", by_size);
+  const std::string trace = "0,m,2000000000,16,2\n1,m,2000000000,16,4\n";
+  const auto with = sim.run("by-size.json", trace, 1, 1, "iteration");
+  const auto without = sim.run("none.json", trace, 1, 1, "iteration");
+  ASSERT_EQ(with.size(), 2u);
+  EXPECT_NEAR(with.at("0") - without.at("0"), 0.004, 2e-9);  // its one decode step: size 2
+  EXPECT_NEAR(with.at("1") - without.at("1"), 0.005, 2e-9);  // and size 1 after it
 }
 
 }  // namespace
