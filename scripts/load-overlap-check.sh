@@ -37,6 +37,10 @@ for v in $VARIANTS; do
       timeout "$RUN_S" scripts/iteration-check.sh > /dev/null 2>&1
   )
   grep -h '^RESULT {"run": "replay' "$dir/iteration-check.log" | cut -c1-240
+  for b in ${LOAD_BATCHINGS:-iteration}; do
+    [ -f "$dir/replay-$b.log" ] && python3 scripts/load_trace_report.py "$dir/replay-$b.log" "$dir/replay-$b/timeline.json" \
+      | tee "$dir/load-trace-report-$b.txt" | tail -4
+  done
   rm -rf "$dir"/sim-* "$dir"/simprofile-* "$dir"/*.tgz
   tar -C "$OUT" -czf "$OUT/$name.tgz" "$name" && rm -rf "$dir"
 done
