@@ -43,21 +43,12 @@ class GraphSimulation {
   // most `loaded` of them resident. Returns each request's finish_s by id.
   std::map<std::string, double> run(const std::string& profile_file, const std::string& trace, int models, int loaded,
                                     const std::string& batching = "request") {
-    const std::string out = profile_file + "-" + std::to_string(runs_++);
-    std::ofstream(dir_.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace;
     nlohmann::json doc = testing::smallScenario();
     doc["duration_s"] = 10;
     doc["models"][0]["count"] = models;
     doc["policy"] = {{"name", "computron"}, {"max_loaded_models", loaded}, {"batching", batching}};
-    doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
     doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile_file}};
-    Scenario sc = parseScenario(doc, dir_.path().string());
-    sc.outputs.dir = (dir_.path() / out).string();
-    sim::runScenario(sc, nullptr);
-    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir_.path() / out / "requests.csv"));
-    std::map<std::string, double> by_id;
-    for (std::size_t i = 0; i < rows.rows.size(); ++i) by_id[rows.at(i, "id")] = std::stod(rows.at(i, "finish_s"));
-    return by_id;
+    return testing::simulateTrace(dir_.path(), doc, trace, profile_file + "-" + std::to_string(runs_++), "finish_s");
   }
   // finish_s with captures minus without, by id.
   std::map<std::string, double> extra(const std::string& trace, int models, int loaded, const std::string& batching = "request") {

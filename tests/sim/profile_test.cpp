@@ -354,20 +354,12 @@ class PowerSimulation {
   // `column` of requests.csv by id.
   std::map<std::string, double> run(const std::string& profile, const std::string& out, const std::string& trace,
                                     const std::string& column) {
-    std::ofstream(dir_.path() / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace;
     nlohmann::json doc = testing::smallScenario();
     doc["duration_s"] = 5;
     doc["models"][0]["count"] = 1;
     doc["models"][0]["max_batch"] = 1;
-    doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
     doc["cluster"] = {{"preset", "a100-40gb-x4"}, {"profile", profile}};
-    Scenario sc = parseScenario(doc, dir_.path().string());
-    sc.outputs.dir = (dir_.path() / out).string();
-    sim::runScenario(sc, nullptr);
-    const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir_.path() / out / "requests.csv"));
-    std::map<std::string, double> by_id;
-    for (std::size_t i = 0; i < rows.rows.size(); ++i) by_id[rows.at(i, "id")] = std::stod(rows.at(i, column));
-    return by_id;
+    return testing::simulateTrace(dir_.path(), doc, trace, out, column);
   }
 
  private:

@@ -3,10 +3,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 
 #include "common/scenario/scenario.h"
 #include "common/types.h"
+#include "sim/simulator.h"
+#include "tests/support/cli_runner.h"
+#include "tests/support/requests_csv.h"
 
 namespace computron::testing {
 
@@ -39,6 +45,22 @@ inline nlohmann::json smallProfile() {
       "first_batch_extra_ms": 7
     }]
   })");
+}
+
+// Simulates `doc` (a scenario, folder `dir`) on `trace` (computron trace rows after the header,
+// written to dir/trace.csv) into dir/out; returns each request's `column` of requests.csv by id.
+inline std::map<std::string, double> simulateTrace(const std::filesystem::path& dir, nlohmann::json doc,
+                                                   const std::string& trace, const std::string& out,
+                                                   const std::string& column) {
+  std::ofstream(dir / "trace.csv") << "id,model,arrival_ns,prompt_tokens,output_tokens\n" << trace;
+  doc["workload"] = {{"type", "trace"}, {"format", "computron"}, {"path", "trace.csv"}};
+  Scenario sc = parseScenario(doc, dir.string());
+  sc.outputs.dir = (dir / out).string();
+  sim::runScenario(sc, nullptr);
+  const fakes::RequestsCsv rows = fakes::parseRequestsCsv(fakes::readWholeFile(dir / out / "requests.csv"));
+  std::map<std::string, double> by_id;
+  for (std::size_t i = 0; i < rows.rows.size(); ++i) by_id[rows.at(i, "id")] = std::stod(rows.at(i, column));
+  return by_id;
 }
 
 // The message parseScenario refuses `doc` with, or "accepted" when it parses.
