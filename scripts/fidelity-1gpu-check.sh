@@ -9,7 +9,8 @@
 #      (dots and dashes as underscores, e.g. CAL_ARGS_opt_13b).
 #   3. REPLAYS (space separated fidelity case names, default four of scenarios/fidelity/): each case
 #      replayed at TP 1 on one H200 (--set cluster.preset="h200x1", and tp=1, gpus=[0] for every
-#      model of a case), real execution -> $OUTDIR/replay/<case>/, packed into $OUTDIR/replay.tar.gz
+#      model of a case), real execution -> $OUTDIR/replay/<case>/, packed into $OUTDIR/replay.tar.gz.
+#      An entry that is a file (e.g. scenarios/fidelity-1gpu/*.json) is replayed as it is.
 #
 # Usage: PREBUILT=dir scripts/fidelity-1gpu-check.sh [OUT_DIR]
 # The simulator side runs on any machine afterwards:
@@ -64,10 +65,17 @@ fi
 
 CASES=${REPLAYS-fidelity-3m-cv4-1tok-best fidelity-3m-cv4-1tok-computron fidelity-6m-cv4-1tok-best fidelity-6m-cv1-32tok-best}
 for c in $CASES; do
-  sc=scenarios/fidelity/$c.json
-  n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['models']))" "$sc")
-  sets=(--set 'cluster.preset="h200x1"')
-  for ((i = 0; i < n; i++)); do sets+=(--set "models[$i].tp=1" --set "models[$i].gpus=[0]"); done
+  sets=()
+  if [ -f "$c" ]; then
+    # A scenario file made for one GPU (scenarios/fidelity-1gpu/): replayed as it is.
+    sc=$c
+    c=$(basename "$c" .json)
+  else
+    sc=scenarios/fidelity/$c.json
+    n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['models']))" "$sc")
+    sets=(--set 'cluster.preset="h200x1"')
+    for ((i = 0; i < n; i++)); do sets+=(--set "models[$i].tp=1" --set "models[$i].gpus=[0]"); done
+  fi
   step "replay $c at TP 1 on GPU 0"
   timeout "$STEP_TIMEOUT" "$BIN" replay "$sc" --device cuda --host-memory-gib "$HOSTMEM" "${sets[@]}" \
     -o "$OUTDIR/replay/$c" -q 2>&1 | tail -5 || echo "FAILED replay $c"
