@@ -22,6 +22,7 @@
 #include "common/scenario/scenario.h"
 #include "sim/simulator.h"
 #include "sim/compare.h"
+#include "sim/profile_tool.h"
 #include "sim/sweep.h"
 
 namespace po = boost::program_options;
@@ -47,6 +48,7 @@ void printUsage(std::ostream& out) {
       << "  serve SCENARIO.json    an OpenAI-compatible HTTP server over the swapping runtime\n"
       << "  calibrate [SCENARIO]   measure batch, decode and load times on this machine's GPUs into a profile\n"
       << "  compare A B            relative error between two runs' outputs (e.g. GPU replay against sim)\n"
+      << "  profile show|merge     list what a profile covers; merge calibrate runs into one profile\n"
       << "  presets                list model and cluster presets and the registered policies\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";
@@ -238,6 +240,7 @@ int dispatch(int argc, char** argv) {
   if (command == "sweep") return sim::sweepMain(argc - 1, argv + 1);
   if (command == "presets") return presetsCommand(argc - 1, argv + 1);
   if (command == "compare") return sim::compareMain(argc - 1, argv + 1);
+  if (command == "profile") return sim::profileMain(argc - 1, argv + 1);
   if (command == "replay" || command == "bench" || command == "serve" || command == "calibrate") return runtimeMain(argc - 1, argv + 1);
   std::cerr << "computron: unknown command '" << command << "'\n\n";
   printUsage(std::cerr);

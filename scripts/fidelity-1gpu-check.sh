@@ -44,23 +44,13 @@ if [ "${CAL:-1}" = 1 ]; then
     tail -40 "$OUTDIR/calibrate-$m.log"
     [ -f "$OUTDIR/profile-$m.json" ] && parts+=("$OUTDIR/profile-$m.json")
   done
-  python3 - "$OUTDIR/profile-tp1.json" "${parts[@]}" <<'PY' || echo "FAILED merge"
-import json, sys
-out, parts = sys.argv[1], sys.argv[2:]
-merged = None
-for p in parts:
-    d = json.load(open(p))
-    if merged is None:
-        merged = d
-        merged["provenance"]["runs"] = []
-    else:
-        merged["models"] += d["models"]
-    merged["provenance"]["runs"].append({"models": [m["spec"] for m in d["models"]], "date": d["provenance"]["date"],
-                                         "seconds": d["provenance"].get("seconds"), "command": d["provenance"].get("command")})
-if merged:
-    json.dump(merged, open(out, "w"), indent=1)
-    print("merged", len(merged["models"]), "model layouts into", out)
-PY
+  # One profile of every model measured (computron profile merge: entries added in turn, each run
+  # recorded in provenance.runs).
+  if [ ${#parts[@]} -gt 0 ]; then
+    cp "${parts[0]}" "$OUTDIR/profile-tp1.json"
+    [ ${#parts[@]} -gt 1 ] && { "$BIN" profile merge "$OUTDIR/profile-tp1.json" "${parts[@]:1}" -o "$OUTDIR/profile-tp1.json" > /dev/null \
+      || echo "FAILED merge"; }
+  fi
 fi
 
 CASES=${REPLAYS-fidelity-3m-cv4-1tok-best fidelity-3m-cv4-1tok-computron fidelity-6m-cv4-1tok-best fidelity-6m-cv1-32tok-best}

@@ -714,6 +714,16 @@ void printGrid(std::ostream& out, const nlohmann::json& grid, const std::string&
 
 int calibrateMain(int argc, char** argv) try {
   const auto started = std::chrono::steady_clock::now();
+  // The command line, as a shell would take it back, for the profile's provenance.
+  std::string command_line = "computron";
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool plain = !arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=,:+-") ==
+                                           std::string::npos;
+    std::string quoted = "'";
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    command_line += " " + (plain ? arg : quoted + "'");
+  }
   po::options_description opts("computron calibrate [SCENARIO.json] [options]");
   std::vector<std::string> overrides;
   std::string models_text, layouts_text = "1x1", batches_text = "1,2,4,8", prompts_text = "16,64,256,1024",
@@ -1034,7 +1044,8 @@ int calibrateMain(int argc, char** argv) try {
                            {"decode_tokens", s.decode_tokens},
                            {"max_context", s.max_context},
                            {"seconds", seconds},
-                           {"cluster", scenario.cluster.name}};
+                           {"cluster", scenario.cluster.name},
+                           {"command", command_line}};
   // Set-up before the first request (not timed by the simulator, which starts with the store built).
   const HostStoreStats& store = backend.store().stats();
   profile["provenance"]["host_store"] = {{"bytes", store.bytes},

@@ -89,6 +89,10 @@ TEST(Calibrate, HostDeviceWritesTheRequestedGridsAndLinks) {
                           "cuda_runtime", "repeats", "warmup", "gap_ms", "decode_tokens", "max_context", "seconds"})
     EXPECT_TRUE(prov.contains(key)) << key;
   EXPECT_EQ(prov["tool"], "computron calibrate");
+  // The command line, quoted as a shell takes it back (`profile merge` copies it into runs).
+  ASSERT_TRUE(prov.contains("command"));
+  EXPECT_EQ(prov["command"].get<std::string>().rfind("computron calibrate ", 0), 0u) << prov["command"];
+  EXPECT_NE(prov["command"].get<std::string>().find("--repeats 1"), std::string::npos) << prov["command"];
   EXPECT_EQ(prov["device"], "host");
   EXPECT_EQ(prov["execution"], "placeholder");
   EXPECT_EQ(prov["gpu_count"], 2);
