@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (fuzz/, clang, ASan + UBSan) in build-fuzz/ and runs each for
 # SECONDS (default 10) on its seed corpus: the scenario parser, `--set`, each trace reader, the
-# HF config reader, the safetensors reader and the messages between ranks (runtime/mpi/). Exits non-zero on any crash, hang (a run over
+# profile reader (with `profile merge`), the HF config reader, the safetensors reader and the messages between ranks (runtime/mpi/). Exits non-zero on any crash, hang (a run over
 # 30 s) or sanitizer report, leaving the reproducer in build-fuzz/findings/. Prints the
 # executions of each harness.
 #   scripts/fuzz.sh [SECONDS] [HARNESS...]
@@ -11,7 +11,7 @@ seconds=${1:-10}
 shift || true
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_scenario fuzz_set fuzz_trace_azure fuzz_trace_mooncake fuzz_trace_computron
-                                          fuzz_hf_config fuzz_safetensors fuzz_rank_messages)
+                                          fuzz_hf_config fuzz_profile fuzz_safetensors fuzz_rank_messages)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 if ! command -v clang++ >/dev/null; then
@@ -32,6 +32,7 @@ seed() {  # seed HARNESS FILE [LINES]
   if [ -n "${3:-}" ]; then head -n "$3" "$2" >"$corpus/$1/$(basename "$2")"; else cp "$2" "$corpus/$1/"; fi
 }
 for f in scenarios/*.json sweeps/*.json; do seed fuzz_scenario "$f"; done
+for f in scenarios/profiles/*.json; do seed fuzz_profile "$f"; done
 for f in traces/Azure*.csv tests/data/traces/azure*.csv; do [ -f "$f" ] && seed fuzz_trace_azure "$f" 40; done
 for f in traces/*.jsonl tests/data/traces/mooncake*.jsonl; do [ -f "$f" ] && seed fuzz_trace_mooncake "$f" 40; done
 for f in scenarios/*.csv tests/data/traces/computron*.csv; do [ -f "$f" ] && seed fuzz_trace_computron "$f" 40; done

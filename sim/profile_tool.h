@@ -1,50 +1,10 @@
 // computron profile show|merge: what a profile covers, and one profile made of several calibrate
-// runs (docs/specs.md, "Profiles").
-//
-// A calibrate run writes one profile; the shipped profiles gather many (a model measured on one
-// day, another model or a wider grid on the next, a power probe apart from the grids). `merge`
-// replaces or adds model entries of a base profile with those of newer runs, or copies only some
-// members (`--only power`), and records each run in the base's `provenance.runs`; `show` lists a
-// profile's entries, grids and links. Both read every document with readProfile, so a malformed
-// file is refused naming its JSON path, and `merge` validates what it writes.
+// runs (docs/specs.md, "Profiles"). The merging and the description are common/profile_merge.h;
+// this is the command line around them.
 #pragma once
-
-#include <string>
-#include <utility>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
-#include "common/profile.h"
 
 namespace computron::sim {
 
 int profileMain(int argc, char** argv);  // argv[0] is "profile"
-
-struct ProfileMergeOptions {
-  // Members of a model entry to copy (prefill, decode, batch_tail_ms, first_batch_extra_ms,
-  // decode_graph_ms, idle, power); empty: whole entries, added when the base lacks them.
-  std::vector<std::string> only;
-  // Also take `links` and `realtime` from the additions that have them (the last one wins).
-  bool links = false;
-};
-
-// The members `--only` may name, in the order `show` lists them.
-const std::vector<std::string>& profileEntryMembers();
-
-// `base` with `additions` (file name, document) merged in, in order. A whole entry replaces the
-// base's entry of the same (spec, tp, pp), or is appended; with `only`, the named members replace
-// the base entry's (a member the addition lacks is removed from the base entry too, so the entry
-// is what that run measured), and an entry the base lacks is an error. Each addition becomes one
-// element of provenance.runs: its file's name, the entries and members taken, and its own
-// provenance's date, seconds, GPU, driver, build, command and runs. Throws ConfigError naming the
-// file and JSON path (a malformed document, an unknown member, no entry to update).
-nlohmann::json mergeProfiles(const nlohmann::json& base, const std::string& base_name,
-                             const std::vector<std::pair<std::string, nlohmann::json>>& additions,
-                             const ProfileMergeOptions& options);
-
-// A profile described in lines: provenance, links, and one line per model entry (layout, grid
-// ranges, power, decode graphs, batch tail).
-std::string describeProfile(const Profile& profile);
 
 }  // namespace computron::sim

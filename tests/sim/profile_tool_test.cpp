@@ -12,7 +12,7 @@
 
 #include "common/profile.h"
 #include "common/types.h"
-#include "sim/profile_tool.h"
+#include "common/profile_merge.h"
 #include "tests/sim/sim_test_util.h"
 #include "tests/support/cli_runner.h"
 
@@ -20,8 +20,6 @@ namespace computron {
 namespace {
 
 namespace fs = std::filesystem;
-using sim::mergeProfiles;
-using sim::ProfileMergeOptions;
 
 // A second run: the small profile's entry measured again (prefill 10x slower, a power model), plus
 // an entry the base lacks, with its own provenance and links.

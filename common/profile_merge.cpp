@@ -1,0 +1,168 @@
+#include "common/profile_merge.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <iomanip>
+#include <sstream>
+
+#include "common/types.h"
+
+namespace computron {
+
+namespace {
+
+std::string layoutLabel(int tp, int pp) { return std::to_string(tp) + "x" + std::to_string(pp); }
+
+std::string entryLabel(const nlohmann::json& entry) {
+  return entry.at("spec").get<std::string>() + " " + layoutLabel(entry.at("tp").get<int>(), entry.at("pp").get<int>());
+}
+
+bool sameEntry(const nlohmann::json& a, const nlohmann::json& b) {
+  return a.at("spec") == b.at("spec") && a.at("tp") == b.at("tp") && a.at("pp") == b.at("pp");
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+// "1-64 (7)": an axis's first and last point and how many points it has.
+std::string axisRange(const std::vector<double>& axis) {
+  if (axis.empty()) return "-";
+  std::ostringstream s;
+  s << fixed(axis.front(), 0);
+  if (axis.size() > 1) s << "-" << fixed(axis.back(), 0);
+  s << " (" << axis.size() << ")";
+  return s.str();
+}
+
+std::string provenanceString(const nlohmann::json& provenance, const char* key) {
+  auto it = provenance.find(key);
+  if (it == provenance.end()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  return it->dump();
+}
+
+}  // namespace
+
+const std::vector<std::string>& profileEntryMembers() {
+  static const std::vector<std::string> members = {"prefill", "decode",          "batch_tail_ms", "first_batch_extra_ms",
+                                                   "idle",    "decode_graph_ms", "power"};
+  return members;
+}
+
+nlohmann::json mergeProfiles(const nlohmann::json& base, const std::string& base_name,
+                             const std::vector<std::pair<std::string, nlohmann::json>>& additions,
+                             const ProfileMergeOptions& options) {
+  readProfile(base, base_name);  // refuses a malformed base, naming its JSON path
+  for (const std::string& member : options.only) {
+    const auto& known = profileEntryMembers();
+    if (std::find(known.begin(), known.end(), member) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw ConfigError("--only: \"" + member + "\" is not a member of a profile's model entry (members: " + list + ")");
+    }
+  }
+  nlohmann::json merged = base;
+  bool took_links = false;
+  for (const auto& [name, doc] : additions) {
+    readProfile(doc, name);
+    nlohmann::json taken = nlohmann::json::array();
+    const nlohmann::json& models = doc.at("models");
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      const nlohmann::json& entry = models[i];
+      nlohmann::json* target = nullptr;
+      for (auto& existing : merged["models"])
+        if (sameEntry(existing, entry)) target = &existing;
+      if (options.only.empty()) {
+        if (target != nullptr)
+          *target = entry;
+        else
+          merged["models"].push_back(entry);
+      } else {
+        if (target == nullptr)
+          throw ConfigError(name + ": $.models[" + std::to_string(i) + "]: " + entryLabel(entry) + " has no entry in " +
+                            base_name + " to take --only members into (merge it whole first)");
+        for (const std::string& member : options.only) {
+          if (entry.contains(member))
+            (*target)[member] = entry.at(member);
+          else
+            target->erase(member);
+        }
+      }
+      taken.push_back(entryLabel(entry));
+    }
+    nlohmann::json run = {{"merged_from", std::filesystem::path(name).filename().string()}, {"entries", taken}};
+    if (options.only.empty())
+      run["members"] = "all";
+    else
+      run["members"] = options.only;
+    if (options.links && (doc.contains("links") || doc.contains("realtime"))) {
+      for (const char* key : {"links", "realtime"}) {
+        if (doc.contains(key))
+          merged[key] = doc.at(key);
+        else
+          merged.erase(key);
+      }
+      run["links"] = true;
+      took_links = true;
+    }
+    const nlohmann::json& provenance = doc.at("provenance");
+    for (const char* key : {"date", "seconds", "gpu", "gpu_count", "driver", "cuda_runtime", "build", "command", "runs"})
+      if (provenance.contains(key)) run[key] = provenance.at(key);
+    nlohmann::json& runs = merged["provenance"]["runs"];
+    if (!runs.is_array()) runs = nlohmann::json::array();
+    runs.push_back(std::move(run));
+  }
+  if (options.links && !took_links) throw ConfigError("--links: none of the profiles merged in has links or realtime figures");
+  readProfile(merged, base_name + " (merged)");
+  return merged;
+}
+
+std::string describeProfile(const Profile& profile) {
+  std::ostringstream out;
+  const nlohmann::json& prov = profile.provenance;
+  out << "profile " << profile.path << ": ";
+  const std::string gpu = provenanceString(prov, "gpu");
+  out << (gpu.empty() ? "GPU not named" : gpu);
+  if (prov.contains("gpu_count")) out << " x" << provenanceString(prov, "gpu_count");
+  if (prov.contains("driver")) out << ", driver " << provenanceString(prov, "driver");
+  out << ", " << provenanceString(prov, "date");
+  if (prov.contains("runs") && prov.at("runs").is_array())
+    out << ", " << prov.at("runs").size() << (prov.at("runs").size() == 1 ? " run" : " runs") << " merged in";
+  out << "\n";
+  const LinkProfile& l = profile.links;
+  if (l.host_link_gbps || l.nvlink_gbps || l.evict_us || l.loads_in_order) {
+    out << "links:";
+    if (l.host_link_gbps) out << " host link " << fixed(*l.host_link_gbps, 1) << " GB/s";
+    if (l.host_link_latency_us) out << " + " << fixed(*l.host_link_latency_us, 1) << " us";
+    if (l.shared_host_gbps) out << ", two GPUs together " << fixed(*l.shared_host_gbps, 1) << " GB/s";
+    if (l.nvlink_gbps) out << ", NVLink " << fixed(*l.nvlink_gbps, 1) << " GB/s";
+    if (l.evict_us) out << ", eviction " << fixed(*l.evict_us, 1) << " us";
+    if (l.loads_in_order) out << ", loads onto one GPU " << (*l.loads_in_order ? "in order" : "shared");
+    out << "\n";
+  } else {
+    out << "links: none (the cluster preset's)\n";
+  }
+  out << "realtime: the driver wakes " << fixed(profile.wake_ms, 3) << " ms late\n\n";
+  out << std::left << std::setw(14) << "model" << std::setw(8) << "layout" << std::setw(26) << "prefill batch x prompt"
+      << std::setw(26) << "decode batch x context" << std::setw(14) << "power" << std::setw(18) << "decode graph ms"
+      << "tail ms\n";
+  for (const ModelProfile& m : profile.models) {
+    std::string power = "-";
+    if (m.power.hot_factor > 1) power = fixed(m.power.hot_factor, 3) + "x";
+    std::string graph = "-";
+    if (!m.decode_graph_ms.empty()) {
+      const auto [lo, hi] = std::minmax_element(m.decode_graph_ms.begin(), m.decode_graph_ms.end());
+      graph = *lo == *hi ? fixed(*lo, 2) : fixed(*lo, 2) + "-" + fixed(*hi, 2);
+    }
+    out << std::left << std::setw(14) << m.spec << std::setw(8) << layoutLabel(m.tp, m.pp) << std::setw(26)
+        << (axisRange(m.prefill.batch) + " x " + axisRange(m.prefill.tokens)) << std::setw(26)
+        << (axisRange(m.decode.batch) + " x " + axisRange(m.decode.tokens)) << std::setw(14) << power << std::setw(18)
+        << graph << fixed(m.batch_tail_ms, 3) << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace computron
