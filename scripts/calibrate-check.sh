@@ -17,12 +17,14 @@
 #      (scenarios/fidelity/*), no --set, into $OUT/replay/NAME
 #
 # Usage: PREBUILT=dir scripts/calibrate-check.sh [OUT_DIR]  (OUT_DIR: $OUT, else ./calibrate-out)
-# Settings: CALIBRATE_OPT13B=0 skips step 2; CALIBRATE_ARGS (extra calibrate options, e.g. "--repeats 3"), HOSTMEM_GIB (host
+# Settings: CALIBRATE_OPT13B=0 skips step 2; CAL_LAYOUTS the layouts (default 1x1,2x1 on two GPUs); CALIBRATE_ARGS (extra calibrate options, e.g. "--repeats 3"), HOSTMEM_GIB (host
 # memory the weight store may assume, default 200; the lent machines start with a small
 # MemTotal), STEP_TIMEOUT_S (per step, default 570), WARMUP_COMPARE=1 (also a small calibrate of
 # OPT-13B TP 2 with COMPUTRON_WARMUP=0: what the executors' warm-up saves on the first batch).
 # Outputs in OUT_DIR: calibrate-check.log, the profiles, calibrate-*.log, replay.tar.gz. A failing
-# step is reported and the script goes on; the summary at the end lists every step.
+# step is reported and the script goes on; the summary at the end lists every step. Fold the new
+# entries into a shipped profile afterwards with `computron profile merge BASE OUT_DIR/profile-*.json
+# -o BASE` (docs/specs.md, "Gathering runs into one profile").
 set -u
 NAME=calibrate
 # shellcheck source=scripts/device-common.sh
@@ -58,6 +60,8 @@ GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
 echo "GPUs: $GPUS"
 LAYOUTS=1x1
 [ "$GPUS" -ge 2 ] && LAYOUTS=1x1,2x1
+# CAL_LAYOUTS=2x1: the TP 2 entries only (the TP 1 ones can be measured on a one-GPU machine).
+LAYOUTS=${CAL_LAYOUTS:-$LAYOUTS}
 
 if [ "${CALIBRATE_OPT13B:-1}" = 1 ]; then
 step "calibrate opt-13b ($LAYOUTS)"
