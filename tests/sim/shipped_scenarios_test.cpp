@@ -1,4 +1,4 @@
-// Every scenario shipped in scenarios/ validates and runs end to end through `computron sim`, with
+// Every scenario shipped in scenarios/ (and its subfolders) validates and runs end to end through `computron sim`, with
 // its output files written, and the files agree with each other: summary.json counts every
 // request that requests.csv lists, and each model's count adds up to the total.
 #include <gtest/gtest.h>
@@ -17,10 +17,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Paths under scenarios/, its subfolders included (fidelity/, fidelity-1gpu/), except profiles/
+// (profiles, not scenarios).
 std::vector<std::string> shippedScenarios() {
+  const fs::path root = fs::path(COMPUTRON_SOURCE_DIR) / "scenarios";
   std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(fs::path(COMPUTRON_SOURCE_DIR) / "scenarios")) {
-    if (entry.path().extension() == ".json") names.push_back(entry.path().filename().string());
+  for (const auto& entry : fs::recursive_directory_iterator(root)) {
+    const fs::path relative = entry.path().lexically_relative(root);
+    if (entry.path().extension() == ".json" && *relative.begin() != "profiles") names.push_back(relative.string());
   }
   std::sort(names.begin(), names.end());
   return names;
