@@ -48,7 +48,7 @@ void printUsage(std::ostream& out) {
       << "  serve SCENARIO.json    an OpenAI-compatible HTTP server over the swapping runtime\n"
       << "  calibrate [SCENARIO]   measure batch, decode and load times on this machine's GPUs into a profile\n"
       << "  compare A B            relative error between two runs' outputs (e.g. GPU replay against sim)\n"
-      << "  profile show|merge     list what a profile covers; merge calibrate runs into one profile\n"
+      << "  profile SUBCOMMAND     what a profile covers (show), calibrate runs in one (merge), two compared (diff)\n"
       << "  presets                list model and cluster presets and the registered policies\n"
       << "\n"
       << "Run 'computron <command> --help' for a command's options. Docs: README.md, docs/scenario.md.\n";

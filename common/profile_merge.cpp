@@ -165,4 +165,63 @@ std::string describeProfile(const Profile& profile) {
   return out.str();
 }
 
+namespace {
+
+GridRatios gridRatios(const ProfileGrid& old_grid, const ProfileGrid& new_grid) {
+  std::vector<double> ratios;
+  for (std::size_t i = 0; i < old_grid.batch.size(); ++i)
+    for (std::size_t j = 0; j < old_grid.tokens.size(); ++j) {
+      const auto bi = std::find(new_grid.batch.begin(), new_grid.batch.end(), old_grid.batch[i]);
+      const auto tj = std::find(new_grid.tokens.begin(), new_grid.tokens.end(), old_grid.tokens[j]);
+      if (bi == new_grid.batch.end() || tj == new_grid.tokens.end()) continue;
+      const double now = new_grid.ms[static_cast<std::size_t>(bi - new_grid.batch.begin())]
+                                    [static_cast<std::size_t>(tj - new_grid.tokens.begin())];
+      ratios.push_back(now / old_grid.ms[i][j]);
+    }
+  GridRatios r;
+  if (ratios.empty()) return r;
+  std::sort(ratios.begin(), ratios.end());
+  r.points = static_cast<int>(ratios.size());
+  r.min = ratios.front();
+  r.max = ratios.back();
+  const std::size_t n = ratios.size();
+  r.median = n % 2 == 1 ? ratios[n / 2] : (ratios[n / 2 - 1] + ratios[n / 2]) / 2;
+  return r;
+}
+
+std::string ratiosText(const GridRatios& r) {
+  if (r.points == 0) return "no shared point";
+  return fixed(r.min, 3) + " / " + fixed(r.median, 3) + " / " + fixed(r.max, 3) + " (" + std::to_string(r.points) + ")";
+}
+
+}  // namespace
+
+ProfileDiff diffProfiles(const Profile& old_profile, const Profile& new_profile) {
+  ProfileDiff d;
+  for (const ModelProfile& o : old_profile.models) {
+    const ModelProfile* n = new_profile.find(o.spec, o.tp, o.pp);
+    if (n == nullptr) {
+      d.only_old.push_back(o.spec + " " + layoutLabel(o.tp, o.pp));
+      continue;
+    }
+    d.shared.push_back({o.spec, o.tp, o.pp, gridRatios(o.prefill, n->prefill), gridRatios(o.decode, n->decode)});
+  }
+  for (const ModelProfile& n : new_profile.models)
+    if (old_profile.find(n.spec, n.tp, n.pp) == nullptr) d.only_new.push_back(n.spec + " " + layoutLabel(n.tp, n.pp));
+  return d;
+}
+
+std::string describeDiff(const ProfileDiff& diff, const std::string& old_name, const std::string& new_name) {
+  std::ostringstream out;
+  out << "new / old at the grid points both hold (min / median / max, and how many): " << new_name << " against "
+      << old_name << "\n";
+  out << std::left << std::setw(14) << "model" << std::setw(8) << "layout" << std::setw(32) << "prefill" << "decode\n";
+  for (const EntryDiff& e : diff.shared)
+    out << std::left << std::setw(14) << e.spec << std::setw(8) << layoutLabel(e.tp, e.pp) << std::setw(32)
+        << ratiosText(e.prefill) << ratiosText(e.decode) << "\n";
+  for (const std::string& name : diff.only_old) out << "only in " << old_name << ": " << name << "\n";
+  for (const std::string& name : diff.only_new) out << "only in " << new_name << ": " << name << "\n";
+  return out.str();
+}
+
 }  // namespace computron

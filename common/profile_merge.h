@@ -45,4 +45,23 @@ nlohmann::json mergeProfiles(const nlohmann::json& base, const std::string& base
 // ranges, power, decode graphs, batch tail).
 std::string describeProfile(const Profile& profile);
 
+// Two profiles' times at the grid points they share, per entry both hold (same preset and
+// layout): for prefill and for decode, how many points are shared and the smallest, median and
+// largest ratio new / old (an entry with no shared point has count 0 and ratios 0).
+struct GridRatios {
+  int points = 0;
+  double min = 0, median = 0, max = 0;
+};
+struct EntryDiff {
+  std::string spec;
+  int tp = 1, pp = 1;
+  GridRatios prefill, decode;
+};
+struct ProfileDiff {
+  std::vector<EntryDiff> shared;
+  std::vector<std::string> only_old, only_new;  // "spec TPxPP"
+};
+ProfileDiff diffProfiles(const Profile& old_profile, const Profile& new_profile);
+std::string describeDiff(const ProfileDiff& diff, const std::string& old_name, const std::string& new_name);
+
 }  // namespace computron

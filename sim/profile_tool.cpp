@@ -44,6 +44,34 @@ int showMain(int argc, char** argv) {
   return 0;
 }
 
+int diffMain(int argc, char** argv) {
+  namespace po = boost::program_options;
+  const std::string command = "computron profile diff";
+  std::string old_path, new_path;
+  po::options_description opts("computron profile diff OLD.json NEW.json");
+  opts.add_options()("help,h", "show this help");
+  const std::string footer =
+      "\nCompares two profiles at the grid points they share, per model entry both hold (same preset and TPxPP\n"
+      "layout): the smallest, median and largest ratio NEW / OLD of prefill and of decode times, and how many points\n"
+      "were compared (e.g. a recalibration against the shipped profile: a ratio under 1 is faster now). Entries in\n"
+      "one profile only are listed. Exit 2 on a malformed profile, naming the JSON path.\n";
+  po::variables_map vm;
+  if (auto code = parseCommandArgs(argc, argv, opts, command, footer,
+                                   {{"old", &old_path, "two profiles are needed: computron profile diff OLD NEW"},
+                                    {"new", &new_path, "two profiles are needed: computron profile diff OLD NEW"}},
+                                   vm))
+    return *code;
+  try {
+    const Profile old_profile = readProfileFile(old_path);
+    const Profile new_profile = readProfileFile(new_path);
+    std::cout << describeDiff(diffProfiles(old_profile, new_profile), old_path, new_path);
+  } catch (const ConfigError& e) {
+    std::cerr << command << ": " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
+
 int mergeMain(int argc, char** argv) {
   namespace po = boost::program_options;
   const std::string command = "computron profile merge";
@@ -114,7 +142,8 @@ int profileMain(int argc, char** argv) {
   const std::string usage =
       "usage: computron profile show PROFILE.json\n"
       "       computron profile merge BASE.json NEW.json [NEW2.json ...] -o OUT.json [--only MEMBERS] [--links]\n"
-      "Run 'computron profile <show|merge> --help' for the options. Profiles: docs/specs.md, \"Profiles\".\n";
+      "       computron profile diff OLD.json NEW.json\n"
+      "Run 'computron profile <show|merge|diff> --help' for the options. Profiles: docs/specs.md, \"Profiles\".\n";
   if (argc < 2) {
     std::cerr << "computron profile: a subcommand is needed\n" << usage;
     return 2;
@@ -126,6 +155,7 @@ int profileMain(int argc, char** argv) {
   }
   if (sub == "show") return showMain(argc - 1, argv + 1);
   if (sub == "merge") return mergeMain(argc - 1, argv + 1);
+  if (sub == "diff") return diffMain(argc - 1, argv + 1);
   std::cerr << "computron profile: unknown subcommand '" << sub << "'\n" << usage;
   return 2;
 }

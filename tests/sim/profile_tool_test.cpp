@@ -1,7 +1,7 @@
-// `computron profile show|merge`: whole entries replace or join the base's, --only copies members
+// `computron profile show|merge|diff`: whole entries replace or join the base's, --only copies members
 // into existing entries (and refuses an entry the base lacks), --links takes the link figures,
 // each merged file lands in provenance.runs, the result is a valid profile, and bad input exits 2
-// naming the file and JSON path without writing.
+// naming the file and JSON path without writing; diff gives the ratios at shared grid points.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -128,6 +128,29 @@ TEST(ProfileMerge, MalformedInputIsRefusedWithItsJsonPath) {
   }
 }
 
+TEST(ProfileDiff, RatiosAtSharedGridPoints) {
+  const Profile old_profile = readProfile(testing::smallProfile(), "old.json");
+  nlohmann::json newer = newerRun();
+  newer["models"][0]["decode"]["batch"] = {1, 8};  // shares the batch-1 row only
+  newer["models"][0]["decode"]["ms"] = {{0.5, 3}, {2, 3}};
+  const ProfileDiff d = diffProfiles(old_profile, readProfile(newer, "new.json"));
+  ASSERT_EQ(d.shared.size(), 1u);
+  EXPECT_EQ(d.shared[0].spec, "opt-1.3b");
+  EXPECT_EQ(d.shared[0].prefill.points, 4);
+  EXPECT_DOUBLE_EQ(d.shared[0].prefill.min, 10);
+  EXPECT_DOUBLE_EQ(d.shared[0].prefill.max, 10);
+  EXPECT_EQ(d.shared[0].decode.points, 2);  // (1, 32): 0.5 / 1 and (1, 128): 3 / 1.5
+  EXPECT_DOUBLE_EQ(d.shared[0].decode.min, 0.5);
+  EXPECT_DOUBLE_EQ(d.shared[0].decode.median, 1.25);
+  EXPECT_DOUBLE_EQ(d.shared[0].decode.max, 2);
+  EXPECT_TRUE(d.only_old.empty());
+  EXPECT_EQ(d.only_new, std::vector<std::string>{"opt-2.7b 1x1"});
+  const std::string text = describeDiff(d, "old.json", "new.json");
+  EXPECT_NE(text.find("opt-1.3b      2x2     10.000 / 10.000 / 10.000 (4)    0.500 / 1.250 / 2.000 (2)"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("only in new.json: opt-2.7b 1x1"), std::string::npos) << text;
+}
+
 TEST(ProfileCommand, MergeWritesTheFileAndShowListsIt) {
   fakes::ScratchDir dir;
   std::ofstream(dir.path() / "base.json") << testing::smallProfile().dump();
@@ -158,6 +181,11 @@ TEST(ProfileCommand, MergeWritesTheFileAndShowListsIt) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--out is required"), std::string::npos) << r.output;
   r = fakes::runBinary(COMPUTRON_BINARY, "profile show " + (dir.path() / "missing.json").string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = fakes::runBinary(COMPUTRON_BINARY, "profile diff " + base + " " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("10.000 / 10.000 / 10.000 (4)"), std::string::npos) << r.output;
+  r = fakes::runBinary(COMPUTRON_BINARY, "profile diff " + base);
   EXPECT_EQ(r.exit_code, 2) << r.output;
   r = fakes::runBinary(COMPUTRON_BINARY, "profile frobnicate");
   EXPECT_EQ(r.exit_code, 2) << r.output;
