@@ -1,7 +1,7 @@
 // The profile reader (`cluster.profile`, `computron profile show|merge`) on arbitrary bytes:
 // every outcome is a profile or a ConfigError. A profile read is then looked up the way the
 // profiled cost model does (grids inside and far outside their points, decode graphs, idle and
-// power extras), described, and merged with itself whole and member by member: every time must be
+// power extras), described, compared with itself (every ratio 1), and merged with itself whole and member by member: every time must be
 // finite and not negative, and a profile merged with itself must read back. Anything else
 // (another exception, a crash, a sanitizer report, a failed check) is a finding.
 #include <cmath>
@@ -46,6 +46,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(m.prefill_shape.ms(4096, 4096.0 * 4097 / 2));
   }
   (void)describeProfile(profile);
+  // Against itself every shared grid point's ratio is exactly 1.
+  for (const EntryDiff& e : diffProfiles(profile, profile).shared)
+    for (const GridRatios& r : {e.prefill, e.decode})
+      if (r.points > 0 && (r.min != 1 || r.max != 1)) std::abort();
   // Merged with itself, whole and member by member, it reads back (mergeProfiles validates).
   ProfileMergeOptions power;
   power.only = {"power", "decode_graph_ms", "idle"};
