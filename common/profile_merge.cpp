@@ -167,6 +167,33 @@ std::string describeProfile(const Profile& profile) {
 
 namespace {
 
+std::string lookupText(const ProfileGrid& grid, int batch, int tokens) {
+  const ProfileGrid::Lookup l = grid.at(batch, tokens);
+  const bool point = std::find(grid.batch.begin(), grid.batch.end(), static_cast<double>(batch)) != grid.batch.end() &&
+                     std::find(grid.tokens.begin(), grid.tokens.end(), static_cast<double>(tokens)) != grid.tokens.end();
+  return fixed(l.ms, 3) + " ms, " +
+         (point ? "a measured point" : l.outside ? "outside the measured grid (extrapolated)" : "interpolated");
+}
+
+}  // namespace
+
+std::string describeLookup(const ModelProfile& entry, int batch, int tokens) {
+  std::ostringstream out;
+  out << entry.spec << " " << layoutLabel(entry.tp, entry.pp) << " at batch " << batch << ", " << tokens << " tokens:\n";
+  out << "  prefill of " << batch << " prompts of " << tokens << " tokens: " << lookupText(entry.prefill, batch, tokens);
+  if (entry.power.hot_factor > 1) {
+    const double grid_ms = entry.prefill.at(batch, tokens).ms;
+    out << "; after sustained work up to +" << fixed(entry.hotPrefillExtraMs(grid_ms, 1e12), 3) << " ms (x"
+        << fixed(entry.power.hot_factor, 3) << " past " << fixed(entry.power.heat_ms, 1) << " ms of work)";
+  }
+  out << "\n  a decode step of " << batch << " sequences at context " << tokens << ": "
+      << lookupText(entry.decode, batch, tokens) << "\n";
+  out << "  a decode graph's capture at batch " << batch << ": " << fixed(entry.decodeGraphMs(batch), 3) << " ms\n";
+  return out.str();
+}
+
+namespace {
+
 GridRatios gridRatios(const ProfileGrid& old_grid, const ProfileGrid& new_grid) {
   std::vector<double> ratios;
   for (std::size_t i = 0; i < old_grid.batch.size(); ++i)

@@ -45,6 +45,12 @@ nlohmann::json mergeProfiles(const nlohmann::json& base, const std::string& base
 // ranges, power, decode graphs, batch tail).
 std::string describeProfile(const Profile& profile);
 
+// The times an entry gives one shape, as the profiled cost model looks them up: prefill of
+// `batch` prompts of `tokens` tokens each (with the most the power model adds after sustained
+// work), a decode step of `batch` sequences at mean context `tokens`, and a decode graph's capture
+// at `batch`; each says whether it is a measured point, interpolated, or outside the grid.
+std::string describeLookup(const ModelProfile& entry, int batch, int tokens);
+
 // Two profiles' times at the grid points they share, per entry both hold (same preset and
 // layout): for prefill and for decode, how many points are shared and the smallest, median and
 // largest ratio new / old (an entry with no shared point has count 0 and ratios 0).

@@ -3,6 +3,7 @@
 #include <boost/program_options.hpp>
 
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,20 +21,48 @@ namespace {
 int showMain(int argc, char** argv) {
   namespace po = boost::program_options;
   const std::string command = "computron profile show";
-  std::string path;
-  po::options_description opts("computron profile show PROFILE.json");
-  opts.add_options()("help,h", "show this help")("json", po::bool_switch(), "print the profile's provenance as JSON instead");
+  std::string path, at;
+  int batch = 1, tokens = 256;
+  po::options_description opts("computron profile show PROFILE.json [--at MODEL[:TPxPP] --batch B --tokens T]");
+  opts.add_options()("help,h", "show this help")("json", po::bool_switch(), "print the profile's provenance as JSON instead")(
+      "at", po::value<std::string>(&at), "look up one entry's times (a model preset, layout 1x1 unless given: opt-13b:2x1)")(
+      "batch", po::value<int>(&batch)->default_value(1), "with --at: the batch size")(
+      "tokens", po::value<int>(&tokens)->default_value(256), "with --at: prompt tokens (prefill) and context (decode)");
   const std::string footer =
       "\nLists what a profile covers: the GPU, driver and date it was measured on, its link figures, and per model\n"
       "entry (preset and TPxPP layout) the ranges of its prefill and decode grids (first-last point, and how many),\n"
       "its power model, decode-graph capture times and batch tail. A model or layout it does not list is timed by\n"
-      "the roofline. Exit 2 on a malformed profile, naming the JSON path.\n";
+      "the roofline. With --at, the times one entry gives one shape, as the simulator looks them up (a measured\n"
+      "point, interpolated, or extrapolated outside the grid). Exit 2 on a malformed profile, naming the JSON path,\n"
+      "or an entry the profile lacks.\n";
   po::variables_map vm;
   if (auto code = parseCommandArgs(argc, argv, opts, command, footer, {{"profile", &path, "a profile file is needed"}}, vm))
     return *code;
   try {
     const Profile profile = readProfileFile(path);
-    if (vm["json"].as<bool>())
+    if (!at.empty()) {
+      if (batch < 1 || tokens < 1) return usageError(command, "--batch and --tokens must be at least 1", opts);
+      const std::size_t colon = at.find(':');
+      const std::string spec = at.substr(0, colon);
+      int tp = 1, pp = 1;
+      if (colon != std::string::npos) {
+        const std::string layout = at.substr(colon + 1);
+        char x = 0, extra = 0;
+        std::istringstream in(layout);
+        if (!(in >> tp >> x >> pp) || x != 'x' || tp < 1 || pp < 1 || (in >> extra))
+          return usageError(command, "--at: \"" + layout + "\" is not a layout (TPxPP, e.g. 2x1)", opts);
+      }
+      const ModelProfile* entry = profile.find(spec, tp, pp);
+      if (entry == nullptr) {
+        std::string entries;
+        for (const ModelProfile& m : profile.models)
+          entries += (entries.empty() ? "" : ", ") + m.spec + ":" + std::to_string(m.tp) + "x" + std::to_string(m.pp);
+        std::cerr << command << ": " << path << " has no entry for " << spec << " at " << tp << "x" << pp
+                  << " (the roofline would time it); entries: " << entries << "\n";
+        return 2;
+      }
+      std::cout << describeLookup(*entry, batch, tokens);
+    } else if (vm["json"].as<bool>())
       std::cout << profile.provenance.dump(2) << "\n";
     else
       std::cout << describeProfile(profile);
@@ -140,7 +169,7 @@ int mergeMain(int argc, char** argv) {
 
 int profileMain(int argc, char** argv) {
   const std::string usage =
-      "usage: computron profile show PROFILE.json\n"
+      "usage: computron profile show PROFILE.json [--at MODEL[:TPxPP] --batch B --tokens T]\n"
       "       computron profile merge BASE.json NEW.json [NEW2.json ...] -o OUT.json [--only MEMBERS] [--links]\n"
       "       computron profile diff OLD.json NEW.json\n"
       "Run 'computron profile <show|merge|diff> --help' for the options. Profiles: docs/specs.md, \"Profiles\".\n";

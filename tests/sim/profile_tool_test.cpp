@@ -151,6 +151,23 @@ TEST(ProfileDiff, RatiosAtSharedGridPoints) {
   EXPECT_NE(text.find("only in new.json: opt-2.7b 1x1"), std::string::npos) << text;
 }
 
+TEST(ProfileLookup, SaysWhetherAShapeIsMeasuredInterpolatedOrOutside) {
+  nlohmann::json doc = testing::smallProfile();
+  doc["models"][0]["decode_graph_ms"] = 2.5;
+  const Profile p = readProfile(doc, "p.json");
+  const ModelProfile& m = *p.find("opt-1.3b", 2, 2);
+  EXPECT_EQ(describeLookup(m, 4, 64),
+            "opt-1.3b 2x2 at batch 4, 64 tokens:\n"
+            "  prefill of 4 prompts of 64 tokens: 11.000 ms, a measured point\n"
+            "  a decode step of 4 sequences at context 64: 2.333 ms, interpolated\n"
+            "  a decode graph's capture at batch 4: 2.500 ms\n");
+  // Prefill at batch 2 of 40 tokens, bilinear over (1, 16) 2, (1, 64) 4, (4, 16) 5, (4, 64) 11: rows 3 and 8
+  // at 40 tokens, a third of the way from batch 1 to 4: 3 + 5 / 3.
+  EXPECT_NE(describeLookup(m, 2, 40).find("prompts of 40 tokens: 4.667 ms, interpolated"), std::string::npos)
+      << describeLookup(m, 2, 40);
+  EXPECT_NE(describeLookup(m, 8, 64).find("outside the measured grid (extrapolated)"), std::string::npos);
+}
+
 TEST(ProfileCommand, MergeWritesTheFileAndShowListsIt) {
   fakes::ScratchDir dir;
   std::ofstream(dir.path() / "base.json") << testing::smallProfile().dump();
@@ -186,6 +203,14 @@ TEST(ProfileCommand, MergeWritesTheFileAndShowListsIt) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("10.000 / 10.000 / 10.000 (4)"), std::string::npos) << r.output;
   r = fakes::runBinary(COMPUTRON_BINARY, "profile diff " + base);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = fakes::runBinary(COMPUTRON_BINARY, "profile show " + out + " --at opt-1.3b:2x2 --batch 4 --tokens 64");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("prefill of 4 prompts of 64 tokens: 110.000 ms, a measured point"), std::string::npos) << r.output;
+  r = fakes::runBinary(COMPUTRON_BINARY, "profile show " + out + " --at opt-1.3b");  // 1x1: no such entry
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("has no entry for opt-1.3b at 1x1"), std::string::npos) << r.output;
+  r = fakes::runBinary(COMPUTRON_BINARY, "profile show " + out + " --at opt-1.3b:2by2");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   r = fakes::runBinary(COMPUTRON_BINARY, "profile frobnicate");
   EXPECT_EQ(r.exit_code, 2) << r.output;
