@@ -44,6 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (double gap : {0.0, 10.0, 1e6}) check(m.idleExtraMs(gap));
     for (double busy : {0.0, 40.0, 1e7}) check(m.hotPrefillExtraMs(100, busy));
     check(m.prefill_shape.ms(4096, 4096.0 * 4097 / 2));
+    (void)describeLookup(m, 8, 256);
   }
   (void)describeProfile(profile);
   // Against itself every shared grid point's ratio is exactly 1.
