@@ -18,6 +18,21 @@ namespace computron::sim {
 
 namespace {
 
+// A subcommand's work after its arguments are parsed: bad input (ConfigError) prints
+// `command: message` and gives exit code 2, a failed write (OutputError) 1.
+template <typename Work>
+int reportingErrors(const std::string& command, Work&& work) {
+  try {
+    return work();
+  } catch (const ConfigError& e) {
+    std::cerr << command << ": " << e.what() << "\n";
+    return 2;
+  } catch (const OutputError& e) {
+    std::cerr << command << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
 int showMain(int argc, char** argv) {
   namespace po = boost::program_options;
   const std::string command = "computron profile show";
@@ -38,7 +53,7 @@ int showMain(int argc, char** argv) {
   po::variables_map vm;
   if (auto code = parseCommandArgs(argc, argv, opts, command, footer, {{"profile", &path, "a profile file is needed"}}, vm))
     return *code;
-  try {
+  return reportingErrors(command, [&] {
     const Profile profile = readProfileFile(path);
     if (!at.empty()) {
       if (batch < 1 || tokens < 1) return usageError(command, "--batch and --tokens must be at least 1", opts);
@@ -62,15 +77,13 @@ int showMain(int argc, char** argv) {
         return 2;
       }
       std::cout << describeLookup(*entry, batch, tokens);
-    } else if (vm["json"].as<bool>())
+    } else if (vm["json"].as<bool>()) {
       std::cout << profile.provenance.dump(2) << "\n";
-    else
+    } else {
       std::cout << describeProfile(profile);
-  } catch (const ConfigError& e) {
-    std::cerr << command << ": " << e.what() << "\n";
-    return 2;
-  }
-  return 0;
+    }
+    return 0;
+  });
 }
 
 int diffMain(int argc, char** argv) {
@@ -90,15 +103,12 @@ int diffMain(int argc, char** argv) {
                                     {"new", &new_path, "two profiles are needed: computron profile diff OLD NEW"}},
                                    vm))
     return *code;
-  try {
+  return reportingErrors(command, [&] {
     const Profile old_profile = readProfileFile(old_path);
     const Profile new_profile = readProfileFile(new_path);
     std::cout << describeDiff(diffProfiles(old_profile, new_profile), old_path, new_path);
-  } catch (const ConfigError& e) {
-    std::cerr << command << ": " << e.what() << "\n";
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 int mergeMain(int argc, char** argv) {
@@ -113,10 +123,6 @@ int mergeMain(int argc, char** argv) {
       "copy only these members of each entry, comma separated (prefill, decode, batch_tail_ms, first_batch_extra_ms, "
       "idle, decode_graph_ms, power); the base must hold the entry")(
       "links", po::bool_switch(), "also take `links` and `realtime` from the new profiles that have them");
-  po::options_description hidden;
-  hidden.add_options()("base", po::value<std::string>(&base_path))("new", po::value<std::vector<std::string>>(&additions));
-  po::positional_options_description pos;
-  pos.add("base", 1).add("new", -1);
   const std::string footer =
       "\nMerges profiles written by `computron calibrate` into BASE, in order. Each model entry of a new profile\n"
       "replaces BASE's entry of the same preset and TPxPP layout, or is added; with --only, just the named\n"
@@ -124,20 +130,11 @@ int mergeMain(int argc, char** argv) {
       "BASE's provenance.runs (its file name, the entries and members taken, its date, GPU, driver, build and\n"
       "command). Every file is validated, and the result before it is written (whole: a temporary file renamed\n"
       "into place). Exit 2 on bad usage or input, naming the file and JSON path.\n";
-  po::options_description all;
-  all.add(opts).add(hidden);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << opts << footer;
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    return usageError(command, e.what(), opts);
-  }
-  if (base_path.empty() || additions.empty()) return usageError(command, "a base profile and at least one more are needed", opts);
+  if (auto code = parseCommandArgs(argc, argv, opts, command, footer,
+                                   {{"base", &base_path, "a base profile and at least one more are needed"}}, vm, &additions))
+    return *code;
+  if (additions.empty()) return usageError(command, "a base profile and at least one more are needed", opts);
   if (out_path.empty()) return usageError(command, "--out is required (it may name BASE itself)", opts);
   ProfileMergeOptions options;
   options.links = vm["links"].as<bool>();
@@ -147,7 +144,7 @@ int mergeMain(int argc, char** argv) {
     if (comma > start) options.only.push_back(only.substr(start, comma - start));
     start = comma + 1;
   }
-  try {
+  return reportingErrors(command, [&] {
     checkOutputFilePath(out_path, "--out");
     const nlohmann::json base = readJsonFile(base_path);
     std::vector<std::pair<std::string, nlohmann::json>> docs;
@@ -155,14 +152,8 @@ int mergeMain(int argc, char** argv) {
     const nlohmann::json merged = mergeProfiles(base, base_path, docs, options);
     writeFileWhole(out_path, [&](std::ostream& out) { out << merged.dump(1) << "\n"; });
     std::cout << describeProfile(readProfile(merged, out_path));
-  } catch (const ConfigError& e) {
-    std::cerr << command << ": " << e.what() << "\n";
-    return 2;
-  } catch (const OutputError& e) {
-    std::cerr << command << ": " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 }  // namespace

@@ -21,19 +21,26 @@ struct PositionalArg {
 };
 
 // Parses argv (argv[0] is the subcommand) against `opts` (which should declare "help,h") plus
-// `positionals`, in order. Returns the exit code when the command ends here: 2 after a usage
-// error (printed to stderr with `command` and the options), 0 after --help (the options, then
-// `help_footer`, on stdout); std::nullopt when the command goes on.
+// `positionals`, in order, and with `rest` every positional argument after them (`computron
+// profile merge BASE NEW...`; without it, extra positionals are a usage error). Returns the exit
+// code when the command ends here: 2 after a usage error (printed to stderr with `command` and
+// the options), 0 after --help (the options, then `help_footer`, on stdout); std::nullopt when
+// the command goes on.
 inline std::optional<int> parseCommandArgs(int argc, char** argv, const boost::program_options::options_description& opts,
                                            const std::string& command, const std::string& help_footer,
                                            const std::vector<PositionalArg>& positionals,
-                                           boost::program_options::variables_map& vm) {
+                                           boost::program_options::variables_map& vm,
+                                           std::vector<std::string>* rest = nullptr) {
   namespace po = boost::program_options;
   po::options_description hidden;
   po::positional_options_description pos;
   for (const PositionalArg& p : positionals) {
     hidden.add_options()(p.key.c_str(), po::value<std::string>(p.value));
     pos.add(p.key.c_str(), 1);
+  }
+  if (rest != nullptr) {
+    hidden.add_options()("rest-of-positionals", po::value<std::vector<std::string>>(rest));
+    pos.add("rest-of-positionals", -1);
   }
   po::options_description all;
   all.add(opts).add(hidden);
