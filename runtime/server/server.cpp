@@ -491,7 +491,7 @@ class Session : public std::enable_shared_from_this<Session> {
 };
 
 HttpServer::Impl::Impl(EngineConfig config, runtime::RealBackend& backend, ServerOptions options)
-    : options_(std::move(options)), loop_(config, backend, options_.loop), acceptor_(ioc_), signals_(ioc_) {
+    : options_(std::move(options)), loop_(config, backend, options_.loop), acceptor_(net::make_strand(ioc_)), signals_(ioc_) {
   if (const std::string warning = raiseOpenFileLimit(static_cast<std::size_t>(std::max(0, options_.max_connections)));
       !warning.empty())
     std::cerr << "serve: " << warning << "\n";
@@ -610,7 +610,9 @@ void HttpServer::Impl::run() {
   }
   // Every accepted request is answered: stop accepting, close connections once their last
   // response is written, and let the HTTP threads run out of work.
-  net::post(ioc_, [this] {
+  // On the acceptor's strand, where its accept handlers run: closing it there cannot race one
+  // that is re-arming async_accept on another HTTP thread.
+  net::post(acceptor_.get_executor(), [this] {
     beast::error_code ignored;
     acceptor_.close(ignored);
     signals_.cancel(ignored);
