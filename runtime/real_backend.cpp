@@ -330,7 +330,19 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
     for (const auto& [key, p] : placements_) {
       if (std::get<2>(key) == cmd.gpu && (p.evicted || p.readers > 0 || p.loading)) can_wait = true;
     }
-    if (can_wait) return false;
+    if (can_wait) {
+      // Enough bytes once shards are moved, but batches read some of them: hold those shards'
+      // next batches until the compaction has run.
+      if (auto all = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; })) {
+        for (const auto& mv : *all) {
+          for (const auto& [key, p] : placements_) {
+            if (std::get<2>(key) == cmd.gpu && p.extent.offset == mv.from && p.readers > 0 && !p.evicted)
+              in_the_way_.insert(key);
+          }
+        }
+      }
+      return false;
+    }
     refuseLoad(cmd, what + ": GPU pool has " + gibText(pool.freeBytes()) + " free (largest hole " +
                         gibText(pool.largestHole()) + ") but the shard needs " + gibText(cmd.bytes));
     return true;
@@ -460,7 +472,7 @@ bool RealBackend::tryStartExecute(const ExecuteCommand& cmd, const StepCommand* 
               std::to_string(i) + " is not resident on GPU " + std::to_string(cmd.gpus[i]);
       break;
     }
-    if (it->second.moving) return false;
+    if (it->second.moving || in_the_way_.count(key) != 0) return false;
     keys.push_back(key);
   }
   BatchOp op;
@@ -571,6 +583,7 @@ void RealBackend::dropReader(const Key& key) {
 
 void RealBackend::retryDeferred() {
   // In arrival order; a load that still cannot start keeps its place.
+  in_the_way_.clear();
   for (std::size_t n = deferred_loads_.size(); n > 0; --n) {
     auto [cmd, issued] = deferred_loads_.front();
     deferred_loads_.pop_front();

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <ostream>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -232,6 +233,10 @@ class RealBackend final : public Backend {
   std::map<OpId, LoadOp> loads_;
   std::map<BatchId, BatchOp> batches_;
   std::deque<std::pair<LoadCommand, Nanos>> deferred_loads_;
+  // Shards that a deferred load's compaction must move but that batches still read: their next
+  // batches wait, so the load runs as soon as the batches running now end, instead of after every
+  // batch the engine keeps issuing on them (rebuilt by each retry of the deferred loads).
+  std::set<Key> in_the_way_;
   std::deque<ExecuteCommand> deferred_execs_;
   std::deque<StepCommand> deferred_steps_;
   std::map<OpId, std::pair<GpuId, std::vector<Key>>> relocations_;

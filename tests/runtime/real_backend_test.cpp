@@ -277,6 +277,64 @@ TEST(RealBackendHost, FragmentedPoolIsCompactedAndMovedShardsStayIntact) {
   for (ModelId m : {1, 3, 4}) EXPECT_EQ(deviceChecksum(backend, m, 0, 0), backend.store().at(m, 0).checksum);
 }
 
+// A load that needs a compaction moving a shard that a batch reads waits for that batch only: the
+// shard's next batch, issued the moment the first one ends (as the engine does, from its
+// listener), waits behind the compaction and the load instead of passing it again and again.
+TEST(RealBackendHost, LoadWaitingToMoveABusyShardGoesBeforeThatShardsNextBatch) {
+  HostDeviceFactory factory(1);
+  std::vector<ModelDeployment> models;
+  for (int i = 0; i < 3; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
+  models.push_back(deployment("big", 1, 1, {0}, 6));
+  RuntimeOptions o = smallOptions();
+  o.granule = 4096;
+  o.placeholder_step = 30 * kNanosPerMilli;
+  const std::int64_t small = tinySpec(4).shard(1, 1, 0, 0).bytes;
+  const std::int64_t big = tinySpec(6).shard(1, 1, 0, 0).bytes;
+  ASSERT_GT(big, small + 8192);
+  ASSERT_LT(big, 2 * small);
+  RealBackend backend(configOf(models, 1, 3 * small + 3 * 4096), factory, o);
+  struct Chain : Recorder {
+    RealBackend* backend = nullptr;
+    void batchDone(const BatchResult& r) override {
+      Recorder::batchDone(r);
+      if (r.batch == 1) {  // the engine's next batch on the same model, at once
+        ExecuteCommand next;
+        next.batch = 2;
+        next.model = 1;
+        next.gpus = {0};
+        next.requests = {Request{}};
+        backend->execute(next);
+      }
+    }
+  } rec;
+  rec.backend = &backend;
+  for (int i = 0; i < 3; ++i) backend.load(loadCmd(backend, static_cast<OpId>(i + 1), i, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 3; });
+  ExecuteCommand ex;
+  ex.batch = 1;
+  ex.model = 1;  // the middle shard
+  ex.gpus = {0};
+  ex.requests = {Request{}};
+  backend.execute(ex);
+  // Free both neighbours of the busy middle shard: enough bytes for "big", in two holes.
+  backend.evict({10, 0, 0, 0, small});
+  backend.evict({11, 2, 0, 0, small});
+  backend.load(loadCmd(backend, 20, 3, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(2) != 0; });
+  ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
+  ASSERT_TRUE(rec.batches[2].ok) << rec.batches[2].error;
+  EXPECT_EQ(backend.compactions(), 1);
+  auto records = backend.takeLoadRecords();
+  ASSERT_EQ(records.size(), 4u);
+  const LoadRecord& load = records[3];
+  EXPECT_EQ(load.cmd.op, 20u);
+  EXPECT_GE(load.started, rec.batches[1].finish[0]);
+  EXPECT_LE(load.started, rec.batches[2].start);  // before the next batch, not after it
+  EXPECT_EQ(deviceChecksum(backend, 1, 0, 0), backend.store().at(1, 0).checksum);
+  EXPECT_EQ(deviceChecksum(backend, 3, 0, 0), backend.store().at(3, 0).checksum);
+  EXPECT_TRUE(backend.idle());
+}
+
 TEST(RealBackendHost, LoadWaitsForTheBatchStillReadingAnEvictedShard) {
   HostDeviceFactory factory(1);
   RuntimeOptions o = smallOptions();
