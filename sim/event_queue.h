@@ -10,7 +10,7 @@
 
 namespace computron::sim {
 
-enum class EventKind : std::uint8_t { kArrival, kLinkCheck, kLoadDone, kEvictDone, kBatchDone, kWake, kStepDone };
+enum class EventKind : std::uint8_t { kArrival, kLinkCheck, kLoadDone, kEvictDone, kBatchDone, kWake, kStepDone, kLoadStart };
 
 struct Event {
   Nanos time = 0;

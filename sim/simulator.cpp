@@ -30,12 +30,16 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   graph_tracked_.assign(models, false);
   graph_sizes_.resize(models);
   graph_captures_.assign(models, 0);
-  bool graphs = false;
+  busy_until_.assign(models, 0);
+  held_until_.assign(models, 0);
+  // The pools are mirrored for a run timed by a profile (the GPUs' own behaviour: graphs that a
+  // move invalidates, loads that wait for a compaction); a roofline run keeps bytes only.
+  bool mirror = false;
   for (std::size_t m = 0; m < models; ++m) {
     graph_tracked_[m] = cost_->tracksDecodeGraphs(engine_.config().models[m]);
-    graphs = graphs || graph_tracked_[m];
+    mirror = mirror || graph_tracked_[m] || cost_->sourceFor(engine_.config().models[m]) == "profile";
   }
-  if (graphs) {
+  if (mirror) {
     // The runtime's regions (RealBackend::poolRegions): the weight budget plus a granule per shard.
     std::vector<int> shards_on(static_cast<std::size_t>(cluster.numGpus()), 0);
     for (const ModelDeployment& d : engine_.config().models)
@@ -50,15 +54,45 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   }
 }
 
-void Simulation::placeShard(const LoadCommand& cmd) {
+Nanos Simulation::placeShard(const LoadCommand& cmd) {
   const auto g = static_cast<std::size_t>(cmd.gpu);
   const auto m = static_cast<std::size_t>(cmd.model);
-  if (pools_.empty() || g >= pools_.size()) return;
+  if (pools_.empty() || g >= pools_.size()) return now_;
   DevicePool& pool = pools_[g];
+  Nanos ready = now_;
   std::optional<Extent> extent = pool.allocate(cmd.bytes);
   if (!extent) {
-    // The runtime compacts the pool: shards that move get new addresses, and so new graphs.
-    if (auto moves = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; })) {
+    // The runtime compacts the pool: shards that move get new addresses, and so new graphs. It
+    // moves idle shards only; when that cannot make the room, the busy shards in the way finish
+    // their batches in flight first.
+    auto owner = [&](std::int64_t offset) -> const std::pair<ModelId, int>* {
+      for (const auto& [key, where] : extents_)
+        if (where.first == cmd.gpu && where.second.offset == offset) return &key;
+      return nullptr;
+    };
+    auto idle = [&](std::int64_t offset) {
+      const auto* key = owner(offset);
+      return key == nullptr || busy_until_[static_cast<std::size_t>(key->first)] <= now_;
+    };
+    auto moves = pool.planCompaction(cmd.bytes, idle);
+    if (!moves || moves->empty()) moves = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; });
+    if (moves && !moves->empty()) {
+      Nanos start = now_;
+      double moved = 0;
+      std::vector<ModelId> movers;
+      for (const DevicePool::Move& mv : *moves) {
+        if (const auto* key = owner(mv.from)) {
+          start = std::max(start, busy_until_[static_cast<std::size_t>(key->first)]);
+          movers.push_back(key->first);
+        }
+        moved += static_cast<double>(mv.bytes);
+      }
+      const double hbm = cluster_.gpus[g].hbm_bandwidth;
+      ready = start + (hbm > 0 ? static_cast<Nanos>(std::llround(2 * moved / hbm * 1e9)) : 0);
+      for (ModelId mover : movers) {
+        auto& held = held_until_[static_cast<std::size_t>(mover)];
+        held = std::max(held, ready);
+      }
       for (const DevicePool::Move& mv : *moves) {
         pool.apply(mv);
         for (auto& [key, where] : extents_) {
@@ -76,10 +110,11 @@ void Simulation::placeShard(const LoadCommand& cmd) {
   if (!extent || last == last_offset_.end() || last->second != extent->offset) graph_sizes_[m].clear();
   if (!extent) {
     last_offset_.erase(key);
-    return;
+    return ready;
   }
   last_offset_[key] = extent->offset;
   extents_[key] = {cmd.gpu, *extent};
+  return ready;
 }
 
 void Simulation::releaseShard(const EvictCommand& cmd) {
@@ -188,6 +223,13 @@ SimStats Simulation::run() {
         break;
       }
       case EventKind::kWake: engine_.onTimer(); break;
+      case EventKind::kLoadStart: {
+        auto it = waiting_room_.find(e.a);
+        const LoadCommand cmd = std::move(it->second);
+        waiting_room_.erase(it);
+        startLoad(cmd);
+        break;
+      }
       case EventKind::kStepDone: {
         auto it = steps_.find(static_cast<BatchId>(e.a));
         StepResult result = std::move(it->second);
@@ -227,7 +269,16 @@ FlowId Simulation::startPart(OpId op, double bytes, std::vector<int> path, Nanos
 
 void Simulation::load(const LoadCommand& cmd) {
   load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, -1, cmd.gpu};
-  placeShard(cmd);
+  const Nanos ready = placeShard(cmd);
+  if (ready > now_) {
+    waiting_room_.emplace(cmd.op, cmd);
+    events_.push(ready, EventKind::kLoadStart, cmd.op);
+    return;
+  }
+  startLoad(cmd);
+}
+
+void Simulation::startLoad(const LoadCommand& cmd) {
   int parts = 0;
   for (const auto& part : cmd.route) {
     const bool direct = part.from_node < 0 && part.via == cmd.gpu && !part.from_device;
@@ -367,8 +418,9 @@ void Simulation::step(const StepCommand& cmd) {
   StepResult result;
   result.batch = cmd.batch;
   result.step = cmd.step;
-  result.start = now_;
-  result.end = now_ + t.time;
+  result.start = std::max(now_, held_until_[m]);  // its shards are being moved by a compaction
+  result.end = result.start + t.time;
+  busy_until_[m] = std::max(busy_until_[m], result.end);
   for (GpuId g : cmd.gpus) {
     gpu_free_[static_cast<std::size_t>(g)] = result.end;
     if (!cmd.prefill.empty()) heat_end_[static_cast<std::size_t>(g)] = result.end;
@@ -386,6 +438,7 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
                            const std::vector<std::pair<Nanos, Nanos>>* arrivals) {
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
   const auto m = static_cast<std::size_t>(cmd.model);
+  start = std::max(start, held_until_[m]);  // its shards are being moved by a compaction
   Nanos free_since = 0;
   for (GpuId g : cmd.gpus) free_since = std::max(free_since, gpu_free_[static_cast<std::size_t>(g)]);
   const Nanos busy = busyBefore(cmd.gpus, start, cost_->powerRecover(model));
@@ -438,6 +491,7 @@ void Simulation::timeBatch(const ExecuteCommand& cmd, Nanos start,
     gpu_free_[static_cast<std::size_t>(g)] = start + times.total + shift;
     heat_end_[static_cast<std::size_t>(g)] = start + times.first_token + shift;  // decode steps follow: no heat
   }
+  busy_until_[m] = std::max(busy_until_[m], start + times.total + shift);
   events_.push(start + times.total + shift, EventKind::kBatchDone, static_cast<std::uint64_t>(cmd.batch));
 }
 

@@ -151,7 +151,17 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::vector<DevicePool> pools_;           // per GPU
   std::map<std::pair<ModelId, int>, std::pair<GpuId, Extent>> extents_;  // (model, shard): where it lies
   std::map<std::pair<ModelId, int>, std::int64_t> last_offset_;          // (model, shard): its last offset
-  void placeShard(const LoadCommand& cmd);
+  // The runtime's compaction of a fragmented pool (RealBackend::tryStartLoad): it moves only shards
+  // no batch reads, so a load whose room needs a busy shard moved waits for that shard's batch in
+  // flight to end (its next batches wait behind the compaction), then for the device-local copy
+  // of the moved bytes (read and written at the GPU's HBM bandwidth).
+  std::vector<Nanos> busy_until_;  // per model: when its batch or step in flight ends
+  std::vector<Nanos> held_until_;  // per model: its shards move until then; its batches start no earlier
+  std::unordered_map<OpId, LoadCommand> waiting_room_;  // loads whose copies start at a kLoadStart
+  // Places the shard in its GPU's pool mirror; returns when its copy may start (now, or after the
+  // compaction that makes its room).
+  Nanos placeShard(const LoadCommand& cmd);
+  void startLoad(const LoadCommand& cmd);
   void releaseShard(const EvictCommand& cmd);
   // The capture time of a decode step of `size` sequences of model `m` (0 when its graph exists),
   // recording the graph.
