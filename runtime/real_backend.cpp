@@ -331,12 +331,12 @@ bool RealBackend::tryStartLoad(const LoadCommand& cmd, Nanos issued) {
       if (std::get<2>(key) == cmd.gpu && (p.evicted || p.readers > 0 || p.loading)) can_wait = true;
     }
     if (can_wait) {
-      // Enough bytes once shards are moved, but batches read some of them: hold those shards'
-      // next batches until the compaction has run.
+      // Enough bytes once shards are moved, but batches read some of them or they are still
+      // loading: hold those shards' next batches until the compaction has run.
       if (auto all = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; })) {
         for (const auto& mv : *all) {
           for (const auto& [key, p] : placements_) {
-            if (std::get<2>(key) == cmd.gpu && p.extent.offset == mv.from && p.readers > 0 && !p.evicted)
+            if (std::get<2>(key) == cmd.gpu && p.extent.offset == mv.from && (p.readers > 0 || p.loading) && !p.evicted)
               in_the_way_.insert(key);
           }
         }

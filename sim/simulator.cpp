@@ -54,45 +54,49 @@ Simulation::Simulation(const ClusterSpec& cluster, EngineConfig engine_config, s
   }
 }
 
-Nanos Simulation::placeShard(const LoadCommand& cmd) {
+bool Simulation::shardLoading(ModelId model, int shard) const {
+  for (const auto& [op, info] : load_info_)
+    if (info.model == model && info.shard == shard) return true;
+  return false;
+}
+
+bool Simulation::tryRoom(const LoadCommand& cmd) {
   const auto g = static_cast<std::size_t>(cmd.gpu);
   const auto m = static_cast<std::size_t>(cmd.model);
-  if (pools_.empty() || g >= pools_.size()) return now_;
+  if (pools_.empty() || g >= pools_.size()) {
+    startLoad(cmd);
+    return true;
+  }
   DevicePool& pool = pools_[g];
   Nanos ready = now_;
   std::optional<Extent> extent = pool.allocate(cmd.bytes);
   if (!extent) {
     // The runtime compacts the pool: shards that move get new addresses, and so new graphs. It
-    // moves idle shards only; when that cannot make the room, the busy shards in the way finish
-    // their batches in flight first.
+    // moves free shards only (no batch in flight, not loading); when that cannot make the room,
+    // the load waits for the shards in the way, whose next batches wait behind it.
     auto owner = [&](std::int64_t offset) -> const std::pair<ModelId, int>* {
       for (const auto& [key, where] : extents_)
         if (where.first == cmd.gpu && where.second.offset == offset) return &key;
       return nullptr;
     };
-    auto idle = [&](std::int64_t offset) {
+    auto free = [&](std::int64_t offset) {
       const auto* key = owner(offset);
-      return key == nullptr || busy_until_[static_cast<std::size_t>(key->first)] <= now_;
+      return key == nullptr || (busy_until_[static_cast<std::size_t>(key->first)] <= now_ &&
+                                !shardLoading(key->first, key->second));
     };
-    auto moves = pool.planCompaction(cmd.bytes, idle);
-    if (!moves || moves->empty()) moves = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; });
+    auto moves = pool.planCompaction(cmd.bytes, free);
+    if (!moves || moves->empty()) {
+      if (auto all = pool.planCompaction(cmd.bytes, [](std::int64_t) { return true; }); all && !all->empty()) {
+        for (const DevicePool::Move& mv : *all)
+          if (const auto* key = owner(mv.from); key != nullptr && !free(mv.from)) in_the_way_.insert(key->first);
+        return false;
+      }
+    }
     if (moves && !moves->empty()) {
-      Nanos start = now_;
       double moved = 0;
-      std::vector<ModelId> movers;
-      for (const DevicePool::Move& mv : *moves) {
-        if (const auto* key = owner(mv.from)) {
-          start = std::max(start, busy_until_[static_cast<std::size_t>(key->first)]);
-          movers.push_back(key->first);
-        }
-        moved += static_cast<double>(mv.bytes);
-      }
+      for (const DevicePool::Move& mv : *moves) moved += static_cast<double>(mv.bytes);
       const double hbm = cluster_.gpus[g].hbm_bandwidth;
-      ready = start + (hbm > 0 ? static_cast<Nanos>(std::llround(2 * moved / hbm * 1e9)) : 0);
-      for (ModelId mover : movers) {
-        auto& held = held_until_[static_cast<std::size_t>(mover)];
-        held = std::max(held, ready);
-      }
+      ready = now_ + (hbm > 0 ? static_cast<Nanos>(std::llround(2 * moved / hbm * 1e9)) : 0);
       for (const DevicePool::Move& mv : *moves) {
         pool.apply(mv);
         for (auto& [key, where] : extents_) {
@@ -100,6 +104,8 @@ Nanos Simulation::placeShard(const LoadCommand& cmd) {
           where.second.offset = mv.to;
           last_offset_[key] = mv.to;
           graph_sizes_[static_cast<std::size_t>(key.first)].clear();
+          auto& held = held_until_[static_cast<std::size_t>(key.first)];
+          held = std::max(held, ready);
         }
       }
       extent = pool.allocate(cmd.bytes);
@@ -110,11 +116,33 @@ Nanos Simulation::placeShard(const LoadCommand& cmd) {
   if (!extent || last == last_offset_.end() || last->second != extent->offset) graph_sizes_[m].clear();
   if (!extent) {
     last_offset_.erase(key);
-    return ready;
+  } else {
+    last_offset_[key] = extent->offset;
+    extents_[key] = {cmd.gpu, *extent};
   }
-  last_offset_[key] = extent->offset;
-  extents_[key] = {cmd.gpu, *extent};
-  return ready;
+  if (ready > now_) {
+    waiting_room_.emplace(cmd.op, cmd);
+    events_.push(ready, EventKind::kLoadStart, cmd.op);
+  } else {
+    startLoad(cmd);
+  }
+  return true;
+}
+
+void Simulation::retryRoom() {
+  if (room_waits_.empty() && held_execs_.empty() && held_steps_.empty()) return;
+  in_the_way_.clear();
+  for (std::size_t n = room_waits_.size(); n > 0; --n) {
+    LoadCommand cmd = std::move(room_waits_.front());
+    room_waits_.pop_front();
+    if (!tryRoom(cmd)) room_waits_.push_back(std::move(cmd));
+  }
+  std::vector<ExecuteCommand> execs;
+  execs.swap(held_execs_);
+  for (const ExecuteCommand& cmd : execs) execute(cmd);
+  std::vector<StepCommand> steps;
+  steps.swap(held_steps_);
+  for (const StepCommand& cmd : steps) step(cmd);
 }
 
 void Simulation::releaseShard(const EvictCommand& cmd) {
@@ -238,6 +266,9 @@ SimStats Simulation::run() {
         break;
       }
     }
+    // Loads waiting for room retry once a batch, step or load has ended (after the engine has
+    // heard of it, as on the GPUs).
+    if (e.kind == EventKind::kLoadDone || e.kind == EventKind::kBatchDone || e.kind == EventKind::kStepDone) retryRoom();
     // The engine's wake-up (a batch due to start behind a load), once per distinct time.
     if (auto wake = engine_.nextWake()) {
       const Nanos at = std::max(*wake, now_);
@@ -269,13 +300,7 @@ FlowId Simulation::startPart(OpId op, double bytes, std::vector<int> path, Nanos
 
 void Simulation::load(const LoadCommand& cmd) {
   load_info_[cmd.op] = ShardLoad{cmd.model, cmd.shard, -1, cmd.gpu};
-  const Nanos ready = placeShard(cmd);
-  if (ready > now_) {
-    waiting_room_.emplace(cmd.op, cmd);
-    events_.push(ready, EventKind::kLoadStart, cmd.op);
-    return;
-  }
-  startLoad(cmd);
+  if (!tryRoom(cmd)) room_waits_.push_back(cmd);
 }
 
 void Simulation::startLoad(const LoadCommand& cmd) {
@@ -348,6 +373,10 @@ void Simulation::evict(const EvictCommand& cmd) {
 }
 
 void Simulation::execute(const ExecuteCommand& cmd) {
+  if (in_the_way_.count(cmd.model) != 0) {  // a waiting load must move its shards first
+    held_execs_.push_back(cmd);
+    return;
+  }
   if (engine_.model(cmd.model).residency == Residency::kLoading) {
     gated_.push_back({cmd, now_});
     return;
@@ -395,6 +424,10 @@ Nanos Simulation::busyBefore(const std::vector<GpuId>& gpus, Nanos start, Nanos 
 // A session's step: a prefill step over its joining sequences' contexts, or a decode step over
 // every decoding sequence, timed by the cost model (a profile's grids where it has one).
 void Simulation::step(const StepCommand& cmd) {
+  if (in_the_way_.count(cmd.model) != 0) {  // a waiting load must move its shards first
+    held_steps_.push_back(cmd);
+    return;
+  }
   const auto& model = engine_.config().models[static_cast<std::size_t>(cmd.model)];
   const auto m = static_cast<std::size_t>(cmd.model);
   StepTime t;

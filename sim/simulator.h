@@ -152,15 +152,21 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   std::map<std::pair<ModelId, int>, std::pair<GpuId, Extent>> extents_;  // (model, shard): where it lies
   std::map<std::pair<ModelId, int>, std::int64_t> last_offset_;          // (model, shard): its last offset
   // The runtime's compaction of a fragmented pool (RealBackend::tryStartLoad): it moves only shards
-  // no batch reads, so a load whose room needs a busy shard moved waits for that shard's batch in
-  // flight to end (its next batches wait behind the compaction), then for the device-local copy
-  // of the moved bytes (read and written at the GPU's HBM bandwidth).
+  // that no batch reads and that are not loading. A load whose room needs such a shard moved waits
+  // (and the shard's next batches wait behind it) until the shard is free, then for the
+  // device-local copy of the moved bytes (read and written at the GPU's HBM bandwidth).
   std::vector<Nanos> busy_until_;  // per model: when its batch or step in flight ends
   std::vector<Nanos> held_until_;  // per model: its shards move until then; its batches start no earlier
-  std::unordered_map<OpId, LoadCommand> waiting_room_;  // loads whose copies start at a kLoadStart
-  // Places the shard in its GPU's pool mirror; returns when its copy may start (now, or after the
-  // compaction that makes its room).
-  Nanos placeShard(const LoadCommand& cmd);
+  std::unordered_map<OpId, LoadCommand> waiting_room_;  // placed loads whose copies start at a kLoadStart
+  std::deque<LoadCommand> room_waits_;                 // loads waiting for shards in the way to be free
+  std::set<ModelId> in_the_way_;                       // models whose shards those loads must move
+  std::vector<ExecuteCommand> held_execs_;             // batches of those models, started after the moves
+  std::vector<StepCommand> held_steps_;
+  // Places the shard in its GPU's pool mirror and starts (or schedules) its copy; false when it
+  // must wait for shards in the way (then in room_waits_).
+  bool tryRoom(const LoadCommand& cmd);
+  void retryRoom();  // after every batch, step or load that ends
+  bool shardLoading(ModelId model, int shard) const;
   void startLoad(const LoadCommand& cmd);
   void releaseShard(const EvictCommand& cmd);
   // The capture time of a decode step of `size` sequences of model `m` (0 when its graph exists),
