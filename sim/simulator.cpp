@@ -74,10 +74,12 @@ bool Simulation::tryRoom(const LoadCommand& cmd) {
     // The runtime compacts the pool: shards that move get new addresses, and so new graphs. It
     // moves free shards only (no batch in flight, not loading); when that cannot make the room,
     // the load waits for the shards in the way, whose next batches wait behind it.
+    std::map<std::int64_t, std::pair<ModelId, int>> on_gpu;  // offset -> (model, shard)
+    for (const auto& [key, where] : extents_)
+      if (where.first == cmd.gpu) on_gpu.emplace(where.second.offset, key);
     auto owner = [&](std::int64_t offset) -> const std::pair<ModelId, int>* {
-      for (const auto& [key, where] : extents_)
-        if (where.first == cmd.gpu && where.second.offset == offset) return &key;
-      return nullptr;
+      auto it = on_gpu.find(offset);
+      return it == on_gpu.end() ? nullptr : &it->second;
     };
     auto free = [&](std::int64_t offset) {
       const auto* key = owner(offset);
