@@ -335,6 +335,65 @@ TEST(RealBackendHost, LoadWaitingToMoveABusyShardGoesBeforeThatShardsNextBatch) 
   EXPECT_TRUE(backend.idle());
 }
 
+// The same when the shard in the way is still loading: its first batch, issued from the listener
+// the moment its load ends, waits for the compaction instead of starting first and making the
+// waiting load sit through it.
+TEST(RealBackendHost, LoadWaitingToMoveALoadingShardGoesBeforeThatShardsFirstBatch) {
+  HostDeviceOptions slow;
+  slow.chunk_delay = kNanosPerMilli;  // s1 reloads in milliseconds: long enough to act during it
+  HostDeviceFactory factory(1, slow);
+  std::vector<ModelDeployment> models;
+  for (int i = 0; i < 3; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
+  models.push_back(deployment("big", 1, 1, {0}, 6));
+  RuntimeOptions o = smallOptions();
+  o.granule = 4096;
+  o.placeholder_step = 30 * kNanosPerMilli;
+  const std::int64_t small = tinySpec(4).shard(1, 1, 0, 0).bytes;
+  RealBackend backend(configOf(models, 1, 3 * small + 3 * 4096), factory, o);
+  struct Chain : Recorder {
+    RealBackend* backend = nullptr;
+    void loadDone(OpId op, bool ok, const std::string& error) override {
+      Recorder::loadDone(op, ok, error);
+      if (op == 5) {  // s1 back: the engine starts its waiting batch at once
+        ExecuteCommand first;
+        first.batch = 1;
+        first.model = 1;
+        first.gpus = {0};
+        first.requests = {Request{}};
+        backend->execute(first);
+      }
+    }
+  } rec;
+  rec.backend = &backend;
+  for (int i = 0; i < 3; ++i) backend.load(loadCmd(backend, static_cast<OpId>(i + 1), i, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.size() == 3; });
+  // s1 leaves the middle and comes back into it; while it loads, both neighbours go and "big"
+  // needs s1 moved to offset 0.
+  backend.evict({10, 1, 0, 0, small});
+  backend.load(loadCmd(backend, 5, 1, 0, 0));
+  backend.evict({11, 0, 0, 0, small});
+  backend.evict({12, 2, 0, 0, small});
+  backend.load(loadCmd(backend, 20, 3, 0, 0));
+  pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(1) != 0; });
+  ASSERT_TRUE(rec.loads[5].first) << rec.loads[5].second;
+  ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
+  ASSERT_TRUE(rec.batches[1].ok) << rec.batches[1].error;
+  EXPECT_EQ(backend.compactions(), 1);
+  auto records = backend.takeLoadRecords();
+  const LoadRecord* s1 = nullptr;
+  const LoadRecord* big = nullptr;
+  for (const auto& r : records) {
+    if (r.cmd.op == 5) s1 = &r;
+    if (r.cmd.op == 20) big = &r;
+  }
+  ASSERT_TRUE(s1 != nullptr && big != nullptr);
+  EXPECT_LT(big->issued, s1->done);            // issued while s1 was loading
+  EXPECT_LE(big->started, rec.batches[1].start);  // and moved s1 before s1's first batch
+  EXPECT_EQ(deviceChecksum(backend, 1, 0, 0), backend.store().at(1, 0).checksum);
+  EXPECT_EQ(deviceChecksum(backend, 3, 0, 0), backend.store().at(3, 0).checksum);
+  EXPECT_TRUE(backend.idle());
+}
+
 TEST(RealBackendHost, LoadWaitsForTheBatchStillReadingAnEvictedShard) {
   HostDeviceFactory factory(1);
   RuntimeOptions o = smallOptions();
