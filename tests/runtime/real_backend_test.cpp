@@ -277,62 +277,89 @@ TEST(RealBackendHost, FragmentedPoolIsCompactedAndMovedShardsStayIntact) {
   for (ModelId m : {1, 3, 4}) EXPECT_EQ(deviceChecksum(backend, m, 0, 0), backend.store().at(m, 0).checksum);
 }
 
+// Three small models s0, s1, s2 (their shards side by side on GPU 0, in that order) and "big", in
+// room for the three small ones only: with s0 and s2 gone there are enough bytes for big, but in
+// two holes, so s1 must slide to offset 0 first. Batches take 30 ms (placeholder).
+class MiddleShard {
+ public:
+  explicit MiddleShard(HostDeviceOptions device = {}) : factory_(1, std::move(device)) {
+    std::vector<ModelDeployment> models;
+    for (int i = 0; i < 3; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
+    models.push_back(deployment("big", 1, 1, {0}, 6));
+    RuntimeOptions o = smallOptions();
+    o.granule = 4096;
+    o.placeholder_step = 30 * kNanosPerMilli;
+    backend_ = std::make_unique<RealBackend>(configOf(models, 1, 3 * small() + 3 * 4096), factory_, o);
+    for (int i = 0; i < 3; ++i) backend_->load(loadCmd(*backend_, static_cast<OpId>(i + 1), i, 0, 0));
+  }
+  static std::int64_t small() { return tinySpec(4).shard(1, 1, 0, 0).bytes; }
+  RealBackend& backend() { return *backend_; }
+  // A one-request batch of s1, as the engine issues it.
+  void runS1(BatchId batch) {
+    ExecuteCommand ex;
+    ex.batch = batch;
+    ex.model = 1;
+    ex.gpus = {0};
+    ex.requests = {Request{}};
+    backend_->execute(ex);
+  }
+  const LoadRecord& record(OpId op) {
+    for (const auto& r : backend_->takeLoadRecords()) records_[r.cmd.op] = r;
+    return records_.at(op);
+  }
+  void expectIntact() {
+    EXPECT_EQ(backend_->compactions(), 1);
+    EXPECT_EQ(deviceChecksum(*backend_, 1, 0, 0), backend_->store().at(1, 0).checksum);
+    EXPECT_EQ(deviceChecksum(*backend_, 3, 0, 0), backend_->store().at(3, 0).checksum);
+    EXPECT_TRUE(backend_->idle());
+  }
+
+ private:
+  HostDeviceFactory factory_;
+  std::unique_ptr<RealBackend> backend_;
+  std::map<OpId, LoadRecord> records_;
+};
+
+// A listener that, like the engine, issues s1's batch `batch` the moment `trigger` says so.
+struct ChainRecorder : Recorder {
+  ChainRecorder(MiddleShard& of, BatchId next) : pool(of), batch(next) {}
+  void batchDone(const BatchResult& r) override {
+    Recorder::batchDone(r);
+    if (after_batch != 0 && r.batch == after_batch) pool.runS1(batch);
+  }
+  void loadDone(OpId op, bool ok, const std::string& error) override {
+    Recorder::loadDone(op, ok, error);
+    if (after_load != 0 && op == after_load) pool.runS1(batch);
+  }
+  MiddleShard& pool;
+  BatchId batch;
+  BatchId after_batch = 0;
+  OpId after_load = 0;
+};
+
 // A load that needs a compaction moving a shard that a batch reads waits for that batch only: the
 // shard's next batch, issued the moment the first one ends (as the engine does, from its
 // listener), waits behind the compaction and the load instead of passing it again and again.
 TEST(RealBackendHost, LoadWaitingToMoveABusyShardGoesBeforeThatShardsNextBatch) {
-  HostDeviceFactory factory(1);
-  std::vector<ModelDeployment> models;
-  for (int i = 0; i < 3; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
-  models.push_back(deployment("big", 1, 1, {0}, 6));
-  RuntimeOptions o = smallOptions();
-  o.granule = 4096;
-  o.placeholder_step = 30 * kNanosPerMilli;
-  const std::int64_t small = tinySpec(4).shard(1, 1, 0, 0).bytes;
-  const std::int64_t big = tinySpec(6).shard(1, 1, 0, 0).bytes;
-  ASSERT_GT(big, small + 8192);
-  ASSERT_LT(big, 2 * small);
-  RealBackend backend(configOf(models, 1, 3 * small + 3 * 4096), factory, o);
-  struct Chain : Recorder {
-    RealBackend* backend = nullptr;
-    void batchDone(const BatchResult& r) override {
-      Recorder::batchDone(r);
-      if (r.batch == 1) {  // the engine's next batch on the same model, at once
-        ExecuteCommand next;
-        next.batch = 2;
-        next.model = 1;
-        next.gpus = {0};
-        next.requests = {Request{}};
-        backend->execute(next);
-      }
-    }
-  } rec;
-  rec.backend = &backend;
-  for (int i = 0; i < 3; ++i) backend.load(loadCmd(backend, static_cast<OpId>(i + 1), i, 0, 0));
+  MiddleShard pool;
+  RealBackend& backend = pool.backend();
+  ASSERT_GT(backend.hostShard(3, 0).bytes, MiddleShard::small() + 8192);
+  ASSERT_LT(backend.hostShard(3, 0).bytes, 2 * MiddleShard::small());
+  ChainRecorder rec(pool, 2);
+  rec.after_batch = 1;  // the engine's next batch on s1, at once
   pump(backend, rec, [&] { return rec.loads.size() == 3; });
-  ExecuteCommand ex;
-  ex.batch = 1;
-  ex.model = 1;  // the middle shard
-  ex.gpus = {0};
-  ex.requests = {Request{}};
-  backend.execute(ex);
+  pool.runS1(1);
   // Free both neighbours of the busy middle shard: enough bytes for "big", in two holes.
-  backend.evict({10, 0, 0, 0, small});
-  backend.evict({11, 2, 0, 0, small});
+  backend.evict({10, 0, 0, 0, MiddleShard::small()});
+  backend.evict({11, 2, 0, 0, MiddleShard::small()});
   backend.load(loadCmd(backend, 20, 3, 0, 0));
   pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(2) != 0; });
   ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
   ASSERT_TRUE(rec.batches[2].ok) << rec.batches[2].error;
-  EXPECT_EQ(backend.compactions(), 1);
-  auto records = backend.takeLoadRecords();
-  ASSERT_EQ(records.size(), 4u);
-  const LoadRecord& load = records[3];
-  EXPECT_EQ(load.cmd.op, 20u);
-  EXPECT_GE(load.started, rec.batches[1].finish[0]);
-  EXPECT_LE(load.started, rec.batches[2].start);  // before the next batch, not after it
-  EXPECT_EQ(deviceChecksum(backend, 1, 0, 0), backend.store().at(1, 0).checksum);
-  EXPECT_EQ(deviceChecksum(backend, 3, 0, 0), backend.store().at(3, 0).checksum);
-  EXPECT_TRUE(backend.idle());
+  const LoadRecord& big = pool.record(20);
+  EXPECT_GE(big.started, rec.batches[1].finish[0]);
+  EXPECT_LE(big.started, rec.batches[2].start);  // before the next batch, not after it
+  pool.expectIntact();
 }
 
 // The same when the shard in the way is still loading: its first batch, issued from the listener
@@ -340,58 +367,27 @@ TEST(RealBackendHost, LoadWaitingToMoveABusyShardGoesBeforeThatShardsNextBatch) 
 // waiting load sit through it.
 TEST(RealBackendHost, LoadWaitingToMoveALoadingShardGoesBeforeThatShardsFirstBatch) {
   HostDeviceOptions slow;
-  slow.chunk_delay = kNanosPerMilli;  // s1 reloads in milliseconds: long enough to act during it
-  HostDeviceFactory factory(1, slow);
-  std::vector<ModelDeployment> models;
-  for (int i = 0; i < 3; ++i) models.push_back(deployment("s" + std::to_string(i), 1, 1, {0}, 4));
-  models.push_back(deployment("big", 1, 1, {0}, 6));
-  RuntimeOptions o = smallOptions();
-  o.granule = 4096;
-  o.placeholder_step = 30 * kNanosPerMilli;
-  const std::int64_t small = tinySpec(4).shard(1, 1, 0, 0).bytes;
-  RealBackend backend(configOf(models, 1, 3 * small + 3 * 4096), factory, o);
-  struct Chain : Recorder {
-    RealBackend* backend = nullptr;
-    void loadDone(OpId op, bool ok, const std::string& error) override {
-      Recorder::loadDone(op, ok, error);
-      if (op == 5) {  // s1 back: the engine starts its waiting batch at once
-        ExecuteCommand first;
-        first.batch = 1;
-        first.model = 1;
-        first.gpus = {0};
-        first.requests = {Request{}};
-        backend->execute(first);
-      }
-    }
-  } rec;
-  rec.backend = &backend;
-  for (int i = 0; i < 3; ++i) backend.load(loadCmd(backend, static_cast<OpId>(i + 1), i, 0, 0));
+  slow.chunk_delay = kNanosPerMilli;  // s1 reloads in tens of milliseconds: time to act during it
+  MiddleShard pool(slow);
+  RealBackend& backend = pool.backend();
+  ChainRecorder rec(pool, 1);
+  rec.after_load = 5;  // s1 back: the engine starts its waiting batch at once
   pump(backend, rec, [&] { return rec.loads.size() == 3; });
   // s1 leaves the middle and comes back into it; while it loads, both neighbours go and "big"
   // needs s1 moved to offset 0.
-  backend.evict({10, 1, 0, 0, small});
+  backend.evict({10, 1, 0, 0, MiddleShard::small()});
   backend.load(loadCmd(backend, 5, 1, 0, 0));
-  backend.evict({11, 0, 0, 0, small});
-  backend.evict({12, 2, 0, 0, small});
+  backend.evict({11, 0, 0, 0, MiddleShard::small()});
+  backend.evict({12, 2, 0, 0, MiddleShard::small()});
   backend.load(loadCmd(backend, 20, 3, 0, 0));
   pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(1) != 0; });
   ASSERT_TRUE(rec.loads[5].first) << rec.loads[5].second;
   ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
   ASSERT_TRUE(rec.batches[1].ok) << rec.batches[1].error;
-  EXPECT_EQ(backend.compactions(), 1);
-  auto records = backend.takeLoadRecords();
-  const LoadRecord* s1 = nullptr;
-  const LoadRecord* big = nullptr;
-  for (const auto& r : records) {
-    if (r.cmd.op == 5) s1 = &r;
-    if (r.cmd.op == 20) big = &r;
-  }
-  ASSERT_TRUE(s1 != nullptr && big != nullptr);
-  EXPECT_LT(big->issued, s1->done);            // issued while s1 was loading
-  EXPECT_LE(big->started, rec.batches[1].start);  // and moved s1 before s1's first batch
-  EXPECT_EQ(deviceChecksum(backend, 1, 0, 0), backend.store().at(1, 0).checksum);
-  EXPECT_EQ(deviceChecksum(backend, 3, 0, 0), backend.store().at(3, 0).checksum);
-  EXPECT_TRUE(backend.idle());
+  const LoadRecord& big = pool.record(20);
+  EXPECT_LT(big.issued, pool.record(5).done);    // issued while s1 was loading
+  EXPECT_LE(big.started, rec.batches[1].start);  // and moved s1 before s1's first batch
+  pool.expectIntact();
 }
 
 TEST(RealBackendHost, LoadWaitsForTheBatchStillReadingAnEvictedShard) {
