@@ -268,9 +268,11 @@ SimStats Simulation::run() {
         break;
       }
     }
-    // Loads waiting for room retry once a batch, step or load has ended (after the engine has
-    // heard of it, as on the GPUs).
-    if (e.kind == EventKind::kLoadDone || e.kind == EventKind::kBatchDone || e.kind == EventKind::kStepDone) retryRoom();
+    // Loads waiting for room retry once a batch, step, load or eviction has ended (after the
+    // engine has heard of it, as on the GPUs).
+    if (e.kind == EventKind::kLoadDone || e.kind == EventKind::kBatchDone || e.kind == EventKind::kStepDone ||
+        e.kind == EventKind::kEvictDone)
+      retryRoom();
     // The engine's wake-up (a batch due to start behind a load), once per distinct time.
     if (auto wake = engine_.nextWake()) {
       const Nanos at = std::max(*wake, now_);

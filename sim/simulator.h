@@ -165,7 +165,7 @@ class Simulation final : public Backend, public Clock, public EngineObserver {
   // Places the shard in its GPU's pool mirror and starts (or schedules) its copy; false when it
   // must wait for shards in the way (then in room_waits_).
   bool tryRoom(const LoadCommand& cmd);
-  void retryRoom();  // after every batch, step or load that ends
+  void retryRoom();  // after every batch, step, load or eviction that ends
   bool shardLoading(ModelId model, int shard) const;
   void startLoad(const LoadCommand& cmd);
   void releaseShard(const EvictCommand& cmd);
