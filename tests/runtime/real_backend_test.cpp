@@ -303,6 +303,17 @@ class MiddleShard {
     ex.requests = {Request{}};
     backend_->execute(ex);
   }
+  // Evicts s1's neighbours s0 and s2 (enough bytes for big, in two holes), loads big (op 20) and
+  // dispatches until that load and s1's batch `batch` are done, both successfully.
+  template <typename Listener>
+  void freeNeighboursAndLoadBig(Listener& rec, BatchId batch) {
+    backend_->evict({11, 0, 0, 0, small()});
+    backend_->evict({12, 2, 0, 0, small()});
+    backend_->load(loadCmd(*backend_, 20, 3, 0, 0));
+    pump(*backend_, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(batch) != 0; });
+    ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
+    ASSERT_TRUE(rec.batches[batch].ok) << rec.batches[batch].error;
+  }
   const LoadRecord& record(OpId op) {
     for (const auto& r : backend_->takeLoadRecords()) records_[r.cmd.op] = r;
     return records_.at(op);
@@ -349,13 +360,7 @@ TEST(RealBackendHost, LoadWaitingToMoveABusyShardGoesBeforeThatShardsNextBatch) 
   rec.after_batch = 1;  // the engine's next batch on s1, at once
   pump(backend, rec, [&] { return rec.loads.size() == 3; });
   pool.runS1(1);
-  // Free both neighbours of the busy middle shard: enough bytes for "big", in two holes.
-  backend.evict({10, 0, 0, 0, MiddleShard::small()});
-  backend.evict({11, 2, 0, 0, MiddleShard::small()});
-  backend.load(loadCmd(backend, 20, 3, 0, 0));
-  pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(2) != 0; });
-  ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
-  ASSERT_TRUE(rec.batches[2].ok) << rec.batches[2].error;
+  ASSERT_NO_FATAL_FAILURE(pool.freeNeighboursAndLoadBig(rec, 2));  // while s1's batch 1 runs
   const LoadRecord& big = pool.record(20);
   EXPECT_GE(big.started, rec.batches[1].finish[0]);
   EXPECT_LE(big.started, rec.batches[2].start);  // before the next batch, not after it
@@ -377,13 +382,8 @@ TEST(RealBackendHost, LoadWaitingToMoveALoadingShardGoesBeforeThatShardsFirstBat
   // needs s1 moved to offset 0.
   backend.evict({10, 1, 0, 0, MiddleShard::small()});
   backend.load(loadCmd(backend, 5, 1, 0, 0));
-  backend.evict({11, 0, 0, 0, MiddleShard::small()});
-  backend.evict({12, 2, 0, 0, MiddleShard::small()});
-  backend.load(loadCmd(backend, 20, 3, 0, 0));
-  pump(backend, rec, [&] { return rec.loads.count(20) != 0 && rec.batches.count(1) != 0; });
+  ASSERT_NO_FATAL_FAILURE(pool.freeNeighboursAndLoadBig(rec, 1));  // while s1 loads
   ASSERT_TRUE(rec.loads[5].first) << rec.loads[5].second;
-  ASSERT_TRUE(rec.loads[20].first) << rec.loads[20].second;
-  ASSERT_TRUE(rec.batches[1].ok) << rec.batches[1].error;
   const LoadRecord& big = pool.record(20);
   EXPECT_LT(big.issued, pool.record(5).done);    // issued while s1 was loading
   EXPECT_LE(big.started, rec.batches[1].start);  // and moved s1 before s1's first batch
